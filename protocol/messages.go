@@ -1,0 +1,284 @@
+package protocol
+
+// Message is any ZSND message. Each concrete type below is one command;
+// its fields are the header frame's fields in wire order.
+type Message interface {
+	Command() Command
+	appendHeader(b []byte) []byte
+	decodeHeader(d *decoder)
+}
+
+// Hello opens a session (C->S). Its layout is frozen across versions so a
+// server can always read the offer; its command frame always says version 1.
+type Hello struct {
+	MinVersion  uint8
+	MaxVersion  uint8
+	MaxChunk    uint32 // largest chunk the client accepts
+	HeartbeatMS uint32 // interval at which the client will send PING
+	PeerID      string // operator-visible client name, may be empty
+}
+
+// Welcome accepts a session (S->C).
+type Welcome struct {
+	Version     uint8  // the version both sides now use
+	ChunkSize   uint32 // every CHUNK but a file's last carries exactly this many bytes
+	HeartbeatMS uint32 // interval at which the server will send PING
+	MaxRequests uint32 // most GETs the client may have outstanding
+	PeerID      string // operator-visible server name
+}
+
+// Get requests one file (C->S).
+type Get struct {
+	Request uint32 // client-chosen id, nonzero, unique among outstanding requests
+	Offset  uint64 // resume point; the server may round it down
+	Tag     Tag    // version the client holds a prefix of; zero if none
+	Name    string
+}
+
+// Credit grants flow-control credit (C->S). Limit is the absolute number of
+// chunk data bytes the server may have sent on this session in total.
+type Credit struct {
+	Limit uint64
+}
+
+// Cancel abandons a request (C->S).
+type Cancel struct {
+	Request uint32
+}
+
+// File describes a requested file (S->C). CHUNKs for the request follow,
+// starting at Offset, then END.
+type File struct {
+	Request uint32
+	Size    uint64
+	Mode    uint32 // permission bits (07777)
+	MtimeNS int64  // modification time, nanoseconds since the Unix epoch
+	Offset  uint64 // first byte the following CHUNKs carry
+	Tag     Tag
+	Name    string
+}
+
+// Chunk carries Length bytes of a file at Offset (S->C). Data is the third
+// frame; Encode does not copy it and Decode does not copy it.
+type Chunk struct {
+	Request uint32
+	Offset  uint64
+	Hash    Hash // BLAKE3-256 of Data
+	Data    []byte
+}
+
+// End closes a file (S->C).
+type End struct {
+	Request uint32
+	Size    uint64
+	Hash    Hash // BLAKE3-256 of the whole file, as b3sum prints it
+}
+
+// Ping asks the peer for a Pong echoing Token.
+type Ping struct{ Token uint64 }
+
+// Pong answers a Ping.
+type Pong struct{ Token uint64 }
+
+// Bye announces the end of the session.
+type Bye struct {
+	Code         Code
+	RetryAfterMS uint32 // with CodeUnavailable: when to reconnect; 0 = at once
+	Reason       string
+}
+
+// Error reports the failure of one request, or of the session when Request
+// is NoRequest.
+type Error struct {
+	Request uint32
+	Code    Code
+	Message string
+}
+
+func (*Hello) Command() Command   { return CmdHello }
+func (*Welcome) Command() Command { return CmdWelcome }
+func (*Get) Command() Command     { return CmdGet }
+func (*Credit) Command() Command  { return CmdCredit }
+func (*Cancel) Command() Command  { return CmdCancel }
+func (*File) Command() Command    { return CmdFile }
+func (*Chunk) Command() Command   { return CmdChunk }
+func (*End) Command() Command     { return CmdEnd }
+func (*Ping) Command() Command    { return CmdPing }
+func (*Pong) Command() Command    { return CmdPong }
+func (*Bye) Command() Command     { return CmdBye }
+func (*Error) Command() Command   { return CmdError }
+
+func (m *Hello) appendHeader(b []byte) []byte {
+	b = append(b, m.MinVersion, m.MaxVersion)
+	b = be32(b, m.MaxChunk)
+	b = be32(b, m.HeartbeatMS)
+	return appendString(b, m.PeerID)
+}
+
+func (m *Hello) decodeHeader(d *decoder) {
+	m.MinVersion = d.u8()
+	m.MaxVersion = d.u8()
+	m.MaxChunk = d.u32()
+	m.HeartbeatMS = d.u32()
+	m.PeerID = d.text(MaxTextLen)
+}
+
+func (m *Welcome) appendHeader(b []byte) []byte {
+	b = append(b, m.Version)
+	b = be32(b, m.ChunkSize)
+	b = be32(b, m.HeartbeatMS)
+	b = be32(b, m.MaxRequests)
+	return appendString(b, m.PeerID)
+}
+
+func (m *Welcome) decodeHeader(d *decoder) {
+	m.Version = d.u8()
+	m.ChunkSize = d.u32()
+	m.HeartbeatMS = d.u32()
+	m.MaxRequests = d.u32()
+	m.PeerID = d.text(MaxTextLen)
+	if m.ChunkSize < MinChunkSize || m.ChunkSize > MaxChunkSize {
+		d.fail("chunk size %d outside [%d, %d]", m.ChunkSize, MinChunkSize, MaxChunkSize)
+	}
+}
+
+func (m *Get) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = be64(b, m.Offset)
+	b = append(b, m.Tag[:]...)
+	return appendString(b, m.Name)
+}
+
+func (m *Get) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.Offset = d.u64()
+	d.bytes(m.Tag[:])
+	m.Name = d.text(MaxNameLen)
+	if m.Request == NoRequest {
+		d.fail("request id 0 is reserved")
+	}
+}
+
+func (m *Credit) appendHeader(b []byte) []byte { return be64(b, m.Limit) }
+func (m *Credit) decodeHeader(d *decoder)       { m.Limit = d.u64() }
+
+func (m *Cancel) appendHeader(b []byte) []byte { return be32(b, m.Request) }
+func (m *Cancel) decodeHeader(d *decoder)       { m.Request = d.u32() }
+
+func (m *File) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = be64(b, m.Size)
+	b = be32(b, m.Mode)
+	b = be64(b, uint64(m.MtimeNS))
+	b = be64(b, m.Offset)
+	b = append(b, m.Tag[:]...)
+	return appendString(b, m.Name)
+}
+
+func (m *File) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.Size = d.u64()
+	m.Mode = d.u32()
+	m.MtimeNS = int64(d.u64())
+	m.Offset = d.u64()
+	d.bytes(m.Tag[:])
+	m.Name = d.text(MaxNameLen)
+	switch {
+	case m.Mode&^07777 != 0:
+		d.fail("mode %#o has bits outside 07777", m.Mode)
+	case m.Offset > m.Size:
+		d.fail("offset %d beyond size %d", m.Offset, m.Size)
+	case m.Size > 1<<62:
+		d.fail("size %d too large", m.Size)
+	}
+}
+
+func (m *Chunk) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = be64(b, m.Offset)
+	b = be32(b, uint32(len(m.Data)))
+	return append(b, m.Hash[:]...)
+}
+
+// decodeHeader reads the length into a placeholder; Decode checks it
+// against the data frame.
+func (m *Chunk) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.Offset = d.u64()
+	d.chunkLen = d.u32()
+	d.bytes(m.Hash[:])
+	if d.chunkLen == 0 || d.chunkLen > MaxChunkSize {
+		d.fail("chunk length %d outside [1, %d]", d.chunkLen, MaxChunkSize)
+	}
+}
+
+func (m *End) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = be64(b, m.Size)
+	return append(b, m.Hash[:]...)
+}
+
+func (m *End) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.Size = d.u64()
+	d.bytes(m.Hash[:])
+}
+
+func (m *Ping) appendHeader(b []byte) []byte { return be64(b, m.Token) }
+func (m *Ping) decodeHeader(d *decoder)       { m.Token = d.u64() }
+func (m *Pong) appendHeader(b []byte) []byte { return be64(b, m.Token) }
+func (m *Pong) decodeHeader(d *decoder)       { m.Token = d.u64() }
+
+func (m *Bye) appendHeader(b []byte) []byte {
+	b = be16(b, uint16(m.Code))
+	b = be32(b, m.RetryAfterMS)
+	return appendString(b, m.Reason)
+}
+
+func (m *Bye) decodeHeader(d *decoder) {
+	m.Code = Code(d.u16())
+	m.RetryAfterMS = d.u32()
+	m.Reason = d.text(MaxTextLen)
+}
+
+func (m *Error) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = be16(b, uint16(m.Code))
+	return appendString(b, m.Message)
+}
+
+func (m *Error) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.Code = Code(d.u16())
+	m.Message = d.text(MaxTextLen)
+}
+
+func newMessage(c Command) Message {
+	switch c {
+	case CmdHello:
+		return new(Hello)
+	case CmdWelcome:
+		return new(Welcome)
+	case CmdGet:
+		return new(Get)
+	case CmdCredit:
+		return new(Credit)
+	case CmdCancel:
+		return new(Cancel)
+	case CmdFile:
+		return new(File)
+	case CmdChunk:
+		return new(Chunk)
+	case CmdEnd:
+		return new(End)
+	case CmdPing:
+		return new(Ping)
+	case CmdPong:
+		return new(Pong)
+	case CmdBye:
+		return new(Bye)
+	case CmdError:
+		return new(Error)
+	}
+	return nil
+}

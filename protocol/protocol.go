@@ -1,0 +1,124 @@
+// Package protocol is the wire encoding of ZSND, the zsend/zrecv file
+// transfer protocol (see PROTOCOL.md at the repository root, which is the
+// normative contract; this package is its executable form).
+//
+// Every ZSND message is one ZeroMQ multipart message:
+//
+//	frame 0  command frame: "ZSND" | version (1 octet) | command (1 octet)
+//	frame 1  header frame: the command's fixed binary fields, big-endian
+//	frame 2  data frame: CHUNK only, the chunk's bytes, never copied into frame 1
+//
+// The package is pure: no sockets, goroutines, files or clocks. Encoding
+// appends to caller-supplied buffers and never copies chunk data; decoding
+// validates every length against the limits in this file before it slices
+// anything, and never panics on any input (the fuzz targets enforce that).
+package protocol
+
+import "fmt"
+
+// Signature opens every command frame.
+const Signature = "ZSND"
+
+// Protocol versions this implementation speaks.
+const (
+	Version1   uint8 = 1
+	MinVersion       = Version1
+	MaxVersion       = Version1
+)
+
+// Limits that every decoder enforces before allocating or slicing.
+const (
+	CommandFrameLen = 6               // len(Signature) + version + command
+	MaxHeaderLen    = 8 << 10         // largest header frame accepted
+	MaxNameLen      = 4096            // largest file name, in bytes
+	MaxComponentLen = 255             // largest single path component, in bytes
+	MaxTextLen      = 1024            // largest free-text field (error message, peer id)
+	MinChunkSize    = 4 << 10         // smallest chunk size a peer may negotiate
+	MaxChunkSize    = 4 << 20         // largest chunk size a peer may negotiate
+	MaxFrameSize    = MaxChunkSize    // no frame of a valid session is larger than this
+	TagLen          = 16              // length of a file version tag
+	HashLen         = 32              // BLAKE3-256
+	MaxFrames       = 3               // the most frames any message has
+	DefaultChunk    = 1 << 20         // the chunk size a sender proposes by default
+	NoRequest       = uint32(0)       // request id meaning "the whole session"
+)
+
+// Command identifies a message type; it is octet 5 of the command frame.
+type Command uint8
+
+// Commands. Client-to-server commands are below 0x10, server-to-client
+// commands from 0x10, and commands either side may send from 0x20.
+const (
+	CmdHello   Command = 0x01 // C->S open a session, offer versions
+	CmdGet     Command = 0x02 // C->S request one file
+	CmdCredit  Command = 0x03 // C->S grant credit (absolute byte offset)
+	CmdCancel  Command = 0x04 // C->S abandon a request
+	CmdWelcome Command = 0x10 // S->C accept a session
+	CmdFile    Command = 0x11 // S->C metadata of a requested file
+	CmdChunk   Command = 0x12 // S->C one chunk of file data
+	CmdEnd     Command = 0x13 // S->C end of a file, whole-file hash
+	CmdPing    Command = 0x20 // both: heartbeat request
+	CmdPong    Command = 0x21 // both: heartbeat reply
+	CmdBye     Command = 0x22 // both: the session is ending
+	CmdError   Command = 0x23 // both: a request or the session failed
+)
+
+var commandNames = map[Command]string{
+	CmdHello: "HELLO", CmdGet: "GET", CmdCredit: "CREDIT", CmdCancel: "CANCEL",
+	CmdWelcome: "WELCOME", CmdFile: "FILE", CmdChunk: "CHUNK", CmdEnd: "END",
+	CmdPing: "PING", CmdPong: "PONG", CmdBye: "BYE", CmdError: "ERROR",
+}
+
+func (c Command) String() string {
+	if s, ok := commandNames[c]; ok {
+		return s
+	}
+	return fmt.Sprintf("CMD(0x%02x)", uint8(c))
+}
+
+// Known reports whether c is a command of this protocol.
+func (c Command) Known() bool { _, ok := commandNames[c]; return ok }
+
+// Code is an error or close reason carried by ERROR and BYE. The values
+// follow HTTP's where the meaning matches, so they read naturally in logs.
+type Code uint16
+
+// Codes.
+const (
+	CodeOK             Code = 200 // BYE: normal close
+	CodeBadRequest     Code = 400 // malformed message or protocol violation; session dropped
+	CodeRefused        Code = 403 // name refused: traversal, absolute, outside the served set
+	CodeNotFound       Code = 404 // no such name is served
+	CodeTimeout        Code = 408 // BYE: peer silent longer than the liveness bound
+	CodeChanged        Code = 409 // source changed while being sent
+	CodeTooMany        Code = 429 // session or request limit reached
+	CodeInternal       Code = 500 // server-side I/O failure reading the source
+	CodeUnknownCommand Code = 501 // command not known; session dropped
+	CodeUnavailable    Code = 503 // BYE: server shutting down or restarting, retry later
+	CodeVersion        Code = 505 // no common protocol version; session dropped
+)
+
+var codeNames = map[Code]string{
+	CodeOK: "ok", CodeBadRequest: "bad request", CodeRefused: "refused",
+	CodeNotFound: "not found", CodeTimeout: "timeout", CodeChanged: "source changed",
+	CodeTooMany: "too many", CodeInternal: "internal error",
+	CodeUnknownCommand: "unknown command", CodeUnavailable: "unavailable",
+	CodeVersion: "unsupported version",
+}
+
+func (c Code) String() string {
+	if s, ok := codeNames[c]; ok {
+		return s
+	}
+	return fmt.Sprintf("code %d", uint16(c))
+}
+
+// Tag is an opaque file version tag chosen by the sender. Two FILE messages
+// for the same name carry the same tag only if the content is the same
+// version. The zero tag means "no version known".
+type Tag [TagLen]byte
+
+// Hash is a BLAKE3-256 digest.
+type Hash [HashLen]byte
+
+func (h Hash) String() string { return fmt.Sprintf("%x", h[:]) }

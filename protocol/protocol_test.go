@@ -1,0 +1,235 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/golden from the encoder")
+
+func tagOf(b byte) (t Tag) {
+	for i := range t {
+		t[i] = b + byte(i)
+	}
+	return
+}
+
+func hashOf(b byte) (h Hash) {
+	for i := range h {
+		h[i] = b ^ byte(i)
+	}
+	return
+}
+
+// samples holds one message of every command; the golden files pin their bytes.
+var samples = []struct {
+	name string
+	msg  Message
+}{
+	{"hello", &Hello{MinVersion: 1, MaxVersion: 1, MaxChunk: 4 << 20, HeartbeatMS: 2000, PeerID: "node-7"}},
+	{"welcome", &Welcome{Version: 1, ChunkSize: 1 << 20, HeartbeatMS: 2000, MaxRequests: 1024, PeerID: "zsend"}},
+	{"get", &Get{Request: 1, Offset: 0, Name: "config.tar"}},
+	{"get_resume", &Get{Request: 7, Offset: 3 << 20, Tag: tagOf(0xA0), Name: "etc/app.conf"}},
+	{"credit", &Credit{Limit: 8 << 20}},
+	{"cancel", &Cancel{Request: 7}},
+	{"file", &File{Request: 1, Size: 1234567, Mode: 0644, MtimeNS: 1700000000123456789, Offset: 0, Tag: tagOf(1), Name: "config.tar"}},
+	{"chunk", &Chunk{Request: 1, Offset: 1 << 20, Hash: hashOf(0x5A), Data: []byte("hello, world")}},
+	{"end", &End{Request: 1, Size: 1234567, Hash: hashOf(0x33)}},
+	{"ping", &Ping{Token: 0x0102030405060708}},
+	{"pong", &Pong{Token: 0x0102030405060708}},
+	{"bye", &Bye{Code: CodeUnavailable, RetryAfterMS: 500, Reason: "shutting down"}},
+	{"error", &Error{Request: 3, Code: CodeNotFound, Message: "no such file: nope.txt"}},
+}
+
+func TestRoundTripEveryCommand(t *testing.T) {
+	seen := map[Command]bool{}
+	for _, s := range samples {
+		frames := Encode(Version1, s.msg)
+		got, v, err := Decode(frames)
+		if err != nil {
+			t.Fatalf("%s: decode: %v", s.name, err)
+		}
+		if v != Version1 {
+			t.Fatalf("%s: version %d", s.name, v)
+		}
+		if !reflect.DeepEqual(got, s.msg) {
+			t.Fatalf("%s: round trip\n got %#v\nwant %#v", s.name, got, s.msg)
+		}
+		seen[s.msg.Command()] = true
+	}
+	for c := range commandNames {
+		if !seen[c] {
+			t.Errorf("command %v has no sample", c)
+		}
+	}
+}
+
+func TestChunkDataIsNotCopied(t *testing.T) {
+	data := make([]byte, 4096)
+	frames := Encode(Version1, &Chunk{Request: 1, Data: data})
+	if &frames[2][0] != &data[0] {
+		t.Fatal("Encode copied chunk data")
+	}
+	m, _, err := Decode(frames)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if &m.(*Chunk).Data[0] != &data[0] {
+		t.Fatal("Decode copied chunk data")
+	}
+}
+
+// Golden files hold one frame per line in hex. Regenerate with -update and
+// review the diff: any change here is a wire change and needs PROTOCOL.md.
+func TestGolden(t *testing.T) {
+	for _, s := range samples {
+		var buf bytes.Buffer
+		for _, f := range Encode(Version1, s.msg) {
+			buf.WriteString(hex.EncodeToString(f))
+			buf.WriteByte('\n')
+		}
+		path := filepath.Join("testdata", "golden", s.name+".hex")
+		if *update {
+			if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%s: %v (run go test ./protocol -update)", s.name, err)
+		}
+		if !bytes.Equal(buf.Bytes(), want) {
+			t.Errorf("%s: encoding changed\n got %s\nwant %s", s.name, buf.Bytes(), want)
+		}
+		// The golden bytes must also decode to the sample.
+		var frames [][]byte
+		for _, line := range strings.Split(strings.TrimSpace(string(want)), "\n") {
+			f, err := hex.DecodeString(line)
+			if err != nil {
+				t.Fatal(err)
+			}
+			frames = append(frames, f)
+		}
+		got, _, err := Decode(frames)
+		if err != nil || !reflect.DeepEqual(got, s.msg) {
+			t.Errorf("%s: golden bytes decode to %#v, %v", s.name, got, err)
+		}
+	}
+}
+
+// The byte-exact examples in PROTOCOL.md are these.
+func TestPinnedConstants(t *testing.T) {
+	pins := map[Command]byte{CmdHello: 0x01, CmdGet: 0x02, CmdCredit: 0x03, CmdCancel: 0x04,
+		CmdWelcome: 0x10, CmdFile: 0x11, CmdChunk: 0x12, CmdEnd: 0x13,
+		CmdPing: 0x20, CmdPong: 0x21, CmdBye: 0x22, CmdError: 0x23}
+	for c, b := range pins {
+		if byte(c) != b {
+			t.Errorf("%v = 0x%02x, want 0x%02x", c, byte(c), b)
+		}
+	}
+	if got := hex.EncodeToString(CommandFrame(1, CmdGet)); got != "5a534e440102" {
+		t.Errorf("GET command frame %s", got)
+	}
+	if Signature != "ZSND" || MaxFrameSize != 4<<20 || MaxNameLen != 4096 {
+		t.Error("limits changed: update PROTOCOL.md")
+	}
+}
+
+func cmdFrame(c Command) []byte { return CommandFrame(Version1, c) }
+
+func TestMalformedInputsFailCleanly(t *testing.T) {
+	getHdr := Encode(1, &Get{Request: 1, Name: "a"})[1]
+	chunk := Encode(1, &Chunk{Request: 1, Data: []byte("abcd")})
+	cases := []struct {
+		name   string
+		frames [][]byte
+		want   error
+	}{
+		{"no frames", nil, ErrMalformed},
+		{"empty frame 0", [][]byte{{}}, ErrSignature},
+		{"wrong signature", [][]byte{[]byte("ZMTP\x01\x02"), getHdr}, ErrSignature},
+		{"long command frame", [][]byte{[]byte("ZSND\x01\x02\x00"), getHdr}, ErrMalformed},
+		{"short command frame", [][]byte{[]byte("ZSND\x01"), getHdr}, ErrMalformed},
+		{"version 0", [][]byte{CommandFrame(0, CmdGet), getHdr}, ErrVersion},
+		{"version 9", [][]byte{CommandFrame(9, CmdGet), getHdr}, ErrVersion},
+		{"hello at version 2", [][]byte{CommandFrame(2, CmdHello), Encode(1, &Hello{})[1]}, ErrMalformed},
+		{"unknown command", [][]byte{CommandFrame(1, 0x7f), {}}, ErrUnknownCommand},
+		{"missing header", [][]byte{cmdFrame(CmdGet)}, ErrMalformed},
+		{"extra frame", [][]byte{cmdFrame(CmdGet), getHdr, {}}, ErrMalformed},
+		{"truncated header", [][]byte{cmdFrame(CmdGet), getHdr[:5]}, ErrMalformed},
+		{"trailing octets", [][]byte{cmdFrame(CmdGet), append(append([]byte{}, getHdr...), 0)}, ErrMalformed},
+		{"request id 0", [][]byte{cmdFrame(CmdGet), Encode(1, &Get{Request: 0, Name: "a"})[1]}, ErrMalformed},
+		{"string longer than frame", [][]byte{cmdFrame(CmdError), {0, 0, 0, 1, 1, 144, 0xff, 0xff, 'x'}}, ErrMalformed},
+		{"invalid utf8", [][]byte{cmdFrame(CmdError), {0, 0, 0, 1, 1, 144, 0, 2, 0xff, 0xfe}}, ErrMalformed},
+		{"oversized header", [][]byte{cmdFrame(CmdCredit), make([]byte, MaxHeaderLen+1)}, ErrMalformed},
+		{"chunk without data", chunk[:2], ErrMalformed},
+		{"chunk length mismatch", [][]byte{chunk[0], chunk[1], []byte("abc")}, ErrMalformed},
+		{"chunk length zero", [][]byte{chunk[0], Encode(1, &Chunk{Request: 1})[1], {}}, ErrMalformed},
+		{"welcome tiny chunk", [][]byte{cmdFrame(CmdWelcome), Encode(1, &Welcome{ChunkSize: 16})[1]}, ErrMalformed},
+		{"welcome huge chunk", [][]byte{cmdFrame(CmdWelcome), Encode(1, &Welcome{ChunkSize: 1 << 30})[1]}, ErrMalformed},
+		{"file offset beyond size", [][]byte{cmdFrame(CmdFile), Encode(1, &File{Request: 1, Size: 1, Offset: 2, Name: "a"})[1]}, ErrMalformed},
+		{"file mode type bits", [][]byte{cmdFrame(CmdFile), Encode(1, &File{Request: 1, Mode: 0100644, Name: "a"})[1]}, ErrMalformed},
+	}
+	for _, tc := range cases {
+		m, _, err := Decode(tc.frames)
+		if err == nil {
+			t.Errorf("%s: accepted as %#v", tc.name, m)
+			continue
+		}
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s: error %v, want %v", tc.name, err, tc.want)
+		}
+		var de *DecodeError
+		if !errors.As(err, &de) {
+			t.Errorf("%s: %T is not a *DecodeError", tc.name, err)
+		}
+	}
+}
+
+func TestDecodeErrorCodes(t *testing.T) {
+	_, _, err := Decode([][]byte{CommandFrame(9, CmdGet), {}})
+	var de *DecodeError
+	if !errors.As(err, &de) || de.Code() != CodeVersion {
+		t.Fatalf("version error code: %v", err)
+	}
+	_, _, err = Decode([][]byte{CommandFrame(1, 0x55), {}})
+	if !errors.As(err, &de) || de.Code() != CodeUnknownCommand {
+		t.Fatalf("unknown command code: %v", err)
+	}
+}
+
+func TestValidName(t *testing.T) {
+	good := []string{"a", "config.tar", "dir/file.txt", "ünïcode", "a b", ".hidden", "x..y"}
+	bad := []string{"", "/etc/passwd", "..", "../x", "a/../b", "a/./b", ".", "a//b", "a/", "a\x00b",
+		`a\b`, "a\nb", strings.Repeat("x", MaxComponentLen+1), strings.Repeat("a/", MaxNameLen), "\xff"}
+	for _, n := range good {
+		if err := ValidName(n); err != nil {
+			t.Errorf("ValidName(%q) = %v", n, err)
+		}
+	}
+	for _, n := range bad {
+		if err := ValidName(n); !errors.Is(err, ErrBadName) {
+			t.Errorf("ValidName(%q) = %v, want ErrBadName", n, err)
+		}
+	}
+}
+
+func TestStringTruncatedOnEncode(t *testing.T) {
+	m := &Error{Request: 1, Code: CodeInternal, Message: strings.Repeat("é", 40000)}
+	frames := Encode(1, m)
+	if len(frames[1]) > 4+2+2+0xFFFF {
+		t.Fatalf("header %d octets", len(frames[1]))
+	}
+	// Over MaxTextLen, so the decoder must refuse it rather than accept it.
+	if _, _, err := Decode(frames); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("decode of over-long message: %v", err)
+	}
+}

@@ -1,0 +1,266 @@
+package guard
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Read phases: the handshake bytes are read (and checked) by the guard
+// before zmq4 sees them. On accepted connections the listener does it
+// eagerly; on dialed connections it happens lazily when zmq4 first asks for
+// the greeting and then for the READY, so the usual ordering of the ZMTP
+// handshake (each side sends before it waits) is kept.
+const (
+	phaseGreeting = iota // next: read the peer greeting
+	phaseReady           // next: read the peer READY
+	phaseStream          // handshake read; scan frames
+)
+
+// conn wraps a raw connection with the guard's checks. It is safe for one
+// reader and any number of writers at a time.
+type conn struct {
+	raw     net.Conn
+	set     *settings
+	network string
+	onClose func() // listener accounting; may be nil
+
+	rmu     sync.Mutex
+	phase   int
+	pending []byte // checked handshake bytes to replay to zmq4
+	scan    frameScanner
+
+	wmu     sync.Mutex
+	swallow int // bytes of zmq4's greeting still to drop (already sent)
+
+	adopted   atomic.Bool // zmq4 has read past the handshake
+	orphan    atomic.Pointer[time.Timer]
+	closed    atomic.Bool
+	closeOnce sync.Once
+}
+
+func newConn(raw net.Conn, set *settings, network string) *conn {
+	set.add(cOpen, 1)
+	return &conn{raw: raw, set: set, network: network, scan: newFrameScanner(set)}
+}
+
+// Read implements net.Conn. It replays the checked handshake, then returns
+// bytes from the network only after their frame headers passed the limits.
+func (c *conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+
+	if len(c.pending) == 0 && c.phase != phaseStream {
+		if err := c.readHandshake(); err != nil {
+			return 0, err
+		}
+	}
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			c.pending = nil
+		}
+		return n, nil
+	}
+	if !c.adopted.Load() {
+		c.adopted.Store(true)
+		if t := c.orphan.Load(); t != nil {
+			t.Stop()
+		}
+	}
+
+	if c.set.idle > 0 {
+		c.raw.SetReadDeadline(time.Now().Add(c.set.idle))
+	}
+	n, err := c.raw.Read(p)
+	if n > 0 {
+		if serr := c.scan.scan(p[:n]); serr != nil {
+			switch serr {
+			case ErrFrameTooLarge:
+				c.set.add(cFrameTooLarge, 1)
+			case ErrMessageTooLarge:
+				c.set.add(cMessageTooLarge, 1)
+			default:
+				c.set.add(cBadFrames, 1)
+			}
+			return 0, c.fail("read", serr)
+		}
+	}
+	if err != nil {
+		if isTimeout(err) {
+			if n > 0 {
+				return n, nil // report the timeout on the next call
+			}
+			c.set.add(cIdleTimeouts, 1)
+			return 0, c.fail("read", ErrIdle)
+		}
+		return n, c.fatal("read", err)
+	}
+	return n, nil
+}
+
+// readHandshake reads the next handshake step (dialed connections only)
+// under the handshake timeout.
+func (c *conn) readHandshake() error {
+	if c.set.handshake > 0 {
+		c.raw.SetReadDeadline(time.Now().Add(c.set.handshake))
+	}
+	var err error
+	switch c.phase {
+	case phaseGreeting:
+		c.pending, err = readGreeting(c.raw)
+	case phaseReady:
+		c.pending, err = readReady(c.raw, nil, min(c.set.maxFrame, maxReadySize))
+	}
+	if err != nil {
+		return c.handshakeFailed(err)
+	}
+	c.phase++
+	if c.set.handshake > 0 {
+		c.raw.SetReadDeadline(time.Time{})
+	}
+	return nil
+}
+
+// handshakeFailed counts err, closes the connection and returns the error
+// to give zmq4.
+func (c *conn) handshakeFailed(err error) error {
+	switch {
+	case isTimeout(err):
+		c.set.add(cHandshakeTimeouts, 1)
+		return c.fail("read", ErrHandshakeTimeout)
+	case errors.Is(err, ErrHandshake):
+		c.set.add(cHandshakeFailures, 1)
+		return c.fail("read", err)
+	default: // the peer closed or reset the connection
+		c.set.add(cHandshakeFailures, 1)
+		return c.fatal("read", err)
+	}
+}
+
+// Write implements net.Conn. Each underlying write gets a deadline of the
+// write stall timeout. When it expires the write goes on if the window
+// showed progress: bytes accepted by the kernel, or (on Linux) bytes
+// consumed by the peer, seen as a shrinking send queue. Without the second
+// test a peer that reads steadily but slowly would look stuck, because the
+// kernel wakes a blocked writer only once a third of the send buffer is
+// free. A window without progress closes the connection.
+func (c *conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+
+	n := 0
+	if c.swallow > 0 {
+		k := min(c.swallow, len(p))
+		off := greetingLen - c.swallow
+		if !bytes.Equal(p[:k], nullGreeting[off:off+k]) {
+			// zmq4 greets with another mechanism than the one the guard
+			// already announced: the connection cannot work.
+			return 0, c.fail("write", badHandshake("local socket does not use the NULL mechanism"))
+		}
+		c.swallow -= k
+		p = p[k:]
+		n = k
+	}
+	queued := -1 // bytes the peer had not consumed at the end of the last window; -1: unknown
+	for len(p) > 0 {
+		if c.set.writeStall > 0 {
+			c.raw.SetWriteDeadline(time.Now().Add(c.set.writeStall))
+		}
+		m, err := c.raw.Write(p)
+		n += m
+		p = p[m:]
+		if err == nil {
+			continue
+		}
+		if !isTimeout(err) {
+			return n, c.fatal("write", err)
+		}
+		q := unconsumed(c.raw)
+		// Progress, or no baseline yet to tell whether the peer consumed.
+		if m > 0 || (q >= 0 && (queued < 0 || q < queued)) {
+			queued = q
+			continue
+		}
+		c.set.add(cWriteStalls, 1)
+		return n, c.fail("write", ErrWriteStall)
+	}
+	return n, nil
+}
+
+// fail closes the connection and returns a non-timeout *net.OpError
+// carrying reason.
+func (c *conn) fail(op string, reason error) error {
+	c.Close()
+	return c.opError(op, reason)
+}
+
+// fatal closes the connection after the I/O error err and returns err in a
+// form zmq4 treats as "connection gone": io.EOF, or a net.Error that is
+// not a timeout.
+func (c *conn) fatal(op string, err error) error {
+	c.Close()
+	if err == io.EOF {
+		return err
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && !ne.Timeout() {
+		return err
+	}
+	return c.opError(op, err)
+}
+
+func (c *conn) opError(op string, err error) error {
+	return &net.OpError{Op: op, Net: c.network, Source: c.raw.LocalAddr(), Addr: c.raw.RemoteAddr(), Err: err}
+}
+
+// Close implements net.Conn; it is idempotent.
+func (c *conn) Close() error {
+	err := net.ErrClosed
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		err = c.raw.Close()
+		if t := c.orphan.Load(); t != nil {
+			t.Stop()
+		}
+		c.set.add(cOpen, -1)
+		if c.onClose != nil {
+			c.onClose()
+		}
+	})
+	return err
+}
+
+// watchAdoption closes the connection if zmq4 has not read past the
+// handshake within d (zmq4.Open failed and zmq4 dropped it unclosed).
+func (c *conn) watchAdoption(d time.Duration) {
+	t := time.AfterFunc(d, func() {
+		if !c.adopted.Load() && !c.closed.Load() {
+			c.set.add(cOrphaned, 1)
+			c.Close()
+		}
+	})
+	c.orphan.Store(t)
+	if c.adopted.Load() || c.closed.Load() {
+		t.Stop()
+	}
+}
+
+func (c *conn) LocalAddr() net.Addr                { return c.raw.LocalAddr() }
+func (c *conn) RemoteAddr() net.Addr               { return c.raw.RemoteAddr() }
+func (c *conn) SetDeadline(t time.Time) error      { return c.raw.SetDeadline(t) }
+func (c *conn) SetReadDeadline(t time.Time) error  { return c.raw.SetReadDeadline(t) }
+func (c *conn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDeadline(t) }
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,79 @@
+// Package guard is a zmq4 transport that lets a go-zeromq/zmq4 (v0.17.0)
+// ROUTER or DEALER survive hostile or broken peers.
+//
+// Use it by registering the transports and rewriting endpoints:
+//
+//	guard.Register() // idempotent; Endpoint also calls it
+//	ctx = guard.WithConfig(ctx, guard.Config{WriteStallTimeout: 5 * time.Second})
+//	ep, err := guard.Endpoint("tcp://0.0.0.0:5555") // "guard-tcp://0.0.0.0:5555"
+//	router := zmq4.NewRouter(ctx)
+//	err = router.Listen(ep)
+//
+// zmq4 hands the context given to NewRouter/NewDealer to the transport's
+// Listen and Dial, which is how the Config reaches the guard. Counters are
+// read with StatsFrom(ctx). Only the NULL security mechanism is supported:
+// the guard speaks the NULL handshake itself on the accepting side.
+//
+// # Why each guard exists
+//
+// Each guard works around a specific behaviour of zmq4 v0.17.0:
+//
+//   - Pre-handshake (listener). zmq4's accept loop runs the whole ZMTP
+//     handshake (zmq4.Open) for one connection at a time, inline, with no
+//     deadline: one TCP client that connects and sends nothing stops every
+//     later client from connecting. The guard's listener accepts raw
+//     connections in its own goroutine and runs the server half of the
+//     handshake (writes the 64-byte NULL greeting, reads and checks the
+//     peer's greeting and its READY command) in one goroutine per
+//     connection, under HandshakeTimeout. Only a connection whose greeting
+//     and READY are already in memory is handed to zmq4's Accept; its
+//     first 64 written bytes (zmq4's own greeting, byte-identical to the one
+//     already sent) are swallowed and its first reads replay the buffered
+//     peer bytes, so zmq4's serial handshake never waits on the network.
+//     The greeting is written before the peer's is read because libzmq
+//     sends only its 10-byte signature and waits for ours (ZMTP 3.0
+//     version negotiation).
+//
+//   - READY validation. zmq4 parses the peer's READY metadata without
+//     bounds checks (a property whose length runs past the end of the
+//     command panics with an index out of range and kills the process).
+//     The guard parses the READY itself, with bounds checks and a 64 KiB
+//     size limit, before zmq4 sees it, on both accepted and dialed
+//     connections.
+//
+//   - Frame size limit (both sides). zmq4's frame reader allocates
+//     make([]byte, size) for whatever length the peer announces; a 9-byte
+//     header claiming 2^62 bytes crashes the process, and a long series of
+//     MORE frames exhausts memory. The guard follows the frame structure of
+//     the byte stream it hands to zmq4 (it only counts body bytes, never
+//     copies them) and checks each announced length against MaxFrameSize,
+//     and each message's running total against MaxMessageSize and
+//     MaxMessageFrames, before zmq4 receives the bytes that complete the
+//     header.
+//
+//   - Write stall eviction. A ROUTER send holds one socket-wide mutex and
+//     writes synchronously, so a single peer that stops reading blocks sends
+//     to every peer, the registration of new peers and even Close. Each
+//     write gets a deadline of WriteStallTimeout, renewed whenever the
+//     kernel accepts more bytes; a write that makes no progress for a whole
+//     window closes the connection, which releases the mutex.
+//
+//   - Orphan cleanup. When zmq4.Open fails (for example an incompatible
+//     socket type), zmq4 neither closes the connection nor reports it. A
+//     connection that zmq4 has not started reading (past the handshake)
+//     within HandshakeTimeout+WriteStallTimeout of being handed over is
+//     closed.
+//
+//   - Idle timeout (optional) closes connections that send nothing, and
+//     MaxConns bounds the number of connections a listener keeps open
+//     (excess connections are closed at once).
+//
+// # Errors returned to zmq4
+//
+// zmq4's Conn.checkIO forgets a connection only after io.EOF or a net.Error
+// whose Timeout() is false; after a timeout error it keeps a half-written
+// connection registered. So whenever the guard gives up on a connection it
+// first closes the underlying net.Conn and then returns either io.EOF or a
+// *net.OpError whose Err is one of this package's sentinel errors (never a
+// timeout). Use errors.Is(err, guard.ErrFrameTooLarge) and so on.
+package guard

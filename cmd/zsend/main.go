@@ -1,0 +1,142 @@
+// Command zsend serves files over ZeroMQ to zrecv clients, under
+// credit-based flow control, with every chunk hashed with BLAKE3.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/zsend/zsend/internal/cli"
+	"github.com/zsend/zsend/sender"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+const usage = `zsend serves files over ZeroMQ to zrecv clients. Each PATH is served under
+its base name; a directory also serves the files below it as DIR/REL/PATH.
+It serves until SIGINT or SIGTERM, then tells clients it is going away so
+they reconnect and resume.
+
+Usage:
+  zsend [flags] PATH...
+
+Examples:
+  zsend big.iso                                 serve on tcp://127.0.0.1:5555
+  zsend -b tcp://0.0.0.0:5555 /srv/releases     serve a directory on all interfaces
+  zsend -b ipc:///run/zsend.sock /etc/hosts     serve on a Unix socket
+  zsend --json -b 'tcp://[::1]:5555' a b        NDJSON session events on stdout
+
+Flags:
+`
+
+func main() {
+	ctx, stop := cli.SignalContext()
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, nil)
+	stop()
+	os.Exit(code)
+}
+
+// run serves until ctx is done. ready, if not nil, receives the bound
+// endpoint once the socket is listening (tests use it).
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready chan<- string) int {
+	fs := pflag.NewFlagSet("zsend", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		bind        = fs.StringP("bind", "b", "tcp://127.0.0.1:5555", "endpoint to serve on: tcp://HOST:PORT or ipc://PATH")
+		chunk       = fs.String("chunk-size", "1M", "chunk size proposed to clients (4K..4M)")
+		quiet       = fs.BoolP("quiet", "q", false, "log nothing but errors")
+		jsonOut     = fs.Bool("json", false, "write NDJSON session events to stdout")
+		maxSessions = fs.Int("max-sessions", 256, "most concurrent client sessions")
+		heartbeat   = fs.Duration("heartbeat", 2*time.Second, "interval between heartbeats to idle clients")
+		peerTO      = fs.Duration("peer-timeout", 10*time.Second, "drop a client silent for this long")
+		showVer     = fs.Bool("version", false, "print the version and exit")
+	)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+		fmt.Fprint(stderr, `
+Exit codes:
+  0  clean shutdown after SIGINT/SIGTERM
+  1  the server failed while serving
+  2  usage error (bad flags, unreadable PATH, endpoint in use)
+`)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return cli.ExitOK
+		}
+		fmt.Fprintf(stderr, "zsend: %v (see zsend --help)\n", err)
+		return cli.ExitUsage
+	}
+	if *showVer {
+		fmt.Fprintf(stdout, "zsend %s (protocol ZSND/1)\n", version)
+		return cli.ExitOK
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "zsend: nothing to serve: give at least one PATH (see zsend --help)")
+		return cli.ExitUsage
+	}
+	cs, err := cli.ParseSize(*chunk)
+	if err != nil {
+		fmt.Fprintln(stderr, "zsend: --chunk-size:", err)
+		return cli.ExitUsage
+	}
+	var mu sync.Mutex
+	enc := json.NewEncoder(stdout)
+	events := func(e sender.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if *jsonOut {
+			enc.Encode(map[string]any{"event": e.Kind, "time": time.Now().UTC().Format(time.RFC3339Nano), "peer": e.Peer,
+				"name": e.Name, "size": e.Size, "blake3": hashString(e), "message": e.Message})
+		}
+		if *quiet && e.Kind != "error" {
+			return
+		}
+		switch e.Kind {
+		case "file-sent":
+			fmt.Fprintf(stderr, "zsend: sent %s (%d bytes, blake3 %s) to %s\n", e.Name, e.Size, e.Hash, e.Peer)
+		case "refused", "error":
+			fmt.Fprintf(stderr, "zsend: %s: %s: %s\n", e.Peer, e.Kind, e.Message)
+		case "session-open":
+			fmt.Fprintf(stderr, "zsend: %s connected\n", e.Peer)
+		case "session-close":
+			fmt.Fprintf(stderr, "zsend: %s disconnected: %s\n", e.Peer, e.Message)
+		}
+	}
+	srv, err := sender.Listen(ctx, sender.Config{
+		Endpoint: *bind, Paths: fs.Args(), ChunkSize: int(cs), MaxSessions: *maxSessions,
+		Heartbeat: *heartbeat, PeerTimeout: *peerTO, Events: events,
+	})
+	if err != nil {
+		fmt.Fprintln(stderr, "zsend:", err)
+		return cli.ExitUsage
+	}
+	if !*quiet {
+		fmt.Fprintf(stderr, "zsend: serving %d path(s) on %s\n", fs.NArg(), srv.Endpoint())
+	}
+	if ready != nil {
+		ready <- srv.Endpoint()
+	}
+	if err := srv.Serve(ctx); err != nil {
+		fmt.Fprintln(stderr, "zsend:", err)
+		return cli.ExitFailure
+	}
+	return cli.ExitOK
+}
+
+func hashString(e sender.Event) string {
+	if e.Kind != "file-sent" {
+		return ""
+	}
+	return e.Hash.String()
+}

@@ -1,0 +1,74 @@
+// Package zsock holds what sender and receiver both need around zmq4
+// sockets: endpoint parsing, the guarded transport, and a receive loop that
+// gives Recv a context (zmq4's Recv has none) and drops ZMTP command
+// messages such as a libzmq peer's heartbeat PING, which zmq4 passes up.
+package zsock
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+
+	"github.com/zsend/zsend/internal/guard"
+)
+
+// Endpoint validates a user endpoint (tcp://host:port or ipc://path) and
+// returns the form that routes it through the guarded transport.
+func Endpoint(ep string) (string, error) {
+	switch {
+	case strings.HasPrefix(ep, "tcp://"), strings.HasPrefix(ep, "ipc://"):
+	default:
+		return "", fmt.Errorf("endpoint %q: want tcp://HOST:PORT or ipc://PATH", ep)
+	}
+	guard.Register()
+	return guard.Endpoint(ep)
+}
+
+// Inbound is one message from the socket, or the error that ended it.
+type Inbound struct {
+	Frames [][]byte
+	Err    error
+}
+
+// RecvLoop reads sock until ctx is done or Recv fails, and delivers
+// application messages on the returned channel, which it closes when it
+// stops. A Recv error is delivered once, then the loop stops. Closing the
+// socket is what unblocks a pending Recv; callers close it after cancelling.
+// If stamp is not nil it is set to the Unix nanosecond time of every
+// arrival, so liveness is judged by arrival, not by how fast the caller
+// processes (a receiver busy on a slow disk is not a dead sender).
+func RecvLoop(ctx context.Context, sock zmq4.Socket, depth int, stamp *atomic.Int64) <-chan Inbound {
+	out := make(chan Inbound, depth)
+	go func() {
+		defer close(out)
+		for {
+			msg, err := sock.Recv()
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				select {
+				case out <- Inbound{Err: err}:
+				case <-ctx.Done():
+				}
+				return
+			}
+			if stamp != nil {
+				stamp.Store(time.Now().UnixNano())
+			}
+			if msg.Type == zmq4.CmdMsg {
+				continue
+			}
+			select {
+			case out <- Inbound{Frames: msg.Frames}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}

@@ -1,0 +1,261 @@
+package receiver
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/zeebo/blake3"
+	"golang.org/x/sys/unix"
+
+	"github.com/zsend/zsend/protocol"
+)
+
+// writeBackEvery is how much data is written before write-back of it is
+// started, so the final fsync has little left to do.
+const writeBackEvery = 8 << 20
+
+// task is one requested name, across sessions and restarts.
+type task struct {
+	name      string
+	dest      string // final path
+	partPath  string
+	statePath string
+
+	req  uint32 // current request id; 0 when none is outstanding
+	done bool
+	err  error
+
+	// Set by FILE.
+	open     bool
+	f        *os.File
+	size     int64
+	mode     uint32
+	mtimeNS  int64
+	tag      protocol.Tag
+	next     int64 // next offset expected; all bytes before it are verified and written
+	whole    *blake3.Hasher
+	synced   int64 // bytes handed to write-back
+	restarts int   // source changes and verification failures so far
+
+	wire, reused int64
+	lastReport   time.Time
+	lastReported int64
+	result       Result
+}
+
+// partialState is the JSON description kept beside a partial file.
+type partialState struct {
+	Name    string `json:"name"`
+	Tag     string `json:"tag"`
+	Size    int64  `json:"size"`
+	Mode    uint32 `json:"mode"`
+	MtimeNS int64  `json:"mtime_ns"`
+}
+
+func newTask(outDir, name string) (*task, error) {
+	if err := protocol.ValidName(name); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	dest := filepath.Join(outDir, filepath.FromSlash(name))
+	dir, base := filepath.Split(dest)
+	return &task{
+		name: name, dest: dest,
+		partPath:  filepath.Join(dir, "."+base+".zrecv-part"),
+		statePath: filepath.Join(dir, "."+base+".zrecv-state"),
+	}, nil
+}
+
+// resumePoint reads an earlier attempt's partial state: the verified
+// length and version tag to put in GET. It returns 0 and a zero tag when
+// there is nothing usable.
+func (t *task) resumePoint() (uint64, protocol.Tag) {
+	var tag protocol.Tag
+	b, err := os.ReadFile(t.statePath)
+	if err != nil {
+		return 0, tag
+	}
+	var st partialState
+	if json.Unmarshal(b, &st) != nil || st.Name != t.name {
+		return 0, tag
+	}
+	raw, err := hex.DecodeString(st.Tag)
+	if err != nil || len(raw) != protocol.TagLen {
+		return 0, tag
+	}
+	fi, err := os.Stat(t.partPath)
+	if err != nil || !fi.Mode().IsRegular() {
+		return 0, tag
+	}
+	n := fi.Size()
+	if n > st.Size {
+		n = st.Size
+	}
+	copy(tag[:], raw)
+	return uint64(n), tag
+}
+
+// begin handles FILE: it opens (or reopens) the partial file and positions
+// the transfer at m.Offset, reusing the verified prefix when the version
+// matches. It returns a note for a restart event ("" if none).
+func (t *task) begin(m *protocol.File, resume bool) (string, error) {
+	if m.Name != t.name {
+		return "", fmt.Errorf("%w: FILE names %q for a request of %q", ErrProtocol, m.Name, t.name)
+	}
+	note := ""
+	reuse := int64(0)
+	if resume || t.open {
+		have, tag := t.resumePoint()
+		if t.open {
+			have, tag = uint64(t.next), t.tag
+		}
+		switch {
+		case m.Tag == tag && m.Offset <= have:
+			reuse = int64(m.Offset)
+		case have > 0 && m.Tag != tag:
+			note = "source changed since the partial transfer; starting over"
+		}
+	} else if m.Offset != 0 {
+		return "", fmt.Errorf("%w: server resumes at %d, nothing was asked", ErrProtocol, m.Offset)
+	}
+	if m.Offset != uint64(reuse) {
+		// The server offered to resume where we hold nothing usable.
+		return "", fmt.Errorf("%w: server resumes at %d but %d bytes are usable", ErrProtocol, m.Offset, reuse)
+	}
+	if err := t.openPartial(m, reuse); err != nil {
+		return note, err
+	}
+	return note, nil
+}
+
+func (t *task) openPartial(m *protocol.File, reuse int64) error {
+	dir := filepath.Dir(t.dest)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if t.f == nil {
+		f, err := os.OpenFile(t.partPath, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return err
+		}
+		t.f = f
+	}
+	if err := t.f.Truncate(reuse); err != nil {
+		return err
+	}
+	// Rehash the reused prefix unless the hasher is already exactly there.
+	if !(t.open && t.whole != nil && t.next == reuse) {
+		t.whole = blake3.New()
+		if reuse > 0 {
+			if _, err := io.Copy(t.whole, io.NewSectionReader(t.f, 0, reuse)); err != nil {
+				return fmt.Errorf("rehashing partial file: %w", err)
+			}
+		}
+		t.reused = reuse
+	}
+	t.open = true
+	t.size, t.mode, t.mtimeNS, t.tag = int64(m.Size), m.Mode, m.MtimeNS, m.Tag
+	t.next, t.synced = reuse, reuse
+	st, _ := json.Marshal(partialState{Name: t.name, Tag: hex.EncodeToString(m.Tag[:]), Size: t.size, Mode: t.mode, MtimeNS: t.mtimeNS})
+	return os.WriteFile(t.statePath, st, 0o600)
+}
+
+// write stores a verified chunk at the next offset.
+func (t *task) write(data []byte) error {
+	if _, err := t.f.WriteAt(data, t.next); err != nil {
+		return err
+	}
+	t.whole.Write(data)
+	t.next += int64(len(data))
+	if t.next-t.synced >= writeBackEvery {
+		// Start write-back now; the final fsync then waits for little.
+		_ = unix.SyncFileRange(int(t.f.Fd()), t.synced, t.next-t.synced, unix.SYNC_FILE_RANGE_WRITE)
+		t.synced = t.next
+	}
+	return nil
+}
+
+// finish checks the whole-file hash and puts the file in place.
+func (t *task) finish(m *protocol.End) error {
+	if int64(m.Size) != t.size || t.next != t.size {
+		return fmt.Errorf("%w: END at %d bytes of %d, size %d", ErrProtocol, t.next, t.size, m.Size)
+	}
+	var sum protocol.Hash
+	copy(sum[:], t.whole.Sum(nil))
+	if sum != m.Hash {
+		return fmt.Errorf("%w: whole-file BLAKE3 %s, server says %s", ErrVerify, sum, m.Hash)
+	}
+	if err := t.f.Sync(); err != nil {
+		return err
+	}
+	if err := t.f.Chmod(os.FileMode(t.mode & 0o7777)); err != nil {
+		return err
+	}
+	if err := t.f.Close(); err != nil {
+		t.f = nil
+		return err
+	}
+	t.f = nil
+	mtime := time.Unix(0, t.mtimeNS)
+	if err := os.Chtimes(t.partPath, mtime, mtime); err != nil {
+		return err
+	}
+	if fi, err := os.Lstat(t.dest); err == nil && fi.IsDir() {
+		return fmt.Errorf("%s is a directory", t.dest)
+	}
+	if err := os.Rename(t.partPath, t.dest); err != nil {
+		return err
+	}
+	syncDir(filepath.Dir(t.dest))
+	os.Remove(t.statePath)
+	t.done, t.open = true, false
+	t.result = Result{Name: t.name, Path: t.dest, Size: t.size, Hash: sum, Wire: t.wire, Reused: t.reused}
+	return nil
+}
+
+// close releases the partial file. With discard it also removes the
+// partial state, as after a verification failure; otherwise the state is
+// kept for a later resume.
+func (t *task) close(discard bool) {
+	if t.f != nil {
+		t.f.Close()
+		t.f = nil
+	}
+	t.open = false
+	if discard {
+		os.Remove(t.partPath)
+		os.Remove(t.statePath)
+	}
+}
+
+// restart drops the partial data so the next GET starts from zero.
+func (t *task) restart() {
+	t.close(true)
+	t.whole = nil
+	t.next = 0
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
+
+// insideDir reports whether path, with symlinks resolved, lies in dir.
+func insideDir(dir, path string) bool {
+	rd, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return false
+	}
+	rp, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return false
+	}
+	return rp == rd || strings.HasPrefix(rp, rd+string(filepath.Separator))
+}

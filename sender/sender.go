@@ -1,0 +1,447 @@
+// Package sender is the zsend side of ZSND: a ZeroMQ ROUTER that serves
+// files to any number of receivers, each in its own session.
+//
+// # Data flow
+//
+// For each session with a request in progress a producer goroutine preads
+// the next chunk into a pooled buffer, checks with fstat that the file has
+// not changed, and takes the chunk's BLAKE3 from a cache shared by every
+// session sending the same version of that file (computing it if no session
+// has yet; the whole-file hash advances in the same step). It reads a chunk
+// only when the session holds credit for it, so memory is bounded by the
+// receivers' windows, never by file size.
+//
+// One goroutine, the loop in Serve, owns all session state and the socket's
+// sends. It takes turns across sessions, sending at most one message per
+// session per round, so a fast receiver cannot starve a slow one. A
+// receiver's credit is never exceeded (credit.Gate).
+//
+// # Session state machine (per ROUTER identity)
+//
+//	(none) --HELLO ok--> OPEN --BYE / ERROR / silence / protocol error--> (none)
+//	OPEN: GET queues a request; CREDIT grows the gate; CANCEL drops a
+//	request; PING is answered with PONG. The head request goes
+//	FILE -> CHUNK* -> END (or ERROR), then the next one starts.
+//
+// zmq4 traps and what this package does about them: ROUTER Send blocks on a
+// stuck peer, so the guarded transport (internal/guard) evicts a peer whose
+// writes stall; Send never reports loss, so nothing here trusts it: progress
+// is driven only by the receiver's CREDIT; Recv has no context, so it runs
+// in its own goroutine (internal/zsock) and the socket is closed to stop it.
+package sender
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+
+	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zsock"
+	"github.com/zsend/zsend/protocol"
+)
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	// Endpoint to bind: tcp://HOST:PORT (port 0 picks one) or ipc://PATH.
+	Endpoint string
+	// Paths to serve; each is served under its base name. A directory
+	// also serves the regular files below it as "base/rel/path".
+	Paths []string
+	// ChunkSize proposed to receivers; default protocol.DefaultChunk (1 MiB).
+	ChunkSize int
+	// Heartbeat is the interval between PINGs to an idle receiver; default 2s.
+	Heartbeat time.Duration
+	// PeerTimeout drops a session that sent nothing for this long; default 10s.
+	PeerTimeout time.Duration
+	// MaxSessions is the most concurrent sessions; default 256.
+	MaxSessions int
+	// MaxRequests is the most queued GETs per session; default 1024.
+	MaxRequests int
+	// ShutdownRetry is the reconnect delay announced in BYE on shutdown; default 1s.
+	ShutdownRetry time.Duration
+	// Name identifies this server to receivers (WELCOME); default the host name.
+	Name string
+	// Guard limits the transport; see internal/guard. Zero = defaults.
+	Guard guard.Config
+	// Events, if set, is called from the serving goroutine for operator
+	// visibility (session opened/closed, file sent, request refused). It
+	// must not block.
+	Events func(Event)
+}
+
+// Event is something an operator may want to see.
+type Event struct {
+	Kind    string // "session-open", "session-close", "file-sent", "refused", "error"
+	Peer    string // receiver's PeerID (or its identity if none)
+	Name    string
+	Size    int64
+	Hash    protocol.Hash
+	Message string
+}
+
+const prefetchChunks = 2 // chunks a producer may read ahead (within credit)
+
+func (c *Config) setDefaults() error {
+	if c.ChunkSize == 0 {
+		c.ChunkSize = protocol.DefaultChunk
+	}
+	if c.ChunkSize < protocol.MinChunkSize || c.ChunkSize > protocol.MaxChunkSize {
+		return fmt.Errorf("chunk size %d outside [%d, %d]", c.ChunkSize, protocol.MinChunkSize, protocol.MaxChunkSize)
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 2 * time.Second
+	}
+	if c.PeerTimeout <= 0 {
+		c.PeerTimeout = 10 * time.Second
+	}
+	if c.MaxSessions <= 0 {
+		c.MaxSessions = 256
+	}
+	if c.MaxRequests <= 0 {
+		c.MaxRequests = 1024
+	}
+	if c.ShutdownRetry <= 0 {
+		c.ShutdownRetry = time.Second
+	}
+	if c.Name == "" {
+		c.Name, _ = os.Hostname()
+	}
+	if c.Guard.MaxFrameSize == 0 {
+		// Nothing a receiver sends is large: HELLO/GET headers are < 8 KiB.
+		c.Guard.MaxFrameSize = 64 << 10
+	}
+	if c.Guard.IdleTimeout == 0 {
+		// Receivers PING every few seconds; a connection silent for longer
+		// than the session timeout holds nothing worth keeping.
+		c.Guard.IdleTimeout = c.PeerTimeout + c.Heartbeat
+	}
+	return nil
+}
+
+// Server serves files on one ROUTER socket.
+type Server struct {
+	cfg      Config
+	cat      *catalogue
+	cache    *hashCache
+	sock     zmq4.Socket
+	sockCtx  context.Context
+	cancel   context.CancelFunc
+	endpoint string
+
+	bufs sync.Pool
+
+	sessions map[string]*session
+	ring     []*session // round-robin order
+	turn     int
+	wake     chan struct{}
+
+	closeOnce sync.Once
+	stats     counters
+}
+
+// counters are updated by the serving goroutine and producers, read by Stats.
+type counters struct {
+	sessions, openFiles, opened, dropped, filesSent atomic.Int64
+}
+
+// Stats is a snapshot of what the server holds and has done.
+type Stats struct {
+	Sessions  int64 // sessions open now
+	OpenFiles int64 // source files open now (at most one per session)
+	Opened    int64 // sessions opened since start
+	Dropped   int64 // sessions closed since start, for any reason
+	FilesSent int64 // files sent completely (END sent)
+}
+
+// Stats returns current counters; safe from any goroutine.
+func (s *Server) Stats() Stats {
+	return Stats{Sessions: s.stats.sessions.Load(), OpenFiles: s.stats.openFiles.Load(),
+		Opened: s.stats.opened.Load(), Dropped: s.stats.dropped.Load(), FilesSent: s.stats.filesSent.Load()}
+}
+
+// ErrClosed is returned by Serve after Close.
+var ErrClosed = errors.New("sender: server closed")
+
+// Listen validates cfg, binds the endpoint and returns a Server ready to
+// Serve. The caller must Close it (or let Serve return).
+func Listen(ctx context.Context, cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	cat, err := newCatalogue(cfg.Paths)
+	if err != nil {
+		return nil, err
+	}
+	ep, err := zsock.Endpoint(cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard))
+	sock := zmq4.NewRouter(sockCtx, zmq4.WithLogger(discardLogger()))
+	if err := sock.Listen(ep); err != nil {
+		cancel()
+		sock.Close()
+		return nil, fmt.Errorf("binding %s: %w", cfg.Endpoint, err)
+	}
+	s := &Server{
+		cfg: cfg, cat: cat, cache: newHashCache(64), sock: sock, sockCtx: sockCtx, cancel: cancel,
+		endpoint: boundEndpoint(cfg.Endpoint, sock.Addr()),
+		sessions: make(map[string]*session),
+		wake:     make(chan struct{}, 1),
+	}
+	size := cfg.ChunkSize
+	s.bufs.New = func() any { b := make([]byte, size); return &b }
+	return s, nil
+}
+
+// Endpoint is the bound endpoint, with the real port when 0 was asked for.
+func (s *Server) Endpoint() string { return s.endpoint }
+
+func boundEndpoint(asked string, addr net.Addr) string {
+	if tcp, ok := addr.(*net.TCPAddr); ok && strings.HasPrefix(asked, "tcp://") {
+		host := strings.TrimPrefix(asked, "tcp://")
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		return "tcp://" + net.JoinHostPort(strings.Trim(host, "[]"), fmt.Sprint(tcp.Port))
+	}
+	return asked
+}
+
+// Close stops serving and releases the socket. Safe to call more than once.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.cancel()
+		s.sock.Close()
+	})
+	return nil
+}
+
+// Serve runs until ctx is done, then tells every receiver it is going away
+// (BYE 503 with a retry delay, so they reconnect and resume) and closes.
+// It returns nil after a clean shutdown.
+func (s *Server) Serve(ctx context.Context) error {
+	defer s.Close()
+	inbox := zsock.RecvLoop(s.sockCtx, s.sock, 256, nil)
+	tick := time.NewTicker(s.cfg.Heartbeat / 4)
+	defer tick.Stop()
+	for {
+		// Handle everything already received before sending more, so
+		// credit and heartbeats are never stuck behind data.
+		for drained := false; !drained; {
+			select {
+			case in, ok := <-inbox:
+				if !ok {
+					return ErrClosed
+				}
+				s.handleInbound(in)
+			default:
+				drained = true
+			}
+		}
+		if s.sendRound() {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			s.shutdown()
+			return nil
+		case in, ok := <-inbox:
+			if !ok {
+				return ErrClosed
+			}
+			s.handleInbound(in)
+		case <-s.wake:
+		case now := <-tick.C:
+			s.housekeeping(now)
+		}
+	}
+}
+
+func (s *Server) handleInbound(in zsock.Inbound) {
+	if in.Err != nil || len(in.Frames) < 1 {
+		return
+	}
+	id := string(in.Frames[0])
+	msg, _, err := protocol.Decode(in.Frames[1:])
+	sess := s.sessions[id]
+	if err != nil {
+		var de *protocol.DecodeError
+		code := protocol.CodeBadRequest
+		if errors.As(err, &de) {
+			code = de.Code()
+		}
+		s.sendTo(id, versionOf(sess), &protocol.Error{Code: code, Message: err.Error()})
+		if sess != nil {
+			s.dropSession(sess, "protocol error: "+err.Error())
+		}
+		return
+	}
+	if hello, ok := msg.(*protocol.Hello); ok {
+		s.handleHello(id, sess, hello)
+		return
+	}
+	if sess == nil {
+		if _, isBye := msg.(*protocol.Bye); !isBye {
+			s.sendTo(id, protocol.Version1, &protocol.Error{Code: protocol.CodeBadRequest, Message: "no session: send HELLO first"})
+		}
+		return
+	}
+	sess.lastRecv = time.Now()
+	sess.handle(msg)
+}
+
+func versionOf(sess *session) uint8 {
+	if sess == nil {
+		return protocol.Version1
+	}
+	return sess.version
+}
+
+func (s *Server) handleHello(id string, old *session, h *protocol.Hello) {
+	if old != nil {
+		s.dropSession(old, "replaced by a new HELLO")
+	}
+	if h.MaxVersion < protocol.MinVersion || h.MinVersion > protocol.MaxVersion || h.MinVersion > h.MaxVersion {
+		s.sendTo(id, protocol.Version1, &protocol.Error{Code: protocol.CodeVersion,
+			Message: fmt.Sprintf("this server speaks ZSND %d..%d, client offers %d..%d", protocol.MinVersion, protocol.MaxVersion, h.MinVersion, h.MaxVersion)})
+		return
+	}
+	if len(s.sessions) >= s.cfg.MaxSessions {
+		s.sendTo(id, protocol.Version1, &protocol.Error{Code: protocol.CodeTooMany, Message: fmt.Sprintf("server has reached its limit of %d sessions", s.cfg.MaxSessions)})
+		return
+	}
+	chunk := uint32(s.cfg.ChunkSize)
+	if h.MaxChunk < chunk {
+		chunk = h.MaxChunk
+	}
+	if chunk < protocol.MinChunkSize {
+		s.sendTo(id, protocol.Version1, &protocol.Error{Code: protocol.CodeBadRequest, Message: fmt.Sprintf("client's largest chunk %d is below the minimum %d", h.MaxChunk, protocol.MinChunkSize)})
+		return
+	}
+	v := h.MaxVersion
+	if v > protocol.MaxVersion {
+		v = protocol.MaxVersion
+	}
+	now := time.Now()
+	sess := &session{srv: s, id: id, version: v, chunkSize: int64(chunk), peer: h.PeerID, lastRecv: now, lastSend: now}
+	if sess.peer == "" {
+		sess.peer = fmt.Sprintf("%x", id)
+	}
+	s.sessions[id] = sess
+	s.ring = append(s.ring, sess)
+	s.stats.sessions.Add(1)
+	s.stats.opened.Add(1)
+	sess.send(&protocol.Welcome{Version: v, ChunkSize: chunk, HeartbeatMS: uint32(s.cfg.Heartbeat / time.Millisecond),
+		MaxRequests: uint32(s.cfg.MaxRequests), PeerID: s.cfg.Name})
+	s.event(Event{Kind: "session-open", Peer: sess.peer})
+}
+
+// sendRound gives every session one turn; it reports whether any sent.
+func (s *Server) sendRound() bool {
+	n := len(s.ring)
+	if n == 0 {
+		return false
+	}
+	any := false
+	start := s.turn % n
+	for i := 0; i < n && i < len(s.ring); i++ {
+		sess := s.ring[(start+i)%len(s.ring)]
+		if sess.dead {
+			continue
+		}
+		if sess.pump() {
+			any = true
+		}
+	}
+	s.turn = start + 1
+	s.compactRing()
+	return any
+}
+
+func (s *Server) compactRing() {
+	live := s.ring[:0]
+	for _, sess := range s.ring {
+		if !sess.dead {
+			live = append(live, sess)
+		}
+	}
+	for i := len(live); i < len(s.ring); i++ {
+		s.ring[i] = nil
+	}
+	s.ring = live
+}
+
+func (s *Server) housekeeping(now time.Time) {
+	for _, sess := range s.ring {
+		if sess.dead {
+			continue
+		}
+		if now.Sub(sess.lastRecv) > s.cfg.PeerTimeout {
+			sess.send(&protocol.Bye{Code: protocol.CodeTimeout, Reason: fmt.Sprintf("nothing received for %v", s.cfg.PeerTimeout)})
+			s.dropSession(sess, "peer silent")
+			continue
+		}
+		if now.Sub(sess.lastSend) >= s.cfg.Heartbeat {
+			sess.pingSeq++
+			sess.send(&protocol.Ping{Token: sess.pingSeq})
+		}
+	}
+	s.compactRing()
+}
+
+func (s *Server) shutdown() {
+	for _, sess := range s.ring {
+		if !sess.dead {
+			sess.send(&protocol.Bye{Code: protocol.CodeUnavailable, RetryAfterMS: uint32(s.cfg.ShutdownRetry / time.Millisecond), Reason: "server shutting down"})
+			s.dropSession(sess, "server shutting down")
+		}
+	}
+	s.compactRing()
+}
+
+func (s *Server) dropSession(sess *session, why string) {
+	if sess.dead {
+		return
+	}
+	sess.dead = true
+	sess.abortTransfer()
+	delete(s.sessions, sess.id)
+	s.stats.sessions.Add(-1)
+	s.stats.dropped.Add(1)
+	s.event(Event{Kind: "session-close", Peer: sess.peer, Message: why})
+}
+
+// sendTo sends one message to a ROUTER identity. zmq4 reports no loss for
+// a departed peer, so the result only tells of a broken connection.
+func (s *Server) sendTo(id string, v uint8, m protocol.Message) error {
+	frames := protocol.Encode(v, m)
+	all := make([][]byte, 0, len(frames)+1)
+	all = append(all, []byte(id))
+	all = append(all, frames...)
+	return s.sock.Send(zmq4.NewMsgFrom(all...))
+}
+
+func (s *Server) event(e Event) {
+	if s.cfg.Events != nil {
+		s.cfg.Events(e)
+	}
+}
+
+func (s *Server) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Server) getBuf() *[]byte  { return s.bufs.Get().(*[]byte) }
+func (s *Server) putBuf(b *[]byte) { s.bufs.Put(b) }

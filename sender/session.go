@@ -1,0 +1,318 @@
+package sender
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"time"
+
+	"github.com/zsend/zsend/credit"
+	"github.com/zsend/zsend/protocol"
+)
+
+func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// session is one receiver's state. Only the Serve goroutine touches it.
+type session struct {
+	srv       *Server
+	id        string
+	peer      string
+	version   uint8
+	chunkSize int64
+	gate      credit.Gate
+	queue     []*protocol.Get
+	cur       *transfer
+	lastRecv  time.Time
+	lastSend  time.Time
+	pingSeq   uint64
+	dead      bool
+}
+
+func (sess *session) send(m protocol.Message) {
+	sess.lastSend = time.Now()
+	if err := sess.srv.sendTo(sess.id, sess.version, m); err != nil && !sess.dead {
+		sess.srv.dropSession(sess, "send failed: "+err.Error())
+	}
+}
+
+func (sess *session) fail(code protocol.Code, why string) {
+	sess.send(&protocol.Error{Code: code, Message: why})
+	sess.srv.dropSession(sess, why)
+}
+
+// handle applies one decoded message from the receiver.
+func (sess *session) handle(m protocol.Message) {
+	switch m := m.(type) {
+	case *protocol.Get:
+		if len(sess.queue) >= sess.srv.cfg.MaxRequests {
+			sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
+				Message: fmt.Sprintf("more than %d requests outstanding", sess.srv.cfg.MaxRequests)})
+			return
+		}
+		sess.queue = append(sess.queue, m)
+	case *protocol.Credit:
+		if sess.gate.Grant(m.Limit) && sess.cur != nil {
+			sess.cur.permit(&sess.gate)
+		}
+	case *protocol.Cancel:
+		if sess.cur != nil && sess.cur.req == m.Request {
+			sess.finishTransfer()
+			return
+		}
+		for i, g := range sess.queue {
+			if g.Request == m.Request {
+				sess.queue = append(sess.queue[:i], sess.queue[i+1:]...)
+				break
+			}
+		}
+	case *protocol.Ping:
+		sess.send(&protocol.Pong{Token: m.Token})
+	case *protocol.Pong:
+	case *protocol.Bye:
+		sess.srv.dropSession(sess, fmt.Sprintf("receiver said bye: %v %s", m.Code, m.Reason))
+	case *protocol.Error:
+		sess.srv.dropSession(sess, fmt.Sprintf("receiver reported error %d (%v): %s", m.Code, m.Code, m.Message))
+	default:
+		sess.fail(protocol.CodeBadRequest, fmt.Sprintf("%v is not a command a receiver may send", m.Command()))
+	}
+}
+
+// pump advances the session by at most one message and reports whether it
+// sent one.
+func (sess *session) pump() bool {
+	if sess.cur == nil {
+		if len(sess.queue) == 0 {
+			return false
+		}
+		g := sess.queue[0]
+		sess.queue = sess.queue[1:]
+		sess.start(g)
+		return true
+	}
+	t := sess.cur
+	if t.pending == nil {
+		select {
+		case c, ok := <-t.chunks:
+			if !ok {
+				return false
+			}
+			t.pending = c
+		default:
+			return false
+		}
+	}
+	c := t.pending
+	switch {
+	case c.err != nil:
+		code := protocol.CodeInternal
+		if errors.Is(c.err, errChanged) {
+			code = protocol.CodeChanged
+		}
+		sess.send(&protocol.Error{Request: t.req, Code: code, Message: fmt.Sprintf("%s: %v", t.name, c.err)})
+		sess.srv.event(Event{Kind: "error", Peer: sess.peer, Name: t.name, Message: c.err.Error()})
+		sess.finishTransfer()
+		return true
+	case c.end:
+		sess.send(&protocol.End{Request: t.req, Size: uint64(t.size), Hash: c.sum})
+		sess.srv.stats.filesSent.Add(1)
+		sess.srv.event(Event{Kind: "file-sent", Peer: sess.peer, Name: t.name, Size: t.size, Hash: c.sum})
+		sess.finishTransfer()
+		return true
+	}
+	data := (*c.buf)[:c.n]
+	if !sess.gate.Take(uint64(len(data))) {
+		return false
+	}
+	sess.send(&protocol.Chunk{Request: t.req, Offset: uint64(c.off), Hash: c.hash, Data: data})
+	sess.srv.putBuf(c.buf)
+	t.pending = nil
+	t.permitted--
+	t.permit(&sess.gate)
+	return true
+}
+
+// start opens the file a GET names and sends FILE, or ERROR.
+func (sess *session) start(g *protocol.Get) {
+	f, key, err := sess.srv.cat.open(g.Name)
+	if err != nil {
+		code := protocol.CodeInternal
+		var le *lookupError
+		if errors.As(err, &le) {
+			code = le.code
+		}
+		sess.send(&protocol.Error{Request: g.Request, Code: code, Message: err.Error()})
+		sess.srv.event(Event{Kind: "refused", Peer: sess.peer, Name: g.Name, Message: fmt.Sprintf("%d %v: %v", code, code, err)})
+		return
+	}
+	// Resume only from a chunk boundary of the same version.
+	var off int64
+	tag := key.tag()
+	if g.Tag == tag && g.Offset <= uint64(key.size) {
+		off = int64(g.Offset) / sess.chunkSize * sess.chunkSize
+	}
+	t := &transfer{
+		req: g.Request, name: g.Name, size: key.size, next: off,
+		chunks: make(chan *chunk, prefetchChunks+1), permits: make(chan struct{}, prefetchChunks),
+		stop: make(chan struct{}), chunkSize: sess.chunkSize,
+	}
+	fs := sess.srv.cache.acquire(key, sess.chunkSize)
+	sess.srv.stats.openFiles.Add(1)
+	sess.cur = t
+	sess.send(&protocol.File{Request: g.Request, Size: uint64(key.size), Mode: key.mode & 07777,
+		MtimeNS: key.mtimeNS, Offset: uint64(off), Tag: tag, Name: g.Name})
+	go produce(sess.srv, t, f, key, fs, off)
+	t.permit(&sess.gate)
+}
+
+func (sess *session) finishTransfer() {
+	t := sess.cur
+	sess.cur = nil
+	if t.pending != nil && t.pending.buf != nil {
+		sess.srv.putBuf(t.pending.buf)
+	}
+	t.pending = nil
+	t.halt(sess.srv)
+}
+
+func (sess *session) abortTransfer() {
+	if sess.cur != nil {
+		sess.finishTransfer()
+	}
+	sess.queue = nil
+}
+
+// transfer is one file being sent. The producer goroutine reads chunks
+// and the Serve goroutine sends them; permits keep the producer within the
+// receiver's credit.
+type transfer struct {
+	req       uint32
+	name      string
+	size      int64
+	chunkSize int64
+	next      int64 // offset of the next chunk to permit
+
+	chunks    chan *chunk
+	permits   chan struct{}
+	permitted int // permits given for chunks not yet sent
+	stop      chan struct{}
+	pending   *chunk
+	halted    bool
+}
+
+type chunk struct {
+	off  int64
+	n    int
+	buf  *[]byte
+	hash protocol.Hash
+	end  bool
+	sum  protocol.Hash
+	err  error
+}
+
+// permit lets the producer read ahead the chunks that the current credit
+// covers, at most prefetchChunks at a time.
+func (t *transfer) permit(g *credit.Gate) {
+	for t.permitted < prefetchChunks && t.next < t.size {
+		n := t.chunkSize
+		if rem := t.size - t.next; rem < n {
+			n = rem
+		}
+		// Credit already promised to permitted chunks is not available.
+		if uint64(t.permitted)*uint64(t.chunkSize)+uint64(n) > g.Available() {
+			return
+		}
+		t.next += n
+		t.permitted++
+		t.permits <- struct{}{}
+	}
+}
+
+// halt stops the producer and returns its buffers to the pool.
+func (t *transfer) halt(srv *Server) {
+	if t.halted {
+		return
+	}
+	t.halted = true
+	close(t.stop)
+	go func() {
+		for c := range t.chunks {
+			if c.buf != nil {
+				srv.putBuf(c.buf)
+			}
+		}
+	}()
+}
+
+// produce reads, checks and hashes chunks from off to the end of f, one per
+// permit, then computes the whole-file hash. It owns f and releases fs.
+func produce(srv *Server, t *transfer, f *os.File, key fileKey, fs *fileState, off int64) {
+	defer close(t.chunks)
+	defer srv.stats.openFiles.Add(-1)
+	defer f.Close()
+	defer srv.cache.release(fs)
+	emit := func(c *chunk) bool {
+		select {
+		case t.chunks <- c:
+			srv.signal()
+			return true
+		case <-t.stop:
+			if c.buf != nil {
+				srv.putBuf(c.buf)
+			}
+			return false
+		}
+	}
+	for off < key.size {
+		select {
+		case <-t.permits:
+		case <-t.stop:
+			return
+		}
+		n := t.chunkSize
+		if rem := key.size - off; rem < n {
+			n = rem
+		}
+		buf := srv.getBuf()
+		data := (*buf)[:n]
+		got, err := f.ReadAt(data, off)
+		if err == nil || (err == io.EOF && int64(got) == n) {
+			err = sameVersion(f, key)
+		} else if int64(got) < n {
+			err = errChanged // the file shrank under us
+		}
+		if err != nil {
+			srv.putBuf(buf)
+			emit(&chunk{err: err})
+			return
+		}
+		h := fs.chunkHash(off, data)
+		if !emit(&chunk{off: off, n: int(n), buf: buf, hash: h}) {
+			return
+		}
+		off += n
+	}
+	buf := srv.getBuf()
+	sum, err := fs.wholeHash(f, *buf)
+	srv.putBuf(buf)
+	if err == nil {
+		err = sameVersion(f, key)
+	}
+	if err != nil {
+		emit(&chunk{err: err})
+		return
+	}
+	emit(&chunk{end: true, sum: sum})
+}
+
+func sameVersion(f *os.File, key fileKey) error {
+	now, err := statKey(f)
+	if err != nil {
+		return err
+	}
+	if now != key {
+		return errChanged
+	}
+	return nil
+}

@@ -10,9 +10,10 @@
 // written to disk, so the bytes in flight plus the bytes buffered never
 // exceed the window: memory is bounded by the window, not by file size.
 // It sends an update once half of the window has been consumed, and it
-// auto-tunes the window in the manner of quic-go's receive windows: if a
-// whole window was consumed in less than a few round trips, the window was
-// the bottleneck, so it doubles, up to a memory budget.
+// auto-tunes the window in the manner of quic-go's receive windows: at each
+// update, if the data consumed since the last one took less than
+// 4 x (consumed / window) round trips (half a window in under two), the
+// window was the bottleneck, so it doubles, up to a memory budget.
 //
 // The sender side (Gate) holds the highest limit received and the bytes
 // sent; a chunk may be sent only if it fits entirely under the limit.

@@ -1,0 +1,194 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "zsend-bin")
+	if err != nil {
+		panic(err)
+	}
+	binDir = dir
+	build := exec.Command("go", "build", "-o", dir, "../cmd/zsend", "../cmd/zrecv")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		os.RemoveAll(dir)
+		panic("building binaries: " + err.Error())
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// zsendProc runs the zsend binary and returns its endpoint; it is stopped
+// with SIGTERM at cleanup, and must exit 0.
+func zsendProc(t *testing.T, args ...string) (string, *exec.Cmd) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "zsend"), append([]string{"-b", "tcp://127.0.0.1:0"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(stderr)
+	epc := make(chan string, 1)
+	go func() {
+		re := regexp.MustCompile(`on (tcp://\S+)`)
+		for lines.Scan() {
+			if m := re.FindStringSubmatch(lines.Text()); m != nil {
+				epc <- m[1]
+			}
+		}
+	}()
+	stopped := false
+	t.Cleanup(func() {
+		defer cancel()
+		if stopped {
+			return
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("zsend after SIGTERM: %v", err)
+		}
+	})
+	select {
+	case ep := <-epc:
+		return ep, cmd
+	case <-time.After(10 * time.Second):
+		stopped = true
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal("zsend did not report its endpoint")
+	}
+	return "", nil
+}
+
+// zrecv runs the zrecv binary and returns its exit code, stdout and stderr.
+func zrecv(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "zrecv"), args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, out.String(), errb.String()
+}
+
+func TestBinariesEndToEnd(t *testing.T) {
+	src := t.TempDir()
+	p := writeRandom(t, src, "payload.bin", 9<<20+5)
+	ep, _ := zsendProc(t, p)
+	out := t.TempDir()
+	code, stdout, stderr := zrecv(t, "--json", "-o", out, ep, "payload.bin")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	sameFile(t, p, filepath.Join(out, "payload.bin"))
+	var done map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("not NDJSON: %q", line)
+		}
+		if ev["event"] == "file-done" {
+			done = ev
+		}
+	}
+	if done == nil {
+		t.Fatalf("no file-done event in %s", stdout)
+	}
+	if done["blake3"] != b3(t, p) || done["name"] != "payload.bin" || done["size"].(float64) != 9<<20+5 {
+		t.Fatalf("file-done %v", done)
+	}
+	if done["wire_bytes"].(float64) != 9<<20+5 {
+		t.Fatalf("wire_bytes %v", done["wire_bytes"])
+	}
+}
+
+func TestBinariesExitCodes(t *testing.T) {
+	src := t.TempDir()
+	p := writeRandom(t, src, "f", 1000)
+	ep, _ := zsendProc(t, p)
+	out := t.TempDir()
+	cases := []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"missing name", []string{"-q", "-o", out, ep, "missing.txt"}, 3, "missing.txt"},
+		{"traversal", []string{"-q", "-o", out, ep, "../f"}, 3, "../f"},
+		{"absolute", []string{"-q", "-o", out, ep, "/etc/passwd"}, 3, "absolute"},
+		{"no arguments", nil, 2, "ENDPOINT"},
+		{"bad flag", []string{"--frobnicate"}, 2, "frobnicate"},
+		{"bad endpoint", []string{"-o", out, "http://x", "f"}, 2, "tcp://"},
+		{"missing output dir", []string{"-o", filepath.Join(out, "nope"), ep, "f"}, 2, "output directory"},
+		{"unreachable", []string{"-q", "-t", "1s", "-o", out, "tcp://127.0.0.1:1", "f"}, 4, "unreachable"},
+	}
+	for _, tc := range cases {
+		code, _, stderr := zrecv(t, tc.args...)
+		if code != tc.code {
+			t.Errorf("%s: exit %d, want %d (stderr %q)", tc.name, code, tc.code, stderr)
+		}
+		if !strings.Contains(stderr, tc.msg) {
+			t.Errorf("%s: stderr %q does not mention %q", tc.name, stderr, tc.msg)
+		}
+	}
+	if got := entries(t, out); len(got) != 0 {
+		t.Fatalf("failed fetches left %v", got)
+	}
+}
+
+func TestBinariesHelpAndVersion(t *testing.T) {
+	for _, bin := range []string{"zsend", "zrecv"} {
+		cmd := exec.Command(filepath.Join(binDir, bin), "--help")
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%s --help: %v", bin, err)
+		}
+		for _, want := range []string{"Usage:", "Examples:", "Exit codes:"} {
+			if !strings.Contains(errb.String(), want) {
+				t.Errorf("%s --help lacks %q", bin, want)
+			}
+		}
+		v, err := exec.Command(filepath.Join(binDir, bin), "--version").Output()
+		if err != nil || !strings.Contains(string(v), "ZSND/1") {
+			t.Errorf("%s --version: %q %v", bin, v, err)
+		}
+	}
+	cmd := exec.Command(filepath.Join(binDir, "zsend"))
+	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 2 {
+		t.Errorf("zsend without paths: %v", err)
+	}
+	cmd = exec.Command(filepath.Join(binDir, "zsend"), "/nonexistent/file")
+	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 2 {
+		t.Errorf("zsend with a missing path: %v", err)
+	}
+}

@@ -160,10 +160,10 @@ func (m *Get) decodeHeader(d *decoder) {
 }
 
 func (m *Credit) appendHeader(b []byte) []byte { return be64(b, m.Limit) }
-func (m *Credit) decodeHeader(d *decoder)       { m.Limit = d.u64() }
+func (m *Credit) decodeHeader(d *decoder)      { m.Limit = d.u64() }
 
 func (m *Cancel) appendHeader(b []byte) []byte { return be32(b, m.Request) }
-func (m *Cancel) decodeHeader(d *decoder)       { m.Request = d.u32() }
+func (m *Cancel) decodeHeader(d *decoder)      { m.Request = d.u32() }
 
 func (m *File) appendHeader(b []byte) []byte {
 	b = be32(b, m.Request)
@@ -225,9 +225,9 @@ func (m *End) decodeHeader(d *decoder) {
 }
 
 func (m *Ping) appendHeader(b []byte) []byte { return be64(b, m.Token) }
-func (m *Ping) decodeHeader(d *decoder)       { m.Token = d.u64() }
+func (m *Ping) decodeHeader(d *decoder)      { m.Token = d.u64() }
 func (m *Pong) appendHeader(b []byte) []byte { return be64(b, m.Token) }
-func (m *Pong) decodeHeader(d *decoder)       { m.Token = d.u64() }
+func (m *Pong) decodeHeader(d *decoder)      { m.Token = d.u64() }
 
 func (m *Bye) appendHeader(b []byte) []byte {
 	b = be16(b, uint16(m.Code))

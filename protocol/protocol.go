@@ -28,19 +28,19 @@ const (
 
 // Limits that every decoder enforces before allocating or slicing.
 const (
-	CommandFrameLen = 6               // len(Signature) + version + command
-	MaxHeaderLen    = 8 << 10         // largest header frame accepted
-	MaxNameLen      = 4096            // largest file name, in bytes
-	MaxComponentLen = 255             // largest single path component, in bytes
-	MaxTextLen      = 1024            // largest free-text field (error message, peer id)
-	MinChunkSize    = 4 << 10         // smallest chunk size a peer may negotiate
-	MaxChunkSize    = 4 << 20         // largest chunk size a peer may negotiate
-	MaxFrameSize    = MaxChunkSize    // no frame of a valid session is larger than this
-	TagLen          = 16              // length of a file version tag
-	HashLen         = 32              // BLAKE3-256
-	MaxFrames       = 3               // the most frames any message has
-	DefaultChunk    = 1 << 20         // the chunk size a sender proposes by default
-	NoRequest       = uint32(0)       // request id meaning "the whole session"
+	CommandFrameLen = 6            // len(Signature) + version + command
+	MaxHeaderLen    = 8 << 10      // largest header frame accepted
+	MaxNameLen      = 4096         // largest file name, in bytes
+	MaxComponentLen = 255          // largest single path component, in bytes
+	MaxTextLen      = 1024         // largest free-text field (error message, peer id)
+	MinChunkSize    = 4 << 10      // smallest chunk size a peer may negotiate
+	MaxChunkSize    = 4 << 20      // largest chunk size a peer may negotiate
+	MaxFrameSize    = MaxChunkSize // no frame of a valid session is larger than this
+	TagLen          = 16           // length of a file version tag
+	HashLen         = 32           // BLAKE3-256
+	MaxFrames       = 3            // the most frames any message has
+	DefaultChunk    = 1 << 20      // the chunk size a sender proposes by default
+	NoRequest       = uint32(0)    // request id meaning "the whole session"
 )
 
 // Command identifies a message type; it is octet 5 of the command frame.

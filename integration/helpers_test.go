@@ -23,7 +23,7 @@ import (
 // endpointKinds are the transports every transfer test runs over.
 var endpointKinds = []string{"tcp", "ipc"}
 
-func endpointFor(t *testing.T, kind string) string {
+func endpointFor(t testing.TB, kind string) string {
 	switch kind {
 	case "tcp":
 		return "tcp://127.0.0.1:0"
@@ -42,7 +42,7 @@ func endpointFor(t *testing.T, kind string) string {
 
 // serve starts a sender on cfg (Endpoint defaults to tcp loopback) and
 // stops it when the test ends. It returns the bound endpoint.
-func serve(t *testing.T, cfg sender.Config) (string, *sender.Server) {
+func serve(t testing.TB, cfg sender.Config) (string, *sender.Server) {
 	t.Helper()
 	if cfg.Endpoint == "" {
 		cfg.Endpoint = "tcp://127.0.0.1:0"
@@ -70,7 +70,7 @@ func serve(t *testing.T, cfg sender.Config) (string, *sender.Server) {
 }
 
 // fetch runs the receiver with a bounded context.
-func fetch(t *testing.T, cfg receiver.Config, names ...string) ([]receiver.Result, error) {
+func fetch(t testing.TB, cfg receiver.Config, names ...string) ([]receiver.Result, error) {
 	t.Helper()
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 5 * time.Second
@@ -81,7 +81,7 @@ func fetch(t *testing.T, cfg receiver.Config, names ...string) ([]receiver.Resul
 }
 
 // writeRandom creates dir/name with n random bytes.
-func writeRandom(t *testing.T, dir, name string, n int64) string {
+func writeRandom(t testing.TB, dir, name string, n int64) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	f, err := os.Create(p)
@@ -98,7 +98,7 @@ func writeRandom(t *testing.T, dir, name string, n int64) string {
 }
 
 // b3 is an independent BLAKE3-256 of a file, as b3sum prints it.
-func b3(t *testing.T, path string) string {
+func b3(t testing.TB, path string) string {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -113,7 +113,7 @@ func b3(t *testing.T, path string) string {
 }
 
 // entries lists dir, hidden files included.
-func entries(t *testing.T, dir string) []string {
+func entries(t testing.TB, dir string) []string {
 	t.Helper()
 	es, err := os.ReadDir(dir)
 	if err != nil {
@@ -126,7 +126,7 @@ func entries(t *testing.T, dir string) []string {
 	return names
 }
 
-func sameFile(t *testing.T, src, dst string) {
+func sameFile(t testing.TB, src, dst string) {
 	t.Helper()
 	if a, b := b3(t, src), b3(t, dst); a != b {
 		t.Fatalf("%s: BLAKE3 %s, source %s has %s", dst, b, src, a)

@@ -20,6 +20,9 @@ import (
 // started, so the final fsync has little left to do.
 const writeBackEvery = 8 << 20
 
+// commitBatch is the most verified files waiting for one commit.
+const commitBatch = 128
+
 // task is one requested name, across sessions and restarts.
 type task struct {
 	name      string
@@ -38,10 +41,19 @@ type task struct {
 	mode     uint32
 	mtimeNS  int64
 	tag      protocol.Tag
-	next     int64 // next offset expected; all bytes before it are verified and written
-	whole    *blake3.Hasher
-	synced   int64 // bytes handed to write-back
+	next     int64 // next offset expected; all bytes before it are verified (and written or queued)
 	restarts int   // source changes and verification failures so far
+	inflight int   // writer operations not yet answered (session loop's count)
+	ended    bool  // END received: no new request until the writer has checked it
+	verified bool  // END matched; waiting for commit
+	sum      protocol.Hash
+
+	// Owned by the writer while inflight > 0 (see writer.go).
+	df      *os.File // the partial file opened with O_DIRECT, or nil
+	whole   *blake3.Hasher
+	written int64 // bytes written to the partial file
+	synced  int64 // bytes handed to write-back
+	werr    error // first write error
 
 	wire, reused int64
 	lastReport   time.Time
@@ -103,7 +115,7 @@ func (t *task) resumePoint() (uint64, protocol.Tag) {
 // begin handles FILE: it opens (or reopens) the partial file and positions
 // the transfer at m.Offset, reusing the verified prefix when the version
 // matches. It returns a note for a restart event ("" if none).
-func (t *task) begin(m *protocol.File, resume bool) (string, error) {
+func (t *task) begin(m *protocol.File, resume bool, chunk int64) (string, error) {
 	if m.Name != t.name {
 		return "", fmt.Errorf("%w: FILE names %q for a request of %q", ErrProtocol, m.Name, t.name)
 	}
@@ -127,13 +139,13 @@ func (t *task) begin(m *protocol.File, resume bool) (string, error) {
 		// The server offered to resume where we hold nothing usable.
 		return "", fmt.Errorf("%w: server resumes at %d but %d bytes are usable", ErrProtocol, m.Offset, reuse)
 	}
-	if err := t.openPartial(m, reuse); err != nil {
+	if err := t.openPartial(m, reuse, chunk); err != nil {
 		return note, err
 	}
 	return note, nil
 }
 
-func (t *task) openPartial(m *protocol.File, reuse int64) error {
+func (t *task) openPartial(m *protocol.File, reuse, chunk int64) error {
 	dir := filepath.Dir(t.dest)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -144,12 +156,13 @@ func (t *task) openPartial(m *protocol.File, reuse int64) error {
 			return err
 		}
 		t.f = f
+		t.df = openDirect(t.partPath)
 	}
 	if err := t.f.Truncate(reuse); err != nil {
 		return err
 	}
 	// Rehash the reused prefix unless the hasher is already exactly there.
-	if !(t.open && t.whole != nil && t.next == reuse) {
+	if !(t.open && t.whole != nil && t.written == reuse && t.werr == nil) {
 		t.whole = blake3.New()
 		if reuse > 0 {
 			if _, err := io.Copy(t.whole, io.NewSectionReader(t.f, 0, reuse)); err != nil {
@@ -158,75 +171,28 @@ func (t *task) openPartial(m *protocol.File, reuse int64) error {
 		}
 		t.reused = reuse
 	}
-	t.open = true
+	t.open, t.ended, t.verified, t.werr = true, false, false, nil
 	t.size, t.mode, t.mtimeNS, t.tag = int64(m.Size), m.Mode, m.MtimeNS, m.Tag
-	t.next, t.synced = reuse, reuse
+	t.next, t.written, t.synced = reuse, reuse, reuse
+	if t.size <= chunk {
+		// One chunk at most: nothing to resume, so no state file (a file
+		// creation costs as much as the whole transfer of a small file).
+		return nil
+	}
 	st, _ := json.Marshal(partialState{Name: t.name, Tag: hex.EncodeToString(m.Tag[:]), Size: t.size, Mode: t.mode, MtimeNS: t.mtimeNS})
 	return os.WriteFile(t.statePath, st, 0o600)
-}
-
-// write stores a verified chunk at the next offset.
-func (t *task) write(data []byte) error {
-	if _, err := t.f.WriteAt(data, t.next); err != nil {
-		return err
-	}
-	t.whole.Write(data)
-	t.next += int64(len(data))
-	if t.next-t.synced >= writeBackEvery {
-		// Start write-back now; the final fsync then waits for little.
-		_ = unix.SyncFileRange(int(t.f.Fd()), t.synced, t.next-t.synced, unix.SYNC_FILE_RANGE_WRITE)
-		t.synced = t.next
-	}
-	return nil
-}
-
-// finish checks the whole-file hash and puts the file in place.
-func (t *task) finish(m *protocol.End) error {
-	if int64(m.Size) != t.size || t.next != t.size {
-		return fmt.Errorf("%w: END at %d bytes of %d, size %d", ErrProtocol, t.next, t.size, m.Size)
-	}
-	var sum protocol.Hash
-	copy(sum[:], t.whole.Sum(nil))
-	if sum != m.Hash {
-		return fmt.Errorf("%w: whole-file BLAKE3 %s, server says %s", ErrVerify, sum, m.Hash)
-	}
-	if err := t.f.Sync(); err != nil {
-		return err
-	}
-	if err := t.f.Chmod(os.FileMode(t.mode & 0o7777)); err != nil {
-		return err
-	}
-	if err := t.f.Close(); err != nil {
-		t.f = nil
-		return err
-	}
-	t.f = nil
-	mtime := time.Unix(0, t.mtimeNS)
-	if err := os.Chtimes(t.partPath, mtime, mtime); err != nil {
-		return err
-	}
-	if fi, err := os.Lstat(t.dest); err == nil && fi.IsDir() {
-		return fmt.Errorf("%s is a directory", t.dest)
-	}
-	if err := os.Rename(t.partPath, t.dest); err != nil {
-		return err
-	}
-	syncDir(filepath.Dir(t.dest))
-	os.Remove(t.statePath)
-	t.done, t.open = true, false
-	t.result = Result{Name: t.name, Path: t.dest, Size: t.size, Hash: sum, Wire: t.wire, Reused: t.reused}
-	return nil
 }
 
 // close releases the partial file. With discard it also removes the
 // partial state, as after a verification failure; otherwise the state is
 // kept for a later resume.
 func (t *task) close(discard bool) {
+	t.closeDirect()
 	if t.f != nil {
 		t.f.Close()
 		t.f = nil
 	}
-	t.open = false
+	t.open, t.ended, t.verified = false, false, false
 	if discard {
 		os.Remove(t.partPath)
 		os.Remove(t.statePath)
@@ -237,7 +203,24 @@ func (t *task) close(discard bool) {
 func (t *task) restart() {
 	t.close(true)
 	t.whole = nil
-	t.next = 0
+	t.next, t.written = 0, 0
+}
+
+// openDirect opens path for O_DIRECT writes; nil where the file system
+// does not support it (tmpfs, some network file systems).
+func openDirect(path string) *os.File {
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil
+	}
+	return os.NewFile(uintptr(fd), path)
+}
+
+func (t *task) closeDirect() {
+	if t.df != nil {
+		t.df.Close()
+		t.df = nil
+	}
 }
 
 func syncDir(dir string) {

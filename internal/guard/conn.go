@@ -29,10 +29,11 @@ type conn struct {
 	network string
 	onClose func() // listener accounting; may be nil
 
-	rmu     sync.Mutex
-	phase   int
-	pending []byte // checked handshake bytes to replay to zmq4
-	scan    frameScanner
+	rmu        sync.Mutex
+	phase      int
+	hsDeadline time.Time // dialed connections: end of the peer's handshake
+	pending    []byte    // checked handshake bytes to replay to zmq4
+	scan       frameScanner
 
 	wmu     sync.Mutex
 	swallow int // bytes of zmq4's greeting still to drop (already sent)
@@ -108,11 +109,9 @@ func (c *conn) Read(p []byte) (int, error) {
 }
 
 // readHandshake reads the next handshake step (dialed connections only)
-// under the handshake timeout.
+// under the handshake deadline.
 func (c *conn) readHandshake() error {
-	if c.set.handshake > 0 {
-		c.raw.SetReadDeadline(time.Now().Add(c.set.handshake))
-	}
+	c.raw.SetReadDeadline(c.hsDeadline)
 	var err error
 	switch c.phase {
 	case phaseGreeting:
@@ -124,9 +123,7 @@ func (c *conn) readHandshake() error {
 		return c.handshakeFailed(err)
 	}
 	c.phase++
-	if c.set.handshake > 0 {
-		c.raw.SetReadDeadline(time.Time{})
-	}
+	c.raw.SetReadDeadline(time.Time{})
 	return nil
 }
 

@@ -54,9 +54,15 @@
 //   - Write stall eviction. A ROUTER send holds one socket-wide mutex and
 //     writes synchronously, so a single peer that stops reading blocks sends
 //     to every peer, the registration of new peers and even Close. Each
-//     write gets a deadline of WriteStallTimeout, renewed whenever the
-//     kernel accepts more bytes; a write that makes no progress for a whole
-//     window closes the connection, which releases the mutex.
+//     write gets a deadline of WriteStallTimeout; when it expires the write
+//     continues only if the window showed progress (bytes accepted by the
+//     kernel, or on Linux bytes consumed by the peer, read from SIOCOUTQ:
+//     the kernel wakes a blocked writer only once a third of the send
+//     buffer is free, so accepted bytes alone would make a slow but steady
+//     reader look stuck). Otherwise the connection is closed, which fails
+//     the write and releases the mutex. A slow reader is kept, and still
+//     holds the mutex while its write lasts: bound what is in flight per
+//     peer (credit) so that writes rarely block at all.
 //
 //   - Orphan cleanup. When zmq4.Open fails (for example an incompatible
 //     socket type), zmq4 neither closes the connection nor reports it. A

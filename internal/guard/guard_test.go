@@ -481,6 +481,7 @@ func TestDialHostileServer(t *testing.T) {
 func TestGoroutinesReturnToBaseline(t *testing.T) {
 	baseline := runtime.NumGoroutine()
 	ctx := WithConfig(context.Background(), testConfig())
+	var during int
 	func() {
 		router := zmq4.NewRouter(ctx, zmq4.WithLogger(quiet))
 		defer router.Close()
@@ -504,8 +505,10 @@ func TestGoroutinesReturnToBaseline(t *testing.T) {
 			}
 			roundTrip(t, router, d, id, 2*time.Second)
 		}
-		for _, c := range raws {
-			c.Close()
+		during = runtime.NumGoroutine()
+		// The idle clients stay connected: Close must end their handshakes.
+		if s := StatsFrom(ctx); s.Handshaking != int64(len(raws)) {
+			t.Fatalf("stats %+v", s)
 		}
 	}()
 	eventually(t, 3*time.Second, "guard connections closed", func() bool { return StatsFrom(ctx).Open == 0 })
@@ -514,7 +517,7 @@ func TestGoroutinesReturnToBaseline(t *testing.T) {
 		n = runtime.NumGoroutine()
 		return n <= baseline
 	})
-	t.Logf("goroutines: baseline %d, after close %d", baseline, n)
+	t.Logf("goroutines: baseline %d, with sockets open %d, after close %d", baseline, during, n)
 }
 
 func TestIdleTimeout(t *testing.T) {
@@ -581,5 +584,46 @@ func TestSlowReaderKept(t *testing.T) {
 	t.Logf("6 MiB send to a slow reader took %v with a %v stall window", took, cfg.WriteStallTimeout)
 	if s := StatsFrom(ctx); s.WriteStalls != 0 {
 		t.Fatalf("slow reader evicted: %+v", s)
+	}
+}
+
+// zmq4's accept loop retries Accept on any error until its context is
+// cancelled: after Close, Accept must fail, and fail slowly while the
+// context is still live.
+func TestAcceptAfterClose(t *testing.T) {
+	ctx, cancel := context.WithCancel(WithConfig(context.Background(), testConfig()))
+	defer cancel()
+	ln, err := guarded{network: "tcp"}.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	start := time.Now()
+	for range 3 {
+		if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Accept after Close: %v", err)
+		}
+	}
+	if el := time.Since(start); el < 250*time.Millisecond {
+		t.Fatalf("3 failing Accepts took only %v: zmq4's loop would spin", el)
+	}
+	cancel()
+	start = time.Now()
+	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept after cancel: %v", err)
+	}
+	if el := time.Since(start); el > 50*time.Millisecond {
+		t.Fatalf("Accept after cancel took %v", el)
+	}
+
+	// Cancelling the socket context alone closes the listener too.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	ln2, err := guarded{network: "tcp"}.Listen(ctx2, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel2()
+	if _, err := ln2.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept after context cancel: %v", err)
 	}
 }

@@ -77,7 +77,11 @@ func (l *listener) acceptLoop() {
 		c := newConn(raw, l.set, l.network)
 		c.onClose = l.release
 		if !l.admit(c) {
-			l.set.add(cRejected, 1)
+			select {
+			case <-l.done:
+			default:
+				l.set.add(cRejected, 1)
+			}
 			c.onClose = nil
 			c.Close()
 			continue

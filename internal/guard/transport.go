@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/go-zeromq/zmq4/transport"
@@ -72,6 +73,9 @@ func (g guarded) Dial(ctx context.Context, dialer transport.Dialer, addr string)
 	}
 	set.add(cDialed, 1)
 	c := newConn(raw, set, g.network)
+	if set.handshake > 0 {
+		c.hsDeadline = time.Now().Add(set.handshake)
+	}
 	c.watchAdoption(set.orphan)
 	return c, nil
 }

@@ -1,0 +1,510 @@
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+	"github.com/zeebo/blake3"
+
+	"github.com/zsend/zsend/credit"
+	"github.com/zsend/zsend/internal/zsock"
+	"github.com/zsend/zsend/protocol"
+)
+
+// conn is one session: its socket, its writer and its state. Only the
+// session loop (run) touches it, except send, which the pinger also uses.
+type conn struct {
+	c        *client
+	sock     zmq4.Socket
+	version  uint8
+	chunk    int64
+	maxReq   int
+	window   *credit.Window
+	outReqs  int // live requests outstanding
+	progress bool
+
+	w        *writer
+	inflight int     // writer operations not yet answered
+	commitQ  []*task // verified files waiting for a commit
+	err      *sessionError
+}
+
+func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// send is safe from several goroutines: zmq4 serialises socket writes.
+func (s *conn) send(m protocol.Message) error {
+	v := s.version
+	if v == 0 {
+		v = protocol.Version1
+	}
+	return s.sock.Send(zmq4.NewMsgFrom(protocol.Encode(v, m)...))
+}
+
+// setErr records the first error that ends the session.
+func (s *conn) setErr(e *sessionError) {
+	if e != nil && s.err == nil {
+		s.err = e
+	}
+}
+
+func (s *conn) run(ctx context.Context, inbox <-chan zsock.Inbound, lastRecv *atomic.Int64) *sessionError {
+	s.w = startWriter()
+	defer s.closeWriter()
+	cfg := &s.c.cfg
+	helloAt := time.Now()
+	if err := s.send(&protocol.Hello{MinVersion: protocol.MinVersion, MaxVersion: protocol.MaxVersion,
+		MaxChunk: cfg.MaxChunk, HeartbeatMS: uint32(cfg.Heartbeat / time.Millisecond), PeerID: cfg.PeerID}); err != nil {
+		return lost("sending HELLO: %v", err)
+	}
+	tick := time.NewTicker(cfg.Heartbeat / 2)
+	defer tick.Stop()
+	pingCtx, stopPing := context.WithCancel(ctx)
+	defer stopPing()
+
+	for s.err == nil {
+		select {
+		case <-ctx.Done():
+			return &sessionError{err: ctx.Err()}
+		case now := <-tick.C:
+			if silent := now.Sub(time.Unix(0, lastRecv.Load())); silent > cfg.PeerTimeout {
+				return lost("server silent for %v", silent.Round(time.Millisecond))
+			}
+			if s.version == 0 && now.Sub(helloAt) > cfg.PeerTimeout {
+				return lost("no WELCOME within %v", cfg.PeerTimeout)
+			}
+		case r := <-s.w.res:
+			s.inflight--
+			s.apply(r)
+		case in, ok := <-inbox:
+			if !ok {
+				return lost("connection closed")
+			}
+			if in.Err != nil {
+				return lost("connection lost: %v", in.Err)
+			}
+			msg, _, err := protocol.Decode(in.Frames)
+			if err != nil {
+				var de *protocol.DecodeError
+				code := protocol.CodeBadRequest
+				if errors.As(err, &de) {
+					code = de.Code()
+				}
+				s.send(&protocol.Error{Code: code, Message: err.Error()})
+				// A corrupted stream looks like this too: retry, bounded
+				// by the violation budget.
+				return s.violation("%v", err)
+			}
+			if s.version == 0 {
+				s.setErr(s.welcome(msg, time.Since(helloAt)))
+				if s.version != 0 {
+					go s.pinger(pingCtx)
+				}
+				continue
+			}
+			s.setErr(s.handle(msg))
+			if pong, ok := msg.(*protocol.Pong); ok {
+				if rtt := time.Since(time.Unix(0, int64(pong.Token))); rtt > 0 && rtt < cfg.PeerTimeout {
+					s.window.SetRTT(rtt)
+				}
+			}
+		}
+		if s.err == nil && len(s.commitQ) > 0 && (len(s.commitQ) >= commitBatch || s.outReqs == 0) {
+			s.commit()
+		}
+		if s.err == nil && !s.c.pending() {
+			s.send(&protocol.Bye{Code: protocol.CodeOK, Reason: "done"})
+			return nil
+		}
+	}
+	return s.err
+}
+
+// closeWriter waits for the writer's queued work, commits the files that
+// were verified (they are complete whatever ended the session), and stops
+// the writer.
+func (s *conn) closeWriter() {
+	s.drain()
+	if len(s.commitQ) > 0 {
+		s.commit()
+		s.drain()
+	}
+	s.w.stop()
+}
+
+// submit queues an operation, applying results while the queue is full.
+func (s *conn) submit(o op) {
+	if o.t != nil {
+		o.t.inflight++
+	}
+	for _, t := range o.batch {
+		t.inflight++
+	}
+	for {
+		select {
+		case s.w.ops <- o:
+			s.inflight++
+			return
+		case r := <-s.w.res:
+			s.inflight--
+			s.apply(r)
+		}
+	}
+}
+
+// drain waits for every queued operation.
+func (s *conn) drain() {
+	for s.inflight > 0 {
+		r := <-s.w.res
+		s.inflight--
+		s.apply(r)
+	}
+}
+
+// drainTask waits until the writer holds nothing of t, so the session loop
+// may touch its file.
+func (s *conn) drainTask(t *task) {
+	for t.inflight > 0 {
+		r := <-s.w.res
+		s.inflight--
+		s.apply(r)
+	}
+}
+
+func (s *conn) commit() {
+	batch := s.commitQ
+	s.commitQ = nil
+	s.submit(op{kind: opCommit, batch: batch})
+}
+
+// apply handles one writer result. It never blocks.
+func (s *conn) apply(r result) {
+	switch r.kind {
+	case opWrite:
+		r.t.inflight--
+		s.consumed(uint64(r.n))
+		if r.err != nil && !r.t.done {
+			s.failFile(r.t, r.err)
+		}
+	case opEnd:
+		t := r.t
+		t.inflight--
+		t.sum = r.sum
+		switch {
+		case r.err == nil:
+			t.verified = true
+			s.commitQ = append(s.commitQ, t)
+		case errors.Is(r.err, ErrVerify):
+			s.setErr(s.retryFile(t, r.err))
+		case errors.Is(r.err, ErrProtocol):
+			s.setErr(s.violation("%v", r.err))
+		default:
+			s.failFile(t, r.err)
+		}
+	case opCommit:
+		for i, t := range r.batch {
+			t.inflight--
+			if r.errs[i] != nil {
+				s.failFile(t, fmt.Errorf("%s: %w", t.dest, r.errs[i]))
+				continue
+			}
+			s.progress = true
+			t.done, t.open, t.verified = true, false, false
+			t.result = Result{Name: t.name, Path: t.dest, Size: t.size, Hash: t.sum, Wire: t.wire, Reused: t.reused}
+			s.c.emit(Event{Kind: EventDone, Name: t.name, Path: t.dest, Size: t.size, Done: t.size, Wire: t.wire, Reused: t.reused, Hash: t.sum})
+		}
+	}
+}
+
+// pinger sends PINGs from its own goroutine, so a receiver busy on a slow
+// disk still shows the server it is alive. The token is the send time, so
+// the PONG gives the round-trip time. It starts after WELCOME: s.version
+// is not written again.
+func (s *conn) pinger(ctx context.Context) {
+	t := time.NewTicker(s.c.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.send(&protocol.Ping{Token: uint64(now.UnixNano())})
+		}
+	}
+}
+
+// welcome handles the first message of a session.
+func (s *conn) welcome(msg protocol.Message, rtt time.Duration) *sessionError {
+	switch m := msg.(type) {
+	case *protocol.Welcome:
+		if m.Version < protocol.MinVersion || m.Version > protocol.MaxVersion {
+			return &sessionError{err: fmt.Errorf("%w: server chose version %d", ErrProtocol, m.Version)}
+		}
+		if m.ChunkSize > s.c.cfg.MaxChunk {
+			return &sessionError{err: fmt.Errorf("%w: server chose chunk size %d above our %d", ErrProtocol, m.ChunkSize, s.c.cfg.MaxChunk)}
+		}
+		s.version, s.chunk, s.maxReq = m.Version, int64(m.ChunkSize), int(m.MaxRequests)
+		if s.maxReq < 1 {
+			s.maxReq = 1
+		}
+		win := s.c.cfg.Window
+		if win < uint64(m.ChunkSize) {
+			win = uint64(m.ChunkSize)
+		}
+		s.window = credit.NewWindow(win, s.c.cfg.MaxWindow)
+		s.window.SetRTT(rtt)
+		s.send(&protocol.Credit{Limit: s.window.Start(time.Now())})
+		s.issueGets()
+		return nil
+	case *protocol.Error:
+		re := &RemoteError{Code: m.Code, Message: m.Message}
+		retry := m.Code == protocol.CodeTooMany || m.Code == protocol.CodeUnavailable
+		return &sessionError{err: re, retry: retry, retryAfter: time.Second}
+	case *protocol.Bye:
+		return &sessionError{err: fmt.Errorf("server said bye: %s", m.Reason), retry: true, retryAfter: time.Duration(m.RetryAfterMS) * time.Millisecond}
+	case *protocol.Ping:
+		s.send(&protocol.Pong{Token: m.Token})
+		return nil
+	}
+	return &sessionError{err: fmt.Errorf("%w: %v before WELCOME", ErrProtocol, msg.Command())}
+}
+
+// issueGets sends GETs for tasks without an outstanding request, up to the
+// server's limit, so files are pipelined rather than fetched one round
+// trip at a time.
+func (s *conn) issueGets() {
+	for _, t := range s.c.tasks {
+		if s.outReqs >= s.maxReq {
+			return
+		}
+		if t.done || t.req != 0 || t.ended {
+			continue
+		}
+		s.get(t, 0, protocol.Tag{}, true)
+	}
+}
+
+// get sends a GET for t. With fromPartial it resumes from what t holds
+// (open) or from the partial file on disk; otherwise it asks for offset at
+// tag.
+func (s *conn) get(t *task, offset uint64, tag protocol.Tag, fromPartial bool) {
+	if fromPartial && !s.c.cfg.NoResume {
+		if t.open {
+			offset, tag = uint64(t.next), t.tag
+		} else {
+			offset, tag = t.resumePoint()
+		}
+	}
+	s.c.nextReq++
+	if s.c.nextReq == protocol.NoRequest {
+		s.c.nextReq++
+	}
+	t.req = s.c.nextReq
+	s.c.byReq[t.req] = t
+	s.outReqs++
+	s.send(&protocol.Get{Request: t.req, Offset: offset, Tag: tag, Name: t.name})
+}
+
+// handle applies one message in an open session.
+func (s *conn) handle(msg protocol.Message) *sessionError {
+	switch m := msg.(type) {
+	case *protocol.Chunk:
+		return s.chunkIn(m)
+	case *protocol.File:
+		t, live := s.live(m.Request)
+		if t == nil {
+			return s.violation("FILE for unknown request %d", m.Request)
+		}
+		if !live {
+			return nil
+		}
+		if m.Size > 0 && m.Offset < m.Size && m.Offset%uint64(s.chunk) != 0 {
+			return s.violation("FILE offset %d is not a multiple of the chunk size", m.Offset)
+		}
+		s.drainTask(t)
+		note, err := t.begin(m, !s.c.cfg.NoResume, s.chunk)
+		if err != nil {
+			if errors.Is(err, ErrProtocol) {
+				return s.violation("%v", err)
+			}
+			s.failFile(t, fmt.Errorf("%s: %w", t.dest, err))
+			return nil
+		}
+		if note != "" {
+			s.c.emit(Event{Kind: EventRestart, Name: t.name, Path: t.dest, Message: note})
+		}
+		s.c.emit(Event{Kind: EventStart, Name: t.name, Path: t.dest, Size: t.size, Done: t.next, Reused: t.reused})
+	case *protocol.End:
+		t, live := s.live(m.Request)
+		if t == nil {
+			return s.violation("END for unknown request %d", m.Request)
+		}
+		if !live {
+			return nil
+		}
+		if !t.open {
+			return s.violation("END before FILE for request %d", m.Request)
+		}
+		if int64(m.Size) != t.size || t.next != t.size {
+			return s.violation("END at %d bytes of %d, size %d", t.next, t.size, m.Size)
+		}
+		s.retire(t)
+		t.ended = true // the writer checks it; not to be requested again meanwhile
+		s.submit(op{kind: opEnd, t: t, hash: m.Hash, size: int64(m.Size)})
+		s.issueGets()
+	case *protocol.Error:
+		if m.Request == protocol.NoRequest {
+			re := &RemoteError{Code: m.Code, Message: m.Message}
+			switch m.Code {
+			case protocol.CodeVersion, protocol.CodeUnknownCommand:
+				return &sessionError{err: re}
+			}
+			return &sessionError{err: re, retry: true}
+		}
+		t, live := s.live(m.Request)
+		if t == nil || !live {
+			return nil
+		}
+		s.retire(t)
+		re := &RemoteError{Code: m.Code, Message: m.Message}
+		if m.Code == protocol.CodeChanged {
+			return s.retryFile(t, re)
+		}
+		s.drainTask(t)
+		s.c.fail(t, re, true)
+		s.issueGets()
+	case *protocol.Ping:
+		s.send(&protocol.Pong{Token: m.Token})
+	case *protocol.Pong:
+	case *protocol.Bye:
+		retry := m.Code == protocol.CodeUnavailable || m.Code == protocol.CodeTimeout
+		return &sessionError{err: fmt.Errorf("server closed the session: %s (%v)", m.Reason, m.Code), retry: retry,
+			retryAfter: time.Duration(m.RetryAfterMS) * time.Millisecond}
+	default:
+		return s.violation("%v is not a command a server may send", m.Command())
+	}
+	return nil
+}
+
+// live finds the task of a request: live is false for a stale request (one
+// cancelled or superseded), whose messages are ignored.
+func (s *conn) live(req uint32) (*task, bool) {
+	t := s.c.byReq[req]
+	if t == nil {
+		return nil, false
+	}
+	return t, t.req == req && !t.done
+}
+
+// retire ends the task's current request. Its entry in byReq stays, so
+// messages of the request still in flight are recognised as stale.
+func (s *conn) retire(t *task) {
+	if t.req != 0 {
+		t.req = 0
+		s.outReqs--
+	}
+}
+
+func (s *conn) chunkIn(m *protocol.Chunk) *sessionError {
+	n := uint64(len(m.Data))
+	if err := s.window.Received(n); err != nil {
+		return s.violation("%v", err)
+	}
+	t, live := s.live(m.Request)
+	if t == nil {
+		return s.violation("CHUNK for unknown request %d", m.Request)
+	}
+	t.wire += int64(n)
+	if !live {
+		s.consumed(n) // data of a cancelled request still in flight
+		return nil
+	}
+	if !t.open {
+		return s.violation("CHUNK before FILE for request %d", m.Request)
+	}
+	want := s.chunk
+	if rem := t.size - t.next; rem < want {
+		want = rem
+	}
+	if int64(m.Offset) != t.next || int64(n) != want {
+		return s.violation("CHUNK at %d of %d bytes, expected %d bytes at %d", m.Offset, n, want, t.next)
+	}
+	if protocol.Hash(blake3.Sum256(m.Data)) != m.Hash {
+		// Corrupted on the way: never written. Ask again from here.
+		s.consumed(n)
+		s.send(&protocol.Cancel{Request: t.req})
+		s.retire(t)
+		return s.retryFile(t, fmt.Errorf("%w: chunk at offset %d does not match its BLAKE3", ErrVerify, m.Offset))
+	}
+	t.next += int64(n)
+	s.submit(op{kind: opWrite, t: t, data: m.Data}) // credit returns when written
+	// Report every 100ms, and at least every 1/64 of the file.
+	if now := time.Now(); now.Sub(t.lastReport) >= 100*time.Millisecond || t.next-t.lastReported >= t.size/64 {
+		t.lastReport, t.lastReported = now, t.next
+		s.c.emit(Event{Kind: EventProgress, Name: t.name, Path: t.dest, Size: t.size, Done: t.next, Wire: t.wire, Reused: t.reused})
+	}
+	return nil
+}
+
+func (s *conn) consumed(n uint64) {
+	if limit, ok := s.window.Consumed(n, time.Now()); ok {
+		s.send(&protocol.Credit{Limit: limit})
+	}
+}
+
+// retryFile re-requests t after a verification failure or a source
+// change, within the retry budget. A chunk that failed verification
+// resumes from the verified prefix; a whole-file mismatch or a changed
+// source starts over.
+func (s *conn) retryFile(t *task, cause error) *sessionError {
+	t.restarts++
+	s.drainTask(t)
+	if t.restarts > s.c.cfg.Retries {
+		s.c.fail(t, fmt.Errorf("%w (after %d attempts)", cause, t.restarts), true)
+		s.issueGets()
+		return nil
+	}
+	keepPrefix := t.open && t.werr == nil && !errors.Is(cause, ErrChanged) && t.next < t.size
+	s.c.emit(Event{Kind: EventRestart, Name: t.name, Path: t.dest, Err: cause,
+		Message: fmt.Sprintf("%v; requesting again (attempt %d of %d)", cause, t.restarts+1, s.c.cfg.Retries+1)})
+	if keepPrefix {
+		s.get(t, uint64(t.next), t.tag, false)
+		return nil
+	}
+	t.restart()
+	s.get(t, 0, protocol.Tag{}, false)
+	return nil
+}
+
+// failFile fails one file for a local reason (I/O at the destination),
+// keeping its partial state, and lets the session go on with the others.
+// If the writer still holds operations of the file, they finish first.
+func (s *conn) failFile(t *task, err error) {
+	if t.req != 0 {
+		s.send(&protocol.Cancel{Request: t.req})
+		s.retire(t)
+	}
+	t.done, t.err = true, err // before draining: the writer's results for t are now ignored
+	s.drainTask(t)
+	t.done = false
+	s.c.fail(t, err, false)
+	s.issueGets()
+}
+
+// violation ends the session after the server broke the protocol. It is
+// retried: a stream corrupted on the wire looks the same, and a new session
+// resumes from verified data only.
+func (s *conn) violation(format string, args ...any) *sessionError {
+	err := fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...))
+	s.send(&protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()})
+	s.c.violations++
+	if s.c.violations > s.c.cfg.Retries {
+		return &sessionError{err: err}
+	}
+	return &sessionError{err: err, retry: true}
+}

@@ -503,3 +503,54 @@ func TestDiskFull(t *testing.T) {
 		t.Fatalf("left behind: %v", entries(t, mnt))
 	}
 }
+
+// --no-resume discards an earlier attempt's partial data.
+func TestNoResumeStartsOver(t *testing.T) {
+	src := t.TempDir()
+	const size = 24 << 20
+	p := writeRandom(t, src, "f.bin", size)
+	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	out := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	receiver.Fetch(ctx, receiver.Config{Endpoint: ep, OutputDir: out, Progress: func(e receiver.Event) {
+		if e.Kind == receiver.EventProgress && e.Done > size/3 {
+			cancel()
+		}
+	}}, "f.bin")
+	if fileSize(partPath(out, "f.bin")) <= 0 {
+		t.Fatal("no partial file to discard")
+	}
+	code, stdout, stderr := zrecv(t, "--json", "--no-resume", "-o", out, ep, "f.bin")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	done := jsonEvent(t, stdout, "file-done")
+	if done["reused_bytes"].(float64) != 0 || done["wire_bytes"].(float64) != size {
+		t.Fatalf("--no-resume reused data: %v\n%s\n%s", done, stdout, stderr)
+	}
+	sameFile(t, p, filepath.Join(out, "f.bin"))
+}
+
+// Permission denied at the destination (an immutable directory: root
+// ignores mode bits but not that): a clear error naming the path, exit 1,
+// nothing changed.
+func TestPermissionDenied(t *testing.T) {
+	out := t.TempDir()
+	if err := exec.Command("chattr", "+i", out).Run(); err != nil {
+		t.Skipf("cannot make a directory immutable here: %v", err)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", out).Run() })
+	src := t.TempDir()
+	p := writeRandom(t, src, "f.bin", 1<<20)
+	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	code, _, stderr := zrecv(t, "-q", "-o", out, ep, "f.bin")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, out) || !strings.Contains(stderr, "not permitted") {
+		t.Fatalf("error %q does not name the path and the cause", stderr)
+	}
+	if got := entries(t, out); len(got) != 0 {
+		t.Fatalf("immutable directory now holds %v", got)
+	}
+}

@@ -233,3 +233,51 @@ func TestCancelledFetchReturnsPromptly(t *testing.T) {
 		t.Fatalf("error %v, want context.Canceled", err)
 	}
 }
+
+// Receivers that vanish mid-transfer must not disturb the others: in
+// particular no chunk buffer may be reused while still being sent (a
+// healthy receiver would see chunks failing their BLAKE3).
+func TestVanishingReceiversDoNotCorruptOthers(t *testing.T) {
+	src := t.TempDir()
+	const size = 32 << 20
+	p := writeRandom(t, src, "f.bin", size)
+	ep, srv := serve(t, sender.Config{Paths: []string{p}})
+	var wg sync.WaitGroup
+	for i := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			receiver.Fetch(ctx, receiver.Config{Endpoint: ep, OutputDir: t.TempDir(), Progress: func(e receiver.Event) {
+				if e.Kind == receiver.EventProgress && e.Done > int64(i+1)*size/8 {
+					cancel()
+				}
+			}}, "f.bin")
+		}()
+	}
+	var bad sync.Map
+	results, err := fetch(t, receiver.Config{Endpoint: ep, OutputDir: t.TempDir(), Progress: func(e receiver.Event) {
+		if e.Kind == receiver.EventRestart || e.Kind == receiver.EventReconnect {
+			bad.Store(e.Message, true)
+		}
+	}}, "f.bin")
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.Range(func(k, _ any) bool { t.Errorf("healthy receiver saw: %v", k); return true })
+	sameFile(t, p, results[0].Path)
+	waitForCond(t, 10*time.Second, func() bool { return srv.Stats().Sessions == 0 && srv.Stats().OpenFiles == 0 })
+}
+
+func waitForCond(t *testing.T, bound time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not reached within %v", bound)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -106,6 +106,7 @@ func (sess *session) pump() bool {
 	c := t.pending
 	switch {
 	case c.err != nil:
+		t.pending = nil
 		code := protocol.CodeInternal
 		if errors.Is(c.err, errChanged) {
 			code = protocol.CodeChanged
@@ -115,6 +116,7 @@ func (sess *session) pump() bool {
 		sess.finishTransfer()
 		return true
 	case c.end:
+		t.pending = nil
 		sess.send(&protocol.End{Request: t.req, Size: uint64(t.size), Hash: c.sum})
 		sess.srv.stats.filesSent.Add(1)
 		sess.srv.event(Event{Kind: "file-sent", Peer: sess.peer, Name: t.name, Size: t.size, Hash: c.sum})
@@ -125,11 +127,15 @@ func (sess *session) pump() bool {
 	if !sess.gate.Take(uint64(len(data))) {
 		return false
 	}
-	sess.send(&protocol.Chunk{Request: t.req, Offset: uint64(c.off), Hash: c.hash, Data: data})
-	sess.srv.putBuf(c.buf)
+	// The chunk leaves t before the send: a failed send drops the session,
+	// and the buffer must be returned to the pool exactly once.
 	t.pending = nil
 	t.permitted--
-	t.permit(&sess.gate)
+	sess.send(&protocol.Chunk{Request: t.req, Offset: uint64(c.off), Hash: c.hash, Data: data})
+	sess.srv.putBuf(c.buf)
+	if sess.cur == t {
+		t.permit(&sess.gate)
+	}
 	return true
 }
 
@@ -168,6 +174,9 @@ func (sess *session) start(g *protocol.Get) {
 
 func (sess *session) finishTransfer() {
 	t := sess.cur
+	if t == nil {
+		return // already finished, e.g. by a send that dropped the session
+	}
 	sess.cur = nil
 	if t.pending != nil && t.pending.buf != nil {
 		sess.srv.putBuf(t.pending.buf)

@@ -300,6 +300,7 @@ func (s *conn) get(t *task, offset uint64, tag protocol.Tag, fromPartial bool) {
 			offset, tag = t.resumePoint()
 		}
 	}
+	t.asked, t.askedTag = offset, tag
 	s.c.nextReq++
 	if s.c.nextReq == protocol.NoRequest {
 		s.c.nextReq++
@@ -327,7 +328,7 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 			return s.violation("FILE offset %d is not a multiple of the chunk size", m.Offset)
 		}
 		s.drainTask(t)
-		note, err := t.begin(m, !s.c.cfg.NoResume, s.chunk)
+		note, err := t.begin(m, !s.c.cfg.NoResume, s.chunk, s.c.dirs)
 		if err != nil {
 			if errors.Is(err, ErrProtocol) {
 				return s.violation("%v", err)

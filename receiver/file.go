@@ -55,6 +55,11 @@ type task struct {
 	synced  int64 // bytes handed to write-back
 	werr    error // first write error
 
+	// What the last GET offered from a partial file of an earlier attempt.
+	asked       uint64
+	askedTag    protocol.Tag
+	stateOnDisk bool // a state file may exist and must be removed with the partial
+
 	wire, reused int64
 	lastReport   time.Time
 	lastReported int64
@@ -88,6 +93,11 @@ func newTask(outDir, name string) (*task, error) {
 // there is nothing usable.
 func (t *task) resumePoint() (uint64, protocol.Tag) {
 	var tag protocol.Tag
+	fi, err := os.Stat(t.partPath) // the cheap test first: usually there is none
+	if err != nil || !fi.Mode().IsRegular() {
+		return 0, tag
+	}
+	t.stateOnDisk = true
 	b, err := os.ReadFile(t.statePath)
 	if err != nil {
 		return 0, tag
@@ -98,10 +108,6 @@ func (t *task) resumePoint() (uint64, protocol.Tag) {
 	}
 	raw, err := hex.DecodeString(st.Tag)
 	if err != nil || len(raw) != protocol.TagLen {
-		return 0, tag
-	}
-	fi, err := os.Stat(t.partPath)
-	if err != nil || !fi.Mode().IsRegular() {
 		return 0, tag
 	}
 	n := fi.Size()
@@ -115,14 +121,14 @@ func (t *task) resumePoint() (uint64, protocol.Tag) {
 // begin handles FILE: it opens (or reopens) the partial file and positions
 // the transfer at m.Offset, reusing the verified prefix when the version
 // matches. It returns a note for a restart event ("" if none).
-func (t *task) begin(m *protocol.File, resume bool, chunk int64) (string, error) {
+func (t *task) begin(m *protocol.File, resume bool, chunk int64, dirs map[string]bool) (string, error) {
 	if m.Name != t.name {
 		return "", fmt.Errorf("%w: FILE names %q for a request of %q", ErrProtocol, m.Name, t.name)
 	}
 	note := ""
 	reuse := int64(0)
 	if resume || t.open {
-		have, tag := t.resumePoint()
+		have, tag := t.asked, t.askedTag // what the GET offered, from the partial file
 		if t.open {
 			have, tag = uint64(t.next), t.tag
 		}
@@ -139,27 +145,40 @@ func (t *task) begin(m *protocol.File, resume bool, chunk int64) (string, error)
 		// The server offered to resume where we hold nothing usable.
 		return "", fmt.Errorf("%w: server resumes at %d but %d bytes are usable", ErrProtocol, m.Offset, reuse)
 	}
-	if err := t.openPartial(m, reuse, chunk); err != nil {
+	if err := t.openPartial(m, reuse, chunk, dirs); err != nil {
 		return note, err
 	}
 	return note, nil
 }
 
-func (t *task) openPartial(m *protocol.File, reuse, chunk int64) error {
-	dir := filepath.Dir(t.dest)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	if t.f == nil {
-		f, err := os.OpenFile(t.partPath, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-		if err != nil {
+func (t *task) openPartial(m *protocol.File, reuse, chunk int64, dirs map[string]bool) error {
+	// Every system call counts when files are small: directories are made
+	// once per fetch, a fresh partial file is truncated by open itself, and
+	// O_DIRECT is used only for files large enough to gain from it.
+	if dir := filepath.Dir(t.dest); !dirs[dir] {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		t.f = f
-		t.df = openDirect(t.partPath)
+		dirs[dir] = true
 	}
-	if err := t.f.Truncate(reuse); err != nil {
-		return err
+	if t.f == nil {
+		flags := unix.O_RDWR | unix.O_CREAT | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		if reuse == 0 {
+			flags |= unix.O_TRUNC
+		}
+		fd, err := unix.Open(t.partPath, flags, 0o600)
+		if err != nil {
+			return &os.PathError{Op: "open", Path: t.partPath, Err: err}
+		}
+		t.f = os.NewFile(uintptr(fd), t.partPath)
+		if int64(m.Size) >= directMin {
+			t.df = openDirect(t.partPath)
+		}
+	}
+	if reuse > 0 || t.open {
+		if err := t.f.Truncate(reuse); err != nil {
+			return err
+		}
 	}
 	// Rehash the reused prefix unless the hasher is already exactly there.
 	if !(t.open && t.whole != nil && t.written == reuse && t.werr == nil) {
@@ -180,6 +199,7 @@ func (t *task) openPartial(m *protocol.File, reuse, chunk int64) error {
 		return nil
 	}
 	st, _ := json.Marshal(partialState{Name: t.name, Tag: hex.EncodeToString(m.Tag[:]), Size: t.size, Mode: t.mode, MtimeNS: t.mtimeNS})
+	t.stateOnDisk = true
 	return os.WriteFile(t.statePath, st, 0o600)
 }
 
@@ -195,7 +215,7 @@ func (t *task) close(discard bool) {
 	t.open, t.ended, t.verified = false, false, false
 	if discard {
 		os.Remove(t.partPath)
-		os.Remove(t.statePath)
+		t.removeState()
 	}
 }
 
@@ -205,6 +225,18 @@ func (t *task) restart() {
 	t.whole = nil
 	t.next, t.written = 0, 0
 }
+
+// removeState removes the state file if this task may have one.
+func (t *task) removeState() {
+	if t.stateOnDisk {
+		os.Remove(t.statePath)
+		t.stateOnDisk = false
+	}
+}
+
+// directMin is the smallest file written with O_DIRECT: below it the extra
+// descriptor costs more than the page-cache copy it saves.
+const directMin = 4 << 20
 
 // openDirect opens path for O_DIRECT writes; nil where the file system
 // does not support it (tmpfs, some network file systems).

@@ -119,6 +119,11 @@ func (c *Config) setDefaults() error {
 	if c.Guard.MaxFrameSize == 0 {
 		c.Guard.MaxFrameSize = int64(c.MaxChunk) + protocol.MaxHeaderLen
 	}
+	if c.Guard.HandshakeTimeout == 0 && c.PeerTimeout < guard.DefaultHandshakeTimeout {
+		// A server that accepts but never completes the handshake is as
+		// silent as one that stops mid-transfer.
+		c.Guard.HandshakeTimeout = c.PeerTimeout
+	}
 	fi, err := os.Stat(c.OutputDir)
 	if err != nil {
 		return fmt.Errorf("output directory: %w", err)

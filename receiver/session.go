@@ -27,7 +27,7 @@ func Fetch(ctx context.Context, cfg Config, names ...string) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}}
+	c := &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}, dirs: map[string]bool{}}
 	seen := map[string]bool{}
 	for _, n := range names {
 		if seen[n] {
@@ -38,6 +38,7 @@ func Fetch(ctx context.Context, cfg Config, names ...string) ([]Result, error) {
 		if err != nil {
 			t = &task{name: n, done: true, err: err}
 		} else if cfg.NoResume {
+			t.stateOnDisk = true
 			t.close(true)
 		}
 		c.tasks = append(c.tasks, t)
@@ -71,6 +72,7 @@ type client struct {
 	endpoint string
 	tasks    []*task
 	byReq    map[uint32]*task // requests of this session, stale ones included
+	dirs     map[string]bool  // directories known to exist
 	nextReq  uint32
 	// violations counts sessions ended by a protocol violation; past the
 	// retry budget the server is taken to be broken, not the wire.

@@ -168,11 +168,10 @@ func commit(batch []*task) []error {
 		if errs[i] != nil {
 			continue
 		}
-		if fi, err := os.Lstat(t.dest); err == nil && fi.IsDir() {
-			errs[i] = fmt.Errorf("%s is a directory", t.dest)
-			continue
-		}
 		if err := os.Rename(t.partPath, t.dest); err != nil {
+			if fi, serr := os.Lstat(t.dest); serr == nil && fi.IsDir() {
+				err = fmt.Errorf("%s is a directory", t.dest)
+			}
 			errs[i] = err
 			continue
 		}
@@ -183,7 +182,7 @@ func commit(batch []*task) []error {
 	}
 	for i, t := range batch {
 		if errs[i] == nil {
-			os.Remove(t.statePath)
+			t.removeState()
 		}
 	}
 	return errs

@@ -268,16 +268,7 @@ func TestVanishingReceiversDoNotCorruptOthers(t *testing.T) {
 	}
 	bad.Range(func(k, _ any) bool { t.Errorf("healthy receiver saw: %v", k); return true })
 	sameFile(t, p, results[0].Path)
-	waitForCond(t, 10*time.Second, func() bool { return srv.Stats().Sessions == 0 && srv.Stats().OpenFiles == 0 })
-}
-
-func waitForCond(t *testing.T, bound time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(bound)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not reached within %v", bound)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, 10*time.Second, "the vanished sessions to be released", func() bool {
+		return srv.Stats().Sessions == 0 && srv.Stats().OpenFiles == 0
+	})
 }

@@ -11,8 +11,9 @@
 // exceed the window: memory is bounded by the window, not by file size.
 // It sends an update once half of the window has been consumed, and it
 // auto-tunes the window in the manner of quic-go's receive windows: at each
-// update, if the data consumed since the last one took less than
-// 4 x (consumed / window) round trips (half a window in under two), the
+// update, if the receiver has no backlog and the data consumed since the
+// last one took less than
+// 4 x (consumed / window) round trips (an eighth of the window in half of one), the
 // window was the bottleneck, so it doubles, up to a memory budget.
 //
 // The sender side (Gate) holds the highest limit received and the bytes
@@ -71,7 +72,7 @@ func (g *Gate) Limit() uint64 { return g.limit }
 // window has been consumed since the last grant; the window doubles when a
 // window's worth was consumed in less than tuneRTTs round trips.
 const (
-	updateFraction = 0.5
+	updateFraction = 0.125
 	tuneRTTs       = 4
 )
 
@@ -105,9 +106,16 @@ func (w *Window) Start(now time.Time) uint64 {
 	return w.limit
 }
 
-// SetRTT gives the latest round-trip estimate. Without one the window
-// never grows.
-func (w *Window) SetRTT(rtt time.Duration) { w.rtt = rtt }
+// SetRTT gives a round-trip sample. The window is tuned on the smallest
+// sample seen: a sample taken while data is flowing includes the time spent
+// queued behind that data (in socket buffers, at the sender), which grows
+// with the window itself and would make every window look too small.
+// Without any sample the window never grows.
+func (w *Window) SetRTT(rtt time.Duration) {
+	if rtt > 0 && (w.rtt == 0 || rtt < w.rtt) {
+		w.rtt = rtt
+	}
+}
 
 // Received accounts n bytes of arriving chunk data. It fails if they go
 // beyond what was granted: the sender broke the protocol.
@@ -141,6 +149,12 @@ func (w *Window) Consumed(n uint64, now time.Time) (uint64, bool) {
 func (w *Window) autoTune(now time.Time) {
 	defer func() { w.epochStart, w.epochOffset = now, w.consumed }()
 	if w.rtt == 0 || w.window >= w.maxWindow {
+		return
+	}
+	// A receiver with a backlog (data received, not yet consumed) is
+	// limited by its own processing, not by the window: growing the window
+	// would only buffer more. Only a starved receiver grows it.
+	if w.received-w.consumed > w.window/4 {
 		return
 	}
 	fraction := float64(w.consumed-w.epochOffset) / float64(w.window)

@@ -51,23 +51,23 @@ func TestWindowRejectsOverrun(t *testing.T) {
 	}
 }
 
-func TestWindowUpdatesAtHalf(t *testing.T) {
+func TestWindowUpdatesAtAnEighth(t *testing.T) {
 	now := time.Unix(0, 0)
 	w := NewWindow(1000, 1000)
 	w.Start(now)
 	w.Received(1000)
-	if _, ok := w.Consumed(499, now); ok {
-		t.Fatal("update sent before half the window was consumed")
+	if _, ok := w.Consumed(124, now); ok {
+		t.Fatal("update sent before an eighth of the window was consumed")
 	}
 	limit, ok := w.Consumed(1, now)
-	if !ok || limit != 1500 {
-		t.Fatalf("update at half: %d %v, want 1500", limit, ok)
+	if !ok || limit != 1125 {
+		t.Fatalf("update at an eighth: %d %v, want 1125", limit, ok)
 	}
-	if w.Outstanding() != 500 {
+	if w.Outstanding() != 875 {
 		t.Fatalf("outstanding %d", w.Outstanding())
 	}
 	// Data in flight + buffered never exceeds the window.
-	if w.Limit()-500 > w.Size() {
+	if w.Limit()-125 > w.Size() {
 		t.Fatal("granted more than a window beyond consumed")
 	}
 }
@@ -77,20 +77,21 @@ func TestWindowGrowsWhenConsumedWithinFewRTTs(t *testing.T) {
 	w := NewWindow(1<<20, 16<<20)
 	w.SetRTT(50 * time.Millisecond)
 	w.Start(now)
-	// Half a window consumed in 10ms, far less than 4 RTTs * 0.5.
-	w.Received(512 << 10)
+	// An eighth of the window consumed in 10ms, far less than 4 RTTs / 8.
+	w.Received(128 << 10)
 	now = now.Add(10 * time.Millisecond)
-	limit, ok := w.Consumed(512<<10, now)
+	limit, ok := w.Consumed(128<<10, now)
 	if !ok || w.Size() != 2<<20 {
 		t.Fatalf("window %d after a fast epoch (limit %d, %v)", w.Size(), limit, ok)
 	}
-	if limit != (512<<10)+(2<<20) {
+	if limit != (128<<10)+(2<<20) {
 		t.Fatalf("limit %d does not use the grown window", limit)
 	}
 	// Keep consuming fast: it doubles up to the cap and stops there. Each
-	// step receives and consumes half a window, which triggers an update.
+	// step receives and consumes an eighth of the window, which triggers an
+	// update.
 	for i := 0; i < 20; i++ {
-		n := w.Size() / 2
+		n := w.Size() / 8
 		if err := w.Received(n); err != nil {
 			t.Fatal(err)
 		}
@@ -115,7 +116,7 @@ func TestWindowDoesNotGrowWhenSlowOrWithoutRTT(t *testing.T) {
 	}
 	w.SetRTT(time.Millisecond)
 	w.Received(1 << 20)
-	// Half a window took 1s: 500 RTTs. The window is not the bottleneck.
+	// A window took 1s: 1000 RTTs. The window is not the bottleneck.
 	w.Consumed(1<<20, now.Add(time.Second))
 	if w.Size() != 1<<20 {
 		t.Fatalf("grew to %d on a slow consumer", w.Size())
@@ -126,5 +127,35 @@ func TestNewWindowMaxBelowInitial(t *testing.T) {
 	w := NewWindow(100, 10)
 	if w.maxWindow != 100 {
 		t.Fatalf("max %d", w.maxWindow)
+	}
+}
+
+func TestWindowTunesOnMinimumRTT(t *testing.T) {
+	now := time.Unix(0, 0)
+	w := NewWindow(1<<20, 16<<20)
+	w.SetRTT(time.Millisecond)
+	// Later samples inflated by queueing behind data must not count.
+	w.SetRTT(500 * time.Millisecond)
+	w.SetRTT(0)
+	w.Start(now)
+	w.Received(1 << 20)
+	// An eighth consumed in 10ms: quick against 500ms, slow against 1ms.
+	w.Consumed(1<<17, now.Add(10*time.Millisecond))
+	if w.Size() != 1<<20 {
+		t.Fatalf("window grew to %d on a queueing-inflated RTT", w.Size())
+	}
+}
+
+func TestWindowDoesNotGrowWithABacklog(t *testing.T) {
+	now := time.Unix(0, 0)
+	w := NewWindow(1<<20, 16<<20)
+	w.SetRTT(50 * time.Millisecond)
+	w.Start(now)
+	// The whole window arrived, only an eighth is consumed: the receiver
+	// is the bottleneck, however fast that eighth went.
+	w.Received(1 << 20)
+	w.Consumed(1<<17, now.Add(time.Millisecond))
+	if w.Size() != 1<<20 {
+		t.Fatalf("window grew to %d although the receiver had a backlog", w.Size())
 	}
 }

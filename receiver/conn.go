@@ -447,7 +447,7 @@ func (s *conn) chunkIn(m *protocol.Chunk) *sessionError {
 	// Report every 100ms, and at least every 1/64 of the file.
 	if now := time.Now(); now.Sub(t.lastReport) >= 100*time.Millisecond || t.next-t.lastReported >= t.size/64 {
 		t.lastReport, t.lastReported = now, t.next
-		s.c.emit(Event{Kind: EventProgress, Name: t.name, Path: t.dest, Size: t.size, Done: t.next, Wire: t.wire, Reused: t.reused})
+		s.c.emit(Event{Kind: EventProgress, Name: t.name, Path: t.dest, Size: t.size, Done: t.next, Wire: t.wire, Reused: t.reused, Window: s.window.Size()})
 	}
 	return nil
 }

@@ -61,7 +61,9 @@ type Config struct {
 	PeerTimeout time.Duration
 	// Window is the initial credit window in bytes; default 8 MiB.
 	Window uint64
-	// MaxWindow caps auto-tuning of the window; default 32 MiB.
+	// MaxWindow caps auto-tuning of the window: the receive memory
+	// budget. The window grows only when it limits throughput (long fat
+	// paths); default 64 MiB.
 	MaxWindow uint64
 	// MaxChunk is the largest chunk accepted; default protocol.MaxChunkSize.
 	MaxChunk uint32
@@ -108,7 +110,7 @@ func (c *Config) setDefaults() error {
 		c.Window = uint64(c.MaxChunk)
 	}
 	if c.MaxWindow == 0 {
-		c.MaxWindow = 32 << 20
+		c.MaxWindow = 64 << 20
 	}
 	if c.Retries <= 0 {
 		c.Retries = 5
@@ -160,6 +162,9 @@ type Event struct {
 	Err     error
 	Message string
 	Time    time.Time
+	// Window is the session's current credit window in bytes (progress
+	// events): the memory the receiver may need for data in flight.
+	Window uint64
 }
 
 // Result is the outcome for one requested name.

@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		jsonOut   = fs.Bool("json", false, "write NDJSON events to stdout (start, progress, file-done, error, summary)")
 		noResume  = fs.Bool("no-resume", false, "discard partial files of earlier attempts and start over")
 		window    = fs.String("window", "8M", "initial credit window (grows automatically on long links)")
-		maxWindow = fs.String("max-window", "32M", "largest credit window: the receive memory budget")
+		maxWindow = fs.String("max-window", "64M", "largest credit window: the receive memory budget")
 		heartbeat = fs.Duration("heartbeat", 2*time.Second, "interval between heartbeats")
 		peerTO    = fs.Duration("peer-timeout", 10*time.Second, "a server silent this long is considered gone")
 		showVer   = fs.Bool("version", false, "print the version and exit")

@@ -45,11 +45,12 @@ type Reporter struct {
 	bar      *pb.ProgressBar
 	barName  string
 	lastJSON time.Time
+	memory   *MemoryPolicy
 }
 
 // NewReporter: log gets human output, jsonOut (may be nil) NDJSON.
 func NewReporter(log, jsonOut io.Writer, quiet bool) *Reporter {
-	r := &Reporter{log: log, quiet: quiet, bars: !quiet && IsTerminal(log)}
+	r := &Reporter{log: log, quiet: quiet, bars: !quiet && IsTerminal(log), memory: NewMemoryPolicy()}
 	if jsonOut != nil {
 		r.js = json.NewEncoder(jsonOut)
 	}
@@ -82,6 +83,7 @@ func iptr(v int) *int    { return &v }
 func (r *Reporter) Event(e receiver.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.memory.Window(e.Window)
 	r.json(e)
 	if r.quiet && e.Kind != receiver.EventError {
 		return // errors are always told

@@ -40,6 +40,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-zeromq/zmq4"
 
@@ -142,6 +143,10 @@ type Server struct {
 	ring     []*session // round-robin order
 	turn     int
 	wake     chan struct{}
+	// unsolicited counts, per routing id, the replies sent since the last
+	// housekeeping tick to messages outside a session (see replyNoSession).
+	unsolicited map[string]int
+	lastProbe   time.Time // the last round of liveness probes
 
 	closeOnce sync.Once
 	stats     counters
@@ -193,9 +198,10 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, cat: cat, cache: newHashCache(64), sock: sock, sockCtx: sockCtx, cancel: cancel,
-		endpoint: boundEndpoint(cfg.Endpoint, sock.Addr()),
-		sessions: make(map[string]*session),
-		wake:     make(chan struct{}, 1),
+		endpoint:    boundEndpoint(cfg.Endpoint, sock.Addr()),
+		sessions:    make(map[string]*session),
+		wake:        make(chan struct{}, 1),
+		unsolicited: make(map[string]int),
 	}
 	size := cfg.ChunkSize
 	s.bufs.New = func() any { b := make([]byte, size); return &b }
@@ -247,6 +253,17 @@ func (s *Server) Serve(ctx context.Context) error {
 				drained = true
 			}
 		}
+		// While sessions have data to send the loop below does not block,
+		// so check here that shutdown and housekeeping (peer timeouts,
+		// liveness probes) still get their turn.
+		select {
+		case <-ctx.Done():
+			s.shutdown()
+			return nil
+		case now := <-tick.C:
+			s.housekeeping(now)
+		default:
+		}
 		if s.sendRound() {
 			continue
 		}
@@ -279,10 +296,12 @@ func (s *Server) handleInbound(in zsock.Inbound) {
 		if errors.As(err, &de) {
 			code = de.Code()
 		}
-		s.sendTo(id, versionOf(sess), &protocol.Error{Code: code, Message: err.Error()})
-		if sess != nil {
-			s.dropSession(sess, "protocol error: "+err.Error())
+		if sess == nil {
+			s.replyNoSession(id, &protocol.Error{Code: code, Message: err.Error()})
+			return
 		}
+		s.sendTo(id, sess.version, &protocol.Error{Code: code, Message: err.Error()})
+		s.dropSession(sess, "protocol error: "+err.Error())
 		return
 	}
 	if hello, ok := msg.(*protocol.Hello); ok {
@@ -291,32 +310,49 @@ func (s *Server) handleInbound(in zsock.Inbound) {
 	}
 	if sess == nil {
 		if _, isBye := msg.(*protocol.Bye); !isBye {
-			s.sendTo(id, protocol.Version1, &protocol.Error{Code: protocol.CodeBadRequest, Message: "no session: send HELLO first"})
+			s.replyNoSession(id, &protocol.Error{Code: protocol.CodeBadRequest, Message: "no session: send HELLO first"})
 		}
 		return
 	}
 	sess.lastRecv = time.Now()
+	sess.probedAt = time.Time{} // any message answers a liveness probe
 	sess.handle(msg)
 }
 
-func versionOf(sess *session) uint8 {
-	if sess == nil {
-		return protocol.Version1
+// maxUnsolicited is the most replies a routing id without a session gets
+// per housekeeping tick. Every message outside a session is answered with
+// an ERROR; without a bound, a peer that sends a flood of them and does
+// not read would fill its connection with replies until the write stalls,
+// and a stalled ROUTER write holds up every other peer.
+const maxUnsolicited = 16
+
+// replyNoSession sends m (at version 1) to a routing id that has no
+// session, within maxUnsolicited per tick; beyond that it drops the reply.
+func (s *Server) replyNoSession(id string, m protocol.Message) {
+	if s.unsolicited[id] >= maxUnsolicited {
+		return
 	}
-	return sess.version
+	s.unsolicited[id]++
+	s.sendTo(id, protocol.Version1, m)
 }
 
 func (s *Server) handleHello(id string, old *session, h *protocol.Hello) {
+	var prev *transfer // a producer the replaced session may still run
 	if old != nil {
 		s.dropSession(old, "replaced by a new HELLO")
+		prev = old.prev
 	}
 	if h.MaxVersion < protocol.MinVersion || h.MinVersion > protocol.MaxVersion || h.MinVersion > h.MaxVersion {
-		s.sendTo(id, protocol.Version1, &protocol.Error{Code: protocol.CodeVersion,
+		s.replyNoSession(id, &protocol.Error{Code: protocol.CodeVersion,
 			Message: fmt.Sprintf("this server speaks ZSND %d..%d, client offers %d..%d", protocol.MinVersion, protocol.MaxVersion, h.MinVersion, h.MaxVersion)})
 		return
 	}
 	if len(s.sessions) >= s.cfg.MaxSessions {
-		s.sendTo(id, protocol.Version1, &protocol.Error{Code: protocol.CodeTooMany, Message: fmt.Sprintf("server has reached its limit of %d sessions", s.cfg.MaxSessions)})
+		s.reapUnresponsive(time.Now())
+	}
+	if len(s.sessions) >= s.cfg.MaxSessions {
+		s.probeSessions(time.Now())
+		s.replyNoSession(id, &protocol.Error{Code: protocol.CodeTooMany, Message: fmt.Sprintf("server has reached its limit of %d sessions", s.cfg.MaxSessions)})
 		return
 	}
 	chunk := uint32(s.cfg.ChunkSize)
@@ -324,7 +360,7 @@ func (s *Server) handleHello(id string, old *session, h *protocol.Hello) {
 		chunk = h.MaxChunk
 	}
 	if chunk < protocol.MinChunkSize {
-		s.sendTo(id, protocol.Version1, &protocol.Error{Code: protocol.CodeBadRequest, Message: fmt.Sprintf("client's largest chunk %d is below the minimum %d", h.MaxChunk, protocol.MinChunkSize)})
+		s.replyNoSession(id, &protocol.Error{Code: protocol.CodeBadRequest, Message: fmt.Sprintf("client's largest chunk %d is below the minimum %d", h.MaxChunk, protocol.MinChunkSize)})
 		return
 	}
 	v := h.MaxVersion
@@ -332,7 +368,7 @@ func (s *Server) handleHello(id string, old *session, h *protocol.Hello) {
 		v = protocol.MaxVersion
 	}
 	now := time.Now()
-	sess := &session{srv: s, id: id, version: v, chunkSize: int64(chunk), peer: h.PeerID, lastRecv: now, lastSend: now}
+	sess := &session{srv: s, id: id, version: v, chunkSize: int64(chunk), peer: h.PeerID, lastRecv: now, lastSend: now, prev: prev}
 	if sess.peer == "" {
 		sess.peer = fmt.Sprintf("%x", id)
 	}
@@ -381,6 +417,8 @@ func (s *Server) compactRing() {
 }
 
 func (s *Server) housekeeping(now time.Time) {
+	clear(s.unsolicited)
+	s.reapUnresponsive(now)
 	for _, sess := range s.ring {
 		if sess.dead {
 			continue
@@ -393,6 +431,50 @@ func (s *Server) housekeeping(now time.Time) {
 		if now.Sub(sess.lastSend) >= s.cfg.Heartbeat {
 			sess.pingSeq++
 			sess.send(&protocol.Ping{Token: sess.pingSeq})
+		}
+	}
+	s.compactRing()
+}
+
+// Liveness probes when the server is full. zmq4 does not tell when a peer
+// disconnects, so a session whose peer vanished without BYE holds its slot
+// (and its open file) until the peer timeout: a client connecting, sending
+// HELLO and disconnecting, MaxSessions times in a row, would lock every
+// receiver out for that long. So when a HELLO finds no free slot, every
+// session is sent a PING; a live receiver answers at once (any message
+// counts), while a vanished one cannot. Sessions that stay silent for
+// probeTimeout after their probe are dropped (BYE 408), freeing the slot
+// for the refused client's retry. A live receiver unable to answer that
+// fast is only dropped while the server is full, and reconnects and
+// resumes. Rounds of probes are at least probeTimeout apart, so a flood of
+// refused HELLOs does not turn into a flood of PINGs.
+const probeTimeout = 500 * time.Millisecond
+
+// probeSessions PINGs every session that has no probe pending, unless a
+// round of probes went out less than probeTimeout ago.
+func (s *Server) probeSessions(now time.Time) {
+	if now.Sub(s.lastProbe) < probeTimeout {
+		return
+	}
+	s.lastProbe = now
+	for _, sess := range s.ring {
+		if sess.dead || !sess.probedAt.IsZero() {
+			continue
+		}
+		sess.probedAt = now
+		sess.pingSeq++
+		sess.send(&protocol.Ping{Token: sess.pingSeq})
+	}
+}
+
+// reapUnresponsive drops the sessions that left a probe unanswered for
+// probeTimeout.
+func (s *Server) reapUnresponsive(now time.Time) {
+	for _, sess := range s.ring {
+		if !sess.dead && !sess.probedAt.IsZero() && now.Sub(sess.probedAt) >= probeTimeout {
+			why := fmt.Sprintf("no answer to a liveness probe within %v while the server was full", probeTimeout)
+			sess.send(&protocol.Bye{Code: protocol.CodeTimeout, Reason: why})
+			s.dropSession(sess, why)
 		}
 	}
 	s.compactRing()
@@ -423,11 +505,33 @@ func (s *Server) dropSession(sess *session, why string) {
 // sendTo sends one message to a ROUTER identity. zmq4 reports no loss for
 // a departed peer, so the result only tells of a broken connection.
 func (s *Server) sendTo(id string, v uint8, m protocol.Message) error {
+	switch m := m.(type) {
+	case *protocol.Error:
+		m.Message = clampText(m.Message)
+	case *protocol.Bye:
+		m.Reason = clampText(m.Reason)
+	}
 	frames := protocol.Encode(v, m)
 	all := make([][]byte, 0, len(frames)+1)
 	all = append(all, []byte(id))
 	all = append(all, frames...)
 	return s.sock.Send(zmq4.NewMsgFrom(all...))
+}
+
+// clampText makes s a valid text field: valid UTF-8 of at most
+// protocol.MaxTextLen octets. Error messages quote the requested name, up
+// to 4096 octets; a longer field would make the receiver reject the whole
+// message as malformed instead of reporting the error.
+func clampText(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= protocol.MaxTextLen {
+		return s
+	}
+	cut := protocol.MaxTextLen - len("...")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
 
 func (s *Server) event(e Event) {

@@ -28,7 +28,27 @@ type session struct {
 	lastSend  time.Time
 	pingSeq   uint64
 	dead      bool
+
+	// prev is the last transfer halted on this identity, whose producer
+	// may still hold its file; the next transfer waits for it to exit, so
+	// a session never has more than one source file open, however fast
+	// it cancels, or replaces itself with HELLO.
+	prev *transfer
+	// probedAt is when the server, full, sent a liveness PING that the
+	// peer has not yet answered (zero: none pending).
+	probedAt time.Time
+	// pongWindow and pongs limit the PINGs answered per second.
+	pongWindow time.Time
+	pongs      int
 }
+
+// maxPongs is the most PINGs a session gets answered per second. A
+// receiver PINGs once per heartbeat interval (seconds, or a tenth of one
+// in tests); a peer flooding PINGs gets a trickle of PONGs, not a reply
+// for each, so it cannot turn its own flood into writes that fill its
+// connection and stall the socket (a ROUTER send that blocks holds up
+// every peer).
+const maxPongs = 50
 
 func (sess *session) send(m protocol.Message) {
 	sess.lastSend = time.Now()
@@ -46,7 +66,13 @@ func (sess *session) fail(code protocol.Code, why string) {
 func (sess *session) handle(m protocol.Message) {
 	switch m := m.(type) {
 	case *protocol.Get:
-		if len(sess.queue) >= sess.srv.cfg.MaxRequests {
+		// The request being sent counts: a session holds at most
+		// MaxRequests requests, as WELCOME announced.
+		held := len(sess.queue)
+		if sess.cur != nil {
+			held++
+		}
+		if held >= sess.srv.cfg.MaxRequests {
 			sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
 				Message: fmt.Sprintf("more than %d requests outstanding", sess.srv.cfg.MaxRequests)})
 			return
@@ -68,7 +94,13 @@ func (sess *session) handle(m protocol.Message) {
 			}
 		}
 	case *protocol.Ping:
-		sess.send(&protocol.Pong{Token: m.Token})
+		if now := time.Now(); now.Sub(sess.pongWindow) >= time.Second {
+			sess.pongWindow, sess.pongs = now, 0
+		}
+		if sess.pongs < maxPongs {
+			sess.pongs++
+			sess.send(&protocol.Pong{Token: m.Token})
+		}
 	case *protocol.Pong:
 	case *protocol.Bye:
 		sess.srv.dropSession(sess, fmt.Sprintf("receiver said bye: %v %s", m.Code, m.Reason))
@@ -85,6 +117,14 @@ func (sess *session) pump() bool {
 	if sess.cur == nil {
 		if len(sess.queue) == 0 {
 			return false
+		}
+		if sess.prev != nil {
+			select {
+			case <-sess.prev.done:
+				sess.prev = nil
+			default:
+				return false // the producer signals when it exits
+			}
 		}
 		g := sess.queue[0]
 		sess.queue = sess.queue[1:]
@@ -161,9 +201,9 @@ func (sess *session) start(g *protocol.Get) {
 	t := &transfer{
 		req: g.Request, name: g.Name, size: key.size, next: off,
 		chunks: make(chan *chunk, prefetchChunks+1), permits: make(chan struct{}, prefetchChunks),
-		stop: make(chan struct{}), chunkSize: sess.chunkSize,
+		stop: make(chan struct{}), done: make(chan struct{}), chunkSize: sess.chunkSize,
 	}
-	fs := sess.srv.cache.acquire(key, sess.chunkSize)
+	fs := sess.srv.cache.acquire(key)
 	sess.srv.stats.openFiles.Add(1)
 	sess.cur = t
 	sess.send(&protocol.File{Request: g.Request, Size: uint64(key.size), Mode: key.mode & 07777,
@@ -183,6 +223,7 @@ func (sess *session) finishTransfer() {
 	}
 	t.pending = nil
 	t.halt(sess.srv)
+	sess.prev = t
 }
 
 func (sess *session) abortTransfer() {
@@ -206,6 +247,7 @@ type transfer struct {
 	permits   chan struct{}
 	permitted int // permits given for chunks not yet sent
 	stop      chan struct{}
+	done      chan struct{} // closed when the producer has exited (file closed)
 	pending   *chunk
 	halted    bool
 }
@@ -257,6 +299,8 @@ func (t *transfer) halt(srv *Server) {
 // produce reads, checks and hashes chunks from off to the end of f, one per
 // permit, then computes the whole-file hash. It owns f and releases fs.
 func produce(srv *Server, t *transfer, f *os.File, key fileKey, fs *fileState, off int64) {
+	defer srv.signal() // a session may be waiting for this exit
+	defer close(t.done)
 	defer close(t.chunks)
 	defer srv.stats.openFiles.Add(-1)
 	defer f.Close()
@@ -303,8 +347,11 @@ func produce(srv *Server, t *transfer, f *os.File, key fileKey, fs *fileState, o
 		off += n
 	}
 	buf := srv.getBuf()
-	sum, err := fs.wholeHash(f, *buf)
+	sum, err := fs.wholeHash(f, *buf, t.stop)
 	srv.putBuf(buf)
+	if err == errStopped {
+		return
+	}
 	if err == nil {
 		err = sameVersion(f, key)
 	}

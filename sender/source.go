@@ -96,27 +96,49 @@ func (c *catalogue) open(name string) (*os.File, fileKey, error) {
 		}
 		path = real
 	}
-	// O_NOFOLLOW: a served file swapped for a symlink after start-up is refused.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	f, key, err := openRegular(path)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
+		switch {
+		case errors.Is(err, os.ErrNotExist):
 			return nil, fileKey{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not served here", name)}
-		}
-		if errors.Is(err, syscall.ELOOP) {
+		case errors.Is(err, syscall.ELOOP):
 			return nil, fileKey{}, &lookupError{protocol.CodeRefused, fmt.Sprintf("%q is a symbolic link", name)}
+		case errors.Is(err, errNotRegular):
+			return nil, fileKey{}, &lookupError{protocol.CodeRefused, fmt.Sprintf("%q is not a regular file", name)}
 		}
 		return nil, fileKey{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("opening %q: %v", name, errors.Unwrap(err))}
 	}
-	key, err := statKey(f)
-	if err != nil {
-		f.Close()
-		return nil, fileKey{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("stat %q: %v", name, err)}
-	}
-	if key.mode&syscall.S_IFMT != syscall.S_IFREG {
-		f.Close()
-		return nil, fileKey{}, &lookupError{protocol.CodeRefused, fmt.Sprintf("%q is not a regular file", name)}
-	}
 	return f, key, nil
+}
+
+var errNotRegular = errors.New("not a regular file")
+
+// openRegular opens path for reading only if it is a regular file.
+// O_NOFOLLOW refuses a served file swapped for a symlink after start-up.
+// O_NONBLOCK keeps the open itself from blocking: opening a FIFO for
+// reading would otherwise wait for a writer, and hold the serving
+// goroutine (and so every session) until one came. The descriptor is
+// checked with fstat before anything is read, and O_NONBLOCK is cleared
+// (it means nothing for regular files anyway).
+func openRegular(path string) (*os.File, fileKey, error) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fileKey{}, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	key, err := statFD(fd)
+	if err == nil && key.mode&syscall.S_IFMT != syscall.S_IFREG {
+		err = errNotRegular
+	}
+	if err == nil {
+		// Before os.NewFile, which would hand a non-blocking descriptor
+		// to the network poller.
+		err = syscall.SetNonblock(fd, false)
+	}
+	if err != nil {
+		syscall.Close(fd)
+		return nil, fileKey{}, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), key, nil
 }
 
 // fileKey identifies one version of a file: if any field changes, the
@@ -129,9 +151,11 @@ type fileKey struct {
 	mode     uint32
 }
 
-func statKey(f *os.File) (fileKey, error) {
+func statKey(f *os.File) (fileKey, error) { return statFD(int(f.Fd())) }
+
+func statFD(fd int) (fileKey, error) {
 	var st syscall.Stat_t
-	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+	if err := syscall.Fstat(fd, &st); err != nil {
 		return fileKey{}, err
 	}
 	return fileKey{
@@ -160,20 +184,33 @@ var errChanged = errors.New("source file changed while being sent")
 
 // fileState is shared by every session sending the same version of a file,
 // so that a file served to many receivers is hashed once: chunk hashes are
-// cached by chunk index, and one whole-file hasher advances as any session
-// reads the next chunk in order.
+// cached by offset and length, and one whole-file hasher advances as any
+// session reads the next chunk in order. Sessions that negotiated
+// different chunk sizes share it too: the whole-file hash does not depend
+// on the chunk size, so a receiver cannot make the server hash the same
+// version again and again by asking each time, with a chunk size of its
+// own, to resume at the end of the file.
 type fileState struct {
-	key       fileKey
-	chunkSize int64
+	key fileKey
 
 	mu       sync.Mutex
 	refs     int
-	chunks   map[int64]protocol.Hash
+	chunks   map[chunkID]protocol.Hash
 	whole    *blake3.Hasher
 	wholePos int64
 	sum      *protocol.Hash
 	elem     *list.Element // position in the cache's idle list when refs == 0
 }
+
+// chunkID names a chunk by its place in the file, whatever the chunk size.
+type chunkID struct{ off, n int64 }
+
+// maxCachedChunks bounds the chunk hashes one fileState keeps (about
+// 1 MiB; 16 GiB of file at the default chunk size): a receiver that picks
+// the smallest chunk size for a very large file must not make the server
+// keep a hash for every 4 KiB of it. Beyond the bound, hashes are computed
+// and not kept.
+const maxCachedChunks = 1 << 14
 
 // chunkHash returns the hash of the chunk at off whose bytes are data,
 // computing it only if no session has yet, and feeds the whole-file hasher
@@ -181,11 +218,13 @@ type fileState struct {
 func (fs *fileState) chunkHash(off int64, data []byte) protocol.Hash {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	idx := off / fs.chunkSize
-	h, ok := fs.chunks[idx]
+	id := chunkID{off, int64(len(data))}
+	h, ok := fs.chunks[id]
 	if !ok {
 		h = blake3.Sum256(data)
-		fs.chunks[idx] = h
+		if len(fs.chunks) < maxCachedChunks {
+			fs.chunks[id] = h
+		}
 	}
 	if fs.sum == nil && fs.wholePos == off {
 		fs.whole.Write(data)
@@ -198,16 +237,26 @@ func (fs *fileState) chunkHash(off int64, data []byte) protocol.Hash {
 	return h
 }
 
+// errStopped means the transfer was halted while the producer worked.
+var errStopped = errors.New("transfer halted")
+
 // wholeHash returns the whole-file hash, reading and hashing whatever part
 // of the file no session has fed in order (for example the prefix a resumed
-// transfer skipped). f must be the same version (checked by the caller).
-func (fs *fileState) wholeHash(f *os.File, buf []byte) (protocol.Hash, error) {
+// transfer skipped). f must be the same version (checked by the caller). It
+// gives up with errStopped as soon as stop is closed; what it hashed so far
+// stays for the next session.
+func (fs *fileState) wholeHash(f *os.File, buf []byte, stop <-chan struct{}) (protocol.Hash, error) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if fs.sum != nil {
 		return *fs.sum, nil
 	}
 	for fs.wholePos < fs.key.size {
+		select {
+		case <-stop:
+			return protocol.Hash{}, errStopped
+		default:
+		}
 		n := int64(len(buf))
 		if rem := fs.key.size - fs.wholePos; rem < n {
 			n = rem
@@ -241,17 +290,12 @@ func newHashCache(maxIdle int) *hashCache {
 	return &hashCache{states: make(map[fileKey]*fileState), idle: list.New(), maxIdle: maxIdle}
 }
 
-func (c *hashCache) acquire(key fileKey, chunkSize int64) *fileState {
+func (c *hashCache) acquire(key fileKey) *fileState {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	fs, ok := c.states[key]
-	if ok && fs.chunkSize != chunkSize {
-		// Same file, other chunk size: cannot share chunk hashes. Rare
-		// (sessions negotiate different sizes); use a private state.
-		return &fileState{key: key, chunkSize: chunkSize, refs: 1, chunks: map[int64]protocol.Hash{}, whole: blake3.New()}
-	}
 	if !ok {
-		fs = &fileState{key: key, chunkSize: chunkSize, chunks: map[int64]protocol.Hash{}, whole: blake3.New()}
+		fs = &fileState{key: key, chunks: map[chunkID]protocol.Hash{}, whole: blake3.New()}
 		c.states[key] = fs
 	}
 	if fs.elem != nil {

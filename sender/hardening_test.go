@@ -1,0 +1,108 @@
+package sender
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/zsend/zsend/protocol"
+)
+
+func TestClampText(t *testing.T) {
+	for _, in := range []string{
+		"",
+		"short",
+		strings.Repeat("a", protocol.MaxTextLen),
+		strings.Repeat("a", protocol.MaxTextLen+1),
+		strings.Repeat("é", 3000),                           // 2-octet runes across the cut
+		strings.Repeat("a", protocol.MaxTextLen-4) + "€€€€", // a 3-octet rune on the cut
+		"bad \xff\xfe utf-8",
+	} {
+		out := clampText(in)
+		if len(out) > protocol.MaxTextLen || !utf8.ValidString(out) {
+			t.Errorf("clampText(%.20q...) = %d octets, valid UTF-8 %v", in, len(out), utf8.ValidString(out))
+		}
+		if len(in) <= protocol.MaxTextLen && utf8.ValidString(in) && out != in {
+			t.Errorf("clampText changed a valid short text %q to %q", in, out)
+		}
+		// The encoded ERROR must decode.
+		frames := protocol.Encode(1, &protocol.Error{Code: protocol.CodeNotFound, Message: out})
+		if _, _, err := protocol.Decode(frames); err != nil {
+			t.Errorf("ERROR with clamped text: %v", err)
+		}
+	}
+}
+
+// Opening a FIFO, a directory or a device must be refused without
+// blocking: the open runs on the serving goroutine.
+func TestOpenRegularRefusesWithoutBlocking(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
+	os.Symlink(filepath.Join(dir, "f"), link)
+	for path, want := range map[string]error{
+		fifo:        errNotRegular,
+		dir:         errNotRegular,
+		"/dev/null": errNotRegular,
+		link:        syscall.ELOOP,
+	} {
+		done := make(chan error, 1)
+		go func() {
+			f, _, err := openRegular(path)
+			if f != nil {
+				f.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if !errors.Is(err, want) {
+				t.Errorf("%s: %v, want %v", path, err, want)
+			}
+		case <-time.After(2 * time.Second):
+			os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0) // release it
+			t.Fatalf("%s: open blocked", path)
+		}
+	}
+	f, key, err := openRegular(filepath.Join(dir, "f"))
+	if err != nil || key.size != 1 {
+		t.Fatalf("regular file: %v %+v", err, key)
+	}
+	// The descriptor is back in blocking mode.
+	fl, _, errno := syscall.Syscall(syscall.SYS_FCNTL, f.Fd(), syscall.F_GETFL, 0)
+	if errno != 0 || fl&syscall.O_NONBLOCK != 0 {
+		t.Errorf("flags %#x (errno %v): O_NONBLOCK left set", fl, errno)
+	}
+	f.Close()
+}
+
+// Sessions that negotiated different chunk sizes share one state per file
+// version, so the whole-file hash is computed once.
+func TestHashCacheSharedAcrossChunkSizes(t *testing.T) {
+	c := newHashCache(4)
+	key := fileKey{ino: 1, size: 10}
+	a := c.acquire(key)
+	b := c.acquire(key)
+	if a != b {
+		t.Fatal("two states for one version")
+	}
+	data := []byte("0123456789")
+	h1 := a.chunkHash(0, data)
+	if h2 := b.chunkHash(0, data[:4]); h2 == h1 {
+		t.Fatal("chunks of different lengths at one offset share a hash")
+	}
+	if a.sum == nil {
+		t.Fatal("whole-file hash not completed by the in-order chunk")
+	}
+	c.release(a)
+	c.release(b)
+}

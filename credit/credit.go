@@ -172,5 +172,8 @@ func (w *Window) Size() uint64 { return w.window }
 // Limit is the highest limit granted.
 func (w *Window) Limit() uint64 { return w.limit }
 
+// Unused is credit granted for which no data has arrived yet.
+func (w *Window) Unused() uint64 { return w.limit - w.received }
+
 // Outstanding is data received but not yet consumed.
 func (w *Window) Outstanding() uint64 { return w.received - w.consumed }

@@ -30,8 +30,9 @@ type conn struct {
 	progress bool
 
 	w        *writer
-	inflight int     // writer operations not yet answered
-	commitQ  []*task // verified files waiting for a commit
+	inflight int       // writer operations not yet answered
+	lastData time.Time // last FILE, CHUNK, END or request ERROR
+	commitQ  []*task   // verified files waiting for a commit
 	err      *sessionError
 }
 
@@ -77,6 +78,12 @@ func (s *conn) run(ctx context.Context, inbox <-chan zsock.Inbound, lastRecv *at
 			}
 			if s.version == 0 && now.Sub(helloAt) > cfg.PeerTimeout {
 				return lost("no WELCOME within %v", cfg.PeerTimeout)
+			}
+			// Heartbeats prove the server alive, not that it serves: one
+			// that holds our requests and credit but sends nothing is as
+			// good as gone.
+			if s.version != 0 && s.outReqs > 0 && s.window.Unused() >= uint64(s.chunk) && now.Sub(s.lastData) > cfg.StallTimeout {
+				return lost("server sent no data for %v although it holds %d request(s) and credit", now.Sub(s.lastData).Round(time.Millisecond), s.outReqs)
 			}
 		case r := <-s.w.res:
 			s.inflight--
@@ -202,7 +209,7 @@ func (s *conn) apply(r result) {
 		case errors.Is(r.err, ErrVerify):
 			s.setErr(s.retryFile(t, r.err))
 		case errors.Is(r.err, ErrProtocol):
-			s.setErr(s.violation("%v", r.err))
+			s.setErr(s.violationErr(r.err))
 		default:
 			s.failFile(t, r.err)
 		}
@@ -259,6 +266,7 @@ func (s *conn) welcome(msg protocol.Message, rtt time.Duration) *sessionError {
 		s.window = credit.NewWindow(win, s.c.cfg.MaxWindow)
 		s.window.SetRTT(rtt)
 		s.send(&protocol.Credit{Limit: s.window.Start(time.Now())})
+		s.lastData = time.Now()
 		s.issueGets()
 		return nil
 	case *protocol.Error:
@@ -313,6 +321,10 @@ func (s *conn) get(t *task, offset uint64, tag protocol.Tag, fromPartial bool) {
 
 // handle applies one message in an open session.
 func (s *conn) handle(msg protocol.Message) *sessionError {
+	switch msg.(type) {
+	case *protocol.Chunk, *protocol.File, *protocol.End, *protocol.Error:
+		s.lastData = time.Now()
+	}
 	switch m := msg.(type) {
 	case *protocol.Chunk:
 		return s.chunkIn(m)
@@ -331,7 +343,7 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 		note, err := t.begin(m, !s.c.cfg.NoResume, s.chunk, s.c.dirs)
 		if err != nil {
 			if errors.Is(err, ErrProtocol) {
-				return s.violation("%v", err)
+				return s.violationErr(err)
 			}
 			s.failFile(t, fmt.Errorf("%s: %w", t.dest, err))
 			return nil
@@ -501,7 +513,11 @@ func (s *conn) failFile(t *task, err error) {
 // retried: a stream corrupted on the wire looks the same, and a new session
 // resumes from verified data only.
 func (s *conn) violation(format string, args ...any) *sessionError {
-	err := fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...))
+	return s.violationErr(fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...)))
+}
+
+// violationErr is violation for an error that already wraps ErrProtocol.
+func (s *conn) violationErr(err error) *sessionError {
 	s.send(&protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()})
 	s.c.violations++
 	if s.c.violations > s.c.cfg.Retries {

@@ -59,6 +59,11 @@ type Config struct {
 	Heartbeat time.Duration
 	// PeerTimeout: a server silent this long is considered gone; default 10s.
 	PeerTimeout time.Duration
+	// StallTimeout: a server that holds credit and requests but sends no
+	// file data for this long is considered gone, even if it answers
+	// heartbeats; default 30s (a server may hash a large file's resumed
+	// prefix before its END, so this is longer than PeerTimeout).
+	StallTimeout time.Duration
 	// Window is the initial credit window in bytes; default 8 MiB.
 	Window uint64
 	// MaxWindow caps auto-tuning of the window: the receive memory
@@ -96,6 +101,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.PeerTimeout <= 0 {
 		c.PeerTimeout = 10 * time.Second
+	}
+	if c.StallTimeout <= 0 {
+		c.StallTimeout = 30 * time.Second
+		if c.StallTimeout < 3*c.PeerTimeout {
+			c.StallTimeout = 3 * c.PeerTimeout
+		}
 	}
 	if c.MaxChunk == 0 || c.MaxChunk > protocol.MaxChunkSize {
 		c.MaxChunk = protocol.MaxChunkSize

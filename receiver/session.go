@@ -210,7 +210,9 @@ func (c *client) session(ctx context.Context, dialBy time.Time) (bool, *sessionE
 
 	var lastRecv atomic.Int64
 	lastRecv.Store(time.Now().UnixNano())
-	inbox := zsock.RecvLoop(sockCtx, sock, 64, &lastRecv)
+	// A shallow inbox: data beyond the credit is detected when decoded, so
+	// what a server ignoring credit can pile up here stays small.
+	inbox := zsock.RecvLoop(sockCtx, sock, 4, &lastRecv)
 	s := &conn{c: c, sock: sock}
 	err := s.run(ctx, inbox, &lastRecv)
 	if err != nil && ctx.Err() != nil {

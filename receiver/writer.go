@@ -129,7 +129,9 @@ func (t *task) verifyEnd(size int64, want protocol.Hash) (protocol.Hash, error) 
 	if sum != want {
 		return sum, fmt.Errorf("%w: whole-file BLAKE3 %s, server says %s", ErrVerify, sum, want)
 	}
-	if err := t.f.Chmod(os.FileMode(t.mode & 0o7777)); err != nil {
+	// Permission bits only: setuid, setgid and sticky bits from a remote
+	// peer are not restored.
+	if err := t.f.Chmod(os.FileMode(t.mode & 0o777)); err != nil {
 		return sum, err
 	}
 	mtime := time.Unix(0, t.mtimeNS)

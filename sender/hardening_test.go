@@ -106,3 +106,55 @@ func TestHashCacheSharedAcrossChunkSizes(t *testing.T) {
 	c.release(a)
 	c.release(b)
 }
+
+// Names below a served directory are resolved by the kernel beneath it
+// (openat2 RESOLVE_BENEATH): a symlink inside that points outside, at any
+// depth, is refused; one that stays inside is served.
+func TestOpenBeneath(t *testing.T) {
+	base := t.TempDir()
+	outside := filepath.Join(base, "secret")
+	os.WriteFile(outside, []byte("s"), 0o644)
+	dir := filepath.Join(base, "pub")
+	os.MkdirAll(filepath.Join(dir, "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "sub", "ok"), []byte("ok"), 0o644)
+	os.Symlink(outside, filepath.Join(dir, "abs-out"))
+	os.Symlink("../secret", filepath.Join(dir, "rel-out"))
+	os.Symlink("../../secret", filepath.Join(dir, "sub", "deep-out"))
+	os.Symlink(base, filepath.Join(dir, "dir-out"))
+	os.Symlink("sub/ok", filepath.Join(dir, "in"))
+	c, err := newCatalogue([]string{dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	t.Run("openat2", func(t *testing.T) { checkBeneath(t, c) })
+	// The same table through the fallback for kernels without openat2.
+	fallback := &catalogue{roots: map[string]root{}}
+	for k, r := range c.roots {
+		r.fd = -1
+		fallback.roots[k] = r
+	}
+	t.Run("fallback", func(t *testing.T) { checkBeneath(t, fallback) })
+}
+
+func checkBeneath(t *testing.T, c *catalogue) {
+	for name, want := range map[string]protocol.Code{
+		"pub/abs-out": protocol.CodeRefused, "pub/rel-out": protocol.CodeRefused,
+		"pub/sub/deep-out": protocol.CodeRefused, "pub/dir-out/secret": protocol.CodeRefused,
+		"pub/nope": protocol.CodeNotFound, "pub/sub/ok/x": protocol.CodeNotFound,
+	} {
+		_, _, err := c.open(name)
+		var le *lookupError
+		if !errors.As(err, &le) || le.code != want {
+			t.Errorf("%s: %v, want %v", name, err, want)
+		}
+	}
+	for _, name := range []string{"pub/sub/ok", "pub/in"} {
+		f, _, err := c.open(name)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		f.Close()
+	}
+}

@@ -187,6 +187,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	ep, err := zsock.Endpoint(cfg.Endpoint)
 	if err != nil {
+		cat.close()
 		return nil, err
 	}
 	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard))
@@ -194,6 +195,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	if err := sock.Listen(ep); err != nil {
 		cancel()
 		sock.Close()
+		cat.close()
 		return nil, fmt.Errorf("binding %s: %w", cfg.Endpoint, err)
 	}
 	s := &Server{
@@ -227,6 +229,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancel()
 		s.sock.Close()
+		s.cat.close()
 	})
 	return nil
 }

@@ -80,6 +80,16 @@ func fetch(t testing.TB, cfg receiver.Config, names ...string) ([]receiver.Resul
 	return receiver.Fetch(ctx, cfg, names...)
 }
 
+// serveRandom serves one new file of n random bytes and returns its path,
+// the endpoint and the server. cfg's Paths is filled in.
+func serveRandom(t testing.TB, name string, n int64, cfg sender.Config) (string, string, *sender.Server) {
+	t.Helper()
+	p := writeRandom(t, t.TempDir(), name, n)
+	cfg.Paths = []string{p}
+	ep, srv := serve(t, cfg)
+	return p, ep, srv
+}
+
 // writeRandom creates dir/name with n random bytes.
 func writeRandom(t testing.TB, dir, name string, n int64) string {
 	t.Helper()

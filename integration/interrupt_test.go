@@ -88,10 +88,8 @@ func partPath(dir, name string) string { return filepath.Join(dir, "."+name+".zr
 // zrecv killed with SIGKILL mid-transfer resumes from its verified data,
 // re-fetching at most one chunk of it, and reports the reuse in --json.
 func TestResumeAfterSIGKILL(t *testing.T) {
-	src := t.TempDir()
 	const size = 48 << 20
-	p := writeRandom(t, src, "big.bin", size)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	p, ep, _ := serveRandom(t, "big.bin", size, sender.Config{})
 	proxy, pep := proxyTo(t, ep)
 	out := t.TempDir()
 
@@ -147,9 +145,7 @@ func jsonEvent(t *testing.T, stdout, kind string) map[string]any {
 
 // SIGINT keeps resumable state and exits 130; the same command resumes.
 func TestSIGINTKeepsState(t *testing.T) {
-	src := t.TempDir()
-	p := writeRandom(t, src, "big.bin", 32<<20)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	p, ep, _ := serveRandom(t, "big.bin", 32<<20, sender.Config{})
 	proxy, pep := proxyTo(t, ep)
 	out := t.TempDir()
 	cmd := exec.Command(filepath.Join(binDir, "zrecv"), "-q", "-o", out, pep, "big.bin")
@@ -223,10 +219,8 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 }
 
 func TestReconnectAfterConnectionsCut(t *testing.T) {
-	src := t.TempDir()
 	const size = 40 << 20
-	p := writeRandom(t, src, "big.bin", size)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	p, ep, _ := serveRandom(t, "big.bin", size, sender.Config{})
 	proxy, pep := proxyTo(t, ep)
 	var cut atomic.Int32
 	ev := &events{}
@@ -285,10 +279,8 @@ func TestServerGoneLongerThanTimeout(t *testing.T) {
 // A sender that goes silent with the connection open is noticed within the
 // peer timeout, not waited for forever.
 func TestSilentSenderDetected(t *testing.T) {
-	src := t.TempDir()
 	const size = 32 << 20
-	p := writeRandom(t, src, "big.bin", size)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	_, ep, _ := serveRandom(t, "big.bin", size, sender.Config{})
 	proxy, pep := proxyTo(t, ep)
 	var once sync.Once
 	start := time.Now()
@@ -314,9 +306,7 @@ func TestSilentSenderDetected(t *testing.T) {
 // A receiver that stops talking is dropped by the sender, with everything
 // it held (session, open file) released.
 func TestSilentReceiverDropped(t *testing.T) {
-	src := t.TempDir()
-	p := writeRandom(t, src, "big.bin", 16<<20)
-	_, srv := serve(t, sender.Config{Paths: []string{p}, PeerTimeout: 500 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
+	_, _, srv := serveRandom(t, "big.bin", 16<<20, sender.Config{PeerTimeout: 500 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
 	d := rawDealer(t, srv.Endpoint())
 	d.send(t, &protocol.Hello{MinVersion: 1, MaxVersion: 1, MaxChunk: protocol.MaxChunkSize})
 	d.send(t, &protocol.Credit{Limit: 2 << 20})
@@ -332,9 +322,7 @@ func TestSilentReceiverDropped(t *testing.T) {
 // A receiver stalled on a slow disk keeps its session: its heartbeats go
 // out from their own goroutine.
 func TestSlowReceiverNotMistakenForDead(t *testing.T) {
-	src := t.TempDir()
-	p := writeRandom(t, src, "f.bin", 8<<20)
-	_, srv := serve(t, sender.Config{Paths: []string{p}, PeerTimeout: 600 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
+	p, _, srv := serveRandom(t, "f.bin", 8<<20, sender.Config{PeerTimeout: 600 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
 	var once sync.Once
 	ev := &events{}
 	results, err := fetch(t, receiver.Config{Endpoint: srv.Endpoint(), OutputDir: t.TempDir(), PeerTimeout: 600 * time.Millisecond,
@@ -359,9 +347,7 @@ func TestSlowReceiverNotMistakenForDead(t *testing.T) {
 // Bits flipped on the wire never reach the file: the chunk is requested
 // again (or the session re-established) and the result is exact.
 func TestCorruptionOnTheWire(t *testing.T) {
-	src := t.TempDir()
-	p := writeRandom(t, src, "big.bin", 24<<20)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	p, ep, _ := serveRandom(t, "big.bin", 24<<20, sender.Config{})
 	proxy, pep := proxyTo(t, ep)
 	proxy.CorruptDownstream(3<<20, 4) // four flips, 3 MiB apart
 	ev := &events{}
@@ -377,9 +363,7 @@ func TestCorruptionOnTheWire(t *testing.T) {
 
 // Corruption beyond the retry budget fails clearly and leaves nothing.
 func TestCorruptionBeyondRetries(t *testing.T) {
-	src := t.TempDir()
-	p := writeRandom(t, src, "big.bin", 8<<20)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	_, ep, _ := serveRandom(t, "big.bin", 8<<20, sender.Config{})
 	proxy, pep := proxyTo(t, ep)
 	proxy.CorruptDownstream(64<<10, 1<<20) // a flip every 64 KiB, for ever
 	out := t.TempDir()
@@ -414,10 +398,8 @@ func overwrite(t *testing.T, path string, n int64) {
 // A source rewritten while it is sent: the receiver restarts on the new
 // version and ends with exactly it, never a mix.
 func TestSourceChangesDuringTransfer(t *testing.T) {
-	src := t.TempDir()
 	const size = 24 << 20
-	p := writeRandom(t, src, "conf.bin", size)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	p, ep, _ := serveRandom(t, "conf.bin", size, sender.Config{})
 	var once sync.Once
 	ev := &events{}
 	results, err := fetch(t, receiver.Config{Endpoint: ep, OutputDir: t.TempDir(), Progress: func(e receiver.Event) {
@@ -438,10 +420,8 @@ func TestSourceChangesDuringTransfer(t *testing.T) {
 // A source changed between an interrupted transfer and its resume: the
 // partial data is discarded, and the receiver says so.
 func TestSourceChangedBeforeResume(t *testing.T) {
-	src := t.TempDir()
 	const size = 24 << 20
-	p := writeRandom(t, src, "conf.bin", size)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	p, ep, _ := serveRandom(t, "conf.bin", size, sender.Config{})
 	out := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	_, err := receiver.Fetch(ctx, receiver.Config{Endpoint: ep, OutputDir: out, Progress: func(e receiver.Event) {
@@ -478,9 +458,7 @@ func TestDiskFull(t *testing.T) {
 		t.Skipf("cannot mount a small tmpfs here (%v): full-disk test needs root", err)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
-	src := t.TempDir()
-	p := writeRandom(t, src, "big.bin", 8<<20)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	p, ep, _ := serveRandom(t, "big.bin", 8<<20, sender.Config{})
 	os.WriteFile(filepath.Join(mnt, "big.bin"), []byte("previous version"), 0o644)
 	code, _, stderr := zrecv(t, "-q", "-o", mnt, ep, "big.bin")
 	if code != 1 {
@@ -506,10 +484,8 @@ func TestDiskFull(t *testing.T) {
 
 // --no-resume discards an earlier attempt's partial data.
 func TestNoResumeStartsOver(t *testing.T) {
-	src := t.TempDir()
 	const size = 24 << 20
-	p := writeRandom(t, src, "f.bin", size)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	p, ep, _ := serveRandom(t, "f.bin", size, sender.Config{})
 	out := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	receiver.Fetch(ctx, receiver.Config{Endpoint: ep, OutputDir: out, Progress: func(e receiver.Event) {
@@ -540,9 +516,7 @@ func TestPermissionDenied(t *testing.T) {
 		t.Skipf("cannot make a directory immutable here: %v", err)
 	}
 	t.Cleanup(func() { exec.Command("chattr", "-i", out).Run() })
-	src := t.TempDir()
-	p := writeRandom(t, src, "f.bin", 1<<20)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	_, ep, _ := serveRandom(t, "f.bin", 1<<20, sender.Config{})
 	code, _, stderr := zrecv(t, "-q", "-o", out, ep, "f.bin")
 	if code != 1 {
 		t.Fatalf("exit %d, want 1: %s", code, stderr)

@@ -80,9 +80,7 @@ func TestModeAndMtimeRestored(t *testing.T) {
 }
 
 func TestEightReceiversSameFile(t *testing.T) {
-	src := t.TempDir()
-	p := writeRandom(t, src, "shared.bin", 24<<20)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	p, ep, _ := serveRandom(t, "shared.bin", 24<<20, sender.Config{})
 	var wg sync.WaitGroup
 	errs := make([]error, 8)
 	outs := make([]string, 8)
@@ -124,9 +122,7 @@ func TestManySmallFilesPipelined(t *testing.T) {
 }
 
 func TestMissingName(t *testing.T) {
-	src := t.TempDir()
-	p := writeRandom(t, src, "here.txt", 100)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	_, ep, _ := serveRandom(t, "here.txt", 100, sender.Config{})
 	out := t.TempDir()
 	results, err := fetch(t, receiver.Config{Endpoint: ep, OutputDir: out}, "nope.txt", "here.txt")
 	if !errors.Is(err, receiver.ErrNotFound) {
@@ -145,9 +141,7 @@ func TestMissingName(t *testing.T) {
 }
 
 func TestTraversalNamesRefusedLocally(t *testing.T) {
-	src := t.TempDir()
-	p := writeRandom(t, src, "a.txt", 10)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	_, ep, _ := serveRandom(t, "a.txt", 10, sender.Config{})
 	parent := t.TempDir()
 	out := filepath.Join(parent, "out")
 	os.Mkdir(out, 0o755)
@@ -186,9 +180,7 @@ func TestSymlinkOutsideServedDirRefused(t *testing.T) {
 }
 
 func TestExistingDestinationReplacedOnlyWhenVerified(t *testing.T) {
-	src := t.TempDir()
-	p := writeRandom(t, src, "conf", 3<<20)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	p, ep, _ := serveRandom(t, "conf", 3<<20, sender.Config{})
 	out := t.TempDir()
 	dest := filepath.Join(out, "conf")
 	os.WriteFile(dest, []byte("old version"), 0o644)
@@ -223,9 +215,7 @@ func TestUnreachableServer(t *testing.T) {
 }
 
 func TestCancelledFetchReturnsPromptly(t *testing.T) {
-	src := t.TempDir()
-	p := writeRandom(t, src, "big", 16<<20)
-	ep, _ := serve(t, sender.Config{Paths: []string{p}})
+	_, ep, _ := serveRandom(t, "big", 16<<20, sender.Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err := receiver.Fetch(ctx, receiver.Config{Endpoint: ep, OutputDir: t.TempDir()}, "big")
@@ -238,10 +228,8 @@ func TestCancelledFetchReturnsPromptly(t *testing.T) {
 // particular no chunk buffer may be reused while still being sent (a
 // healthy receiver would see chunks failing their BLAKE3).
 func TestVanishingReceiversDoNotCorruptOthers(t *testing.T) {
-	src := t.TempDir()
 	const size = 32 << 20
-	p := writeRandom(t, src, "f.bin", size)
-	ep, srv := serve(t, sender.Config{Paths: []string{p}})
+	p, ep, srv := serveRandom(t, "f.bin", size, sender.Config{})
 	var wg sync.WaitGroup
 	for i := range 6 {
 		wg.Add(1)

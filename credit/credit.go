@@ -10,11 +10,10 @@
 // written to disk, so the bytes in flight plus the bytes buffered never
 // exceed the window: memory is bounded by the window, not by file size.
 // It sends an update once half of the window has been consumed, and it
-// auto-tunes the window in the manner of quic-go's receive windows: at each
-// update, if the receiver has no backlog and the data consumed since the
-// last one took less than
-// 4 x (consumed / window) round trips (an eighth of the window in half of one), the
-// window was the bottleneck, so it doubles, up to a memory budget.
+// auto-tunes the window in the manner of quic-go's receive windows: once a
+// whole window has been consumed since the last decision, if that took
+// less than 4 round trips and the receiver has no backlog, the window was
+// the bottleneck, so it doubles, up to a memory budget.
 //
 // The sender side (Gate) holds the highest limit received and the bytes
 // sent; a chunk may be sent only if it fits entirely under the limit.
@@ -139,13 +138,18 @@ func (w *Window) Consumed(n uint64, now time.Time) (uint64, bool) {
 	if float64(remaining) > float64(w.window)*(1-updateFraction) {
 		return 0, false
 	}
-	w.autoTune(now)
+	if w.consumed-w.epochOffset >= w.window {
+		w.autoTune(now)
+	}
 	w.limit = w.consumed + w.window
 	return w.limit, true
 }
 
-// autoTune doubles the window if the last epoch consumed its share of the
-// window in under tuneRTTs round trips, then starts a new epoch.
+// autoTune runs once a whole window has been consumed since the epoch
+// began (judging by an eighth would mistake a burst of queued writes
+// completing together for a fast link). It doubles the window if that took
+// under tuneRTTs round trips and the receiver has no backlog, then starts
+// a new epoch.
 func (w *Window) autoTune(now time.Time) {
 	defer func() { w.epochStart, w.epochOffset = now, w.consumed }()
 	if w.rtt == 0 || w.window >= w.maxWindow {

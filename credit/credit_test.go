@@ -72,36 +72,61 @@ func TestWindowUpdatesAtAnEighth(t *testing.T) {
 	}
 }
 
+// consumeEighths receives and consumes n eighths of the current window,
+// advancing the clock by step for each, and returns the clock.
+func consumeEighths(t *testing.T, w *Window, now time.Time, n int, step time.Duration) time.Time {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		e := w.Size() / 8
+		if err := w.Received(e); err != nil {
+			t.Fatal(err)
+		}
+		now = now.Add(step)
+		if _, ok := w.Consumed(e, now); !ok {
+			t.Fatal("no update after an eighth of the window")
+		}
+	}
+	return now
+}
+
 func TestWindowGrowsWhenConsumedWithinFewRTTs(t *testing.T) {
 	now := time.Unix(0, 0)
 	w := NewWindow(1<<20, 16<<20)
 	w.SetRTT(50 * time.Millisecond)
 	w.Start(now)
-	// An eighth of the window consumed in 10ms, far less than 4 RTTs / 8.
-	w.Received(128 << 10)
-	now = now.Add(10 * time.Millisecond)
-	limit, ok := w.Consumed(128<<10, now)
-	if !ok || w.Size() != 2<<20 {
-		t.Fatalf("window %d after a fast epoch (limit %d, %v)", w.Size(), limit, ok)
+	// Seven eighths, however fast, decide nothing: no whole window yet.
+	now = consumeEighths(t, w, now, 7, time.Millisecond)
+	if w.Size() != 1<<20 {
+		t.Fatalf("window %d decided on less than a window", w.Size())
 	}
-	if limit != (128<<10)+(2<<20) {
-		t.Fatalf("limit %d does not use the grown window", limit)
+	// The eighth eighth completes a window in 8ms, under 4 RTTs (200ms).
+	now = consumeEighths(t, w, now, 1, time.Millisecond)
+	if w.Size() != 2<<20 {
+		t.Fatalf("window %d after a fast window", w.Size())
 	}
-	// Keep consuming fast: it doubles up to the cap and stops there. Each
-	// step receives and consumes an eighth of the window, which triggers an
-	// update.
-	for i := 0; i < 20; i++ {
-		n := w.Size() / 8
-		if err := w.Received(n); err != nil {
-			t.Fatal(err)
-		}
-		now = now.Add(time.Millisecond)
-		if _, ok := w.Consumed(n, now); !ok {
-			t.Fatal("no update after half a window")
-		}
+	if w.Limit()-w.Size() != 1<<20 {
+		t.Fatalf("limit %d does not use the grown window", w.Limit())
 	}
+	// Keep consuming fast: it doubles up to the cap and stops there.
+	now = consumeEighths(t, w, now, 8*10, time.Millisecond)
 	if w.Size() != 16<<20 {
 		t.Fatalf("window %d, want capped at %d", w.Size(), 16<<20)
+	}
+}
+
+// A burst of writes completing together looks fast over an eighth of the
+// window; over the whole window the consumer is slow: no growth.
+func TestWindowIgnoresBursts(t *testing.T) {
+	now := time.Unix(0, 0)
+	w := NewWindow(8<<20, 64<<20)
+	w.SetRTT(700 * time.Microsecond) // loopback
+	w.Start(now)
+	// Each eighth arrives in a 100us burst after 1.3ms: 750 MB/s overall.
+	for i := 0; i < 64; i++ {
+		now = consumeEighths(t, w, now.Add(1200*time.Microsecond), 1, 100*time.Microsecond)
+	}
+	if w.Size() != 8<<20 {
+		t.Fatalf("window grew to %d on bursts over a fast local link", w.Size())
 	}
 }
 
@@ -139,8 +164,8 @@ func TestWindowTunesOnMinimumRTT(t *testing.T) {
 	w.SetRTT(0)
 	w.Start(now)
 	w.Received(1 << 20)
-	// An eighth consumed in 10ms: quick against 500ms, slow against 1ms.
-	w.Consumed(1<<17, now.Add(10*time.Millisecond))
+	// A window consumed in 10ms: quick against 500ms, slow against 1ms.
+	w.Consumed(1<<20, now.Add(10*time.Millisecond))
 	if w.Size() != 1<<20 {
 		t.Fatalf("window grew to %d on a queueing-inflated RTT", w.Size())
 	}
@@ -151,10 +176,20 @@ func TestWindowDoesNotGrowWithABacklog(t *testing.T) {
 	w := NewWindow(1<<20, 16<<20)
 	w.SetRTT(50 * time.Millisecond)
 	w.Start(now)
-	// The whole window arrived, only an eighth is consumed: the receiver
-	// is the bottleneck, however fast that eighth went.
-	w.Received(1 << 20)
-	w.Consumed(1<<17, now.Add(time.Millisecond))
+	// The receiver stays most of a window behind what has arrived: it is
+	// the bottleneck, however fast the window went by.
+	if err := w.Received(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 8; i++ {
+		now = now.Add(time.Millisecond)
+		w.Consumed(1<<17, now)
+		if i < 7 {
+			if err := w.Received(1 << 17); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	if w.Size() != 1<<20 {
 		t.Fatalf("window grew to %d although the receiver had a backlog", w.Size())
 	}

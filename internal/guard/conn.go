@@ -34,6 +34,8 @@ type conn struct {
 	hsDeadline time.Time // dialed connections: end of the peer's handshake
 	pending    []byte    // checked handshake bytes to replay to zmq4
 	scan       frameScanner
+	rbuf       []byte // read buffer for small reads (see Read)
+	rdata      []byte // scanned bytes in rbuf not yet returned
 
 	wmu     sync.Mutex
 	swallow int // bytes of zmq4's greeting still to drop (already sent)
@@ -43,6 +45,10 @@ type conn struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 }
+
+// readBufSize is the read buffer for small reads; reads at least this
+// large bypass it.
+const readBufSize = 32 << 10
 
 func newConn(raw net.Conn, set *settings, network string) *conn {
 	set.add(cOpen, 1)
@@ -78,12 +84,28 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 	}
 
+	if len(c.rdata) > 0 {
+		n := copy(p, c.rdata)
+		c.rdata = c.rdata[n:]
+		return n, nil
+	}
+	// zmq4 reads each frame header in 2- and 7-byte pieces: serve small
+	// reads from a buffer, so a small message costs one system call rather
+	// than several. Large reads (frame bodies) go straight into p. Either
+	// way the bytes are scanned before zmq4 sees them.
+	dst := p
+	if len(p) < readBufSize {
+		if c.rbuf == nil {
+			c.rbuf = make([]byte, readBufSize)
+		}
+		dst = c.rbuf
+	}
 	if c.set.idle > 0 {
 		c.raw.SetReadDeadline(time.Now().Add(c.set.idle))
 	}
-	n, err := c.raw.Read(p)
+	n, err := c.raw.Read(dst)
 	if n > 0 {
-		if serr := c.scan.scan(p[:n]); serr != nil {
+		if serr := c.scan.scan(dst[:n]); serr != nil {
 			switch serr {
 			case ErrFrameTooLarge:
 				c.set.add(cFrameTooLarge, 1)
@@ -93,6 +115,11 @@ func (c *conn) Read(p []byte) (int, error) {
 				c.set.add(cBadFrames, 1)
 			}
 			return 0, c.fail("read", serr)
+		}
+		if len(p) < readBufSize {
+			c.rdata = c.rbuf[:n]
+			n = copy(p, c.rdata)
+			c.rdata = c.rdata[n:]
 		}
 	}
 	if err != nil {

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Benchmarks zsend/zrecv against raw zmq4, rsync (daemon, --whole-file, with
+# and without --fsync) and a plain TCP copy, plus fan-out, high-latency,
+# many-small-files and memory scenarios; contenders alternate round by round
+# in one run; writes BENCHMARKS.md (and the raw results as JSON).
+#
+#   scripts/bench.sh                 # full run (SIZE=1G ROUNDS=3)
+#   QUICK=1 scripts/bench.sh         # smoke run: small sizes, 1 round, report only
+#
+# Knobs (environment):
+#   SIZE=1G           single-stream file            ROUNDS=3        rounds (single, fan-out, latency)
+#   FAN_SIZE=512M     fan-out file                  FAN_N=8         fan-out receivers
+#   LAT_SIZE=512M     latency file                  DELAY=25ms      one-way proxy delay
+#   PROXY_QUEUE=64M   proxy bytes in flight per direction
+#   SMALL_N=1000      small files                   SMALL_SIZE=4K   each; SMALL_ONE=4M the single file
+#   SMALL_ROUNDS=5    rounds of the small-files scenario
+#   MEM_SIZE=4G       memory-scenario file          MEM_ROUNDS=1
+#   CHUNK=1M          frame/write size of the raw zmq4 and TCP baselines
+#   ONLY=single,fanout,latency,small,memory        run a subset
+#   OUT=BENCHMARKS.md report path                   JSON=FILE       keep raw results
+#   QUIET_WAIT=10s    before each run, wait up to this long for other load on the machine to settle (QUICK: 0, only record it)
+#   STRICT=1          exit 3 when a target fails (ignored with QUICK=1)
+#   TIMEOUT=3600      seconds before the whole run is aborted
+#   TMPDIR            where the scratch directory goes (sources and outputs: same disk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+quick=${QUICK:-0}
+if [ "$quick" = 1 ]; then
+  d_size=64M d_rounds=1 d_fan=32M d_lat=32M d_small_rounds=1 d_mem=256M d_quiet=0
+else
+  d_size=1G d_rounds=3 d_fan=512M d_lat=512M d_small_rounds=5 d_mem=4G d_quiet=10s
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/zsend-bench.XXXXXX")
+suite_pid=""
+cleanup() {
+  local rc=$?
+  if [ -n "$suite_pid" ] && kill -0 "$suite_pid" 2>/dev/null; then
+    kill -TERM "$suite_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$suite_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$suite_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+command -v rsync >/dev/null || { echo "bench.sh: rsync is not installed (apt-get install -y rsync)" >&2; exit 2; }
+rsync_help=$(rsync --help 2>&1 || true)   # not a pipe into grep -q: SIGPIPE + pipefail
+grep -q -- '--fsync' <<<"$rsync_help" || { echo "bench.sh: this rsync has no --fsync (need 3.2.4 or newer)" >&2; exit 2; }
+
+echo "==> building zsend, zrecv, zbench and zrun into $work/bin"
+go build -o "$work/bin/" ./cmd/zsend ./cmd/zrecv ./bench/cmd/zbench ./bench/cmd/zrun
+
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$root" status --porcelain -- cmd sender receiver protocol credit internal 2>/dev/null)" ]; then
+  # Name the exact product source measured: a digest of its non-test Go files.
+  src_sum=$(find cmd sender receiver protocol credit internal -name '*.go' ! -name '*_test.go' -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-12)
+  commit="$commit + uncommitted changes (product sources sha256 $src_sum)"
+fi
+go_ver=$(go version | sed 's/^go version //')
+rsync_ver=$(rsync --version 2>/dev/null | sed -n '1{s/  */ /g;p}' || true)
+meta="go=$go_ver;rsync=$rsync_ver;commit=$commit;date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+
+echo "==> running the suite (scratch: $work)"
+args=(suite -bin "$work/bin" -work "$work" -o "${OUT:-$root/BENCHMARKS.md}"
+  -rounds "${ROUNDS:-$d_rounds}" -size "${SIZE:-$d_size}" -chunk "${CHUNK:-1M}"
+  -fan-size "${FAN_SIZE:-$d_fan}" -fan-n "${FAN_N:-8}"
+  -lat-size "${LAT_SIZE:-$d_lat}" -delay "${DELAY:-25ms}" -proxy-queue "${PROXY_QUEUE:-64M}"
+  -small-n "${SMALL_N:-1000}" -small-size "${SMALL_SIZE:-4K}" -small-one "${SMALL_ONE:-4M}" -small-rounds "${SMALL_ROUNDS:-$d_small_rounds}"
+  -mem-size "${MEM_SIZE:-$d_mem}" -mem-rounds "${MEM_ROUNDS:-1}"
+  -quiet-wait "${QUIET_WAIT:-$d_quiet}" -only "${ONLY:-}" -meta "$meta" -timeout "${TIMEOUT:-3600}s")
+[ "$quick" = 1 ] && args+=(-quick)
+[ "${STRICT:-0}" = 1 ] && args+=(-strict)
+[ -n "${JSON:-}" ] && args+=(-json "$JSON")
+
+# Run in the background and wait, so a signal reaches the trap at once.
+"$work/bin/zbench" "${args[@]}" &
+suite_pid=$!
+set +e
+wait "$suite_pid"
+rc=$?
+set -e
+suite_pid=""
+exit "$rc"

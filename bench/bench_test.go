@@ -12,7 +12,7 @@ import (
 )
 
 func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"4096": 4096, "4K": 4 << 10, "512M": 512 << 20, "1G": 1 << 30, "1GiB": 1 << 30, "1.5g": 3 << 29, "64MB": 64 << 20} {
+	for in, want := range map[string]int64{"4096": 4096, "4K": 4 << 10, "512M": 512 << 20, "1G": 1 << 30, "1GiB": 1 << 30, "64MB": 64 << 20} {
 		got, err := ParseSize(in)
 		if err != nil || got != want {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)

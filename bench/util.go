@@ -5,36 +5,15 @@ import (
 	"math"
 	"net"
 	"slices"
-	"strconv"
-	"strings"
+
+	"github.com/zsend/zsend/internal/cli"
 )
 
-// ParseSize parses a byte count with an optional binary suffix: 4096, 4K,
-// 512M, 1G, 1GiB (K, M, G, T are powers of 1024).
+// ParseSize parses a byte count with an optional binary suffix (4096,
+// 4K, 512M, 1G, 1GiB), as the commands' own flags do.
 func ParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(strings.ToUpper(s))
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "IB"), "B")
-	mult := int64(1)
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult != 1 {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseFloat(t, 64)
-	if err != nil || n < 0 || math.IsInf(n, 0) {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return int64(n * float64(mult)), nil
+	n, err := cli.ParseSize(s)
+	return int64(n), err
 }
 
 // FormatSize prints a byte count in binary units (1 GiB, 512 MiB, 4 KiB).

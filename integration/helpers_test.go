@@ -10,7 +10,9 @@ import (
 	"encoding/hex"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,6 +136,20 @@ func entries(t testing.TB, dir string) []string {
 		names = append(names, e.Name())
 	}
 	return names
+}
+
+// b3sum runs the b3sum tool, when installed (CI installs it), as a second
+// independent implementation.
+func b3sum(t testing.TB, path string) (string, bool) {
+	t.Helper()
+	if _, err := exec.LookPath("b3sum"); err != nil {
+		return "", false
+	}
+	out, err := exec.Command("b3sum", "--no-names", path).Output()
+	if err != nil {
+		t.Fatalf("b3sum %s: %v", path, err)
+	}
+	return strings.TrimSpace(string(out)), true
 }
 
 func sameFile(t testing.TB, src, dst string) {

@@ -45,6 +45,9 @@ func TestTransferSizes(t *testing.T) {
 				if got := b3(t, res.Path); got != res.Hash.String() {
 					t.Fatalf("%s: reported hash %s, file has %s", names[i], res.Hash, got)
 				}
+				if sum, ok := b3sum(t, res.Path); ok && sum != res.Hash.String() {
+					t.Fatalf("%s: b3sum says %s, zrecv reported %s", names[i], sum, res.Hash)
+				}
 				if res.Wire != sizes[i] {
 					t.Fatalf("%s: %d bytes over the wire for %d", names[i], res.Wire, sizes[i])
 				}

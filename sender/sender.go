@@ -80,13 +80,21 @@ type Config struct {
 
 // Event is something an operator may want to see.
 type Event struct {
-	Kind    string // "session-open", "session-close", "file-sent", "refused", "error"
-	Peer    string // receiver's PeerID (or its identity if none)
+	// "session-open", "session-close", "file-start", "progress" (throttled),
+	// "file-sent", "refused", "error"
+	Kind    string
+	Peer    string // receiver's PeerID (or its identity if none); not unique
+	Session string // the session's ROUTER identity, hex: unique while it lives
 	Name    string
 	Size    int64
+	Offset  int64 // file-start: where the transfer starts (resume)
+	Sent    int64 // progress: bytes of the file sent so far, offset included
 	Hash    protocol.Hash
 	Message string
 }
+
+// progressEvery is the least interval between progress events of a transfer.
+const progressEvery = 200 * time.Millisecond
 
 const prefetchChunks = 2 // chunks a producer may read ahead (within credit)
 
@@ -381,7 +389,7 @@ func (s *Server) handleHello(id string, old *session, h *protocol.Hello) {
 	s.stats.opened.Add(1)
 	sess.send(&protocol.Welcome{Version: v, ChunkSize: chunk, HeartbeatMS: uint32(s.cfg.Heartbeat / time.Millisecond),
 		MaxRequests: uint32(s.cfg.MaxRequests), PeerID: s.cfg.Name})
-	s.event(Event{Kind: "session-open", Peer: sess.peer})
+	sess.event(Event{Kind: "session-open"})
 }
 
 // sendRound gives every session one turn; it reports whether any sent.
@@ -502,7 +510,7 @@ func (s *Server) dropSession(sess *session, why string) {
 	delete(s.sessions, sess.id)
 	s.stats.sessions.Add(-1)
 	s.stats.dropped.Add(1)
-	s.event(Event{Kind: "session-close", Peer: sess.peer, Message: why})
+	sess.event(Event{Kind: "session-close", Message: why})
 }
 
 // sendTo sends one message to a ROUTER identity. zmq4 reports no loss for

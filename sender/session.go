@@ -152,14 +152,14 @@ func (sess *session) pump() bool {
 			code = protocol.CodeChanged
 		}
 		sess.send(&protocol.Error{Request: t.req, Code: code, Message: fmt.Sprintf("%s: %v", t.name, c.err)})
-		sess.srv.event(Event{Kind: "error", Peer: sess.peer, Name: t.name, Message: c.err.Error()})
+		sess.event(Event{Kind: "error", Name: t.name, Message: c.err.Error()})
 		sess.finishTransfer()
 		return true
 	case c.end:
 		t.pending = nil
 		sess.send(&protocol.End{Request: t.req, Size: uint64(t.size), Hash: c.sum})
 		sess.srv.stats.filesSent.Add(1)
-		sess.srv.event(Event{Kind: "file-sent", Peer: sess.peer, Name: t.name, Size: t.size, Hash: c.sum})
+		sess.event(Event{Kind: "file-sent", Name: t.name, Size: t.size, Hash: c.sum})
 		sess.finishTransfer()
 		return true
 	}
@@ -173,6 +173,12 @@ func (sess *session) pump() bool {
 	t.permitted--
 	sess.send(&protocol.Chunk{Request: t.req, Offset: uint64(c.off), Hash: c.hash, Data: data})
 	sess.srv.putBuf(c.buf)
+	if sess.srv.cfg.Events != nil {
+		if now := time.Now(); now.Sub(t.lastEvent) >= progressEvery {
+			t.lastEvent = now
+			sess.event(Event{Kind: "progress", Name: t.name, Size: t.size, Sent: c.off + int64(c.n)})
+		}
+	}
 	if sess.cur == t {
 		t.permit(&sess.gate)
 	}
@@ -189,7 +195,7 @@ func (sess *session) start(g *protocol.Get) {
 			code = le.code
 		}
 		sess.send(&protocol.Error{Request: g.Request, Code: code, Message: err.Error()})
-		sess.srv.event(Event{Kind: "refused", Peer: sess.peer, Name: g.Name, Message: fmt.Sprintf("%d %v: %v", code, code, err)})
+		sess.event(Event{Kind: "refused", Name: g.Name, Message: fmt.Sprintf("%d %v: %v", code, code, err)})
 		return
 	}
 	// Resume only from a chunk boundary of the same version.
@@ -208,8 +214,15 @@ func (sess *session) start(g *protocol.Get) {
 	sess.cur = t
 	sess.send(&protocol.File{Request: g.Request, Size: uint64(key.size), Mode: key.mode & 07777,
 		MtimeNS: key.mtimeNS, Offset: uint64(off), Tag: tag, Name: g.Name})
+	sess.event(Event{Kind: "file-start", Name: g.Name, Size: key.size, Offset: off})
 	go produce(sess.srv, t, f, key, fs, off)
 	t.permit(&sess.gate)
+}
+
+// event reports e with the session's peer and identity filled in.
+func (sess *session) event(e Event) {
+	e.Peer, e.Session = sess.peer, fmt.Sprintf("%x", sess.id)
+	sess.srv.event(e)
 }
 
 func (sess *session) finishTransfer() {
@@ -249,6 +262,7 @@ type transfer struct {
 	stop      chan struct{}
 	done      chan struct{} // closed when the producer has exited (file closed)
 	pending   *chunk
+	lastEvent time.Time // last progress event
 	halted    bool
 }
 

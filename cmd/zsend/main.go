@@ -92,26 +92,42 @@ Exit codes:
 	}
 	var mu sync.Mutex
 	enc := json.NewEncoder(stdout)
+	var bars *cli.ServerBars
+	if !*quiet && cli.IsTerminal(stderr) {
+		bars = cli.NewServerBars(stderr)
+		defer bars.Stop()
+	}
 	events := func(e sender.Event) {
 		mu.Lock()
 		defer mu.Unlock()
-		if *jsonOut {
+		if *jsonOut && e.Kind != "progress" {
 			enc.Encode(map[string]any{"event": e.Kind, "time": time.Now().UTC().Format(time.RFC3339Nano), "peer": e.Peer,
-				"name": e.Name, "size": e.Size, "blake3": hashString(e), "message": e.Message})
+				"session": e.Session, "name": e.Name, "size": e.Size, "offset": e.Offset, "blake3": hashString(e), "message": e.Message})
 		}
 		if *quiet && e.Kind != "error" {
 			return
 		}
+		if bars != nil && bars.Event(e) {
+			return
+		}
+		line := ""
 		switch e.Kind {
 		case "file-sent":
-			fmt.Fprintf(stderr, "zsend: sent %s (%d bytes, blake3 %s) to %s\n", e.Name, e.Size, e.Hash, e.Peer)
+			line = fmt.Sprintf("zsend: sent %s (%d bytes, blake3 %s) to %s", e.Name, e.Size, e.Hash, e.Peer)
 		case "refused", "error":
-			fmt.Fprintf(stderr, "zsend: %s: %s: %s\n", e.Peer, e.Kind, e.Message)
+			line = fmt.Sprintf("zsend: %s: %s: %s", e.Peer, e.Kind, e.Message)
 		case "session-open":
-			fmt.Fprintf(stderr, "zsend: %s connected\n", e.Peer)
+			line = fmt.Sprintf("zsend: %s connected", e.Peer)
 		case "session-close":
-			fmt.Fprintf(stderr, "zsend: %s disconnected: %s\n", e.Peer, e.Message)
+			line = fmt.Sprintf("zsend: %s disconnected: %s", e.Peer, e.Message)
+		default:
+			return
 		}
+		if bars != nil {
+			bars.Log(line) // above the bars, which it would otherwise tear
+			return
+		}
+		fmt.Fprintln(stderr, line)
 	}
 	srv, err := sender.Listen(ctx, sender.Config{
 		Endpoint: *bind, Paths: fs.Args(), ChunkSize: int(cs), MaxSessions: *maxSessions,

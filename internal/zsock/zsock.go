@@ -45,6 +45,7 @@ func RecvLoop(ctx context.Context, sock zmq4.Socket, depth int, stamp *atomic.In
 	out := make(chan Inbound, depth)
 	go func() {
 		defer close(out)
+		defer drain(ctx, sock)
 		for {
 			msg, err := sock.Recv()
 			if ctx.Err() != nil {
@@ -71,4 +72,19 @@ func RecvLoop(ctx context.Context, sock zmq4.Socket, depth int, stamp *atomic.In
 		}
 	}()
 	return out
+}
+
+// drain empties zmq4's internal receive queue once ctx is done. zmq4's
+// per-connection reader sends each message into a 10-slot channel without
+// watching for cancellation; if the channel is full when the socket is
+// cancelled, the reader blocks there for good (one goroutine and one
+// connection leaked per peer). One receive lets it see the cancellation
+// and exit. With its context done, Recv returns at once, taking a queued
+// message or not (select picks at random), so a bounded number of calls
+// empties the queue with overwhelming probability.
+func drain(ctx context.Context, sock zmq4.Socket) {
+	<-ctx.Done()
+	for range 256 {
+		sock.Recv()
+	}
 }

@@ -73,9 +73,18 @@ func bounded(ctx context.Context, d time.Duration) (context.Context, context.Can
 	return context.WithTimeout(ctx, d)
 }
 
-func done(what string, n int64, t0 time.Time) {
-	s := time.Since(t0).Seconds()
-	fmt.Fprintf(os.Stderr, "zbench: %s %d bytes in %.3fs (%.0f MB/s)\n", what, n, s, float64(n)/s/1e6)
+// timed runs f under the timeout and reports how many bytes it moved and
+// how fast.
+func timed(ctx context.Context, timeout time.Duration, what string, f func(context.Context) (int64, error)) error {
+	ctx, cancel := bounded(ctx, timeout)
+	defer cancel()
+	t0 := time.Now()
+	n, err := f(ctx)
+	if err == nil {
+		s := time.Since(t0).Seconds()
+		fmt.Fprintf(os.Stderr, "zbench: %s %d bytes in %.3fs (%.0f MB/s)\n", what, n, s, float64(n)/s/1e6)
+	}
+	return err
 }
 
 func zmqsend(ctx context.Context, args []string) error {
@@ -87,14 +96,9 @@ func zmqsend(ctx context.Context, args []string) error {
 	if fs.NArg() != 1 {
 		return fmt.Errorf("want one FILE")
 	}
-	ctx, cancel := bounded(ctx, *timeout)
-	defer cancel()
-	t0 := time.Now()
-	n, err := bench.ZMQServe(ctx, *ep, fs.Arg(0), *chunk, ready)
-	if err == nil {
-		done("sent", n, t0)
-	}
-	return err
+	return timed(ctx, *timeout, "sent", func(ctx context.Context) (int64, error) {
+		return bench.ZMQServe(ctx, *ep, fs.Arg(0), *chunk, ready)
+	})
 }
 
 func zmqrecv(ctx context.Context, args []string) error {
@@ -106,14 +110,9 @@ func zmqrecv(ctx context.Context, args []string) error {
 	if fs.NArg() != 1 {
 		return fmt.Errorf("want one ENDPOINT")
 	}
-	ctx, cancel := bounded(ctx, *timeout)
-	defer cancel()
-	t0 := time.Now()
-	n, err := bench.ZMQFetch(ctx, fs.Arg(0), *out, *direct)
-	if err == nil {
-		done("received", n, t0)
-	}
-	return err
+	return timed(ctx, *timeout, "received", func(ctx context.Context) (int64, error) {
+		return bench.ZMQFetch(ctx, fs.Arg(0), *out, *direct)
+	})
 }
 
 func tcpsend(ctx context.Context, args []string) error {
@@ -125,14 +124,9 @@ func tcpsend(ctx context.Context, args []string) error {
 	if fs.NArg() != 1 {
 		return fmt.Errorf("want one FILE")
 	}
-	ctx, cancel := bounded(ctx, *timeout)
-	defer cancel()
-	t0 := time.Now()
-	n, err := bench.TCPServe(ctx, *addr, fs.Arg(0), *chunk, ready)
-	if err == nil {
-		done("sent", n, t0)
-	}
-	return err
+	return timed(ctx, *timeout, "sent", func(ctx context.Context) (int64, error) {
+		return bench.TCPServe(ctx, *addr, fs.Arg(0), *chunk, ready)
+	})
 }
 
 func tcprecv(ctx context.Context, args []string) error {
@@ -144,14 +138,9 @@ func tcprecv(ctx context.Context, args []string) error {
 	if fs.NArg() != 1 {
 		return fmt.Errorf("want one ADDR")
 	}
-	ctx, cancel := bounded(ctx, *timeout)
-	defer cancel()
-	t0 := time.Now()
-	n, err := bench.TCPFetch(ctx, fs.Arg(0), *out, *chunk)
-	if err == nil {
-		done("received", n, t0)
-	}
-	return err
+	return timed(ctx, *timeout, "received", func(ctx context.Context) (int64, error) {
+		return bench.TCPFetch(ctx, fs.Arg(0), *out, *chunk)
+	})
 }
 
 func delayproxy(ctx context.Context, args []string) error {

@@ -145,17 +145,20 @@ func (s *conn) closeWriter() {
 }
 
 // submit queues an operation, applying results while the queue is full.
+// The operation counts as in flight only once queued: a result applied
+// while waiting may drain a task (failFile), and must not wait for an
+// operation that is not in the writer's queue yet.
 func (s *conn) submit(o op) {
-	if o.t != nil {
-		o.t.inflight++
-	}
-	for _, t := range o.batch {
-		t.inflight++
-	}
 	for {
 		select {
 		case s.w.ops <- o:
 			s.inflight++
+			if o.t != nil {
+				o.t.inflight++
+			}
+			for _, t := range o.batch {
+				t.inflight++
+			}
 			return
 		case r := <-s.w.res:
 			s.inflight--
@@ -203,6 +206,8 @@ func (s *conn) apply(r result) {
 		t.inflight--
 		t.sum = r.sum
 		switch {
+		case t.done:
+			// Failed meanwhile (a write error applied before this END).
 		case r.err == nil:
 			t.verified = true
 			s.commitQ = append(s.commitQ, t)

@@ -394,7 +394,9 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 			return s.retryFile(t, re)
 		}
 		s.drainTask(t)
-		s.c.fail(t, re, true)
+		if !t.done {
+			s.c.fail(t, re, true)
+		}
 		s.issueGets()
 	case *protocol.Ping:
 		s.send(&protocol.Pong{Token: m.Token})
@@ -482,6 +484,9 @@ func (s *conn) consumed(n uint64) {
 func (s *conn) retryFile(t *task, cause error) *sessionError {
 	t.restarts++
 	s.drainTask(t)
+	if t.done {
+		return nil // a write error applied while draining failed it already
+	}
 	if t.restarts > s.c.cfg.Retries {
 		s.c.fail(t, fmt.Errorf("%w (after %d attempts)", cause, t.restarts), true)
 		s.issueGets()

@@ -7,8 +7,8 @@ require (
 	github.com/go-zeromq/zmq4 v0.17.0
 	github.com/spf13/pflag v1.0.10
 	github.com/zeebo/blake3 v0.2.4
-	golang.org/x/sync v0.24.0
 	golang.org/x/sys v0.49.0
+	golang.org/x/text v0.15.0
 )
 
 require (
@@ -20,5 +20,5 @@ require (
 	github.com/mattn/go-colorable v0.1.15 // indirect
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/mattn/go-runewidth v0.0.27 // indirect
-	golang.org/x/text v0.15.0 // indirect
+	golang.org/x/sync v0.24.0 // indirect
 )

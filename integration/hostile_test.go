@@ -930,14 +930,17 @@ func zmqCases() []hostileCase {
 			}
 		}},
 
-		{"zmq/session-flood-then-vanish", func(t *testing.T, h *hostileEnv) {
+		{"tcp/session-flood-then-vanish", func(t *testing.T, h *hostileEnv) {
 			// Fill every session slot from connections that then disappear
-			// without BYE. zmq4 does not report departed peers, so the
-			// server must find out by itself that the slots are dead before
-			// the peer timeout, or a legitimate receiver is locked out.
+			// without BYE, and whose READY carries no Identity, so the
+			// guard cannot name the session of a closed connection. The
+			// server must find out by itself (probing) that the slots are
+			// dead before the peer timeout, or a legitimate receiver is
+			// locked out.
 			for i := range hMaxSessions + 8 {
-				p := dialZ(t, h.ep, true)
-				p.send(t, hello())
+				p := dialRaw(t, h.addr)
+				p.handshake(t)
+				p.write(t, zsnd(hello()))
 				m := p.expect(t, 3*time.Second)
 				if i < hMaxSessions && m.Command() != protocol.CmdWelcome {
 					t.Fatalf("HELLO %d: %T %+v", i, m, m)
@@ -948,6 +951,28 @@ func zmqCases() []hostileCase {
 				t.Fatalf("after the flood: %+v", st)
 			}
 			h.fetchOK(t, "with every session slot held by a vanished peer")
+		}},
+
+		{"zmq/session-flood-then-vanish", func(t *testing.T, h *hostileEnv) {
+			// The same with zmq4 peers, which announce an Identity: the
+			// guard reports each closed connection and its session goes at
+			// once, long before the peer timeout.
+			for i := range hMaxSessions + 8 {
+				p := dialZ(t, h.ep, true)
+				p.send(t, hello())
+				if m := p.expect(t, 3*time.Second); m.Command() != protocol.CmdWelcome && m.Command() != protocol.CmdError {
+					t.Fatalf("HELLO %d: %T %+v", i, m, m)
+				}
+				p.close()
+			}
+			deadline := time.Now().Add(2 * time.Second)
+			for h.srv.Stats().Sessions != 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("sessions of closed connections still held: %+v", h.srv.Stats())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			h.fetchOK(t, "after a flood of vanished peers")
 		}},
 
 		{"zmq/identity-impersonation", func(t *testing.T, h *hostileEnv) {

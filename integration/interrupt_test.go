@@ -528,3 +528,29 @@ func TestPermissionDenied(t *testing.T) {
 		t.Fatalf("immutable directory now holds %v", got)
 	}
 }
+
+// A receiver that vanishes is forgotten when its connection closes (the
+// guard reports it), not a peer timeout later: its session and open file
+// are released at once.
+func TestDepartedReceiverReleasedAtOnce(t *testing.T) {
+	_, _, srv := serveRandom(t, "big.bin", 64<<20, sender.Config{PeerTimeout: time.Minute, Heartbeat: 10 * time.Second})
+	d := rawDealer(t, srv.Endpoint())
+	d.send(t, &protocol.Hello{MinVersion: 1, MaxVersion: 1, MaxChunk: protocol.MinChunkSize})
+	if _, ok := d.recv(t).(*protocol.Welcome); !ok {
+		t.Fatal("no WELCOME")
+	}
+	// No credit: after FILE the server has nothing to send, so no failed
+	// send can reveal the departure; only the connection's close can.
+	d.send(t, &protocol.Get{Request: 1, Name: "big.bin"})
+	if _, ok := d.recv(t).(*protocol.File); !ok {
+		t.Fatal("no FILE")
+	}
+	waitFor(t, 5*time.Second, "the transfer to start", func() bool { return srv.Stats().OpenFiles == 1 })
+	d.sock.Close()
+	start := time.Now()
+	waitFor(t, 3*time.Second, "the departed session to be released", func() bool {
+		st := srv.Stats()
+		return st.Sessions == 0 && st.OpenFiles == 0
+	})
+	t.Logf("released %v after the receiver left (peer timeout 1m)", time.Since(start).Round(time.Millisecond))
+}

@@ -151,6 +151,7 @@ type Server struct {
 	ring     []*session // round-robin order
 	turn     int
 	wake     chan struct{}
+	departed chan departure // connections the guard saw close
 	// unsolicited counts, per routing id, the replies sent since the last
 	// housekeeping tick to messages outside a session (see replyNoSession).
 	unsolicited map[string]int
@@ -198,7 +199,17 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		cat.close()
 		return nil, err
 	}
-	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard))
+	// ZeroMQ never tells a ROUTER that a peer left; the guard does, so a
+	// vanished receiver's session (its open file, its reads) ends at once
+	// rather than at the peer timeout.
+	departed := make(chan departure, 1024)
+	onClose := func(id []byte) {
+		select {
+		case departed <- departure{id: string(id), at: time.Now()}:
+		default: // full: the peer timeout will do
+		}
+	}
+	sockCtx, cancel := context.WithCancel(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard), onClose))
 	sock := zmq4.NewRouter(sockCtx, zmq4.WithLogger(discardLogger()))
 	if err := sock.Listen(ep); err != nil {
 		cancel()
@@ -211,6 +222,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		endpoint:    boundEndpoint(cfg.Endpoint, sock.Addr()),
 		sessions:    make(map[string]*session),
 		wake:        make(chan struct{}, 1),
+		departed:    departed,
 		unsolicited: make(map[string]int),
 	}
 	size := cfg.ChunkSize
@@ -273,6 +285,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			return nil
 		case now := <-tick.C:
 			s.housekeeping(now)
+		case d := <-s.departed:
+			s.peerGone(d)
 		default:
 		}
 		if s.sendRound() {
@@ -290,8 +304,27 @@ func (s *Server) Serve(ctx context.Context) error {
 		case <-s.wake:
 		case now := <-tick.C:
 			s.housekeeping(now)
+		case d := <-s.departed:
+			s.peerGone(d)
 		}
 	}
+}
+
+// departure is a peer connection that closed, by ROUTER identity.
+type departure struct {
+	id string
+	at time.Time
+}
+
+// peerGone drops the session of a closed connection, unless the session
+// is newer than the close (the peer reconnected under the same identity).
+func (s *Server) peerGone(d departure) {
+	sess := s.sessions[d.id]
+	if sess == nil || sess.opened.After(d.at) {
+		return
+	}
+	s.dropSession(sess, "connection closed")
+	s.compactRing()
 }
 
 func (s *Server) handleInbound(in zsock.Inbound) {
@@ -379,7 +412,7 @@ func (s *Server) handleHello(id string, old *session, h *protocol.Hello) {
 		v = protocol.MaxVersion
 	}
 	now := time.Now()
-	sess := &session{srv: s, id: id, version: v, chunkSize: int64(chunk), peer: h.PeerID, lastRecv: now, lastSend: now, prev: prev}
+	sess := &session{srv: s, id: id, opened: now, version: v, chunkSize: int64(chunk), peer: h.PeerID, lastRecv: now, lastSend: now, prev: prev}
 	if sess.peer == "" {
 		sess.peer = fmt.Sprintf("%x", id)
 	}

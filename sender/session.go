@@ -24,6 +24,7 @@ type session struct {
 	gate      credit.Gate
 	queue     []*protocol.Get
 	cur       *transfer
+	opened    time.Time
 	lastRecv  time.Time
 	lastSend  time.Time
 	pingSeq   uint64

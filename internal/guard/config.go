@@ -147,6 +147,22 @@ func StatsFrom(ctx context.Context) Stats {
 	return global.snapshot()
 }
 
+type closeHookKey struct{}
+
+// WithCloseHook returns a copy of ctx carrying f. A listener made from it
+// calls f with the peer's ZMTP Identity (from its READY) when an accepted
+// connection that announced one closes, for whatever reason. ZeroMQ itself
+// never tells a ROUTER that a peer left; this does. f is called from the
+// closing goroutine and must not block.
+func WithCloseHook(ctx context.Context, f func(identity []byte)) context.Context {
+	return context.WithValue(ctx, closeHookKey{}, f)
+}
+
+func closeHookFrom(ctx context.Context) func([]byte) {
+	f, _ := ctx.Value(closeHookKey{}).(func([]byte))
+	return f
+}
+
 // defaultSettings is used by sockets whose context carries no Config.
 var defaultSettings = newSettings(Config{})
 

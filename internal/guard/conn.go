@@ -29,6 +29,9 @@ type conn struct {
 	network string
 	onClose func() // listener accounting; may be nil
 
+	identity    []byte       // the peer's READY Identity (accepted conns with a close hook)
+	onPeerClose func([]byte) // called with identity on close; may be nil
+
 	rmu        sync.Mutex
 	phase      int
 	hsDeadline time.Time // dialed connections: end of the peer's handshake
@@ -258,6 +261,9 @@ func (c *conn) Close() error {
 		c.set.add(cOpen, -1)
 		if c.onClose != nil {
 			c.onClose()
+		}
+		if c.onPeerClose != nil {
+			c.onPeerClose(c.identity)
 		}
 	})
 	return err

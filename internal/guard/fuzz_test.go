@@ -35,6 +35,11 @@ func FuzzCheckReady(f *testing.F) {
 		if err := md.UnmarshalZMTP(b[6:]); err != nil {
 			t.Fatalf("accepted READY that zmq4 rejects: %v", err)
 		}
+		// Nor may reading its Identity fail, in either frame form.
+		long := append([]byte{flagCommand | flagLong, 0, 0, 0, 0, 0, 0, 0, 0}, b...)
+		if id := readyIdentity(long); string(id) != md["Identity"] {
+			t.Fatalf("identity %q, zmq4 reads %q", id, md["Identity"])
+		}
 	})
 }
 
@@ -94,4 +99,18 @@ func FuzzFrameScanner(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestReadyIdentity(t *testing.T) {
+	frame := func(body []byte) []byte { return append([]byte{flagCommand, byte(len(body))}, body...) }
+	if got := readyIdentity(frame(readyBody("Socket-Type", "DEALER", "Identity", "node-7"))); string(got) != "node-7" {
+		t.Fatalf("identity %q", got)
+	}
+	if got := readyIdentity(frame(readyBody("Socket-Type", "DEALER"))); got != nil {
+		t.Fatalf("identity %q from a READY without one", got)
+	}
+	long := append([]byte{flagCommand | flagLong, 0, 0, 0, 0, 0, 0, 0, 0}, readyBody("identity", "x", "Socket-Type", "DEALER")...)
+	if got := readyIdentity(long); string(got) != "x" {
+		t.Fatalf("identity %q from a long frame", got)
+	}
 }

@@ -12,11 +12,12 @@ import (
 // half of the ZMTP handshake for each in another goroutine, and hands only
 // handshaken connections to zmq4's Accept.
 type listener struct {
-	raw     net.Listener
-	set     *settings
-	network string
-	ctx     context.Context // the zmq4 socket's context
-	stop    func() bool     // cancels the close-on-context-done hook
+	raw         net.Listener
+	set         *settings
+	network     string
+	ctx         context.Context // the zmq4 socket's context
+	onPeerClose func([]byte)    // see WithCloseHook; may be nil
+	stop        func() bool     // cancels the close-on-context-done hook
 
 	ready chan *conn // handshaken connections; unbuffered
 	done  chan struct{}
@@ -33,13 +34,14 @@ type listener struct {
 
 func newListener(ctx context.Context, raw net.Listener, set *settings, network string) *listener {
 	l := &listener{
-		raw:     raw,
-		set:     set,
-		network: network,
-		ctx:     ctx,
-		ready:   make(chan *conn),
-		done:    make(chan struct{}),
-		shaking: make(map[*conn]struct{}),
+		raw:         raw,
+		set:         set,
+		network:     network,
+		onPeerClose: closeHookFrom(ctx),
+		ctx:         ctx,
+		ready:       make(chan *conn),
+		done:        make(chan struct{}),
+		shaking:     make(map[*conn]struct{}),
 	}
 	// zmq4 cancels the socket context before it closes the listener.
 	l.stop = context.AfterFunc(ctx, func() { l.Close() })
@@ -158,6 +160,11 @@ func (l *listener) preHandshake(c *conn) error {
 	}
 	if c.pending, err = readReady(c.raw, buf, min(l.set.maxFrame, maxReadySize)); err != nil {
 		return err
+	}
+	if l.onPeerClose != nil {
+		if id := readyIdentity(c.pending[greetingLen:]); len(id) > 0 {
+			c.identity, c.onPeerClose = id, l.onPeerClose
+		}
 	}
 	if l.set.handshake > 0 {
 		c.raw.SetDeadline(time.Time{})

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"golang.org/x/text/cases"
+	"golang.org/x/text/language"
 )
 
 // Errors carried (as the Err of a *net.OpError) by the errors the guard
@@ -151,6 +154,31 @@ func checkReady(b []byte) error {
 		return badHandshake("READY without Socket-Type")
 	}
 	return nil
+}
+
+// readyIdentity returns a copy of the Identity property of a READY
+// command frame (flags, length, body) already checked by readReady, or nil.
+// It reads names exactly as zmq4 does (title-cased word by word, the last
+// of repeated names winning), so it finds the identity zmq4 routes by.
+func readyIdentity(frame []byte) []byte {
+	body := frame[2:]
+	if frame[0]&flagLong != 0 {
+		body = frame[9:]
+	}
+	b := body[6:] // "\x05READY"
+	var id []byte
+	for len(b) > 0 {
+		klen := int(b[0])
+		name := b[1 : 1+klen]
+		vlen := int(binary.BigEndian.Uint32(b[1+klen:]))
+		value := b[1+klen+4 : 1+klen+4+vlen]
+		// A Caser is not safe for concurrent use: one per call.
+		if cases.Title(language.Und, cases.NoLower).String(string(name)) == "Identity" {
+			id = bytes.Clone(value)
+		}
+		b = b[1+klen+4+vlen:]
+	}
+	return id
 }
 
 // frameScanner follows the ZMTP frame structure of a byte stream (after the

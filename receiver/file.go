@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -260,17 +259,4 @@ func syncDir(dir string) {
 		d.Sync()
 		d.Close()
 	}
-}
-
-// insideDir reports whether path, with symlinks resolved, lies in dir.
-func insideDir(dir, path string) bool {
-	rd, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		return false
-	}
-	rp, err := filepath.EvalSymlinks(path)
-	if err != nil {
-		return false
-	}
-	return rp == rd || strings.HasPrefix(rp, rd+string(filepath.Separator))
 }

@@ -24,8 +24,7 @@ func Endpoint(ep string) (string, error) {
 	default:
 		return "", fmt.Errorf("endpoint %q: want tcp://HOST:PORT or ipc://PATH", ep)
 	}
-	guard.Register()
-	return guard.Endpoint(ep)
+	return guard.Endpoint(ep) // registers the guarded transports
 }
 
 // Inbound is one message from the socket, or the error that ended it.

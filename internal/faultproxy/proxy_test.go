@@ -297,6 +297,10 @@ func TestStall(t *testing.T) {
 	p := newProxy(t, srv.Addr())
 	c := dial(t, p.Addr())
 	echoRoundTrip(t, c, []byte("warm"))
+	// The proxy counts a chunk as delivered after its Write returns, which
+	// may be after the client has already read the echo: wait for the
+	// counters to settle before taking the baseline.
+	waitFor(t, "warm-up counted", func() bool { return p.BytesUp() == 4 && p.BytesDown() == 4 })
 	up0, down0 := p.BytesUp(), p.BytesDown()
 
 	p.Stall(true)

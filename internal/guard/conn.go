@@ -2,6 +2,7 @@ package guard
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -41,7 +42,11 @@ type conn struct {
 	rdata      []byte // scanned bytes in rbuf not yet returned
 
 	wmu     sync.Mutex
-	swallow int // bytes of zmq4's greeting still to drop (already sent)
+	swallow int         // bytes of zmq4's greeting still to drop (already sent)
+	wout    outScanner  // where zmq4's outgoing messages end
+	wbuf    []byte      // small writes held until their message ends
+	wvec    net.Buffers // what flush writes (writev)
+	warr    [2][]byte   // backing array of wvec
 
 	adopted   atomic.Bool // zmq4 has read past the handshake
 	orphan    atomic.Pointer[time.Timer]
@@ -55,7 +60,7 @@ const readBufSize = 32 << 10
 
 func newConn(raw net.Conn, set *settings, network string) *conn {
 	set.add(cOpen, 1)
-	return &conn{raw: raw, set: set, network: network, scan: newFrameScanner(set)}
+	return &conn{raw: raw, set: set, network: network, scan: newFrameScanner(set), wout: outScanner{greet: greetingLen}}
 }
 
 // Read implements net.Conn. It replays the checked handshake, then returns
@@ -173,13 +178,18 @@ func (c *conn) handshakeFailed(err error) error {
 	}
 }
 
-// Write implements net.Conn. Each underlying write gets a deadline of the
-// write stall timeout. When it expires the write goes on if the window
-// showed progress: bytes accepted by the kernel, or (on Linux) bytes
-// consumed by the peer, seen as a shrinking send queue. Without the second
-// test a peer that reads steadily but slowly would look stuck, because the
-// kernel wakes a blocked writer only once a third of the send buffer is
-// free. A window without progress closes the connection.
+// Write implements net.Conn.
+//
+// zmq4 writes every frame as two writes (header, then body), so a small
+// message would cost several system calls and several TCP segments. Write
+// follows the outgoing framing instead and holds small pieces until the
+// message they belong to is complete, then sends the message with one
+// write (a writev when its last piece is large). Nothing is ever held
+// across messages: when zmq4's Send returns, its message has been handed
+// to the kernel, as without the guard.
+//
+// Each underlying write gets a deadline of the write stall timeout (see
+// flush).
 func (c *conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -194,22 +204,64 @@ func (c *conn) Write(p []byte) (int, error) {
 			return 0, c.fail("write", badHandshake("local socket does not use the NULL mechanism"))
 		}
 		c.swallow -= k
+		c.wout.feed(p[:k])
 		p = p[k:]
 		n = k
 	}
+	if len(p) == 0 {
+		return n, nil
+	}
+	end := c.wout.feed(p)
+	fits := len(p) <= coalesceMax && len(c.wbuf)+len(p) <= coalesceBuf
+	if !end && fits {
+		c.wbuf = append(c.wbuf, p...)
+		return n + len(p), nil
+	}
+	c.wvec = c.warr[:0]
+	switch {
+	case len(c.wbuf) == 0:
+		c.wvec = append(c.wvec, p)
+	case fits:
+		c.wbuf = append(c.wbuf, p...)
+		c.wvec = append(c.wvec, c.wbuf)
+	default:
+		c.wvec = append(c.wvec, c.wbuf, p)
+	}
+	err := c.flush()
+	c.wbuf = c.wbuf[:0]
+	c.wvec = nil
+	clear(c.warr[:]) // p is not ours to keep
+	if err != nil {
+		return n, err
+	}
+	return n + len(p), nil
+}
+
+// Held writes: pieces up to coalesceMax bytes are copied and held while
+// the held bytes stay within coalesceBuf; anything else flushes.
+const (
+	coalesceMax = 8 << 10
+	coalesceBuf = 16 << 10
+)
+
+// flush writes c.wvec. When a write's deadline expires it goes on if the
+// window showed progress: bytes accepted by the kernel, or (on Linux)
+// bytes consumed by the peer, seen as a shrinking send queue. Without the
+// second test a peer that reads steadily but slowly would look stuck,
+// because the kernel wakes a blocked writer only once a third of the send
+// buffer is free. A window without progress closes the connection.
+func (c *conn) flush() error {
 	queued := -1 // bytes the peer had not consumed at the end of the last window; -1: unknown
-	for len(p) > 0 {
+	for len(c.wvec) > 0 {
 		if c.set.writeStall > 0 {
 			c.raw.SetWriteDeadline(time.Now().Add(c.set.writeStall))
 		}
-		m, err := c.raw.Write(p)
-		n += m
-		p = p[m:]
+		m, err := c.wvec.WriteTo(c.raw) // consumes what was written
 		if err == nil {
 			continue
 		}
 		if !isTimeout(err) {
-			return n, c.fatal("write", err)
+			return c.fatal("write", err)
 		}
 		q := unconsumed(c.raw)
 		// Progress, or no baseline yet to tell whether the peer consumed.
@@ -218,9 +270,64 @@ func (c *conn) Write(p []byte) (int, error) {
 			continue
 		}
 		c.set.add(cWriteStalls, 1)
-		return n, c.fail("write", ErrWriteStall)
+		return c.fail("write", ErrWriteStall)
 	}
-	return n, nil
+	return nil
+}
+
+// outScanner follows the ZMTP framing of what zmq4 writes (greeting, then
+// frames), to tell where each message ends. zmq4's own writes are trusted:
+// no limits are checked here.
+type outScanner struct {
+	greet int     // greeting bytes still to come
+	hdr   [9]byte // frame header so far
+	hn    int     // bytes in hdr
+	body  uint64  // body bytes of the current frame still to come
+	last  bool    // the current frame ends its message (a command, or no MORE flag)
+}
+
+// feed advances over p and reports whether p ends exactly where a message
+// (or the greeting) ends.
+func (s *outScanner) feed(p []byte) bool {
+	end := false
+	for len(p) > 0 {
+		switch {
+		case s.greet > 0:
+			k := min(s.greet, len(p))
+			s.greet -= k
+			p = p[k:]
+			end = s.greet == 0
+		case s.body > 0:
+			k := s.body
+			if uint64(len(p)) < k {
+				k = uint64(len(p))
+			}
+			s.body -= k
+			p = p[k:]
+			end = s.body == 0 && s.last
+		default:
+			s.hdr[s.hn] = p[0]
+			s.hn++
+			p = p[1:]
+			end = false
+			need := 2
+			if s.hdr[0]&flagLong != 0 {
+				need = 9
+			}
+			if s.hn < need {
+				continue
+			}
+			if need == 2 {
+				s.body = uint64(s.hdr[1])
+			} else {
+				s.body = binary.BigEndian.Uint64(s.hdr[1:9])
+			}
+			s.hn = 0
+			s.last = s.hdr[0]&flagMore == 0 || s.hdr[0]&flagCommand != 0
+			end = s.body == 0 && s.last
+		}
+	}
+	return end
 }
 
 // fail closes the connection and returns a non-timeout *net.OpError

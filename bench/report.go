@@ -330,6 +330,7 @@ func MachineInfo(dir string, meta map[string]string) [][2]string {
 	}
 	add("rsync", meta["rsync"])
 	add("scratch filesystem", mountOf(dir))
+	add("file system journal", journalInfo(dir))
 	add("tcp_rmem / tcp_wmem", strings.Join(strings.Fields(readFile("/proc/sys/net/ipv4/tcp_rmem")), " ")+" / "+
 		strings.Join(strings.Fields(readFile("/proc/sys/net/ipv4/tcp_wmem")), " "))
 	add("background reclaim", damonInfo())
@@ -406,6 +407,31 @@ func mountOf(dir string) string {
 		}
 	}
 	return out
+}
+
+// journalInfo says whether the ext4 file system holding dir has a journal
+// (jbd2 lists the devices it journals), "" for other file systems.
+func journalInfo(dir string) string {
+	var dev, fstype string
+	best := ""
+	for _, l := range strings.Split(readFile("/proc/mounts"), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 {
+			continue
+		}
+		mp := f[1]
+		if (dir == mp || strings.HasPrefix(dir, strings.TrimSuffix(mp, "/")+"/")) && len(mp) > len(best) {
+			best, dev, fstype = mp, f[0], f[2]
+		}
+	}
+	if fstype != "ext4" {
+		return ""
+	}
+	name := filepath.Base(dev)
+	if js, _ := filepath.Glob("/proc/fs/jbd2/" + name + "-*"); len(js) > 0 {
+		return "ext4 with a journal"
+	}
+	return "none: ext4 without a journal, whose inode allocator scans past inodes freed in the last minute or more, so creating many files soon after deleting many is slow; output directories are always new, and the small-files runs keep their outputs until the scenario ends"
 }
 
 func fmtF(v float64, prec int) string {

@@ -27,6 +27,7 @@ type conn struct {
 	maxReq   int
 	window   *credit.Window
 	outReqs  int // live requests outstanding
+	getFrom  int // issueGets has looked at tasks before this index
 	progress bool
 
 	w        *writer
@@ -289,12 +290,15 @@ func (s *conn) welcome(msg protocol.Message, rtt time.Duration) *sessionError {
 
 // issueGets sends GETs for tasks without an outstanding request, up to the
 // server's limit, so files are pipelined rather than fetched one round
-// trip at a time.
+// trip at a time. It goes through the tasks once per session: a task it
+// passed was requested (or finished) in this session, and one that needs
+// asking again (retryFile) is asked directly. Scanning from the start each
+// time cost O(files) per END, O(files^2) per fetch.
 func (s *conn) issueGets() {
-	for _, t := range s.c.tasks {
-		if s.outReqs >= s.maxReq {
-			return
-		}
+	tasks := s.c.tasks
+	for s.outReqs < s.maxReq && s.getFrom < len(tasks) {
+		t := tasks[s.getFrom]
+		s.getFrom++
 		if t.done || t.req != 0 || t.ended {
 			continue
 		}
@@ -462,7 +466,9 @@ func (s *conn) chunkIn(m *protocol.Chunk) *sessionError {
 		return s.retryFile(t, fmt.Errorf("%w: chunk at offset %d does not match its BLAKE3", ErrVerify, m.Offset))
 	}
 	t.next += int64(n)
-	s.submit(op{kind: opWrite, t: t, data: m.Data}) // credit returns when written
+	// Credit returns when written. A file of one chunk needs no second
+	// hashing pass: the chunk hash just verified is the file's.
+	s.submit(op{kind: opWrite, t: t, data: m.Data, whole: m.Offset == 0 && int64(n) == t.size, hash: m.Hash})
 	// Report every 100ms, and at least every 1/64 of the file.
 	if now := time.Now(); now.Sub(t.lastReport) >= 100*time.Millisecond || t.next-t.lastReported >= t.size/64 {
 		t.lastReport, t.lastReported = now, t.next

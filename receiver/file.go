@@ -48,11 +48,15 @@ type task struct {
 	sum      protocol.Hash
 
 	// Owned by the writer while inflight > 0 (see writer.go).
-	df      *os.File // the partial file opened with O_DIRECT, or nil
-	whole   *blake3.Hasher
-	written int64 // bytes written to the partial file
-	synced  int64 // bytes handed to write-back
-	werr    error // first write error
+	df    *os.File       // the partial file opened with O_DIRECT, or nil
+	whole *blake3.Hasher // nil until the first chunk, and for a file of one chunk
+	// oneChunk: the file came as a single verified chunk, whose hash is
+	// therefore the whole-file hash (no second pass over the data).
+	oneChunk bool
+	chunkSum protocol.Hash
+	written  int64 // bytes written to the partial file
+	synced   int64 // bytes handed to write-back
+	werr     error // first write error
 
 	// What the last GET offered from a partial file of an earlier attempt.
 	asked       uint64
@@ -180,9 +184,11 @@ func (t *task) openPartial(m *protocol.File, reuse, chunk int64, dirs map[string
 		}
 	}
 	// Rehash the reused prefix unless the hasher is already exactly there.
+	// A fresh file gets its hasher with its first chunk (see task.write).
 	if !(t.open && t.whole != nil && t.written == reuse && t.werr == nil) {
-		t.whole = blake3.New()
+		t.whole, t.oneChunk = nil, false
 		if reuse > 0 {
+			t.whole = blake3.New()
 			if _, err := io.Copy(t.whole, io.NewSectionReader(t.f, 0, reuse)); err != nil {
 				return fmt.Errorf("rehashing partial file: %w", err)
 			}
@@ -221,7 +227,7 @@ func (t *task) close(discard bool) {
 // restart drops the partial data so the next GET starts from zero.
 func (t *task) restart() {
 	t.close(true)
-	t.whole = nil
+	t.whole, t.oneChunk = nil, false
 	t.next, t.written = 0, 0
 }
 

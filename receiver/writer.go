@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 	"unsafe"
 
+	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
 	"github.com/zsend/zsend/protocol"
@@ -35,7 +35,8 @@ type op struct {
 	kind  opKind
 	t     *task
 	data  []byte
-	hash  protocol.Hash // opEnd: what the server says
+	whole bool          // opWrite: data is the whole file, and hash its verified BLAKE3
+	hash  protocol.Hash // opEnd: what the server says; opWrite: see whole
 	size  int64         // opEnd: END's size
 	batch []*task       // opCommit
 }
@@ -75,7 +76,7 @@ func (w *writer) do(o op) result {
 		if t.werr != nil {
 			return result{kind: opWrite, t: t, n: len(o.data)} // already failed: just return the credit
 		}
-		t.werr = t.write(o.data)
+		t.werr = t.write(o.data, o.whole, o.hash)
 		return result{kind: opWrite, t: t, n: len(o.data), err: t.werr}
 	case opEnd:
 		if t.werr != nil {
@@ -99,7 +100,10 @@ const directAlign = 4096
 // measured, page-cache writes cost several times more CPU and were far
 // less steady). Anything else (the last chunk of a file, an unaligned
 // buffer) goes through the page cache; the final fsync covers both.
-func (t *task) write(data []byte) error {
+//
+// When data is the whole file (whole), its hash, verified by the session
+// loop, is the whole-file hash: it is kept instead of hashing again.
+func (t *task) write(data []byte, whole bool, sum protocol.Hash) error {
 	f := t.f
 	if t.df != nil && len(data)%directAlign == 0 && t.written%directAlign == 0 &&
 		uintptr(unsafe.Pointer(unsafe.SliceData(data)))%directAlign == 0 {
@@ -108,7 +112,14 @@ func (t *task) write(data []byte) error {
 	if _, err := f.WriteAt(data, t.written); err != nil {
 		return fmt.Errorf("writing %s: %w", t.partPath, err)
 	}
-	t.whole.Write(data)
+	if whole && t.written == 0 && int64(len(data)) == t.size {
+		t.oneChunk, t.chunkSum = true, sum
+	} else {
+		if t.whole == nil {
+			t.whole = blake3.New()
+		}
+		t.whole.Write(data)
+	}
 	t.written += int64(len(data))
 	if f == t.f && t.written-t.synced >= writeBackEvery {
 		// Start write-back now; the final fsync then waits for little.
@@ -125,7 +136,14 @@ func (t *task) verifyEnd(size int64, want protocol.Hash) (protocol.Hash, error) 
 	if size != t.size || t.written != t.size {
 		return sum, fmt.Errorf("%w: END at %d bytes of %d, size %d", ErrProtocol, t.written, t.size, size)
 	}
-	copy(sum[:], t.whole.Sum(nil))
+	switch {
+	case t.oneChunk:
+		sum = t.chunkSum
+	case t.whole == nil: // empty file
+		sum = blake3.Sum256(nil)
+	default:
+		copy(sum[:], t.whole.Sum(nil))
+	}
 	if sum != want {
 		return sum, fmt.Errorf("%w: whole-file BLAKE3 %s, server says %s", ErrVerify, sum, want)
 	}
@@ -134,11 +152,22 @@ func (t *task) verifyEnd(size int64, want protocol.Hash) (protocol.Hash, error) 
 	if err := t.f.Chmod(os.FileMode(t.mode & 0o777)); err != nil {
 		return sum, err
 	}
-	mtime := time.Unix(0, t.mtimeNS)
-	if err := os.Chtimes(t.partPath, mtime, mtime); err != nil {
-		return sum, err
+	if err := futimens(t.f, t.mtimeNS); err != nil {
+		return sum, &os.PathError{Op: "utimensat", Path: t.partPath, Err: err}
 	}
 	return sum, nil
+}
+
+// futimens sets the access and modification times of f to ns since the
+// epoch through its descriptor (no path lookup), as futimens(3) does:
+// utimensat(fd, NULL, times, 0). x/sys/unix offers only the path form.
+func futimens(f *os.File, ns int64) error {
+	ts := [2]unix.Timespec{unix.NsecToTimespec(ns), unix.NsecToTimespec(ns)}
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, f.Fd(), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 // commit makes a batch of verified partial files durable, then renames

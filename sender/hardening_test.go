@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/zeebo/blake3"
+
 	"github.com/zsend/zsend/protocol"
 )
 
@@ -105,6 +107,47 @@ func TestHashCacheSharedAcrossChunkSizes(t *testing.T) {
 	}
 	c.release(a)
 	c.release(b)
+}
+
+// The whole-file hash of a file sent in one chunk is that chunk's hash,
+// taken without a second pass; a file of several chunks is hashed in order,
+// and a prefix that was never sent is read back. Both must equal BLAKE3 of
+// the whole file.
+func TestHashCacheWholeFileHash(t *testing.T) {
+	c := newHashCache(4)
+	data := []byte("0123456789abcdef")
+	one := c.acquire(fileKey{ino: 1, size: int64(len(data))})
+	one.chunkHash(0, data)
+	if one.sum == nil || *one.sum != protocol.Hash(blake3.Sum256(data)) {
+		t.Fatal("one-chunk file: whole-file hash missing or wrong")
+	}
+	if one.whole != nil {
+		t.Fatal("one-chunk file: a whole-file hasher was made")
+	}
+	two := c.acquire(fileKey{ino: 2, size: int64(len(data))})
+	two.chunkHash(0, data[:10])
+	if two.sum != nil {
+		t.Fatal("whole-file hash complete after the first of two chunks")
+	}
+	two.chunkHash(10, data[10:])
+	if two.sum == nil || *two.sum != protocol.Hash(blake3.Sum256(data)) {
+		t.Fatal("two-chunk file: whole-file hash missing or wrong")
+	}
+	// A resumed transfer: only the second chunk is sent, the prefix is
+	// read from the file.
+	path := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(path, data, 0o644)
+	f, _ := os.Open(path)
+	defer f.Close()
+	three := c.acquire(fileKey{ino: 3, size: int64(len(data))})
+	three.chunkHash(10, data[10:])
+	sum, err := three.wholeHash(f, make([]byte, 4), nil)
+	if err != nil || sum != protocol.Hash(blake3.Sum256(data)) {
+		t.Fatalf("resumed file: whole-file hash %v, %v", sum, err)
+	}
+	for _, fs := range []*fileState{one, two, three} {
+		c.release(fs)
+	}
 }
 
 // Names below a served directory are resolved by the kernel beneath it

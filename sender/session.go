@@ -205,6 +205,10 @@ func (sess *session) start(g *protocol.Get) {
 	if g.Tag == tag && g.Offset <= uint64(key.size) {
 		off = int64(g.Offset) / sess.chunkSize * sess.chunkSize
 	}
+	if off == 0 && key.size <= min(inlineMax, sess.chunkSize) && sess.gate.Available() >= uint64(key.size) {
+		sess.sendWhole(g, f, key, tag)
+		return
+	}
 	t := &transfer{
 		req: g.Request, name: g.Name, size: key.size, next: off,
 		chunks: make(chan *chunk, prefetchChunks+1), permits: make(chan struct{}, prefetchChunks),
@@ -218,6 +222,65 @@ func (sess *session) start(g *protocol.Get) {
 	sess.event(Event{Kind: "file-start", Name: g.Name, Size: key.size, Offset: off})
 	go produce(sess.srv, t, f, key, fs, off)
 	t.permit(&sess.gate)
+}
+
+// inlineMax is the largest file sent by sendWhole.
+const inlineMax = 64 << 10
+
+// sendWhole sends a small file from the serving goroutine: FILE, its one
+// CHUNK and END, with no producer goroutine. Reading a few KiB from the
+// page cache costs less than the goroutine hand-offs a producer takes per
+// file (measured: they dominated the sender's time on a fetch of 1000
+// small files), and the open before it already runs here, so the serving
+// goroutine risks no new kind of wait. The caller checked that the credit
+// covers the whole file.
+func (sess *session) sendWhole(g *protocol.Get, f *os.File, key fileKey, tag protocol.Tag) {
+	srv := sess.srv
+	srv.stats.openFiles.Add(1)
+	defer srv.stats.openFiles.Add(-1)
+	defer f.Close()
+	fs := srv.cache.acquire(key)
+	defer srv.cache.release(fs)
+	buf := srv.getBuf()
+	defer srv.putBuf(buf)
+
+	data := (*buf)[:key.size]
+	got, err := f.ReadAt(data, 0)
+	switch {
+	case int64(got) == key.size:
+		err = sameVersion(f, key)
+	case err == nil || err == io.EOF:
+		err = errChanged // the file shrank under us
+	}
+	var h, sum protocol.Hash
+	if err == nil {
+		if key.size > 0 {
+			h = fs.chunkHash(0, data)
+		}
+		sum, err = fs.wholeHash(f, *buf, nil) // known by now, unless empty
+	}
+	if err != nil {
+		code := protocol.CodeInternal
+		if errors.Is(err, errChanged) {
+			code = protocol.CodeChanged
+		}
+		sess.send(&protocol.Error{Request: g.Request, Code: code, Message: fmt.Sprintf("%s: %v", g.Name, err)})
+		sess.event(Event{Kind: "error", Name: g.Name, Message: err.Error()})
+		return
+	}
+	sess.send(&protocol.File{Request: g.Request, Size: uint64(key.size), Mode: key.mode & 07777,
+		MtimeNS: key.mtimeNS, Tag: tag, Name: g.Name})
+	sess.event(Event{Kind: "file-start", Name: g.Name, Size: key.size})
+	if key.size > 0 && !sess.dead {
+		sess.gate.Take(uint64(key.size))
+		sess.send(&protocol.Chunk{Request: g.Request, Hash: h, Data: data})
+	}
+	if sess.dead {
+		return
+	}
+	sess.send(&protocol.End{Request: g.Request, Size: uint64(key.size), Hash: sum})
+	srv.stats.filesSent.Add(1)
+	sess.event(Event{Kind: "file-sent", Name: g.Name, Size: key.size, Hash: sum})
 }
 
 // event reports e with the session's peer and identity filled in.

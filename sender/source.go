@@ -248,7 +248,7 @@ type fileState struct {
 	mu       sync.Mutex
 	refs     int
 	chunks   map[chunkID]protocol.Hash
-	whole    *blake3.Hasher
+	whole    *blake3.Hasher // nil until needed (never for a file of one chunk)
 	wholePos int64
 	sum      *protocol.Hash
 	elem     *list.Element // position in the cache's idle list when refs == 0
@@ -278,7 +278,15 @@ func (fs *fileState) chunkHash(off int64, data []byte) protocol.Hash {
 			fs.chunks[id] = h
 		}
 	}
+	if fs.sum == nil && off == 0 && int64(len(data)) == fs.key.size {
+		// The file is this one chunk: its hash is the file's.
+		s := h
+		fs.sum = &s
+	}
 	if fs.sum == nil && fs.wholePos == off {
+		if fs.whole == nil {
+			fs.whole = blake3.New()
+		}
 		fs.whole.Write(data)
 		fs.wholePos += int64(len(data))
 		if fs.wholePos == fs.key.size {
@@ -302,6 +310,9 @@ func (fs *fileState) wholeHash(f *os.File, buf []byte, stop <-chan struct{}) (pr
 	defer fs.mu.Unlock()
 	if fs.sum != nil {
 		return *fs.sum, nil
+	}
+	if fs.whole == nil {
+		fs.whole = blake3.New()
 	}
 	for fs.wholePos < fs.key.size {
 		select {
@@ -347,7 +358,7 @@ func (c *hashCache) acquire(key fileKey) *fileState {
 	defer c.mu.Unlock()
 	fs, ok := c.states[key]
 	if !ok {
-		fs = &fileState{key: key, chunks: map[chunkID]protocol.Hash{}, whole: blake3.New()}
+		fs = &fileState{key: key, chunks: map[chunkID]protocol.Hash{}} // whole: on first use
 		c.states[key] = fs
 	}
 	if fs.elem != nil {

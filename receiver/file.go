@@ -3,10 +3,13 @@ package receiver
 import (
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -62,6 +65,10 @@ type task struct {
 	asked       uint64
 	askedTag    protocol.Tag
 	stateOnDisk bool // a state file may exist and must be removed with the partial
+	// partAbsent: the last look found no partial file on disk, so a small
+	// file may be written unnamed (anon) without leaving an old one behind.
+	partAbsent bool
+	anon       bool // f was opened with O_TMPFILE: it has no name until commit links it
 
 	wire, reused int64
 	lastReport   time.Time
@@ -97,6 +104,7 @@ func newTask(outDir, name string) (*task, error) {
 func (t *task) resumePoint() (uint64, protocol.Tag) {
 	var tag protocol.Tag
 	fi, err := os.Stat(t.partPath) // the cheap test first: usually there is none
+	t.partAbsent = os.IsNotExist(err)
 	if err != nil || !fi.Mode().IsRegular() {
 		return 0, tag
 	}
@@ -164,7 +172,18 @@ func (t *task) openPartial(m *protocol.File, reuse, chunk int64, dirs map[string
 		}
 		dirs[dir] = true
 	}
+	if t.f == nil && t.partAbsent && reuse == 0 && int64(m.Size) <= chunk {
+		// A file of one chunk cannot be resumed, so it needs no name until
+		// it is complete: an unnamed file (O_TMPFILE) in the destination
+		// directory, linked into place at commit, costs one directory
+		// update instead of three (create, then rename's remove and add),
+		// and vanishes by itself if zrecv dies. Where the file system
+		// lacks O_TMPFILE, the named partial file below is used.
+		t.f = openUnnamed(filepath.Dir(t.dest), t.partPath)
+		t.anon = t.f != nil
+	}
 	if t.f == nil {
+		t.anon, t.partAbsent = false, false
 		flags := unix.O_RDWR | unix.O_CREAT | unix.O_NOFOLLOW | unix.O_CLOEXEC
 		if reuse == 0 {
 			flags |= unix.O_TRUNC
@@ -237,6 +256,59 @@ func (t *task) removeState() {
 		os.Remove(t.statePath)
 		t.stateOnDisk = false
 	}
+}
+
+// noTmpfile remembers directories whose file system refused O_TMPFILE.
+var noTmpfile sync.Map
+
+// openUnnamed opens an unnamed regular file in dir (O_TMPFILE), or returns
+// nil where that is not supported. name is only for error messages.
+func openUnnamed(dir, name string) *os.File {
+	if _, no := noTmpfile.Load(dir); no {
+		return nil
+	}
+	fd, err := unix.Open(dir, unix.O_RDWR|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+			noTmpfile.Store(dir, true)
+		}
+		return nil
+	}
+	return os.NewFile(uintptr(fd), name)
+}
+
+// linkInto gives the unnamed file f the name dest, replacing any file
+// there atomically. linkat cannot replace, so over an existing dest the
+// file is linked under tmp (its hidden partial name) and renamed over dest.
+func linkInto(f *os.File, dest, tmp string) error {
+	err := linkFD(f, dest)
+	if !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	os.Remove(tmp) // nothing is expected there: the partial file was absent
+	if err := linkFD(f, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dest); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// linkFD links the file behind f's descriptor at path: through /proc (any
+// user), else with AT_EMPTY_PATH (needs CAP_DAC_READ_SEARCH).
+func linkFD(f *os.File, path string) error {
+	err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), unix.AT_FDCWD, path, unix.AT_SYMLINK_FOLLOW)
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		if err2 := unix.Linkat(int(f.Fd()), "", unix.AT_FDCWD, path, unix.AT_EMPTY_PATH); err2 == nil || errors.Is(err2, unix.EEXIST) {
+			err = err2
+		}
+	}
+	if err != nil {
+		return &os.LinkError{Op: "link", Old: f.Name(), New: path, Err: err}
+	}
+	return nil
 }
 
 // directMin is the smallest file written with O_DIRECT: below it the extra

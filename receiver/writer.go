@@ -192,6 +192,10 @@ func commit(batch []*task) []error {
 	dirs := map[string]bool{}
 	for i, t := range batch {
 		t.closeDirect()
+		var lerr error
+		if t.anon && errs[i] == nil {
+			lerr = linkInto(t.f, t.dest, t.partPath) // before close: the file has no other name
+		}
 		if err := t.f.Close(); err != nil && errs[i] == nil {
 			errs[i] = fmt.Errorf("closing %s: %w", t.partPath, err)
 		}
@@ -199,7 +203,11 @@ func commit(batch []*task) []error {
 		if errs[i] != nil {
 			continue
 		}
-		if err := os.Rename(t.partPath, t.dest); err != nil {
+		err := lerr
+		if !t.anon {
+			err = os.Rename(t.partPath, t.dest)
+		}
+		if err != nil {
 			if fi, serr := os.Lstat(t.dest); serr == nil && fi.IsDir() {
 				err = fmt.Errorf("%s is a directory", t.dest)
 			}

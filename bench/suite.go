@@ -372,6 +372,9 @@ func (s *Suite) build() {
 				run: func(ctx context.Context) (Run, error) { return s.zsendSmall(ctx) }},
 			{Name: fmt.Sprintf("1 x %s", FormatSize(c.SmallOne)),
 				run: func(ctx context.Context) (Run, error) { return s.zsendOne(ctx, "one.bin") }},
+			{Name: fmt.Sprintf("local floor: create %d x %s", c.SmallN, FormatSize(c.SmallSize)),
+				Note: "no network, no hashing: one process creating the files with zrecv's steps for a file of one chunk (unnamed file, write, mode, mtime; per 128 files one syncfs, a link per file, one directory fsync), to show what the file system alone costs",
+				run:  func(ctx context.Context) (Run, error) { return s.localFloor(ctx) }},
 		}
 		s.Scenarios = append(s.Scenarios, sc)
 	}
@@ -732,6 +735,24 @@ func (s *Suite) zsendSmall(ctx context.Context) (Run, error) {
 		}
 	}
 	return run, nil
+}
+
+// localFloor: zbench mkfiles, the file-system work of the small-files
+// fetch without the transfer.
+func (s *Suite) localFloor(ctx context.Context) (Run, error) {
+	out, err := s.outDir("floor")
+	if err != nil {
+		return Run{}, err
+	}
+	total := int64(s.cfg.SmallN) * s.cfg.SmallSize
+	p, err := Start("receiver", nil, s.bin("zbench"), "mkfiles", "-n", strconv.Itoa(s.cfg.SmallN),
+		"-size", strconv.FormatInt(s.cfg.SmallSize, 10), out)
+	if err != nil {
+		return Run{}, err
+	}
+	defer p.Kill()
+	st, err := p.Wait(timeoutFor(total) + time.Duration(s.cfg.SmallN)*100*time.Millisecond)
+	return Run{Bytes: total, Wall: st.Wall, Procs: []ProcStat{st}}, err
 }
 
 const (

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"time"
+	"unsafe"
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/zeebo/blake3"
@@ -393,4 +394,63 @@ func CheckCount(got, want int64) error {
 		return fmt.Errorf("%w: got %d bytes, want %d", errShort, got, want)
 	}
 	return nil
+}
+
+// MakeFiles is the local floor of the small-files scenario: it creates n
+// files of size bytes in dir (f0000, f0001, ...) with the same file-system
+// steps zrecv takes for a file of one chunk, and nothing else (no network,
+// no hashing): an unnamed file (O_TMPFILE) per file, written, its mode and
+// mtime set; then per batch of 128, one syncfs, a link into place per
+// file and one directory fsync. It returns the bytes written.
+func MakeFiles(ctx context.Context, dir string, n int, size int64) (int64, error) {
+	const batch = 128 // zrecv's commit batch
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(dfd)
+	mtime := []unix.Timespec{unix.NsecToTimespec(time.Now().UnixNano()), unix.NsecToTimespec(time.Now().UnixNano())}
+	var total int64
+	for start := 0; start < n; start += batch {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		var fds []int
+		for i := start; i < min(start+batch, n); i++ {
+			fd, err := unix.Openat(dfd, ".", unix.O_RDWR|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+			if err != nil {
+				return total, fmt.Errorf("O_TMPFILE in %s: %w", dir, err)
+			}
+			fds = append(fds, fd)
+			if _, err := unix.Pwrite(fd, data, 0); err != nil {
+				return total, err
+			}
+			if err := unix.Fchmod(fd, 0o644); err != nil {
+				return total, err
+			}
+			// futimens: utimensat(fd, NULL, times, 0), as zrecv does.
+			if _, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&mtime[0])), 0, 0, 0); e != 0 {
+				return total, e
+			}
+			total += size
+		}
+		if err := unix.Syncfs(dfd); err != nil {
+			return total, err
+		}
+		for k, fd := range fds {
+			name := fmt.Sprintf("f%04d", start+k)
+			if err := unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), dfd, name, unix.AT_SYMLINK_FOLLOW); err != nil {
+				return total, fmt.Errorf("linking %s: %w", name, err)
+			}
+			unix.Close(fd)
+		}
+		if err := unix.Fsync(dfd); err != nil {
+			return total, err
+		}
+	}
+	return total, nil
 }

@@ -8,6 +8,7 @@
 //	zbench tcpsend -l ADDR [-chunk N] FILE    plain TCP sender
 //	zbench tcprecv [-o FILE] [-chunk N] ADDR  plain TCP receiver
 //	zbench delayproxy -target ADDR -delay D   TCP proxy adding one-way delay
+//	zbench mkfiles -n N -size S DIR           create N files as zrecv does, no network (small-files floor)
 //
 // The tools print "zbench: ready ADDR" on stderr once listening.
 package main
@@ -51,6 +52,8 @@ func main() {
 		err = tcprecv(ctx, args)
 	case "delayproxy":
 		err = delayproxy(ctx, args)
+	case "mkfiles":
+		err = mkfiles(ctx, args)
 	default:
 		usage()
 	}
@@ -62,7 +65,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: zbench suite|report|zmqsend|zmqrecv|tcpsend|tcprecv|delayproxy [flags] (see bench/cmd/zbench/main.go)")
+	fmt.Fprintln(os.Stderr, "usage: zbench suite|report|zmqsend|zmqrecv|tcpsend|tcprecv|delayproxy|mkfiles [flags] (see bench/cmd/zbench/main.go)")
 	os.Exit(2)
 }
 
@@ -140,6 +143,20 @@ func tcprecv(ctx context.Context, args []string) error {
 	}
 	return timed(ctx, *timeout, "received", func(ctx context.Context) (int64, error) {
 		return bench.TCPFetch(ctx, fs.Arg(0), *out, *chunk)
+	})
+}
+
+func mkfiles(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("mkfiles", flag.ExitOnError)
+	n := fs.Int("n", 1000, "number of files")
+	size := fs.Int64("size", 4096, "bytes per file")
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	fs.Parse(args)
+	if fs.NArg() != 1 {
+		return fmt.Errorf("want one DIR")
+	}
+	return timed(ctx, *timeout, "written", func(ctx context.Context) (int64, error) {
+		return bench.MakeFiles(ctx, fs.Arg(0), *n, *size)
 	})
 }
 

@@ -148,11 +148,7 @@ func (sess *session) pump() bool {
 	switch {
 	case c.err != nil:
 		t.pending = nil
-		code := protocol.CodeInternal
-		if errors.Is(c.err, errChanged) {
-			code = protocol.CodeChanged
-		}
-		sess.send(&protocol.Error{Request: t.req, Code: code, Message: fmt.Sprintf("%s: %v", t.name, c.err)})
+		sess.send(&protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: fmt.Sprintf("%s: %v", t.name, c.err)})
 		sess.event(Event{Kind: "error", Name: t.name, Message: c.err.Error()})
 		sess.finishTransfer()
 		return true
@@ -245,13 +241,7 @@ func (sess *session) sendWhole(g *protocol.Get, f *os.File, key fileKey, tag pro
 	defer srv.putBuf(buf)
 
 	data := (*buf)[:key.size]
-	got, err := f.ReadAt(data, 0)
-	switch {
-	case int64(got) == key.size:
-		err = sameVersion(f, key)
-	case err == nil || err == io.EOF:
-		err = errChanged // the file shrank under us
-	}
+	err := readChunk(f, key, data, 0)
 	var h, sum protocol.Hash
 	if err == nil {
 		if key.size > 0 {
@@ -260,11 +250,7 @@ func (sess *session) sendWhole(g *protocol.Get, f *os.File, key fileKey, tag pro
 		sum, err = fs.wholeHash(f, *buf, nil) // known by now, unless empty
 	}
 	if err != nil {
-		code := protocol.CodeInternal
-		if errors.Is(err, errChanged) {
-			code = protocol.CodeChanged
-		}
-		sess.send(&protocol.Error{Request: g.Request, Code: code, Message: fmt.Sprintf("%s: %v", g.Name, err)})
+		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: fmt.Sprintf("%s: %v", g.Name, err)})
 		sess.event(Event{Kind: "error", Name: g.Name, Message: err.Error()})
 		return
 	}
@@ -407,13 +393,7 @@ func produce(srv *Server, t *transfer, f *os.File, key fileKey, fs *fileState, o
 		}
 		buf := srv.getBuf()
 		data := (*buf)[:n]
-		got, err := f.ReadAt(data, off)
-		if err == nil || (err == io.EOF && int64(got) == n) {
-			err = sameVersion(f, key)
-		} else if int64(got) < n {
-			err = errChanged // the file shrank under us
-		}
-		if err != nil {
+		if err := readChunk(f, key, data, off); err != nil {
 			srv.putBuf(buf)
 			emit(&chunk{err: err})
 			return
@@ -438,6 +418,27 @@ func produce(srv *Server, t *transfer, f *os.File, key fileKey, fs *fileState, o
 		return
 	}
 	emit(&chunk{end: true, sum: sum})
+}
+
+// readChunk fills data from f at off and checks that f is still the
+// version key describes. A short read means the file shrank under us.
+func readChunk(f *os.File, key fileKey, data []byte, off int64) error {
+	got, err := f.ReadAt(data, off)
+	if err == nil || (err == io.EOF && got == len(data)) {
+		return sameVersion(f, key)
+	}
+	if got < len(data) {
+		return errChanged
+	}
+	return err
+}
+
+// sourceErrorCode is the ERROR code for a failure reading a source.
+func sourceErrorCode(err error) protocol.Code {
+	if errors.Is(err, errChanged) {
+		return protocol.CodeChanged
+	}
+	return protocol.CodeInternal
 }
 
 func sameVersion(f *os.File, key fileKey) error {

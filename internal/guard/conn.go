@@ -42,11 +42,10 @@ type conn struct {
 	rdata      []byte // scanned bytes in rbuf not yet returned
 
 	wmu     sync.Mutex
-	swallow int         // bytes of zmq4's greeting still to drop (already sent)
-	wout    outScanner  // where zmq4's outgoing messages end
-	wbuf    []byte      // small writes held until their message ends
-	wvec    net.Buffers // what flush writes (writev)
-	warr    [2][]byte   // backing array of wvec
+	swallow int        // bytes of zmq4's greeting still to drop (already sent)
+	wout    outScanner // where zmq4's outgoing messages end
+	wbuf    []byte     // small writes held until their message ends
+	warr    [2][]byte  // backing array for flush's buffers
 
 	adopted   atomic.Bool // zmq4 has read past the handshake
 	orphan    atomic.Pointer[time.Timer]
@@ -217,19 +216,18 @@ func (c *conn) Write(p []byte) (int, error) {
 		c.wbuf = append(c.wbuf, p...)
 		return n + len(p), nil
 	}
-	c.wvec = c.warr[:0]
+	bufs := net.Buffers(c.warr[:0])
 	switch {
 	case len(c.wbuf) == 0:
-		c.wvec = append(c.wvec, p)
+		bufs = append(bufs, p)
 	case fits:
 		c.wbuf = append(c.wbuf, p...)
-		c.wvec = append(c.wvec, c.wbuf)
+		bufs = append(bufs, c.wbuf)
 	default:
-		c.wvec = append(c.wvec, c.wbuf, p)
+		bufs = append(bufs, c.wbuf, p)
 	}
-	err := c.flush()
+	err := c.flush(bufs)
 	c.wbuf = c.wbuf[:0]
-	c.wvec = nil
 	clear(c.warr[:]) // p is not ours to keep
 	if err != nil {
 		return n, err
@@ -244,19 +242,19 @@ const (
 	coalesceBuf = 16 << 10
 )
 
-// flush writes c.wvec. When a write's deadline expires it goes on if the
+// flush writes bufs (writev). When a write's deadline expires it goes on if the
 // window showed progress: bytes accepted by the kernel, or (on Linux)
 // bytes consumed by the peer, seen as a shrinking send queue. Without the
 // second test a peer that reads steadily but slowly would look stuck,
 // because the kernel wakes a blocked writer only once a third of the send
 // buffer is free. A window without progress closes the connection.
-func (c *conn) flush() error {
+func (c *conn) flush(bufs net.Buffers) error {
 	queued := -1 // bytes the peer had not consumed at the end of the last window; -1: unknown
-	for len(c.wvec) > 0 {
+	for len(bufs) > 0 {
 		if c.set.writeStall > 0 {
 			c.raw.SetWriteDeadline(time.Now().Add(c.set.writeStall))
 		}
-		m, err := c.wvec.WriteTo(c.raw) // consumes what was written
+		m, err := bufs.WriteTo(c.raw) // consumes what was written
 		if err == nil {
 			continue
 		}

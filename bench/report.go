@@ -392,38 +392,35 @@ func osRelease() string {
 	return ""
 }
 
-// mountOf returns "DEVICE (FSTYPE) at MOUNTPOINT" for the filesystem
-// holding dir.
-func mountOf(dir string) string {
-	best, out := "", ""
+// mountFor finds the mount holding dir in /proc/mounts: its device, mount
+// point and file-system type ("" if none).
+func mountFor(dir string) (dev, mp, fstype string) {
 	for _, l := range strings.Split(readFile("/proc/mounts"), "\n") {
 		f := strings.Fields(l)
 		if len(f) < 3 {
 			continue
 		}
-		mp := f[1]
-		if (dir == mp || strings.HasPrefix(dir, strings.TrimSuffix(mp, "/")+"/")) && len(mp) > len(best) {
-			best, out = mp, fmt.Sprintf("%s (%s) at %s", f[0], f[2], mp)
+		if (dir == f[1] || strings.HasPrefix(dir, strings.TrimSuffix(f[1], "/")+"/")) && len(f[1]) > len(mp) {
+			dev, mp, fstype = f[0], f[1], f[2]
 		}
 	}
-	return out
+	return dev, mp, fstype
+}
+
+// mountOf returns "DEVICE (FSTYPE) at MOUNTPOINT" for the filesystem
+// holding dir.
+func mountOf(dir string) string {
+	dev, mp, fstype := mountFor(dir)
+	if mp == "" {
+		return ""
+	}
+	return fmt.Sprintf("%s (%s) at %s", dev, fstype, mp)
 }
 
 // journalInfo says whether the ext4 file system holding dir has a journal
 // (jbd2 lists the devices it journals), "" for other file systems.
 func journalInfo(dir string) string {
-	var dev, fstype string
-	best := ""
-	for _, l := range strings.Split(readFile("/proc/mounts"), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 3 {
-			continue
-		}
-		mp := f[1]
-		if (dir == mp || strings.HasPrefix(dir, strings.TrimSuffix(mp, "/")+"/")) && len(mp) > len(best) {
-			best, dev, fstype = mp, f[0], f[2]
-		}
-	}
+	dev, _, fstype := mountFor(dir)
 	if fstype != "ext4" {
 		return ""
 	}

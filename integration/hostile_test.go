@@ -596,7 +596,7 @@ func zmqCases() []hostileCase {
 			f[0] = protocol.CommandFrame(2, protocol.CmdHello)
 			p.sendFrames(t, f...)
 			p.expectError(t, 0, protocol.CodeBadRequest, "HELLO at frame version 2")
-			for _, r := range [][2]uint8{{2, 9}, {0, 0}, {9, 9}, {2, 255}} {
+			for _, r := range [][2]uint8{{3, 9}, {0, 0}, {9, 9}, {3, 255}} {
 				p.send(t, &protocol.Hello{MinVersion: r[0], MaxVersion: r[1], MaxChunk: 1 << 20})
 				p.expectError(t, 0, protocol.CodeVersion, fmt.Sprintf("HELLO %d..%d", r[0], r[1]))
 			}

@@ -55,7 +55,9 @@ func CommandFrame(v uint8, c Command) []byte {
 
 // Encode returns the frames of m at protocol version v. HELLO is always
 // encoded at version 1 (its layout is frozen). A CHUNK's data frame is
-// m.Data itself, not a copy.
+// m.Data itself, not a copy. Encoding a command at a version older than
+// m.Command().Since() yields frames the peer rejects as an unknown command;
+// sessions only send commands their version has.
 func Encode(v uint8, m Message) [][]byte {
 	if m.Command() == CmdHello {
 		v = Version1
@@ -84,6 +86,11 @@ func Decode(frames [][]byte) (Message, uint8, error) {
 	}
 	v, c := f0[4], Command(f0[5])
 	m := newMessage(c)
+	if m != nil && v >= MinVersion && v < c.Since() {
+		// A command of a later version in an older frame is, at that
+		// version, no command at all.
+		m = nil
+	}
 	if m == nil {
 		return nil, v, &DecodeError{Command: c, Version: v, Err: ErrUnknownCommand, Detail: fmt.Sprintf("command octet 0x%02x", uint8(c))}
 	}

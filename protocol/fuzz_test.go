@@ -35,8 +35,12 @@ func splitFrames(b []byte) [][]byte {
 // frames that decode to the same message.
 func FuzzDecode(f *testing.F) {
 	for _, s := range samples {
-		f.Add(joinFrames(Encode(Version1, s.msg)))
+		f.Add(joinFrames(Encode(s.msg.Command().Since(), s.msg)))
+		f.Add(joinFrames(Encode(Version2, s.msg)))
 	}
+	// Version 2 commands in version 1 frames.
+	f.Add(joinFrames([][]byte{[]byte("ZSND\x01\x05"), {0, 0, 0, 1, 0, 0, 0}}))
+	f.Add(joinFrames([][]byte{[]byte("ZSND\x01\x14"), make([]byte, 71)}))
 	f.Add([]byte{})
 	f.Add(joinFrames([][]byte{[]byte("ZSND\x01\x12"), make([]byte, 48), {1}}))
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -35,6 +35,43 @@ type Get struct {
 	Name    string
 }
 
+// List asks for the latest version of one tree, or of every tree when
+// Tree is empty (C->S, version 2). The reply is one TREE per tree, sorted by
+// name, then an END with Size = the number of TREEs and a zero hash.
+type List struct {
+	Request uint32 // client-chosen id, nonzero
+	Flags   uint8  // ListSubscribe or 0; other bits MUST be 0
+	Tree    string // a tree name, or "" for all trees
+}
+
+// ListSubscribe is reserved for follow mode: the server would push a TREE
+// with the LIST's request id for every new version until the session ends.
+const ListSubscribe uint8 = 0x01
+
+// MGet requests the manifest of a version of a tree (C->S, version 2). It
+// has GET's layout: Name is the tree, Tag the first 16 octets of the wanted
+// version id, or zero for the latest. The reply is FILE, CHUNK*, END whose
+// hash is the version id.
+type MGet Get
+
+// VGet requests one regular file of a version of a tree (C->S, version 2).
+// It has GET's layout: Name is "TREE/relative/path", Tag the first 16
+// octets of the version id and never zero. The reply is FILE, CHUNK*, END
+// whose hash is the file's hash in the manifest.
+type VGet Get
+
+// Tree describes the latest version of a tree (S->C, version 2).
+type Tree struct {
+	Request      uint32 // the LIST's request id
+	Flags        uint8  // reserved, 0
+	Seq          uint64 // the version's sequence number: only grows
+	Entries      uint64 // entries in the manifest, the root included
+	Bytes        uint64 // sum of the sizes of the version's regular files
+	ManifestSize uint64 // length of the manifest's encoding (what MGET sends)
+	Version      Hash   // the version id: BLAKE3-256 of the manifest
+	Name         string // the tree's name
+}
+
 // Credit grants flow-control credit (C->S). Limit is the absolute number of
 // chunk data bytes the server may have sent on this session in total.
 type Credit struct {
@@ -98,6 +135,10 @@ type Error struct {
 func (*Hello) Command() Command   { return CmdHello }
 func (*Welcome) Command() Command { return CmdWelcome }
 func (*Get) Command() Command     { return CmdGet }
+func (*List) Command() Command    { return CmdList }
+func (*MGet) Command() Command    { return CmdMGet }
+func (*VGet) Command() Command    { return CmdVGet }
+func (*Tree) Command() Command    { return CmdTree }
 func (*Credit) Command() Command  { return CmdCredit }
 func (*Cancel) Command() Command  { return CmdCancel }
 func (*File) Command() Command    { return CmdFile }
@@ -156,6 +197,60 @@ func (m *Get) decodeHeader(d *decoder) {
 	m.Name = d.text(MaxNameLen)
 	if m.Request == NoRequest {
 		d.fail("request id 0 is reserved")
+	}
+}
+
+func (m *List) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = append(b, m.Flags)
+	return appendString(b, m.Tree)
+}
+
+func (m *List) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.Flags = d.u8()
+	m.Tree = d.text(MaxNameLen)
+	switch {
+	case m.Request == NoRequest:
+		d.fail("request id 0 is reserved")
+	case m.Flags&^ListSubscribe != 0:
+		d.fail("flags %#02x has reserved bits set", m.Flags)
+	}
+}
+
+func (m *MGet) appendHeader(b []byte) []byte { return (*Get)(m).appendHeader(b) }
+func (m *MGet) decodeHeader(d *decoder)      { (*Get)(m).decodeHeader(d) }
+func (m *VGet) appendHeader(b []byte) []byte { return (*Get)(m).appendHeader(b) }
+
+func (m *VGet) decodeHeader(d *decoder) {
+	(*Get)(m).decodeHeader(d)
+	if m.Tag == (Tag{}) {
+		d.fail("VGET needs a version tag")
+	}
+}
+
+func (m *Tree) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = append(b, m.Flags)
+	b = be64(b, m.Seq)
+	b = be64(b, m.Entries)
+	b = be64(b, m.Bytes)
+	b = be64(b, m.ManifestSize)
+	b = append(b, m.Version[:]...)
+	return appendString(b, m.Name)
+}
+
+func (m *Tree) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.Flags = d.u8()
+	m.Seq = d.u64()
+	m.Entries = d.u64()
+	m.Bytes = d.u64()
+	m.ManifestSize = d.u64()
+	d.bytes(m.Version[:])
+	m.Name = d.text(MaxNameLen)
+	if m.Flags != 0 {
+		d.fail("flags %#02x: reserved, must be 0", m.Flags)
 	}
 }
 
@@ -261,6 +356,14 @@ func newMessage(c Command) Message {
 		return new(Welcome)
 	case CmdGet:
 		return new(Get)
+	case CmdList:
+		return new(List)
+	case CmdMGet:
+		return new(MGet)
+	case CmdVGet:
+		return new(VGet)
+	case CmdTree:
+		return new(Tree)
 	case CmdCredit:
 		return new(Credit)
 	case CmdCancel:

@@ -22,8 +22,9 @@ const Signature = "ZSND"
 // Protocol versions this implementation speaks.
 const (
 	Version1   uint8 = 1
+	Version2   uint8 = 2 // adds trees and versions: LIST, MGET, VGET, TREE, code 410
 	MinVersion       = Version1
-	MaxVersion       = Version1
+	MaxVersion       = Version2
 )
 
 // Limits that every decoder enforces before allocating or slicing.
@@ -53,10 +54,14 @@ const (
 	CmdGet     Command = 0x02 // C->S request one file
 	CmdCredit  Command = 0x03 // C->S grant credit (absolute byte offset)
 	CmdCancel  Command = 0x04 // C->S abandon a request
+	CmdList    Command = 0x05 // C->S (v2) list served trees and their latest versions
+	CmdMGet    Command = 0x06 // C->S (v2) request a tree version's manifest
+	CmdVGet    Command = 0x07 // C->S (v2) request one file of a tree version
 	CmdWelcome Command = 0x10 // S->C accept a session
 	CmdFile    Command = 0x11 // S->C metadata of a requested file
 	CmdChunk   Command = 0x12 // S->C one chunk of file data
 	CmdEnd     Command = 0x13 // S->C end of a file, whole-file hash
+	CmdTree    Command = 0x14 // S->C (v2) one tree's latest version, answering LIST
 	CmdPing    Command = 0x20 // both: heartbeat request
 	CmdPong    Command = 0x21 // both: heartbeat reply
 	CmdBye     Command = 0x22 // both: the session is ending
@@ -67,6 +72,22 @@ var commandNames = map[Command]string{
 	CmdHello: "HELLO", CmdGet: "GET", CmdCredit: "CREDIT", CmdCancel: "CANCEL",
 	CmdWelcome: "WELCOME", CmdFile: "FILE", CmdChunk: "CHUNK", CmdEnd: "END",
 	CmdPing: "PING", CmdPong: "PONG", CmdBye: "BYE", CmdError: "ERROR",
+	CmdList: "LIST", CmdMGet: "MGET", CmdVGet: "VGET", CmdTree: "TREE",
+}
+
+// Octets reserved for commands of later versions (docs/DESIGN-trees.md),
+// unknown commands (501) until then: 0x08 REPORT (node -> server status),
+// 0x09 STATUS (fleet table request), 0x15 SWITCH (server-driven switch),
+// 0x16 FLEET (fleet table rows).
+
+// Since is the first protocol version that has command c: a frame marked
+// with an older version that carries c is an unknown command (501).
+func (c Command) Since() uint8 {
+	switch c {
+	case CmdList, CmdMGet, CmdVGet, CmdTree:
+		return Version2
+	}
+	return Version1
 }
 
 func (c Command) String() string {
@@ -91,6 +112,7 @@ const (
 	CodeNotFound       Code = 404 // no such name is served
 	CodeTimeout        Code = 408 // BYE: peer silent longer than the liveness bound
 	CodeChanged        Code = 409 // source changed while being sent
+	CodeGone           Code = 410 // (v2) the requested tree version is no longer kept
 	CodeTooMany        Code = 429 // session or request limit reached
 	CodeInternal       Code = 500 // server-side I/O failure reading the source
 	CodeUnknownCommand Code = 501 // command not known; session dropped
@@ -100,7 +122,7 @@ const (
 
 var codeNames = map[Code]string{
 	CodeOK: "ok", CodeBadRequest: "bad request", CodeRefused: "refused",
-	CodeNotFound: "not found", CodeTimeout: "timeout", CodeChanged: "source changed",
+	CodeNotFound: "not found", CodeTimeout: "timeout", CodeChanged: "source changed", CodeGone: "gone",
 	CodeTooMany: "too many", CodeInternal: "internal error",
 	CodeUnknownCommand: "unknown command", CodeUnavailable: "unavailable",
 	CodeVersion: "unsupported version",

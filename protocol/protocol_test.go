@@ -32,31 +32,42 @@ func hashOf(b byte) (h Hash) {
 var samples = []struct {
 	name string
 	msg  Message
+	v    uint8 // version of the golden frames; 0 = msg.Command().Since()
 }{
-	{"hello", &Hello{MinVersion: 1, MaxVersion: 1, MaxChunk: 4 << 20, HeartbeatMS: 2000, PeerID: "node-7"}},
-	{"welcome", &Welcome{Version: 1, ChunkSize: 1 << 20, HeartbeatMS: 2000, MaxRequests: 1024, PeerID: "zsend"}},
-	{"get", &Get{Request: 1, Offset: 0, Name: "config.tar"}},
-	{"get_resume", &Get{Request: 7, Offset: 3 << 20, Tag: tagOf(0xA0), Name: "etc/app.conf"}},
-	{"credit", &Credit{Limit: 8 << 20}},
-	{"cancel", &Cancel{Request: 7}},
-	{"file", &File{Request: 1, Size: 1234567, Mode: 0644, MtimeNS: 1700000000123456789, Offset: 0, Tag: tagOf(1), Name: "config.tar"}},
-	{"chunk", &Chunk{Request: 1, Offset: 1 << 20, Hash: hashOf(0x5A), Data: []byte("hello, world")}},
-	{"end", &End{Request: 1, Size: 1234567, Hash: hashOf(0x33)}},
-	{"ping", &Ping{Token: 0x0102030405060708}},
-	{"pong", &Pong{Token: 0x0102030405060708}},
-	{"bye", &Bye{Code: CodeUnavailable, RetryAfterMS: 500, Reason: "shutting down"}},
-	{"error", &Error{Request: 3, Code: CodeNotFound, Message: "no such file: nope.txt"}},
+	{"hello", &Hello{MinVersion: 1, MaxVersion: 1, MaxChunk: 4 << 20, HeartbeatMS: 2000, PeerID: "node-7"}, 0},
+	{"welcome", &Welcome{Version: 1, ChunkSize: 1 << 20, HeartbeatMS: 2000, MaxRequests: 1024, PeerID: "zsend"}, 0},
+	{"get", &Get{Request: 1, Offset: 0, Name: "config.tar"}, 0},
+	{"get_resume", &Get{Request: 7, Offset: 3 << 20, Tag: tagOf(0xA0), Name: "etc/app.conf"}, 0},
+	{"credit", &Credit{Limit: 8 << 20}, 0},
+	{"cancel", &Cancel{Request: 7}, 0},
+	{"file", &File{Request: 1, Size: 1234567, Mode: 0644, MtimeNS: 1700000000123456789, Offset: 0, Tag: tagOf(1), Name: "config.tar"}, 0},
+	{"chunk", &Chunk{Request: 1, Offset: 1 << 20, Hash: hashOf(0x5A), Data: []byte("hello, world")}, 0},
+	{"end", &End{Request: 1, Size: 1234567, Hash: hashOf(0x33)}, 0},
+	{"ping", &Ping{Token: 0x0102030405060708}, 0},
+	{"pong", &Pong{Token: 0x0102030405060708}, 0},
+	{"bye", &Bye{Code: CodeUnavailable, RetryAfterMS: 500, Reason: "shutting down"}, 0},
+	{"error", &Error{Request: 3, Code: CodeNotFound, Message: "no such file: nope.txt"}, 0},
+	// Version 2: trees and versions.
+	{"list", &List{Request: 1, Flags: 0, Tree: "etc"}, 0},
+	{"list_all", &List{Request: 2, Flags: 0, Tree: ""}, 0},
+	{"list_subscribe", &List{Request: 3, Flags: ListSubscribe, Tree: "etc"}, 0},
+	{"mget", &MGet{Request: 4, Offset: 0, Tag: tagOf(0xC0), Name: "etc"}, 0},
+	{"mget_latest", &MGet{Request: 5, Offset: 0, Name: "etc"}, 0},
+	{"vget", &VGet{Request: 6, Offset: 0, Tag: tagOf(0xC0), Name: "etc/app/main.conf"}, 0},
+	{"tree", &Tree{Request: 1, Seq: 42, Entries: 3, Bytes: 1234, ManifestSize: 289, Version: hashOf(0xC0), Name: "etc"}, 0},
+	{"error_gone", &Error{Request: 4, Code: CodeGone, Message: "etc@c0c1c2c3c4c5 is no longer kept"}, Version2},
 }
 
 func TestRoundTripEveryCommand(t *testing.T) {
 	seen := map[Command]bool{}
 	for _, s := range samples {
-		frames := Encode(Version1, s.msg)
+		want := s.msg.Command().Since()
+		frames := Encode(want, s.msg)
 		got, v, err := Decode(frames)
 		if err != nil {
 			t.Fatalf("%s: decode: %v", s.name, err)
 		}
-		if v != Version1 {
+		if v != want {
 			t.Fatalf("%s: version %d", s.name, v)
 		}
 		if !reflect.DeepEqual(got, s.msg) {
@@ -91,7 +102,11 @@ func TestChunkDataIsNotCopied(t *testing.T) {
 func TestGolden(t *testing.T) {
 	for _, s := range samples {
 		var buf bytes.Buffer
-		for _, f := range Encode(Version1, s.msg) {
+		v := s.v
+		if v == 0 {
+			v = s.msg.Command().Since()
+		}
+		for _, f := range Encode(v, s.msg) {
 			buf.WriteString(hex.EncodeToString(f))
 			buf.WriteByte('\n')
 		}
@@ -129,7 +144,8 @@ func TestGolden(t *testing.T) {
 func TestPinnedConstants(t *testing.T) {
 	pins := map[Command]byte{CmdHello: 0x01, CmdGet: 0x02, CmdCredit: 0x03, CmdCancel: 0x04,
 		CmdWelcome: 0x10, CmdFile: 0x11, CmdChunk: 0x12, CmdEnd: 0x13,
-		CmdPing: 0x20, CmdPong: 0x21, CmdBye: 0x22, CmdError: 0x23}
+		CmdPing: 0x20, CmdPong: 0x21, CmdBye: 0x22, CmdError: 0x23,
+		CmdList: 0x05, CmdMGet: 0x06, CmdVGet: 0x07, CmdTree: 0x14}
 	for c, b := range pins {
 		if byte(c) != b {
 			t.Errorf("%v = 0x%02x, want 0x%02x", c, byte(c), b)
@@ -137,6 +153,12 @@ func TestPinnedConstants(t *testing.T) {
 	}
 	if got := hex.EncodeToString(CommandFrame(1, CmdGet)); got != "5a534e440102" {
 		t.Errorf("GET command frame %s", got)
+	}
+	if got := hex.EncodeToString(CommandFrame(2, CmdMGet)); got != "5a534e440206" {
+		t.Errorf("MGET command frame %s", got)
+	}
+	if CodeGone != 410 || MaxVersion != 2 || MinVersion != 1 || ListSubscribe != 1 {
+		t.Error("version 2 constants changed: update PROTOCOL.md")
 	}
 	if Signature != "ZSND" || MaxFrameSize != 4<<20 || MaxNameLen != 4096 {
 		t.Error("limits changed: update PROTOCOL.md")
@@ -148,6 +170,10 @@ func cmdFrame(c Command) []byte { return CommandFrame(Version1, c) }
 func TestMalformedInputsFailCleanly(t *testing.T) {
 	getHdr := Encode(1, &Get{Request: 1, Name: "a"})[1]
 	chunk := Encode(1, &Chunk{Request: 1, Data: []byte("abcd")})
+	listHdr := Encode(2, &List{Request: 1, Tree: "etc"})[1]
+	vgetHdr := Encode(2, &VGet{Request: 1, Tag: tagOf(1), Name: "etc/a"})[1]
+	treeHdr := Encode(2, &Tree{Request: 1, Seq: 1, Name: "etc"})[1]
+	v2 := func(c Command) []byte { return CommandFrame(Version2, c) }
 	cases := []struct {
 		name   string
 		frames [][]byte
@@ -160,6 +186,7 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 		{"short command frame", [][]byte{[]byte("ZSND\x01"), getHdr}, ErrMalformed},
 		{"version 0", [][]byte{CommandFrame(0, CmdGet), getHdr}, ErrVersion},
 		{"version 9", [][]byte{CommandFrame(9, CmdGet), getHdr}, ErrVersion},
+		{"version 3", [][]byte{CommandFrame(3, CmdGet), getHdr}, ErrVersion},
 		{"hello at version 2", [][]byte{CommandFrame(2, CmdHello), Encode(1, &Hello{})[1]}, ErrMalformed},
 		{"unknown command", [][]byte{CommandFrame(1, 0x7f), {}}, ErrUnknownCommand},
 		{"missing header", [][]byte{cmdFrame(CmdGet)}, ErrMalformed},
@@ -176,6 +203,26 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 		{"welcome tiny chunk", [][]byte{cmdFrame(CmdWelcome), Encode(1, &Welcome{ChunkSize: 16})[1]}, ErrMalformed},
 		{"welcome huge chunk", [][]byte{cmdFrame(CmdWelcome), Encode(1, &Welcome{ChunkSize: 1 << 30})[1]}, ErrMalformed},
 		{"file offset beyond size", [][]byte{cmdFrame(CmdFile), Encode(1, &File{Request: 1, Size: 1, Offset: 2, Name: "a"})[1]}, ErrMalformed},
+		// Version 2 commands.
+		{"list at version 1", [][]byte{CommandFrame(1, CmdList), listHdr}, ErrUnknownCommand},
+		{"mget at version 1", [][]byte{CommandFrame(1, CmdMGet), getHdr}, ErrUnknownCommand},
+		{"vget at version 1", [][]byte{CommandFrame(1, CmdVGet), vgetHdr}, ErrUnknownCommand},
+		{"tree at version 1", [][]byte{CommandFrame(1, CmdTree), treeHdr}, ErrUnknownCommand},
+		{"reserved 0x08 at version 2", [][]byte{CommandFrame(2, 0x08), {}}, ErrUnknownCommand},
+		{"reserved 0x15 at version 2", [][]byte{CommandFrame(2, 0x15), {}}, ErrUnknownCommand},
+		{"list request 0", [][]byte{v2(CmdList), Encode(2, &List{Tree: "etc"})[1]}, ErrMalformed},
+		{"list reserved flag", [][]byte{v2(CmdList), Encode(2, &List{Request: 1, Flags: 2})[1]}, ErrMalformed},
+		{"list truncated", [][]byte{v2(CmdList), listHdr[:4]}, ErrMalformed},
+		{"list trailing", [][]byte{v2(CmdList), append(append([]byte{}, listHdr...), 0)}, ErrMalformed},
+		{"list long tree", [][]byte{v2(CmdList), Encode(2, &List{Request: 1, Tree: strings.Repeat("x", MaxNameLen+1)})[1]}, ErrMalformed},
+		{"mget request 0", [][]byte{v2(CmdMGet), Encode(2, &MGet{Name: "etc"})[1]}, ErrMalformed},
+		{"mget truncated", [][]byte{v2(CmdMGet), getHdr[:20]}, ErrMalformed},
+		{"vget zero tag", [][]byte{v2(CmdVGet), Encode(2, &VGet{Request: 1, Name: "etc/a"})[1]}, ErrMalformed},
+		{"vget request 0", [][]byte{v2(CmdVGet), Encode(2, &VGet{Tag: tagOf(1), Name: "etc/a"})[1]}, ErrMalformed},
+		{"tree flags", [][]byte{v2(CmdTree), Encode(2, &Tree{Request: 1, Flags: 1, Name: "etc"})[1]}, ErrMalformed},
+		{"tree truncated", [][]byte{v2(CmdTree), treeHdr[:len(treeHdr)-1]}, ErrMalformed},
+		{"tree trailing", [][]byte{v2(CmdTree), append(append([]byte{}, treeHdr...), 0)}, ErrMalformed},
+		{"tree extra frame", [][]byte{v2(CmdTree), treeHdr, {}}, ErrMalformed},
 		{"file mode type bits", [][]byte{cmdFrame(CmdFile), Encode(1, &File{Request: 1, Mode: 0100644, Name: "a"})[1]}, ErrMalformed},
 	}
 	for _, tc := range cases {
@@ -190,6 +237,40 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 		var de *DecodeError
 		if !errors.As(err, &de) {
 			t.Errorf("%s: %T is not a *DecodeError", tc.name, err)
+		}
+	}
+}
+
+// Every version 1 command keeps its layout at version 2, and a version 2
+// command is an unknown command (501) in a frame marked version 1.
+func TestVersionGating(t *testing.T) {
+	for _, s := range samples {
+		c := s.msg.Command()
+		if c == CmdHello {
+			continue
+		}
+		frames := Encode(Version2, s.msg)
+		got, v, err := Decode(frames)
+		if err != nil || v != Version2 || !reflect.DeepEqual(got, s.msg) {
+			t.Errorf("%s at version 2: %#v, %d, %v", s.name, got, v, err)
+		}
+		if c.Since() == Version1 {
+			if !bytes.Equal(frames[1], Encode(Version1, s.msg)[1]) {
+				t.Errorf("%s: header differs between versions 1 and 2", s.name)
+			}
+			continue
+		}
+		_, _, err = Decode(Encode(Version1, s.msg))
+		var de *DecodeError
+		if !errors.As(err, &de) || de.Code() != CodeUnknownCommand {
+			t.Errorf("%s at version 1: %v, want 501 unknown command", s.name, err)
+		}
+	}
+	// MGET and VGET share GET's layout octet for octet.
+	g := &Get{Request: 9, Offset: 1 << 20, Tag: tagOf(3), Name: "etc/x"}
+	for _, m := range []Message{(*MGet)(g), (*VGet)(g)} {
+		if !bytes.Equal(Encode(2, m)[1], Encode(2, g)[1]) {
+			t.Errorf("%v header differs from GET's", m.Command())
 		}
 	}
 }

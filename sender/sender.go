@@ -332,8 +332,12 @@ func (s *Server) handleInbound(in zsock.Inbound) {
 		return
 	}
 	id := string(in.Frames[0])
-	msg, _, err := protocol.Decode(in.Frames[1:])
+	msg, v, err := protocol.Decode(in.Frames[1:])
 	sess := s.sessions[id]
+	if err == nil && sess != nil && v != sess.version && msg.Command() != protocol.CmdHello {
+		err = &protocol.DecodeError{Command: msg.Command(), Version: v, Err: protocol.ErrVersion,
+			Detail: fmt.Sprintf("version %d in a session at version %d", v, sess.version)}
+	}
 	if err != nil {
 		var de *protocol.DecodeError
 		code := protocol.CodeBadRequest

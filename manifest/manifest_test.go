@@ -1,0 +1,178 @@
+package manifest
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func sample() *Manifest {
+	h := func(b byte) (x [HashLen]byte) {
+		for i := range x {
+			x[i] = b
+		}
+		return
+	}
+	return &Manifest{Entries: []Entry{
+		{Path: "", Type: TypeDir, Mode: 0o755, MtimeNs: 1},
+		{Path: "a b", Type: TypeFile, Mode: 0o600, MtimeNs: 2, Size: 3, Hash: h(1)},
+		{Path: "conf", Type: TypeDir, Mode: 0o700, MtimeNs: 3},
+		{Path: "conf/app.conf", Type: TypeFile, Mode: 0o644, MtimeNs: 4, Size: 0, Hash: h(2)},
+		{Path: "conf/link", Type: TypeSymlink, Mode: 0o777, MtimeNs: 5, Target: "../a b"},
+		{Path: "conf/ü", Type: TypeDir, Mode: 0o755, MtimeNs: 6},
+	}}
+}
+
+func TestRoundTrip(t *testing.T) {
+	m := sample()
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	b := m.Encode()
+	if len(b) != m.EncodedLen() {
+		t.Fatalf("EncodedLen %d, encoding %d", m.EncodedLen(), len(b))
+	}
+	got, err := Decode(b, DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, m) {
+		t.Fatalf("round trip differs:\n%+v\n%+v", got, m)
+	}
+	if !bytes.Equal(got.Encode(), b) || got.ID() != m.ID() || IDOf(b) != m.ID() {
+		t.Fatal("re-encoding or id differs")
+	}
+}
+
+// TestIDPinned pins the canonical encoding: a change here is a wire change
+// (every published version id changes) and needs a new magic.
+func TestIDPinned(t *testing.T) {
+	const pinnedID = "f99fe5458aeaf1980315d61074566e2d67c77d448ffa482fdcb4d9a933bd0456"
+	if id := sample().ID().String(); id != pinnedID {
+		t.Fatalf("id of the sample manifest is %s, pinned %s", id, pinnedID)
+	}
+}
+
+func TestIDChangesWithEveryField(t *testing.T) {
+	base := sample().ID()
+	muts := []func(*Entry){
+		func(e *Entry) { e.Mode ^= 0o100 },
+		func(e *Entry) { e.MtimeNs++ },
+		func(e *Entry) { e.Size++ },
+		func(e *Entry) { e.Hash[0] ^= 1 },
+		func(e *Entry) { e.Path = "a c" },
+	}
+	for i, mut := range muts {
+		m := sample()
+		mut(&m.Entries[1])
+		if m.ID() == base {
+			t.Errorf("mutation %d left the id unchanged", i)
+		}
+	}
+	m := sample()
+	m.Entries[4].Target = "x"
+	if m.ID() == base {
+		t.Error("target change left the id unchanged")
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	cases := map[string]func(m *Manifest){
+		"no root":             func(m *Manifest) { m.Entries = m.Entries[1:] },
+		"root not dir":        func(m *Manifest) { m.Entries[0].Type = TypeFile },
+		"dotdot":              func(m *Manifest) { m.Entries[1].Path = "../x" },
+		"absolute":            func(m *Manifest) { m.Entries[1].Path = "/etc" },
+		"nul":                 func(m *Manifest) { m.Entries[1].Path = "a\x00" },
+		"duplicate":           func(m *Manifest) { m.Entries[3].Path = "conf" },
+		"unsorted":            func(m *Manifest) { m.Entries[1], m.Entries[2] = m.Entries[2], m.Entries[1] },
+		"file then child":     func(m *Manifest) { m.Entries[2].Type = TypeFile },
+		"child under symlink": func(m *Manifest) { m.Entries[5].Path = "conf/link/x" },
+		"missing parent":      func(m *Manifest) { m.Entries[3].Path = "cong/app.conf" },
+		"setuid type bits":    func(m *Manifest) { m.Entries[1].Mode = 0o100644 },
+		"unknown type":        func(m *Manifest) { m.Entries[1].Type = 9 },
+		"dir with size":       func(m *Manifest) { m.Entries[2].Size = 1 },
+		"empty target":        func(m *Manifest) { m.Entries[4].Target = "" },
+		"target nul":          func(m *Manifest) { m.Entries[4].Target = "a\x00b" },
+		"file with target":    func(m *Manifest) { m.Entries[1].Target = "x" },
+		"dot":                 func(m *Manifest) { m.Entries[1].Path = "." },
+		"empty component":     func(m *Manifest) { m.Entries[3].Path = "conf//a" },
+	}
+	for name, mut := range cases {
+		t.Run(name, func(t *testing.T) {
+			m := sample()
+			mut(m)
+			if err := m.Validate(); !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Validate: %v, want ErrInvalid", err)
+			}
+			if _, err := Decode(m.Encode(), DefaultLimits()); !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Decode: %v, want ErrInvalid", err)
+			}
+		})
+	}
+}
+
+func TestDecodeLimits(t *testing.T) {
+	b := sample().Encode()
+	if _, err := Decode(b, Limits{MaxEntries: 5, MaxBytes: 1 << 20}); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("6 entries under a limit of 5: %v", err)
+	}
+	if _, err := Decode(b, Limits{MaxEntries: 100, MaxBytes: uint64(len(b) - 1)}); err == nil {
+		t.Fatal("encoding over MaxBytes accepted")
+	}
+	// A header claiming 10^7 entries in a few octets is refused before
+	// anything is allocated for them.
+	huge := append([]byte(Magic), make([]byte, 8)...)
+	binary.BigEndian.PutUint64(huge[len(Magic):], 10_000_000)
+	huge = append(huge, b[headerLen:]...)
+	if _, err := Decode(huge, Limits{MaxEntries: 1 << 30, MaxBytes: 1 << 30}); err == nil {
+		t.Fatal("10^7 claimed entries accepted")
+	}
+	for n := 0; n < len(b); n++ {
+		if _, err := Decode(b[:n], DefaultLimits()); err == nil {
+			t.Fatalf("truncated at %d accepted", n)
+		}
+	}
+	if _, err := Decode(append(b, 0), DefaultLimits()); err == nil {
+		t.Fatal("trailing octet accepted")
+	}
+}
+
+func TestLookupAndDiff(t *testing.T) {
+	old := sample()
+	if e, ok := old.Lookup("conf/app.conf"); !ok || e.Type != TypeFile {
+		t.Fatal("lookup of a file failed")
+	}
+	if _, ok := old.Lookup("conf/none"); ok {
+		t.Fatal("lookup of a missing path succeeded")
+	}
+	nw := sample()
+	nw.Entries[1].MtimeNs = 99                             // same content, new mtime
+	nw.Entries[3].Hash[0] = 7                              // changed content
+	nw.Entries = append(nw.Entries[:4], nw.Entries[5:]...) // conf/link removed
+	nw.Entries = append(nw.Entries, Entry{Path: "z", Type: TypeDir, Mode: 0o755})
+	d := Diff(old, nw)
+	want := Delta{Added: []string{"z"}, Removed: []string{"conf/link"}, Changed: []string{"a b", "conf/app.conf"}, SameContent: []string{"a b"}}
+	if !reflect.DeepEqual(d, want) {
+		t.Fatalf("diff = %+v, want %+v", d, want)
+	}
+	if d := Diff(nil, old); len(d.Added) != len(old.Entries) {
+		t.Fatalf("diff from nothing: %+v", d)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(sample().Encode())
+	f.Add([]byte(Magic))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := Decode(b, Limits{MaxEntries: 1 << 16, MaxBytes: 1 << 20})
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(m.Encode(), b) {
+			t.Fatal("decode -> encode is not the identity")
+		}
+	})
+}

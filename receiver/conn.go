@@ -261,6 +261,9 @@ func (s *conn) welcome(msg protocol.Message, rtt time.Duration) *sessionError {
 		if m.ChunkSize > s.c.cfg.MaxChunk {
 			return &sessionError{err: fmt.Errorf("%w: server chose chunk size %d above our %d", ErrProtocol, m.ChunkSize, s.c.cfg.MaxChunk)}
 		}
+		if err := s.c.needVersion(m.Version); err != nil {
+			return &sessionError{err: err}
+		}
 		s.version, s.chunk, s.maxReq = m.Version, int64(m.ChunkSize), int(m.MaxRequests)
 		if s.maxReq < 1 {
 			s.maxReq = 1
@@ -317,6 +320,7 @@ func (s *conn) get(t *task, offset uint64, tag protocol.Tag, fromPartial bool) {
 			offset, tag = t.resumePoint()
 		}
 	}
+	offset, tag = t.versioned(offset, tag)
 	t.asked, t.askedTag = offset, tag
 	s.c.nextReq++
 	if s.c.nextReq == protocol.NoRequest {
@@ -325,7 +329,7 @@ func (s *conn) get(t *task, offset uint64, tag protocol.Tag, fromPartial bool) {
 	t.req = s.c.nextReq
 	s.c.byReq[t.req] = t
 	s.outReqs++
-	s.send(&protocol.Get{Request: t.req, Offset: offset, Tag: tag, Name: t.name})
+	s.send(t.request(t.req, offset, tag))
 }
 
 // handle applies one message in an open session.
@@ -343,6 +347,10 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 			return s.violation("FILE for unknown request %d", m.Request)
 		}
 		if !live {
+			return nil
+		}
+		if err := t.checkFile(m); err != nil {
+			s.failFile(t, err)
 			return nil
 		}
 		if m.Size > 0 && m.Offset < m.Size && m.Offset%uint64(s.chunk) != 0 {
@@ -376,6 +384,12 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 			return s.violation("END at %d bytes of %d, size %d", t.next, t.size, m.Size)
 		}
 		s.retire(t)
+		if err := t.checkEnd(m); err != nil {
+			s.drainTask(t)
+			s.c.fail(t, err, true)
+			s.issueGets()
+			return nil
+		}
 		t.ended = true // the writer checks it; not to be requested again meanwhile
 		s.submit(op{kind: opEnd, t: t, hash: m.Hash, size: int64(m.Size)})
 		s.issueGets()

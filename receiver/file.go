@@ -32,7 +32,8 @@ type task struct {
 	partPath  string
 	statePath string
 
-	req  uint32 // current request id; 0 when none is outstanding
+	rq   *Request // set by FetchRequests; nil for a plain Fetch
+	req  uint32   // current request id; 0 when none is outstanding
 	done bool
 	err  error
 

@@ -206,6 +206,10 @@ var (
 	ErrProtocol = errors.New("protocol error")
 	// ErrServer: the server failed to read the file.
 	ErrServer = errors.New("server error")
+	// ErrGone: the server no longer keeps the version asked for (410).
+	ErrGone = errors.New("version gone")
+	// ErrNoTrees: the server speaks only version 1 and serves no trees.
+	ErrNoTrees = errors.New("server does not serve trees (it speaks ZSND/1 only)")
 )
 
 // RemoteError is an ERROR received from the server.
@@ -229,6 +233,8 @@ func (e *RemoteError) Is(target error) bool {
 		return target == ErrChanged
 	case protocol.CodeInternal:
 		return target == ErrServer
+	case protocol.CodeGone:
+		return target == ErrGone
 	case protocol.CodeBadRequest, protocol.CodeUnknownCommand, protocol.CodeVersion:
 		return target == ErrProtocol
 	}

@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -267,8 +268,10 @@ func (l *layout) manifestFor(id12 string, lim manifest.Limits) (*manifest.Manife
 			continue
 		}
 		var id manifest.ID
-		if _, err := fmt.Sscanf(n, "%x", &id); err != nil {
+		if b, err := hex.DecodeString(n); err != nil || len(b) != len(id) {
 			continue
+		} else {
+			copy(id[:], b)
 		}
 		if man, _, ok := l.loadManifest(id, lim); ok {
 			return man, id, true

@@ -40,6 +40,9 @@ type Version struct {
 	Entries  uint64      // what TREE announces
 	Bytes    uint64
 	Files    map[string]*File // by path in the tree
+	// AnnounceSize, if nonzero, is the manifest size TREE announces
+	// instead of len(Manifest).
+	AnnounceSize uint64
 }
 
 // NewVersion builds an honest version from a manifest and file contents
@@ -282,8 +285,12 @@ func (ss *session) list(m *protocol.List) {
 	for _, n := range names {
 		vs := ss.s.trees[n]
 		v := vs[len(vs)-1]
+		size := uint64(len(v.Manifest))
+		if v.AnnounceSize != 0 {
+			size = v.AnnounceSize
+		}
 		ss.queue = append(ss.queue, queued{m.Request, &protocol.Tree{Request: m.Request, Seq: v.Seq, Entries: v.Entries,
-			Bytes: v.Bytes, ManifestSize: uint64(len(v.Manifest)), Version: protocol.Hash(v.ID), Name: n}})
+			Bytes: v.Bytes, ManifestSize: size, Version: protocol.Hash(v.ID), Name: n}})
 	}
 	ss.queue = append(ss.queue, queued{m.Request, &protocol.End{Request: m.Request, Size: uint64(len(names))}})
 }

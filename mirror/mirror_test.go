@@ -181,3 +181,9 @@ func entries(t *testing.T, dir string) []string {
 }
 
 var _ = errors.Is
+
+func syncE(cfg Config) (Result, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return Sync(ctx, cfg)
+}

@@ -25,12 +25,20 @@ been fully verified; an interrupted fetch resumes when run again.
 
 Usage:
   zrecv [flags] ENDPOINT NAME...
+  zrecv [flags] ENDPOINT TREE            mirror a published tree at DIR/TREE
+  zrecv --list ENDPOINT [TREE]           the trees served, their latest version
+  zrecv --rollback -o DIR TREE           back to the previous kept version (no network)
+
+A NAME that is a tree the server publishes is mirrored: DIR/TREE becomes a
+symlink to a complete, verified version, switched atomically; unchanged
+files are reused locally, only new and changed ones are fetched.
 
 Examples:
   zrecv tcp://127.0.0.1:5555 big.iso            fetch big.iso into .
   zrecv -o /srv/conf tcp://cfg1:5555 app.conf   fetch into /srv/conf
   zrecv --json tcp://[::1]:5555 a b c > log     NDJSON events for scripts
   zrecv ipc:///run/zsend.sock etc/hosts         a file below a served directory
+  zrecv -o /srv tcp://cfg1:5555 app             mirror tree app at /srv/app
 
 Flags:
 `
@@ -56,7 +64,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		heartbeat = fs.Duration("heartbeat", 2*time.Second, "interval between heartbeats")
 		peerTO    = fs.Duration("peer-timeout", 10*time.Second, "a server silent this long is considered gone")
 		showVer   = fs.Bool("version", false, "print the version and exit")
+		tf        treeFlags
 	)
+	fs.IntVar(&tf.keep, "keep", 2, "tree mode: versions kept on disk, the current one included")
+	fs.BoolVar(&tf.rollback, "rollback", false, "switch TREE in -o DIR back to the previous kept version (no network)")
+	fs.BoolVar(&tf.list, "list", false, "list the trees served at ENDPOINT (or one TREE): latest version, sequence, size")
+	fs.BoolVar(&tf.verify, "verify", false, "tree mode: re-hash the current version even when it is the latest")
+	fs.DurationVar(&tf.lockWait, "lock-wait", 0, "tree mode: wait this long for another zrecv syncing the same tree (default: fail at once)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
@@ -73,7 +87,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "zrecv %s (protocol ZSND/1)\n", version)
 		return cli.ExitOK
 	}
-	if fs.NArg() < 2 {
+	if tf.rollback {
+		return rollback(fs.Args(), *out, *quiet, stdout, stderr)
+	}
+	if tf.list && fs.NArg() >= 1 && fs.NArg() <= 2 {
+		return list(ctx, fs.Args(), receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Timeout: *timeout,
+			Heartbeat: *heartbeat, PeerTimeout: *peerTO}, stdout, stderr)
+	}
+	if tf.list || fs.NArg() < 2 {
 		fmt.Fprintln(stderr, "zrecv: need an ENDPOINT and at least one NAME (see zrecv --help)")
 		return cli.ExitUsage
 	}
@@ -91,12 +112,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *jsonOut {
 		js = stdout
 	}
-	rep := cli.NewReporter(stderr, js, *quiet)
 	cfg := receiver.Config{
 		Endpoint: fs.Arg(0), OutputDir: *out, Timeout: *timeout, NoResume: *noResume,
 		Window: win, MaxWindow: maxWin, Heartbeat: *heartbeat, PeerTimeout: *peerTO,
-		Progress: rep.Event,
 	}
+	if fs.NArg() == 2 {
+		if code, done := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr); done {
+			return code
+		}
+	}
+	rep := cli.NewReporter(stderr, js, *quiet)
+	cfg.Progress = rep.Event
 	start := time.Now()
 	results, err := receiver.Fetch(ctx, cfg, fs.Args()[1:]...)
 	code := cli.ExitCodeFor(err)

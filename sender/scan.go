@@ -47,6 +47,9 @@ var errUnstable = errors.New("a file kept changing while it was being published"
 // file system's timestamp granularity without its stat changing).
 const racyWindow = 2 * time.Second
 
+// scanClock is the scan's notion of now (tests move it).
+var scanClock = time.Now
+
 type scanner struct {
 	st      *store.Store
 	old     map[string]cachedFile // stat cache from the previous scan
@@ -63,7 +66,7 @@ type scanner struct {
 // be nil); the new one is in s.cache afterwards.
 func scanTree(root string, st *store.Store, old map[string]cachedFile, skipped func(path, why string)) (*scanner, *manifest.Manifest, error) {
 	s := &scanner{st: st, old: old, cache: make(map[string]cachedFile, len(old)), skipped: skipped,
-		buf: make([]byte, 256<<10), start: time.Now()}
+		buf: make([]byte, 256<<10), start: scanClock()}
 	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("scanning %s: %w", root, err)

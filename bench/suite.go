@@ -542,7 +542,9 @@ var (
 const startTimeout = 20 * time.Second
 
 func (s *Suite) startZsend(paths ...string) (*Proc, string, error) {
-	args := append([]string{"-b", "tcp://127.0.0.1:0"}, paths...)
+	// The state directory (published versions) lives on the scratch disk,
+	// never in the user's home.
+	args := append([]string{"-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(s.cfg.Work, "zsend-state")}, paths...)
 	p, err := Start("sender", nil, s.bin("zsend"), args...)
 	if err != nil {
 		return nil, "", err

@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 func zsendProc(t *testing.T, args ...string) (string, *exec.Cmd) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "zsend"), append([]string{"-b", "tcp://127.0.0.1:0"}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "zsend"), append([]string{"-b", "tcp://127.0.0.1:0", "--state-dir", t.TempDir()}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

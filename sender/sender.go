@@ -72,10 +72,30 @@ type Config struct {
 	Name string
 	// Guard limits the transport; see internal/guard. Zero = defaults.
 	Guard guard.Config
-	// Events, if set, is called from the serving goroutine for operator
-	// visibility (session opened/closed, file sent, request refused). It
-	// must not block.
+	// Events, if set, is called for operator visibility (session
+	// opened/closed, file sent, request refused, version published). It
+	// is called from the serving goroutine and, for publishing events,
+	// from the goroutine that publishes (Listen, Publish, the watcher), so
+	// it must be safe for concurrent use, and must not block.
 	Events func(Event)
+
+	// StateDir is where published versions are kept (store, manifests,
+	// sequence numbers; see docs/DESIGN-trees.md section 4). Empty: no
+	// versions are published, and LIST/MGET/VGET find no trees (the
+	// command line always sets it, by default to DefaultStateDir()).
+	StateDir string
+	// KeepVersions is how many versions of each tree are kept; default
+	// DefaultKeepVersions (16).
+	KeepVersions int
+	// Watch publishes a new version whenever a served tree changes
+	// (fsnotify, after Debounce of quiet), and rescans every RescanEvery
+	// as a safety net. Without it, versions are published by Listen and
+	// Publish only.
+	Watch bool
+	// Debounce is the quiet time --watch waits for; default 100ms.
+	Debounce time.Duration
+	// RescanEvery is --watch's periodic rescan; default 60s.
+	RescanEvery time.Duration
 }
 
 // Event is something an operator may want to see.
@@ -91,6 +111,17 @@ type Event struct {
 	Sent    int64 // progress: bytes of the file sent so far, offset included
 	Hash    protocol.Hash
 	Message string
+
+	// "published": Name is the tree, Seq and Version (hex id) the new
+	// version, Entries its entries, Files and Size its regular files and
+	// their total bytes, Stored the files copied into the store by this
+	// scan. "skipped": Name is TREE/PATH of an entry left out of a version
+	// (device, socket, FIFO, unpublishable name) and Message says why.
+	Seq     uint64
+	Version string
+	Entries int64
+	Files   int64
+	Stored  int64
 }
 
 // progressEvery is the least interval between progress events of a transfer.
@@ -127,6 +158,15 @@ func (c *Config) setDefaults() error {
 		// Nothing a receiver sends is large: HELLO/GET headers are < 8 KiB.
 		c.Guard.MaxFrameSize = 64 << 10
 	}
+	if c.KeepVersions <= 0 {
+		c.KeepVersions = DefaultKeepVersions
+	}
+	if c.Debounce <= 0 {
+		c.Debounce = 100 * time.Millisecond
+	}
+	if c.RescanEvery <= 0 {
+		c.RescanEvery = 60 * time.Second
+	}
 	if c.Guard.IdleTimeout == 0 {
 		// Receivers PING every few seconds; a connection silent for longer
 		// than the session timeout holds nothing worth keeping.
@@ -139,6 +179,7 @@ func (c *Config) setDefaults() error {
 type Server struct {
 	cfg      Config
 	cat      *catalogue
+	pub      *publisher // nil without a state directory
 	cache    *hashCache
 	sock     zmq4.Socket
 	sockCtx  context.Context
@@ -199,6 +240,23 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		cat.close()
 		return nil, err
 	}
+	var pub *publisher
+	if cfg.StateDir != "" {
+		pub, err = openPublisher(cfg.StateDir, cfg.KeepVersions, cat.roots, cfg.Events)
+		if err != nil {
+			cat.close()
+			return nil, err
+		}
+		// The first versions, before anyone can ask. A tree whose scan
+		// fails (a file that keeps changing) keeps its previous version
+		// and is retried by Publish or the watcher; anything else (the
+		// state directory unwritable) stops the start.
+		if err := pub.publishAll(ctx); err != nil && !errors.Is(err, errUnstable) {
+			pub.close()
+			cat.close()
+			return nil, err
+		}
+	}
 	// ZeroMQ never tells a ROUTER that a peer left; the guard does, so a
 	// vanished receiver's session (its open file, its reads) ends at once
 	// rather than at the peer timeout.
@@ -215,10 +273,13 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		cancel()
 		sock.Close()
 		cat.close()
+		if pub != nil {
+			pub.close()
+		}
 		return nil, fmt.Errorf("binding %s: %w", cfg.Endpoint, err)
 	}
 	s := &Server{
-		cfg: cfg, cat: cat, cache: newHashCache(64), sock: sock, sockCtx: sockCtx, cancel: cancel,
+		cfg: cfg, cat: cat, pub: pub, cache: newHashCache(64), sock: sock, sockCtx: sockCtx, cancel: cancel,
 		endpoint:    boundEndpoint(cfg.Endpoint, sock.Addr()),
 		sessions:    make(map[string]*session),
 		wake:        make(chan struct{}, 1),
@@ -228,6 +289,26 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	size := cfg.ChunkSize
 	s.bufs.New = func() any { b := make([]byte, size); return &b }
 	return s, nil
+}
+
+// Publish scans every served tree now and publishes a new version of each
+// one that changed. It returns the first error (that tree keeps its
+// latest version). Without a state directory it does nothing. Safe from
+// any goroutine.
+func (s *Server) Publish(ctx context.Context) error {
+	if s.pub == nil {
+		return nil
+	}
+	return s.pub.publishAll(ctx)
+}
+
+// Trees describes the served trees and their latest versions, sorted by
+// name. Safe from any goroutine.
+func (s *Server) Trees() []TreeInfo {
+	if s.pub == nil {
+		return nil
+	}
+	return s.pub.info()
 }
 
 // Endpoint is the bound endpoint, with the real port when 0 was asked for.
@@ -250,6 +331,9 @@ func (s *Server) Close() error {
 		s.cancel()
 		s.sock.Close()
 		s.cat.close()
+		if s.pub != nil {
+			s.pub.close()
+		}
 	})
 	return nil
 }
@@ -259,6 +343,15 @@ func (s *Server) Close() error {
 // It returns nil after a clean shutdown.
 func (s *Server) Serve(ctx context.Context) error {
 	defer s.Close()
+	if s.pub != nil && s.cfg.Watch {
+		wctx, stopWatch := context.WithCancel(ctx)
+		w, err := s.startWatch(wctx)
+		if err != nil {
+			stopWatch()
+			return err
+		}
+		defer func() { stopWatch(); w.wait() }()
+	}
 	inbox := zsock.RecvLoop(s.sockCtx, s.sock, 256, nil)
 	tick := time.NewTicker(s.cfg.Heartbeat / 4)
 	defer tick.Stop()

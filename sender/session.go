@@ -22,7 +22,7 @@ type session struct {
 	version   uint8
 	chunkSize int64
 	gate      credit.Gate
-	queue     []*protocol.Get
+	queue     []request
 	cur       *transfer
 	opened    time.Time
 	lastRecv  time.Time
@@ -67,18 +67,13 @@ func (sess *session) fail(code protocol.Code, why string) {
 func (sess *session) handle(m protocol.Message) {
 	switch m := m.(type) {
 	case *protocol.Get:
-		// The request being sent counts: a session holds at most
-		// MaxRequests requests, as WELCOME announced.
-		held := len(sess.queue)
-		if sess.cur != nil {
-			held++
-		}
-		if held >= sess.srv.cfg.MaxRequests {
-			sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
-				Message: fmt.Sprintf("more than %d requests outstanding", sess.srv.cfg.MaxRequests)})
-			return
-		}
-		sess.queue = append(sess.queue, m)
+		sess.enqueue(protocol.CmdGet, m)
+	case *protocol.MGet:
+		sess.enqueue(protocol.CmdMGet, (*protocol.Get)(m))
+	case *protocol.VGet:
+		sess.enqueue(protocol.CmdVGet, (*protocol.Get)(m))
+	case *protocol.List:
+		sess.list(m)
 	case *protocol.Credit:
 		if sess.gate.Grant(m.Limit) && sess.cur != nil {
 			sess.cur.permit(&sess.gate)
@@ -88,8 +83,8 @@ func (sess *session) handle(m protocol.Message) {
 			sess.finishTransfer()
 			return
 		}
-		for i, g := range sess.queue {
-			if g.Request == m.Request {
+		for i, r := range sess.queue {
+			if r.g.Request == m.Request {
 				sess.queue = append(sess.queue[:i], sess.queue[i+1:]...)
 				break
 			}
@@ -112,6 +107,27 @@ func (sess *session) handle(m protocol.Message) {
 	}
 }
 
+// request is a queued GET, MGET or VGET (the three share a layout).
+type request struct {
+	cmd protocol.Command
+	g   protocol.Get
+}
+
+// enqueue queues a file request. The request being sent counts: a session
+// holds at most MaxRequests requests, as WELCOME announced.
+func (sess *session) enqueue(cmd protocol.Command, g *protocol.Get) {
+	held := len(sess.queue)
+	if sess.cur != nil {
+		held++
+	}
+	if held >= sess.srv.cfg.MaxRequests {
+		sess.send(&protocol.Error{Request: g.Request, Code: protocol.CodeTooMany,
+			Message: fmt.Sprintf("more than %d requests outstanding", sess.srv.cfg.MaxRequests)})
+		return
+	}
+	sess.queue = append(sess.queue, request{cmd: cmd, g: *g})
+}
+
 // pump advances the session by at most one message and reports whether it
 // sent one.
 func (sess *session) pump() bool {
@@ -127,9 +143,9 @@ func (sess *session) pump() bool {
 				return false // the producer signals when it exits
 			}
 		}
-		g := sess.queue[0]
+		r := sess.queue[0]
 		sess.queue = sess.queue[1:]
-		sess.start(g)
+		sess.start(&r)
 		return true
 	}
 	t := sess.cur
@@ -150,6 +166,13 @@ func (sess *session) pump() bool {
 		t.pending = nil
 		sess.send(&protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: fmt.Sprintf("%s: %v", t.name, c.err)})
 		sess.event(Event{Kind: "error", Name: t.name, Message: c.err.Error()})
+		sess.finishTransfer()
+		return true
+	case c.end && t.want != nil && c.sum != *t.want:
+		t.pending = nil
+		msg := fmt.Sprintf("%s: the stored copy does not match the published hash", t.name)
+		sess.send(&protocol.Error{Request: t.req, Code: protocol.CodeInternal, Message: msg})
+		sess.event(Event{Kind: "error", Name: t.name, Message: msg})
 		sess.finishTransfer()
 		return true
 	case c.end:
@@ -182,9 +205,33 @@ func (sess *session) pump() bool {
 	return true
 }
 
-// start opens the file a GET names and sends FILE, or ERROR.
-func (sess *session) start(g *protocol.Get) {
-	f, key, err := sess.srv.cat.open(g.Name)
+// source is what a request is served from: an open file and what FILE
+// says about it.
+type source struct {
+	f       *os.File
+	key     fileKey
+	mode    uint32
+	mtimeNS int64
+	tag     protocol.Tag
+	want    *protocol.Hash // the hash END must carry (MGET, VGET); nil for GET
+}
+
+// start resolves a request and sends FILE (then the transfer runs), or ERROR.
+func (sess *session) start(r *request) {
+	g := &r.g
+	var src source
+	var err error
+	switch r.cmd {
+	case protocol.CmdGet:
+		src.f, src.key, err = sess.srv.cat.open(g.Name)
+		if err == nil {
+			src.mode, src.mtimeNS, src.tag = src.key.mode&07777, src.key.mtimeNS, src.key.tag()
+		}
+	case protocol.CmdMGet:
+		src, err = sess.srv.openManifest(g)
+	case protocol.CmdVGet:
+		src, err = sess.srv.openVersionFile(g)
+	}
 	if err != nil {
 		code := protocol.CodeInternal
 		var le *lookupError
@@ -195,28 +242,28 @@ func (sess *session) start(g *protocol.Get) {
 		sess.event(Event{Kind: "refused", Name: g.Name, Message: fmt.Sprintf("%d %v: %v", code, code, err)})
 		return
 	}
+	key := src.key
 	// Resume only from a chunk boundary of the same version.
 	var off int64
-	tag := key.tag()
-	if g.Tag == tag && g.Offset <= uint64(key.size) {
+	if g.Tag == src.tag && g.Offset <= uint64(key.size) {
 		off = int64(g.Offset) / sess.chunkSize * sess.chunkSize
 	}
 	if off == 0 && key.size <= min(inlineMax, sess.chunkSize) && sess.gate.Available() >= uint64(key.size) {
-		sess.sendWhole(g, f, key, tag)
+		sess.sendWhole(g, &src)
 		return
 	}
 	t := &transfer{
-		req: g.Request, name: g.Name, size: key.size, next: off,
+		req: g.Request, name: g.Name, size: key.size, next: off, want: src.want,
 		chunks: make(chan *chunk, prefetchChunks+1), permits: make(chan struct{}, prefetchChunks),
 		stop: make(chan struct{}), done: make(chan struct{}), chunkSize: sess.chunkSize,
 	}
 	fs := sess.srv.cache.acquire(key)
 	sess.srv.stats.openFiles.Add(1)
 	sess.cur = t
-	sess.send(&protocol.File{Request: g.Request, Size: uint64(key.size), Mode: key.mode & 07777,
-		MtimeNS: key.mtimeNS, Offset: uint64(off), Tag: tag, Name: g.Name})
+	sess.send(&protocol.File{Request: g.Request, Size: uint64(key.size), Mode: src.mode,
+		MtimeNS: src.mtimeNS, Offset: uint64(off), Tag: src.tag, Name: g.Name})
 	sess.event(Event{Kind: "file-start", Name: g.Name, Size: key.size, Offset: off})
-	go produce(sess.srv, t, f, key, fs, off)
+	go produce(sess.srv, t, src.f, key, fs, off)
 	t.permit(&sess.gate)
 }
 
@@ -230,8 +277,9 @@ const inlineMax = 64 << 10
 // small files), and the open before it already runs here, so the serving
 // goroutine risks no new kind of wait. The caller checked that the credit
 // covers the whole file.
-func (sess *session) sendWhole(g *protocol.Get, f *os.File, key fileKey, tag protocol.Tag) {
+func (sess *session) sendWhole(g *protocol.Get, src *source) {
 	srv := sess.srv
+	f, key := src.f, src.key
 	srv.stats.openFiles.Add(1)
 	defer srv.stats.openFiles.Add(-1)
 	defer f.Close()
@@ -249,13 +297,16 @@ func (sess *session) sendWhole(g *protocol.Get, f *os.File, key fileKey, tag pro
 		}
 		sum, err = fs.wholeHash(f, *buf, nil) // known by now, unless empty
 	}
+	if err == nil && src.want != nil && sum != *src.want {
+		err = errors.New("the stored copy does not match the published hash")
+	}
 	if err != nil {
 		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: fmt.Sprintf("%s: %v", g.Name, err)})
 		sess.event(Event{Kind: "error", Name: g.Name, Message: err.Error()})
 		return
 	}
-	sess.send(&protocol.File{Request: g.Request, Size: uint64(key.size), Mode: key.mode & 07777,
-		MtimeNS: key.mtimeNS, Tag: tag, Name: g.Name})
+	sess.send(&protocol.File{Request: g.Request, Size: uint64(key.size), Mode: src.mode,
+		MtimeNS: src.mtimeNS, Tag: src.tag, Name: g.Name})
 	sess.event(Event{Kind: "file-start", Name: g.Name, Size: key.size})
 	if key.size > 0 && !sess.dead {
 		sess.gate.Take(uint64(key.size))
@@ -304,7 +355,8 @@ type transfer struct {
 	name      string
 	size      int64
 	chunkSize int64
-	next      int64 // offset of the next chunk to permit
+	next      int64          // offset of the next chunk to permit
+	want      *protocol.Hash // the whole-file hash END must carry, if known
 
 	chunks    chan *chunk
 	permits   chan struct{}

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -26,6 +28,14 @@ its base name; a directory also serves the files below it as DIR/REL/PATH.
 It serves until SIGINT or SIGTERM, then tells clients it is going away so
 they reconnect and resume.
 
+Each directory is also published as a tree: a version (manifest of every
+entry, id = its BLAKE3) with a sequence number that only grows, kept with
+a copy of its files in the state directory, so a node (zrecv ENDPOINT TREE)
+gets exactly what was published even while the directory is edited. A new
+version is published at start, on SIGHUP, and with --watch whenever the
+tree changes. Devices, sockets and FIFOs are skipped and reported;
+symlinks are published as symlinks, never followed.
+
 Usage:
   zsend [flags] PATH...
 
@@ -34,6 +44,9 @@ Examples:
   zsend -b tcp://0.0.0.0:5555 /srv/releases     serve a directory on all interfaces
   zsend -b ipc:///run/zsend.sock /etc/hosts     serve on a Unix socket
   zsend --json -b 'tcp://[::1]:5555' a b        NDJSON session events on stdout
+  zsend --watch /etc/myapp                      publish a new version on every change
+  zsend --state-dir /srv/zsend-state /etc/myapp keep versions in /srv/zsend-state
+  kill -HUP $(pidof zsend)                      publish now (rescan every tree)
 
 Flags:
 `
@@ -59,6 +72,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		heartbeat   = fs.Duration("heartbeat", 2*time.Second, "interval between heartbeats to idle clients")
 		peerTO      = fs.Duration("peer-timeout", 10*time.Second, "drop a client silent for this long")
 		showVer     = fs.Bool("version", false, "print the version and exit")
+		stateDir    = fs.String("state-dir", sender.DefaultStateDir(), "where published versions are kept (store, manifests, sequence numbers)")
+		watch       = fs.Bool("watch", false, "publish a new version whenever a served directory changes (and rescan every 60s)")
+		keep        = fs.Int("keep-versions", sender.DefaultKeepVersions, "versions of each tree kept (older ones are removed, with their unreferenced files)")
 	)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -78,11 +94,15 @@ Exit codes:
 		return cli.ExitUsage
 	}
 	if *showVer {
-		fmt.Fprintf(stdout, "zsend %s (protocol ZSND/1)\n", version)
+		fmt.Fprintf(stdout, "zsend %s (protocol ZSND/1..2)\n", version)
 		return cli.ExitOK
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "zsend: nothing to serve: give at least one PATH (see zsend --help)")
+		return cli.ExitUsage
+	}
+	if *keep < 1 {
+		fmt.Fprintln(stderr, "zsend: --keep-versions must be at least 1")
 		return cli.ExitUsage
 	}
 	cs, err := cli.ParseSize(*chunk)
@@ -100,7 +120,10 @@ Exit codes:
 	events := func(e sender.Event) {
 		mu.Lock()
 		defer mu.Unlock()
-		if *jsonOut && e.Kind != "progress" {
+		if *jsonOut && e.Kind == "published" {
+			enc.Encode(map[string]any{"event": e.Kind, "time": time.Now().UTC().Format(time.RFC3339Nano), "tree": e.Name,
+				"seq": e.Seq, "version": e.Version, "entries": e.Entries, "files": e.Files, "bytes": e.Size, "stored": e.Stored})
+		} else if *jsonOut && e.Kind != "progress" {
 			enc.Encode(map[string]any{"event": e.Kind, "time": time.Now().UTC().Format(time.RFC3339Nano), "peer": e.Peer,
 				"session": e.Session, "name": e.Name, "size": e.Size, "offset": e.Offset, "blake3": hashString(e), "message": e.Message})
 		}
@@ -114,7 +137,16 @@ Exit codes:
 		switch e.Kind {
 		case "file-sent":
 			line = fmt.Sprintf("zsend: sent %s (%d bytes, blake3 %s) to %s", e.Name, e.Size, e.Hash, e.Peer)
+		case "published":
+			line = fmt.Sprintf("zsend: published %s version %d (%.12s): %d entries, %d files, %d bytes (%d files stored)",
+				e.Name, e.Seq, e.Version, e.Entries, e.Files, e.Size, e.Stored)
+		case "skipped":
+			line = fmt.Sprintf("zsend: skipped %s: %s", e.Name, e.Message)
 		case "refused", "error":
+			if e.Peer == "" {
+				line = fmt.Sprintf("zsend: %s: %s", e.Kind, e.Message)
+				break
+			}
 			line = fmt.Sprintf("zsend: %s: %s: %s", e.Peer, e.Kind, e.Message)
 		case "session-open":
 			line = fmt.Sprintf("zsend: %s connected", e.Peer)
@@ -132,6 +164,7 @@ Exit codes:
 	srv, err := sender.Listen(ctx, sender.Config{
 		Endpoint: *bind, Paths: fs.Args(), ChunkSize: int(cs), MaxSessions: *maxSessions,
 		Heartbeat: *heartbeat, PeerTimeout: *peerTO, Events: events,
+		StateDir: *stateDir, KeepVersions: *keep, Watch: *watch,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "zsend:", err)
@@ -140,6 +173,21 @@ Exit codes:
 	if !*quiet {
 		fmt.Fprintf(stderr, "zsend: serving %d path(s) on %s\n", fs.NArg(), srv.Endpoint())
 	}
+	// SIGHUP: publish now. Registered after Listen, so a HUP during the
+	// first scan keeps its default meaning (the process is not up yet).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				srv.Publish(ctx) // failures are reported as events
+			}
+		}
+	}()
 	if ready != nil {
 		ready <- srv.Endpoint()
 	}

@@ -1,0 +1,269 @@
+// Package store is the publisher's content-addressed store: one immutable
+// copy of every distinct file content that a kept version references, named
+// by its BLAKE3-256 (store/ab/<64 hex digits>, mode 0400).
+//
+// A blob is written under a temporary name, fsynced, then renamed into
+// place, so a name in the store always holds exactly the content it names.
+// Copying from a live source hashes while it copies, and checks with fstat
+// before and after that the source did not change meanwhile; a changed
+// source is reported (ErrChanged) and nothing is stored. Where the file
+// system supports it, the copy is a reflink (FICLONE) and costs no space
+// until either side changes.
+package store
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/zeebo/blake3"
+	"golang.org/x/sys/unix"
+)
+
+// Hash is a BLAKE3-256 digest, the name of a blob.
+type Hash [32]byte
+
+// ErrChanged means the source file changed while it was being copied.
+var ErrChanged = errors.New("source changed while being copied")
+
+// Store is a content-addressed directory. Its methods are safe for
+// concurrent use.
+type Store struct {
+	dir string
+}
+
+// Open creates (if needed) and opens the store at dir, and removes the
+// temporary files a crash may have left.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o700); err != nil {
+		return nil, fmt.Errorf("opening store %s: %w", dir, err)
+	}
+	tmp := filepath.Join(dir, "tmp")
+	names, _ := readNames(tmp)
+	for _, n := range names {
+		os.Remove(filepath.Join(tmp, n))
+	}
+	return &Store{dir: dir}, nil
+}
+
+// Dir is the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Path is where the blob of h lives.
+func (s *Store) Path(h Hash) string {
+	x := hex.EncodeToString(h[:])
+	return filepath.Join(s.dir, x[:2], x)
+}
+
+// Has reports whether the blob of h is in the store.
+func (s *Store) Has(h Hash) bool {
+	var st unix.Stat_t
+	return unix.Lstat(s.Path(h), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG
+}
+
+// OpenBlob opens the blob of h for reading.
+func (s *Store) OpenBlob(h Hash) (*os.File, error) {
+	fd, err := unix.Open(s.Path(h), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: s.Path(h), Err: err}
+	}
+	return os.NewFile(uintptr(fd), s.Path(h)), nil
+}
+
+// Stat is what Put compares before and after a copy to tell whether the
+// source changed.
+type Stat struct {
+	Dev, Ino       uint64
+	Size           int64
+	MtimeNs, Ctime int64
+	Mode           uint32
+}
+
+// FStat returns the Stat of an open file.
+func FStat(f *os.File) (Stat, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return Stat{}, err
+	}
+	return StatOf(&st), nil
+}
+
+// StatOf converts a unix.Stat_t.
+func StatOf(st *unix.Stat_t) Stat {
+	return Stat{Dev: uint64(st.Dev), Ino: st.Ino, Size: st.Size, MtimeNs: st.Mtim.Nano(), Ctime: st.Ctim.Nano(), Mode: st.Mode}
+}
+
+// Put copies src (open for reading, at any position) into the store and
+// returns its hash and size. before is src's Stat taken when it was
+// opened; if src differs from it after the copy (or its length differs),
+// Put returns ErrChanged and stores nothing. buf is scratch space.
+func (s *Store) Put(src *os.File, before Stat, buf []byte) (Hash, int64, error) {
+	tmp, err := s.tempFile()
+	if err != nil {
+		return Hash{}, 0, err
+	}
+	tmpName := tmp.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmpName)
+		}
+	}()
+	h, n, err := s.fill(tmp, src, before, buf)
+	if err != nil {
+		return Hash{}, 0, err
+	}
+	after, err := FStat(src)
+	if err != nil {
+		return Hash{}, 0, fmt.Errorf("stat of source after copy: %w", err)
+	}
+	if after != before || n != before.Size {
+		return Hash{}, 0, ErrChanged
+	}
+	if s.Has(h) {
+		return h, n, nil // same content stored already: the deferred cleanup drops the copy
+	}
+	if err := tmp.Chmod(0o400); err != nil {
+		return Hash{}, 0, fmt.Errorf("store: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return Hash{}, 0, fmt.Errorf("store: fsync: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return Hash{}, 0, fmt.Errorf("store: %w", err)
+	}
+	final := s.Path(h)
+	dir := filepath.Dir(final)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Hash{}, 0, fmt.Errorf("store: %w", err)
+	}
+	if err := os.Rename(tmpName, final); err != nil {
+		return Hash{}, 0, fmt.Errorf("store: %w", err)
+	}
+	ok = true
+	if err := syncDir(dir); err != nil {
+		return Hash{}, 0, err
+	}
+	return h, n, nil
+}
+
+// fill copies src into tmp and hashes it: by reflink when the file system
+// can (then hashing the private clone, which nothing else can change), by
+// reading and writing otherwise (hashing the bytes as they pass).
+func (s *Store) fill(tmp, src *os.File, before Stat, buf []byte) (Hash, int64, error) {
+	if before.Size > 0 && unix.IoctlFileClone(int(tmp.Fd()), int(src.Fd())) == nil {
+		hs := blake3.New()
+		n, err := io.CopyBuffer(hs, io.NewSectionReader(tmp, 0, 1<<62), buf)
+		if err != nil {
+			return Hash{}, 0, fmt.Errorf("store: hashing clone: %w", err)
+		}
+		return Hash(hs.Sum(nil)), n, nil
+	}
+	hs := blake3.New()
+	var off int64
+	for {
+		k, err := src.ReadAt(buf, off)
+		if k > 0 {
+			hs.Write(buf[:k])
+			if _, werr := tmp.Write(buf[:k]); werr != nil {
+				return Hash{}, 0, fmt.Errorf("store: writing copy: %w", werr)
+			}
+			off += int64(k)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return Hash{}, 0, fmt.Errorf("reading source: %w", err)
+		}
+		if off > before.Size {
+			return Hash{}, 0, ErrChanged // grew while copying
+		}
+	}
+	return Hash(hs.Sum(nil)), off, nil
+}
+
+func (s *Store) tempFile() (*os.File, error) {
+	var r [8]byte
+	rand.Read(r[:])
+	name := filepath.Join(s.dir, "tmp", hex.EncodeToString(r[:]))
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return f, nil
+}
+
+// Remove deletes the blob of h (no error if it is already gone).
+func (s *Store) Remove(h Hash) error {
+	if err := os.Remove(s.Path(h)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
+
+// GC removes every blob not in keep, and reports how many it removed.
+// A caller must not Put concurrently with GC: a blob stored meanwhile and
+// not yet in keep would be removed.
+func (s *Store) GC(keep map[Hash]struct{}) (int, error) {
+	subs, err := readNames(s.dir)
+	if err != nil {
+		return 0, fmt.Errorf("store: %w", err)
+	}
+	removed := 0
+	for _, sub := range subs {
+		if len(sub) != 2 {
+			continue
+		}
+		names, err := readNames(filepath.Join(s.dir, sub))
+		if err != nil {
+			continue
+		}
+		for _, n := range names {
+			var h Hash
+			if b, err := hex.DecodeString(n); err != nil || len(b) != len(h) {
+				continue
+			} else {
+				copy(h[:], b)
+			}
+			if _, ok := keep[h]; ok {
+				continue
+			}
+			if os.Remove(filepath.Join(s.dir, sub, n)) == nil {
+				removed++
+			}
+		}
+	}
+	return removed, nil
+}
+
+func readNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// syncDir fsyncs a directory, making the renames in it durable.
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("store: fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// SyncDir fsyncs a directory (exported for the publisher's state files).
+func SyncDir(dir string) error { return syncDir(dir) }

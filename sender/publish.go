@@ -1,0 +1,492 @@
+package sender
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/zsend/zsend/internal/store"
+	"github.com/zsend/zsend/manifest"
+	"github.com/zsend/zsend/protocol"
+)
+
+// Publishing. Each served directory is a tree; a scan of it that finds a
+// manifest with a new id becomes a version with the next sequence number.
+// The state directory holds (docs/DESIGN-trees.md section 4):
+//
+//	lock                                   flock: one zsend per state directory
+//	store/ab/<64 hex>                      content-addressed copies (internal/store)
+//	trees/<tree>/seq                       last sequence number, fsynced before a version is announced
+//	trees/<tree>/<seq 20 digits>-<id hex>.manifest   the kept versions' manifests
+//
+// Order of a publish: blobs fsynced (store.Put), manifest written and
+// fsynced, seq written and fsynced, then the version is announced (made
+// visible to sessions). A crash at any point leaves either the previous
+// latest version or the new one, and a sequence number that never goes
+// back: on start-up the last sequence is the larger of the seq file and
+// the highest kept manifest.
+
+// DefaultKeepVersions is how many versions of each tree are kept by default.
+const DefaultKeepVersions = 16
+
+// DefaultStateDir is the state directory used when none is given:
+// $STATE_DIRECTORY (systemd), else /var/lib/zsend for root, else
+// $XDG_STATE_HOME/zsend, else ~/.local/state/zsend.
+func DefaultStateDir() string {
+	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
+		// systemd may list several, separated by colons: use the first.
+		return strings.Split(d, ":")[0]
+	}
+	if os.Geteuid() == 0 {
+		return "/var/lib/zsend"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "zsend")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "zsend-state")
+	}
+	return filepath.Join(home, ".local", "state", "zsend")
+}
+
+// TreeInfo describes the latest version of a served tree.
+type TreeInfo struct {
+	Name      string      // the tree's name (the directory's base name)
+	Root      string      // the directory served
+	Seq       uint64      // sequence number of the latest version; 0 if none yet
+	ID        manifest.ID // its version id
+	Entries   uint64      // its entries, the root included
+	Files     uint64      // its regular files
+	Bytes     uint64      // total size of its regular files
+	Published time.Time   // when it was published
+	Kept      int         // versions kept
+}
+
+// version is one published, kept version of a tree. Immutable.
+type version struct {
+	seq       uint64
+	id        manifest.ID
+	file      string // its manifest in the state directory
+	size      int64  // the manifest's encoded length
+	published time.Time
+	entries   uint64
+	files     uint64
+	bytes     uint64
+
+	mu sync.Mutex
+	m  *manifest.Manifest // decoded on demand; dropped when the version is no longer the latest
+}
+
+func (v *version) tag() (t protocol.Tag) {
+	copy(t[:], v.id[:])
+	return t
+}
+
+// pubTree is the publishing state of one tree.
+type pubTree struct {
+	name, root, dir string
+	cache           map[string]cachedFile // stat cache (publisher lock)
+	seq             uint64                // last sequence number used (publisher lock)
+	dirs            []string              // directories of the last scan (publisher lock)
+	vers            atomic.Pointer[[]*version]
+}
+
+func (t *pubTree) versions() []*version {
+	if p := t.vers.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (t *pubTree) latest() *version {
+	vs := t.versions()
+	if len(vs) == 0 {
+		return nil
+	}
+	return vs[len(vs)-1]
+}
+
+// byTag finds a kept version by the first 16 octets of its id; the zero
+// tag means the latest.
+func (t *pubTree) byTag(tag protocol.Tag) *version {
+	vs := t.versions()
+	if tag == (protocol.Tag{}) {
+		if len(vs) == 0 {
+			return nil
+		}
+		return vs[len(vs)-1]
+	}
+	for i := len(vs) - 1; i >= 0; i-- {
+		if vs[i].tag() == tag {
+			return vs[i]
+		}
+	}
+	return nil
+}
+
+// publisher owns the state directory and every tree's versions.
+type publisher struct {
+	dir    string
+	st     *store.Store
+	keep   int
+	lock   *os.File
+	events func(Event)
+
+	mu    sync.Mutex // one scan or GC at a time
+	trees map[string]*pubTree
+	names []string // sorted
+	dirty bool     // the store may hold blobs no kept version references
+}
+
+func openPublisher(dir string, keep int, roots map[string]root, events func(Event)) (*publisher, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	for name, r := range roots {
+		if r.isDir && (abs == r.path || strings.HasPrefix(abs, r.path+string(filepath.Separator))) {
+			return nil, fmt.Errorf("state directory %s is inside the served tree %s (%s)", abs, name, r.path)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(abs, "trees"), 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(abs, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("state directory %s is in use by another zsend: %w", abs, err)
+	}
+	st, err := store.Open(filepath.Join(abs, "store"))
+	if err != nil {
+		lf.Close()
+		return nil, err
+	}
+	p := &publisher{dir: abs, st: st, keep: keep, lock: lf, events: events, trees: map[string]*pubTree{}, dirty: true}
+	for name, r := range roots {
+		if !r.isDir {
+			continue
+		}
+		t := &pubTree{name: name, root: r.path, dir: filepath.Join(abs, "trees", name)}
+		if err := os.MkdirAll(t.dir, 0o700); err != nil {
+			p.close()
+			return nil, fmt.Errorf("state directory: %w", err)
+		}
+		if err := p.load(t); err != nil {
+			p.close()
+			return nil, err
+		}
+		p.trees[name] = t
+		p.names = append(p.names, name)
+	}
+	sort.Strings(p.names)
+	return p, nil
+}
+
+func (p *publisher) close() {
+	if p.lock != nil {
+		p.lock.Close() // releases the flock
+	}
+}
+
+func (p *publisher) event(e Event) {
+	if p.events != nil {
+		p.events(e)
+	}
+}
+
+// load reads a tree's sequence number and kept versions. A manifest whose
+// content does not match its name, or whose blobs are missing, is not
+// kept (and reported).
+func (p *publisher) load(t *pubTree) error {
+	if b, err := os.ReadFile(filepath.Join(t.dir, "seq")); err == nil {
+		n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			return fmt.Errorf("state directory: %s/seq: %w", t.dir, err)
+		}
+		t.seq = n
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	names, err := readDirNames(t.dir)
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	var vs []*version
+	for _, n := range names {
+		seq, id, ok := parseManifestName(n)
+		if !ok {
+			continue
+		}
+		if seq > t.seq {
+			t.seq = seq // the seq file lags a crash before it was written
+		}
+		v, err := p.loadVersion(t, filepath.Join(t.dir, n), seq, id)
+		if err != nil {
+			p.event(Event{Kind: "error", Name: t.name, Message: fmt.Sprintf("dropping kept version %d: %v", seq, err)})
+			os.Remove(filepath.Join(t.dir, n))
+			continue
+		}
+		vs = append(vs, v)
+	}
+	sort.Slice(vs, func(i, j int) bool { return vs[i].seq < vs[j].seq })
+	if len(vs) > p.keep {
+		for _, v := range vs[:len(vs)-p.keep] {
+			os.Remove(v.file)
+		}
+		vs = vs[len(vs)-p.keep:]
+	}
+	for _, v := range vs[:max(0, len(vs)-1)] {
+		v.m = nil // only the latest stays decoded
+	}
+	t.vers.Store(&vs)
+	return nil
+}
+
+func (p *publisher) loadVersion(t *pubTree, file string, seq uint64, id manifest.ID) (*version, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	if manifest.IDOf(b) != id {
+		return nil, errors.New("manifest does not match its id")
+	}
+	m, err := manifest.Decode(b, manifest.DefaultLimits())
+	if err != nil {
+		return nil, err
+	}
+	for i := range m.Entries {
+		if e := &m.Entries[i]; e.Type == manifest.TypeFile && !p.st.Has(store.Hash(e.Hash)) {
+			return nil, fmt.Errorf("stored copy of %q is missing", e.Path)
+		}
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		return nil, err
+	}
+	files, bytes := m.Files()
+	return &version{seq: seq, id: id, file: file, size: int64(len(b)), published: fi.ModTime(),
+		entries: uint64(len(m.Entries)), files: uint64(files), bytes: bytes, m: m}, nil
+}
+
+func manifestName(seq uint64, id manifest.ID) string {
+	return fmt.Sprintf("%020d-%s.manifest", seq, id)
+}
+
+func parseManifestName(n string) (uint64, manifest.ID, bool) {
+	var id manifest.ID
+	base, ok := strings.CutSuffix(n, ".manifest")
+	if !ok {
+		return 0, id, false
+	}
+	s, h, ok := strings.Cut(base, "-")
+	if !ok {
+		return 0, id, false
+	}
+	seq, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, id, false
+	}
+	b, err := hex.DecodeString(h)
+	if err != nil || len(b) != len(id) {
+		return 0, id, false
+	}
+	copy(id[:], b)
+	return seq, id, true
+}
+
+// publishAll scans every tree and publishes what changed. It returns the
+// first error; the other trees are still published.
+func (p *publisher) publishAll(ctx context.Context) error {
+	var first error
+	for _, name := range p.names {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := p.publish(p.trees[name]); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// publish scans one tree; a manifest whose id differs from the latest
+// version's becomes the next version.
+func (p *publisher) publish(t *pubTree) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	skipped := func(path, why string) {
+		p.event(Event{Kind: "skipped", Name: t.name + "/" + path, Message: why})
+	}
+	s, m, err := scanTree(t.root, p.st, t.cache, skipped)
+	if err != nil {
+		p.dirty = true // blobs of the failed scan may be orphans
+		p.event(Event{Kind: "error", Name: t.name, Message: fmt.Sprintf("publishing %s failed, the latest version stays %s: %v", t.name, describe(t.latest()), err)})
+		return fmt.Errorf("publishing %s: %w", t.name, err)
+	}
+	t.cache, t.dirs = s.cache, s.dirs
+	enc := m.Encode()
+	id := manifest.IDOf(enc)
+	if l := t.latest(); l != nil && l.id == id {
+		return p.gcLocked()
+	}
+	seq := t.seq + 1
+	file := filepath.Join(t.dir, manifestName(seq, id))
+	if err := writeFileSync(file, enc); err != nil {
+		return fmt.Errorf("publishing %s: %w", t.name, err)
+	}
+	if err := writeFileSync(filepath.Join(t.dir, "seq"), []byte(strconv.FormatUint(seq, 10)+"\n")); err != nil {
+		return fmt.Errorf("publishing %s: %w", t.name, err)
+	}
+	if err := store.SyncDir(t.dir); err != nil {
+		return fmt.Errorf("publishing %s: %w", t.name, err)
+	}
+	t.seq = seq
+	files, bytes := m.Files()
+	v := &version{seq: seq, id: id, file: file, size: int64(len(enc)), published: time.Now(),
+		entries: uint64(len(m.Entries)), files: uint64(files), bytes: bytes, m: m}
+	old := t.versions()
+	vs := make([]*version, 0, len(old)+1)
+	vs = append(vs, old...)
+	vs = append(vs, v)
+	var dropped []*version
+	if len(vs) > p.keep {
+		dropped = vs[:len(vs)-p.keep]
+		vs = vs[len(vs)-p.keep:]
+	}
+	t.vers.Store(&vs) // announced: sessions see it from here
+	// The latest two stay decoded (receivers still fetching the previous
+	// one look paths up in it); older ones are decoded again on demand.
+	for _, o := range vs[:max(0, len(vs)-2)] {
+		o.mu.Lock()
+		o.m = nil
+		o.mu.Unlock()
+	}
+	p.event(Event{Kind: "published", Name: t.name, Seq: seq, Version: id.String(), Entries: int64(v.entries),
+		Files: int64(files), Size: int64(bytes), Stored: int64(s.stored)})
+	for _, d := range dropped {
+		os.Remove(d.file)
+		p.dirty = true
+	}
+	return p.gcLocked()
+}
+
+func describe(v *version) string {
+	if v == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%d (%s)", v.seq, v.id.Short())
+}
+
+// gcLocked removes the blobs no kept version of any tree references, when
+// some may exist. The caller holds p.mu.
+func (p *publisher) gcLocked() error {
+	if !p.dirty {
+		return nil
+	}
+	keep := map[store.Hash]struct{}{}
+	for _, name := range p.names {
+		for _, v := range p.trees[name].versions() {
+			m, err := v.manifest()
+			if err != nil {
+				return fmt.Errorf("collecting garbage: %w", err) // keep everything
+			}
+			for i := range m.Entries {
+				if m.Entries[i].Type == manifest.TypeFile {
+					keep[store.Hash(m.Entries[i].Hash)] = struct{}{}
+				}
+			}
+		}
+	}
+	if _, err := p.st.GC(keep); err != nil {
+		return err
+	}
+	p.dirty = false
+	return nil
+}
+
+// manifest returns the decoded manifest of v, reading it from the state
+// directory if it is not in memory. The file is checked against the id.
+func (v *version) manifest() (*manifest.Manifest, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.m != nil {
+		return v.m, nil
+	}
+	b, err := os.ReadFile(v.file)
+	if err != nil {
+		return nil, err
+	}
+	if manifest.IDOf(b) != v.id {
+		return nil, fmt.Errorf("kept manifest %s does not match its id", v.file)
+	}
+	m, err := manifest.Decode(b, manifest.DefaultLimits())
+	if err != nil {
+		return nil, err
+	}
+	v.m = m // until the next publish drops it
+	return m, nil
+}
+
+// writeFileSync writes data to path atomically: a temporary name, fsync,
+// rename. The caller fsyncs the directory.
+func writeFileSync(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func readDirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+func (p *publisher) info() []TreeInfo {
+	out := make([]TreeInfo, 0, len(p.names))
+	for _, name := range p.names {
+		t := p.trees[name]
+		ti := TreeInfo{Name: name, Root: t.root}
+		vs := t.versions()
+		ti.Kept = len(vs)
+		if l := t.latest(); l != nil {
+			ti.Seq, ti.ID, ti.Entries, ti.Files, ti.Bytes, ti.Published = l.seq, l.id, l.entries, l.files, l.bytes, l.published
+		}
+		out = append(out, ti)
+	}
+	return out
+}

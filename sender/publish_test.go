@@ -1,0 +1,339 @@
+package sender
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/zsend/zsend/internal/store"
+	"github.com/zsend/zsend/manifest"
+)
+
+type eventLog struct {
+	mu sync.Mutex
+	ev []Event
+}
+
+func (l *eventLog) add(e Event) { l.mu.Lock(); l.ev = append(l.ev, e); l.mu.Unlock() }
+
+func (l *eventLog) kinds(kind string) []Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []Event
+	for _, e := range l.ev {
+		if e.Kind == kind {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func mustWrite(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// trickyTree builds the tree of the fidelity tests under dir/etc.
+func trickyTree(t *testing.T, dir string) string {
+	t.Helper()
+	root := filepath.Join(dir, "etc")
+	mustWrite(t, filepath.Join(root, "a", "b", "c", "deep.conf"), "deep\n", 0o644)
+	mustWrite(t, filepath.Join(root, "a-b.txt"), "sorts before a/ bytewise\n", 0o644)
+	mustWrite(t, filepath.Join(root, "private", "secret"), "s3cret", 0o600)
+	mustWrite(t, filepath.Join(root, "zero"), "", 0o644)
+	mustWrite(t, filepath.Join(root, "with space.txt"), "spaced", 0o640)
+	mustWrite(t, filepath.Join(root, "ünï", "çødé.txt"), "utf-8", 0o644)
+	for _, d := range []string{"empty", "a/empty"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(filepath.Join(root, "private"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, target := range map[string]string{"rel": "a/b/c/deep.conf", "abs": "/etc/hostname", "dirlink": "a", "dangling": "nowhere/at/all"} {
+		if err := os.Symlink(target, filepath.Join(root, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := syscall.Mkfifo(filepath.Join(root, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, filepath.Join(root, "bad\nname"), "unpublishable", 0o644)
+	return root
+}
+
+func newTestPublisher(t *testing.T, stateDir string, keep int, paths []string, ev *eventLog) *publisher {
+	t.Helper()
+	cat, err := newCatalogue(paths)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cat.close)
+	p, err := openPublisher(stateDir, keep, cat.roots, ev.add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.close)
+	return p
+}
+
+func TestScanTrickyTree(t *testing.T) {
+	dir := t.TempDir()
+	root := trickyTree(t, dir)
+	ev := &eventLog{}
+	p := newTestPublisher(t, filepath.Join(dir, "state"), 4, []string{root}, ev)
+	if err := p.publishAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tr := p.trees["etc"]
+	v := tr.latest()
+	if v == nil || v.seq != 1 {
+		t.Fatalf("latest %+v", v)
+	}
+	m, err := v.manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]struct {
+		typ    manifest.Type
+		mode   uint32
+		target string
+		body   string
+	}{
+		"":                {manifest.TypeDir, 0, "", ""},
+		"a":               {manifest.TypeDir, 0o755, "", ""},
+		"a/b":             {manifest.TypeDir, 0o755, "", ""},
+		"a/b/c":           {manifest.TypeDir, 0o755, "", ""},
+		"a/b/c/deep.conf": {manifest.TypeFile, 0o644, "", "deep\n"},
+		"a/empty":         {manifest.TypeDir, 0o755, "", ""},
+		"a-b.txt":         {manifest.TypeFile, 0o644, "", "sorts before a/ bytewise\n"},
+		"abs":             {manifest.TypeSymlink, 0o777, "/etc/hostname", ""},
+		"dangling":        {manifest.TypeSymlink, 0o777, "nowhere/at/all", ""},
+		"dirlink":         {manifest.TypeSymlink, 0o777, "a", ""},
+		"empty":           {manifest.TypeDir, 0o755, "", ""},
+		"private":         {manifest.TypeDir, 0o700, "", ""},
+		"private/secret":  {manifest.TypeFile, 0o600, "", "s3cret"},
+		"rel":             {manifest.TypeSymlink, 0o777, "a/b/c/deep.conf", ""},
+		"with space.txt":  {manifest.TypeFile, 0o640, "", "spaced"},
+		"zero":            {manifest.TypeFile, 0o644, "", ""},
+		"ünï":             {manifest.TypeDir, 0o755, "", ""},
+		"ünï/çødé.txt":    {manifest.TypeFile, 0o644, "", "utf-8"},
+	}
+	if len(m.Entries) != len(want) {
+		var got []string
+		for _, e := range m.Entries {
+			got = append(got, e.Path)
+		}
+		t.Fatalf("%d entries %q, want %d", len(m.Entries), got, len(want))
+	}
+	for _, e := range m.Entries {
+		w, ok := want[e.Path]
+		if !ok {
+			t.Errorf("unexpected entry %q", e.Path)
+			continue
+		}
+		if e.Type != w.typ || e.Target != w.target || (e.Path != "" && e.Mode != w.mode) {
+			t.Errorf("%q: type %v mode %#o target %q, want %v %#o %q", e.Path, e.Type, e.Mode, e.Target, w.typ, w.mode, w.target)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(root, e.Path), &st); err != nil || e.MtimeNs != st.Mtim.Nano() {
+			t.Errorf("%q: mtime %d, lstat says %d (%v)", e.Path, e.MtimeNs, st.Mtim.Nano(), err)
+		}
+		if e.Type == manifest.TypeFile {
+			if e.Size != uint64(len(w.body)) || e.Hash != blake3.Sum256([]byte(w.body)) {
+				t.Errorf("%q: size %d hash %x", e.Path, e.Size, e.Hash)
+			}
+			// The store holds exactly the content, read-only.
+			b, err := os.ReadFile(p.st.Path(store.Hash(e.Hash)))
+			if err != nil || string(b) != w.body {
+				t.Errorf("%q: stored copy %q, %v", e.Path, b, err)
+			}
+			if fi, err := os.Stat(p.st.Path(store.Hash(e.Hash))); err != nil || fi.Mode().Perm() != 0o400 {
+				t.Errorf("%q: stored copy mode %v", e.Path, fi.Mode())
+			}
+		}
+	}
+	// The FIFO and the name with a newline are skipped and reported.
+	skipped := ev.kinds("skipped")
+	var names []string
+	for _, e := range skipped {
+		names = append(names, e.Name+": "+e.Message)
+	}
+	if len(skipped) != 2 || !strings.Contains(strings.Join(names, "\n"), "etc/fifo: not a regular file, directory or symlink (FIFO)") {
+		t.Errorf("skipped events: %q", names)
+	}
+	pub := ev.kinds("published")
+	if len(pub) != 1 || pub[0].Seq != 1 || pub[0].Version != v.id.String() || pub[0].Entries != int64(len(want)) || pub[0].Files != 6 {
+		t.Errorf("published events: %+v", pub)
+	}
+	// The kept manifest decodes to the same id.
+	b, err := os.ReadFile(v.file)
+	if err != nil || manifest.IDOf(b) != v.id || filepath.Base(v.file) != manifestName(1, v.id) {
+		t.Fatalf("kept manifest %s: %v", v.file, err)
+	}
+}
+
+// Same content => same id, with different state directories and runs;
+// the sequence number only grows across restarts, and an unchanged tree
+// publishes nothing new.
+func TestVersionIDAndSeqAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	root := trickyTree(t, dir)
+	ctx := context.Background()
+	stA, stB := filepath.Join(dir, "stateA"), filepath.Join(dir, "stateB")
+
+	a := newTestPublisher(t, stA, 4, []string{root}, &eventLog{})
+	if err := a.publishAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	idA := a.trees["etc"].latest().id
+	b := newTestPublisher(t, stB, 4, []string{root}, &eventLog{})
+	if err := b.publishAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if idB := b.trees["etc"].latest().id; idB != idA {
+		t.Fatalf("same tree, two state dirs: %s vs %s", idA, idB)
+	}
+	// A second zsend on the same state directory is refused.
+	cat, _ := newCatalogue([]string{root})
+	defer cat.close()
+	if _, err := openPublisher(stA, 4, cat.roots, nil); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second publisher on one state dir: %v", err)
+	}
+	a.close()
+
+	// Restart, unchanged: same version, same seq, nothing published.
+	ev := &eventLog{}
+	a2 := newTestPublisher(t, stA, 4, []string{root}, ev)
+	if l := a2.trees["etc"].latest(); l == nil || l.seq != 1 || l.id != idA {
+		t.Fatalf("after restart: %+v", l)
+	}
+	if err := a2.publishAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if l := a2.trees["etc"].latest(); l.seq != 1 || len(ev.kinds("published")) != 0 {
+		t.Fatalf("unchanged tree republished: seq %d, %d events", l.seq, len(ev.kinds("published")))
+	}
+	// A change: seq 2. Restart: seq stays 2 and the next change is 3.
+	mustWrite(t, filepath.Join(root, "zero"), "not empty now", 0o644)
+	if err := a2.publishAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if l := a2.trees["etc"].latest(); l.seq != 2 || l.id == idA {
+		t.Fatalf("after a change: seq %d id %s", l.seq, l.id.Short())
+	}
+	a2.close()
+	seqFile, _ := os.ReadFile(filepath.Join(stA, "trees", "etc", "seq"))
+	if strings.TrimSpace(string(seqFile)) != "2" {
+		t.Fatalf("seq file %q", seqFile)
+	}
+	a3 := newTestPublisher(t, stA, 4, []string{root}, &eventLog{})
+	mustWrite(t, filepath.Join(root, "zero"), "", 0o644) // back to the first content
+	if err := a3.publishAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l := a3.trees["etc"].latest()
+	if l.seq != 3 {
+		t.Fatalf("seq after restart and change: %d", l.seq)
+	}
+	// The content is the first version's, but the mtime of "zero" moved,
+	// so the id differs from idA only through that mtime.
+	m, _ := l.manifest()
+	e, _ := m.Lookup("zero")
+	if e.Size != 0 || e.Hash != blake3.Sum256(nil) {
+		t.Fatalf("zero: %+v", e)
+	}
+}
+
+// Older versions beyond --keep-versions are dropped with the blobs only
+// they referenced; the kept ones stay complete.
+func TestKeepVersionsAndGC(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "tree")
+	mustWrite(t, filepath.Join(root, "stable"), "stable content", 0o644)
+	p := newTestPublisher(t, filepath.Join(dir, "state"), 2, []string{root}, &eventLog{})
+	ctx := context.Background()
+	var hashes []store.Hash
+	for i, body := range []string{"one", "two", "three"} {
+		mustWrite(t, filepath.Join(root, "changing"), body, 0o644)
+		if err := p.publishAll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		hashes = append(hashes, store.Hash(blake3.Sum256([]byte(body))))
+		if got := p.trees["tree"].latest().seq; got != uint64(i+1) {
+			t.Fatalf("seq %d, want %d", got, i+1)
+		}
+	}
+	vs := p.trees["tree"].versions()
+	if len(vs) != 2 || vs[0].seq != 2 || vs[1].seq != 3 {
+		t.Fatalf("kept %d versions", len(vs))
+	}
+	if p.st.Has(hashes[0]) || !p.st.Has(hashes[1]) || !p.st.Has(hashes[2]) || !p.st.Has(store.Hash(blake3.Sum256([]byte("stable content")))) {
+		t.Fatalf("store after GC: %v %v %v", p.st.Has(hashes[0]), p.st.Has(hashes[1]), p.st.Has(hashes[2]))
+	}
+	names, _ := readDirNames(filepath.Join(dir, "state", "trees", "tree"))
+	n := 0
+	for _, name := range names {
+		if strings.HasSuffix(name, ".manifest") {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Fatalf("%d manifests kept: %v", n, names)
+	}
+}
+
+// The stat cache: a rescan of an unchanged tree copies nothing, and a
+// change of content (even keeping size and mtime) is noticed.
+func TestStatCacheAvoidsRecopy(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "tree")
+	mustWrite(t, filepath.Join(root, "f"), strings.Repeat("x", 1000), 0o644)
+	mustWrite(t, filepath.Join(root, "g"), "recent", 0o644)
+	st, err := store.Open(filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Files written just now are too recent for the cache to vouch for
+	// them (racyWindow); scan as if an hour later.
+	scanClock = func() time.Time { return time.Now().Add(time.Hour) }
+	defer func() { scanClock = time.Now }()
+	s1, _, err := scanTree(root, st, nil, func(string, string) {})
+	if err != nil || s1.stored != 2 {
+		t.Fatalf("first scan stored %v, %v", s1, err)
+	}
+	s2, _, err := scanTree(root, st, s1.cache, func(string, string) {})
+	if err != nil || s2.stored != 0 {
+		t.Fatalf("second scan stored %d, %v", s2.stored, err)
+	}
+	// Same size, same mtime, new content: the ctime gives it away.
+	fi, _ := os.Stat(filepath.Join(root, "g"))
+	mustWrite(t, filepath.Join(root, "g"), "RECENT", 0o644)
+	os.Chtimes(filepath.Join(root, "g"), fi.ModTime(), fi.ModTime())
+	s3, m, err := scanTree(root, st, s2.cache, func(string, string) {})
+	if err != nil || s3.stored != 1 {
+		t.Fatalf("third scan stored %d, %v", s3.stored, err)
+	}
+	if e, _ := m.Lookup("g"); e.Hash != blake3.Sum256([]byte("RECENT")) {
+		t.Fatal("stale hash from the stat cache")
+	}
+}

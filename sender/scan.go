@@ -1,0 +1,255 @@
+package sender
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/zsend/zsend/internal/store"
+	"github.com/zsend/zsend/manifest"
+	"github.com/zsend/zsend/protocol"
+)
+
+// The scanner turns a served directory into a manifest. It walks with
+// openat/fstatat relative to directory descriptors and never follows a
+// symlink: a symlink is published as a symlink (its target text), and a
+// directory is opened with O_NOFOLLOW|O_DIRECTORY and checked by fstat to
+// be the directory fstatat saw. Each new regular file is copied into the
+// store while it is hashed (store.Put), so what a version lists is exactly
+// what the store keeps, whatever happens to the source afterwards.
+
+// statKeyOf is the part of a stat that, unchanged, means unchanged content
+// (the stat cache's key).
+type statKeyOf struct {
+	dev, ino        uint64
+	size            int64
+	mtimeNs, ctimeN int64
+}
+
+type cachedFile struct {
+	key  statKeyOf
+	hash store.Hash
+}
+
+// copyRetries bounds the attempts to copy a file that keeps changing
+// while it is copied; after them the whole scan fails and the previous
+// version stays the latest.
+const copyRetries = 3
+
+// errUnstable: a file kept changing during the scan.
+var errUnstable = errors.New("a file kept changing while it was being published")
+
+// racyWindow: a file whose ctime is this close to the scan's start is not
+// trusted to the stat cache next time (it may change again within the
+// file system's timestamp granularity without its stat changing).
+const racyWindow = 2 * time.Second
+
+// scanClock is the scan's notion of now (tests move it).
+var scanClock = time.Now
+
+type scanner struct {
+	st      *store.Store
+	old     map[string]cachedFile // stat cache from the previous scan
+	cache   map[string]cachedFile // built by this scan
+	skipped func(path, why string)
+	buf     []byte
+	start   time.Time
+	entries []manifest.Entry
+	dirs    []string // every directory path, for the watcher ("" = root)
+	stored  int      // files copied into the store (cache misses)
+}
+
+// scanTree scans the directory root. old is the previous stat cache (may
+// be nil); the new one is in s.cache afterwards.
+func scanTree(root string, st *store.Store, old map[string]cachedFile, skipped func(path, why string)) (*scanner, *manifest.Manifest, error) {
+	s := &scanner{st: st, old: old, cache: make(map[string]cachedFile, len(old)), skipped: skipped,
+		buf: make([]byte, 256<<10), start: scanClock()}
+	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("scanning %s: %w", root, err)
+	}
+	var rst unix.Stat_t
+	if err := unix.Fstat(fd, &rst); err != nil {
+		unix.Close(fd)
+		return nil, nil, fmt.Errorf("scanning %s: %w", root, err)
+	}
+	s.entries = append(s.entries, manifest.Entry{Path: "", Type: manifest.TypeDir, Mode: rst.Mode & 0o7777, MtimeNs: rst.Mtim.Nano()})
+	s.dirs = append(s.dirs, "")
+	if err := s.walk(fd, ""); err != nil {
+		return nil, nil, fmt.Errorf("scanning %s: %w", root, err)
+	}
+	m := &manifest.Manifest{Entries: s.entries}
+	m.Sort()
+	if err := m.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("scanning %s: %w", root, err)
+	}
+	return s, m, nil
+}
+
+// walk scans the directory open at fd (which it closes), whose path
+// relative to the root is rel.
+func (s *scanner) walk(fd int, rel string) error {
+	dir := os.NewFile(uintptr(fd), rel)
+	defer dir.Close()
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("reading directory %q: %w", rel, err)
+	}
+	for _, name := range names {
+		path := name
+		if rel != "" {
+			path = rel + "/" + name
+		}
+		if err := protocol.ValidName(path); err != nil {
+			s.skipped(path, fmt.Sprintf("name cannot be published: %v", err))
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue // removed since the listing: not part of this version
+			}
+			return fmt.Errorf("stat of %q: %w", path, err)
+		}
+		mode := st.Mode & 0o7777
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					continue
+				}
+				return fmt.Errorf("opening directory %q: %w", path, err)
+			}
+			var st2 unix.Stat_t
+			if err := unix.Fstat(sub, &st2); err != nil || st2.Dev != st.Dev || st2.Ino != st.Ino {
+				unix.Close(sub)
+				return fmt.Errorf("%w: directory %q replaced during the scan", errUnstable, path)
+			}
+			s.entries = append(s.entries, manifest.Entry{Path: path, Type: manifest.TypeDir, Mode: st2.Mode & 0o7777, MtimeNs: st2.Mtim.Nano()})
+			s.dirs = append(s.dirs, path)
+			if err := s.walk(sub, path); err != nil {
+				return err
+			}
+		case unix.S_IFLNK:
+			target, err := readlinkat(fd, name)
+			if err != nil {
+				if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
+					continue
+				}
+				return fmt.Errorf("reading symlink %q: %w", path, err)
+			}
+			if target == "" || len(target) > manifest.MaxTargetLen {
+				s.skipped(path, "symlink target empty or too long")
+				continue
+			}
+			s.entries = append(s.entries, manifest.Entry{Path: path, Type: manifest.TypeSymlink, Mode: mode, MtimeNs: st.Mtim.Nano(), Target: target})
+		case unix.S_IFREG:
+			e, ok, err := s.file(fd, name, path, &st)
+			if err != nil {
+				return err
+			}
+			if ok {
+				s.entries = append(s.entries, e)
+			}
+		default:
+			s.skipped(path, "not a regular file, directory or symlink ("+fileKind(st.Mode)+")")
+		}
+	}
+	return nil
+}
+
+// file publishes one regular file: from the stat cache if its stat is
+// unchanged and its blob is still stored, else by copying it into the
+// store (retrying a few times if it changes meanwhile).
+func (s *scanner) file(dirfd int, name, path string, lst *unix.Stat_t) (manifest.Entry, bool, error) {
+	k := statKeyOf{dev: uint64(lst.Dev), ino: lst.Ino, size: lst.Size, mtimeNs: lst.Mtim.Nano(), ctimeN: lst.Ctim.Nano()}
+	if c, ok := s.old[path]; ok && c.key == k && s.st.Has(c.hash) {
+		s.remember(path, c)
+		return manifest.Entry{Path: path, Type: manifest.TypeFile, Mode: lst.Mode & 0o7777, MtimeNs: k.mtimeNs, Size: uint64(k.size), Hash: c.hash}, true, nil
+	}
+	for attempt := 0; ; attempt++ {
+		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				return manifest.Entry{}, false, nil
+			}
+			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENXIO) {
+				if attempt < copyRetries {
+					continue
+				}
+				return manifest.Entry{}, false, fmt.Errorf("%w: %q was replaced during the scan", errUnstable, path)
+			}
+			return manifest.Entry{}, false, fmt.Errorf("opening %q: %w", path, err)
+		}
+		f := os.NewFile(uintptr(fd), path)
+		before, err := store.FStat(f)
+		if err != nil {
+			f.Close()
+			return manifest.Entry{}, false, fmt.Errorf("stat of %q: %w", path, err)
+		}
+		if before.Mode&unix.S_IFMT != unix.S_IFREG {
+			f.Close()
+			if attempt < copyRetries {
+				continue
+			}
+			return manifest.Entry{}, false, fmt.Errorf("%w: %q was replaced during the scan", errUnstable, path)
+		}
+		unix.SetNonblock(fd, false)
+		h, n, err := s.st.Put(f, before, s.buf)
+		f.Close()
+		if errors.Is(err, store.ErrChanged) {
+			if attempt < copyRetries {
+				continue
+			}
+			return manifest.Entry{}, false, fmt.Errorf("%w: %q changed during %d copies", errUnstable, path, attempt+1)
+		}
+		if err != nil {
+			return manifest.Entry{}, false, fmt.Errorf("publishing %q: %w", path, err)
+		}
+		s.stored++
+		k = statKeyOf{dev: before.Dev, ino: before.Ino, size: before.Size, mtimeNs: before.MtimeNs, ctimeN: before.Ctime}
+		s.remember(path, cachedFile{key: k, hash: h})
+		return manifest.Entry{Path: path, Type: manifest.TypeFile, Mode: before.Mode & 0o7777, MtimeNs: before.MtimeNs, Size: uint64(n), Hash: h}, true, nil
+	}
+}
+
+// remember keeps a file's hash for the next scan, unless its stat is too
+// recent to vouch for its content.
+func (s *scanner) remember(path string, c cachedFile) {
+	if s.start.Sub(time.Unix(0, c.key.ctimeN)) < racyWindow || s.start.Sub(time.Unix(0, c.key.mtimeNs)) < racyWindow {
+		return
+	}
+	s.cache[path] = c
+}
+
+func readlinkat(dirfd int, name string) (string, error) {
+	for size := 256; size <= 1<<16; size *= 4 {
+		b := make([]byte, size)
+		n, err := unix.Readlinkat(dirfd, name, b)
+		if err != nil {
+			return "", err
+		}
+		if n < size {
+			return string(b[:n]), nil
+		}
+	}
+	return "", fmt.Errorf("symlink target too long")
+}
+
+func fileKind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFIFO:
+		return "FIFO"
+	case unix.S_IFSOCK:
+		return "socket"
+	case unix.S_IFCHR:
+		return "character device"
+	case unix.S_IFBLK:
+		return "block device"
+	}
+	return fmt.Sprintf("type %#o", mode&unix.S_IFMT)
+}

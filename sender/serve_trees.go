@@ -1,0 +1,146 @@
+package sender
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/zsend/zsend/internal/store"
+	"github.com/zsend/zsend/manifest"
+	"github.com/zsend/zsend/protocol"
+)
+
+// Serving versions (ZSND version 2). LIST is answered at once from the
+// published state; MGET and VGET are queued with GETs and go through the
+// same transfer machinery (credit, chunk hashes, pooled buffers), reading
+// the kept manifest or the store's immutable copy, never the live tree, so
+// every byte a receiver gets for version V is the byte V published.
+
+// tree finds a served tree by name (one trailing "/" is accepted).
+func (s *Server) tree(name string) (*pubTree, error) {
+	name = strings.TrimSuffix(name, "/")
+	if s.pub == nil {
+		return nil, &lookupError{protocol.CodeNotFound, fmt.Sprintf("tree %q: this server publishes no versions (no state directory)", name)}
+	}
+	t, ok := s.pub.trees[name]
+	if !ok {
+		return nil, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not a tree served here", name)}
+	}
+	return t, nil
+}
+
+// list answers LIST: one TREE per tree, then END with the count.
+func (sess *session) list(m *protocol.List) {
+	var trees []*pubTree
+	if m.Tree == "" {
+		if p := sess.srv.pub; p != nil {
+			for _, name := range p.names {
+				trees = append(trees, p.trees[name])
+			}
+		}
+	} else {
+		t, err := sess.srv.tree(m.Tree)
+		if err == nil && t.latest() == nil {
+			err = &lookupError{protocol.CodeNotFound, fmt.Sprintf("tree %q has no published version yet", t.name)}
+		}
+		if err != nil {
+			sess.send(&protocol.Error{Request: m.Request, Code: err.(*lookupError).code, Message: err.Error()})
+			sess.event(Event{Kind: "refused", Name: m.Tree, Message: err.Error()})
+			return
+		}
+		trees = append(trees, t)
+	}
+	n := 0
+	for _, t := range trees {
+		v := t.latest()
+		if v == nil {
+			continue // nothing published yet (its first scan failed)
+		}
+		sess.send(&protocol.Tree{Request: m.Request, Seq: v.seq, Entries: v.entries, Bytes: v.bytes,
+			ManifestSize: uint64(v.size), Version: protocol.Hash(v.id), Name: t.name})
+		n++
+	}
+	sess.send(&protocol.End{Request: m.Request, Size: uint64(n)})
+}
+
+func gone(t *pubTree, tag protocol.Tag) error {
+	return &lookupError{protocol.CodeGone, fmt.Sprintf("version %x of tree %q is no longer kept (latest: %s)", tag[:6], t.name, describe(t.latest()))}
+}
+
+// openManifest resolves an MGET: the kept manifest file of the version.
+func (s *Server) openManifest(g *protocol.Get) (source, error) {
+	t, err := s.tree(g.Name)
+	if err != nil {
+		return source{}, err
+	}
+	v := t.byTag(g.Tag)
+	if v == nil {
+		if g.Tag == (protocol.Tag{}) {
+			return source{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("tree %q has no published version yet", t.name)}
+		}
+		return source{}, gone(t, g.Tag)
+	}
+	f, key, err := openRegular(v.file)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return source{}, gone(t, g.Tag) // dropped since the lookup
+		}
+		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("opening the manifest of %s: %v", t.name, err)}
+	}
+	if key.size != v.size {
+		f.Close()
+		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("the kept manifest of %s version %d has changed size", t.name, v.seq)}
+	}
+	want := protocol.Hash(v.id)
+	return source{f: f, key: key, mode: 0, mtimeNS: v.published.UnixNano(), tag: v.tag(), want: &want}, nil
+}
+
+// openVersionFile resolves a VGET: the store's copy of a regular file of
+// the version.
+func (s *Server) openVersionFile(g *protocol.Get) (source, error) {
+	if err := protocol.ValidName(g.Name); err != nil {
+		return source{}, &lookupError{protocol.CodeRefused, err.Error()}
+	}
+	name, rel, ok := strings.Cut(g.Name, "/")
+	if !ok {
+		return source{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q names no file of a tree (TREE/PATH)", g.Name)}
+	}
+	t, err := s.tree(name)
+	if err != nil {
+		return source{}, err
+	}
+	v := t.byTag(g.Tag)
+	if v == nil {
+		return source{}, gone(t, g.Tag)
+	}
+	m, err := v.manifest()
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return source{}, gone(t, g.Tag)
+		}
+		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("reading the manifest of %s version %d: %v", t.name, v.seq, err)}
+	}
+	e, ok := m.Lookup(rel)
+	if !ok || e.Type != manifest.TypeFile {
+		return source{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not a regular file of version %d of %s", g.Name, v.seq, t.name)}
+	}
+	f, err := s.pub.st.OpenBlob(store.Hash(e.Hash))
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) && t.byTag(g.Tag) == nil {
+			return source{}, gone(t, g.Tag) // collected since the lookup
+		}
+		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("opening the stored copy of %q: %v", g.Name, err)}
+	}
+	key, err := statKey(f)
+	if err == nil && uint64(key.size) != e.Size {
+		err = fmt.Errorf("stored copy is %d bytes, the manifest says %d", key.size, e.Size)
+	}
+	if err != nil {
+		f.Close()
+		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("%q: %v", g.Name, err)}
+	}
+	want := protocol.Hash(e.Hash)
+	return source{f: f, key: key, mode: e.Mode, mtimeNS: e.MtimeNs, tag: g.Tag, want: &want}, nil
+}

@@ -223,7 +223,6 @@ func TestTreeDeltaDriftRollbackCLI(t *testing.T) {
 // version; a rerun completes.
 func TestTreeKill9(t *testing.T) {
 	src, ep, zs := publishedTree(t, 600)
-	big := filepath.Join(src, "big.bin")
 	writeRandom(t, src, "big.bin", 24<<20)
 	snapshots := map[string][]string{} // version listing by seq
 	snap := func() uint64 {
@@ -243,6 +242,7 @@ func TestTreeKill9(t *testing.T) {
 	}
 	full := time.Since(start)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
+	oldShown, newShown := 0, 0
 	for i := 0; i < 20; i++ {
 		// A new version: some files changed, the big one every other time.
 		for k := 0; k < 60; k++ {
@@ -270,15 +270,45 @@ func TestTreeKill9(t *testing.T) {
 		if matched == "" {
 			t.Fatalf("round %d: the stable path shows no complete published version (%d entries)", i, len(got))
 		}
+		if slices.Equal(got, findListing(t, src)) {
+			newShown++
+		} else {
+			oldShown++
+		}
 	}
-	_ = big
-	// The rerun completes, reusing what was staged.
+	t.Logf("20 kills: the stable path showed old versions %d times, the new one %d times", oldShown, newShown)
+	code, _, stderr := zrecv(t, "-q", "-o", out, ep, "app")
+	if code != 0 {
+		t.Fatalf("completing run exit %d: %s", code, stderr)
+	}
+	// A kill once files are staged: the rerun uses them after checking.
+	for k := 0; k < 600; k += 3 {
+		p := filepath.Join(src, fmt.Sprintf("many/d%03d/f%05d.conf", k%100, k))
+		os.WriteFile(p, []byte(fmt.Sprintf("final %d\n", k)), 0o644)
+	}
+	writeRandom(t, src, "big.bin", 40<<20)
+	snap()
+	cmd := exec.Command(filepath.Join(binDir, "zrecv"), "-q", "-o", out, ep, "app")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	staged := filepath.Join(out, ".zsnd/app/stage/app/many/d099/f00099.conf")
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if b, err := os.ReadFile(staged); err == nil && strings.HasPrefix(string(b), "final") {
+			break
+		}
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
 	code, stdout, stderr := zrecv(t, "--json", "-o", out, ep, "app")
 	if code != 0 {
 		t.Fatalf("rerun exit %d: %s", code, stderr)
 	}
 	ev := lastEvent(t, stdout, "sync")
-	t.Logf("rerun: fetched %v files, reused %v", ev["files_fetched"], ev["files_reused"])
+	t.Logf("rerun: fetched %v files, reused %v, of which %v left staged by the killed run", ev["files_fetched"], ev["files_reused"], ev["files_staged"])
+	if ev["files_staged"] == nil || ev["files_staged"].(float64) == 0 {
+		t.Errorf("the rerun used nothing the killed run had staged: %v", ev)
+	}
 	sameListing(t, "after the rerun", findListing(t, src), findListing(t, stable))
 }
 

@@ -133,6 +133,7 @@ type Result struct {
 	BytesFetched          int64 // file bytes received over the network
 	FilesReused           int   // files taken from local versions or the staging area
 	BytesReused           int64
+	FilesStaged           int   // of FilesReused: verified files an interrupted run left in the staging area
 	ManifestBytes         int64 // manifest bytes received (0 when cached)
 	Drift                 []string
 	Pruned                []string // version directories removed

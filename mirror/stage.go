@@ -123,6 +123,7 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 		if leftover[i] {
 			sum, st, err := hashAt(root, e.Path)
 			if err == nil && sum == e.Hash && uint64(st.Size) == e.Size {
+				res.FilesStaged++
 				res.FilesReused++
 				res.BytesReused += int64(e.Size)
 				s.addDone(1, int64(e.Size))

@@ -56,6 +56,7 @@ type TreeJSON struct {
 	BytesFetched  *int64   `json:"bytes_fetched,omitempty"`
 	FilesReused   *int     `json:"files_reused,omitempty"`
 	BytesReused   *int64   `json:"bytes_reused,omitempty"`
+	FilesStaged   *int     `json:"files_staged,omitempty"`
 	ManifestBytes *int64   `json:"manifest_bytes,omitempty"`
 	Drift         []string `json:"drift,omitempty"`
 	Pruned        []string `json:"pruned,omitempty"`
@@ -142,7 +143,7 @@ func (r *TreeReporter) Done(res mirror.Result, err error, code int) {
 	if r.js != nil {
 		j := TreeJSON{Event: "sync", Time: now(), Tree: res.Tree, Seq: &res.Seq, Dir: res.Dir, Unchanged: &res.Unchanged, Repaired: &res.Repaired,
 			Files: &res.Files, Bytes: &res.Bytes, FilesFetched: &res.FilesFetched, BytesFetched: &res.BytesFetched,
-			FilesReused: &res.FilesReused, BytesReused: &res.BytesReused, ManifestBytes: &res.ManifestBytes,
+			FilesReused: &res.FilesReused, BytesReused: &res.BytesReused, FilesStaged: &res.FilesStaged, ManifestBytes: &res.ManifestBytes,
 			Drift: res.Drift, Pruned: res.Pruned, ExitCode: &code, Seconds: secs}
 		if res.Version != [32]byte{} {
 			j.Version = res.Version.String()

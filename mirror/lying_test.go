@@ -100,6 +100,18 @@ func TestLyingServer(t *testing.T) {
 			v.Files["a"].Content = []byte("EVIL")
 			return v
 		}, nil},
+		{"END hash is the content's, not the manifest's", func() *treetest.Version {
+			v := rawVersion(2, []manifest.Entry{dirEntry(""), fileEntry("a")})
+			v.Files["a"].Content = []byte("EVIL")
+			v.Files["a"].Hash = blake3.Sum256([]byte("EVIL"))
+			return v
+		}, nil},
+		{"FILE size is not the manifest's", func() *treetest.Version {
+			v := rawVersion(2, []manifest.Entry{dirEntry(""), fileEntry("a")})
+			v.Files["a"].Content = []byte("evil and much more")
+			v.Files["a"].Hash = blake3.Sum256(v.Files["a"].Content)
+			return v
+		}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

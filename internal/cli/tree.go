@@ -29,6 +29,7 @@ type TreeReporter struct {
 
 // NewTreeReporter: log gets human output, jsonOut (may be nil) NDJSON.
 func NewTreeReporter(log, jsonOut io.Writer, quiet bool) *TreeReporter {
+	NewMemoryPolicy() // the same memory limit as file fetches (zmq4 allocates every frame)
 	r := &TreeReporter{log: log, quiet: quiet, term: !quiet && IsTerminal(log), start: time.Now()}
 	if jsonOut != nil {
 		r.js = json.NewEncoder(jsonOut)

@@ -110,7 +110,7 @@ func Scan(dir string) (*manifest.Manifest, map[[32]byte][]byte, error) {
 type Server struct {
 	Endpoint string
 	// V1Only makes it speak version 1 only (no trees).
-	V1Only bool
+	V1Only atomic.Bool
 
 	VGets, MGets, Lists atomic.Int64
 	DataBytes           atomic.Int64 // chunk bytes sent
@@ -203,7 +203,7 @@ func (s *Server) loop() {
 		switch m := m.(type) {
 		case *protocol.Hello:
 			ss = &session{s: s, id: []byte(id), chunk: int(min(m.MaxChunk, 64<<10)), version: 1}
-			if m.MaxVersion >= 2 && !s.V1Only {
+			if m.MaxVersion >= 2 && !s.V1Only.Load() {
 				ss.version = 2
 			}
 			s.sessions[id] = ss

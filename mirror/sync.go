@@ -78,6 +78,7 @@ func (s *syncer) receiverConfig(outDir string) receiver.Config {
 	rc := s.cfg.Receiver
 	rc.OutputDir = outDir
 	rc.Progress = s.recvEvent
+	rc.DeferSync = true // stage() syncs the file system once before the switch
 	return rc
 }
 

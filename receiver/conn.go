@@ -190,7 +190,7 @@ func (s *conn) drainTask(t *task) {
 func (s *conn) commit() {
 	batch := s.commitQ
 	s.commitQ = nil
-	s.submit(op{kind: opCommit, batch: batch})
+	s.submit(op{kind: opCommit, batch: batch, deferSync: s.c.cfg.DeferSync})
 }
 
 // apply handles one writer result. It never blocks.

@@ -72,6 +72,11 @@ type Config struct {
 	MaxWindow uint64
 	// MaxChunk is the largest chunk accepted; default protocol.MaxChunkSize.
 	MaxChunk uint32
+	// DeferSync leaves making files durable to the caller: verified files
+	// are renamed into place without fsync or directory sync. For callers
+	// that sync the file system themselves before relying on the files
+	// (the mirror syncs its staging area once before switching to it).
+	DeferSync bool
 	// NoResume discards partial files instead of resuming them.
 	NoResume bool
 	// Retries is how many times a file is re-requested after a chunk fails

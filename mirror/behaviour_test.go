@@ -167,3 +167,45 @@ func TestLockedTree(t *testing.T) {
 		t.Errorf("sync waiting for the lock: %v", err)
 	}
 }
+
+// After a rollback, a sync returns to the latest version from its kept
+// copy, fetching nothing; a version directory removed by hand is rebuilt.
+func TestSyncAfterRollbackAndRemovedVersion(t *testing.T) {
+	s := startServer(t)
+	src := filepath.Join(t.TempDir(), "app")
+	smallTree(t, src)
+	publish(t, s, "app", src, 1)
+	out := t.TempDir()
+	cfg := testConfig(s, out, "app")
+	syncOK(t, cfg)
+	write(t, filepath.Join(src, "a.conf"), "v2\n", 0o644)
+	publish(t, s, "app", src, 2)
+	latest := syncOK(t, cfg)
+	if _, err := Rollback(out, "app"); err != nil {
+		t.Fatal(err)
+	}
+	res := syncOK(t, cfg)
+	if res.Dir != latest.Dir || res.FilesFetched != 0 || res.FilesReused != res.Files {
+		t.Errorf("sync after rollback: %+v", res)
+	}
+	sameTree(t, src, filepath.Join(out, "app"))
+
+	// The current version's directory removed by hand.
+	if err := removeAllPath(latest.Dir); err != nil {
+		t.Fatal(err)
+	}
+	res = syncOK(t, cfg)
+	sameTree(t, src, filepath.Join(out, "app"))
+	if res.FilesFetched == 0 {
+		t.Errorf("nothing fetched to rebuild a removed version: %+v", res)
+	}
+}
+
+func removeAllPath(p string) error {
+	d, err := os.Open(filepath.Dir(p))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return removeAllAt(int(d.Fd()), filepath.Base(p))
+}

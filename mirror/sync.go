@@ -163,7 +163,10 @@ func (s *syncer) once(ctx context.Context) error {
 		// The stable path already shows this version: check it.
 		root, err := openDir(l.v, cur.name)
 		if err != nil {
-			return err
+			// The version the stable path names is gone (removed by
+			// hand): build it again.
+			s.emit(Event{Kind: EventNote, Message: fmt.Sprintf("the current version's directory is unusable (%v); fetching it again", err)})
+			return s.rebuild(ctx, info, id, name, cur)
 		}
 		drift, err := s.check(root, curMan, cfg.Verify)
 		root.Close()
@@ -183,12 +186,38 @@ func (s *syncer) once(ctx context.Context) error {
 		res.Repaired = true
 		man, name = curMan, cur.name
 	} else {
+		if curMan != nil {
+			if root, err := openDir(l.v, cur.name); err != nil {
+				curMan = nil // nothing to reuse from a version directory removed by hand
+			} else {
+				root.Close()
+			}
+		}
 		man, err = s.fetchManifest(ctx, info, id)
 		if err != nil {
 			return err
 		}
 		s.count(man)
 	}
+	return s.build(ctx, man, id, name, cur, curMan)
+}
+
+// rebuild syncs to version id as if nothing were current.
+func (s *syncer) rebuild(ctx context.Context, info receiver.TreeInfo, id manifest.ID, name string, cur current) error {
+	man, err := s.fetchManifest(ctx, info, id)
+	if err != nil {
+		return err
+	}
+	s.count(man)
+	if cur.name == name {
+		cur.name = "" // not there any more: switch to the rebuilt one
+	}
+	return s.build(ctx, man, id, name, cur, nil)
+}
+
+// build stages man, switches to it and prunes.
+func (s *syncer) build(ctx context.Context, man *manifest.Manifest, id manifest.ID, name string, cur current, curMan *manifest.Manifest) error {
+	cfg, l, res := s.cfg, s.l, s.res
 	s.emit(Event{Kind: EventVersion, FilesTotal: res.Files, BytesTotal: res.Bytes})
 	if err := s.stage(ctx, man, id, cur, curMan, name); err != nil {
 		return err
@@ -203,6 +232,7 @@ func (s *syncer) once(ctx context.Context) error {
 		}
 		s.emit(Event{Kind: EventSwitch, Message: res.Dir})
 	}
+	var err error
 	res.Pruned, err = l.prune(cfg.Keep, name)
 	return err
 }

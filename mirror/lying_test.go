@@ -190,3 +190,24 @@ func TestSymlinkOutOfTreeNeverFollowed(t *testing.T) {
 		t.Errorf("written through a staged symlink: %v", got)
 	}
 }
+
+// setuid and setgid bits are not restored; the sticky bit and permission
+// bits are, and the check before the switch accepts exactly that.
+func TestSetIDBitsNotRestored(t *testing.T) {
+	s := startServer(t)
+	f := fileEntry("tool")
+	f.Mode = 0o4755
+	g := fileEntry("group")
+	g.Mode = 0o2750
+	d := dirEntry("tmp")
+	d.Mode = 0o1777
+	s.Publish("app", rawVersion(1, []manifest.Entry{dirEntry(""), g, d, f}))
+	out := t.TempDir()
+	syncOK(t, testConfig(s, out, "app"))
+	for p, want := range map[string]os.FileMode{"tool": 0o755, "group": 0o750, "tmp": os.ModeDir | os.ModeSticky | 0o777} {
+		fi, err := os.Lstat(filepath.Join(out, "app", p))
+		if err != nil || fi.Mode() != want {
+			t.Errorf("%s: mode %v, want %v (%v)", p, fi.Mode(), want, err)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -377,5 +378,57 @@ func TestPublishOnDemand(t *testing.T) {
 	}
 	if ti := srv.Trees(); len(ti) != 1 || ti[0].Seq != 2 || ti[0].ID.String() != published[1].Version || ti[0].Files != 1 || ti[0].Bytes != 1 {
 		t.Fatalf("Trees %+v", ti)
+	}
+}
+
+// The manifest example of PROTOCOL.md section 13.5 is what the encoder
+// produces, and its id is the one the document states.
+func TestProtocolDocManifestExample(t *testing.T) {
+	doc, err := os.ReadFile("../PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &manifest.Manifest{Entries: []manifest.Entry{
+		{Path: "", Type: manifest.TypeDir, Mode: 0o755, MtimeNs: 1700000000000000000},
+		{Path: "a.conf", Type: manifest.TypeFile, Mode: 0o644, MtimeNs: 1700000000000000000, Size: 3, Hash: blake3.Sum256([]byte("hi\n"))},
+		{Path: "cur", Type: manifest.TypeSymlink, Mode: 0o777, MtimeNs: 1700000000000000000, Target: "a.conf"},
+	}}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "<!-- manifest-example -->")
+	if !ok {
+		t.Fatal("PROTOCOL.md lost its manifest example")
+	}
+	_, block, _ := strings.Cut(rest, "```\n")
+	block, _, _ = strings.Cut(block, "```")
+	got := strings.Join(strings.Fields(block), "")
+	if want := hex.EncodeToString(m.Encode()); got != want {
+		t.Fatalf("PROTOCOL.md manifest example\n got %s\nwant %s", got, want)
+	}
+	if !strings.Contains(rest[:600], m.ID().String()) {
+		t.Fatalf("PROTOCOL.md does not state the example's id %s", m.ID())
+	}
+	if !strings.Contains(string(doc), "manifest-size=202") || len(m.Encode()) != 202 {
+		t.Fatalf("PROTOCOL.md sync example: manifest of %d octets", len(m.Encode()))
+	}
+}
+
+// The version 2 examples of PROTOCOL.md section 13.6 are the golden files.
+func TestProtocolDocV2Examples(t *testing.T) {
+	doc, err := os.ReadFile("../PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, _ := strings.Cut(string(doc), "### 13.6 Examples")
+	flat := strings.Join(strings.Fields(sec), "")
+	for _, name := range []string{"list", "mget", "vget", "tree", "error_gone"} {
+		g, err := os.ReadFile(filepath.Join("..", "protocol", "testdata", "golden", name+".hex"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := strings.Join(strings.Fields(string(g)), ""); !strings.Contains(flat, want) {
+			t.Errorf("PROTOCOL.md 13.6 lacks the golden %s: %s", name, want)
+		}
 	}
 }

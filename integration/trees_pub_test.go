@@ -432,3 +432,19 @@ func TestProtocolDocV2Examples(t *testing.T) {
 		}
 	}
 }
+
+// A ZSND/1-only client (the Python one, offering 1..1) still fetches files
+// below a published directory from a version 2 server, with --watch on.
+func TestPythonV1ClientAgainstPublishingServer(t *testing.T) {
+	pyNeedZMQ(t)
+	src := t.TempDir()
+	root := filepath.Join(src, "conf")
+	os.MkdirAll(filepath.Join(root, "sub"), 0o755)
+	writeRandom(t, filepath.Join(root, "sub"), "f.bin", 1<<20+17)
+	ep, srv := publishingServer(t, sender.Config{Paths: []string{root}, Watch: true})
+	if ti := srv.Trees(); len(ti) != 1 || ti[0].Seq != 1 {
+		t.Fatalf("Trees %+v", ti)
+	}
+	out := t.TempDir()
+	pyFetch(t, src, out, ep, "conf/sub/f.bin")
+}

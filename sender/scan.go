@@ -67,7 +67,7 @@ type scanner struct {
 func scanTree(root string, st *store.Store, old map[string]cachedFile, skipped func(path, why string)) (*scanner, *manifest.Manifest, error) {
 	s := &scanner{st: st, old: old, cache: make(map[string]cachedFile, len(old)), skipped: skipped,
 		buf: make([]byte, 256<<10), start: scanClock()}
-	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("scanning %s: %w", root, err)
 	}
@@ -112,6 +112,10 @@ func (s *scanner) walk(fd int, rel string) error {
 			if errors.Is(err, unix.ENOENT) {
 				continue // removed since the listing: not part of this version
 			}
+			if denied(err) {
+				s.skipped(path, "cannot stat (permission denied)")
+				continue
+			}
 			return fmt.Errorf("stat of %q: %w", path, err)
 		}
 		mode := st.Mode & 0o7777
@@ -120,6 +124,10 @@ func (s *scanner) walk(fd int, rel string) error {
 			sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 			if err != nil {
 				if errors.Is(err, unix.ENOENT) {
+					continue
+				}
+				if denied(err) {
+					s.skipped(path, "directory not readable (permission denied): left out with everything below it")
 					continue
 				}
 				return fmt.Errorf("opening directory %q: %w", path, err)
@@ -183,6 +191,10 @@ func (s *scanner) file(dirfd int, name, path string, lst *unix.Stat_t) (manifest
 				}
 				return manifest.Entry{}, false, fmt.Errorf("%w: %q was replaced during the scan", errUnstable, path)
 			}
+			if denied(err) {
+				s.skipped(path, "file not readable (permission denied)")
+				return manifest.Entry{}, false, nil
+			}
 			return manifest.Entry{}, false, fmt.Errorf("opening %q: %w", path, err)
 		}
 		f := os.NewFile(uintptr(fd), path)
@@ -225,6 +237,8 @@ func (s *scanner) remember(path string, c cachedFile) {
 	}
 	s.cache[path] = c
 }
+
+func denied(err error) bool { return errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) }
 
 func readlinkat(dirfd int, name string) (string, error) {
 	for size := 256; size <= 1<<16; size *= 4 {

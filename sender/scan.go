@@ -50,6 +50,10 @@ const racyWindow = 2 * time.Second
 // scanClock is the scan's notion of now (tests move it).
 var scanClock = time.Now
 
+// testHookBeforePut, if set, runs between the open (and fstat) of a file
+// and its copy: tests change the file there.
+var testHookBeforePut func(path string)
+
 type scanner struct {
 	st      *store.Store
 	old     map[string]cachedFile // stat cache from the previous scan
@@ -211,6 +215,9 @@ func (s *scanner) file(dirfd int, name, path string, lst *unix.Stat_t) (manifest
 			return manifest.Entry{}, false, fmt.Errorf("%w: %q was replaced during the scan", errUnstable, path)
 		}
 		unix.SetNonblock(fd, false)
+		if testHookBeforePut != nil {
+			testHookBeforePut(path)
+		}
 		h, n, err := s.st.Put(f, before, s.buf)
 		f.Close()
 		if errors.Is(err, store.ErrChanged) {

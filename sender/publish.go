@@ -332,9 +332,14 @@ func (p *publisher) publish(t *pubTree) error {
 	skipped := func(path, why string) {
 		p.event(Event{Kind: "skipped", Name: t.name + "/" + path, Message: why})
 	}
-	s, m, err := scanTree(t.root, p.st, t.cache, skipped)
+	batch := p.st.Begin()
+	s, m, err := scanTree(t.root, batch, t.cache, skipped)
+	if err == nil {
+		err = batch.Commit() // the new contents are durable before any manifest names them
+	}
 	if err != nil {
-		p.dirty = true // blobs of the failed scan may be orphans
+		batch.Abort()
+		p.dirty = true
 		p.event(Event{Kind: "error", Name: t.name, Message: fmt.Sprintf("publishing %s failed, the latest version stays %s: %v", t.name, describe(t.latest()), err)})
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}

@@ -317,11 +317,19 @@ func TestStatCacheAvoidsRecopy(t *testing.T) {
 	// them (racyWindow); scan as if an hour later.
 	scanClock = func() time.Time { return time.Now().Add(time.Hour) }
 	defer func() { scanClock = time.Now }()
-	s1, _, err := scanTree(root, st, nil, func(string, string) {})
+	scan := func(old map[string]cachedFile) (*scanner, *manifest.Manifest, error) {
+		b := st.Begin()
+		s, m, err := scanTree(root, b, old, func(string, string) {})
+		if err == nil {
+			err = b.Commit()
+		}
+		return s, m, err
+	}
+	s1, _, err := scan(nil)
 	if err != nil || s1.stored != 2 {
 		t.Fatalf("first scan stored %v, %v", s1, err)
 	}
-	s2, _, err := scanTree(root, st, s1.cache, func(string, string) {})
+	s2, _, err := scan(s1.cache)
 	if err != nil || s2.stored != 0 {
 		t.Fatalf("second scan stored %d, %v", s2.stored, err)
 	}
@@ -329,7 +337,7 @@ func TestStatCacheAvoidsRecopy(t *testing.T) {
 	fi, _ := os.Stat(filepath.Join(root, "g"))
 	mustWrite(t, filepath.Join(root, "g"), "RECENT", 0o644)
 	os.Chtimes(filepath.Join(root, "g"), fi.ModTime(), fi.ModTime())
-	s3, m, err := scanTree(root, st, s2.cache, func(string, string) {})
+	s3, m, err := scan(s2.cache)
 	if err != nil || s3.stored != 1 {
 		t.Fatalf("third scan stored %d, %v", s3.stored, err)
 	}

@@ -55,7 +55,7 @@ var scanClock = time.Now
 var testHookBeforePut func(path string)
 
 type scanner struct {
-	st      *store.Store
+	st      *store.Batch
 	old     map[string]cachedFile // stat cache from the previous scan
 	cache   map[string]cachedFile // built by this scan
 	skipped func(path, why string)
@@ -68,7 +68,10 @@ type scanner struct {
 
 // scanTree scans the directory root. old is the previous stat cache (may
 // be nil); the new one is in s.cache afterwards.
-func scanTree(root string, st *store.Store, old map[string]cachedFile, skipped func(path, why string)) (*scanner, *manifest.Manifest, error) {
+//
+// New file contents go into the batch st; the caller commits it before it
+// publishes the manifest, or aborts it.
+func scanTree(root string, st *store.Batch, old map[string]cachedFile, skipped func(path, why string)) (*scanner, *manifest.Manifest, error) {
 	s := &scanner{st: st, old: old, cache: make(map[string]cachedFile, len(old)), skipped: skipped,
 		buf: make([]byte, 256<<10), start: scanClock()}
 	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)

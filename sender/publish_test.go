@@ -317,7 +317,7 @@ func TestStatCacheAvoidsRecopy(t *testing.T) {
 	// them (racyWindow); scan as if an hour later.
 	scanClock = func() time.Time { return time.Now().Add(time.Hour) }
 	defer func() { scanClock = time.Now }()
-	scan := func(old map[string]cachedFile) (*scanner, *manifest.Manifest, error) {
+	scan := func(old *statCache) (*scanner, *manifest.Manifest, error) {
 		b := st.Begin()
 		s, m, err := scanTree(root, b, old, func(string, string) {})
 		if err == nil {

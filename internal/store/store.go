@@ -60,6 +60,11 @@ func (s *Store) Path(h Hash) string {
 	return filepath.Join(s.dir, x[:2], x)
 }
 
+// pendingPath is where a batch keeps the blob of h until Commit.
+func (s *Store) pendingPath(h Hash) string {
+	return filepath.Join(s.dir, "tmp", hex.EncodeToString(h[:]))
+}
+
 // Has reports whether the blob of h is in the store.
 func (s *Store) Has(h Hash) bool {
 	var st unix.Stat_t
@@ -118,13 +123,13 @@ func (s *Store) Put(src *os.File, before Stat, buf []byte) (Hash, int64, error) 
 // never leaves a blob whose name does not match durable content.
 type Batch struct {
 	s       *Store
-	pending map[Hash]string // blob -> its temporary file
+	pending map[Hash]struct{} // blobs waiting in tmp/<hex> (no path kept per blob: trees have 10^5 files)
 	dirs    map[string]bool // subdirectories known to exist
 }
 
 // Begin starts a batch. A batch is not safe for concurrent use.
 func (s *Store) Begin() *Batch {
-	return &Batch{s: s, pending: map[Hash]string{}, dirs: map[string]bool{}}
+	return &Batch{s: s, pending: map[Hash]struct{}{}, dirs: map[string]bool{}}
 }
 
 // Has reports whether h is in the store or pending in the batch.
@@ -167,8 +172,11 @@ func (b *Batch) Put(src *os.File, before Stat, buf []byte) (Hash, int64, error) 
 	if err := tmp.Chmod(0o400); err != nil {
 		return Hash{}, 0, fmt.Errorf("store: %w", err)
 	}
+	if err := os.Rename(tmpName, b.s.pendingPath(h)); err != nil {
+		return Hash{}, 0, fmt.Errorf("store: %w", err)
+	}
 	keep = true
-	b.pending[h] = tmpName
+	b.pending[h] = struct{}{}
 	return h, n, nil
 }
 
@@ -186,7 +194,7 @@ func (b *Batch) Commit() error {
 	if err := b.s.syncFS(); err != nil {
 		return err
 	}
-	for h, tmp := range b.pending {
+	for h := range b.pending {
 		final := b.s.Path(h)
 		dir := filepath.Dir(final)
 		if !b.dirs[dir] {
@@ -195,7 +203,7 @@ func (b *Batch) Commit() error {
 			}
 			b.dirs[dir] = true
 		}
-		if err := os.Rename(tmp, final); err != nil {
+		if err := os.Rename(b.s.pendingPath(h), final); err != nil {
 			return fmt.Errorf("store: %w", err)
 		}
 		delete(b.pending, h)
@@ -205,8 +213,8 @@ func (b *Batch) Commit() error {
 
 // Abort removes the batch's temporary files.
 func (b *Batch) Abort() {
-	for h, tmp := range b.pending {
-		os.Remove(tmp)
+	for h := range b.pending {
+		os.Remove(b.s.pendingPath(h))
 		delete(b.pending, h)
 	}
 }

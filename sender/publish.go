@@ -98,8 +98,8 @@ func (v *version) tag() (t protocol.Tag) {
 type pubTree struct {
 	name, root, dir string
 	cache           *statCache // of the last scan (publisher lock)
-	seq             uint64                // last sequence number used (publisher lock)
-	dirs            []string              // directories of the last scan (publisher lock)
+	seq             uint64     // last sequence number used (publisher lock)
+	dirs            []string   // directories of the last scan (publisher lock)
 	vers            atomic.Pointer[[]*version]
 }
 

@@ -92,8 +92,8 @@ type scanner struct {
 	start   time.Time
 	entries []manifest.Entry
 	extras  []fileExtra // extras[i] for entries[i]
-	dirs    []string // every directory path, for the watcher ("" = root)
-	stored  int      // files copied into the store (cache misses)
+	dirs    []string    // every directory path, for the watcher ("" = root)
+	stored  int         // files copied into the store (cache misses)
 }
 
 // scanTree scans the directory root. old is the previous stat cache (may

@@ -124,7 +124,7 @@ func (s *Store) Put(src *os.File, before Stat, buf []byte) (Hash, int64, error) 
 type Batch struct {
 	s       *Store
 	pending map[Hash]struct{} // blobs waiting in tmp/<hex> (no path kept per blob: trees have 10^5 files)
-	dirs    map[string]bool // subdirectories known to exist
+	dirs    map[string]bool   // subdirectories known to exist
 }
 
 // Begin starts a batch. A batch is not safe for concurrent use.

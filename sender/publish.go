@@ -97,9 +97,9 @@ func (v *version) tag() (t protocol.Tag) {
 // pubTree is the publishing state of one tree.
 type pubTree struct {
 	name, root, dir string
-	cache           map[string]cachedFile // stat cache (publisher lock)
-	seq             uint64                // last sequence number used (publisher lock)
-	dirs            []string              // directories of the last scan (publisher lock)
+	cache           *statCache // of the last scan (publisher lock)
+	seq             uint64     // last sequence number used (publisher lock)
+	dirs            []string   // directories of the last scan (publisher lock)
 	vers            atomic.Pointer[[]*version]
 }
 
@@ -250,8 +250,11 @@ func (p *publisher) load(t *pubTree) error {
 		}
 		vs = vs[len(vs)-p.keep:]
 	}
-	for _, v := range vs[:max(0, len(vs)-1)] {
-		v.m = nil // only the latest stays decoded
+	for _, v := range vs {
+		// Decoded again on demand: the first scan after a start only
+		// compares ids, and holding the old manifest beside the new one
+		// would double the peak memory of a large tree.
+		v.m = nil
 	}
 	t.vers.Store(&vs)
 	return nil
@@ -332,9 +335,14 @@ func (p *publisher) publish(t *pubTree) error {
 	skipped := func(path, why string) {
 		p.event(Event{Kind: "skipped", Name: t.name + "/" + path, Message: why})
 	}
-	s, m, err := scanTree(t.root, p.st, t.cache, skipped)
+	batch := p.st.Begin()
+	s, m, err := scanTree(t.root, batch, t.cache, skipped)
+	if err == nil {
+		err = batch.Commit() // the new contents are durable before any manifest names them
+	}
 	if err != nil {
-		p.dirty = true // blobs of the failed scan may be orphans
+		batch.Abort()
+		p.dirty = true
 		p.event(Event{Kind: "error", Name: t.name, Message: fmt.Sprintf("publishing %s failed, the latest version stays %s: %v", t.name, describe(t.latest()), err)})
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}
@@ -342,6 +350,14 @@ func (p *publisher) publish(t *pubTree) error {
 	enc := m.Encode()
 	id := manifest.IDOf(enc)
 	if l := t.latest(); l != nil && l.id == id {
+		// Nothing new. Keep one decoded copy: the latest version's, which
+		// the stat cache (aligned with identical entries) then shares.
+		l.mu.Lock()
+		if l.m == nil {
+			l.m = m
+		}
+		t.cache.m = l.m
+		l.mu.Unlock()
 		return p.gcLocked()
 	}
 	seq := t.seq + 1
@@ -401,7 +417,7 @@ func (p *publisher) gcLocked() error {
 	keep := map[store.Hash]struct{}{}
 	for _, name := range p.names {
 		for _, v := range p.trees[name].versions() {
-			m, err := v.manifest()
+			m, err := v.manifestForGC()
 			if err != nil {
 				return fmt.Errorf("collecting garbage: %w", err) // keep everything
 			}
@@ -420,13 +436,35 @@ func (p *publisher) gcLocked() error {
 }
 
 // manifest returns the decoded manifest of v, reading it from the state
-// directory if it is not in memory. The file is checked against the id.
+// directory if it is not in memory (and keeping it until the next publish
+// drops it). The file is checked against the id.
 func (v *version) manifest() (*manifest.Manifest, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.m != nil {
 		return v.m, nil
 	}
+	m, err := v.read()
+	if err != nil {
+		return nil, err
+	}
+	v.m = m
+	return m, nil
+}
+
+// manifestForGC is manifest without keeping what it reads: the collector
+// visits every kept version once, and must not leave them all in memory.
+func (v *version) manifestForGC() (*manifest.Manifest, error) {
+	v.mu.Lock()
+	m := v.m
+	v.mu.Unlock()
+	if m != nil {
+		return m, nil
+	}
+	return v.read()
+}
+
+func (v *version) read() (*manifest.Manifest, error) {
 	b, err := os.ReadFile(v.file)
 	if err != nil {
 		return nil, err
@@ -434,12 +472,7 @@ func (v *version) manifest() (*manifest.Manifest, error) {
 	if manifest.IDOf(b) != v.id {
 		return nil, fmt.Errorf("kept manifest %s does not match its id", v.file)
 	}
-	m, err := manifest.Decode(b, manifest.DefaultLimits())
-	if err != nil {
-		return nil, err
-	}
-	v.m = m // until the next publish drops it
-	return m, nil
+	return manifest.Decode(b, manifest.DefaultLimits())
 }
 
 // writeFileSync writes data to path atomically: a temporary name, fsync,

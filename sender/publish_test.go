@@ -317,11 +317,19 @@ func TestStatCacheAvoidsRecopy(t *testing.T) {
 	// them (racyWindow); scan as if an hour later.
 	scanClock = func() time.Time { return time.Now().Add(time.Hour) }
 	defer func() { scanClock = time.Now }()
-	s1, _, err := scanTree(root, st, nil, func(string, string) {})
+	scan := func(old *statCache) (*scanner, *manifest.Manifest, error) {
+		b := st.Begin()
+		s, m, err := scanTree(root, b, old, func(string, string) {})
+		if err == nil {
+			err = b.Commit()
+		}
+		return s, m, err
+	}
+	s1, _, err := scan(nil)
 	if err != nil || s1.stored != 2 {
 		t.Fatalf("first scan stored %v, %v", s1, err)
 	}
-	s2, _, err := scanTree(root, st, s1.cache, func(string, string) {})
+	s2, _, err := scan(s1.cache)
 	if err != nil || s2.stored != 0 {
 		t.Fatalf("second scan stored %d, %v", s2.stored, err)
 	}
@@ -329,11 +337,77 @@ func TestStatCacheAvoidsRecopy(t *testing.T) {
 	fi, _ := os.Stat(filepath.Join(root, "g"))
 	mustWrite(t, filepath.Join(root, "g"), "RECENT", 0o644)
 	os.Chtimes(filepath.Join(root, "g"), fi.ModTime(), fi.ModTime())
-	s3, m, err := scanTree(root, st, s2.cache, func(string, string) {})
+	s3, m, err := scan(s2.cache)
 	if err != nil || s3.stored != 1 {
 		t.Fatalf("third scan stored %d, %v", s3.stored, err)
 	}
 	if e, _ := m.Lookup("g"); e.Hash != blake3.Sum256([]byte("RECENT")) {
 		t.Fatal("stale hash from the stat cache")
+	}
+}
+
+// A file that changes while it is copied is copied again; one that keeps
+// changing fails the scan, and the latest version stays what it was.
+func TestSourceEditedDuringPublishing(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "tree")
+	path := filepath.Join(root, "f")
+	mustWrite(t, path, "first", 0o644)
+	ev := &eventLog{}
+	p := newTestPublisher(t, filepath.Join(dir, "state"), 4, []string{root}, ev)
+	ctx := context.Background()
+	if err := p.publishAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v1 := p.trees["tree"].latest()
+
+	// Changes once during the copy: the retry publishes the new content.
+	edits := 0
+	testHookBeforePut = func(string) {
+		if edits == 0 {
+			os.WriteFile(path, []byte("second, edited during the copy"), 0o644)
+		}
+		edits++
+	}
+	defer func() { testHookBeforePut = nil }()
+	mustWrite(t, path, "second", 0o644)
+	if err := p.publishAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v2 := p.trees["tree"].latest()
+	m, _ := v2.manifest()
+	e, _ := m.Lookup("f")
+	if v2.seq != 2 || edits != 2 || e.Hash != blake3.Sum256([]byte("second, edited during the copy")) {
+		t.Fatalf("after one edit during the copy: seq %d, %d attempts", v2.seq, edits)
+	}
+	b, _ := os.ReadFile(p.st.Path(store.Hash(e.Hash)))
+	if string(b) != "second, edited during the copy" {
+		t.Fatalf("stored %q", b)
+	}
+
+	// Changes at every attempt: the scan fails, version 2 stays the latest.
+	n := 0
+	testHookBeforePut = func(string) {
+		n++
+		os.WriteFile(path, []byte(strings.Repeat("x", n)), 0o644)
+	}
+	err := p.publishAll(ctx)
+	if err == nil || !strings.Contains(err.Error(), "kept changing") {
+		t.Fatalf("publish of an always-changing file: %v", err)
+	}
+	if l := p.trees["tree"].latest(); l != v2 || n != copyRetries+1 {
+		t.Fatalf("latest %d after a failed scan (%d attempts)", l.seq, n)
+	}
+	if errs := ev.kinds("error"); len(errs) != 1 || !strings.Contains(errs[0].Message, "latest version stays 2") {
+		t.Fatalf("error events %+v", errs)
+	}
+	// Store still holds everything the kept versions list.
+	for _, v := range []*version{v1, v2} {
+		m, _ := v.manifest()
+		for _, e := range m.Entries {
+			if e.Type == manifest.TypeFile && !p.st.Has(store.Hash(e.Hash)) {
+				t.Fatalf("version %d lost %s", v.seq, e.Path)
+			}
+		}
 	}
 }

@@ -161,6 +161,11 @@ Exit codes:
 		}
 		fmt.Fprintln(stderr, line)
 	}
+	// SIGHUP: publish now. Caught from here on, so a HUP during the first
+	// scan does not kill the process; it publishes once serving starts.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	srv, err := sender.Listen(ctx, sender.Config{
 		Endpoint: *bind, Paths: fs.Args(), ChunkSize: int(cs), MaxSessions: *maxSessions,
 		Heartbeat: *heartbeat, PeerTimeout: *peerTO, Events: events,
@@ -173,11 +178,6 @@ Exit codes:
 	if !*quiet {
 		fmt.Fprintf(stderr, "zsend: serving %d path(s) on %s\n", fs.NArg(), srv.Endpoint())
 	}
-	// SIGHUP: publish now. Registered after Listen, so a HUP during the
-	// first scan keeps its default meaning (the process is not up yet).
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	go func() {
 		for {
 			select {

@@ -60,6 +60,11 @@ func (s *Store) Path(h Hash) string {
 	return filepath.Join(s.dir, x[:2], x)
 }
 
+// pendingPath is where a batch keeps the blob of h until Commit.
+func (s *Store) pendingPath(h Hash) string {
+	return filepath.Join(s.dir, "tmp", hex.EncodeToString(h[:]))
+}
+
 // Has reports whether the blob of h is in the store.
 func (s *Store) Has(h Hash) bool {
 	var st unix.Stat_t
@@ -99,23 +104,58 @@ func StatOf(st *unix.Stat_t) Stat {
 }
 
 // Put copies src (open for reading, at any position) into the store and
-// returns its hash and size. before is src's Stat taken when it was
-// opened; if src differs from it after the copy (or its length differs),
-// Put returns ErrChanged and stores nothing. buf is scratch space.
+// returns its hash and size, durably: it is one Batch of one file.
 func (s *Store) Put(src *os.File, before Stat, buf []byte) (Hash, int64, error) {
-	tmp, err := s.tempFile()
+	b := s.Begin()
+	h, n, err := b.Put(src, before, buf)
+	if err != nil {
+		b.Abort()
+		return Hash{}, 0, err
+	}
+	return h, n, b.Commit()
+}
+
+// Batch stores many files with two file-system syncs in all instead of two
+// fsyncs per file (a tree of 10,000 small files would otherwise spend most
+// of its publishing time waiting for the disk). Blobs are written under
+// temporary names; Commit syncs them, renames them into place and syncs the
+// renames. Until Commit returns, none of them is in the store, so a crash
+// never leaves a blob whose name does not match durable content.
+type Batch struct {
+	s       *Store
+	pending map[Hash]struct{} // blobs waiting in tmp/<hex> (no path kept per blob: trees have 10^5 files)
+	dirs    map[string]bool   // subdirectories known to exist
+}
+
+// Begin starts a batch. A batch is not safe for concurrent use.
+func (s *Store) Begin() *Batch {
+	return &Batch{s: s, pending: map[Hash]struct{}{}, dirs: map[string]bool{}}
+}
+
+// Has reports whether h is in the store or pending in the batch.
+func (b *Batch) Has(h Hash) bool {
+	_, ok := b.pending[h]
+	return ok || b.s.Has(h)
+}
+
+// Put copies src into a temporary file of the batch, hashing it. before
+// is src's Stat taken when it was opened; if src differs from it after the
+// copy (or its length differs), Put returns ErrChanged and keeps nothing.
+// Content already stored (or pending) is not kept twice. buf is scratch.
+func (b *Batch) Put(src *os.File, before Stat, buf []byte) (Hash, int64, error) {
+	tmp, err := b.s.tempFile()
 	if err != nil {
 		return Hash{}, 0, err
 	}
 	tmpName := tmp.Name()
-	ok := false
+	keep := false
 	defer func() {
-		if !ok {
-			tmp.Close()
+		tmp.Close()
+		if !keep {
 			os.Remove(tmpName)
 		}
 	}()
-	h, n, err := s.fill(tmp, src, before, buf)
+	h, n, err := b.s.fill(tmp, src, before, buf)
 	if err != nil {
 		return Hash{}, 0, err
 	}
@@ -126,31 +166,70 @@ func (s *Store) Put(src *os.File, before Stat, buf []byte) (Hash, int64, error) 
 	if after != before || n != before.Size {
 		return Hash{}, 0, ErrChanged
 	}
-	if s.Has(h) {
-		return h, n, nil // same content stored already: the deferred cleanup drops the copy
+	if b.Has(h) {
+		return h, n, nil // same content kept already: the copy is dropped
 	}
 	if err := tmp.Chmod(0o400); err != nil {
 		return Hash{}, 0, fmt.Errorf("store: %w", err)
 	}
-	if err := tmp.Sync(); err != nil {
-		return Hash{}, 0, fmt.Errorf("store: fsync: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
+	if err := os.Rename(tmpName, b.s.pendingPath(h)); err != nil {
 		return Hash{}, 0, fmt.Errorf("store: %w", err)
 	}
-	final := s.Path(h)
-	dir := filepath.Dir(final)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return Hash{}, 0, fmt.Errorf("store: %w", err)
-	}
-	if err := os.Rename(tmpName, final); err != nil {
-		return Hash{}, 0, fmt.Errorf("store: %w", err)
-	}
-	ok = true
-	if err := syncDir(dir); err != nil {
-		return Hash{}, 0, err
-	}
+	keep = true
+	b.pending[h] = struct{}{}
 	return h, n, nil
+}
+
+// Len is the number of blobs the batch will add.
+func (b *Batch) Len() int { return len(b.pending) }
+
+// Commit makes the batch's blobs durable and puts them in place: a sync of
+// the store's file system (the data), the renames, and another sync (the
+// directory entries). On error, what was not renamed is removed.
+func (b *Batch) Commit() error {
+	if len(b.pending) == 0 {
+		return nil
+	}
+	defer b.Abort() // whatever was not renamed
+	if err := b.s.syncFS(); err != nil {
+		return err
+	}
+	for h := range b.pending {
+		final := b.s.Path(h)
+		dir := filepath.Dir(final)
+		if !b.dirs[dir] {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return fmt.Errorf("store: %w", err)
+			}
+			b.dirs[dir] = true
+		}
+		if err := os.Rename(b.s.pendingPath(h), final); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		delete(b.pending, h)
+	}
+	return b.s.syncFS()
+}
+
+// Abort removes the batch's temporary files.
+func (b *Batch) Abort() {
+	for h := range b.pending {
+		os.Remove(b.s.pendingPath(h))
+		delete(b.pending, h)
+	}
+}
+
+// syncFS flushes the store's file system (syncfs(2)).
+func (s *Store) syncFS() error {
+	fd, err := unix.Open(s.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		return fmt.Errorf("store: syncfs: %w", err)
+	}
+	return nil
 }
 
 // fill copies src into tmp and hashes it: by reflink when the file system

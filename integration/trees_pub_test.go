@@ -1,0 +1,543 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/zsend/zsend/manifest"
+	"github.com/zsend/zsend/protocol"
+	"github.com/zsend/zsend/sender"
+)
+
+// Raw ZSND/2 clients against a publishing zsend: LIST, MGET and VGET,
+// checked the way PROTOCOL.md says a client MUST (END hashes against the
+// announced id, the manifest and the bytes received).
+
+// v2 is a raw client in a session at version 2.
+type v2 struct {
+	*zpeer
+	chunk uint32
+}
+
+func helloV2(t *testing.T, ep string) *v2 {
+	t.Helper()
+	p := dialZ(t, ep, true)
+	p.send(t, &protocol.Hello{MinVersion: 1, MaxVersion: 2, MaxChunk: protocol.MinChunkSize, PeerID: "raw-v2"})
+	w, ok := p.expect(t, 3*time.Second).(*protocol.Welcome)
+	if !ok || w.Version != 2 {
+		t.Fatalf("WELCOME %+v", w)
+	}
+	c := &v2{zpeer: p, chunk: w.ChunkSize}
+	c.sendV2(t, &protocol.Credit{Limit: 1 << 40})
+	return c
+}
+
+func (c *v2) sendV2(t *testing.T, m protocol.Message) {
+	t.Helper()
+	c.sendFrames(t, protocol.Encode(protocol.Version2, m)...)
+}
+
+func (c *v2) next(t *testing.T) protocol.Message {
+	t.Helper()
+	frames := c.recv(5 * time.Second)
+	if frames == nil {
+		t.Fatal("no message within 5s")
+	}
+	m, v, err := protocol.Decode(frames)
+	if err != nil {
+		t.Fatalf("undecodable: %v", err)
+	}
+	if v != protocol.Version2 {
+		t.Fatalf("%v at version %d in a version 2 session", m.Command(), v)
+	}
+	if _, ok := m.(*protocol.Ping); ok {
+		return c.next(t)
+	}
+	return m
+}
+
+func (c *v2) list(t *testing.T, req uint32, tree string) []*protocol.Tree {
+	t.Helper()
+	c.sendV2(t, &protocol.List{Request: req, Tree: tree})
+	var trees []*protocol.Tree
+	for {
+		switch m := c.next(t).(type) {
+		case *protocol.Tree:
+			if m.Request != req {
+				t.Fatalf("TREE for request %d", m.Request)
+			}
+			trees = append(trees, m)
+		case *protocol.End:
+			if m.Request != req || m.Size != uint64(len(trees)) || m.Hash != (protocol.Hash{}) {
+				t.Fatalf("END of LIST %+v after %d TREEs", m, len(trees))
+			}
+			return trees
+		default:
+			t.Fatalf("LIST answered with %T %+v", m, m)
+		}
+	}
+}
+
+// get sends an MGET or VGET and collects the reply: the bytes (every
+// CHUNK's hash checked) and END, or an ERROR.
+func (c *v2) get(t *testing.T, m protocol.Message, req uint32) (*protocol.File, []byte, *protocol.End, *protocol.Error) {
+	t.Helper()
+	c.sendV2(t, m)
+	var file *protocol.File
+	var data []byte
+	for {
+		switch m := c.next(t).(type) {
+		case *protocol.File:
+			if m.Request != req || file != nil {
+				t.Fatalf("FILE %+v", m)
+			}
+			file = m
+		case *protocol.Chunk:
+			if file == nil || m.Request != req || m.Offset != file.Offset+uint64(len(data)) {
+				t.Fatalf("CHUNK at %d out of place", m.Offset)
+			}
+			if protocol.Hash(blake3.Sum256(m.Data)) != m.Hash {
+				t.Fatalf("CHUNK at %d: hash mismatch", m.Offset)
+			}
+			data = append(data, m.Data...)
+		case *protocol.End:
+			if file == nil || m.Request != req || m.Size != file.Size || uint64(len(data)) != file.Size-file.Offset {
+				t.Fatalf("END %+v after %d bytes", m, len(data))
+			}
+			return file, data, m, nil
+		case *protocol.Error:
+			if m.Request != req {
+				t.Fatalf("ERROR %+v", m)
+			}
+			return file, nil, nil, m
+		default:
+			t.Fatalf("unexpected %T", m)
+		}
+	}
+}
+
+// fetchManifest does MGET and every check a client must do.
+func (c *v2) fetchManifest(t *testing.T, req uint32, tr *protocol.Tree, tag protocol.Tag) *manifest.Manifest {
+	t.Helper()
+	file, data, end, e := c.get(t, &protocol.MGet{Request: req, Tag: tag, Name: tr.Name}, req)
+	if e != nil {
+		t.Fatalf("MGET: %d %s", e.Code, e.Message)
+	}
+	if end.Hash != tr.Version || protocol.Hash(blake3.Sum256(data)) != tr.Version {
+		t.Fatalf("MGET END hash %s, TREE said %s", end.Hash, tr.Version)
+	}
+	if file.Name != tr.Name || file.Size != tr.ManifestSize || file.Mode != 0 || !bytes.Equal(file.Tag[:], tr.Version[:16]) {
+		t.Fatalf("MGET FILE %+v for TREE %+v", file, tr)
+	}
+	m, err := manifest.Decode(data, manifest.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uint64(len(m.Entries)) != tr.Entries {
+		t.Fatalf("%d entries, TREE said %d", len(m.Entries), tr.Entries)
+	}
+	return m
+}
+
+func tagOfID(h protocol.Hash) (t protocol.Tag) {
+	copy(t[:], h[:])
+	return
+}
+
+func publishingServer(t *testing.T, cfg sender.Config) (string, *sender.Server) {
+	t.Helper()
+	if cfg.StateDir == "" {
+		cfg.StateDir = t.TempDir()
+	}
+	return serve(t, cfg)
+}
+
+func TestV2ListMGetVGet(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "conf")
+	big := make([]byte, 3*protocol.MinChunkSize+123) // several chunks at the 4 KiB chunk size
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	files := map[string][]byte{"a.txt": []byte("alpha\n"), "sub/big.bin": big, "sub/empty": nil, "ü n.txt": []byte("utf8")}
+	for name, body := range files {
+		p := filepath.Join(root, filepath.FromSlash(name))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, body, 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Symlink("a.txt", filepath.Join(root, "link"))
+	other := filepath.Join(dir, "other")
+	os.MkdirAll(other, 0o755)
+	ep, srv := publishingServer(t, sender.Config{Paths: []string{root, other}})
+	c := helloV2(t, ep)
+
+	trees := c.list(t, 1, "")
+	if len(trees) != 2 || trees[0].Name != "conf" || trees[1].Name != "other" {
+		t.Fatalf("LIST all: %+v", trees)
+	}
+	tr := trees[0]
+	info := srv.Trees()
+	if tr.Seq != 1 || tr.Version != protocol.Hash(info[0].ID) || tr.Bytes != uint64(len(big)+6+4) || tr.Flags != 0 {
+		t.Fatalf("TREE %+v, server says %+v", tr, info[0])
+	}
+	if one := c.list(t, 2, "conf/"); len(one) != 1 || *one[0] != (protocol.Tree{Request: 2, Seq: tr.Seq, Entries: tr.Entries,
+		Bytes: tr.Bytes, ManifestSize: tr.ManifestSize, Version: tr.Version, Name: "conf"}) {
+		t.Fatalf("LIST conf/: %+v", one)
+	}
+	c.sendV2(t, &protocol.List{Request: 3, Tree: "nope"})
+	if e, ok := c.next(t).(*protocol.Error); !ok || e.Request != 3 || e.Code != protocol.CodeNotFound {
+		t.Fatalf("LIST of an unknown tree: %+v", e)
+	}
+
+	// MGET by tag and of the latest (zero tag) serve the same bytes.
+	m := c.fetchManifest(t, 4, tr, tagOfID(tr.Version))
+	c.fetchManifest(t, 5, tr, protocol.Tag{})
+
+	// VGET every file: END hash == manifest hash == hash of the bytes.
+	req := uint32(10)
+	for _, e := range m.Entries {
+		if e.Type != manifest.TypeFile {
+			continue
+		}
+		req++
+		name := "conf/" + e.Path
+		file, data, end, er := c.get(t, &protocol.VGet{Request: req, Tag: tagOfID(tr.Version), Name: name}, req)
+		if er != nil {
+			t.Fatalf("VGET %s: %d %s", name, er.Code, er.Message)
+		}
+		if end.Hash != protocol.Hash(e.Hash) || protocol.Hash(blake3.Sum256(data)) != end.Hash || !bytes.Equal(data, files[e.Path]) {
+			t.Fatalf("VGET %s: END hash %s, manifest %x", name, end.Hash, e.Hash)
+		}
+		if file.Name != name || file.Mode != e.Mode || file.MtimeNS != e.MtimeNs || file.Tag != tagOfID(tr.Version) {
+			t.Fatalf("VGET %s: FILE %+v, entry %+v", name, file, e)
+		}
+	}
+	// Resume: the content of (version, path) never changes, so an offset
+	// is honoured, rounded down to the chunk size.
+	req++
+	file, data, end, _ := c.get(t, &protocol.VGet{Request: req, Offset: uint64(c.chunk) + 10, Tag: tagOfID(tr.Version), Name: "conf/sub/big.bin"}, req)
+	if file.Offset != uint64(c.chunk) || !bytes.Equal(data, big[c.chunk:]) || end.Hash != protocol.Hash(blake3.Sum256(big)) {
+		t.Fatalf("resumed VGET: offset %d, %d bytes", file.Offset, len(data))
+	}
+	// Not regular files of the version, unknown trees, bad names.
+	for i, tc := range []struct {
+		name string
+		code protocol.Code
+	}{{"conf/link", protocol.CodeNotFound}, {"conf/sub", protocol.CodeNotFound}, {"conf/missing", protocol.CodeNotFound},
+		{"nope/a.txt", protocol.CodeNotFound}, {"conf/../x", protocol.CodeRefused}, {"conf", protocol.CodeNotFound}} {
+		r := uint32(100 + i)
+		_, _, _, er := c.get(t, &protocol.VGet{Request: r, Tag: tagOfID(tr.Version), Name: tc.name}, r)
+		if er == nil || er.Code != tc.code {
+			t.Fatalf("VGET %s: %+v, want %d", tc.name, er, tc.code)
+		}
+	}
+	// A version 2 command in a version 1 frame is an unknown command and
+	// ends the session.
+	f := protocol.Encode(protocol.Version2, &protocol.List{Request: 200})
+	f[0] = protocol.CommandFrame(protocol.Version1, protocol.CmdList)
+	c.sendFrames(t, f...)
+	if e, ok := c.next(t).(*protocol.Error); !ok || e.Code != protocol.CodeUnknownCommand {
+		t.Fatalf("LIST at version 1: %+v", e)
+	}
+}
+
+// In a version 1 session the version 2 commands do not exist.
+func TestV2CommandsRefusedInV1Session(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "conf")
+	os.MkdirAll(root, 0o755)
+	ep, _ := publishingServer(t, sender.Config{Paths: []string{root}})
+	p := dialZ(t, ep, true)
+	p.hello(t, 1<<20)                     // offers 1..1
+	p.send(t, &protocol.List{Request: 1}) // encoded at version 1: unknown there
+	p.expectError(t, 0, protocol.CodeUnknownCommand, "LIST in a version 1 session")
+	p.hello(t, 1<<20)
+	p.sendFrames(t, protocol.Encode(protocol.Version2, &protocol.List{Request: 1})...)
+	p.expectError(t, 0, protocol.CodeVersion, "a version 2 frame in a version 1 session")
+}
+
+// A file edited while it is served: the old version's VGET still returns
+// exactly the published bytes (from the store), --watch publishes the new
+// version, and a version no longer kept is 410 gone.
+func TestV2EditDuringServingWatchAndGone(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "conf")
+	os.MkdirAll(filepath.Join(root, "d"), 0o755)
+	path := filepath.Join(root, "d", "app.conf")
+	if err := os.WriteFile(path, []byte("version one\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ep, srv := publishingServer(t, sender.Config{Paths: []string{root}, Watch: true, KeepVersions: 2})
+	c := helloV2(t, ep)
+	v1 := c.list(t, 1, "conf")[0]
+
+	// Edit in place (same inode), then check the old version is intact.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("version two, longer\n")
+	f.Close()
+	_, data, end, er := c.get(t, &protocol.VGet{Request: 2, Tag: tagOfID(v1.Version), Name: "conf/d/app.conf"}, 2)
+	if er != nil || string(data) != "version one\n" || end.Hash != protocol.Hash(blake3.Sum256([]byte("version one\n"))) {
+		t.Fatalf("old version after an edit: %q %v", data, er)
+	}
+	// v1 GET still serves the live file.
+	_, data, _, _ = c.get(t, &protocol.Get{Request: 3, Name: "conf/d/app.conf"}, 3)
+	if string(data) != "version two, longer\n" {
+		t.Fatalf("GET of the live file: %q", data)
+	}
+
+	v2 := waitVersion(t, srv, "conf", 2, 10*time.Second)
+	tr := c.list(t, 4, "conf")[0]
+	if tr.Seq != 2 || tr.Version != protocol.Hash(v2.ID) {
+		t.Fatalf("LIST after --watch: %+v", tr)
+	}
+	_, data, _, er = c.get(t, &protocol.VGet{Request: 5, Tag: tagOfID(tr.Version), Name: "conf/d/app.conf"}, 5)
+	if er != nil || string(data) != "version two, longer\n" {
+		t.Fatalf("new version: %q %v", data, er)
+	}
+	// A new directory is watched too (publish 3), then version 1 is gone.
+	if err := os.MkdirAll(filepath.Join(root, "d", "new"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	waitVersion(t, srv, "conf", 3, 10*time.Second)
+	if err := os.WriteFile(filepath.Join(root, "d", "new", "x"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitVersion(t, srv, "conf", 4, 10*time.Second)
+	for i, m := range []protocol.Message{
+		&protocol.VGet{Request: 6, Tag: tagOfID(v1.Version), Name: "conf/d/app.conf"},
+		&protocol.MGet{Request: 7, Tag: tagOfID(v1.Version), Name: "conf"},
+	} {
+		_, _, _, er := c.get(t, m, uint32(6+i))
+		if er == nil || er.Code != protocol.CodeGone {
+			t.Fatalf("%v of a dropped version: %+v", m.Command(), er)
+		}
+	}
+	// The session goes on after 410.
+	if got := c.list(t, 8, ""); len(got) != 1 || got[0].Seq != 4 {
+		t.Fatalf("LIST after 410: %+v", got)
+	}
+}
+
+// waitVersion polls Trees until tree has version seq (or later).
+func waitVersion(t *testing.T, srv *sender.Server, tree string, seq uint64, bound time.Duration) sender.TreeInfo {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for {
+		for _, ti := range srv.Trees() {
+			if ti.Name == tree && ti.Seq >= seq {
+				return ti
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tree %s did not reach version %d within %v: %+v", tree, seq, bound, srv.Trees())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Publish (what SIGHUP calls) publishes a change at once; an unchanged
+// tree gets no new version.
+func TestPublishOnDemand(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "conf")
+	os.MkdirAll(root, 0o755)
+	os.WriteFile(filepath.Join(root, "f"), []byte("1"), 0o644)
+	var published []sender.Event
+	events := make(chan sender.Event, 100)
+	_, srv := publishingServer(t, sender.Config{Paths: []string{root}, Events: func(e sender.Event) {
+		if e.Kind == "published" {
+			events <- e
+		}
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(root, "f"), []byte("2"), 0o644)
+	if err := srv.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(events)
+	for e := range events {
+		published = append(published, e)
+	}
+	if len(published) != 2 || published[0].Seq != 1 || published[1].Seq != 2 || !strings.HasPrefix(published[1].Version, "") {
+		t.Fatalf("published events %+v", published)
+	}
+	if ti := srv.Trees(); len(ti) != 1 || ti[0].Seq != 2 || ti[0].ID.String() != published[1].Version || ti[0].Files != 1 || ti[0].Bytes != 1 {
+		t.Fatalf("Trees %+v", ti)
+	}
+}
+
+// The manifest example of PROTOCOL.md section 13.5 is what the encoder
+// produces, and its id is the one the document states.
+func TestProtocolDocManifestExample(t *testing.T) {
+	doc, err := os.ReadFile("../PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &manifest.Manifest{Entries: []manifest.Entry{
+		{Path: "", Type: manifest.TypeDir, Mode: 0o755, MtimeNs: 1700000000000000000},
+		{Path: "a.conf", Type: manifest.TypeFile, Mode: 0o644, MtimeNs: 1700000000000000000, Size: 3, Hash: blake3.Sum256([]byte("hi\n"))},
+		{Path: "cur", Type: manifest.TypeSymlink, Mode: 0o777, MtimeNs: 1700000000000000000, Target: "a.conf"},
+	}}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "<!-- manifest-example -->")
+	if !ok {
+		t.Fatal("PROTOCOL.md lost its manifest example")
+	}
+	_, block, _ := strings.Cut(rest, "```\n")
+	block, _, _ = strings.Cut(block, "```")
+	got := strings.Join(strings.Fields(block), "")
+	if want := hex.EncodeToString(m.Encode()); got != want {
+		t.Fatalf("PROTOCOL.md manifest example\n got %s\nwant %s", got, want)
+	}
+	if !strings.Contains(rest[:600], m.ID().String()) {
+		t.Fatalf("PROTOCOL.md does not state the example's id %s", m.ID())
+	}
+	if !strings.Contains(string(doc), "manifest-size=202") || len(m.Encode()) != 202 {
+		t.Fatalf("PROTOCOL.md sync example: manifest of %d octets", len(m.Encode()))
+	}
+}
+
+// The version 2 examples of PROTOCOL.md section 13.6 are the golden files.
+func TestProtocolDocV2Examples(t *testing.T) {
+	doc, err := os.ReadFile("../PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, _ := strings.Cut(string(doc), "### 13.6 Examples")
+	flat := strings.Join(strings.Fields(sec), "")
+	for _, name := range []string{"list", "mget", "vget", "tree", "error_gone"} {
+		g, err := os.ReadFile(filepath.Join("..", "protocol", "testdata", "golden", name+".hex"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := strings.Join(strings.Fields(string(g)), ""); !strings.Contains(flat, want) {
+			t.Errorf("PROTOCOL.md 13.6 lacks the golden %s: %s", name, want)
+		}
+	}
+}
+
+// A ZSND/1-only client (the Python one, offering 1..1) still fetches files
+// below a published directory from a version 2 server, with --watch on.
+func TestPythonV1ClientAgainstPublishingServer(t *testing.T) {
+	pyNeedZMQ(t)
+	src := t.TempDir()
+	root := filepath.Join(src, "conf")
+	os.MkdirAll(filepath.Join(root, "sub"), 0o755)
+	writeRandom(t, filepath.Join(root, "sub"), "f.bin", 1<<20+17)
+	ep, srv := publishingServer(t, sender.Config{Paths: []string{root}, Watch: true})
+	if ti := srv.Trees(); len(ti) != 1 || ti[0].Seq != 1 {
+		t.Fatalf("Trees %+v", ti)
+	}
+	out := t.TempDir()
+	pyFetch(t, src, out, ep, "conf/sub/f.bin")
+}
+
+// The zsend binary: --json "published" events at start, on SIGHUP and
+// with --watch; the sequence number continues across a restart on the
+// same --state-dir.
+func TestZsendCLIPublishes(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "myapp")
+	os.MkdirAll(root, 0o755)
+	os.WriteFile(filepath.Join(root, "app.conf"), []byte("a=1\n"), 0o644)
+	syscall.Mkfifo(filepath.Join(root, "pipe"), 0o644)
+	state := filepath.Join(dir, "state")
+
+	type ev struct {
+		Event, Tree, Version, Name, Message string
+		Seq, Entries, Files, Bytes          int64
+	}
+	start := func(args ...string) (*exec.Cmd, chan ev) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, filepath.Join(binDir, "zsend"),
+			append([]string{"-b", "tcp://127.0.0.1:0", "--json", "--state-dir", state}, args...)...)
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		t.Cleanup(func() { t.Logf("zsend stderr: %s", errb.String()) })
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		events := make(chan ev, 100)
+		go func() {
+			defer close(events)
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				var e ev
+				if json.Unmarshal(sc.Bytes(), &e) == nil {
+					events <- e
+				}
+			}
+		}()
+		t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait(); cancel() })
+		return cmd, events
+	}
+	var cmd *exec.Cmd
+	var events chan ev
+	next := func(events chan ev, kind string) ev {
+		t.Helper()
+		timeout := time.After(10 * time.Second)
+		for {
+			select {
+			case e, ok := <-events:
+				if !ok {
+					t.Fatalf("zsend exited before a %q event: %v", kind, cmd.Wait())
+				}
+				if e.Event == kind {
+					return e
+				}
+			case <-timeout:
+				t.Fatalf("no %q event within 10s", kind)
+			}
+		}
+	}
+	cmd, events = start(root)
+	if e := next(events, "skipped"); e.Name != "myapp/pipe" || !strings.Contains(e.Message, "FIFO") {
+		t.Fatalf("skipped event %+v", e)
+	}
+	e1 := next(events, "published")
+	if e1.Tree != "myapp" || e1.Seq != 1 || e1.Entries != 2 || e1.Files != 1 || e1.Bytes != 4 || len(e1.Version) != 64 {
+		t.Fatalf("first published event %+v", e1)
+	}
+	os.WriteFile(filepath.Join(root, "app.conf"), []byte("a=2\n"), 0o644)
+	cmd.Process.Signal(syscall.SIGHUP)
+	if e := next(events, "published"); e.Seq != 2 || e.Version == e1.Version {
+		t.Fatalf("published after SIGHUP %+v", e)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("zsend after SIGTERM: %v", err)
+	}
+
+	// Restart with --watch: nothing new at start, then a change is seq 3.
+	_, events = start("--watch", root)
+	time.Sleep(300 * time.Millisecond) // the watch is set up before Listen returns; give the start a moment
+	os.WriteFile(filepath.Join(root, "new.conf"), []byte("b=1\n"), 0o644)
+	if e := next(events, "published"); e.Seq != 3 || e.Files != 2 {
+		t.Fatalf("published after a change with --watch %+v", e)
+	}
+}

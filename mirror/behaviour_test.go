@@ -209,3 +209,23 @@ func removeAllPath(p string) error {
 	defer d.Close()
 	return removeAllAt(int(d.Fd()), filepath.Base(p))
 }
+
+// A partial file left by an interrupted fetch of a file that the next run
+// reuses instead is removed, not left in the version.
+func TestStalePartialOfReusedFile(t *testing.T) {
+	s := startServer(t)
+	src := filepath.Join(t.TempDir(), "app")
+	smallTree(t, src)
+	publish(t, s, "app", src, 1)
+	out := t.TempDir()
+	cfg := testConfig(s, out, "app")
+	syncOK(t, cfg)
+	write(t, filepath.Join(src, "new.txt"), "new", 0o644)
+	publish(t, s, "app", src, 2)
+	stage := filepath.Join(out, ".zsnd/app/stage/app/deep/x/y")
+	os.MkdirAll(stage, 0o700)
+	write(t, filepath.Join(stage, ".z.bin.zrecv-part"), "half", 0o600)
+	write(t, filepath.Join(stage, ".z.bin.zrecv-state"), "{}", 0o600)
+	syncOK(t, cfg)
+	sameTree(t, src, filepath.Join(out, "app"))
+}

@@ -93,7 +93,7 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	defer root.Close()
 
 	// 1. Directories, symlinks; note staged files left by an earlier run.
-	leftover, err := s.reconcile(root, man)
+	leftover, partials, err := s.reconcile(root, man)
 	if err != nil {
 		return fmt.Errorf("staging %s: %w", id.Short(), err)
 	}
@@ -123,6 +123,9 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 		if leftover[i] {
 			sum, st, err := hashAt(root, e.Path)
 			if err == nil && sum == e.Hash && uint64(st.Size) == e.Size {
+				if err := removePartials(dst, e.Path, partials[i]); err != nil {
+					return err
+				}
 				res.FilesStaged++
 				res.FilesReused++
 				res.BytesReused += int64(e.Size)
@@ -141,6 +144,13 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 		ok, err := s.reuse(sources, dst, e)
 		if err != nil {
 			return err
+		}
+		if ok || leftover[i] {
+			// Not fetched: an interrupted fetch's partial file of it would
+			// stay in the version.
+			if err := removePartials(dst, e.Path, partials[i]); err != nil {
+				return err
+			}
 		}
 		if ok {
 			res.FilesReused++
@@ -197,13 +207,14 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 // man and removes everything else, except the partial files of files still
 // to fetch. It returns the indexes of files already present (to be checked
 // by hash).
-func (s *syncer) reconcile(root *os.File, man *manifest.Manifest) (map[int]bool, error) {
+func (s *syncer) reconcile(root *os.File, man *manifest.Manifest) (map[int]bool, map[int][]string, error) {
 	children := map[string][]int{}
 	for i := 1; i < len(man.Entries); i++ {
 		parent, _ := split(man.Entries[i].Path)
 		children[parent] = append(children[parent], i)
 	}
 	leftover := map[int]bool{}
+	partials := map[int][]string{}
 	for i := range man.Entries {
 		e := &man.Entries[i]
 		if e.Type != manifest.TypeDir {
@@ -213,21 +224,39 @@ func (s *syncer) reconcile(root *os.File, man *manifest.Manifest) (map[int]bool,
 		if e.Path != "" {
 			var err error
 			if d, err = openDir(root, e.Path); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
-		err := s.reconcileDir(d, man, children[e.Path], leftover)
+		err := s.reconcileDir(d, man, children[e.Path], leftover, partials)
 		if d != root {
 			d.Close()
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return leftover, nil
+	return leftover, partials, nil
 }
 
-func (s *syncer) reconcileDir(d *os.File, man *manifest.Manifest, kids []int, leftover map[int]bool) error {
+// removePartials removes the partial files of a file that is not fetched.
+func removePartials(dst *dirCache, path string, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	parent, _ := split(path)
+	d, err := dst.get(parent)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := removeAllAt(int(d.Fd()), n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *syncer) reconcileDir(d *os.File, man *manifest.Manifest, kids []int, leftover map[int]bool, partials map[int][]string) error {
 	fd := int(d.Fd())
 	want := make(map[string]int, len(kids))
 	for _, i := range kids {
@@ -244,7 +273,8 @@ func (s *syncer) reconcileDir(d *os.File, man *manifest.Manifest, kids []int, le
 		}
 		if b, ok := partialOf(n); ok {
 			if i, ok := want[b]; ok && man.Entries[i].Type == manifest.TypeFile {
-				continue // an interrupted fetch's partial file: resumed
+				partials[i] = append(partials[i], n)
+				continue // an interrupted fetch's partial file: resumed if the file is fetched
 			}
 		}
 		if err := removeAllAt(fd, n); err != nil {

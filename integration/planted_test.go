@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -21,15 +22,14 @@ import (
 // real zsend and checks that the file outside is untouched and nothing is
 // written outside the output directory.
 
-const (
-	plantSize   = 6 << 20 // several chunks: a state file is written
-	plantSecret = "precious data outside the output directory\n"
-)
+// plantSize has several chunks: a state file is written.
+const plantSize = 6 << 20
 
 // plantFixture is a parent directory holding "out" (the output directory)
 // and "outside" (with a secret file that must never change).
 type plantFixture struct {
 	out, outside, secret string
+	secretData           []byte
 }
 
 func newPlantFixture(t *testing.T) *plantFixture {
@@ -41,10 +41,13 @@ func newPlantFixture(t *testing.T) *plantFixture {
 			t.Fatal(err)
 		}
 	}
-	fx.secret = filepath.Join(fx.outside, "secret")
-	if err := os.WriteFile(fx.secret, []byte(plantSecret), 0o644); err != nil {
+	// Larger than a chunk, so that a resume from it is possible.
+	fx.secret = writeRandom(t, fx.outside, "secret", 2<<20+123)
+	b, err := os.ReadFile(fx.secret)
+	if err != nil {
 		t.Fatal(err)
 	}
+	fx.secretData = b
 	return fx
 }
 
@@ -53,7 +56,7 @@ func newPlantFixture(t *testing.T) *plantFixture {
 func (fx *plantFixture) untouched(t *testing.T) {
 	t.Helper()
 	b, err := os.ReadFile(fx.secret)
-	if err != nil || string(b) != plantSecret {
+	if err != nil || !bytes.Equal(b, fx.secretData) {
 		t.Errorf("the file outside the output directory was changed: %d bytes starting %q, %v", len(b), b[:min(len(b), 40)], err)
 	}
 	if got := entries(t, fx.outside); !slices.Equal(got, []string{"secret"}) {

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -141,19 +142,53 @@ func TestPlantedStateSymlink(t *testing.T) {
 	}
 }
 
-// A hard link to a file outside, planted as the partial file, is never
-// truncated or written: for a fresh fetch, and in place of the partial file
-// of an interrupted one (where zrecv would resume and write after the
-// verified prefix). A symlink planted there is not followed either.
-func TestPlantedPartialLink(t *testing.T) {
+// Whatever is planted as the partial file is never truncated, written or
+// resumed from: a hard link to a file outside (for a fresh fetch, and in
+// place of the partial file of an interrupted one, where zrecv would
+// resume and write after the verified prefix), a symlink, a FIFO, and a
+// partial file that belongs to another user, who keeps it open to change
+// it after it is verified. zrecv unlinks it and starts a new file.
+func TestPlantedPartialFile(t *testing.T) {
 	for _, c := range []struct {
 		name   string
 		resume bool
-		plant  func(secret, part string) error
+		plant  func(t *testing.T, fx *plantFixture, part string) (check func())
 	}{
-		{"hardlink", false, os.Link},
-		{"hardlink-resume", true, os.Link},
-		{"symlink-resume", true, func(secret, part string) error { return os.Symlink(secret, part) }},
+		{"hardlink", false, plantHardlink},
+		{"hardlink-resume", true, plantHardlink},
+		{"symlink-resume", true, func(t *testing.T, fx *plantFixture, part string) func() {
+			os.Remove(part)
+			if err := os.Symlink(fx.secret, part); err != nil {
+				t.Fatal(err)
+			}
+			return nil
+		}},
+		{"fifo", false, func(t *testing.T, fx *plantFixture, part string) func() {
+			if err := syscall.Mkfifo(part, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return nil
+		}},
+		{"foreign-owner-resume", true, func(t *testing.T, fx *plantFixture, part string) func() {
+			if os.Geteuid() != 0 {
+				t.Skip("needs root to give the partial file to another user")
+			}
+			if err := os.Chown(part, 12345, 12345); err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.Open(part) // the other user's descriptor
+			if err != nil {
+				t.Fatal(err)
+			}
+			before, _ := io.ReadAll(f)
+			return func() {
+				defer f.Close()
+				after, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<40))
+				if err != nil || !bytes.Equal(before, after) {
+					t.Errorf("the other user's file was written: %d bytes before, %d after", len(before), len(after))
+				}
+			}
+		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			fx := newPlantFixture(t)
@@ -162,14 +197,9 @@ func TestPlantedPartialLink(t *testing.T) {
 			part, _ := receiver.PartialPaths(dest)
 			if c.resume {
 				interrupted(t, ep, fx.out, "f.bin")
-				if err := os.Remove(part); err != nil {
-					t.Fatal(err)
-				}
 			}
-			if err := c.plant(fx.secret, part); err != nil {
-				t.Fatal(err)
-			}
-			res, err := fetch(t, receiver.Config{Endpoint: ep, OutputDir: fx.out}, "f.bin")
+			check := c.plant(t, fx, part)
+			res, err := fetchBounded(t, 20*time.Second, nil, receiver.Config{Endpoint: ep, OutputDir: fx.out}, "f.bin")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -178,14 +208,28 @@ func TestPlantedPartialLink(t *testing.T) {
 			}
 			sameFile(t, src, dest)
 			fx.untouched(t)
-			var st syscall.Stat_t
-			if err := syscall.Stat(fx.secret, &st); err != nil || st.Nlink != 1 {
-				t.Errorf("the planted link to the secret is still there (%d links)", st.Nlink)
+			if check != nil {
+				check()
 			}
 			if got := entries(t, fx.out); !slices.Equal(got, []string{"f.bin"}) {
 				t.Errorf("output directory holds %v", got)
 			}
 		})
+	}
+}
+
+// plantHardlink puts a hard link to the secret at part; its check is that
+// the link is gone again.
+func plantHardlink(t *testing.T, fx *plantFixture, part string) func() {
+	os.Remove(part)
+	if err := os.Link(fx.secret, part); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		var st syscall.Stat_t
+		if err := syscall.Stat(fx.secret, &st); err != nil || st.Nlink != 1 {
+			t.Errorf("the planted link to the secret is still there (%d links)", st.Nlink)
+		}
 	}
 }
 
@@ -222,6 +266,9 @@ func TestPlantedSymlinkedSubdirectory(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), link) || !strings.Contains(err.Error(), "symbolic link") {
 				t.Errorf("error does not name the symlink %s: %v", link, err)
+			}
+			if testing.Verbose() {
+				t.Log(err)
 			}
 			os.Remove(filepath.Join(fx.outside, "deeper"))
 			fx.untouched(t)
@@ -354,5 +401,27 @@ func TestPartialPaths(t *testing.T) {
 	}
 	if p2, _ := receiver.PartialPaths(filepath.Join("out", "y")); p2 == part {
 		t.Error("two names share a partial file")
+	}
+}
+
+// A symlink planted at the destination's own name is replaced by the
+// verified file, never written through, for the named partial file (a
+// large file) and for the unnamed one (a one-chunk file).
+func TestPlantedDestinationSymlink(t *testing.T) {
+	for _, size := range []int64{plantSize, 1000} {
+		fx := newPlantFixture(t)
+		src, ep, _ := serveRandom(t, "f.bin", size, sender.Config{})
+		dest := filepath.Join(fx.out, "f.bin")
+		if err := os.Symlink(fx.secret, dest); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fetch(t, receiver.Config{Endpoint: ep, OutputDir: fx.out}, "f.bin"); err != nil {
+			t.Fatal(err)
+		}
+		if fi, err := os.Lstat(dest); err != nil || !fi.Mode().IsRegular() {
+			t.Fatalf("destination is not a regular file: %v", err)
+		}
+		sameFile(t, src, dest)
+		fx.untouched(t)
 	}
 }

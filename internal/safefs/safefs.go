@@ -518,6 +518,9 @@ func (d *Dir) Lstat(rel string) (fs.FileInfo, error) {
 // (ErrSymlink, ErrNotRegular), a larger file with ErrTooLarge; it never
 // blocks and never allocates more than max+1 bytes.
 func (d *Dir) ReadFileBounded(rel string, max int64) ([]byte, error) {
+	if max < 0 {
+		max = 0
+	}
 	f, err := d.OpenFile(rel, unix.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err

@@ -117,17 +117,26 @@ func fetchBounded(t *testing.T, bound time.Duration, unblock func(), cfg receive
 }
 
 // A planted .zrecv-HASH.state symlink (to an existing file outside, or to
-// a name outside that does not exist yet) is neither followed nor written
-// through: the fetch succeeds, the target is untouched, no file is created
-// outside, and the symlink is gone.
-func TestPlantedStateSymlink(t *testing.T) {
-	for _, target := range []string{"secret", "created-by-zrecv"} {
-		t.Run(target, func(t *testing.T) {
+// a name outside that does not exist yet) or hard link (to a file outside)
+// is neither followed nor written through: the fetch succeeds, the target
+// is untouched, no file is created outside, and the planted name is gone.
+func TestPlantedStateFile(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		plant func(fx *plantFixture, state string) error
+	}{
+		{"symlink", func(fx *plantFixture, state string) error { return os.Symlink(fx.secret, state) }},
+		{"dangling-symlink", func(fx *plantFixture, state string) error {
+			return os.Symlink(filepath.Join(fx.outside, "created-by-zrecv"), state)
+		}},
+		{"hardlink", func(fx *plantFixture, state string) error { return os.Link(fx.secret, state) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
 			fx := newPlantFixture(t)
 			src, ep, _ := serveRandom(t, "f.bin", plantSize, sender.Config{})
 			dest := filepath.Join(fx.out, "f.bin")
 			_, state := receiver.PartialPaths(dest)
-			if err := os.Symlink(filepath.Join(fx.outside, target), state); err != nil {
+			if err := c.plant(fx, state); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := fetch(t, receiver.Config{Endpoint: ep, OutputDir: fx.out}, "f.bin"); err != nil {

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -432,5 +433,39 @@ func TestPlantedDestinationSymlink(t *testing.T) {
 		}
 		sameFile(t, src, dest)
 		fx.untouched(t)
+	}
+}
+
+// Files in more directories than zrecv keeps open at once are fetched, and
+// no directory descriptor is left open afterwards.
+func TestManyDirectoriesNoDescriptorLeak(t *testing.T) {
+	const dirs = 400 // more than the receiver's cache of open directories
+	src := filepath.Join(t.TempDir(), "t")
+	var names []string
+	for i := range dirs {
+		d := filepath.Join(src, fmt.Sprintf("d%03d", i))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeRandom(t, d, "f", 100)
+		names = append(names, fmt.Sprintf("t/d%03d/f", i))
+	}
+	ep, _ := serve(t, sender.Config{Paths: []string{src}})
+	out := t.TempDir()
+	before := openFDs(t)
+	if _, err := fetch(t, receiver.Config{Endpoint: ep, OutputDir: out}, names...); err != nil {
+		t.Fatal(err)
+	}
+	for i := range dirs {
+		sameFile(t, filepath.Join(src, fmt.Sprintf("d%03d", i), "f"), filepath.Join(out, "t", fmt.Sprintf("d%03d", i), "f"))
+	}
+	// The server may still be closing its side of the session: allow a few.
+	var after int
+	deadline := time.Now().Add(5 * time.Second)
+	for after = openFDs(t); after > before+8 && time.Now().Before(deadline); after = openFDs(t) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if after > before+8 {
+		t.Errorf("%d descriptors open before the fetch, %d after", before, after)
 	}
 }

@@ -47,6 +47,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -494,6 +495,112 @@ func (d *Dir) Link(oldRel, newRel string) error {
 	defer ndone()
 	if err := unix.Linkat(ofd, obase, nfd, nbase, 0); err != nil {
 		return &os.LinkError{Op: "link", Old: d.Join(oldRel), New: d.Join(newRel), Err: err}
+	}
+	return nil
+}
+
+// Exchange atomically swaps the entries aRel and bRel, both beneath d
+// (renameat2 RENAME_EXCHANGE); either may be a directory or a symlink,
+// which is swapped itself.
+func (d *Dir) Exchange(aRel, bRel string) error {
+	afd, abase, adone, err := d.parent("exchange", aRel)
+	if err != nil {
+		return err
+	}
+	defer adone()
+	bfd, bbase, bdone, err := d.parent("exchange", bRel)
+	if err != nil {
+		return err
+	}
+	defer bdone()
+	if err := unix.Renameat2(afd, abase, bfd, bbase, unix.RENAME_EXCHANGE); err != nil {
+		return &os.LinkError{Op: "exchange", Old: d.Join(aRel), New: d.Join(bRel), Err: err}
+	}
+	return nil
+}
+
+// Readlink returns the target of the symlink rel (readlinkat), which is
+// not resolved.
+func (d *Dir) Readlink(rel string) (string, error) {
+	pfd, base, done, err := d.parent("readlink", rel)
+	if err != nil {
+		return "", err
+	}
+	defer done()
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		n, err := unix.Readlinkat(pfd, base, buf)
+		if err != nil {
+			return "", &os.PathError{Op: "readlink", Path: d.Join(rel), Err: err}
+		}
+		if n < size {
+			return string(buf[:n]), nil
+		}
+		if size >= 1<<16 {
+			return "", &os.PathError{Op: "readlink", Path: d.Join(rel), Err: ErrTooLarge}
+		}
+	}
+}
+
+// ReadDir lists the directory rel ("" for d itself), sorted by name,
+// without following a symlink to it. Use each entry's Type(), or d.Lstat:
+// an entry's Info() looks its name up by path.
+func (d *Dir) ReadDir(rel string) ([]fs.DirEntry, error) {
+	sub, err := d.Sub(rel)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(sub.fd), sub.name) // owns the descriptor now
+	defer f.Close()
+	ents, err := f.ReadDir(-1)
+	slices.SortFunc(ents, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	return ents, err
+}
+
+// RemoveAll removes rel and, if it is a directory, everything beneath it,
+// never following a symlink (a symlink is removed itself). A missing rel
+// is not an error.
+func (d *Dir) RemoveAll(rel string) error {
+	pfd, base, done, err := d.parent("remove", rel)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	defer done()
+	return removeAll(pfd, base, d.Join(rel), 0)
+}
+
+// removeAll removes name in the directory dirfd; path is for messages.
+func removeAll(dirfd int, name, path string, depth int) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
+		return &os.PathError{Op: "unlink", Path: path, Err: err}
+	}
+	if depth > 4096 {
+		return &os.PathError{Op: "remove", Path: path, Err: errors.New("directories nested too deep")}
+	}
+	fd, err := openBeneath(dirfd, []string{name}, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return &os.PathError{Op: "readdir", Path: path, Err: err}
+	}
+	for _, n := range names {
+		if err := removeAll(fd, n, filepath.Join(path, n), depth+1); err != nil {
+			return err
+		}
+	}
+	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+		return &os.PathError{Op: "rmdir", Path: path, Err: err}
 	}
 	return nil
 }

@@ -456,3 +456,142 @@ func TestSameFile(t *testing.T) {
 		t.Fatal("SameFile is wrong")
 	}
 }
+
+func TestExchangeReadlinkReadDir(t *testing.T) {
+	modes(t, func(t *testing.T) {
+		fx := newFixture(t)
+		if err := fx.d.MkdirAll("v/1", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := fx.d.Symlink("v/1", "cur"); err != nil {
+			t.Fatal(err)
+		}
+		if err := fx.d.Symlink("v/2", "next"); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := fx.d.Readlink("cur"); err != nil || got != "v/1" {
+			t.Fatalf("readlink: %q, %v", got, err)
+		}
+		long := strings.Repeat("x/", 300)
+		fx.d.Symlink(long, "long")
+		if got, err := fx.d.Readlink("long"); err != nil || got != long {
+			t.Fatalf("readlink of a long target: %d octets, %v", len(got), err)
+		}
+		if err := fx.d.Exchange("cur", "next"); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := fx.d.Readlink("cur"); got != "v/2" {
+			t.Fatalf("after exchange cur -> %q", got)
+		}
+		// A directory and a symlink swap too.
+		if err := fx.d.Exchange("v", "next"); err != nil {
+			t.Fatal(err)
+		}
+		if fi, _ := fx.d.Lstat("next"); !fi.IsDir() {
+			t.Fatal("exchange of a directory and a symlink")
+		}
+		ents, err := fx.d.ReadDir("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		if !slices.Equal(names, []string{"cur", "long", "next", "v"}) {
+			t.Fatalf("ReadDir: %v", names)
+		}
+		// ReadDir does not follow a symlink to a directory.
+		fx.d.Symlink(fx.outside, "out")
+		_, err = fx.d.ReadDir("out")
+		wantErr(t, err, ErrSymlink)
+		fx.untouched(t)
+	})
+}
+
+func TestRemoveAll(t *testing.T) {
+	modes(t, func(t *testing.T) {
+		fx := newFixture(t)
+		if err := fx.d.MkdirAll("tree/a/b/c", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"tree/f", "tree/a/f", "tree/a/b/c/f"} {
+			os.WriteFile(filepath.Join(fx.out, f), []byte("x"), 0o644)
+		}
+		// Symlinks beneath are removed, not followed.
+		os.Symlink(fx.outside, filepath.Join(fx.out, "tree/a/to-outside"))
+		os.Symlink(fx.secret, filepath.Join(fx.out, "tree/a/b/secret"))
+		os.Link(fx.secret, filepath.Join(fx.out, "tree/hard"))
+		unix.Mkfifo(filepath.Join(fx.out, "tree/fifo"), 0o600)
+		if err := fx.d.RemoveAll("tree"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Lstat(filepath.Join(fx.out, "tree")); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("tree still there: %v", err)
+		}
+		if err := fx.d.RemoveAll("tree"); err != nil {
+			t.Fatalf("removing a missing tree: %v", err)
+		}
+		// A symlink given as rel is removed itself.
+		os.Symlink(fx.outside, filepath.Join(fx.out, "link"))
+		if err := fx.d.RemoveAll("link"); err != nil {
+			t.Fatal(err)
+		}
+		// A symlinked directory on the way is refused.
+		os.Symlink(fx.outside, filepath.Join(fx.out, "sub"))
+		wantErr(t, fx.d.RemoveAll("sub/secret"), ErrSymlink)
+		fx.untouched(t)
+	})
+}
+
+// A directory flipped between a real directory and a symlink to the
+// outside, while files are created, directories made and names renamed
+// through it, never lets anything through to the outside.
+func TestConcurrentSwapToSymlink(t *testing.T) {
+	modes(t, func(t *testing.T) {
+		fx := newFixture(t)
+		real := filepath.Join(fx.out, "real")
+		sub := filepath.Join(fx.out, "sub")
+		if err := os.Mkdir(real, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		flipped := make(chan int)
+		go func() {
+			n := 0
+			defer func() { flipped <- n }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				os.Rename(real, sub) // sub is a directory
+				os.Rename(sub, real)
+				os.Symlink(fx.outside, sub) // sub is a symlink to the outside
+				os.Remove(sub)
+				n++
+			}
+		}()
+		deadline := time.Now().Add(500 * time.Millisecond)
+		for i := 0; time.Now().Before(deadline); i++ {
+			name := "sub/f" + strings.Repeat("x", i%7)
+			if f, err := fx.d.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600); err == nil {
+				f.WriteString("y")
+				f.Close()
+			}
+			fx.d.MkdirAll("sub/d/e", 0o755)
+			fx.d.Rename("sub/f", "sub/g")
+			fx.d.Unlink("sub/secret")
+			fx.d.Symlink("x", "sub/s")
+			fx.d.Link("sub/g", "sub/h")
+			fx.d.ReadFileBounded("sub/secret", 1<<20)
+		}
+		close(stop)
+		if n := <-flipped; n == 0 {
+			t.Log("the directory was never flipped")
+		}
+		os.Remove(sub)
+		fx.untouched(t)
+	})
+}

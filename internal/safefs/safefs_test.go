@@ -550,9 +550,13 @@ func TestRemoveAll(t *testing.T) {
 func TestConcurrentSwapToSymlink(t *testing.T) {
 	modes(t, func(t *testing.T) {
 		fx := newFixture(t)
-		real := filepath.Join(fx.out, "real")
+		// "sub" and "other" are swapped atomically, again and again: sub is
+		// in turn a directory and a symlink to the outside.
 		sub := filepath.Join(fx.out, "sub")
-		if err := os.Mkdir(real, 0o755); err != nil {
+		if err := os.Mkdir(sub, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(fx.outside, filepath.Join(fx.out, "other")); err != nil {
 			t.Fatal(err)
 		}
 		stop := make(chan struct{})
@@ -566,11 +570,10 @@ func TestConcurrentSwapToSymlink(t *testing.T) {
 					return
 				default:
 				}
-				os.Rename(real, sub) // sub is a directory
-				os.Rename(sub, real)
-				os.Symlink(fx.outside, sub) // sub is a symlink to the outside
-				os.Remove(sub)
-				n++
+				if unix.Renameat2(unix.AT_FDCWD, sub, unix.AT_FDCWD, filepath.Join(fx.out, "other"), unix.RENAME_EXCHANGE) == nil {
+					n++
+				}
+				time.Sleep(50 * time.Microsecond)
 			}
 		}()
 		deadline := time.Now().Add(500 * time.Millisecond)
@@ -588,10 +591,9 @@ func TestConcurrentSwapToSymlink(t *testing.T) {
 			fx.d.ReadFileBounded("sub/secret", 1<<20)
 		}
 		close(stop)
-		if n := <-flipped; n == 0 {
-			t.Log("the directory was never flipped")
+		if n := <-flipped; n < 10 {
+			t.Fatalf("the directory was flipped only %d times", n)
 		}
-		os.Remove(sub)
 		fx.untouched(t)
 	})
 }

@@ -385,7 +385,9 @@ func (t *task) openPartial(m *protocol.File, reuse, chunk int64, out *outDir) er
 // createFresh creates the file name in d, which must be new: whatever is
 // there (a file of an earlier attempt, or anything planted: a symlink, a
 // hard link, a FIFO) is unlinked first, which leaves its target and its
-// other names as they were. A directory there is an error.
+// other names as they were. A directory there is an error. A file made
+// by O_CREAT|O_EXCL (which refuses even a dangling symlink) is a new
+// regular file with one link: it needs no further check before writing.
 func createFresh(d *safefs.Dir, name string) (*os.File, error) {
 	f, err := d.CreateExclusive(name, 0o600)
 	if errors.Is(err, fs.ErrExist) {

@@ -16,11 +16,12 @@
 //     component is opened in turn with O_NOFOLLOW | O_DIRECTORY, and the
 //     final one with O_NOFOLLOW. A symlink met on the way is reported as
 //     ErrSymlink, naming the path.
-//   - Operations that act on a name (mkdir, rename, unlink, link, symlink,
-//     lstat) are done with the *at system call on a descriptor of the
-//     name's parent directory, itself opened as above, so a directory
-//     swapped for a symlink between two calls is not followed either: the
-//     call acts in the directory that was opened, or fails.
+//   - Operations that act on a name (mkdir, rename, exchange, unlink,
+//     link, symlink, readlink, lstat, and each step of RemoveAll) are done
+//     with the *at system call on a descriptor of the name's parent
+//     directory, itself opened as above, so a directory swapped for a
+//     symlink between two calls is not followed either: the call acts in
+//     the directory that was opened, or fails.
 //   - Files are opened with O_CLOEXEC, and O_NOCTTY; a file opened for
 //     reading by ReadFileBounded, or for writing by OpenPrivate, is opened
 //     with O_NONBLOCK first so a FIFO cannot block the open, and refused
@@ -28,16 +29,17 @@
 //   - ReadFileBounded reads at most max bytes, never allocates more than
 //     max+1 bytes, and never blocks on a FIFO or device.
 //
-// What is not guaranteed: the directory opened by OpenDir itself is found by
-// an ordinary path lookup (symlinks in that path are followed: it is the
-// caller's choice). A directory beneath it that someone renames elsewhere
-// after it was opened keeps being used through its descriptor; that is
-// only ever a place the renaming user could write to. Mount points are
-// crossed. Hard links cannot be refused at open time: CheckRegularSingleLink
-// (and OpenPrivate, which calls it) checks the link count of an opened file.
+// What is not guaranteed: the directory opened by OpenDir itself is found
+// by an ordinary path lookup (symlinks in that path are followed: it is
+// the caller's choice). A directory beneath a Dir that someone renames
+// elsewhere after it was opened keeps being used through its descriptor;
+// that is only ever a place the renaming user could write to. Mount points
+// are crossed. Hard links cannot be refused at open time:
+// CheckRegularSingleLink (and OpenPrivate, which calls it) checks the link
+// count of an opened file. The Info method of an entry from ReadDir looks
+// the name up by path, as package os does: use Type or Lstat instead.
 //
-// The package is Linux-first; it builds wherever golang.org/x/sys/unix has
-// the *at calls, but the guarantees above are stated for Linux.
+// The package is for Linux (openat2, O_TMPFILE, renameat2).
 package safefs
 
 import (

@@ -541,3 +541,74 @@ func TestZsendCLIPublishes(t *testing.T) {
 		t.Fatalf("published after a change with --watch %+v", e)
 	}
 }
+
+// LIST with SUBSCRIBE: after its END, each new version is pushed as a TREE
+// with the LIST's request id; CANCEL of that id ends it.
+func TestV2ListSubscribe(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	os.MkdirAll(a, 0o755)
+	os.MkdirAll(b, 0o755)
+	_, srv := publishingServer(t, sender.Config{Paths: []string{a, b}})
+	ep := srv.Endpoint()
+	c := helloV2(t, ep)
+	c.sendV2(t, &protocol.List{Request: 7, Flags: protocol.ListSubscribe, Tree: "a"})
+	if tr, ok := c.next(t).(*protocol.Tree); !ok || tr.Name != "a" || tr.Seq != 1 {
+		t.Fatalf("first TREE %+v", tr)
+	}
+	if e, ok := c.next(t).(*protocol.End); !ok || e.Request != 7 || e.Size != 1 {
+		t.Fatalf("END %+v", e)
+	}
+	all := helloV2(t, ep) // a second session subscribes to every tree
+	all.sendV2(t, &protocol.List{Request: 1, Flags: protocol.ListSubscribe})
+	if got := len(all.collectUntilEnd(t, 1)); got != 2 {
+		t.Fatalf("%d TREEs for all trees", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	os.WriteFile(filepath.Join(b, "f"), []byte("b changed"), 0o644)
+	srv.Publish(ctx)
+	os.WriteFile(filepath.Join(a, "f"), []byte("a changed"), 0o644)
+	srv.Publish(ctx)
+	// Session c hears only of tree a; session all of both.
+	if tr, ok := c.next(t).(*protocol.Tree); !ok || tr.Request != 7 || tr.Name != "a" || tr.Seq != 2 {
+		t.Fatalf("pushed TREE %+v", tr)
+	}
+	seen := map[string]uint64{}
+	for len(seen) < 2 {
+		tr, ok := all.next(t).(*protocol.Tree)
+		if !ok || tr.Request != 1 {
+			t.Fatalf("pushed %+v", tr)
+		}
+		seen[tr.Name] = tr.Seq
+	}
+	if seen["a"] != 2 || seen["b"] != 2 {
+		t.Fatalf("pushed versions %v", seen)
+	}
+	// CANCEL ends the subscription: the next version is not pushed.
+	c.sendV2(t, &protocol.Cancel{Request: 7})
+	os.WriteFile(filepath.Join(a, "f"), []byte("a changed again"), 0o644)
+	srv.Publish(ctx)
+	if tr, ok := all.next(t).(*protocol.Tree); !ok || tr.Name != "a" || tr.Seq != 3 {
+		t.Fatalf("pushed %+v", tr)
+	}
+	c.silent(t, 300*time.Millisecond, "after CANCEL of the subscription")
+}
+
+func (c *v2) collectUntilEnd(t *testing.T, req uint32) []*protocol.Tree {
+	t.Helper()
+	var trees []*protocol.Tree
+	for {
+		switch m := c.next(t).(type) {
+		case *protocol.Tree:
+			trees = append(trees, m)
+		case *protocol.End:
+			if m.Request != req {
+				t.Fatalf("END %+v", m)
+			}
+			return trees
+		default:
+			t.Fatalf("unexpected %T", m)
+		}
+	}
+}

@@ -143,6 +143,9 @@ type publisher struct {
 	keep   int
 	lock   *os.File
 	events func(Event)
+	// onPublish, if set, is called after each new version is announced
+	// (set once, before any publish that can run concurrently).
+	onPublish func()
 
 	mu    sync.Mutex // one scan or GC at a time
 	trees map[string]*pubTree
@@ -391,6 +394,9 @@ func (p *publisher) publish(t *pubTree) error {
 		o.mu.Lock()
 		o.m = nil
 		o.mu.Unlock()
+	}
+	if p.onPublish != nil {
+		p.onPublish()
 	}
 	p.event(Event{Kind: "published", Name: t.name, Seq: seq, Version: id.String(), Entries: int64(v.entries),
 		Files: int64(files), Size: int64(bytes), Stored: int64(s.stored)})

@@ -192,6 +192,9 @@ type Server struct {
 	ring     []*session // round-robin order
 	turn     int
 	wake     chan struct{}
+	// announce is signalled when a version is published, for the
+	// subscriptions (LIST with SUBSCRIBE).
+	announce chan struct{}
 	departed chan departure // connections the guard saw close
 	// unsolicited counts, per routing id, the replies sent since the last
 	// housekeeping tick to messages outside a session (see replyNoSession).
@@ -283,8 +286,17 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		endpoint:    boundEndpoint(cfg.Endpoint, sock.Addr()),
 		sessions:    make(map[string]*session),
 		wake:        make(chan struct{}, 1),
+		announce:    make(chan struct{}, 1),
 		departed:    departed,
 		unsolicited: make(map[string]int),
+	}
+	if pub != nil {
+		pub.onPublish = func() {
+			select {
+			case s.announce <- struct{}{}:
+			default:
+			}
+		}
 	}
 	size := cfg.ChunkSize
 	s.bufs.New = func() any { b := make([]byte, size); return &b }
@@ -380,6 +392,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.housekeeping(now)
 		case d := <-s.departed:
 			s.peerGone(d)
+		case <-s.announce:
+			s.pushVersions()
 		default:
 		}
 		if s.sendRound() {
@@ -395,6 +409,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			s.handleInbound(in)
 		case <-s.wake:
+		case <-s.announce:
+			s.pushVersions()
 		case now := <-tick.C:
 			s.housekeeping(now)
 		case d := <-s.departed:

@@ -52,17 +52,82 @@ func (sess *session) list(m *protocol.List) {
 		}
 		trees = append(trees, t)
 	}
+	var sub *subscription
+	if m.Flags&protocol.ListSubscribe != 0 {
+		if len(sess.subs) >= maxSubscriptions {
+			sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
+				Message: fmt.Sprintf("more than %d subscriptions in one session", maxSubscriptions)})
+			return
+		}
+		sub = &subscription{req: m.Request, tree: strings.TrimSuffix(m.Tree, "/"), sent: map[string]uint64{}}
+	}
 	n := 0
 	for _, t := range trees {
 		v := t.latest()
 		if v == nil {
 			continue // nothing published yet (its first scan failed)
 		}
-		sess.send(&protocol.Tree{Request: m.Request, Seq: v.seq, Entries: v.entries, Bytes: v.bytes,
-			ManifestSize: uint64(v.size), Version: protocol.Hash(v.id), Name: t.name})
+		sess.sendTree(m.Request, t, v)
+		if sub != nil {
+			sub.sent[t.name] = v.seq
+		}
 		n++
 	}
 	sess.send(&protocol.End{Request: m.Request, Size: uint64(n)})
+	if sub != nil {
+		sess.unsubscribe(m.Request) // a LIST reusing a request id replaces its subscription
+		sess.subs = append(sess.subs, sub)
+	}
+}
+
+func (sess *session) sendTree(req uint32, t *pubTree, v *version) {
+	sess.send(&protocol.Tree{Request: req, Seq: v.seq, Entries: v.entries, Bytes: v.bytes,
+		ManifestSize: uint64(v.size), Version: protocol.Hash(v.id), Name: t.name})
+}
+
+// maxSubscriptions bounds the LIST subscriptions of one session.
+const maxSubscriptions = 64
+
+// subscription is a LIST with SUBSCRIBE: tree "" means every tree.
+type subscription struct {
+	req  uint32
+	tree string
+	sent map[string]uint64 // tree -> seq of the last TREE sent
+}
+
+func (sess *session) unsubscribe(req uint32) {
+	for i, sub := range sess.subs {
+		if sub.req == req {
+			sess.subs = append(sess.subs[:i], sess.subs[i+1:]...)
+			return
+		}
+	}
+}
+
+// pushVersions sends, to every subscription, a TREE for each tree whose
+// latest version it has not seen. Versions published in quick succession
+// may be announced once, by the newest.
+func (s *Server) pushVersions() {
+	if s.pub == nil {
+		return
+	}
+	for _, sess := range s.ring {
+		if sess.dead {
+			continue
+		}
+		for _, sub := range sess.subs {
+			for _, name := range s.pub.names {
+				if sub.tree != "" && sub.tree != name {
+					continue
+				}
+				t := s.pub.trees[name]
+				if v := t.latest(); v != nil && v.seq > sub.sent[name] {
+					sub.sent[name] = v.seq
+					sess.sendTree(sub.req, t, v)
+				}
+			}
+		}
+	}
 }
 
 func gone(t *pubTree, tag protocol.Tag) error {

@@ -38,6 +38,9 @@ type session struct {
 	// probedAt is when the server, full, sent a liveness PING that the
 	// peer has not yet answered (zero: none pending).
 	probedAt time.Time
+	// subs are the LIST requests with SUBSCRIBE: each new version of a
+	// tree they name is pushed as a TREE with their request id.
+	subs []*subscription
 	// pongWindow and pongs limit the PINGs answered per second.
 	pongWindow time.Time
 	pongs      int
@@ -79,6 +82,7 @@ func (sess *session) handle(m protocol.Message) {
 			sess.cur.permit(&sess.gate)
 		}
 	case *protocol.Cancel:
+		sess.unsubscribe(m.Request)
 		if sess.cur != nil && sess.cur.req == m.Request {
 			sess.finishTransfer()
 			return

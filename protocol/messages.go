@@ -44,8 +44,9 @@ type List struct {
 	Tree    string // a tree name, or "" for all trees
 }
 
-// ListSubscribe is reserved for follow mode: the server would push a TREE
-// with the LIST's request id for every new version until the session ends.
+// ListSubscribe makes a LIST a subscription (follow mode): the server
+// pushes a TREE with the LIST's request id for every new version of the
+// listed trees until the session ends or the client CANCELs the request.
 const ListSubscribe uint8 = 0x01
 
 // MGet requests the manifest of a version of a tree (C->S, version 2). It
@@ -63,7 +64,7 @@ type VGet Get
 // Tree describes the latest version of a tree (S->C, version 2).
 type Tree struct {
 	Request      uint32 // the LIST's request id
-	Flags        uint8  // reserved, 0
+	Flags        uint8  // TreeBarrier or 0; other bits MUST be 0
 	Seq          uint64 // the version's sequence number: only grows
 	Entries      uint64 // entries in the manifest, the root included
 	Bytes        uint64 // sum of the sizes of the version's regular files
@@ -249,8 +250,8 @@ func (m *Tree) decodeHeader(d *decoder) {
 	m.ManifestSize = d.u64()
 	d.bytes(m.Version[:])
 	m.Name = d.text(MaxNameLen)
-	if m.Flags != 0 {
-		d.fail("flags %#02x: reserved, must be 0", m.Flags)
+	if m.Flags&^TreeBarrier != 0 {
+		d.fail("flags %#02x has reserved bits set", m.Flags)
 	}
 }
 
@@ -382,6 +383,14 @@ func newMessage(c Command) Message {
 		return new(Bye)
 	case CmdError:
 		return new(Error)
+	case CmdReport:
+		return new(Report)
+	case CmdStatus:
+		return new(Status)
+	case CmdFleet:
+		return new(Fleet)
+	case CmdSwitch:
+		return new(Switch)
 	}
 	return nil
 }

@@ -22,7 +22,7 @@ const Signature = "ZSND"
 // Protocol versions this implementation speaks.
 const (
 	Version1   uint8 = 1
-	Version2   uint8 = 2 // adds trees and versions: LIST, MGET, VGET, TREE, code 410
+	Version2   uint8 = 2 // adds trees and versions (LIST, MGET, VGET, TREE, code 410) and the fleet (REPORT, STATUS, SWITCH, FLEET)
 	MinVersion       = Version1
 	MaxVersion       = Version2
 )
@@ -34,6 +34,9 @@ const (
 	MaxNameLen      = 4096         // largest file name, in bytes
 	MaxComponentLen = 255          // largest single path component, in bytes
 	MaxTextLen      = 1024         // largest free-text field (error message, peer id)
+	MaxNodeLen      = 255          // largest node name in REPORT and FLEET
+	MaxHookNameLen  = 16           // largest hook name in REPORT and FLEET
+	MaxHookOutput   = 4096         // largest hook output in REPORT and FLEET
 	MinChunkSize    = 4 << 10      // smallest chunk size a peer may negotiate
 	MaxChunkSize    = 4 << 20      // largest chunk size a peer may negotiate
 	MaxFrameSize    = MaxChunkSize // no frame of a valid session is larger than this
@@ -57,11 +60,15 @@ const (
 	CmdList    Command = 0x05 // C->S (v2) list served trees and their latest versions
 	CmdMGet    Command = 0x06 // C->S (v2) request a tree version's manifest
 	CmdVGet    Command = 0x07 // C->S (v2) request one file of a tree version
+	CmdReport  Command = 0x08 // C->S (v2) a node's state of one tree, for the fleet table
+	CmdStatus  Command = 0x09 // C->S (v2) request the fleet table
 	CmdWelcome Command = 0x10 // S->C accept a session
 	CmdFile    Command = 0x11 // S->C metadata of a requested file
 	CmdChunk   Command = 0x12 // S->C one chunk of file data
 	CmdEnd     Command = 0x13 // S->C end of a file, whole-file hash
 	CmdTree    Command = 0x14 // S->C (v2) one tree's latest version, answering LIST
+	CmdSwitch  Command = 0x15 // S->C (v2) switch a staged version now (barrier)
+	CmdFleet   Command = 0x16 // S->C (v2) one row of the fleet table, answering STATUS
 	CmdPing    Command = 0x20 // both: heartbeat request
 	CmdPong    Command = 0x21 // both: heartbeat reply
 	CmdBye     Command = 0x22 // both: the session is ending
@@ -73,18 +80,14 @@ var commandNames = map[Command]string{
 	CmdWelcome: "WELCOME", CmdFile: "FILE", CmdChunk: "CHUNK", CmdEnd: "END",
 	CmdPing: "PING", CmdPong: "PONG", CmdBye: "BYE", CmdError: "ERROR",
 	CmdList: "LIST", CmdMGet: "MGET", CmdVGet: "VGET", CmdTree: "TREE",
+	CmdReport: "REPORT", CmdStatus: "STATUS", CmdSwitch: "SWITCH", CmdFleet: "FLEET",
 }
-
-// Octets reserved for commands of later versions (docs/DESIGN-trees.md),
-// unknown commands (501) until then: 0x08 REPORT (node -> server status),
-// 0x09 STATUS (fleet table request), 0x15 SWITCH (server-driven switch),
-// 0x16 FLEET (fleet table rows).
 
 // Since is the first protocol version that has command c: a frame marked
 // with an older version that carries c is an unknown command (501).
 func (c Command) Since() uint8 {
 	switch c {
-	case CmdList, CmdMGet, CmdVGet, CmdTree:
+	case CmdList, CmdMGet, CmdVGet, CmdTree, CmdReport, CmdStatus, CmdSwitch, CmdFleet:
 		return Version2
 	}
 	return Version1
@@ -108,7 +111,7 @@ type Code uint16
 const (
 	CodeOK             Code = 200 // BYE: normal close
 	CodeBadRequest     Code = 400 // malformed message or protocol violation; session dropped
-	CodeRefused        Code = 403 // name refused: traversal, absolute, outside the served set
+	CodeRefused        Code = 403 // name refused: traversal, absolute, outside the served set; REPORT: node name bound to another key
 	CodeNotFound       Code = 404 // no such name is served
 	CodeTimeout        Code = 408 // BYE: peer silent longer than the liveness bound
 	CodeChanged        Code = 409 // source changed while being sent

@@ -56,6 +56,16 @@ var samples = []struct {
 	{"vget", &VGet{Request: 6, Offset: 0, Tag: tagOf(0xC0), Name: "etc/app/main.conf"}, 0},
 	{"tree", &Tree{Request: 1, Seq: 42, Entries: 3, Bytes: 1234, ManifestSize: 289, Version: hashOf(0xC0), Name: "etc"}, 0},
 	{"error_gone", &Error{Request: 4, Code: CodeGone, Message: "etc@c0c1c2c3c4c5 is no longer kept"}, Version2},
+	{"tree_barrier", &Tree{Request: 3, Flags: TreeBarrier, Seq: 43, Entries: 3, Bytes: 1234, ManifestSize: 289, Version: hashOf(0xC1), Name: "etc"}, 0},
+	// Version 2: follow mode and the fleet table.
+	{"report", &Report{Request: 9, State: StateSwitched, Seq: 42, SyncMS: 120, Version: hashOf(0xC0), Node: "web7", Tree: "etc",
+		Hook: HookResult{Name: "exec", Exit: 0, DurationMS: 35, Output: "reloaded\n"}}, 0},
+	{"report_failed", &Report{Request: 10, State: StateFailed, Seq: 41, Version: hashOf(0xBF), Node: "web9", Tree: "etc",
+		Error: "check failed", Hook: HookResult{Name: "check", Exit: 1, DurationMS: 12, Output: "nginx: bad config"}}, 0},
+	{"report_syncing", &Report{Request: 11, State: StateSyncing, Node: "web1", Tree: "etc"}, 0},
+	{"status", &Status{Request: 12, Tree: ""}, 0},
+	{"fleet", &Fleet{Request: 12, State: StateLost, Seq: 40, Behind: 2, AgeMS: 45000, SyncMS: 80, Version: hashOf(0xBE), Node: "web3", Tree: "etc"}, 0},
+	{"switch", &Switch{Request: 3, Seq: 43, Version: hashOf(0xC1), Tree: "etc"}, 0},
 }
 
 func TestRoundTripEveryCommand(t *testing.T) {
@@ -145,7 +155,8 @@ func TestPinnedConstants(t *testing.T) {
 	pins := map[Command]byte{CmdHello: 0x01, CmdGet: 0x02, CmdCredit: 0x03, CmdCancel: 0x04,
 		CmdWelcome: 0x10, CmdFile: 0x11, CmdChunk: 0x12, CmdEnd: 0x13,
 		CmdPing: 0x20, CmdPong: 0x21, CmdBye: 0x22, CmdError: 0x23,
-		CmdList: 0x05, CmdMGet: 0x06, CmdVGet: 0x07, CmdTree: 0x14}
+		CmdList: 0x05, CmdMGet: 0x06, CmdVGet: 0x07, CmdTree: 0x14,
+		CmdReport: 0x08, CmdStatus: 0x09, CmdSwitch: 0x15, CmdFleet: 0x16}
 	for c, b := range pins {
 		if byte(c) != b {
 			t.Errorf("%v = 0x%02x, want 0x%02x", c, byte(c), b)
@@ -157,7 +168,9 @@ func TestPinnedConstants(t *testing.T) {
 	if got := hex.EncodeToString(CommandFrame(2, CmdMGet)); got != "5a534e440206" {
 		t.Errorf("MGET command frame %s", got)
 	}
-	if CodeGone != 410 || MaxVersion != 2 || MinVersion != 1 || ListSubscribe != 1 {
+	if CodeGone != 410 || MaxVersion != 2 || MinVersion != 1 || ListSubscribe != 1 || TreeBarrier != 1 ||
+		StateSyncing != 1 || StateStaged != 2 || StateSwitched != 3 || StateFailed != 4 || StateLost != 5 ||
+		MaxNodeLen != 255 || MaxHookNameLen != 16 || MaxHookOutput != 4096 {
 		t.Error("version 2 constants changed: update PROTOCOL.md")
 	}
 	if Signature != "ZSND" || MaxFrameSize != 4<<20 || MaxNameLen != 4096 {
@@ -173,6 +186,7 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 	listHdr := Encode(2, &List{Request: 1, Tree: "etc"})[1]
 	vgetHdr := Encode(2, &VGet{Request: 1, Tag: tagOf(1), Name: "etc/a"})[1]
 	treeHdr := Encode(2, &Tree{Request: 1, Seq: 1, Name: "etc"})[1]
+	reportHdr := Encode(2, &Report{Request: 1, State: StateSyncing, Node: "n", Tree: "etc"})[1]
 	v2 := func(c Command) []byte { return CommandFrame(Version2, c) }
 	cases := []struct {
 		name   string
@@ -208,8 +222,26 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 		{"mget at version 1", [][]byte{CommandFrame(1, CmdMGet), getHdr}, ErrUnknownCommand},
 		{"vget at version 1", [][]byte{CommandFrame(1, CmdVGet), vgetHdr}, ErrUnknownCommand},
 		{"tree at version 1", [][]byte{CommandFrame(1, CmdTree), treeHdr}, ErrUnknownCommand},
-		{"reserved 0x08 at version 2", [][]byte{CommandFrame(2, 0x08), {}}, ErrUnknownCommand},
-		{"reserved 0x15 at version 2", [][]byte{CommandFrame(2, 0x15), {}}, ErrUnknownCommand},
+		{"report at version 1", [][]byte{CommandFrame(1, CmdReport), reportHdr}, ErrUnknownCommand},
+		{"switch at version 1", [][]byte{CommandFrame(1, CmdSwitch), Encode(2, &Switch{Request: 1, Tree: "etc"})[1]}, ErrUnknownCommand},
+		{"unassigned 0x0a at version 2", [][]byte{CommandFrame(2, 0x0a), {}}, ErrUnknownCommand},
+		{"unassigned 0x17 at version 2", [][]byte{CommandFrame(2, 0x17), {}}, ErrUnknownCommand},
+		{"report request 0", [][]byte{v2(CmdReport), Encode(2, &Report{State: 1, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
+		{"report state 0", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
+		{"report state lost", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, State: StateLost, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
+		{"report empty node", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, State: 1, Tree: "etc"})[1]}, ErrMalformed},
+		{"report empty tree", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, State: 1, Node: "n"})[1]}, ErrMalformed},
+		{"report long node", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, State: 1, Node: strings.Repeat("n", MaxNodeLen+1), Tree: "etc"})[1]}, ErrMalformed},
+		{"report long tree", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, State: 1, Node: "n", Tree: strings.Repeat("t", MaxComponentLen+1)})[1]}, ErrMalformed},
+		{"report long hook output", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, State: 1, Node: "n", Tree: "etc", Hook: HookResult{Name: "exec", Output: strings.Repeat("o", MaxHookOutput+1)}})[1]}, ErrMalformed},
+		{"report hook without name", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, State: 1, Node: "n", Tree: "etc", Hook: HookResult{Exit: 1}})[1]}, ErrMalformed},
+		{"report truncated", [][]byte{v2(CmdReport), reportHdr[:len(reportHdr)-1]}, ErrMalformed},
+		{"report trailing", [][]byte{v2(CmdReport), append(append([]byte{}, reportHdr...), 0)}, ErrMalformed},
+		{"status flags", [][]byte{v2(CmdStatus), Encode(2, &Status{Request: 1, Flags: 1})[1]}, ErrMalformed},
+		{"status request 0", [][]byte{v2(CmdStatus), Encode(2, &Status{})[1]}, ErrMalformed},
+		{"fleet state 0", [][]byte{v2(CmdFleet), Encode(2, &Fleet{Request: 1, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
+		{"fleet state 6", [][]byte{v2(CmdFleet), Encode(2, &Fleet{Request: 1, State: 6, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
+		{"switch empty tree", [][]byte{v2(CmdSwitch), Encode(2, &Switch{Request: 1})[1]}, ErrMalformed},
 		{"list request 0", [][]byte{v2(CmdList), Encode(2, &List{Tree: "etc"})[1]}, ErrMalformed},
 		{"list reserved flag", [][]byte{v2(CmdList), Encode(2, &List{Request: 1, Flags: 2})[1]}, ErrMalformed},
 		{"list truncated", [][]byte{v2(CmdList), listHdr[:4]}, ErrMalformed},
@@ -219,7 +251,7 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 		{"mget truncated", [][]byte{v2(CmdMGet), getHdr[:20]}, ErrMalformed},
 		{"vget zero tag", [][]byte{v2(CmdVGet), Encode(2, &VGet{Request: 1, Name: "etc/a"})[1]}, ErrMalformed},
 		{"vget request 0", [][]byte{v2(CmdVGet), Encode(2, &VGet{Tag: tagOf(1), Name: "etc/a"})[1]}, ErrMalformed},
-		{"tree flags", [][]byte{v2(CmdTree), Encode(2, &Tree{Request: 1, Flags: 1, Name: "etc"})[1]}, ErrMalformed},
+		{"tree flags", [][]byte{v2(CmdTree), Encode(2, &Tree{Request: 1, Flags: 2, Name: "etc"})[1]}, ErrMalformed},
 		{"tree truncated", [][]byte{v2(CmdTree), treeHdr[:len(treeHdr)-1]}, ErrMalformed},
 		{"tree trailing", [][]byte{v2(CmdTree), append(append([]byte{}, treeHdr...), 0)}, ErrMalformed},
 		{"tree extra frame", [][]byte{v2(CmdTree), treeHdr, {}}, ErrMalformed},

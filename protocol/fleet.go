@@ -1,0 +1,215 @@
+package protocol
+
+// Follow mode and the fleet table (version 2, PROTOCOL.md section 14).
+
+// TreeBarrier is TREE's flag bit 0: the server coordinates switches
+// (zsend --barrier). A follower that already shows a version of the tree
+// stages the announced version, REPORTs it staged, and switches only when
+// a SWITCH for it arrives.
+const TreeBarrier uint8 = 0x01
+
+// NodeState is a node's state of one tree in REPORT and FLEET.
+type NodeState uint8
+
+// Node states. StateLost appears only in FLEET: the server derives it from
+// a node's silence.
+const (
+	StateSyncing  NodeState = 1 // fetching or staging a version
+	StateStaged   NodeState = 2 // a version is staged and checked, waiting to switch
+	StateSwitched NodeState = 3 // the stable path shows the reported version
+	StateFailed   NodeState = 4 // the last sync, check or hook failed
+	StateLost     NodeState = 5 // FLEET only: not heard from within the server's bound
+)
+
+var stateNames = [...]string{"", "syncing", "staged", "switched", "failed", "lost"}
+
+func (s NodeState) String() string {
+	if int(s) < len(stateNames) && s != 0 {
+		return stateNames[s]
+	}
+	return "invalid"
+}
+
+// HookResult is a node's last hook run, in REPORT and FLEET. Name ""
+// means no hook ran; Exit is the exit status, -1 when it was killed
+// (timeout) or could not start; a hook succeeded when Name != "" and
+// Exit == 0.
+type HookResult struct {
+	Name       string // "check", "exec" or "rollback"; at most MaxHookNameLen octets
+	Exit       int32
+	DurationMS uint32
+	Output     string // captured output, at most MaxHookOutput octets
+}
+
+// Report is a node's state of one tree (C->S, version 2). The server
+// answers END (Request, size 0) when the fleet table took it, or ERROR
+// (Request, code) when it refused it: 400 invalid, 403 name bound to
+// another key, 404 unknown tree, 429 table full. Either way the session
+// continues.
+type Report struct {
+	Request uint32
+	State   NodeState // 1..4
+	Seq     uint64    // sequence of the version the node shows (0: none)
+	SyncMS  uint32    // duration of the last sync
+	Version Hash      // id of the version the node shows (zero: none)
+	Node    string    // node name, 1..MaxNodeLen octets
+	Tree    string    // tree name, one name component
+	Error   string    // last error, "" if none
+	Hook    HookResult
+}
+
+// Status asks for the fleet table (C->S, version 2). The reply is one
+// TREE per tree (its latest version), one FLEET per (node, tree) row,
+// then END with Size = the number of FLEET rows.
+type Status struct {
+	Request uint32
+	Flags   uint8  // reserved, 0
+	Tree    string // a tree name, or "" for every tree
+}
+
+// Fleet is one row of the fleet table (S->C, version 2).
+type Fleet struct {
+	Request uint32
+	State   NodeState // 1..5 (lost)
+	Seq     uint64
+	Behind  uint64 // versions behind the tree's latest
+	AgeMS   uint64 // time since the node was last heard from
+	SyncMS  uint32
+	Version Hash
+	Node    string
+	Tree    string
+	Error   string
+	Hook    HookResult
+}
+
+// Switch tells a follower to switch a staged version now (S->C, version
+// 2): the barrier of zsend --barrier. Request is the follower's LIST
+// SUBSCRIBE request id.
+type Switch struct {
+	Request uint32
+	Seq     uint64
+	Version Hash
+	Tree    string
+}
+
+func (*Report) Command() Command { return CmdReport }
+func (*Status) Command() Command { return CmdStatus }
+func (*Fleet) Command() Command  { return CmdFleet }
+func (*Switch) Command() Command { return CmdSwitch }
+
+func (h *HookResult) append(b []byte) []byte {
+	b = appendString(b, h.Name)
+	b = be32(b, uint32(h.Exit))
+	b = be32(b, h.DurationMS)
+	return appendString(b, h.Output)
+}
+
+func (h *HookResult) decode(d *decoder) {
+	h.Name = d.text(MaxHookNameLen)
+	h.Exit = int32(d.u32())
+	h.DurationMS = d.u32()
+	h.Output = d.text(MaxHookOutput)
+	if h.Name == "" && (h.Exit != 0 || h.DurationMS != 0 || h.Output != "") {
+		d.fail("hook result without a hook name")
+	}
+}
+
+func (m *Report) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = append(b, uint8(m.State))
+	b = be64(b, m.Seq)
+	b = be32(b, m.SyncMS)
+	b = append(b, m.Version[:]...)
+	b = appendString(b, m.Node)
+	b = appendString(b, m.Tree)
+	b = appendString(b, m.Error)
+	return m.Hook.append(b)
+}
+
+func (m *Report) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.State = NodeState(d.u8())
+	m.Seq = d.u64()
+	m.SyncMS = d.u32()
+	d.bytes(m.Version[:])
+	m.Node = d.text(MaxNodeLen)
+	m.Tree = d.text(MaxComponentLen)
+	m.Error = d.text(MaxTextLen)
+	m.Hook.decode(d)
+	switch {
+	case m.Request == NoRequest:
+		d.fail("request id 0 is reserved")
+	case m.State < StateSyncing || m.State > StateFailed:
+		d.fail("state %d is not one a node reports", m.State)
+	case m.Node == "":
+		d.fail("empty node name")
+	case m.Tree == "":
+		d.fail("empty tree name")
+	}
+}
+
+func (m *Status) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = append(b, m.Flags)
+	return appendString(b, m.Tree)
+}
+
+func (m *Status) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.Flags = d.u8()
+	m.Tree = d.text(MaxComponentLen)
+	switch {
+	case m.Request == NoRequest:
+		d.fail("request id 0 is reserved")
+	case m.Flags != 0:
+		d.fail("flags %#02x: reserved, must be 0", m.Flags)
+	}
+}
+
+func (m *Fleet) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = append(b, uint8(m.State))
+	b = be64(b, m.Seq)
+	b = be64(b, m.Behind)
+	b = be64(b, m.AgeMS)
+	b = be32(b, m.SyncMS)
+	b = append(b, m.Version[:]...)
+	b = appendString(b, m.Node)
+	b = appendString(b, m.Tree)
+	b = appendString(b, m.Error)
+	return m.Hook.append(b)
+}
+
+func (m *Fleet) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.State = NodeState(d.u8())
+	m.Seq = d.u64()
+	m.Behind = d.u64()
+	m.AgeMS = d.u64()
+	m.SyncMS = d.u32()
+	d.bytes(m.Version[:])
+	m.Node = d.text(MaxNodeLen)
+	m.Tree = d.text(MaxComponentLen)
+	m.Error = d.text(MaxTextLen)
+	m.Hook.decode(d)
+	if m.State < StateSyncing || m.State > StateLost {
+		d.fail("state %d unknown", m.State)
+	}
+}
+
+func (m *Switch) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = be64(b, m.Seq)
+	b = append(b, m.Version[:]...)
+	return appendString(b, m.Tree)
+}
+
+func (m *Switch) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.Seq = d.u64()
+	d.bytes(m.Version[:])
+	m.Tree = d.text(MaxComponentLen)
+	if m.Tree == "" {
+		d.fail("empty tree name")
+	}
+}

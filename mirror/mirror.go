@@ -51,6 +51,7 @@
 package mirror
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -87,6 +88,24 @@ type Config struct {
 	// Events, if set, receives progress and drift events. It must return
 	// quickly.
 	Events func(Event)
+	// BeforeSwitch, if set, is called when a new version is staged and
+	// checked, before the stable path is switched to it (follow mode's
+	// --check hook and barrier). An error leaves the stable path as it
+	// is and is returned by Sync; the staged version's directory is
+	// removed (a later sync of it reuses the current version's files).
+	BeforeSwitch func(ctx context.Context, st Staged) error
+}
+
+// Staged describes a staged version for Config.BeforeSwitch.
+type Staged struct {
+	Tree    string
+	Version manifest.ID
+	Seq     uint64
+	Dir     string // the version's directory (complete and checked)
+	// PrevSeq and PrevDir name the version the stable path shows now
+	// (0 and "" if none: the first sync).
+	PrevSeq uint64
+	PrevDir string
 }
 
 // EventKind says what an Event reports.

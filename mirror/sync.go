@@ -224,6 +224,21 @@ func (s *syncer) build(ctx context.Context, man *manifest.Manifest, id manifest.
 	}
 	res.Dir = filepath.Join(l.v.Name(), name)
 	if cur.kind != curManaged || cur.name != name {
+		if cfg.BeforeSwitch != nil {
+			st := Staged{Tree: cfg.Tree, Version: id, Seq: res.Seq, Dir: res.Dir}
+			if cur.kind == curManaged {
+				st.PrevSeq, _, _ = parseVersionName(cur.name)
+				st.PrevDir = filepath.Join(l.v.Name(), cur.name)
+			}
+			if err := cfg.BeforeSwitch(ctx, st); err != nil {
+				// Not switched to: drop it, so it never takes the place
+				// of a version worth keeping for rollback.
+				if rerr := removeAllAt(int(l.v.Fd()), name); rerr == nil {
+					fsyncDir(l.v)
+				}
+				return err
+			}
+		}
 		if err := l.switchTo(name, cur); err != nil {
 			return err
 		}

@@ -44,6 +44,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/zsend/zsend/internal/fleet"
 	"github.com/zsend/zsend/internal/guard"
 	"github.com/zsend/zsend/internal/zsock"
 	"github.com/zsend/zsend/protocol"
@@ -96,6 +97,18 @@ type Config struct {
 	Debounce time.Duration
 	// RescanEvery is --watch's periodic rescan; default 60s.
 	RescanEvery time.Duration
+
+	// Fleet bounds the fleet table of node reports (PROTOCOL.md section
+	// 14): MaxNodes (default 10000), LostAfter (default 30s: a node not
+	// heard from for longer is shown lost), MaxText.
+	Fleet fleet.Config
+	// Barrier coordinates switches: followers stage each new version and
+	// switch when the server sends SWITCH, once every live follower of the
+	// tree (or Quorum of them, when Quorum > 0) has staged it, or at
+	// BarrierTimeout (default 30s), when those that have staged switch.
+	Barrier        bool
+	Quorum         int
+	BarrierTimeout time.Duration
 }
 
 // Event is something an operator may want to see.
@@ -167,6 +180,9 @@ func (c *Config) setDefaults() error {
 	if c.RescanEvery <= 0 {
 		c.RescanEvery = 60 * time.Second
 	}
+	if c.BarrierTimeout <= 0 {
+		c.BarrierTimeout = 30 * time.Second
+	}
 	if c.Guard.IdleTimeout == 0 {
 		// Receivers PING every few seconds; a connection silent for longer
 		// than the session timeout holds nothing worth keeping.
@@ -203,6 +219,7 @@ type Server struct {
 
 	closeOnce sync.Once
 	stats     counters
+	fleet     *fleetState
 }
 
 // counters are updated by the serving goroutine and producers, read by Stats.
@@ -289,7 +306,9 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		announce:    make(chan struct{}, 1),
 		departed:    departed,
 		unsolicited: make(map[string]int),
+		fleet:       newFleetState(cfg.Fleet),
 	}
+	s.syncFleetLatest(time.Now())
 	if pub != nil {
 		pub.onPublish = func() {
 			select {
@@ -393,6 +412,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		case d := <-s.departed:
 			s.peerGone(d)
 		case <-s.announce:
+			s.syncFleetLatest(time.Now())
 			s.pushVersions()
 		default:
 		}
@@ -410,6 +430,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.handleInbound(in)
 		case <-s.wake:
 		case <-s.announce:
+			s.syncFleetLatest(time.Now())
 			s.pushVersions()
 		case now := <-tick.C:
 			s.housekeeping(now)
@@ -575,6 +596,7 @@ func (s *Server) compactRing() {
 
 func (s *Server) housekeeping(now time.Time) {
 	clear(s.unsolicited)
+	s.fleetHousekeeping(now)
 	s.reapUnresponsive(now)
 	for _, sess := range s.ring {
 		if sess.dead {

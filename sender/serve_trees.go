@@ -81,7 +81,11 @@ func (sess *session) list(m *protocol.List) {
 }
 
 func (sess *session) sendTree(req uint32, t *pubTree, v *version) {
-	sess.send(&protocol.Tree{Request: req, Seq: v.seq, Entries: v.entries, Bytes: v.bytes,
+	var flags uint8
+	if sess.srv.cfg.Barrier {
+		flags = protocol.TreeBarrier
+	}
+	sess.send(&protocol.Tree{Request: req, Flags: flags, Seq: v.seq, Entries: v.entries, Bytes: v.bytes,
 		ManifestSize: uint64(v.size), Version: protocol.Hash(v.id), Name: t.name})
 }
 

@@ -41,6 +41,10 @@ type session struct {
 	// subs are the LIST requests with SUBSCRIBE: each new version of a
 	// tree they name is pushed as a TREE with their request id.
 	subs []*subscription
+	// nodes are the node names this session reported under (REPORT), at
+	// most maxNodesPerSession: SWITCH goes to them, and the session's
+	// messages keep them alive in the fleet table.
+	nodes map[string]bool
 	// pongWindow and pongs limit the PINGs answered per second.
 	pongWindow time.Time
 	pongs      int
@@ -77,6 +81,10 @@ func (sess *session) handle(m protocol.Message) {
 		sess.enqueue(protocol.CmdVGet, (*protocol.Get)(m))
 	case *protocol.List:
 		sess.list(m)
+	case *protocol.Report:
+		sess.report(m)
+	case *protocol.Status:
+		sess.status(m)
 	case *protocol.Credit:
 		if sess.gate.Grant(m.Limit) && sess.cur != nil {
 			sess.cur.permit(&sess.gate)

@@ -243,8 +243,8 @@ func listNames(names []string) string {
 func (t *Table) Status(now time.Time) []TreeStatus {
 	var out []TreeStatus
 	for tree, l := range t.latest {
-		s := TreeStatus{Tree: tree, Latest: l}
-		for name, n := range t.nodes {
+		var rows []Row
+		for _, n := range t.nodes {
 			r, ok := n.trees[tree]
 			if !ok {
 				continue
@@ -257,28 +257,41 @@ func (t *Table) Status(now time.Time) []TreeStatus {
 			row.Shown = row.State
 			if now.Sub(n.lastSeen) > t.cfg.LostAfter {
 				row.Shown = Lost
-				s.LostNodes = append(s.LostNodes, name)
-			} else {
-				s.Live++
-				switch {
-				case row.State == Failed || (row.Hook != nil && !row.Hook.OK):
-					s.Failed = append(s.Failed, name)
-				case row.State == Switched && row.Version == l.Version:
-					s.OnLatest++
-				default:
-					s.Behind = append(s.Behind, name)
-				}
 			}
-			s.Rows = append(s.Rows, row)
+			rows = append(rows, row)
 		}
-		sort.Slice(s.Rows, func(i, j int) bool { return s.Rows[i].Node < s.Rows[j].Node })
-		sort.Strings(s.Behind)
-		sort.Strings(s.Failed)
-		sort.Strings(s.LostNodes)
-		out = append(out, s)
+		out = append(out, Summarize(tree, l, rows))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Tree < out[j].Tree })
 	return out
+}
+
+// Summarize builds a tree's view from its rows (Shown and Behind set):
+// the table's Status uses it, and so does a client holding rows a server
+// sent (zsend --status).
+func Summarize(tree string, l Latest, rows []Row) TreeStatus {
+	s := TreeStatus{Tree: tree, Latest: l, Rows: rows}
+	for _, row := range rows {
+		name := row.Node
+		if row.Shown == Lost {
+			s.LostNodes = append(s.LostNodes, name)
+			continue
+		}
+		s.Live++
+		switch {
+		case row.State == Failed || (row.Hook != nil && !row.Hook.OK):
+			s.Failed = append(s.Failed, name)
+		case row.State == Switched && row.Version == l.Version:
+			s.OnLatest++
+		default:
+			s.Behind = append(s.Behind, name)
+		}
+	}
+	sort.Slice(s.Rows, func(i, j int) bool { return s.Rows[i].Node < s.Rows[j].Node })
+	sort.Strings(s.Behind)
+	sort.Strings(s.Failed)
+	sort.Strings(s.LostNodes)
+	return s
 }
 
 // Verdict is the deploy gate's answer.
@@ -294,8 +307,10 @@ const (
 // Gate decides the deploy gate at now: HookFailed if any live node failed,
 // else Converged when every live node reporting any tree runs its latest
 // version (at least one node must report each tree), else Pending.
-func (t *Table) Gate(now time.Time) Verdict {
-	st := t.Status(now)
+func (t *Table) Gate(now time.Time) Verdict { return GateOf(t.Status(now)) }
+
+// GateOf is Gate over a status already taken.
+func GateOf(st []TreeStatus) Verdict {
 	v := Converged
 	for _, s := range st {
 		if len(s.Failed) > 0 {

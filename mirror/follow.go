@@ -1,0 +1,483 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/zsend/zsend/internal/hooks"
+	"github.com/zsend/zsend/manifest"
+	"github.com/zsend/zsend/protocol"
+	"github.com/zsend/zsend/receiver"
+)
+
+// Follow mode (zrecv --follow): keep trees on the latest version for as
+// long as the context lives.
+//
+// One control session (receiver.Control) subscribes to every tree (LIST
+// with SUBSCRIBE) and carries the node's REPORTs; it is re-established
+// forever, with a capped backoff, whatever happens to the server. Each
+// tree has a worker that syncs (Sync, in sessions of its own) whenever the
+// server announces a version other than the one the stable path shows.
+// Each (re)connect lists every tree again, so an announcement lost while
+// disconnected never matters, and a node any number of versions behind
+// goes straight to the latest one (Sync always syncs to the latest).
+
+// FollowConfig configures Follow. Zero values take the documented defaults.
+type FollowConfig struct {
+	// Receiver carries the endpoint and timeouts (as for Sync).
+	Receiver receiver.Config
+	// Out is the output directory (it must exist); Trees the trees to follow.
+	Out   string
+	Trees []string
+	// Keep and LockWait as in Config.
+	Keep     int
+	LockWait time.Duration
+	// Node is the name this node reports under; default the host name.
+	Node string
+	// Check runs (sh -c) on each staged version before the switch; a
+	// failure (non-zero exit, timeout) means no switch and state failed.
+	Check string
+	// Exec runs after each switch. A failure is reported (state failed);
+	// with RollbackOnFailure the stable path flips back to the previous
+	// version and Exec runs again for it (phase "rollback").
+	Exec              string
+	RollbackOnFailure bool
+	// HookTimeout kills a hook's process group; default 30s.
+	HookTimeout time.Duration
+	// MaxBackoff caps the wait between reconnects and between retries
+	// of a failed sync; default 5s.
+	MaxBackoff time.Duration
+	// ReportEvery re-sends the node's reports (liveness); default 10s.
+	ReportEvery time.Duration
+	// Events, if set, receives what happens; it must not block.
+	Events func(FollowEvent)
+}
+
+// FollowEvent is something that happened while following.
+type FollowEvent struct {
+	Time    time.Time
+	Kind    string // "connected", "disconnected", "syncing", "staged", "switched", "unchanged", "failed", "hook", "note"
+	Tree    string
+	Seq     uint64
+	Version manifest.ID
+	Message string
+	Err     error
+	Hook    *hooks.Result
+}
+
+// errSuperseded: a newer version was announced while one was staged
+// waiting for the barrier; the newer one is synced instead.
+var errSuperseded = errors.New("a newer version was announced")
+
+// hookError is a failed --check.
+type hookError struct{ res hooks.Result }
+
+func (e *hookError) Error() string {
+	return fmt.Sprintf("check hook failed: %v", e.res.Err)
+}
+
+// ErrBadNode: the node name is empty, too long or not UTF-8.
+var ErrBadNode = errors.New("invalid node name")
+
+// Follow syncs every tree of cfg.Trees to its latest version, then keeps
+// it there until ctx ends, reporting each change of state to the server.
+// It returns nil when ctx ends, or a configuration error at once.
+func Follow(ctx context.Context, cfg FollowConfig) error {
+	if len(cfg.Trees) == 0 {
+		return fmt.Errorf("%w: no tree to follow", receiver.ErrRefused)
+	}
+	seen := map[string]bool{}
+	for _, t := range cfg.Trees {
+		if err := ValidTree(t); err != nil {
+			return err
+		}
+		if seen[t] {
+			return fmt.Errorf("%w: tree %s named twice", receiver.ErrRefused, t)
+		}
+		seen[t] = true
+	}
+	if cfg.Node == "" {
+		cfg.Node, _ = os.Hostname()
+	}
+	if cfg.Node == "" || len(cfg.Node) > protocol.MaxNodeLen || !utf8.ValidString(cfg.Node) {
+		return fmt.Errorf("%w: %q (1 to %d octets of UTF-8)", ErrBadNode, cfg.Node, protocol.MaxNodeLen)
+	}
+	if cfg.Out == "" {
+		cfg.Out = "."
+	}
+	if fi, err := os.Stat(cfg.Out); err != nil || !fi.IsDir() {
+		return fmt.Errorf("output directory %s: not a directory (%v)", cfg.Out, err)
+	}
+	if cfg.HookTimeout <= 0 {
+		cfg.HookTimeout = 30 * time.Second
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	if cfg.Receiver.OutputDir == "" {
+		cfg.Receiver.OutputDir = cfg.Out
+	}
+	fl := &follower{cfg: &cfg, trees: map[string]*followed{}, notify: make(chan struct{}, 1)}
+	for _, t := range cfg.Trees {
+		fl.trees[t] = &followed{fl: fl, name: t, poke: make(chan struct{}, 1), switchCh: make(chan manifest.ID, 1)}
+	}
+	var wg sync.WaitGroup
+	for _, f := range fl.trees {
+		wg.Add(1)
+		go func() { defer wg.Done(); f.work(ctx) }()
+	}
+	fl.control(ctx)
+	wg.Wait()
+	return nil
+}
+
+type follower struct {
+	cfg    *FollowConfig
+	trees  map[string]*followed
+	notify chan struct{}
+
+	mu      sync.Mutex
+	reports map[string]protocol.Report // tree -> latest report
+	dirty   map[string]bool
+}
+
+func (fl *follower) emit(e FollowEvent) {
+	if fl.cfg.Events != nil {
+		e.Time = time.Now()
+		fl.cfg.Events(e)
+	}
+}
+
+// control keeps the control session up until ctx ends.
+func (fl *follower) control(ctx context.Context) {
+	rc := fl.cfg.Receiver
+	rc.Timeout = fl.cfg.MaxBackoff + time.Second // one dial attempt; this loop retries forever
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		connected := false
+		err := receiver.Control(ctx, rc, receiver.ControlConfig{
+			Trees: fl.cfg.Trees, Notify: fl.notify, ReportEvery: fl.cfg.ReportEvery, Reports: fl.pending,
+			Events: func(e receiver.ControlEvent) {
+				if e.Kind == receiver.ControlConnected {
+					connected = true
+				}
+				fl.controlEvent(e)
+			},
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		if connected {
+			backoff = 100 * time.Millisecond
+		}
+		fl.emit(FollowEvent{Kind: "disconnected", Err: err, Message: fmt.Sprintf("reconnecting in %v", backoff)})
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, fl.cfg.MaxBackoff)
+	}
+}
+
+func (fl *follower) controlEvent(e receiver.ControlEvent) {
+	switch e.Kind {
+	case receiver.ControlConnected:
+		fl.emit(FollowEvent{Kind: "connected", Message: fl.cfg.Receiver.Endpoint})
+	case receiver.ControlTree:
+		if f := fl.trees[e.Tree.Name]; f != nil {
+			f.announce(e.Tree, e.Barrier)
+		}
+	case receiver.ControlSwitch:
+		if f := fl.trees[e.Tree.Name]; f != nil {
+			select {
+			case <-f.switchCh:
+			default:
+			}
+			f.switchCh <- manifest.ID(e.Tree.Version)
+		}
+	case receiver.ControlRefused:
+		fl.emit(FollowEvent{Kind: "note", Tree: e.Tree.Name, Err: e.Err, Message: e.Err.Error()})
+	}
+}
+
+// pending is receiver.ControlConfig.Reports.
+func (fl *follower) pending(all bool) []protocol.Report {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	var out []protocol.Report
+	for t, r := range fl.reports {
+		if all || fl.dirty[t] {
+			out = append(out, r)
+		}
+	}
+	clear(fl.dirty)
+	return out
+}
+
+func (fl *follower) setReport(r protocol.Report) {
+	r.Node = fl.cfg.Node
+	r.Error = clip(r.Error, protocol.MaxTextLen)
+	r.Hook.Output = clip(r.Hook.Output, protocol.MaxHookOutput)
+	fl.mu.Lock()
+	if fl.reports == nil {
+		fl.reports, fl.dirty = map[string]protocol.Report{}, map[string]bool{}
+	}
+	fl.reports[r.Tree] = r
+	fl.dirty[r.Tree] = true
+	fl.mu.Unlock()
+	select {
+	case fl.notify <- struct{}{}:
+	default:
+	}
+}
+
+// clip makes s valid UTF-8 of at most n octets.
+func clip(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	cut := n - 3
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
+// HookReport converts a hook's result for REPORT.
+func HookReport(name string, r *hooks.Result) protocol.HookResult {
+	if r == nil {
+		return protocol.HookResult{}
+	}
+	return protocol.HookResult{Name: name, Exit: int32(r.Exit), DurationMS: uint32(r.Duration / time.Millisecond),
+		Output: clip(r.Output, protocol.MaxHookOutput)}
+}
+
+// followed is one tree's worker state.
+type followed struct {
+	fl       *follower
+	name     string
+	poke     chan struct{}
+	switchCh chan manifest.ID
+
+	mu      sync.Mutex
+	latest  receiver.TreeInfo // the newest version announced
+	known   bool
+	barrier bool
+
+	// Owned by the worker.
+	shownSeq  uint64
+	shownID   manifest.ID
+	failedID  manifest.ID // a version whose hooks failed: not retried
+	lastHook  protocol.HookResult
+	lastSync  time.Duration
+	retryWait time.Duration
+}
+
+func (f *followed) announce(info receiver.TreeInfo, barrier bool) {
+	f.mu.Lock()
+	if !f.known || info.Seq >= f.latest.Seq || info.Version != f.latest.Version {
+		f.latest, f.known, f.barrier = info, true, barrier
+	}
+	f.mu.Unlock()
+	select {
+	case f.poke <- struct{}{}:
+	default:
+	}
+}
+
+func (f *followed) wanted() (receiver.TreeInfo, bool, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.latest, f.barrier, f.known
+}
+
+func (f *followed) report(state protocol.NodeState, seq uint64, id manifest.ID, err error) {
+	r := protocol.Report{Tree: f.name, State: state, Seq: seq, Version: protocol.Hash(id),
+		SyncMS: uint32(f.lastSync / time.Millisecond), Hook: f.lastHook}
+	if err != nil {
+		r.Error = err.Error()
+	}
+	f.fl.setReport(r)
+}
+
+func (f *followed) work(ctx context.Context) {
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.poke:
+		case <-retry:
+		}
+		retry = nil
+		info, _, known := f.wanted()
+		if !known {
+			continue
+		}
+		id := manifest.ID(info.Version)
+		if (id == f.shownID && f.shownSeq != 0) || id == f.failedID {
+			continue
+		}
+		if err := f.syncOnce(ctx); err != nil && ctx.Err() == nil {
+			if errors.Is(err, errSuperseded) {
+				continue
+			}
+			f.retryWait = min(max(2*f.retryWait, 500*time.Millisecond), f.fl.cfg.MaxBackoff)
+			retry = time.After(f.retryWait)
+			continue
+		}
+		f.retryWait = 0
+	}
+}
+
+// syncOnce syncs to the latest version, runs the hooks and reports.
+func (f *followed) syncOnce(ctx context.Context) error {
+	cfg := f.fl.cfg
+	f.lastHook = protocol.HookResult{}
+	f.report(protocol.StateSyncing, f.shownSeq, f.shownID, nil)
+	f.fl.emit(FollowEvent{Kind: "syncing", Tree: f.name, Seq: f.shownSeq, Version: f.shownID})
+	mc := Config{Receiver: cfg.Receiver, Out: cfg.Out, Tree: f.name, Keep: cfg.Keep, LockWait: cfg.LockWait,
+		BeforeSwitch: f.beforeSwitch}
+	start := time.Now()
+	res, err := Sync(ctx, mc)
+	f.lastSync = time.Since(start)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		var he *hookError
+		switch {
+		case errors.Is(err, errSuperseded):
+			f.poked()
+			return err
+		case errors.As(err, &he):
+			f.failedID = res.Version
+			f.report(protocol.StateFailed, f.shownSeq, f.shownID, err)
+			f.fl.emit(FollowEvent{Kind: "failed", Tree: f.name, Seq: res.Seq, Version: res.Version, Err: err, Hook: &he.res})
+			return nil // not retried: a newer version is needed
+		case errors.Is(err, ErrBadManifest) || errors.Is(err, ErrMismatch) || errors.Is(err, ErrLayout):
+			f.report(protocol.StateFailed, f.shownSeq, f.shownID, err)
+		default:
+			// Transient (the server went away mid-sync): still trying.
+			f.report(protocol.StateSyncing, f.shownSeq, f.shownID, err)
+		}
+		f.fl.emit(FollowEvent{Kind: "failed", Tree: f.name, Seq: res.Seq, Version: res.Version, Err: err})
+		return err
+	}
+	prevSeq, prevID := f.shownSeq, f.shownID
+	f.shownSeq, f.shownID = res.Seq, res.Version
+	if res.Unchanged || res.Repaired || (prevID == res.Version && prevSeq != 0) {
+		f.report(protocol.StateSwitched, res.Seq, res.Version, nil)
+		f.fl.emit(FollowEvent{Kind: "unchanged", Tree: f.name, Seq: res.Seq, Version: res.Version})
+		return nil
+	}
+	f.fl.emit(FollowEvent{Kind: "switched", Tree: f.name, Seq: res.Seq, Version: res.Version,
+		Message: fmt.Sprintf("%d files fetched, %d reused", res.FilesFetched, res.FilesReused)})
+	if cfg.Exec == "" {
+		f.report(protocol.StateSwitched, res.Seq, res.Version, nil)
+		return nil
+	}
+	env := hooks.Env{Tree: f.name, Version: res.Version.String(), Seq: res.Seq, Path: res.Stable,
+		PrevSeq: prevSeq, Phase: "exec"}
+	if prevSeq != 0 {
+		env.PrevVersion = prevID.String()
+	}
+	hr := hooks.Run(ctx, cfg.Exec, cfg.Out, env, cfg.HookTimeout, protocol.MaxHookOutput)
+	f.lastHook = HookReport("exec", &hr)
+	f.fl.emit(FollowEvent{Kind: "hook", Tree: f.name, Seq: res.Seq, Version: res.Version, Hook: &hr, Err: hr.Err, Message: "exec"})
+	if hr.OK() {
+		f.report(protocol.StateSwitched, res.Seq, res.Version, nil)
+		return nil
+	}
+	f.failedID = res.Version
+	failure := fmt.Errorf("exec hook failed for v%d: %w", res.Seq, hr.Err)
+	if cfg.RollbackOnFailure && res.Previous != "" {
+		dir, rerr := Rollback(cfg.Out, f.name)
+		if rerr != nil {
+			failure = fmt.Errorf("%w; rollback failed: %v", failure, rerr)
+		} else {
+			f.shownSeq, f.shownID = prevSeq, prevID
+			if seq, _, ok := parseVersionName(filepath.Base(dir)); ok {
+				f.shownSeq = seq
+			}
+			renv := env
+			renv.Version, renv.Seq, renv.PrevVersion, renv.PrevSeq, renv.Phase = prevID.String(), f.shownSeq, res.Version.String(), res.Seq, "rollback"
+			rr := hooks.Run(ctx, cfg.Exec, cfg.Out, renv, cfg.HookTimeout, protocol.MaxHookOutput)
+			f.fl.emit(FollowEvent{Kind: "hook", Tree: f.name, Seq: f.shownSeq, Version: f.shownID, Hook: &rr, Err: rr.Err, Message: "rollback"})
+			failure = fmt.Errorf("%w; rolled back to v%d (rollback hook: %s)", failure, f.shownSeq, okText(rr))
+		}
+	}
+	f.report(protocol.StateFailed, f.shownSeq, f.shownID, failure)
+	f.fl.emit(FollowEvent{Kind: "failed", Tree: f.name, Seq: res.Seq, Version: res.Version, Err: failure, Hook: &hr})
+	return nil
+}
+
+func okText(r hooks.Result) string {
+	if r.OK() {
+		return "ok"
+	}
+	return r.Err.Error()
+}
+
+func (f *followed) poked() {
+	select {
+	case f.poke <- struct{}{}:
+	default:
+	}
+}
+
+// beforeSwitch runs --check and, with the server's barrier, waits for
+// SWITCH.
+func (f *followed) beforeSwitch(ctx context.Context, st Staged) error {
+	cfg := f.fl.cfg
+	f.lastHook = protocol.HookResult{}
+	if cfg.Check != "" {
+		env := hooks.Env{Tree: f.name, Version: st.Version.String(), Seq: st.Seq, Path: st.Dir, PrevSeq: f.shownSeq, Phase: "check"}
+		if f.shownSeq != 0 {
+			env.PrevVersion = f.shownID.String()
+		}
+		hr := hooks.Run(ctx, cfg.Check, st.Dir, env, cfg.HookTimeout, protocol.MaxHookOutput)
+		f.lastHook = HookReport("check", &hr)
+		f.fl.emit(FollowEvent{Kind: "hook", Tree: f.name, Seq: st.Seq, Version: st.Version, Hook: &hr, Err: hr.Err, Message: "check"})
+		if !hr.OK() {
+			return &hookError{res: hr}
+		}
+	}
+	_, barrier, _ := f.wanted()
+	if !barrier || st.PrevDir == "" {
+		return nil
+	}
+	select {
+	case <-f.switchCh: // stale
+	default:
+	}
+	f.report(protocol.StateStaged, st.Seq, st.Version, nil)
+	f.fl.emit(FollowEvent{Kind: "staged", Tree: f.name, Seq: st.Seq, Version: st.Version, Message: "waiting for the server's SWITCH"})
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case id := <-f.switchCh:
+			if id == st.Version {
+				return nil
+			}
+		case <-f.poke:
+			info, barrier, _ := f.wanted()
+			if info.Seq > st.Seq && manifest.ID(info.Version) != st.Version {
+				return errSuperseded
+			}
+			if !barrier {
+				return nil // the server stopped coordinating
+			}
+		}
+	}
+}

@@ -1,0 +1,484 @@
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+
+	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zsock"
+	"github.com/zsend/zsend/protocol"
+)
+
+// Control sessions (PROTOCOL.md section 14): a follower's long session
+// (LIST with SUBSCRIBE, REPORT, SWITCH), STATUS for the fleet table, and a
+// one-shot node's REPORT. They carry no file data; files move in ordinary
+// sessions (Fetch, FetchRequests, the mirror).
+
+// ctl is one control session, from WELCOME to BYE.
+type ctl struct {
+	cfg      *Config
+	sock     zmq4.Socket
+	cancel   context.CancelFunc
+	inbox    <-chan zsock.Inbound
+	lastRecv atomic.Int64
+	version  uint8
+	tick     *time.Ticker
+}
+
+// errRetry marks session failures worth another attempt (no connection,
+// connection lost, server busy or restarting).
+type retryable struct{ err error }
+
+func (r *retryable) Error() string { return r.err.Error() }
+func (r *retryable) Unwrap() error { return r.err }
+
+func retryErr(format string, args ...any) error { return &retryable{fmt.Errorf(format, args...)} }
+
+// IsRetryable reports whether a control session failed in a way a new
+// attempt may fix (the server unreachable, restarting, or the connection
+// lost).
+func IsRetryable(err error) bool {
+	var r *retryable
+	return errors.As(err, &r)
+}
+
+// dialCtl connects, sends HELLO and waits for WELCOME at version 2.
+func dialCtl(ctx context.Context, cfg *Config, dialBy time.Time) (*ctl, error) {
+	ep, err := zsock.Endpoint(cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard))
+	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerRetry(100*time.Millisecond), zmq4.WithDialerMaxRetries(-1),
+		zmq4.WithLogger(discardLogger()), zmq4.WithTimeout(cfg.PeerTimeout))
+	c := &ctl{cfg: cfg, sock: sock, cancel: cancel, version: protocol.Version1}
+	dialed := make(chan error, 1)
+	go func() { dialed <- sock.Dial(ep) }()
+	timer := time.NewTimer(time.Until(dialBy))
+	defer timer.Stop()
+	select {
+	case err := <-dialed:
+		if err != nil {
+			c.abort()
+			return nil, retryErr("dialing %s: %v", cfg.Endpoint, err)
+		}
+	case <-timer.C:
+		cancel()
+		<-dialed
+		c.abort()
+		return nil, retryErr("no connection to %s", cfg.Endpoint)
+	case <-ctx.Done():
+		cancel()
+		<-dialed
+		c.abort()
+		return nil, ctx.Err()
+	}
+	c.lastRecv.Store(time.Now().UnixNano())
+	c.inbox = zsock.RecvLoop(sockCtx, sock, 16, &c.lastRecv)
+	c.tick = time.NewTicker(cfg.Heartbeat / 2)
+	c.send(&protocol.Hello{MinVersion: protocol.MinVersion, MaxVersion: protocol.MaxVersion,
+		MaxChunk: cfg.MaxChunk, HeartbeatMS: uint32(cfg.Heartbeat / time.Millisecond), PeerID: cfg.PeerID})
+	for {
+		m, err := c.next(ctx, nil)
+		if err != nil {
+			c.abort()
+			return nil, err
+		}
+		w, ok := m.(*protocol.Welcome)
+		if !ok {
+			c.abort()
+			return nil, fmt.Errorf("%w: %v before WELCOME", ErrProtocol, m.Command())
+		}
+		if w.Version < protocol.MinVersion || w.Version > protocol.MaxVersion {
+			c.abort()
+			return nil, fmt.Errorf("%w: server chose version %d", ErrProtocol, w.Version)
+		}
+		c.version = w.Version
+		if c.version < protocol.Version2 {
+			c.close()
+			return nil, ErrNoTrees
+		}
+		return c, nil
+	}
+}
+
+func (c *ctl) send(m protocol.Message) {
+	c.sock.Send(zmq4.NewMsgFrom(protocol.Encode(c.version, m)...))
+}
+
+func (c *ctl) abort() {
+	c.cancel()
+	c.sock.Close()
+	if c.tick != nil {
+		c.tick.Stop()
+	}
+}
+
+// close says BYE and closes.
+func (c *ctl) close() {
+	c.send(&protocol.Bye{Code: protocol.CodeOK, Reason: "done"})
+	c.abort()
+}
+
+// next returns the next message that is not a heartbeat. It sends PINGs,
+// answers PINGs, and fails the session when the server is silent for
+// PeerTimeout, says BYE, or sends a session-level ERROR. If idle is not
+// nil it is called at each tick (for periodic work) and may return an
+// error to end the session.
+func (c *ctl) next(ctx context.Context, idle func(time.Time) error) (protocol.Message, error) {
+	return c.nextOrWake(ctx, nil, idle)
+}
+
+// nextOrWake is next that also returns (nil, nil) when wake fires.
+func (c *ctl) nextOrWake(ctx context.Context, wake <-chan struct{}, idle func(time.Time) error) (protocol.Message, error) {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-wake:
+			return nil, nil
+		case now := <-c.tick.C:
+			if silent := now.Sub(time.Unix(0, c.lastRecv.Load())); silent > c.cfg.PeerTimeout {
+				return nil, retryErr("server silent for %v", silent.Round(time.Millisecond))
+			}
+			c.send(&protocol.Ping{Token: uint64(now.UnixNano())})
+			if idle != nil {
+				if err := idle(now); err != nil {
+					return nil, err
+				}
+			}
+		case in, ok := <-c.inbox:
+			if !ok {
+				return nil, retryErr("connection closed")
+			}
+			if in.Err != nil {
+				return nil, retryErr("connection lost: %v", in.Err)
+			}
+			msg, _, err := protocol.Decode(in.Frames)
+			if err != nil {
+				c.send(&protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()})
+				return nil, fmt.Errorf("%w: %v", ErrProtocol, err)
+			}
+			switch m := msg.(type) {
+			case *protocol.Ping:
+				c.send(&protocol.Pong{Token: m.Token})
+				continue
+			case *protocol.Pong:
+				continue
+			case *protocol.Bye:
+				err := fmt.Errorf("server closed the session: %s (%v)", m.Reason, m.Code)
+				if m.Code == protocol.CodeUnavailable || m.Code == protocol.CodeTimeout {
+					return nil, &retryable{err}
+				}
+				return nil, err
+			case *protocol.Error:
+				if m.Request == protocol.NoRequest {
+					re := &RemoteError{Code: m.Code, Message: m.Message}
+					if m.Code == protocol.CodeTooMany || m.Code == protocol.CodeUnavailable {
+						return nil, &retryable{re}
+					}
+					return nil, re
+				}
+			}
+			return msg, nil
+		}
+	}
+}
+
+// FleetRow is one row of the server's fleet table.
+type FleetRow struct {
+	Node     string
+	Tree     string
+	State    protocol.NodeState
+	Seq      uint64
+	Version  protocol.Hash
+	Behind   uint64
+	Age      time.Duration // since the node was last heard from
+	SyncTime time.Duration
+	Error    string
+	Hook     protocol.HookResult
+}
+
+// FleetStatus is the server's answer to STATUS.
+type FleetStatus struct {
+	Trees   []TreeInfo // each tree's latest version, sorted by name
+	Barrier bool       // the server coordinates switches (--barrier)
+	Rows    []FleetRow // sorted by tree, then node
+}
+
+// maxFleetRows bounds the rows one STATUS may return.
+const maxFleetRows = 1 << 20
+
+// Status asks the server for its fleet table (tree "" = every tree). A
+// server that cannot be reached is retried for cfg.Timeout.
+func Status(ctx context.Context, cfg Config, tree string) (FleetStatus, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return FleetStatus{}, err
+	}
+	deadline := time.Now().Add(cfg.Timeout)
+	backoff := 100 * time.Millisecond
+	for {
+		st, err := statusOnce(ctx, &cfg, tree, deadline)
+		if err == nil || !IsRetryable(err) || ctx.Err() != nil {
+			return st, err
+		}
+		if time.Now().Add(backoff).After(deadline) {
+			return st, fmt.Errorf("%w: %v (gave up after %v)", ErrUnreachable, err, cfg.Timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func statusOnce(ctx context.Context, cfg *Config, tree string, dialBy time.Time) (FleetStatus, error) {
+	var st FleetStatus
+	c, err := dialCtl(ctx, cfg, dialBy)
+	if err != nil {
+		return st, err
+	}
+	defer c.abort()
+	const req = 1
+	c.send(&protocol.Status{Request: req, Tree: tree})
+	for {
+		msg, err := c.next(ctx, nil)
+		if err != nil {
+			return st, err
+		}
+		switch m := msg.(type) {
+		case *protocol.Tree:
+			if m.Request != req || len(st.Trees) >= maxTrees {
+				return st, fmt.Errorf("%w: unexpected TREE", ErrProtocol)
+			}
+			st.Barrier = m.Flags&protocol.TreeBarrier != 0
+			st.Trees = append(st.Trees, TreeInfo{Name: m.Name, Seq: m.Seq, Entries: m.Entries, Bytes: m.Bytes,
+				ManifestSize: m.ManifestSize, Version: m.Version})
+		case *protocol.Fleet:
+			if m.Request != req || len(st.Rows) >= maxFleetRows {
+				return st, fmt.Errorf("%w: unexpected FLEET", ErrProtocol)
+			}
+			st.Rows = append(st.Rows, FleetRow{Node: m.Node, Tree: m.Tree, State: m.State, Seq: m.Seq, Version: m.Version,
+				Behind: m.Behind, Age: time.Duration(m.AgeMS) * time.Millisecond, SyncTime: time.Duration(m.SyncMS) * time.Millisecond,
+				Error: m.Error, Hook: m.Hook})
+		case *protocol.End:
+			if m.Request != req || m.Size != uint64(len(st.Rows)) {
+				return st, fmt.Errorf("%w: END counts %d rows, %d received", ErrProtocol, m.Size, len(st.Rows))
+			}
+			c.close()
+			return st, nil
+		case *protocol.Error:
+			return st, &RemoteError{Code: m.Code, Message: m.Message}
+		default:
+			return st, fmt.Errorf("%w: %v in answer to STATUS", ErrProtocol, m.Command())
+		}
+	}
+}
+
+// Report sends node reports in one short session and waits for the
+// server's answer to each. It returns the first refusal (a *RemoteError:
+// 404 unknown tree, 403 name taken, 429 table full), after sending all.
+func Report(ctx context.Context, cfg Config, reports ...protocol.Report) error {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	c, err := dialCtl(ctx, &cfg, time.Now().Add(cfg.Timeout))
+	if err != nil {
+		return err
+	}
+	defer c.abort()
+	for i := range reports {
+		r := reports[i]
+		r.Request = uint32(i + 1)
+		c.send(&r)
+	}
+	var first error
+	for acked := 0; acked < len(reports); {
+		msg, err := c.next(ctx, nil)
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *protocol.End:
+			acked++
+		case *protocol.Error:
+			acked++
+			if first == nil {
+				first = &RemoteError{Code: m.Code, Message: m.Message}
+			}
+		default:
+			return fmt.Errorf("%w: %v in answer to REPORT", ErrProtocol, m.Command())
+		}
+	}
+	c.close()
+	return first
+}
+
+// ControlEventKind says what a ControlEvent is.
+type ControlEventKind string
+
+// Control event kinds.
+const (
+	ControlConnected ControlEventKind = "connected" // WELCOME received, subscriptions sent
+	ControlTree      ControlEventKind = "tree"      // a TREE: Tree, Barrier
+	ControlSwitch    ControlEventKind = "switch"    // a SWITCH: Tree.Name, Tree.Seq, Tree.Version
+	ControlRefused   ControlEventKind = "refused"   // a LIST or REPORT refused: Err
+)
+
+// ControlEvent is something the server said on a follower's session.
+type ControlEvent struct {
+	Kind    ControlEventKind
+	Tree    TreeInfo
+	Barrier bool
+	Err     error
+}
+
+// ControlConfig configures Control.
+type ControlConfig struct {
+	// Trees to subscribe to (LIST with SUBSCRIBE, one each).
+	Trees []string
+	// Reports returns the reports to send: all of them when all is true
+	// (after connecting, and every ReportEvery so the server knows the
+	// node is alive), otherwise those that changed since the last call.
+	Reports func(all bool) []protocol.Report
+	// Notify is signalled when Reports has something new.
+	Notify <-chan struct{}
+	// Events receives what the server says; called from the session's
+	// goroutine, it must not block.
+	Events func(ControlEvent)
+	// ReportEvery re-sends every report; default 10s.
+	ReportEvery time.Duration
+}
+
+// maxUnacked bounds the REPORTs in flight on a control session.
+const maxUnacked = 256
+
+// Control runs one follower session until it fails or ctx ends: HELLO,
+// a LIST with SUBSCRIBE per tree, then TREE and SWITCH events as they
+// come, and the node's REPORTs. It returns ctx.Err() when ctx ends and
+// otherwise the reason the session ended (IsRetryable tells whether to
+// try again; a follower always does, with a capped backoff). It dials for
+// at most cfg.Timeout.
+func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	if cc.ReportEvery <= 0 {
+		cc.ReportEvery = 10 * time.Second
+	}
+	c, err := dialCtl(ctx, &cfg, time.Now().Add(cfg.Timeout))
+	if err != nil {
+		return err
+	}
+	defer c.abort()
+	subs := map[uint32]string{}
+	for i, t := range cc.Trees {
+		req := uint32(i + 1)
+		subs[req] = t
+		c.send(&protocol.List{Request: req, Flags: protocol.ListSubscribe, Tree: t})
+	}
+	emit := func(e ControlEvent) {
+		if cc.Events != nil {
+			cc.Events(e)
+		}
+	}
+	emit(ControlEvent{Kind: ControlConnected})
+	nextReq := uint32(len(cc.Trees) + 1)
+	unacked := map[uint32]string{}
+	send := func(all bool) {
+		if cc.Reports == nil {
+			return
+		}
+		for _, r := range cc.Reports(all) {
+			if len(unacked) >= maxUnacked {
+				return // the server is not answering; the liveness check ends the session
+			}
+			nextReq++
+			if nextReq == 0 {
+				nextReq = uint32(len(cc.Trees) + 1)
+			}
+			r.Request = nextReq
+			unacked[r.Request] = r.Tree
+			c.send(&r)
+		}
+	}
+	send(true)
+	lastAll := time.Now()
+	inner, stop := context.WithCancel(ctx)
+	defer stop()
+	// Notifications arrive while next() waits; a goroutine turns them
+	// into a wake-up the loop checks at each message or tick.
+	var pending atomic.Bool
+	wake := make(chan struct{}, 1)
+	if cc.Notify != nil {
+		go func() {
+			for {
+				select {
+				case <-inner.Done():
+					return
+				case <-cc.Notify:
+					pending.Store(true)
+					select {
+					case wake <- struct{}{}:
+					default:
+					}
+				}
+			}
+		}()
+	}
+	for {
+		if pending.Swap(false) {
+			send(false)
+		}
+		msg, err := c.nextOrWake(ctx, wake, func(now time.Time) error {
+			if now.Sub(lastAll) >= cc.ReportEvery {
+				lastAll = now
+				send(true)
+			}
+			return nil
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				c.close()
+				return ctx.Err()
+			}
+			return err
+		}
+		if msg == nil {
+			continue // woken by Notify
+		}
+		switch m := msg.(type) {
+		case *protocol.Tree:
+			t, ok := subs[m.Request]
+			if !ok || (t != "" && m.Name != t) || protocol.ValidName(m.Name) != nil {
+				return fmt.Errorf("%w: TREE %q for request %d", ErrProtocol, m.Name, m.Request)
+			}
+			emit(ControlEvent{Kind: ControlTree, Barrier: m.Flags&protocol.TreeBarrier != 0,
+				Tree: TreeInfo{Name: m.Name, Seq: m.Seq, Entries: m.Entries, Bytes: m.Bytes, ManifestSize: m.ManifestSize, Version: m.Version}})
+		case *protocol.Switch:
+			if _, ok := subs[m.Request]; !ok {
+				return fmt.Errorf("%w: SWITCH for request %d", ErrProtocol, m.Request)
+			}
+			emit(ControlEvent{Kind: ControlSwitch, Tree: TreeInfo{Name: m.Tree, Seq: m.Seq, Version: m.Version}})
+		case *protocol.End:
+			delete(unacked, m.Request) // a LIST's END or a REPORT's acknowledgement
+		case *protocol.Error:
+			re := &RemoteError{Code: m.Code, Message: m.Message}
+			if t, ok := subs[m.Request]; ok {
+				emit(ControlEvent{Kind: ControlRefused, Tree: TreeInfo{Name: t}, Err: fmt.Errorf("subscribing to %s: %w", t, re)})
+			} else if t, ok := unacked[m.Request]; ok {
+				delete(unacked, m.Request)
+				emit(ControlEvent{Kind: ControlRefused, Tree: TreeInfo{Name: t}, Err: fmt.Errorf("report of %s: %w", t, re)})
+			}
+		default:
+			return fmt.Errorf("%w: %v is not a command a server may send here", ErrProtocol, m.Command())
+		}
+	}
+}

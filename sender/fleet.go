@@ -1,0 +1,349 @@
+package sender
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/zsend/zsend/internal/fleet"
+	"github.com/zsend/zsend/protocol"
+)
+
+// The fleet table (PROTOCOL.md section 14): nodes REPORT their state of
+// each tree; the table keeps the latest report per (node, tree), stamped
+// with this server's clock; STATUS reads it; with Config.Barrier, the
+// server tells the followers of a tree to switch together.
+
+// fleetState is the server's fleet table and barriers. The table is
+// guarded by mu because Server.Fleet reads it from any goroutine; the
+// barriers belong to the serving goroutine.
+type fleetState struct {
+	mu     sync.Mutex
+	table  *fleet.Table
+	latest map[string]uint64 // tree -> seq last given to the table
+
+	barriers map[string]*barrier // tree -> barrier of its latest version
+}
+
+// barrier is the coordinated switch of one tree to one version.
+type barrier struct {
+	b       fleet.Barrier
+	seq     uint64
+	id      protocol.Hash
+	decided bool
+	told    map[string]bool // nodes sent SWITCH
+}
+
+// maxNodesPerSession bounds the node names one session may report under
+// (they are remembered to address SWITCH and to keep the node alive).
+const maxNodesPerSession = 64
+
+func newFleetState(cfg fleet.Config) *fleetState {
+	return &fleetState{table: fleet.New(cfg), latest: map[string]uint64{}, barriers: map[string]*barrier{}}
+}
+
+// Fleet returns the fleet table: every published tree's latest version
+// and the nodes' reports of it, sorted by tree then node. Safe from any
+// goroutine.
+func (s *Server) Fleet() []fleet.TreeStatus {
+	s.fleet.mu.Lock()
+	defer s.fleet.mu.Unlock()
+	return s.fleet.table.Status(time.Now())
+}
+
+// FleetGate is the deploy gate over the fleet table now (see fleet.Gate).
+func (s *Server) FleetGate() fleet.Verdict {
+	s.fleet.mu.Lock()
+	defer s.fleet.mu.Unlock()
+	return s.fleet.table.Gate(time.Now())
+}
+
+func hexID(h protocol.Hash) string {
+	if h == (protocol.Hash{}) {
+		return ""
+	}
+	return hex.EncodeToString(h[:])
+}
+
+func hashOf(s string) (h protocol.Hash) {
+	b, err := hex.DecodeString(s)
+	if err == nil && len(b) == len(h) {
+		copy(h[:], b)
+	}
+	return h
+}
+
+// syncFleetLatest gives the table each tree's latest version, and opens a
+// barrier for each new one when the server coordinates switches.
+func (s *Server) syncFleetLatest(now time.Time) {
+	if s.pub == nil {
+		return
+	}
+	f := s.fleet
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, name := range s.pub.names {
+		v := s.pub.trees[name].latest()
+		if v == nil || f.latest[name] == v.seq {
+			continue
+		}
+		f.latest[name] = v.seq
+		f.table.Publish(name, fleet.Latest{Seq: v.seq, Version: v.id.String()})
+		if s.cfg.Barrier {
+			f.barriers[name] = s.newBarrier(name, v.seq, protocol.Hash(v.id), now)
+		}
+	}
+}
+
+func (s *Server) newBarrier(tree string, seq uint64, id protocol.Hash, now time.Time) *barrier {
+	return &barrier{b: fleet.Barrier{Tree: tree, Version: hexID(id), Quorum: s.cfg.Quorum, Deadline: now.Add(s.cfg.BarrierTimeout)},
+		seq: seq, id: id, told: map[string]bool{}}
+}
+
+func stateOf(s protocol.NodeState) fleet.State {
+	switch s {
+	case protocol.StateSyncing:
+		return fleet.Syncing
+	case protocol.StateStaged:
+		return fleet.Staged
+	case protocol.StateSwitched:
+		return fleet.Switched
+	case protocol.StateFailed:
+		return fleet.Failed
+	}
+	return fleet.State("invalid")
+}
+
+func wireState(s fleet.State) protocol.NodeState {
+	switch s {
+	case fleet.Syncing:
+		return protocol.StateSyncing
+	case fleet.Staged:
+		return protocol.StateStaged
+	case fleet.Switched:
+		return protocol.StateSwitched
+	case fleet.Failed:
+		return protocol.StateFailed
+	}
+	return protocol.StateLost
+}
+
+// report answers REPORT: the table takes it (END) or refuses it (ERROR,
+// request-level; the session continues).
+func (sess *session) report(m *protocol.Report) {
+	s := sess.srv
+	now := time.Now()
+	if !sess.nodes[m.Node] && len(sess.nodes) >= maxNodesPerSession {
+		sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
+			Message: fmt.Sprintf("more than %d node names in one session", maxNodesPerSession)})
+		return
+	}
+	r := fleet.Report{Node: m.Node, Tree: m.Tree, Version: hexID(m.Version), Seq: m.Seq, State: stateOf(m.State),
+		Error: m.Error, SyncTime: time.Duration(m.SyncMS) * time.Millisecond}
+	if m.Hook.Name != "" {
+		r.Hook = &fleet.Hook{Name: m.Hook.Name, Exit: int(m.Hook.Exit), Output: m.Hook.Output,
+			Duration: time.Duration(m.Hook.DurationMS) * time.Millisecond, OK: m.Hook.Exit == 0}
+	}
+	s.fleet.mu.Lock()
+	err := s.fleet.table.Update(r, now)
+	s.fleet.mu.Unlock()
+	if err != nil {
+		code := protocol.CodeBadRequest
+		switch {
+		case errors.Is(err, fleet.ErrUnknownTree):
+			code = protocol.CodeNotFound
+		case errors.Is(err, fleet.ErrFull):
+			code = protocol.CodeTooMany
+		case errors.Is(err, fleet.ErrNameTaken):
+			code = protocol.CodeRefused
+		}
+		sess.send(&protocol.Error{Request: m.Request, Code: code, Message: "report refused: " + err.Error()})
+		sess.event(Event{Kind: "refused", Name: m.Tree, Message: fmt.Sprintf("report of node %q: %v", m.Node, err)})
+		return
+	}
+	if sess.nodes == nil {
+		sess.nodes = map[string]bool{}
+	}
+	sess.nodes[m.Node] = true
+	sess.send(&protocol.End{Request: m.Request})
+	sess.event(Event{Kind: "report", Name: m.Tree, Seq: m.Seq, Version: r.Version,
+		Message: fmt.Sprintf("node %s %s", m.Node, r.State)})
+	if m.State == protocol.StateStaged && s.cfg.Barrier {
+		s.stagedReport(m.Tree, m.Node, m.Version, m.Seq, now)
+	}
+}
+
+// stagedReport runs the barrier when a node reports a version staged.
+func (s *Server) stagedReport(tree, node string, id protocol.Hash, seq uint64, now time.Time) {
+	f := s.fleet
+	b := f.barriers[tree]
+	if b == nil || (b.id != id && seq > b.seq) {
+		// No barrier for it (the server restarted): open one now.
+		b = s.newBarrier(tree, seq, id, now)
+		f.barriers[tree] = b
+	}
+	if b.id != id {
+		return // an older version; the newer one is on its way to the node
+	}
+	if b.decided {
+		s.sendSwitch(b, []string{node})
+		return
+	}
+	s.checkBarrier(b, now)
+}
+
+// checkBarrier decides a barrier and sends SWITCH when it says so.
+func (s *Server) checkBarrier(b *barrier, now time.Time) {
+	s.fleet.mu.Lock()
+	d, staged := b.b.Check(s.fleet.table, now)
+	s.fleet.mu.Unlock()
+	if d == fleet.Wait {
+		return
+	}
+	b.decided = true
+	s.sendSwitch(b, staged)
+	msg := fmt.Sprintf("barrier of %s v%d: %d nodes staged, switching", b.b.Tree, b.seq, len(staged))
+	if d == fleet.SwitchTimed {
+		var missing []string
+		s.fleet.mu.Lock()
+		for _, st := range s.fleet.table.Status(now) {
+			if st.Tree != b.b.Tree {
+				continue
+			}
+			for _, r := range st.Rows {
+				if r.Shown != fleet.Lost && !contains(staged, r.Node) {
+					missing = append(missing, r.Node)
+				}
+			}
+		}
+		s.fleet.mu.Unlock()
+		msg = fmt.Sprintf("barrier of %s v%d timed out: switching %d staged nodes; not staged: %s",
+			b.b.Tree, b.seq, len(staged), strings.Join(missing, ", "))
+	}
+	if s.cfg.Events != nil {
+		s.cfg.Events(Event{Kind: "barrier", Name: b.b.Tree, Seq: b.seq, Version: b.b.Version, Message: msg})
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// sendSwitch sends SWITCH to every subscribed session of the named nodes.
+func (s *Server) sendSwitch(b *barrier, nodes []string) {
+	want := map[string]bool{}
+	for _, n := range nodes {
+		if !b.told[n] {
+			want[n] = true
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	for _, sess := range s.ring {
+		if sess.dead {
+			continue
+		}
+		for n := range sess.nodes {
+			if !want[n] {
+				continue
+			}
+			for _, sub := range sess.subs {
+				if sub.tree == "" || sub.tree == b.b.Tree {
+					sess.send(&protocol.Switch{Request: sub.req, Seq: b.seq, Version: b.id, Tree: b.b.Tree})
+					b.told[n] = true
+					break
+				}
+			}
+		}
+	}
+}
+
+// fleetHousekeeping keeps the nodes of live sessions alive in the table
+// and runs the barriers' deadlines.
+func (s *Server) fleetHousekeeping(now time.Time) {
+	s.fleet.mu.Lock()
+	for _, sess := range s.ring {
+		if sess.dead {
+			continue
+		}
+		for n := range sess.nodes {
+			s.fleet.table.Seen(n, sess.lastRecv)
+		}
+	}
+	s.fleet.mu.Unlock()
+	for _, b := range s.fleet.barriers {
+		if !b.decided {
+			s.checkBarrier(b, now)
+		}
+	}
+}
+
+// status answers STATUS: TREE per tree, FLEET per row, END with the rows.
+func (sess *session) status(m *protocol.Status) {
+	s := sess.srv
+	now := time.Now()
+	s.fleet.mu.Lock()
+	st := s.fleet.table.Status(now)
+	s.fleet.mu.Unlock()
+	tree := strings.TrimSuffix(m.Tree, "/")
+	if tree != "" {
+		var one []fleet.TreeStatus
+		for _, t := range st {
+			if t.Tree == tree {
+				one = append(one, t)
+			}
+		}
+		if len(one) == 0 {
+			sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeNotFound, Message: fmt.Sprintf("%q is not a tree served here", tree)})
+			return
+		}
+		st = one
+	}
+	sort.Slice(st, func(i, j int) bool { return st[i].Tree < st[j].Tree })
+	for _, t := range st {
+		pt, err := s.tree(t.Tree)
+		if err != nil {
+			continue
+		}
+		if v := pt.latest(); v != nil {
+			sess.sendTree(m.Request, pt, v)
+		}
+	}
+	rows := 0
+	for _, t := range st {
+		for _, r := range t.Rows {
+			f := &protocol.Fleet{Request: m.Request, State: wireState(r.Shown), Seq: r.Seq, Behind: r.Behind,
+				AgeMS: uint64(max(now.Sub(r.LastSeen), 0) / time.Millisecond), SyncMS: uint32(r.SyncTime / time.Millisecond),
+				Version: hashOf(r.Version), Node: r.Node, Tree: r.Tree, Error: clampText(r.Error)}
+			if r.Hook != nil {
+				f.Hook = protocol.HookResult{Name: r.Hook.Name, Exit: int32(r.Hook.Exit),
+					DurationMS: uint32(r.Hook.Duration / time.Millisecond), Output: clampHook(r.Hook.Output)}
+			}
+			sess.send(f)
+			rows++
+		}
+	}
+	sess.send(&protocol.End{Request: m.Request, Size: uint64(rows)})
+}
+
+func clampHook(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= protocol.MaxHookOutput {
+		return s
+	}
+	cut := protocol.MaxHookOutput - len("...")
+	for cut > 0 && (s[cut]&0xC0) == 0x80 {
+		cut--
+	}
+	return s[:cut] + "..."
+}

@@ -28,6 +28,7 @@ Usage:
   zrecv [flags] ENDPOINT TREE            mirror a published tree at DIR/TREE
   zrecv --list ENDPOINT [TREE]           the trees served, their latest version
   zrecv --rollback -o DIR TREE           back to the previous kept version (no network)
+  zrecv --follow [-o DIR] ENDPOINT TREE...  keep trees on the latest version until SIGTERM
 
 A NAME that is a tree the server publishes is mirrored: DIR/TREE becomes a
 symlink to a complete, verified version, switched atomically; unchanged
@@ -39,6 +40,16 @@ Examples:
   zrecv --json tcp://[::1]:5555 a b c > log     NDJSON events for scripts
   zrecv ipc:///run/zsend.sock etc/hosts         a file below a served directory
   zrecv -o /srv tcp://cfg1:5555 app             mirror tree app at /srv/app
+  zrecv --follow -o /srv --check 'nginx -t -c $ZSND_PATH/nginx.conf' \
+        --exec 'systemctl reload nginx' --rollback-on-failure tcp://cfg1:5555 nginx
+
+Follow mode syncs each TREE to its latest version, then syncs every new
+version the server announces (no polling), reconnecting forever. It reports
+each change of state to the server (zsend --status shows them) under
+--node. Hooks run with /bin/sh -c and get ZSND_TREE, ZSND_VERSION,
+ZSND_SEQ, ZSND_PATH (the staged directory for --check, the stable path
+for --exec), ZSND_PREV_VERSION, ZSND_PREV_SEQ and ZSND_PHASE (check, exec,
+rollback). A version whose hook failed is not retried; the next one is.
 
 Flags:
 `
@@ -70,6 +81,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&tf.rollback, "rollback", false, "switch TREE in -o DIR back to the previous kept version (no network)")
 	fs.BoolVar(&tf.list, "list", false, "list the trees served at ENDPOINT (or one TREE): latest version, sequence, size")
 	fs.BoolVar(&tf.verify, "verify", false, "tree mode: re-hash the current version even when it is the latest")
+	fs.BoolVar(&tf.follow, "follow", false, "keep each TREE on the latest version until SIGINT/SIGTERM, reporting to the server")
+	fs.StringVar(&tf.node, "node", "", "node name reported to the server (default: the host name)")
+	fs.StringVar(&tf.check, "check", "", "follow: command run on each staged version before the switch; failure = no switch")
+	fs.StringVar(&tf.exec, "exec", "", "follow: command run after each switch")
+	fs.BoolVar(&tf.rollbackOnFailure, "rollback-on-failure", false, "follow: when --exec fails, switch back and run it for the previous version")
+	fs.DurationVar(&tf.hookTimeout, "hook-timeout", 30*time.Second, "follow: kill a hook (its process group) after this long")
+	fs.StringVar(&tf.logFormat, "log-format", "text", "follow: log format on stderr, text or json")
 	fs.DurationVar(&tf.lockWait, "lock-wait", 0, "tree mode: wait this long for another zrecv syncing the same tree (default: fail at once)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -93,6 +111,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if tf.list && fs.NArg() >= 1 && fs.NArg() <= 2 {
 		return list(ctx, fs.Args(), receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Timeout: *timeout,
 			Heartbeat: *heartbeat, PeerTimeout: *peerTO}, stdout, stderr)
+	}
+	if tf.follow {
+		if fs.NArg() < 2 {
+			fmt.Fprintln(stderr, "zrecv: --follow needs an ENDPOINT and at least one TREE (see zrecv --help)")
+			return cli.ExitUsage
+		}
+		return follow(ctx, fs.Args(), receiver.Config{Endpoint: fs.Arg(0), OutputDir: *out, Timeout: *timeout,
+			Heartbeat: *heartbeat, PeerTimeout: *peerTO}, tf, *quiet, stderr)
 	}
 	if tf.list || fs.NArg() < 2 {
 		fmt.Fprintln(stderr, "zrecv: need an ENDPOINT and at least one NAME (see zrecv --help)")

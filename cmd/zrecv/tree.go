@@ -22,6 +22,28 @@ type treeFlags struct {
 	list     bool
 	verify   bool
 	lockWait time.Duration
+
+	follow            bool
+	node              string
+	check, exec       string
+	rollbackOnFailure bool
+	hookTimeout       time.Duration
+	logFormat         string
+}
+
+func follow(ctx context.Context, args []string, cfg receiver.Config, tf treeFlags, quiet bool, stderr io.Writer) int {
+	log, err := cli.NewLogger(stderr, tf.logFormat, quiet)
+	if err != nil {
+		fmt.Fprintln(stderr, "zrecv:", err)
+		return cli.ExitUsage
+	}
+	var trees []string
+	for _, a := range args[1:] {
+		trees = append(trees, strings.TrimRight(a, "/"))
+	}
+	return cli.Follow(ctx, mirror.FollowConfig{Receiver: cfg, Out: cfg.OutputDir, Trees: trees, Keep: tf.keep,
+		LockWait: tf.lockWait, Node: tf.node, Check: tf.check, Exec: tf.exec, RollbackOnFailure: tf.rollbackOnFailure,
+		HookTimeout: tf.hookTimeout}, log)
 }
 
 // tryTree mirrors name if the server publishes a tree of that name. done
@@ -60,7 +82,11 @@ func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags
 	rep := cli.NewTreeReporter(stderr, js, quiet)
 	mc := mirror.Config{Receiver: cfg, Out: cfg.OutputDir, Tree: tree, Keep: tf.keep, Verify: tf.verify,
 		LockWait: tf.lockWait, Events: rep.Event}
+	start := time.Now()
 	res, err := mirror.Sync(ctx, mc)
+	if ctx.Err() == nil && !errors.Is(err, receiver.ErrUnreachable) {
+		cli.ReportSync(ctx, cfg, tf.node, res, err, time.Since(start), stderr)
+	}
 	code := cli.TreeExitCode(err)
 	rep.Done(res, err, code)
 	return code, true

@@ -17,6 +17,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/zsend/zsend/internal/cli"
+	"github.com/zsend/zsend/internal/fleet"
+	"github.com/zsend/zsend/receiver"
 	"github.com/zsend/zsend/sender"
 )
 
@@ -38,6 +40,17 @@ symlinks are published as symlinks, never followed.
 
 Usage:
   zsend [flags] PATH...
+  zsend --status ENDPOINT [--json] [--wait [--timeout D]]   the fleet: who runs which version
+
+Nodes that follow trees (zrecv --follow) and one-shot tree syncs report to
+the server; --status prints, per tree, the latest version and per node its
+version, how far behind it is, its state, when it was last seen and its
+hook result, then a summary line. --wait polls until every live node runs
+the latest version of every tree (a deploy gate). With --barrier,
+followers stage each new version and switch together when the server says
+so: once every live follower of the tree has staged it (or --quorum N of
+them), or at --barrier-timeout, when those that have staged switch and the
+others stay on their version (shown behind, and logged).
 
 Examples:
   zsend big.iso                                 serve on tcp://127.0.0.1:5555
@@ -47,6 +60,7 @@ Examples:
   zsend --watch /etc/myapp                      publish a new version on every change
   zsend --state-dir /srv/zsend-state /etc/myapp keep versions in /srv/zsend-state
   kill -HUP $(pidof zsend)                      publish now (rescan every tree)
+  zsend --status tcp://cfg1:5555 --wait --timeout 2m   deploy gate
 
 Flags:
 `
@@ -75,6 +89,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		stateDir    = fs.String("state-dir", sender.DefaultStateDir(), "where published versions are kept (store, manifests, sequence numbers)")
 		watch       = fs.Bool("watch", false, "publish a new version whenever a served directory changes (and rescan every 60s)")
 		keep        = fs.Int("keep-versions", sender.DefaultKeepVersions, "versions of each tree kept (older ones are removed, with their unreferenced files)")
+		status      = fs.Bool("status", false, "print the fleet table of the zsend at ENDPOINT and exit")
+		wait        = fs.Bool("wait", false, "with --status: wait until every live node runs the latest version of every tree")
+		timeout     = fs.Duration("timeout", 0, "with --status: give up after this long (default 30s to connect; --wait: forever)")
+		barrier     = fs.Bool("barrier", false, "followers stage each new version and switch together on the server's SWITCH")
+		quorum      = fs.Int("quorum", 0, "with --barrier: switch once this many live followers have staged (default: all)")
+		barrierTO   = fs.Duration("barrier-timeout", 30*time.Second, "with --barrier: switch those that have staged after this long")
+		lostAfter   = fs.Duration("lost-after", 30*time.Second, "a node not heard from for this long is shown lost")
+		maxNodes    = fs.Int("max-nodes", 10000, "most nodes in the fleet table (a lost one is evicted to make room)")
 	)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -84,7 +106,7 @@ Exit codes:
   0  clean shutdown after SIGINT/SIGTERM
   1  the server failed while serving
   2  usage error (bad flags, unreadable PATH, endpoint in use)
-`)
+`+cli.StatusExitHelp)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -96,6 +118,14 @@ Exit codes:
 	if *showVer {
 		fmt.Fprintf(stdout, "zsend %s (protocol ZSND/1..2)\n", version)
 		return cli.ExitOK
+	}
+	if *status {
+		if fs.NArg() != 1 {
+			fmt.Fprintln(stderr, "zsend: --status takes one ENDPOINT (see zsend --help)")
+			return cli.ExitUsage
+		}
+		return cli.Status(ctx, receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Heartbeat: *heartbeat},
+			cli.StatusOptions{JSON: *jsonOut, Wait: *wait, Timeout: *timeout}, stdout, stderr)
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "zsend: nothing to serve: give at least one PATH (see zsend --help)")
@@ -148,6 +178,8 @@ Exit codes:
 				break
 			}
 			line = fmt.Sprintf("zsend: %s: %s: %s", e.Peer, e.Kind, e.Message)
+		case "barrier":
+			line = "zsend: " + e.Message
 		case "session-open":
 			line = fmt.Sprintf("zsend: %s connected", e.Peer)
 		case "session-close":
@@ -170,6 +202,8 @@ Exit codes:
 		Endpoint: *bind, Paths: fs.Args(), ChunkSize: int(cs), MaxSessions: *maxSessions,
 		Heartbeat: *heartbeat, PeerTimeout: *peerTO, Events: events,
 		StateDir: *stateDir, KeepVersions: *keep, Watch: *watch,
+		Fleet:   fleet.Config{MaxNodes: *maxNodes, LostAfter: *lostAfter},
+		Barrier: *barrier, Quorum: *quorum, BarrierTimeout: *barrierTO,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "zsend:", err)

@@ -1,0 +1,110 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+	"unicode/utf8"
+
+	"github.com/zsend/zsend/mirror"
+	"github.com/zsend/zsend/protocol"
+	"github.com/zsend/zsend/receiver"
+)
+
+// NewLogger makes the slog logger of --log-format: "text" (default) or
+// "json", written to w.
+func NewLogger(w io.Writer, format string, quiet bool) (*slog.Logger, error) {
+	level := slog.LevelInfo
+	if quiet {
+		level = slog.LevelWarn
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// Follow runs zrecv --follow until ctx ends, logging through log, and
+// returns the exit code (0 after SIGINT/SIGTERM).
+func Follow(ctx context.Context, cfg mirror.FollowConfig, log *slog.Logger) int {
+	cfg.Events = func(e mirror.FollowEvent) {
+		attrs := []any{"event", e.Kind}
+		if e.Tree != "" {
+			attrs = append(attrs, "tree", e.Tree)
+		}
+		if e.Seq != 0 {
+			attrs = append(attrs, "seq", e.Seq, "version", e.Version.Short())
+		}
+		if e.Hook != nil {
+			attrs = append(attrs, "hook_exit", e.Hook.Exit, "hook_ms", e.Hook.Duration.Milliseconds())
+			if e.Hook.Err != nil {
+				attrs = append(attrs, "hook_output", e.Hook.Output)
+			}
+		}
+		if e.Err != nil {
+			attrs = append(attrs, "err", e.Err.Error())
+		}
+		msg := e.Message
+		if msg == "" {
+			msg = e.Kind
+		}
+		switch e.Kind {
+		case "failed":
+			log.Error(msg, attrs...)
+		case "disconnected", "note":
+			log.Warn(msg, attrs...)
+		default:
+			log.Info(msg, attrs...)
+		}
+	}
+	log.Info("following", "endpoint", cfg.Receiver.Endpoint, "trees", cfg.Trees, "out", cfg.Out, "node", cfg.Node)
+	if err := mirror.Follow(ctx, cfg); err != nil {
+		log.Error("follow", "err", err.Error())
+		return ExitUsage
+	}
+	log.Info("stopped")
+	return ExitOK
+}
+
+// ReportSync tells the server the outcome of a one-shot sync of a tree
+// (zrecv ENDPOINT TREE). A failure to report is a warning, never the
+// command's failure.
+func ReportSync(ctx context.Context, cfg receiver.Config, node string, res mirror.Result, syncErr error, took time.Duration, stderr io.Writer) {
+	if node == "" {
+		node, _ = os.Hostname()
+	}
+	if node == "" || len(node) > protocol.MaxNodeLen || !utf8.ValidString(node) {
+		fmt.Fprintf(stderr, "zrecv: warning: node name %q cannot be reported (1 to %d octets of UTF-8)\n", node, protocol.MaxNodeLen)
+		return
+	}
+	r := protocol.Report{Node: node, Tree: res.Tree, State: protocol.StateSwitched, Seq: res.Seq,
+		Version: protocol.Hash(res.Version), SyncMS: uint32(took / time.Millisecond)}
+	if syncErr != nil {
+		r.State, r.Seq, r.Version = protocol.StateFailed, 0, protocol.Hash{}
+		r.Error = clipText(syncErr.Error(), protocol.MaxTextLen)
+	}
+	cfg.Timeout = 5 * time.Second
+	cfg.Progress = nil
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := receiver.Report(rctx, cfg, r); err != nil {
+		fmt.Fprintln(stderr, "zrecv: warning: reporting to the server:", err)
+	}
+}
+
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && (s[n]&0xC0) == 0x80 {
+		n--
+	}
+	return s[:n]
+}

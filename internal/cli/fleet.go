@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-		"fmt"
+	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"

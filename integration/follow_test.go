@@ -86,7 +86,19 @@ func (f *follower) count(kind string) int {
 	return n
 }
 
-// waitFor polls cond until it holds or bound passes.
+func (f *follower) countSeq(kind string, seq uint64) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, e := range f.events {
+		if e.Kind == kind && e.Seq == seq {
+			n++
+		}
+	}
+	return n
+}
+
+// waitUntil polls cond until it holds or bound passes.
 func waitUntil(t *testing.T, bound time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(bound)

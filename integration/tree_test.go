@@ -211,6 +211,22 @@ func TestTreeDeltaDriftRollbackCLI(t *testing.T) {
 		t.Errorf("delta sync: want 2 files fetched (changed + drifted), drift etc/secret.key: %v", ev)
 	}
 	sameListing(t, "after delta", findListing(t, src), findListing(t, filepath.Join(out, "app")))
+	// A second zrecv on the same tree while one holds the lock: a clear
+	// failure, or a bounded wait with --lock-wait.
+	lock, err := os.OpenFile(filepath.Join(out, ".zsnd/app/lock"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := zrecv(t, "-o", out, ep, "app"); code != 1 || !strings.Contains(stderr, "another zrecv is syncing this tree") {
+		t.Errorf("sync of a locked tree: exit %d, %s", code, stderr)
+	}
+	go func() { time.Sleep(500 * time.Millisecond); lock.Close() }()
+	if code, _, stderr := zrecv(t, "--lock-wait", "20s", "-o", out, ep, "app"); code != 0 {
+		t.Errorf("sync waiting for the lock: exit %d, %s", code, stderr)
+	}
 	if code, _, stderr := zrecv(t, "--rollback", "-o", out, "app"); code != 0 {
 		t.Fatalf("rollback exit %d: %s", code, stderr)
 	}

@@ -268,6 +268,7 @@ func (s *syncer) count(m *manifest.Manifest) {
 	}
 	s.mu.Lock()
 	s.filesTotal, s.bytesTotal = r.Files, r.Bytes
+	s.filesDone, s.bytesDone = 0, 0 // a new attempt (after 410) counts afresh
 	s.mu.Unlock()
 }
 

@@ -612,3 +612,25 @@ func (c *v2) collectUntilEnd(t *testing.T, req uint32) []*protocol.Tree {
 		}
 	}
 }
+
+// Without a state directory nothing is published: LIST finds no trees and
+// MGET is 404, while GET serves the files as before.
+func TestV2WithoutStateDir(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "conf")
+	os.MkdirAll(root, 0o755)
+	os.WriteFile(filepath.Join(root, "f"), []byte("plain"), 0o644)
+	ep, srv := serve(t, sender.Config{Paths: []string{root}})
+	if ti := srv.Trees(); len(ti) != 0 {
+		t.Fatalf("Trees %+v", ti)
+	}
+	c := helloV2(t, ep)
+	if trees := c.list(t, 1, ""); len(trees) != 0 {
+		t.Fatalf("LIST %+v", trees)
+	}
+	if _, _, _, er := c.get(t, &protocol.MGet{Request: 2, Name: "conf"}, 2); er == nil || er.Code != protocol.CodeNotFound {
+		t.Fatalf("MGET without publishing: %+v", er)
+	}
+	if _, data, _, er := c.get(t, &protocol.Get{Request: 3, Name: "conf/f"}, 3); er != nil || string(data) != "plain" {
+		t.Fatalf("GET: %q %+v", data, er)
+	}
+}

@@ -65,6 +65,7 @@ func (w *watcher) sync() {
 	p.mu.Lock()
 	for _, name := range p.names {
 		t := p.trees[name]
+		want[t.root] = name // even before a first successful scan
 		for _, d := range t.dirs {
 			want[filepath.Join(t.root, filepath.FromSlash(d))] = name
 		}

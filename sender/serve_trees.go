@@ -18,6 +18,10 @@ import (
 // the kept manifest or the store's immutable copy, never the live tree, so
 // every byte a receiver gets for version V is the byte V published.
 
+// immutableCtime in a fileKey marks a file zsend never writes after
+// publishing it (see sameVersion).
+const immutableCtime = -1
+
 // tree finds a served tree by name (one trailing "/" is accepted).
 func (s *Server) tree(name string) (*pubTree, error) {
 	name = strings.TrimSuffix(name, "/")
@@ -162,6 +166,7 @@ func (s *Server) openManifest(g *protocol.Get) (source, error) {
 		f.Close()
 		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("the kept manifest of %s version %d has changed size", t.name, v.seq)}
 	}
+	key.ctimeNS = immutableCtime
 	want := protocol.Hash(v.id)
 	return source{f: f, key: key, mode: 0, mtimeNS: v.published.UnixNano(), tag: v.tag(), want: &want}, nil
 }
@@ -210,6 +215,7 @@ func (s *Server) openVersionFile(g *protocol.Get) (source, error) {
 		f.Close()
 		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("%q: %v", g.Name, err)}
 	}
+	key.ctimeNS = immutableCtime
 	want := protocol.Hash(e.Hash)
 	return source{f: f, key: key, mode: e.Mode, mtimeNS: e.MtimeNs, tag: g.Tag, want: &want}, nil
 }

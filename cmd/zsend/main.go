@@ -86,7 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		heartbeat   = fs.Duration("heartbeat", 2*time.Second, "interval between heartbeats to idle clients")
 		peerTO      = fs.Duration("peer-timeout", 10*time.Second, "drop a client silent for this long")
 		showVer     = fs.Bool("version", false, "print the version and exit")
-		stateDir    = fs.String("state-dir", sender.DefaultStateDir(), "where published versions are kept (store, manifests, sequence numbers)")
+		stateDir    = fs.String("state-dir", sender.DefaultStateDir(), "where published versions are kept (store, manifests, sequence numbers); '' publishes no versions (plain file serving, no copies)")
 		watch       = fs.Bool("watch", false, "publish a new version whenever a served directory changes (and rescan every 60s)")
 		keep        = fs.Int("keep-versions", sender.DefaultKeepVersions, "versions of each tree kept (older ones are removed, with their unreferenced files)")
 		status      = fs.Bool("status", false, "print the fleet table of the zsend at ENDPOINT and exit")

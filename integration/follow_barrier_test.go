@@ -1,0 +1,126 @@
+package integration
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/zsend/zsend/internal/fleet"
+	"github.com/zsend/zsend/mirror"
+)
+
+func switchTimes(f *follower, seq uint64) []time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var ts []time.Time
+	for _, e := range f.events {
+		if e.Kind == "switched" && e.Seq == seq {
+			ts = append(ts, e.Time)
+		}
+	}
+	return ts
+}
+
+func stagedAt(f *follower, seq uint64) (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, e := range f.events {
+		if e.Kind == "staged" && e.Seq == seq {
+			return e.Time, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// With --barrier, no follower switches before every live follower has
+// staged: a slow one (its check takes a second) holds the others back,
+// then all switch together.
+func TestBarrierAllStaged(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.Barrier, cfg.BarrierTimeout = true, 20*time.Second
+	ep, srv := publishingServer(t, cfg)
+	var fs []*follower
+	for i := 0; i < 4; i++ {
+		fc := mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: fmt.Sprintf("n%d", i)}
+		if i == 0 {
+			fc.Check = `[ "$ZSND_SEQ" = 1 ] || sleep 1`
+		}
+		fs = append(fs, startFollower(t, fc))
+	}
+	waitUntil(t, 20*time.Second, "4 nodes on v1", converged(srv, "app", 1, 4))
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	waitUntil(t, 20*time.Second, "4 nodes on v2", converged(srv, "app", 2, 4))
+	slowStaged, ok := stagedAt(fs[0], 2)
+	if !ok {
+		t.Fatal("the slow node never reported staged")
+	}
+	var first, last time.Time
+	for i, f := range fs {
+		ts := switchTimes(f, 2)
+		if len(ts) != 1 {
+			t.Fatalf("node %d switched %d times to v2", i, len(ts))
+		}
+		if ts[0].Before(slowStaged) {
+			t.Errorf("node %d switched at %v, before the slow node staged at %v", i, ts[0], slowStaged)
+		}
+		if first.IsZero() || ts[0].Before(first) {
+			first = ts[0]
+		}
+		if ts[0].After(last) {
+			last = ts[0]
+		}
+	}
+	t.Logf("barrier spread over 4 followers: %v", last.Sub(first))
+}
+
+// The timeout path: one follower never stages (its check hangs); at the
+// barrier timeout the server switches the nodes that staged, and the
+// other stays on its version, shown behind in the status.
+func TestBarrierTimeoutOneNeverStages(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.Barrier, cfg.BarrierTimeout = true, 2*time.Second
+	ep, srv := publishingServer(t, cfg)
+	var fs []*follower
+	for i := 0; i < 3; i++ {
+		fc := mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: fmt.Sprintf("n%d", i)}
+		if i == 2 {
+			fc.Check, fc.HookTimeout = `[ "$ZSND_SEQ" = 1 ] || sleep 60`, 60*time.Second
+		}
+		fs = append(fs, startFollower(t, fc))
+	}
+	waitUntil(t, 20*time.Second, "3 nodes on v1", converged(srv, "app", 1, 3))
+	published := time.Now()
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	waitUntil(t, 20*time.Second, "2 nodes on v2", func() (bool, string) {
+		st := srv.Fleet()[0]
+		return st.OnLatest == 2, st.Summary()
+	})
+	if waited := time.Since(published); waited < 1500*time.Millisecond {
+		t.Errorf("nodes switched %v after the publish, before the barrier timeout", waited)
+	}
+	for i, f := range fs[:2] {
+		if got := readStable(t, f.out, "app", "app.conf"); got != "v2" {
+			t.Errorf("node %d shows %q", i, got)
+		}
+	}
+	if got := readStable(t, fs[2].out, "app", "app.conf"); got != "v1" {
+		t.Errorf("the node that never staged shows %q", got)
+	}
+	st := srv.Fleet()[0]
+	if len(st.Behind) != 1 || st.Behind[0] != "n2" {
+		t.Errorf("status: %s", st.Summary())
+	}
+	for _, r := range st.Rows {
+		if r.Node == "n2" && (r.Shown != fleet.Syncing || r.Behind != 1) {
+			t.Errorf("n2 row: %+v", r)
+		}
+	}
+	t.Logf("after the barrier timeout: %s", st.Summary())
+}

@@ -246,3 +246,23 @@ func TestTwentyFollowersStatusWaitCLI(t *testing.T) {
 		t.Fatalf("--wait on a tree nobody follows: %d, want 7\n%s\n%s", code, out, errs)
 	}
 }
+
+// A one-shot zrecv of a tree reports to the server too.
+func TestOneShotTreeSyncReportsCLI(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	ep, srv := publishingServer(t, fastFleet(src))
+	out := t.TempDir()
+	code, _, errs := zrecv(t, "-q", "--node", "cron-box", "-o", out, ep, "app")
+	if code != 0 {
+		t.Fatalf("zrecv: %d %s", code, errs)
+	}
+	st := srv.Fleet()
+	if len(st) != 1 || len(st[0].Rows) != 1 {
+		t.Fatalf("fleet: %+v", st)
+	}
+	r := st[0].Rows[0]
+	if r.Node != "cron-box" || r.State != "switched" || r.Seq != 1 || r.Version != st[0].Latest.Version {
+		t.Fatalf("row: %+v", r)
+	}
+}

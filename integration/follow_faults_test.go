@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -224,5 +225,42 @@ func TestFleetReportsHostile(t *testing.T) {
 	}
 	if n := len(srv.Fleet()[0].Rows); n != 5 {
 		t.Fatalf("%d rows after an over-long name", n)
+	}
+}
+
+// Descriptors, goroutines and heap stay flat over hundreds of versions.
+func TestFollowFlatOverManyVersions(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	for i := 0; i < 20; i++ {
+		writeFile(t, filepath.Join(src, "d", fmt.Sprintf("%d", i)), strings.Repeat("y", 1000))
+	}
+	cfg := fastFleet(src)
+	cfg.KeepVersions = 4
+	ep, srv := publishingServer(t, cfg)
+	startFollower(t, mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: "n1"})
+	step := func(v int) {
+		writeFile(t, filepath.Join(src, "app.conf"), fmt.Sprintf("v%d", v))
+		publishNow(t, srv)
+		waitUntil(t, 20*time.Second, fmt.Sprintf("on v%d", v), converged(srv, "app", uint64(v), 1))
+	}
+	for v := 2; v <= 20; v++ {
+		step(v)
+	}
+	settle := func() (int, int, uint64) {
+		time.Sleep(300 * time.Millisecond)
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return openFDs(t), runtime.NumGoroutine(), ms.HeapInuse
+	}
+	fd0, g0, h0 := settle()
+	for v := 21; v <= 220; v++ {
+		step(v)
+	}
+	fd1, g1, h1 := settle()
+	t.Logf("after 20 versions: %d fds, %d goroutines, %d KiB heap; after 220: %d, %d, %d KiB", fd0, g0, h0>>10, fd1, g1, h1>>10)
+	if fd1 > fd0+8 || g1 > g0+20 || h1 > h0+8<<20 {
+		t.Errorf("not flat: fds %d -> %d, goroutines %d -> %d, heap %d -> %d KiB", fd0, fd1, g0, g1, h0>>10, h1>>10)
 	}
 }

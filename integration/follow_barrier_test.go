@@ -79,7 +79,8 @@ func TestBarrierAllStaged(t *testing.T) {
 
 // The timeout path: one follower never stages (its check hangs); at the
 // barrier timeout the server switches the nodes that staged, and the
-// other stays on its version, shown behind in the status.
+// other stays on its version, shown behind in the status. A follower that
+// stages after the barrier was decided gets its SWITCH at once.
 func TestBarrierTimeoutOneNeverStages(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "app")
 	writeFile(t, filepath.Join(src, "app.conf"), "v1")
@@ -87,14 +88,17 @@ func TestBarrierTimeoutOneNeverStages(t *testing.T) {
 	cfg.Barrier, cfg.BarrierTimeout = true, 2*time.Second
 	ep, srv := publishingServer(t, cfg)
 	var fs []*follower
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 4; i++ {
 		fc := mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: fmt.Sprintf("n%d", i)}
-		if i == 2 {
+		switch i {
+		case 2:
 			fc.Check, fc.HookTimeout = `[ "$ZSND_SEQ" = 1 ] || sleep 60`, 60*time.Second
+		case 3:
+			fc.Check = `[ "$ZSND_SEQ" = 1 ] || sleep 4`
 		}
 		fs = append(fs, startFollower(t, fc))
 	}
-	waitUntil(t, 20*time.Second, "3 nodes on v1", converged(srv, "app", 1, 3))
+	waitUntil(t, 20*time.Second, "4 nodes on v1", converged(srv, "app", 1, 4))
 	published := time.Now()
 	writeFile(t, filepath.Join(src, "app.conf"), "v2")
 	publishNow(t, srv)
@@ -112,6 +116,14 @@ func TestBarrierTimeoutOneNeverStages(t *testing.T) {
 	}
 	if got := readStable(t, fs[2].out, "app", "app.conf"); got != "v1" {
 		t.Errorf("the node that never staged shows %q", got)
+	}
+	// The late one switches alone once it has staged.
+	waitUntil(t, 20*time.Second, "3 nodes on v2", func() (bool, string) {
+		st := srv.Fleet()[0]
+		return st.OnLatest == 3, st.Summary()
+	})
+	if got := readStable(t, fs[3].out, "app", "app.conf"); got != "v2" {
+		t.Errorf("the late node shows %q", got)
 	}
 	st := srv.Fleet()[0]
 	if len(st.Behind) != 1 || st.Behind[0] != "n2" {

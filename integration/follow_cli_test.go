@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,8 +20,9 @@ import (
 
 // proc is a binary run by a test, stopped at cleanup.
 type proc struct {
-	cmd  *exec.Cmd
-	ep   string
+	cmd     *exec.Cmd
+	ep      string
+	metrics chan string // zsend's metrics URL, if it serves them
 	done chan error
 	log  *strings.Builder
 }
@@ -37,12 +41,17 @@ func startZsend(t *testing.T, args ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, done: make(chan error, 1), log: &strings.Builder{}}
+	p := &proc{cmd: cmd, done: make(chan error, 1), log: &strings.Builder{}, metrics: make(chan string, 1)}
 	epc := make(chan string, 1)
 	go func() {
 		re := regexp.MustCompile(`on (tcp://\S+)`)
+		mre := regexp.MustCompile(`metrics on (http://\S+)`)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			if m := mre.FindStringSubmatch(sc.Text()); m != nil {
+				p.metrics <- m[1]
+				continue
+			}
 			if m := re.FindStringSubmatch(sc.Text()); m != nil {
 				select {
 				case epc <- m[1]:
@@ -264,5 +273,59 @@ func TestOneShotTreeSyncReportsCLI(t *testing.T) {
 	r := st[0].Rows[0]
 	if r.Node != "cron-box" || r.State != "switched" || r.Seq != 1 || r.Version != st[0].Latest.Version {
 		t.Fatalf("row: %+v", r)
+	}
+}
+
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("scraping %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// --metrics on zsend and on zrecv --follow serve Prometheus metrics.
+func TestMetricsCLI(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	zs := startZsend(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "state"), "--metrics", "127.0.0.1:0", src)
+	var murl string
+	select {
+	case murl = <-zs.metrics:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no metrics URL")
+	}
+	out := filepath.Join(base, "n1")
+	os.Mkdir(out, 0o755)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	faddr := ln.Addr().String()
+	ln.Close()
+	startFollowerProc(t, zs.ep, out, "web1", "--metrics", faddr, "--exec", "exit 1")
+	waitUntil(t, 20*time.Second, "the follower's report", func() (bool, string) {
+		m := scrape(t, murl)
+		return strings.Contains(m, `zsend_fleet_nodes{seq="1",state="failed",tree="app"} 1`), m
+	})
+	m := scrape(t, murl)
+	for _, want := range []string{`zsend_versions_published_total{tree="app"} 1`, `zsend_tree_latest_seq{tree="app"} 1`,
+		`zsend_fleet_node_lag_versions{node="web1",tree="app"} 0`, `zsend_fleet_hook_failures{tree="app"} 1`, "zsend_sessions ",
+		"zsend_files_sent_total", "process_resident_memory_bytes"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("zsend metrics lack %q", want)
+		}
+	}
+	fm := scrape(t, "http://"+faddr+"/metrics")
+	for _, want := range []string{`zrecv_syncs_total{result="switched",tree="app"} 1`, `zrecv_tree_seq{tree="app"} 1`,
+		`zrecv_hook_failures_total{hook="exec",tree="app"} 1`, "zrecv_connected 1", `zrecv_files_fetched_total{tree="app"} 1`,
+		"zrecv_sync_duration_seconds_count"} {
+		if !strings.Contains(fm, want) {
+			t.Errorf("zrecv metrics lack %q:\n%s", want, fm)
+		}
 	}
 }

@@ -70,6 +70,8 @@ type FollowEvent struct {
 	Message string
 	Err     error
 	Hook    *hooks.Result
+	Result  *Result       // "switched", "unchanged": the sync's result
+	Took    time.Duration // "switched", "unchanged", "failed": the sync's duration
 }
 
 // errSuperseded: a newer version was announced while one was staged
@@ -377,10 +379,10 @@ func (f *followed) syncOnce(ctx context.Context) error {
 	f.shownSeq, f.shownID = res.Seq, res.Version
 	if res.Unchanged || res.Repaired || (prevID == res.Version && prevSeq != 0) {
 		f.report(protocol.StateSwitched, res.Seq, res.Version, nil)
-		f.fl.emit(FollowEvent{Kind: "unchanged", Tree: f.name, Seq: res.Seq, Version: res.Version})
+		f.fl.emit(FollowEvent{Kind: "unchanged", Tree: f.name, Seq: res.Seq, Version: res.Version, Result: &res, Took: f.lastSync})
 		return nil
 	}
-	f.fl.emit(FollowEvent{Kind: "switched", Tree: f.name, Seq: res.Seq, Version: res.Version,
+	f.fl.emit(FollowEvent{Kind: "switched", Tree: f.name, Seq: res.Seq, Version: res.Version, Result: &res, Took: f.lastSync,
 		Message: fmt.Sprintf("%d files fetched, %d reused", res.FilesFetched, res.FilesReused)})
 	if cfg.Exec == "" {
 		f.report(protocol.StateSwitched, res.Seq, res.Version, nil)

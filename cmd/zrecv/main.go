@@ -88,6 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&tf.rollbackOnFailure, "rollback-on-failure", false, "follow: when --exec fails, switch back and run it for the previous version")
 	fs.DurationVar(&tf.hookTimeout, "hook-timeout", 30*time.Second, "follow: kill a hook (its process group) after this long")
 	fs.StringVar(&tf.logFormat, "log-format", "text", "follow: log format on stderr, text or json")
+	fs.StringVar(&tf.metrics, "metrics", "", "follow: serve Prometheus metrics at http://ADDR/metrics")
 	fs.DurationVar(&tf.lockWait, "lock-wait", 0, "tree mode: wait this long for another zrecv syncing the same tree (default: fail at once)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)

@@ -29,6 +29,7 @@ type treeFlags struct {
 	rollbackOnFailure bool
 	hookTimeout       time.Duration
 	logFormat         string
+	metrics           string
 }
 
 func follow(ctx context.Context, args []string, cfg receiver.Config, tf treeFlags, quiet bool, stderr io.Writer) int {
@@ -43,7 +44,7 @@ func follow(ctx context.Context, args []string, cfg receiver.Config, tf treeFlag
 	}
 	return cli.Follow(ctx, mirror.FollowConfig{Receiver: cfg, Out: cfg.OutputDir, Trees: trees, Keep: tf.keep,
 		LockWait: tf.lockWait, Node: tf.node, Check: tf.check, Exec: tf.exec, RollbackOnFailure: tf.rollbackOnFailure,
-		HookTimeout: tf.hookTimeout}, log)
+		HookTimeout: tf.hookTimeout}, tf.metrics, log)
 }
 
 // tryTree mirrors name if the server publishes a tree of that name. done

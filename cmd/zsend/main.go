@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/internal/fleet"
+	"github.com/zsend/zsend/internal/metrics"
 	"github.com/zsend/zsend/receiver"
 	"github.com/zsend/zsend/sender"
 )
@@ -97,6 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		barrierTO   = fs.Duration("barrier-timeout", 30*time.Second, "with --barrier: switch those that have staged after this long")
 		lostAfter   = fs.Duration("lost-after", 30*time.Second, "a node not heard from for this long is shown lost")
 		maxNodes    = fs.Int("max-nodes", 10000, "most nodes in the fleet table (a lost one is evicted to make room)")
+		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100)")
 	)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -147,7 +150,24 @@ Exit codes:
 		bars = cli.NewServerBars(stderr)
 		defer bars.Stop()
 	}
+	var srvp atomic.Pointer[sender.Server]
+	var prom *metrics.Sender
+	if *metricsAddr != "" {
+		reg := metrics.NewRegistry()
+		prom = metrics.NewSender(reg, srvp.Load)
+		addr, err := metrics.Serve(ctx, *metricsAddr, reg)
+		if err != nil {
+			fmt.Fprintln(stderr, "zsend:", err)
+			return cli.ExitUsage
+		}
+		if !*quiet {
+			fmt.Fprintf(stderr, "zsend: metrics on http://%s/metrics\n", addr)
+		}
+	}
 	events := func(e sender.Event) {
+		if prom != nil {
+			prom.Event(e)
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		if *jsonOut && e.Kind == "published" {
@@ -209,6 +229,7 @@ Exit codes:
 		fmt.Fprintln(stderr, "zsend:", err)
 		return cli.ExitUsage
 	}
+	srvp.Store(srv)
 	if !*quiet {
 		fmt.Fprintf(stderr, "zsend: serving %d path(s) on %s\n", fs.NArg(), srv.Endpoint())
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/zsend/zsend/internal/metrics"
 	"github.com/zsend/zsend/mirror"
 	"github.com/zsend/zsend/protocol"
 	"github.com/zsend/zsend/receiver"
@@ -33,8 +34,22 @@ func NewLogger(w io.Writer, format string, quiet bool) (*slog.Logger, error) {
 
 // Follow runs zrecv --follow until ctx ends, logging through log, and
 // returns the exit code (0 after SIGINT/SIGTERM).
-func Follow(ctx context.Context, cfg mirror.FollowConfig, log *slog.Logger) int {
+func Follow(ctx context.Context, cfg mirror.FollowConfig, metricsAddr string, log *slog.Logger) int {
+	var prom *metrics.Follower
+	if metricsAddr != "" {
+		reg := metrics.NewRegistry()
+		prom = metrics.NewFollower(reg)
+		addr, err := metrics.Serve(ctx, metricsAddr, reg)
+		if err != nil {
+			log.Error("metrics", "err", err.Error())
+			return ExitUsage
+		}
+		log.Info("metrics", "url", "http://"+addr+"/metrics")
+	}
 	cfg.Events = func(e mirror.FollowEvent) {
+		if prom != nil {
+			prom.Event(e)
+		}
 		attrs := []any{"event", e.Kind}
 		if e.Tree != "" {
 			attrs = append(attrs, "tree", e.Tree)

@@ -364,3 +364,57 @@ func zsendSlow(t *testing.T, args ...string) (string, *exec.Cmd) {
 	}
 	return "", nil
 }
+
+// The source edited and republished during a fetch, with the server
+// keeping only its latest version: the fetch of the dropped version gets
+// 410 gone, moves to the latest, and the stable path shows exactly one
+// published version.
+func TestTreeSourceEditedDuringFetch(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	trickyTree(t, src, 2000)
+	writeRandom(t, src, "big.bin", 32<<20)
+	ep, zs := zsendSlow(t, "--state-dir", t.TempDir(), "--keep-versions", "1", src)
+	first := waitTree(t, ep, "app", 0)
+	snapshots := [][]string{findListing(t, src)}
+	out := t.TempDir()
+	cmd := exec.Command(filepath.Join(binDir, "zrecv"), "--json", "-o", out, ep, "app")
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Once the fetch is under way, edit and republish.
+	staged := filepath.Join(out, ".zsnd/app/stage/app")
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		if _, err := os.Stat(staged); err == nil {
+			break
+		}
+	}
+	// Hold zrecv still while the server moves on (it drops the version
+	// zrecv is fetching: --keep-versions 1).
+	cmd.Process.Signal(syscall.SIGSTOP)
+	for k := 0; k < 2000; k += 7 {
+		os.WriteFile(filepath.Join(src, fmt.Sprintf("many/d%03d/f%05d.conf", k%100, k)), []byte(fmt.Sprintf("edited %d\n", k)), 0o644)
+	}
+	zs.Process.Signal(syscall.SIGHUP)
+	waitTree(t, ep, "app", first.Seq)
+	snapshots = append(snapshots, findListing(t, src))
+	cmd.Process.Signal(syscall.SIGCONT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("zrecv: %v\n%s", err, stdout.String())
+	}
+	got := findListing(t, filepath.Join(out, "app"))
+	if !slices.EqualFunc(snapshots[:1], [][]string{got}, slices.Equal) && !slices.Equal(snapshots[1], got) {
+		t.Fatalf("the stable path shows no published version")
+	}
+	ev := lastEvent(t, stdout.String(), "sync")
+	t.Logf("synced seq %v (first was %d); fetched %v files", ev["seq"], first.Seq, ev["files_fetched"])
+	if ev["seq"].(float64) == float64(first.Seq) {
+		t.Logf("the fetch of seq %d completed before the server dropped it (no 410 exercised)", first.Seq)
+	}
+	// A second run ends on the latest version.
+	if code, _, stderr := zrecv(t, "-q", "-o", out, ep, "app"); code != 0 {
+		t.Fatalf("second run: %d %s", code, stderr)
+	}
+	sameListing(t, "latest", snapshots[1], findListing(t, filepath.Join(out, "app")))
+}

@@ -229,3 +229,49 @@ func TestStalePartialOfReusedFile(t *testing.T) {
 	syncOK(t, cfg)
 	sameTree(t, src, filepath.Join(out, "app"))
 }
+
+// Unchanged files are hard links to the current version's; an edit that
+// keeps size and mtime is found by Verify, not by the quick check.
+func TestHardLinksAndVerify(t *testing.T) {
+	s := startServer(t)
+	src := filepath.Join(t.TempDir(), "app")
+	smallTree(t, src)
+	publish(t, s, "app", src, 1)
+	out := t.TempDir()
+	cfg := testConfig(s, out, "app")
+	first := syncOK(t, cfg)
+	write(t, filepath.Join(src, "new.txt"), "new", 0o644)
+	publish(t, s, "app", src, 2)
+	second := syncOK(t, cfg)
+	a, err1 := os.Stat(filepath.Join(first.Dir, "deep/x/y/z.bin"))
+	b, err2 := os.Stat(filepath.Join(second.Dir, "deep/x/y/z.bin"))
+	if err1 != nil || err2 != nil || !os.SameFile(a, b) {
+		t.Errorf("unchanged file not hard-linked between versions (%v %v)", err1, err2)
+	}
+
+	p := filepath.Join(out, "app/deep/x/y/z.bin")
+	st, _ := os.Stat(p)
+	// Replace by rename, so the older version keeps its content.
+	tmp := filepath.Join(out, "app/deep/x/y/tmp")
+	os.WriteFile(tmp, []byte(strings.Repeat("Z", int(st.Size()))), 0o640)
+	os.Chtimes(tmp, st.ModTime(), st.ModTime())
+	os.Rename(tmp, p)
+	os.Chtimes(filepath.Dir(p), time.Unix(0, 1), time.Unix(0, 1)) // the directory's mtime changed too; restore it below
+	src1, _ := os.Stat(filepath.Join(src, "deep/x/y"))
+	os.Chtimes(filepath.Dir(p), src1.ModTime(), src1.ModTime())
+	if res := syncOK(t, cfg); !res.Unchanged {
+		t.Errorf("quick check saw an edit that kept size and mtime: %+v", res)
+	}
+	var drift []string
+	cfg.Verify = true
+	cfg.Events = func(e Event) {
+		if e.Kind == EventDrift {
+			drift = append(drift, e.Path)
+		}
+	}
+	res := syncOK(t, cfg)
+	if !res.Repaired || len(drift) != 1 || drift[0] != "deep/x/y/z.bin" {
+		t.Errorf("--verify: drift %v, %+v", drift, res)
+	}
+	sameTree(t, src, filepath.Join(out, "app"))
+}

@@ -425,21 +425,32 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 	s.mu.Lock()
 	s.inFlight = map[string]int64{}
 	s.mu.Unlock()
-	results, err := receiver.FetchRequests(ctx, s.receiverConfig(stageDir), reqs)
-	s.mu.Lock()
-	s.inFlight = nil
-	s.mu.Unlock()
-	for _, r := range results {
-		if r.Err == nil {
-			s.res.FilesFetched++
+	defer func() {
+		s.mu.Lock()
+		s.inFlight = nil
+		s.mu.Unlock()
+	}()
+	// In batches: the receiver keeps a task per request, and a tree of
+	// 100,000 files must not hold 100,000 of them at once.
+	for len(reqs) > 0 {
+		n := min(len(reqs), fetchBatch)
+		results, err := receiver.FetchRequests(ctx, s.receiverConfig(stageDir), reqs[:n])
+		for _, r := range results {
+			if r.Err == nil {
+				s.res.FilesFetched++
+			}
+			s.res.BytesFetched += r.Wire
 		}
-		s.res.BytesFetched += r.Wire
-	}
-	if err != nil {
-		return fmt.Errorf("fetching %d files of %s %s: %w", len(entries), s.cfg.Tree, id.Short(), err)
+		if err != nil {
+			return fmt.Errorf("fetching %d files of %s %s: %w", len(entries), s.cfg.Tree, id.Short(), err)
+		}
+		reqs = reqs[n:]
 	}
 	return nil
 }
+
+// fetchBatch is the most files fetched in one receiver call.
+const fetchBatch = 4096
 
 // finish sets every entry's mode and mtime, in reverse path order, so each
 // directory is done after everything below it.

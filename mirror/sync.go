@@ -242,7 +242,7 @@ func (s *syncer) build(ctx context.Context, man *manifest.Manifest, id manifest.
 		if err := l.switchTo(name, cur); err != nil {
 			return err
 		}
-		if cur.kind == curManaged {
+		if cur.kind == curManaged && cur.name != "" {
 			res.Previous = filepath.Join(l.v.Name(), cur.name)
 		}
 		s.emit(Event{Kind: EventSwitch, Message: res.Dir})

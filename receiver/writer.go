@@ -209,7 +209,7 @@ func commit(batch []*task) []error {
 		}
 		if err != nil {
 			if fi, serr := os.Lstat(t.dest); serr == nil && fi.IsDir() {
-				err = fmt.Errorf("%s is a directory", t.dest)
+				err = unix.EISDIR // the caller names t.dest
 			}
 			errs[i] = err
 			continue

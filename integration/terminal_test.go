@@ -66,8 +66,14 @@ func TestTerminalSafeFromServerText(t *testing.T) {
 // and returns its stdout and stderr.
 func zsendJSON(t *testing.T, args ...string) (string, func() (string, string)) {
 	t.Helper()
+	return zsendJSONOn(t, "tcp://127.0.0.1:0", args...)
+}
+
+// zsendJSONOn is zsendJSON bound to bind.
+func zsendJSONOn(t *testing.T, bind string, args ...string) (string, func() (string, string)) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "zsend"), append([]string{"--json", "-b", "tcp://127.0.0.1:0"}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "zsend"), append([]string{"--json", "-b", bind}, args...)...)
 	var errb syncBuffer
 	cmd.Stderr = &errb
 	stdout, err := cmd.StdoutPipe()
@@ -111,7 +117,7 @@ func zsendJSON(t *testing.T, args ...string) (string, func() (string, string)) {
 	t.Cleanup(func() { stop() })
 	select {
 	case ep := <-epc:
-		if !strings.HasPrefix(ep, "tcp://127.0.0.1:") || strings.HasSuffix(ep, ":0") {
+		if ep == "" || (strings.HasPrefix(bind, "tcp://") && strings.HasSuffix(ep, ":0")) || (!strings.HasPrefix(bind, "tcp://") && ep != bind) {
 			t.Fatalf("listening event with endpoint %q", ep)
 		}
 		return ep, stop

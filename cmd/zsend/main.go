@@ -130,23 +130,8 @@ Exit codes:
 		if bars != nil && bars.Event(e) {
 			return
 		}
-		// Everything from a receiver (peer id, names, messages that quote
-		// them) is made Printable: a client must not be able to write
-		// terminal escapes to the operator's screen.
-		client := cli.ClientName(e.Peer, e.Session)
-		line := ""
-		switch e.Kind {
-		case "file-sent":
-			line = fmt.Sprintf("zsend: sent %s (%d bytes, blake3 %s) to %s", cli.Printable(e.Name), e.Size, e.Hash, client)
-		case "refused":
-			line = fmt.Sprintf("zsend: %s: refused: %s", client, cli.Printable(e.Message))
-		case "error":
-			line = fmt.Sprintf("zsend: %s: %s: %s", client, cli.Printable(e.Name), cli.Printable(e.Message))
-		case "session-open":
-			line = fmt.Sprintf("zsend: %s connected", client)
-		case "session-close":
-			line = fmt.Sprintf("zsend: %s disconnected: %s", client, cli.Printable(e.Message))
-		default:
+		line := logLine(e)
+		if line == "" {
 			return
 		}
 		if bars != nil {
@@ -189,6 +174,28 @@ func wantsJSON(args []string) bool {
 		}
 	}
 	return false
+}
+
+// logLine is the text line for a server event ("" for none). Everything
+// from a receiver (peer id, names, messages that quote them) is made
+// Printable: a client must not be able to write terminal escapes to the
+// operator's screen. A client is named by its peer id and a short session
+// id (two receivers may share a peer id).
+func logLine(e sender.Event) string {
+	client := cli.ClientName(e.Peer, e.Session)
+	switch e.Kind {
+	case "file-sent":
+		return fmt.Sprintf("zsend: sent %s (%d bytes, blake3 %s) to %s", cli.Printable(e.Name), e.Size, e.Hash, client)
+	case "refused":
+		return fmt.Sprintf("zsend: %s: refused: %s", client, cli.Printable(e.Message))
+	case "error":
+		return fmt.Sprintf("zsend: %s: %s: %s", client, cli.Printable(e.Name), cli.Printable(e.Message))
+	case "session-open":
+		return fmt.Sprintf("zsend: %s connected", client)
+	case "session-close":
+		return fmt.Sprintf("zsend: %s disconnected: %s", client, cli.Printable(e.Message))
+	}
+	return ""
 }
 
 func hashString(e sender.Event) string {

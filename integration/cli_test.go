@@ -208,6 +208,12 @@ func TestBinariesHelpAndVersion(t *testing.T) {
 	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 2 {
 		t.Errorf("zsend with a missing path: %v", err)
 	}
+	// With --json, a failure to start is an error event with its code.
+	cmd = exec.Command(filepath.Join(binDir, "zsend"), "--json", "-b", "tcp://127.0.0.1", "/etc/hosts")
+	if out, _ := cmd.Output(); cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), `"event":"error"`) ||
+		!strings.Contains(string(out), `"exit_code":2`) || !strings.Contains(string(out), "missing port") {
+		t.Errorf("zsend --json with a bad endpoint: exit %d, stdout %q", cmd.ProcessState.ExitCode(), out)
+	}
 	// A bad endpoint is a usage error at once, with a message that names
 	// it and no internal name.
 	for ep, want := range map[string]string{

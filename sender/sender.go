@@ -19,6 +19,9 @@
 // # Session state machine (per ROUTER identity)
 //
 //	(none) --HELLO ok--> OPEN --BYE / ERROR / silence / protocol error--> (none)
+//	(none) --HELLO, server full--> waiting (sessions probed) --slot freed--> OPEN
+//	                                                 \--500 ms, none freed--> ERROR 429
+//	(none) --anything but HELLO, BYE, ERROR--> ERROR 400 "no session"
 //	OPEN: GET queues a request; CREDIT grows the gate; CANCEL drops a
 //	request; PING is answered with PONG. The head request goes
 //	FILE -> CHUNK* -> END (or ERROR), then the next one starts.

@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/zsend/zsend/internal/endpoint"
 )
 
 // The examples in README.md and in each command's --help are run, on
@@ -134,6 +136,19 @@ func TestExamplesWork(t *testing.T) {
 		if len(sends) < 3 || len(recvs) < 3 {
 			t.Fatalf("%s: found %d zsend and %d zrecv examples", doc, len(sends), len(recvs))
 		}
+		// The endpoints as written are valid (they are moved to loopback
+		// to run).
+		for _, sx := range sends {
+			if err := endpoint.Check(sx.bind, true); err != nil {
+				t.Errorf("%s: %q: %v", doc, sx.line, err)
+			}
+		}
+		for _, rx := range recvs {
+			if err := endpoint.Check(rx.ep, false); err != nil {
+				t.Errorf("%s: %q: %v", doc, rx.line, err)
+			}
+		}
+		used := map[int]bool{}
 		for _, rx := range recvs {
 			var sx *example
 			for i := range sends {
@@ -143,6 +158,7 @@ func TestExamplesWork(t *testing.T) {
 				}
 				if ok {
 					sx = &sends[i]
+					used[i] = true
 					break
 				}
 			}
@@ -151,6 +167,12 @@ func TestExamplesWork(t *testing.T) {
 				continue
 			}
 			t.Run(doc+"/"+rx.line, func(t *testing.T) { runExample(t, *sx, rx) })
+		}
+		// A zsend example no zrecv example fetches from must still start.
+		for i, sx := range sends {
+			if !used[i] {
+				t.Run(doc+"/"+sx.line, func(t *testing.T) { runExample(t, sx, example{}) })
+			}
 		}
 	}
 }
@@ -196,6 +218,9 @@ func runExample(t *testing.T, sx, rx example) {
 		}
 	}
 	ep, _ := zsendJSONOn(t, bind, paths...)
+	if rx.line == "" {
+		return // zsendJSONOn checked that it listens
+	}
 	out := filepath.Join(root, "out")
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		t.Fatal(err)

@@ -165,7 +165,7 @@ func (sess *session) pump() bool {
 	switch {
 	case c.err != nil:
 		t.pending = nil
-		sess.send(&protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: fmt.Sprintf("%s: %v", t.name, c.err)})
+		sess.send(&protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: c.err.Error()})
 		sess.event(Event{Kind: "error", Name: t.name, Message: c.err.Error()})
 		sess.finishTransfer()
 		return true
@@ -267,7 +267,7 @@ func (sess *session) sendWhole(g *protocol.Get, f *os.File, key fileKey, tag pro
 		sum, err = fs.wholeHash(f, *buf, nil) // known by now, unless empty
 	}
 	if err != nil {
-		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: fmt.Sprintf("%s: %v", g.Name, err)})
+		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: err.Error()})
 		sess.event(Event{Kind: "error", Name: g.Name, Message: err.Error()})
 		return
 	}

@@ -97,7 +97,7 @@ func (c *catalogue) open(name string) (*os.File, fileKey, error) {
 	first, rest, nested := strings.Cut(name, "/")
 	r, ok := c.roots[first]
 	if !ok {
-		return nil, fileKey{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not served here", name)}
+		return nil, fileKey{}, &lookupError{protocol.CodeNotFound, "not served here"}
 	}
 	path := r.path
 	if nested && r.isDir && r.fd >= 0 {
@@ -108,7 +108,7 @@ func (c *catalogue) open(name string) (*os.File, fileKey, error) {
 	}
 	if nested {
 		if !r.isDir {
-			return nil, fileKey{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not served here", name)}
+			return nil, fileKey{}, &lookupError{protocol.CodeNotFound, "not served here"}
 		}
 		// No openat2 (Linux before 5.6): resolve with the same rules,
 		// then open the result without following a link.
@@ -128,15 +128,15 @@ func lookupFailure(name string, err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, os.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
-		return &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not served here", name)}
+		return &lookupError{protocol.CodeNotFound, "not served here"}
 	case errors.Is(err, syscall.EXDEV):
-		return &lookupError{protocol.CodeRefused, fmt.Sprintf("%q leads outside the served directory", name)}
+		return &lookupError{protocol.CodeRefused, "leads outside the served directory"}
 	case errors.Is(err, syscall.ELOOP):
-		return &lookupError{protocol.CodeRefused, fmt.Sprintf("%q is a symbolic link", name)}
+		return &lookupError{protocol.CodeRefused, "a symbolic link, not followed"}
 	case errors.Is(err, errNotRegular):
-		return &lookupError{protocol.CodeRefused, fmt.Sprintf("%q is not a regular file", name)}
+		return &lookupError{protocol.CodeRefused, "not a regular file"}
 	}
-	return &lookupError{protocol.CodeInternal, fmt.Sprintf("opening %q: %v", name, errors.Unwrap(err))}
+	return &lookupError{protocol.CodeInternal, fmt.Sprintf("cannot open: %v", errors.Unwrap(err))}
 }
 
 // openBeneath opens rel below the directory dirfd in one system call,

@@ -187,7 +187,7 @@ func logLine(e sender.Event) string {
 	case "file-sent":
 		return fmt.Sprintf("zsend: sent %s (%d bytes, blake3 %s) to %s", cli.Printable(e.Name), e.Size, e.Hash, client)
 	case "refused":
-		return fmt.Sprintf("zsend: %s: refused: %s", client, cli.Printable(e.Message))
+		return fmt.Sprintf("zsend: %s: refused %s: %s", client, cli.Printable(e.Name), cli.Printable(e.Message))
 	case "error":
 		return fmt.Sprintf("zsend: %s: %s: %s", client, cli.Printable(e.Name), cli.Printable(e.Message))
 	case "session-open":

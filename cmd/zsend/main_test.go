@@ -19,8 +19,8 @@ func TestLogLine(t *testing.T) {
 		{sender.Event{Kind: "session-open", Peer: "node-7", Session: "0a0b"}, "zsend: " + client + " connected"},
 		{sender.Event{Kind: "session-close", Peer: "node-7\x1b[2J", Session: "0a0b", Message: "receiver said bye: ok \x1b[31mdone"},
 			`zsend: node-7\x1b[2J[` + cli.ShortSession("0a0b") + `] disconnected: receiver said bye: ok \x1b[31mdone`},
-		{sender.Event{Kind: "refused", Peer: "node-7", Session: "0a0b", Message: "404 not found: \"x\" is not served here"},
-			"zsend: " + client + `: refused: 404 not found: "x" is not served here`},
+		{sender.Event{Kind: "refused", Peer: "node-7", Session: "0a0b", Name: "x", Message: "404 not found: not served here"},
+			"zsend: " + client + `: refused x: 404 not found: not served here`},
 		{sender.Event{Kind: "progress"}, ""},
 	} {
 		got := logLine(c.e)

@@ -189,6 +189,13 @@ func TestErrorNamesFileOnce(t *testing.T) {
 	if got := errb.String(); got != "zrecv: app/app.conf: is a directory\n" {
 		t.Fatalf("stderr %q", got)
 	}
+	// The same for names the server refuses or does not serve, and for
+	// names zrecv refuses itself.
+	code, _, stderr := zrecv(t, "-t", "5s", "-o", out, ep, "missing.txt", "../f")
+	if want := "zrecv: ../f: refused: invalid file name: contains a . or .. component\n" +
+		"zrecv: missing.txt: server: not served here (404 not found)\n"; code != 3 || stderr != want {
+		t.Fatalf("exit %d, stderr %q, want %q", code, stderr, want)
+	}
 	code, stdout, stderr := zrecv(t, "--json", "-t", "5s", "-o", out, ep, "app/app.conf")
 	want := filepath.Join(out, "app", "app.conf") + ": is a directory"
 	if code != 1 || stderr != "zrecv: "+want+"\n" || !strings.Contains(stdout, `"error":"`+want+`"`) {

@@ -23,6 +23,7 @@ type session struct {
 	chunkSize int64
 	gate      credit.Gate
 	queue     []*protocol.Get
+	queued    map[uint32]struct{} // request ids in queue
 	cur       *transfer
 	opened    time.Time
 	lastRecv  time.Time
@@ -67,6 +68,13 @@ func (sess *session) fail(code protocol.Code, why string) {
 func (sess *session) handle(m protocol.Message) {
 	switch m := m.(type) {
 	case *protocol.Get:
+		// Request ids are unique among a session's outstanding requests
+		// (queued or being sent), so CANCEL and every reply name exactly
+		// one request; a GET reusing one is a protocol violation.
+		if _, dup := sess.queued[m.Request]; dup || (sess.cur != nil && sess.cur.req == m.Request) {
+			sess.fail(protocol.CodeBadRequest, fmt.Sprintf("GET reuses request id %d, which is still outstanding", m.Request))
+			return
+		}
 		// The request being sent counts: a session holds at most
 		// MaxRequests requests, as WELCOME announced.
 		held := len(sess.queue)
@@ -79,6 +87,10 @@ func (sess *session) handle(m protocol.Message) {
 			return
 		}
 		sess.queue = append(sess.queue, m)
+		if sess.queued == nil {
+			sess.queued = make(map[uint32]struct{})
+		}
+		sess.queued[m.Request] = struct{}{}
 	case *protocol.Credit:
 		if sess.gate.Grant(m.Limit) && sess.cur != nil {
 			sess.cur.permit(&sess.gate)
@@ -88,6 +100,10 @@ func (sess *session) handle(m protocol.Message) {
 			sess.finishTransfer()
 			return
 		}
+		if _, ok := sess.queued[m.Request]; !ok {
+			return // unknown or finished: ignored
+		}
+		delete(sess.queued, m.Request)
 		for i, g := range sess.queue {
 			if g.Request == m.Request {
 				sess.queue = append(sess.queue[:i], sess.queue[i+1:]...)
@@ -129,6 +145,7 @@ func (sess *session) pump() bool {
 		}
 		g := sess.queue[0]
 		sess.queue = sess.queue[1:]
+		delete(sess.queued, g.Request)
 		sess.start(g)
 		return true
 	}
@@ -148,7 +165,7 @@ func (sess *session) pump() bool {
 	switch {
 	case c.err != nil:
 		t.pending = nil
-		sess.send(&protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: fmt.Sprintf("%s: %v", t.name, c.err)})
+		sess.send(&protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: c.err.Error()})
 		sess.event(Event{Kind: "error", Name: t.name, Message: c.err.Error()})
 		sess.finishTransfer()
 		return true
@@ -250,7 +267,7 @@ func (sess *session) sendWhole(g *protocol.Get, f *os.File, key fileKey, tag pro
 		sum, err = fs.wholeHash(f, *buf, nil) // known by now, unless empty
 	}
 	if err != nil {
-		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: fmt.Sprintf("%s: %v", g.Name, err)})
+		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: err.Error()})
 		sess.event(Event{Kind: "error", Name: g.Name, Message: err.Error()})
 		return
 	}
@@ -294,6 +311,7 @@ func (sess *session) abortTransfer() {
 		sess.finishTransfer()
 	}
 	sess.queue = nil
+	sess.queued = nil
 }
 
 // transfer is one file being sent. The producer goroutine reads chunks

@@ -46,6 +46,9 @@ func parseExample(t *testing.T, line string) example {
 			ex.out = fields[i]
 		case "--json":
 			ex.json = true
+		case "--watch": // zsend: publishing options, no effect on what is served
+		case "--state-dir", "--keep-versions":
+			i++
 		case ">", "|":
 			i = len(fields) // redirection: the rest is the shell's
 		default:

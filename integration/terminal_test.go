@@ -73,7 +73,7 @@ func zsendJSON(t *testing.T, args ...string) (string, func() (string, string)) {
 func zsendJSONOn(t *testing.T, bind string, args ...string) (string, func() (string, string)) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "zsend"), append([]string{"--json", "-b", bind}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "zsend"), append([]string{"--json", "-b", bind, "--state-dir", t.TempDir()}, args...)...)
 	var errb syncBuffer
 	cmd.Stderr = &errb
 	stdout, err := cmd.StdoutPipe()

@@ -87,7 +87,8 @@ type Config struct {
 	// StateDir is where published versions are kept (store, manifests,
 	// sequence numbers; see docs/DESIGN-trees.md section 4). Empty: no
 	// versions are published, and LIST/MGET/VGET find no trees (the
-	// command line always sets it, by default to DefaultStateDir()).
+	// command line always sets it, by default to DefaultStateDir()). It
+	// is not touched when no directory is served.
 	StateDir string
 	// KeepVersions is how many versions of each tree are kept; default
 	// DefaultKeepVersions (16).
@@ -251,7 +252,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	var pub *publisher
-	if cfg.StateDir != "" {
+	if cfg.StateDir != "" && cat.hasDir() {
 		pub, err = openPublisher(cfg.StateDir, cfg.KeepVersions, cat.roots, cfg.Events)
 		if err != nil {
 			cat.close()

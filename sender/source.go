@@ -70,6 +70,16 @@ func newCatalogue(paths []string) (*catalogue, error) {
 	return c, nil
 }
 
+// hasDir reports whether a directory (a tree) is served.
+func (c *catalogue) hasDir() bool {
+	for _, r := range c.roots {
+		if r.isDir {
+			return true
+		}
+	}
+	return false
+}
+
 // close releases the directory descriptors.
 func (c *catalogue) close() {
 	for _, r := range c.roots {

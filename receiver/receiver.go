@@ -52,6 +52,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/zsend/zsend/internal/guard"
@@ -264,5 +265,12 @@ type FileError struct {
 	Err  error
 }
 
-func (e *FileError) Error() string { return fmt.Sprintf("%s: %v", e.Name, e.Err) }
+// Error is "NAME: ERR", or ERR alone when it already starts with the name.
+func (e *FileError) Error() string {
+	msg := e.Err.Error()
+	if strings.HasPrefix(msg, e.Name+": ") {
+		return msg
+	}
+	return e.Name + ": " + msg
+}
 func (e *FileError) Unwrap() error { return e.Err }

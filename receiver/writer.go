@@ -219,7 +219,7 @@ func commit(batch []*task, deferSync bool) []error {
 		}
 		if err != nil {
 			if fi, serr := d.Lstat(t.base); serr == nil && fi.IsDir() {
-				err = fmt.Errorf("%s is a directory", t.dest)
+				err = unix.EISDIR // the caller names t.dest
 			}
 			errs[i] = err
 			continue

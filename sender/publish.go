@@ -339,7 +339,7 @@ func (p *publisher) publish(t *pubTree) error {
 		p.event(Event{Kind: "skipped", Name: t.name + "/" + path, Message: why})
 	}
 	batch := p.st.Begin()
-	s, m, err := scanTree(t.root, batch, t.cache, skipped)
+	s, m, err := scanTree(t.root, batch, t.cache, t.latest() != nil, skipped)
 	if err == nil {
 		err = batch.Commit() // the new contents are durable before any manifest names them
 	}

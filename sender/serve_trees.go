@@ -37,6 +37,10 @@ func (s *Server) tree(name string) (*pubTree, error) {
 
 // list answers LIST: one TREE per tree, then END with the count.
 func (sess *session) list(m *protocol.List) {
+	if sess.outstanding(m.Request) {
+		sess.fail(protocol.CodeBadRequest, fmt.Sprintf("LIST reuses request id %d, which is still outstanding", m.Request))
+		return
+	}
 	var trees []*pubTree
 	if m.Tree == "" {
 		if p := sess.srv.pub; p != nil {

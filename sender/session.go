@@ -23,6 +23,7 @@ type session struct {
 	chunkSize int64
 	gate      credit.Gate
 	queue     []request
+	queued    map[uint32]struct{} // request ids in queue
 	cur       *transfer
 	opened    time.Time
 	lastRecv  time.Time
@@ -95,6 +96,10 @@ func (sess *session) handle(m protocol.Message) {
 			sess.finishTransfer()
 			return
 		}
+		if _, ok := sess.queued[m.Request]; !ok {
+			return // unknown or finished: ignored
+		}
+		delete(sess.queued, m.Request)
 		for i, r := range sess.queue {
 			if r.g.Request == m.Request {
 				sess.queue = append(sess.queue[:i], sess.queue[i+1:]...)
@@ -125,9 +130,16 @@ type request struct {
 	g   protocol.Get
 }
 
-// enqueue queues a file request. The request being sent counts: a session
-// holds at most MaxRequests requests, as WELCOME announced.
+// enqueue queues a GET, MGET or VGET. Request ids are unique among a
+// session's outstanding requests (queued or being sent), so CANCEL and
+// every reply name exactly one request; a request reusing one is a
+// protocol violation. The request being sent counts: a session holds at
+// most MaxRequests requests, as WELCOME announced.
 func (sess *session) enqueue(cmd protocol.Command, g *protocol.Get) {
+	if sess.outstanding(g.Request) {
+		sess.fail(protocol.CodeBadRequest, fmt.Sprintf("%v reuses request id %d, which is still outstanding", cmd, g.Request))
+		return
+	}
 	held := len(sess.queue)
 	if sess.cur != nil {
 		held++
@@ -138,6 +150,17 @@ func (sess *session) enqueue(cmd protocol.Command, g *protocol.Get) {
 		return
 	}
 	sess.queue = append(sess.queue, request{cmd: cmd, g: *g})
+	if sess.queued == nil {
+		sess.queued = make(map[uint32]struct{})
+	}
+	sess.queued[g.Request] = struct{}{}
+}
+
+// outstanding reports whether a file request with this id is queued or
+// being sent.
+func (sess *session) outstanding(req uint32) bool {
+	_, queued := sess.queued[req]
+	return queued || (sess.cur != nil && sess.cur.req == req)
 }
 
 // pump advances the session by at most one message and reports whether it
@@ -157,6 +180,7 @@ func (sess *session) pump() bool {
 		}
 		r := sess.queue[0]
 		sess.queue = sess.queue[1:]
+		delete(sess.queued, r.g.Request)
 		sess.start(&r)
 		return true
 	}
@@ -176,13 +200,13 @@ func (sess *session) pump() bool {
 	switch {
 	case c.err != nil:
 		t.pending = nil
-		sess.send(&protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: fmt.Sprintf("%s: %v", t.name, c.err)})
+		sess.send(&protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: c.err.Error()})
 		sess.event(Event{Kind: "error", Name: t.name, Message: c.err.Error()})
 		sess.finishTransfer()
 		return true
 	case c.end && t.want != nil && c.sum != *t.want:
 		t.pending = nil
-		msg := fmt.Sprintf("%s: the stored copy does not match the published hash", t.name)
+		msg := "the stored copy does not match the published hash"
 		sess.send(&protocol.Error{Request: t.req, Code: protocol.CodeInternal, Message: msg})
 		sess.event(Event{Kind: "error", Name: t.name, Message: msg})
 		sess.finishTransfer()
@@ -313,7 +337,7 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 		err = errors.New("the stored copy does not match the published hash")
 	}
 	if err != nil {
-		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: fmt.Sprintf("%s: %v", g.Name, err)})
+		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: err.Error()})
 		sess.event(Event{Kind: "error", Name: g.Name, Message: err.Error()})
 		return
 	}
@@ -357,6 +381,7 @@ func (sess *session) abortTransfer() {
 		sess.finishTransfer()
 	}
 	sess.queue = nil
+	sess.queued = nil
 }
 
 // transfer is one file being sent. The producer goroutine reads chunks

@@ -23,8 +23,8 @@ type proc struct {
 	cmd     *exec.Cmd
 	ep      string
 	metrics chan string // zsend's metrics URL, if it serves them
-	done chan error
-	log  *strings.Builder
+	done    chan error
+	log     *strings.Builder
 }
 
 var fastFlags = []string{"--heartbeat", "200ms", "--peer-timeout", "2s"}

@@ -329,3 +329,66 @@ func TestMetricsCLI(t *testing.T) {
 		}
 	}
 }
+
+// --log-format json: every stderr line of zsend and of zrecv --follow is
+// a log/slog JSON record.
+func TestLogFormatJSONCLI(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	zs := exec.CommandContext(ctx, filepath.Join(binDir, "zsend"), "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "st"),
+		"--log-format", "json", src)
+	zerr, _ := zs.StderrPipe()
+	if err := zs.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(zerr)
+	ep := ""
+	var zlines []string
+	for ep == "" && sc.Scan() {
+		zlines = append(zlines, sc.Text())
+		var rec map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			t.Fatalf("zsend line is not JSON: %q", sc.Text())
+		}
+		if rec["msg"] == "serving" {
+			ep, _ = rec["endpoint"].(string)
+		}
+	}
+	out := filepath.Join(base, "n")
+	os.Mkdir(out, 0o755)
+	f := startFollowerProc(t, ep, out, "n1", "--log-format", "json")
+	waitUntil(t, 20*time.Second, "switched", func() (bool, string) {
+		return readStable(t, out, "app", "app.conf") == "v1", ""
+	})
+	if err := f.stop(t); err != nil {
+		t.Fatalf("follower: %v", err)
+	}
+	zs.Process.Signal(syscall.SIGTERM)
+	for sc.Scan() {
+		zlines = append(zlines, sc.Text())
+	}
+	if err := zs.Wait(); err != nil {
+		t.Fatalf("zsend: %v", err)
+	}
+	var kinds []string
+	for _, l := range strings.Split(strings.TrimSpace(f.log.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Fatalf("zrecv line is not JSON: %q", l)
+		}
+		if k, ok := rec["event"].(string); ok {
+			kinds = append(kinds, k)
+		}
+	}
+	if !strings.Contains(strings.Join(kinds, " "), "switched") {
+		t.Errorf("follower events %v", kinds)
+	}
+	for _, l := range zlines {
+		if !json.Valid([]byte(l)) {
+			t.Errorf("zsend line is not JSON: %q", l)
+		}
+	}
+}

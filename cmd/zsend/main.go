@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -101,6 +103,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		lostAfter   = fs.Duration("lost-after", 30*time.Second, "a node not heard from for this long is shown lost")
 		maxNodes    = fs.Int("max-nodes", 10000, "most nodes in the fleet table (a lost one is evicted to make room)")
 		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100)")
+		logFormat   = fs.String("log-format", "text", "log format on stderr: text (lines) or json (log/slog records)")
 	)
 	fs.Usage = func() {
 		// Only --help calls this (errors are reported below): help that
@@ -166,8 +169,16 @@ Exit codes:
 	if err != nil {
 		return fail(cli.ExitUsage, "--chunk-size: %v", err)
 	}
+	var slogger *slog.Logger
+	switch *logFormat {
+	case "text":
+	case "json":
+		slogger, _ = cli.NewLogger(stderr, "json", *quiet)
+	default:
+		return fail(cli.ExitUsage, "--log-format %q: want text or json", *logFormat)
+	}
 	var bars *cli.ServerBars
-	if !*quiet && cli.IsTerminal(stderr) {
+	if !*quiet && slogger == nil && cli.IsTerminal(stderr) {
 		bars = cli.NewServerBars(stderr)
 		defer bars.Stop()
 	}
@@ -180,7 +191,10 @@ Exit codes:
 		if err != nil {
 			return fail(cli.ExitUsage, "%v", err)
 		}
-		if !*quiet {
+		switch {
+		case slogger != nil:
+			slogger.Info("metrics", "url", "http://"+addr+"/metrics")
+		case !*quiet:
 			fmt.Fprintf(stderr, "zsend: metrics on http://%s/metrics\n", addr)
 		}
 	}
@@ -207,6 +221,23 @@ Exit codes:
 		if line == "" {
 			return
 		}
+		if slogger != nil {
+			attrs := []any{"event", e.Kind}
+			for k, v := range map[string]string{"name": e.Name, "peer": e.Peer, "session": e.Session, "version": e.Version} {
+				if v != "" {
+					attrs = append(attrs, k, v)
+				}
+			}
+			if e.Seq != 0 {
+				attrs = append(attrs, "seq", e.Seq)
+			}
+			if e.Kind == "error" {
+				slogger.Error(strings.TrimPrefix(line, "zsend: "), attrs...)
+			} else {
+				slogger.Info(strings.TrimPrefix(line, "zsend: "), attrs...)
+			}
+			return
+		}
 		if bars != nil {
 			bars.Log(line) // above the bars, which it would otherwise tear
 			return
@@ -229,7 +260,10 @@ Exit codes:
 		return fail(cli.ExitUsage, "%v", err)
 	}
 	srvp.Store(srv)
-	if !*quiet {
+	switch {
+	case slogger != nil:
+		slogger.Info("serving", "paths", fs.NArg(), "endpoint", srv.Endpoint())
+	case !*quiet:
 		fmt.Fprintf(stderr, "zsend: serving %d path(s) on %s\n", fs.NArg(), srv.Endpoint())
 	}
 	mu.Lock()

@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,7 +41,7 @@ func TestBarrierAllStaged(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "app")
 	writeFile(t, filepath.Join(src, "app.conf"), "v1")
 	cfg := fastFleet(src)
-	cfg.Barrier, cfg.BarrierTimeout = true, 20*time.Second
+	cfg.Barrier, cfg.BarrierTimeout = true, 10*time.Second
 	ep, srv := publishingServer(t, cfg)
 	var fs []*follower
 	for i := 0; i < 4; i++ {
@@ -135,4 +136,60 @@ func TestBarrierTimeoutOneNeverStages(t *testing.T) {
 		}
 	}
 	t.Logf("after the barrier timeout: %s", st.Summary())
+}
+
+// zsend --barrier killed (SIGKILL) while followers wait for SWITCH, and
+// restarted: the followers reconnect, report staged again, and the new
+// process switches them together.
+func TestBarrierServerKilledMidRolloutCLI(t *testing.T) {
+	base := t.TempDir()
+	src, state := filepath.Join(base, "app"), filepath.Join(base, "state")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	args := []string{"--state-dir", state, "--barrier", "--barrier-timeout", "8s", src}
+	zs := startZsend(t, append([]string{"-b", "tcp://127.0.0.1:0"}, args...)...)
+	var fs []*follower
+	for i := 0; i < 3; i++ {
+		fc := mirror.FollowConfig{Receiver: fastRecv(zs.ep), Trees: []string{"app"}, Node: fmt.Sprintf("n%d", i)}
+		if i == 0 {
+			fc.Check = `[ "$ZSND_SEQ" = 1 ] || sleep 2`
+		}
+		fs = append(fs, startFollower(t, fc))
+	}
+	for _, f := range fs {
+		waitUntil(t, 20*time.Second, "v1", func() (bool, string) { return readStable(t, f.out, "app", "app.conf") == "v1", "" })
+	}
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	zs.cmd.Process.Signal(syscall.SIGHUP)
+	waitUntil(t, 20*time.Second, "two nodes staged", func() (bool, string) {
+		_, a := stagedAt(fs[1], 2)
+		_, b := stagedAt(fs[2], 2)
+		return a && b, ""
+	})
+	zs.cmd.Process.Kill()
+	<-zs.done
+	for i, f := range fs {
+		if got := readStable(t, f.out, "app", "app.conf"); got != "v1" {
+			t.Fatalf("node %d switched to %q before any SWITCH", i, got)
+		}
+	}
+	startZsend(t, append([]string{"-b", zs.ep}, args...)...)
+	for i, f := range fs {
+		waitUntil(t, 30*time.Second, fmt.Sprintf("node %d on v2", i), func() (bool, string) {
+			return readStable(t, f.out, "app", "app.conf") == "v2", ""
+		})
+	}
+	var first, last time.Time
+	for i, f := range fs {
+		ts := switchTimes(f, 2)
+		if len(ts) != 1 {
+			t.Fatalf("node %d switched %d times", i, len(ts))
+		}
+		if first.IsZero() || ts[0].Before(first) {
+			first = ts[0]
+		}
+		if ts[0].After(last) {
+			last = ts[0]
+		}
+	}
+	t.Logf("switch spread after the restart: %v", last.Sub(first))
 }

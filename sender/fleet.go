@@ -27,6 +27,7 @@ type fleetState struct {
 	latest map[string]uint64 // tree -> seq last given to the table
 
 	barriers map[string]*barrier // tree -> barrier of its latest version
+	started  time.Time           // when the server started (barrier grace)
 }
 
 // barrier is the coordinated switch of one tree to one version.
@@ -43,7 +44,7 @@ type barrier struct {
 const maxNodesPerSession = 64
 
 func newFleetState(cfg fleet.Config) *fleetState {
-	return &fleetState{table: fleet.New(cfg), latest: map[string]uint64{}, barriers: map[string]*barrier{}}
+	return &fleetState{table: fleet.New(cfg), latest: map[string]uint64{}, barriers: map[string]*barrier{}, started: time.Now()}
 }
 
 // Fleet returns the fleet table: every published tree's latest version
@@ -204,6 +205,12 @@ func (s *Server) checkBarrier(b *barrier, now time.Time) {
 	if d == fleet.Wait {
 		return
 	}
+	// A server that just started knows only the nodes that have
+	// reconnected so far: "every live node staged" waits for the others to
+	// come back first (the housekeeping tick checks again).
+	if d == fleet.SwitchAll && b.b.Quorum == 0 && now.Before(s.fleet.started.Add(s.barrierGrace())) {
+		return
+	}
 	b.decided = true
 	s.sendSwitch(b, staged)
 	msg := fmt.Sprintf("barrier of %s v%d: %d nodes staged, switching", b.b.Tree, b.seq, len(staged))
@@ -227,6 +234,13 @@ func (s *Server) checkBarrier(b *barrier, now time.Time) {
 	if s.cfg.Events != nil {
 		s.cfg.Events(Event{Kind: "barrier", Name: b.b.Tree, Seq: b.seq, Version: b.b.Version, Message: msg})
 	}
+}
+
+// barrierGrace is how long after its start the server waits before it
+// decides that every live node has staged: a quarter of the barrier
+// timeout, at most 5 s (followers reconnect within their 5 s backoff).
+func (s *Server) barrierGrace() time.Duration {
+	return min(s.cfg.BarrierTimeout/4, 5*time.Second)
 }
 
 func contains(list []string, s string) bool {

@@ -40,6 +40,8 @@ Examples (each fetches what the same example in zsend --help serves):
   zrecv -o /srv/conf tcp://cfg1:5555 app/app.conf          a file below a served directory
   zrecv ipc:///run/zsend.sock hosts                        over a Unix socket
   zrecv --json tcp://[::1]:5555 a b c > log                NDJSON events for scripts
+
+Trees:
   zrecv -o /srv tcp://cfg1:5555 myapp                      mirror tree myapp at /srv/myapp
   zrecv --follow -o /srv --check 'nginx -t -c $ZSND_PATH/nginx.conf' \
         --exec 'systemctl reload nginx' --rollback-on-failure tcp://cfg1:5555 nginx

@@ -64,7 +64,10 @@ func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags
 			return 0, false
 		}
 		if errors.Is(err, receiver.ErrUnreachable) || ctx.Err() != nil {
-			fmt.Fprintln(stderr, "zrecv:", err)
+			if _, serr := os.Stat(cfg.OutputDir); serr != nil && ctx.Err() == nil {
+				return 0, false // the file fetch reports the missing output directory (a usage error)
+			}
+			fmt.Fprintln(stderr, "zrecv:", cli.Printable(err.Error()))
 			return cli.TreeExitCode(err), true
 		}
 		return 0, false // let the file fetch report it

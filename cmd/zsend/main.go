@@ -65,7 +65,10 @@ Examples (zrecv --help fetches from each):
   zsend --watch /etc/myapp                      publish a new version of tree "myapp" on every change
   zsend --state-dir /srv/zsend-state /etc/myapp keep published versions in /srv/zsend-state
   kill -HUP $(pidof zsend)                      publish now (rescan every tree)
-  zsend --status tcp://cfg1:5555 --wait --timeout 2m   deploy gate
+
+The fleet:
+  zsend --status tcp://cfg1:5555                       who runs which version
+  zsend --status tcp://cfg1:5555 --wait --timeout 2m   deploy gate: exit 0 once every live node has the latest
 
 Flags:
 `

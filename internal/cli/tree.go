@@ -118,9 +118,17 @@ func (r *TreeReporter) draw(e mirror.Event) {
 	if el > 0 {
 		rate = float64(e.BytesDone) / el
 	}
+	// Small files cost per file, large ones per byte: the fraction done
+	// is the mean of both.
+	frac := 1.0
+	if e.FilesTotal > 0 && e.BytesTotal > 0 {
+		frac = (float64(e.FilesDone)/float64(e.FilesTotal) + float64(e.BytesDone)/float64(e.BytesTotal)) / 2
+	} else if e.FilesTotal > 0 {
+		frac = float64(e.FilesDone) / float64(e.FilesTotal)
+	}
 	eta := "?"
-	if rate > 0 && e.BytesTotal >= e.BytesDone {
-		eta = (time.Duration(float64(e.BytesTotal-e.BytesDone)/rate) * time.Second).Round(time.Second).String()
+	if frac > 0 && frac <= 1 {
+		eta = (time.Duration(el*(1-frac)/frac) * time.Second).Round(time.Second).String()
 	}
 	fmt.Fprintf(r.log, "\r\x1b[K%s: files %d/%d, %s/%s, %s/s, ETA %s", e.Tree, e.FilesDone, e.FilesTotal,
 		human(e.BytesDone), human(e.BytesTotal), human(int64(rate)), eta)

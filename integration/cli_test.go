@@ -148,6 +148,10 @@ func TestBinariesExitCodes(t *testing.T) {
 		{"no arguments", nil, 2, "ENDPOINT"},
 		{"bad flag", []string{"--frobnicate"}, 2, "frobnicate"},
 		{"bad endpoint", []string{"-o", out, "http://x", "f"}, 2, "tcp://"},
+		{"no port", []string{"-o", out, "tcp://127.0.0.1", "f"}, 2, "missing port"},
+		{"port out of range", []string{"-o", out, "tcp://127.0.0.1:99999", "f"}, 2, "port 99999 out of range"},
+		{"port 0", []string{"-o", out, "tcp://127.0.0.1:0", "f"}, 2, "port 0"},
+		{"no socket path", []string{"-o", out, "ipc://", "f"}, 2, "missing socket path"},
 		{"missing output dir", []string{"-o", filepath.Join(out, "nope"), ep, "f"}, 2, "output directory"},
 		{"unreachable", []string{"-q", "-t", "1s", "-o", out, "tcp://127.0.0.1:1", "f"}, 4, "unreachable"},
 	}
@@ -167,16 +171,29 @@ func TestBinariesExitCodes(t *testing.T) {
 
 func TestBinariesHelpAndVersion(t *testing.T) {
 	for _, bin := range []string{"zsend", "zrecv"} {
-		cmd := exec.Command(filepath.Join(binDir, bin), "--help")
-		var errb bytes.Buffer
-		cmd.Stderr = &errb
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("%s --help: %v", bin, err)
-		}
-		for _, want := range []string{"Usage:", "Examples:", "Exit codes:"} {
-			if !strings.Contains(errb.String(), want) {
-				t.Errorf("%s --help lacks %q", bin, want)
+		// Help asked for goes to stdout (so it can be paged), exit 0.
+		for _, flag := range []string{"--help", "-h"} {
+			cmd := exec.Command(filepath.Join(binDir, bin), flag)
+			var outb, errb bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &outb, &errb
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("%s %s: %v", bin, flag, err)
 			}
+			for _, want := range []string{"Usage:", "Examples", "Exit codes:", "--json"} {
+				if !strings.Contains(outb.String(), want) {
+					t.Errorf("%s %s: stdout lacks %q", bin, flag, want)
+				}
+			}
+			if errb.Len() != 0 {
+				t.Errorf("%s %s wrote to stderr: %q", bin, flag, errb.String())
+			}
+		}
+		// A usage error goes to stderr, exit 2, and stdout stays empty.
+		cmd := exec.Command(filepath.Join(binDir, bin), "--frobnicate")
+		var outb, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &outb, &errb
+		if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 2 || outb.Len() != 0 || !strings.Contains(errb.String(), "frobnicate") {
+			t.Errorf("%s --frobnicate: %v, stdout %q, stderr %q", bin, err, outb.String(), errb.String())
 		}
 		v, err := exec.Command(filepath.Join(binDir, bin), "--version").Output()
 		if err != nil || !strings.Contains(string(v), "ZSND/1") {
@@ -190,5 +207,26 @@ func TestBinariesHelpAndVersion(t *testing.T) {
 	cmd = exec.Command(filepath.Join(binDir, "zsend"), "/nonexistent/file")
 	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 2 {
 		t.Errorf("zsend with a missing path: %v", err)
+	}
+	// With --json, a failure to start is an error event with its code.
+	cmd = exec.Command(filepath.Join(binDir, "zsend"), "--json", "-b", "tcp://127.0.0.1", "/etc/hosts")
+	if out, _ := cmd.Output(); cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), `"event":"error"`) ||
+		!strings.Contains(string(out), `"exit_code":2`) || !strings.Contains(string(out), "missing port") {
+		t.Errorf("zsend --json with a bad endpoint: exit %d, stdout %q", cmd.ProcessState.ExitCode(), out)
+	}
+	// A bad endpoint is a usage error at once, with a message that names
+	// it and no internal name.
+	for ep, want := range map[string]string{
+		"tcp://127.0.0.1":       "missing port",
+		"tcp://127.0.0.1:99999": "port 99999 out of range",
+		"udp://127.0.0.1:5555":  `unknown scheme "udp"`,
+		"guard-tcp://1.2.3.4:5": `unknown scheme "guard-tcp"`,
+	} {
+		cmd := exec.Command(filepath.Join(binDir, "zsend"), "-b", ep, "/etc/hosts")
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 2 || !strings.Contains(errb.String(), want) || !strings.Contains(errb.String(), ep) {
+			t.Errorf("zsend -b %s: %v, stderr %q", ep, err, errb.String())
+		}
 	}
 }

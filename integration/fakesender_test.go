@@ -36,6 +36,9 @@ const (
 	fakeWindow = 2 * fakeChunk
 )
 
+// fakePart and fakeState are the hidden files zrecv may leave for fakeName.
+var fakePart, fakeState = receiver.PartialPaths(fakeName)
+
 // fakeSender is the lying server.
 type fakeSender struct {
 	t       *testing.T
@@ -311,7 +314,7 @@ func runFakeCase(t *testing.T, c fakeCase, existing bool) {
 			if !existing && c.want != nil {
 				t.Errorf("the destination was created by a lying server")
 			}
-		case "." + fakeName + ".zrecv-part", "." + fakeName + ".zrecv-state":
+		case filepath.Base(fakePart), filepath.Base(fakeState):
 		default:
 			t.Errorf("unexpected entry in the output directory: %q", e)
 		}
@@ -321,7 +324,7 @@ func runFakeCase(t *testing.T, c fakeCase, existing bool) {
 			t.Errorf("the existing destination was touched: %q, %v", b, err)
 		}
 	}
-	if fi, err := os.Stat(filepath.Join(out, "."+fakeName+".zrecv-part")); err == nil {
+	if fi, err := os.Stat(filepath.Join(out, filepath.Base(fakePart))); err == nil {
 		st := fi.Sys().(*syscall.Stat_t)
 		if fi.Size() > int64(len(content))+fakeChunk || st.Blocks*512 > int64(len(content))+1<<20 {
 			t.Errorf("partial file of %d bytes (%d allocated) for a %d-byte file", fi.Size(), st.Blocks*512, len(content))

@@ -79,6 +79,18 @@ func newHostileEnv(t *testing.T) *hostileEnv {
 	if err := os.Symlink(outside, filepath.Join(tree, "dir-out")); err != nil {
 		t.Fatal(err)
 	}
+	// Symbolic links that stay inside (served), and links into the tree
+	// that leave it on the way (refused): PROTOCOL.md section 6.
+	for link, target := range map[string]string{
+		"link-in":  "a.txt",
+		"sub-link": "sub",
+		"abs-in":   filepath.Join(tree, "a.txt"),
+		"up-in":    "../tree/a.txt",
+	} {
+		if err := os.Symlink(target, filepath.Join(tree, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	ep, srv := serve(t, sender.Config{
 		Paths:       []string{small, big, tree},
@@ -578,9 +590,14 @@ func zmqCases() []hostileCase {
 	return []hostileCase{
 		{"zmq/unknown-commands", func(t *testing.T, h *hostileEnv) {
 			p := dialZ(t, h.ep, true)
+			// Without a session every message but HELLO, BYE and ERROR gets
+			// 400 "no session", whatever its command octet (5.2.1).
 			for _, c := range []byte{0x00, 0x05, 0x14, 0x7f, 0xff} {
 				p.sendFrames(t, protocol.CommandFrame(1, protocol.Command(c)), []byte{1, 2, 3})
-				p.expectError(t, 0, protocol.CodeUnknownCommand, fmt.Sprintf("command %#x without a session", c))
+				e := p.expectError(t, 0, protocol.CodeBadRequest, fmt.Sprintf("command %#x without a session", c))
+				if !strings.HasPrefix(e.Message, "no session") {
+					t.Fatalf("command %#x without a session: %q", c, e.Message)
+				}
 			}
 			p.hello(t, 1<<20)
 			p.sendFrames(t, protocol.CommandFrame(1, 0x7f), nil)
@@ -594,12 +611,29 @@ func zmqCases() []hostileCase {
 			// HELLO's command frame must say version 1.
 			f := protocol.Encode(1, hello())
 			f[0] = protocol.CommandFrame(2, protocol.CmdHello)
-			p.sendFrames(t, f...)
-			p.expectError(t, 0, protocol.CodeBadRequest, "HELLO at frame version 2")
+			// One that does not gets 505 naming the server's range (4).
+			checkRange := func(e *protocol.Error, what string) {
+				t.Helper()
+				lo, hi, ok := protocol.ParseVersionMessage(e.Message)
+				if !ok || lo != protocol.MinVersion || hi != protocol.MaxVersion {
+					t.Fatalf("%s: 505 message %q does not name the range %d..%d", what, e.Message, protocol.MinVersion, protocol.MaxVersion)
+				}
+			}
+			for _, v := range []uint8{0, 2, 255} {
+				f[0] = protocol.CommandFrame(v, protocol.CmdHello)
+				p.sendFrames(t, f...)
+				checkRange(p.expectError(t, 0, protocol.CodeVersion, fmt.Sprintf("HELLO at frame version %d", v)), "HELLO frame")
+			}
 			for _, r := range [][2]uint8{{3, 9}, {0, 0}, {9, 9}, {3, 255}} {
 				p.send(t, &protocol.Hello{MinVersion: r[0], MaxVersion: r[1], MaxChunk: 1 << 20})
-				p.expectError(t, 0, protocol.CodeVersion, fmt.Sprintf("HELLO %d..%d", r[0], r[1]))
+				checkRange(p.expectError(t, 0, protocol.CodeVersion, fmt.Sprintf("HELLO %d..%d", r[0], r[1])), "HELLO range")
 			}
+			// Without a session, a message at another version is only a
+			// message without a session.
+			f = protocol.Encode(1, &protocol.Ping{Token: 7})
+			f[0] = protocol.CommandFrame(9, protocol.CmdPing)
+			p.sendFrames(t, f...)
+			p.expectError(t, 0, protocol.CodeBadRequest, "PING at version 9 without a session")
 			if st := h.srv.Stats(); st.Sessions != 0 {
 				t.Fatalf("sessions after refused HELLOs: %+v", st)
 			}
@@ -609,7 +643,7 @@ func zmqCases() []hostileCase {
 				f := protocol.Encode(1, &protocol.Ping{Token: 7})
 				f[0] = protocol.CommandFrame(v, protocol.CmdPing)
 				p.sendFrames(t, f...)
-				p.expectError(t, 0, protocol.CodeVersion, fmt.Sprintf("PING at version %d", v))
+				checkRange(p.expectError(t, 0, protocol.CodeVersion, fmt.Sprintf("PING at version %d", v)), "PING")
 				p.send(t, &protocol.Ping{Token: 8})
 				p.expectError(t, 0, protocol.CodeBadRequest, "the session must be gone")
 			}
@@ -639,13 +673,16 @@ func zmqCases() []hostileCase {
 				&protocol.Cancel{Request: 1},
 				&protocol.Ping{Token: 1},
 				&protocol.Pong{Token: 1},
-				&protocol.Error{Code: protocol.CodeBadRequest, Message: "x"},
 			} {
 				p.send(t, m)
 				p.expectError(t, 0, protocol.CodeBadRequest, fmt.Sprintf("%v before HELLO", m.Command()))
 			}
+			// BYE and ERROR end a session; without one there is nothing to
+			// answer (and answering an ERROR could start a loop).
 			p.send(t, &protocol.Bye{Code: protocol.CodeOK})
 			p.silent(t, 300*time.Millisecond, "BYE without a session")
+			p.send(t, &protocol.Error{Code: protocol.CodeBadRequest, Message: "x"})
+			p.silent(t, 300*time.Millisecond, "ERROR without a session")
 			if st := h.srv.Stats(); st.Sessions != 0 || st.OpenFiles != 0 {
 				t.Fatalf("state created before HELLO: %+v", st)
 			}
@@ -831,6 +868,120 @@ func zmqCases() []hostileCase {
 			b.send(t, &protocol.Bye{Code: protocol.CodeOK})
 		}},
 
+		{"zmq/symlinks", func(t *testing.T, h *hostileEnv) {
+			// Section 6: a symbolic link below a served directory is
+			// followed when it is relative and every step of its
+			// resolution stays inside the directory; otherwise 403.
+			p := dialZ(t, h.ep, true)
+			p.hello(t, 1<<20)
+			p.send(t, &protocol.Credit{Limit: 1 << 30})
+			for i, c := range []struct {
+				name string
+				code protocol.Code // 0: served
+			}{
+				{"tree/link-in", 0},
+				{"tree/sub-link/b.txt", 0},
+				{"tree/abs-in", protocol.CodeRefused},
+				{"tree/up-in", protocol.CodeRefused},
+				{"tree/link-out", protocol.CodeRefused},
+				{"tree/dir-out/secret", protocol.CodeRefused},
+				{"tree/sub-link", protocol.CodeRefused}, // a directory
+			} {
+				req := uint32(i + 1)
+				p.send(t, &protocol.Get{Request: req, Name: c.name})
+				if c.code != 0 {
+					p.expectError(t, req, c.code, "GET "+c.name)
+					continue
+				}
+				for {
+					m := p.expect(t, 3*time.Second)
+					if e, ok := m.(*protocol.Error); ok {
+						t.Fatalf("GET %s: %+v", c.name, e)
+					}
+					if e, ok := m.(*protocol.End); ok && e.Request == req {
+						break
+					}
+				}
+			}
+			p.send(t, &protocol.Bye{Code: protocol.CodeOK})
+		}},
+
+		{"zmq/duplicate-request-ids", func(t *testing.T, h *hostileEnv) {
+			// Request ids are unique among outstanding requests (5.2.3): a
+			// GET that reuses the id of the request in progress or of a
+			// queued one drops the session with 400.
+			p := dialZ(t, h.ep, true)
+			for _, dup := range []uint32{1, 2} {
+				p.hello(t, 1<<20)
+				p.send(t, &protocol.Get{Request: 1, Name: "small.bin"}) // in progress (no credit)
+				if m := p.expect(t, 3*time.Second); m.Command() != protocol.CmdFile {
+					t.Fatalf("GET 1: %T %+v", m, m)
+				}
+				p.send(t, &protocol.Get{Request: 2, Name: "small.bin"}) // queued
+				p.send(t, &protocol.Get{Request: dup, Name: "small.bin"})
+				p.expectError(t, 0, protocol.CodeBadRequest, fmt.Sprintf("GET reusing id %d", dup))
+				eventually(t, time.Second, "the session dropped", func() bool { return h.srv.Stats().Sessions == 0 })
+			}
+			// Once a request is over its id is free again.
+			p.hello(t, 1<<20)
+			p.send(t, &protocol.Credit{Limit: 1 << 20})
+			for range 2 {
+				p.send(t, &protocol.Get{Request: 7, Name: "small.bin"})
+				for p.expect(t, 3*time.Second).Command() != protocol.CmdEnd {
+				}
+			}
+			p.send(t, &protocol.Bye{Code: protocol.CodeOK})
+		}},
+
+		{"zmq/second-hello-resets", func(t *testing.T, h *hostileEnv) {
+			// A second HELLO ends the session as if every request were
+			// cancelled and starts a new one from nothing: no credit, no
+			// requests (5.2.2). Nothing of the old session follows WELCOME.
+			p := dialZ(t, h.ep, true)
+			p.hello(t, 1<<20)
+			p.send(t, &protocol.Credit{Limit: 8 << 20})
+			p.send(t, &protocol.Get{Request: 1, Name: "big.bin"})
+			p.send(t, &protocol.Get{Request: 2, Name: "big.bin"})
+			for p.expect(t, 3*time.Second).Command() != protocol.CmdChunk {
+			}
+			p.send(t, hello())
+			for {
+				m := p.expect(t, 3*time.Second)
+				if m.Command() == protocol.CmdWelcome {
+					break
+				}
+				if m.Command() != protocol.CmdChunk && m.Command() != protocol.CmdPing {
+					t.Fatalf("before the new WELCOME: %T %+v", m, m)
+				}
+			}
+			// No credit yet: FILE, then nothing; request 2 is gone too.
+			p.send(t, &protocol.Get{Request: 3, Name: "small.bin"})
+			if f, ok := p.expect(t, 3*time.Second).(*protocol.File); !ok || f.Request != 3 {
+				t.Fatal("no FILE for the new session's GET")
+			}
+			deadline := time.Now().Add(500 * time.Millisecond)
+			for {
+				frames := p.recv(time.Until(deadline))
+				if frames == nil {
+					break
+				}
+				if m, _, _ := protocol.Decode(frames); m == nil || m.Command() != protocol.CmdPing {
+					t.Fatalf("after the new WELCOME, without credit: %T %+v", m, m)
+				}
+			}
+			p.send(t, &protocol.Credit{Limit: 1 << 20})
+			for {
+				m := p.expect(t, 3*time.Second)
+				if e, ok := m.(*protocol.End); ok {
+					if e.Request != 3 {
+						t.Fatalf("END for request %d", e.Request)
+					}
+					break
+				}
+			}
+			p.send(t, &protocol.Bye{Code: protocol.CodeOK})
+		}},
+
 		{"zmq/server-only-commands", func(t *testing.T, h *hostileEnv) {
 			p := dialZ(t, h.ep, true)
 			var hash protocol.Hash
@@ -865,6 +1016,7 @@ func zmqCases() []hostileCase {
 				"name length past end":  {good[0], append(append([]byte{}, good[1][:28]...), 0xff, 0xff, 'a')},
 				"invalid UTF-8 name":    {good[0], append(append([]byte{}, good[1][:28]...), 0, 2, 0xc3, 0x28)},
 				"header over 8 KiB":     {good[0], make([]byte, protocol.MaxHeaderLen+1)},
+				"name of 4097 octets":   protocol.Encode(1, &protocol.Get{Request: 1, Name: strings.Repeat("n", protocol.MaxNameLen+1)}),
 				"HELLO peer id of 2000": {protocol.CommandFrame(1, protocol.CmdHello), append([]byte{1, 1, 0, 16, 0, 0, 0, 0, 0, 0, 0x07, 0xd0}, make([]byte, 2000)...)},
 			}
 			for name, frames := range inputs {
@@ -936,18 +1088,18 @@ func zmqCases() []hostileCase {
 			// guard cannot name the session of a closed connection. The
 			// server must find out by itself (probing) that the slots are
 			// dead before the peer timeout, or a legitimate receiver is
-			// locked out.
+			// locked out. The HELLO that finds the server full waits for
+			// the probe (5.2.2) and gets a slot freed by it, not a 429.
 			for i := range hMaxSessions + 8 {
 				p := dialRaw(t, h.addr)
 				p.handshake(t)
 				p.write(t, zsnd(hello()))
-				m := p.expect(t, 3*time.Second)
-				if i < hMaxSessions && m.Command() != protocol.CmdWelcome {
+				if m := p.expect(t, 3*time.Second); m.Command() != protocol.CmdWelcome {
 					t.Fatalf("HELLO %d: %T %+v", i, m, m)
 				}
 				p.close()
 			}
-			if st := h.srv.Stats(); st.Sessions != hMaxSessions {
+			if st := h.srv.Stats(); st.Sessions > hMaxSessions {
 				t.Fatalf("after the flood: %+v", st)
 			}
 			h.fetchOK(t, "with every session slot held by a vanished peer")

@@ -83,7 +83,10 @@ func (e *events) count(k receiver.EventKind) int {
 	return n
 }
 
-func partPath(dir, name string) string { return filepath.Join(dir, "."+name+".zrecv-part") }
+func partPath(dir, name string) string {
+	part, _ := receiver.PartialPaths(filepath.Join(dir, name))
+	return part
+}
 
 // zrecv killed with SIGKILL mid-transfer resumes from its verified data,
 // re-fetching at most one chunk of it, and reports the reuse in --json.

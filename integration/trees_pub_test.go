@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -539,5 +540,191 @@ func TestZsendCLIPublishes(t *testing.T) {
 	os.WriteFile(filepath.Join(root, "new.conf"), []byte("b=1\n"), 0o644)
 	if e := next(events, "published"); e.Seq != 3 || e.Files != 2 {
 		t.Fatalf("published after a change with --watch %+v", e)
+	}
+}
+
+// LIST with SUBSCRIBE: after its END, each new version is pushed as a TREE
+// with the LIST's request id; CANCEL of that id ends it.
+func TestV2ListSubscribe(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	os.MkdirAll(a, 0o755)
+	os.MkdirAll(b, 0o755)
+	_, srv := publishingServer(t, sender.Config{Paths: []string{a, b}})
+	ep := srv.Endpoint()
+	c := helloV2(t, ep)
+	c.sendV2(t, &protocol.List{Request: 7, Flags: protocol.ListSubscribe, Tree: "a"})
+	if tr, ok := c.next(t).(*protocol.Tree); !ok || tr.Name != "a" || tr.Seq != 1 {
+		t.Fatalf("first TREE %+v", tr)
+	}
+	if e, ok := c.next(t).(*protocol.End); !ok || e.Request != 7 || e.Size != 1 {
+		t.Fatalf("END %+v", e)
+	}
+	all := helloV2(t, ep) // a second session subscribes to every tree
+	all.sendV2(t, &protocol.List{Request: 1, Flags: protocol.ListSubscribe})
+	if got := len(all.collectUntilEnd(t, 1)); got != 2 {
+		t.Fatalf("%d TREEs for all trees", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	os.WriteFile(filepath.Join(b, "f"), []byte("b changed"), 0o644)
+	srv.Publish(ctx)
+	os.WriteFile(filepath.Join(a, "f"), []byte("a changed"), 0o644)
+	srv.Publish(ctx)
+	// Session c hears only of tree a; session all of both.
+	if tr, ok := c.next(t).(*protocol.Tree); !ok || tr.Request != 7 || tr.Name != "a" || tr.Seq != 2 {
+		t.Fatalf("pushed TREE %+v", tr)
+	}
+	seen := map[string]uint64{}
+	for len(seen) < 2 {
+		tr, ok := all.next(t).(*protocol.Tree)
+		if !ok || tr.Request != 1 {
+			t.Fatalf("pushed %+v", tr)
+		}
+		seen[tr.Name] = tr.Seq
+	}
+	if seen["a"] != 2 || seen["b"] != 2 {
+		t.Fatalf("pushed versions %v", seen)
+	}
+	// CANCEL ends the subscription: the next version is not pushed.
+	c.sendV2(t, &protocol.Cancel{Request: 7})
+	os.WriteFile(filepath.Join(a, "f"), []byte("a changed again"), 0o644)
+	srv.Publish(ctx)
+	if tr, ok := all.next(t).(*protocol.Tree); !ok || tr.Name != "a" || tr.Seq != 3 {
+		t.Fatalf("pushed %+v", tr)
+	}
+	c.silent(t, 300*time.Millisecond, "after CANCEL of the subscription")
+}
+
+func (c *v2) collectUntilEnd(t *testing.T, req uint32) []*protocol.Tree {
+	t.Helper()
+	var trees []*protocol.Tree
+	for {
+		switch m := c.next(t).(type) {
+		case *protocol.Tree:
+			trees = append(trees, m)
+		case *protocol.End:
+			if m.Request != req {
+				t.Fatalf("END %+v", m)
+			}
+			return trees
+		default:
+			t.Fatalf("unexpected %T", m)
+		}
+	}
+}
+
+// Without a state directory nothing is published: LIST finds no trees and
+// MGET is 404, while GET serves the files as before.
+func TestV2WithoutStateDir(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "conf")
+	os.MkdirAll(root, 0o755)
+	os.WriteFile(filepath.Join(root, "f"), []byte("plain"), 0o644)
+	ep, srv := serve(t, sender.Config{Paths: []string{root}})
+	if ti := srv.Trees(); len(ti) != 0 {
+		t.Fatalf("Trees %+v", ti)
+	}
+	c := helloV2(t, ep)
+	if trees := c.list(t, 1, ""); len(trees) != 0 {
+		t.Fatalf("LIST %+v", trees)
+	}
+	if _, _, _, er := c.get(t, &protocol.MGet{Request: 2, Name: "conf"}, 2); er == nil || er.Code != protocol.CodeNotFound {
+		t.Fatalf("MGET without publishing: %+v", er)
+	}
+	if _, data, _, er := c.get(t, &protocol.Get{Request: 3, Name: "conf/f"}, 3); er != nil || string(data) != "plain" {
+		t.Fatalf("GET: %q %+v", data, er)
+	}
+}
+
+// While a writer keeps rewriting the tree (in place, by rename, and by
+// adding and removing files) and --watch keeps publishing, a client that
+// fetches version after version gets, for every file, exactly the bytes
+// its version's manifest lists, or 410 for a version already dropped.
+func TestV2ExactlyPublishedWhileEdited(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "conf")
+	os.MkdirAll(filepath.Join(root, "sub"), 0o755)
+	write := func(name string, i int) {
+		body := []byte(strings.Repeat(fmt.Sprintf("%s generation %d\n", name, i), 1+i%50))
+		p := filepath.Join(root, name)
+		switch i % 3 {
+		case 0: // in place
+			os.WriteFile(p, body, 0o644)
+		default: // atomic replace
+			os.WriteFile(p+".tmp", body, 0o644)
+			os.Rename(p+".tmp", p)
+		}
+	}
+	names := []string{"a.conf", "b.conf", "sub/c.conf", "sub/d.conf"}
+	for _, n := range names {
+		write(n, 0)
+	}
+	ep, srv := publishingServer(t, sender.Config{Paths: []string{root}, Watch: true, KeepVersions: 2, Debounce: 5 * time.Millisecond})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 1; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			write(names[i%len(names)], i)
+			if i%7 == 0 {
+				os.Remove(filepath.Join(root, "sub", "extra"))
+			} else if i%5 == 0 {
+				os.WriteFile(filepath.Join(root, "sub", "extra"), []byte(fmt.Sprint(i)), 0o600)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	c := helloV2(t, ep)
+	req := uint32(0)
+	checked, gone := 0, 0
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		req++
+		tr := c.list(t, req, "conf")[0]
+		req++
+		file, data, end, er := c.get(t, &protocol.MGet{Request: req, Tag: tagOfID(tr.Version), Name: "conf"}, req)
+		if er != nil {
+			if er.Code != protocol.CodeGone {
+				t.Fatalf("MGET: %d %s", er.Code, er.Message)
+			}
+			gone++
+			continue
+		}
+		if end.Hash != tr.Version || protocol.Hash(blake3.Sum256(data)) != tr.Version || file.Size != uint64(len(data)) {
+			t.Fatal("manifest bytes do not match the announced version")
+		}
+		m, err := manifest.Decode(data, manifest.DefaultLimits())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range m.Entries {
+			if e.Type != manifest.TypeFile {
+				continue
+			}
+			req++
+			_, body, end, er := c.get(t, &protocol.VGet{Request: req, Tag: tagOfID(tr.Version), Name: "conf/" + e.Path}, req)
+			if er != nil {
+				if er.Code != protocol.CodeGone {
+					t.Fatalf("VGET %s: %d %s", e.Path, er.Code, er.Message)
+				}
+				gone++
+				break
+			}
+			if end.Hash != protocol.Hash(e.Hash) || blake3.Sum256(body) != e.Hash || uint64(len(body)) != e.Size {
+				t.Fatalf("%s of version %d: bytes do not match the manifest", e.Path, tr.Seq)
+			}
+			checked++
+		}
+	}
+	close(stop)
+	<-done
+	last := srv.Trees()[0].Seq
+	t.Logf("%d files checked across %d versions, %d requests found their version gone", checked, last, gone)
+	if checked == 0 || last < 2 {
+		t.Fatalf("too little happened: %d files checked, %d versions", checked, last)
 	}
 }

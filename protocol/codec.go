@@ -238,7 +238,8 @@ var ErrBadName = errors.New("invalid file name")
 // MaxComponentLen per component. Both peers apply it: the sender before it
 // looks anything up, the receiver before it creates anything.
 func ValidName(name string) error {
-	bad := func(why string) error { return fmt.Errorf("%w %q: %s", ErrBadName, truncate(name), why) }
+	// The message does not quote the name: the caller names it once.
+	bad := func(why string) error { return fmt.Errorf("%w: %s", ErrBadName, why) }
 	switch {
 	case name == "":
 		return bad("empty")
@@ -269,11 +270,4 @@ func ValidName(name string) error {
 		}
 	}
 	return nil
-}
-
-func truncate(s string) string {
-	if len(s) <= 64 {
-		return s
-	}
-	return s[:64] + "..."
 }

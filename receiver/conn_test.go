@@ -14,7 +14,7 @@ import (
 // This deadlocked once in three runs of the full-disk test.
 func TestSubmitDoesNotWaitForItself(t *testing.T) {
 	w := &writer{ops: make(chan op), res: make(chan result, 1)}
-	c := &client{byReq: map[uint32]*task{}, dirs: map[string]bool{}}
+	c := &client{byReq: map[uint32]*task{}}
 	s := &conn{c: c, w: w, window: credit.NewWindow(1<<20, 1<<20)}
 	s.window.Start(time.Now())
 	tk := &task{name: "f", open: true}

@@ -6,15 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
-	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
+	"github.com/zsend/zsend/internal/safefs"
 	"github.com/zsend/zsend/protocol"
 )
 
@@ -25,12 +28,103 @@ const writeBackEvery = 8 << 20
 // commitBatch is the most verified files waiting for one commit.
 const commitBatch = 128
 
+// maxStateSize bounds the state file read: it holds a few short fields.
+const maxStateSize = 4096
+
+// outDir is the output directory of a fetch. Every file zrecv opens,
+// creates, renames or removes in it is reached through descriptors of
+// directories beneath it (internal/safefs): no symlink is ever followed, so
+// files planted by someone who can write there cannot redirect zrecv
+// elsewhere. The directories files go to are opened once each and kept
+// for the fetch, up to maxCachedDirs of them.
+type outDir struct {
+	root *safefs.Dir
+	mu   sync.Mutex
+	dirs map[string]*safefs.Dir // by path relative to root, "" excluded
+}
+
+const maxCachedDirs = 256
+
+func openOutDir(path string) (*outDir, error) {
+	root, err := safefs.OpenDir(path)
+	if err != nil {
+		return nil, fmt.Errorf("output directory: %w", err)
+	}
+	return &outDir{root: root, dirs: map[string]*safefs.Dir{}}, nil
+}
+
+func (o *outDir) close() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, d := range o.dirs {
+		d.Close()
+	}
+	clear(o.dirs)
+	o.root.Close()
+}
+
+// dir returns the directory rel (slash-separated, "" for the output
+// directory itself), creating it and its parents when create. When owned
+// the caller must close it; otherwise it is shared and stays open.
+func (o *outDir) dir(rel string, create bool) (d *safefs.Dir, owned bool, err error) {
+	if rel == "" {
+		return o.root, false, nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if d := o.dirs[rel]; d != nil {
+		return d, false, nil
+	}
+	if create {
+		d, err = o.root.MkdirAllOpen(rel, 0o755)
+	} else {
+		d, err = o.root.Sub(rel)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if len(o.dirs) < maxCachedDirs {
+		o.dirs[rel] = d
+		return d, false, nil
+	}
+	return d, true, nil
+}
+
+// hiddenNames returns the names of the partial file and of its state file
+// for a destination whose final component is base. They are derived from
+// a hash so that they stay short (44 octets) whatever the length of base:
+// a 255-octet name must not need a longer hidden one.
+func hiddenNames(base string) (part, state string) {
+	h := blake3.Sum256([]byte(base))
+	x := ".zrecv-" + hex.EncodeToString(h[:16])
+	return x + ".part", x + ".state"
+}
+
+// PartialPaths returns where zrecv keeps the partial data of the
+// destination path dest, and the state file describing it: hidden files
+// in dest's directory named .zrecv-HASH.part and .zrecv-HASH.state, where
+// HASH is the first 32 hex digits of the BLAKE3-256 of dest's final
+// component.
+func PartialPaths(dest string) (part, state string) {
+	dir, base := filepath.Split(dest)
+	p, s := hiddenNames(base)
+	return filepath.Join(dir, p), filepath.Join(dir, s)
+}
+
 // task is one requested name, across sessions and restarts.
 type task struct {
 	name      string
-	dest      string // final path
-	partPath  string
-	statePath string
+	dest      string // final path (for messages and results)
+	partPath  string // for messages
+	statePath string // for messages
+
+	// Where the files are: the destination's directory relative to the
+	// output directory, and the names in it.
+	out                       *outDir
+	relDir                    string
+	base, partName, stateName string
+	dir                       *safefs.Dir // relDir, while opened; see openDir
+	ownDir                    bool        // dir must be closed by the task
 
 	rq   *Request // set by FetchRequests; nil for a plain Fetch
 	req  uint32   // current request id; 0 when none is outstanding
@@ -86,31 +180,69 @@ type partialState struct {
 	MtimeNS int64  `json:"mtime_ns"`
 }
 
-func newTask(outDir, name string) (*task, error) {
+func newTask(out *outDir, name string) (*task, error) {
 	if err := protocol.ValidName(name); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrRefused, err)
 	}
-	dest := filepath.Join(outDir, filepath.FromSlash(name))
-	dir, base := filepath.Split(dest)
+	relDir, base := path.Split(name)
+	relDir = strings.TrimSuffix(relDir, "/")
+	dest := filepath.Join(out.root.Name(), filepath.FromSlash(name))
+	part, state := hiddenNames(base)
+	dir := filepath.Dir(dest)
 	return &task{
 		name: name, dest: dest,
-		partPath:  filepath.Join(dir, "."+base+".zrecv-part"),
-		statePath: filepath.Join(dir, "."+base+".zrecv-state"),
+		partPath: filepath.Join(dir, part), statePath: filepath.Join(dir, state),
+		out: out, relDir: relDir, base: base, partName: part, stateName: state,
 	}, nil
+}
+
+// openDir returns the destination's directory, opened beneath the output
+// directory without following symlinks (a symlink on the way is an error
+// naming it); with create, missing directories are made.
+func (t *task) openDir(create bool) (*safefs.Dir, error) {
+	if t.dir != nil {
+		return t.dir, nil
+	}
+	d, owned, err := t.out.dir(t.relDir, create)
+	if err != nil {
+		return nil, err
+	}
+	t.dir, t.ownDir = d, owned
+	return d, nil
+}
+
+// releaseDir lets go of the destination's directory.
+func (t *task) releaseDir() {
+	if t.ownDir && t.dir != nil {
+		t.dir.Close()
+	}
+	t.dir, t.ownDir = nil, false
 }
 
 // resumePoint reads an earlier attempt's partial state: the verified
 // length and version tag to put in GET. It returns 0 and a zero tag when
-// there is nothing usable.
+// there is nothing usable. A partial file is usable only if it is a
+// regular file with one link, owned by this user and writable by nobody
+// else (anything else was not left by zrecv: it is replaced, never
+// written), and its state file a regular file of at most maxStateSize.
 func (t *task) resumePoint() (uint64, protocol.Tag) {
 	var tag protocol.Tag
-	fi, err := os.Stat(t.partPath) // the cheap test first: usually there is none
-	t.partAbsent = os.IsNotExist(err)
-	if err != nil || !fi.Mode().IsRegular() {
+	t.partAbsent = false
+	d, err := t.openDir(false)
+	if err != nil {
+		t.partAbsent = errors.Is(err, fs.ErrNotExist)
+		return 0, tag
+	}
+	fi, err := d.Lstat(t.partName) // the cheap test first: usually there is none
+	t.partAbsent = errors.Is(err, fs.ErrNotExist)
+	if err != nil {
 		return 0, tag
 	}
 	t.stateOnDisk = true
-	b, err := os.ReadFile(t.statePath)
+	if safefs.CheckPrivateInfo(t.partPath, fi.Sys().(*unix.Stat_t)) != nil {
+		return 0, tag
+	}
+	b, err := d.ReadFileBounded(t.stateName, maxStateSize)
 	if err != nil {
 		return 0, tag
 	}
@@ -133,7 +265,7 @@ func (t *task) resumePoint() (uint64, protocol.Tag) {
 // begin handles FILE: it opens (or reopens) the partial file and positions
 // the transfer at m.Offset, reusing the verified prefix when the version
 // matches. It returns a note for a restart event ("" if none).
-func (t *task) begin(m *protocol.File, resume bool, chunk int64, dirs map[string]bool) (string, error) {
+func (t *task) begin(m *protocol.File, resume bool, chunk int64, out *outDir) (string, error) {
 	if m.Name != t.name {
 		return "", fmt.Errorf("%w: FILE names %q for a request of %q", ErrProtocol, m.Name, t.name)
 	}
@@ -157,21 +289,22 @@ func (t *task) begin(m *protocol.File, resume bool, chunk int64, dirs map[string
 		// The server offered to resume where we hold nothing usable.
 		return "", fmt.Errorf("%w: server resumes at %d but %d bytes are usable", ErrProtocol, m.Offset, reuse)
 	}
-	if err := t.openPartial(m, reuse, chunk, dirs); err != nil {
+	if err := t.openPartial(m, reuse, chunk, out); err != nil {
 		return note, err
 	}
 	return note, nil
 }
 
-func (t *task) openPartial(m *protocol.File, reuse, chunk int64, dirs map[string]bool) error {
-	// Every system call counts when files are small: directories are made
-	// once per fetch, a fresh partial file is truncated by open itself, and
-	// O_DIRECT is used only for files large enough to gain from it.
-	if dir := filepath.Dir(t.dest); !dirs[dir] {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-		dirs[dir] = true
+func (t *task) openPartial(m *protocol.File, reuse, chunk int64, out *outDir) error {
+	// Every system call counts when files are small: directories are
+	// opened (made) once per fetch, and O_DIRECT is used only for files
+	// large enough to gain from it.
+	if t.out == nil {
+		t.out = out
+	}
+	d, err := t.openDir(true)
+	if err != nil {
+		return err
 	}
 	if t.f == nil && t.partAbsent && reuse == 0 && int64(m.Size) <= chunk {
 		// A file of one chunk cannot be resumed, so it needs no name until
@@ -180,22 +313,33 @@ func (t *task) openPartial(m *protocol.File, reuse, chunk int64, dirs map[string
 		// update instead of three (create, then rename's remove and add),
 		// and vanishes by itself if zrecv dies. Where the file system
 		// lacks O_TMPFILE, the named partial file below is used.
-		t.f = openUnnamed(filepath.Dir(t.dest), t.partPath)
+		t.f = openUnnamed(d)
 		t.anon = t.f != nil
 	}
 	if t.f == nil {
 		t.anon, t.partAbsent = false, false
-		flags := unix.O_RDWR | unix.O_CREAT | unix.O_NOFOLLOW | unix.O_CLOEXEC
-		if reuse == 0 {
-			flags |= unix.O_TRUNC
+		var f *os.File
+		if reuse > 0 {
+			// The verified prefix of an earlier attempt: opened without
+			// O_TRUNC and checked before anything is written to it.
+			f, err = d.OpenFile(t.partName, unix.O_RDWR, 0)
+			if err == nil {
+				if err = safefs.CheckPrivate(f); err != nil {
+					f.Close()
+				}
+			}
+		} else {
+			// A fresh partial file is always a new file: whatever is at
+			// its name (an old partial file, or something planted there:
+			// a hard link, a symlink, a FIFO) is unlinked, never opened.
+			f, err = createFresh(d, t.partName)
 		}
-		fd, err := unix.Open(t.partPath, flags, 0o600)
 		if err != nil {
-			return &os.PathError{Op: "open", Path: t.partPath, Err: err}
+			return err
 		}
-		t.f = os.NewFile(uintptr(fd), t.partPath)
+		t.f = f
 		if int64(m.Size) >= directMin {
-			t.df = openDirect(t.partPath)
+			t.df = openDirect(d, t.partName, t.f)
 		}
 	}
 	if reuse > 0 || t.open {
@@ -225,7 +369,35 @@ func (t *task) openPartial(m *protocol.File, reuse, chunk int64, dirs map[string
 	}
 	st, _ := json.Marshal(partialState{Name: t.name, Tag: hex.EncodeToString(m.Tag[:]), Size: t.size, Mode: t.mode, MtimeNS: t.mtimeNS})
 	t.stateOnDisk = true
-	return os.WriteFile(t.statePath, st, 0o600)
+	f, err := createFresh(d, t.stateName)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(st)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", t.statePath, err)
+	}
+	return nil
+}
+
+// createFresh creates the file name in d, which must be new: whatever is
+// there (a file of an earlier attempt, or anything planted: a symlink, a
+// hard link, a FIFO) is unlinked first, which leaves its target and its
+// other names as they were. A directory there is an error. A file made
+// by O_CREAT|O_EXCL (which refuses even a dangling symlink) is a new
+// regular file with one link: it needs no further check before writing.
+func createFresh(d *safefs.Dir, name string) (*os.File, error) {
+	f, err := d.CreateExclusive(name, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		if err := d.Unlink(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		f, err = d.CreateExclusive(name, 0o600)
+	}
+	return f, err
 }
 
 // close releases the partial file. With discard it also removes the
@@ -239,9 +411,12 @@ func (t *task) close(discard bool) {
 	}
 	t.open, t.ended, t.verified = false, false, false
 	if discard {
-		os.Remove(t.partPath)
+		if d, err := t.openDir(false); err == nil {
+			d.Unlink(t.partName)
+		}
 		t.removeState()
 	}
+	t.releaseDir()
 }
 
 // restart drops the partial data so the next GET starts from zero.
@@ -254,7 +429,9 @@ func (t *task) restart() {
 // removeState removes the state file if this task may have one.
 func (t *task) removeState() {
 	if t.stateOnDisk {
-		os.Remove(t.statePath)
+		if d, err := t.openDir(false); err == nil {
+			d.Unlink(t.stateName)
+		}
 		t.stateOnDisk = false
 	}
 }
@@ -262,52 +439,37 @@ func (t *task) removeState() {
 // noTmpfile remembers directories whose file system refused O_TMPFILE.
 var noTmpfile sync.Map
 
-// openUnnamed opens an unnamed regular file in dir (O_TMPFILE), or returns
-// nil where that is not supported. name is only for error messages.
-func openUnnamed(dir, name string) *os.File {
-	if _, no := noTmpfile.Load(dir); no {
+// openUnnamed opens an unnamed regular file in d (O_TMPFILE), or returns
+// nil where that is not supported.
+func openUnnamed(d *safefs.Dir) *os.File {
+	if _, no := noTmpfile.Load(d.Name()); no {
 		return nil
 	}
-	fd, err := unix.Open(dir, unix.O_RDWR|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+	f, err := d.OpenTmpfile(0o600)
 	if err != nil {
-		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
-			noTmpfile.Store(dir, true)
+		if errors.Is(err, safefs.ErrNoTmpfile) {
+			noTmpfile.Store(d.Name(), true)
 		}
 		return nil
 	}
-	return os.NewFile(uintptr(fd), name)
+	return f
 }
 
-// linkInto gives the unnamed file f the name dest, replacing any file
-// there atomically. linkat cannot replace, so over an existing dest the
-// file is linked under tmp (its hidden partial name) and renamed over dest.
-func linkInto(f *os.File, dest, tmp string) error {
-	err := linkFD(f, dest)
-	if !errors.Is(err, unix.EEXIST) {
+// linkInto gives the unnamed file f the name base in d, replacing any file
+// there atomically. linkat cannot replace, so over an existing file the
+// file is linked under tmp (its hidden partial name) and renamed over base.
+func linkInto(f *os.File, d *safefs.Dir, base, tmp string) error {
+	err := d.LinkFile(f, base)
+	if !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	os.Remove(tmp) // nothing is expected there: the partial file was absent
-	if err := linkFD(f, tmp); err != nil {
+	d.Unlink(tmp) // nothing is expected there: the partial file was absent
+	if err := d.LinkFile(f, tmp); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, dest); err != nil {
-		os.Remove(tmp)
+	if err := d.Rename(tmp, base); err != nil {
+		d.Unlink(tmp)
 		return err
-	}
-	return nil
-}
-
-// linkFD links the file behind f's descriptor at path: through /proc (any
-// user), else with AT_EMPTY_PATH (needs CAP_DAC_READ_SEARCH).
-func linkFD(f *os.File, path string) error {
-	err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), unix.AT_FDCWD, path, unix.AT_SYMLINK_FOLLOW)
-	if err != nil && !errors.Is(err, unix.EEXIST) {
-		if err2 := unix.Linkat(int(f.Fd()), "", unix.AT_FDCWD, path, unix.AT_EMPTY_PATH); err2 == nil || errors.Is(err2, unix.EEXIST) {
-			err = err2
-		}
-	}
-	if err != nil {
-		return &os.LinkError{Op: "link", Old: f.Name(), New: path, Err: err}
 	}
 	return nil
 }
@@ -316,26 +478,24 @@ func linkFD(f *os.File, path string) error {
 // descriptor costs more than the page-cache copy it saves.
 const directMin = 4 << 20
 
-// openDirect opens path for O_DIRECT writes; nil where the file system
-// does not support it (tmpfs, some network file systems).
-func openDirect(path string) *os.File {
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+// openDirect opens name in d again for O_DIRECT writes, only if it is
+// still the file f; nil where the file system does not support O_DIRECT
+// (tmpfs, some network file systems).
+func openDirect(d *safefs.Dir, name string, f *os.File) *os.File {
+	df, err := d.OpenFile(name, unix.O_WRONLY|unix.O_DIRECT, 0)
 	if err != nil {
 		return nil
 	}
-	return os.NewFile(uintptr(fd), path)
+	if !safefs.SameFile(df, f) {
+		df.Close()
+		return nil
+	}
+	return df
 }
 
 func (t *task) closeDirect() {
 	if t.df != nil {
 		t.df.Close()
 		t.df = nil
-	}
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 }

@@ -28,18 +28,31 @@
 //
 // # Partial state
 //
-// For destination DIR/NAME, the partial data is DIR/.NAME.zrecv-part and
-// its description (version tag, size, mode, mtime) DIR/.NAME.zrecv-state.
-// Both are removed when the file is in place, when it fails verification,
-// or at the start of a fetch with NoResume. They are kept when the fetch is
-// interrupted (cancelled context, lost server, local write error) so that
-// the same fetch run again resumes.
+// For destination DIR/NAME, the partial data is DIR/.zrecv-HASH.part and
+// its description (version tag, size, mode, mtime) DIR/.zrecv-HASH.state,
+// where HASH is 32 hex digits of the BLAKE3 of NAME (PartialPaths): short
+// whatever NAME's length. Both are removed when the file is in place, when
+// it fails verification, or at the start of a fetch with NoResume. They are
+// kept when the fetch is interrupted (cancelled context, lost server, local
+// write error) so that the same fetch run again resumes.
+//
+// # Planted files
+//
+// Every file in the output directory is opened, created, renamed and
+// removed relative to directory descriptors, never following a symlink
+// (internal/safefs). A symlinked directory on the way to a destination is
+// an error. A partial file is resumed from only if it is a regular file
+// with one link, owned by this user and writable by no one else; a fresh
+// partial or state file is always a new file (whatever is at its name is
+// unlinked first). The state file is read only if it is a regular file of
+// at most 4 KiB.
 package receiver
 
 import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/zsend/zsend/internal/guard"
@@ -252,5 +265,12 @@ type FileError struct {
 	Err  error
 }
 
-func (e *FileError) Error() string { return fmt.Sprintf("%s: %v", e.Name, e.Err) }
+// Error is "NAME: ERR", or ERR alone when it already starts with the name.
+func (e *FileError) Error() string {
+	msg := e.Err.Error()
+	if strings.HasPrefix(msg, e.Name+": ") {
+		return msg
+	}
+	return e.Name + ": " + msg
+}
 func (e *FileError) Unwrap() error { return e.Err }

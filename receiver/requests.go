@@ -68,7 +68,12 @@ func FetchRequests(ctx context.Context, cfg Config, reqs []Request) ([]Result, e
 	if err != nil {
 		return nil, err
 	}
-	c := &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}, dirs: map[string]bool{}}
+	out, err := openOutDir(cfg.OutputDir)
+	if err != nil {
+		return nil, err
+	}
+	defer out.close()
+	c := &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}, dirs: out}
 	byName := map[string]*task{}
 	order := make([]*task, len(reqs))
 	for i := range reqs {
@@ -77,7 +82,7 @@ func FetchRequests(ctx context.Context, cfg Config, reqs []Request) ([]Result, e
 			order[i] = t
 			continue
 		}
-		t, err := newTask(cfg.OutputDir, r.Name)
+		t, err := newTask(out, r.Name)
 		if err == nil && r.Kind == KindVGet && r.Version == (protocol.Tag{}) {
 			err = fmt.Errorf("%w: VGET of %s without a version", ErrRefused, r.Name)
 		}

@@ -27,14 +27,19 @@ func Fetch(ctx context.Context, cfg Config, names ...string) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}, dirs: map[string]bool{}}
+	out, err := openOutDir(cfg.OutputDir)
+	if err != nil {
+		return nil, err
+	}
+	defer out.close()
+	c := &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}, dirs: out}
 	seen := map[string]bool{}
 	for _, n := range names {
 		if seen[n] {
 			continue
 		}
 		seen[n] = true
-		t, err := newTask(cfg.OutputDir, n)
+		t, err := newTask(out, n)
 		if err != nil {
 			t = &task{name: n, done: true, err: err}
 		} else if cfg.NoResume {
@@ -72,7 +77,7 @@ type client struct {
 	endpoint string
 	tasks    []*task
 	byReq    map[uint32]*task // requests of this session, stale ones included
-	dirs     map[string]bool  // directories known to exist
+	dirs     *outDir          // the output directory
 	nextReq  uint32
 	// donePrefix: every task before this index is done (see pending).
 	donePrefix int

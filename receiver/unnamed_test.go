@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/zsend/zsend/internal/safefs"
 )
 
 // A small file is written unnamed and linked into place at commit: as a
@@ -11,9 +13,14 @@ import (
 // and never over a directory. Nothing else is left in the directory.
 func TestLinkInto(t *testing.T) {
 	dir := t.TempDir()
+	d, err := safefs.OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
 	write := func(content string) *os.File {
 		t.Helper()
-		f := openUnnamed(dir, filepath.Join(dir, ".x.zrecv-part"))
+		f := openUnnamed(d)
 		if f == nil {
 			t.Skip("no O_TMPFILE on this file system")
 		}
@@ -23,18 +30,18 @@ func TestLinkInto(t *testing.T) {
 		return f
 	}
 	dest := filepath.Join(dir, "x")
-	tmp := filepath.Join(dir, ".x.zrecv-part")
+	tmp, _ := hiddenNames("x")
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Fatalf("an unnamed file is visible: %v", ents)
 	}
 
 	f := write("one")
-	if err := linkInto(f, dest, tmp); err != nil {
+	if err := linkInto(f, d, "x", tmp); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
 	f = write("two")
-	if err := linkInto(f, dest, tmp); err != nil {
+	if err := linkInto(f, d, "x", tmp); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
@@ -45,7 +52,7 @@ func TestLinkInto(t *testing.T) {
 	sub := filepath.Join(dir, "d")
 	os.Mkdir(sub, 0o755)
 	f = write("three")
-	if err := linkInto(f, sub, filepath.Join(dir, ".d.zrecv-part")); err == nil {
+	if err := linkInto(f, d, "d", ".d.part"); err == nil {
 		t.Fatal("linked over a directory")
 	}
 	f.Close()

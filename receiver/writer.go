@@ -3,12 +3,12 @@ package receiver
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"unsafe"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
+	"github.com/zsend/zsend/internal/safefs"
 	"github.com/zsend/zsend/protocol"
 )
 
@@ -195,12 +195,16 @@ func commit(batch []*task, deferSync bool) []error {
 			}
 		}
 	}
-	dirs := map[string]bool{}
+	dirs := map[*safefs.Dir]bool{}
 	for i, t := range batch {
 		t.closeDirect()
+		d, derr := t.openDir(false)
+		if derr != nil && errs[i] == nil {
+			errs[i] = derr
+		}
 		var lerr error
 		if t.anon && errs[i] == nil {
-			lerr = linkInto(t.f, t.dest, t.partPath) // before close: the file has no other name
+			lerr = linkInto(t.f, d, t.base, t.partName) // before close: the file has no other name
 		}
 		if err := t.f.Close(); err != nil && errs[i] == nil {
 			errs[i] = fmt.Errorf("closing %s: %w", t.partPath, err)
@@ -211,26 +215,27 @@ func commit(batch []*task, deferSync bool) []error {
 		}
 		err := lerr
 		if !t.anon {
-			err = os.Rename(t.partPath, t.dest)
+			err = d.Rename(t.partName, t.base)
 		}
 		if err != nil {
-			if fi, serr := os.Lstat(t.dest); serr == nil && fi.IsDir() {
-				err = fmt.Errorf("%s is a directory", t.dest)
+			if fi, serr := d.Lstat(t.base); serr == nil && fi.IsDir() {
+				err = unix.EISDIR // the caller names t.dest
 			}
 			errs[i] = err
 			continue
 		}
-		dirs[filepath.Dir(t.dest)] = true
+		dirs[d] = true
 	}
 	if !deferSync {
 		for d := range dirs {
-			syncDir(d)
+			d.Sync()
 		}
 	}
 	for i, t := range batch {
 		if errs[i] == nil {
 			t.removeState()
 		}
+		t.releaseDir()
 	}
 	return errs
 }

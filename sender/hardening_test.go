@@ -165,6 +165,12 @@ func TestOpenBeneath(t *testing.T) {
 	os.Symlink("../../secret", filepath.Join(dir, "sub", "deep-out"))
 	os.Symlink(base, filepath.Join(dir, "dir-out"))
 	os.Symlink("sub/ok", filepath.Join(dir, "in"))
+	os.Symlink("sub", filepath.Join(dir, "subdir-in"))
+	os.Symlink("../ok", filepath.Join(dir, "sub", "up-ok")) // pub/sub/../ok: stays below
+	os.WriteFile(filepath.Join(dir, "ok"), []byte("ok"), 0o644)
+	os.Symlink(filepath.Join(dir, "sub", "ok"), filepath.Join(dir, "abs-in"))
+	os.Symlink("../pub/sub/ok", filepath.Join(dir, "up-in"))
+	os.Symlink("loop", filepath.Join(dir, "loop"))
 	c, err := newCatalogue([]string{dir})
 	if err != nil {
 		t.Fatal(err)
@@ -185,6 +191,11 @@ func checkBeneath(t *testing.T, c *catalogue) {
 		"pub/abs-out": protocol.CodeRefused, "pub/rel-out": protocol.CodeRefused,
 		"pub/sub/deep-out": protocol.CodeRefused, "pub/dir-out/secret": protocol.CodeRefused,
 		"pub/nope": protocol.CodeNotFound, "pub/sub/ok/x": protocol.CodeNotFound,
+		// PROTOCOL.md section 6: an absolute link is refused even when it
+		// points inside, and so is one that goes above the directory on
+		// its way back in.
+		"pub/abs-in": protocol.CodeRefused, "pub/up-in": protocol.CodeRefused,
+		"pub/loop": protocol.CodeRefused, "pub/subdir-in": protocol.CodeRefused,
 	} {
 		_, _, err := c.open(name)
 		var le *lookupError
@@ -192,7 +203,7 @@ func checkBeneath(t *testing.T, c *catalogue) {
 			t.Errorf("%s: %v, want %v", name, err, want)
 		}
 	}
-	for _, name := range []string{"pub/sub/ok", "pub/in"} {
+	for _, name := range []string{"pub/sub/ok", "pub/in", "pub/subdir-in/ok", "pub/sub/up-ok"} {
 		f, _, err := c.open(name)
 		if err != nil {
 			t.Errorf("%s: %v", name, err)

@@ -143,6 +143,9 @@ type publisher struct {
 	keep   int
 	lock   *os.File
 	events func(Event)
+	// onPublish, if set, is called after each new version is announced
+	// (set once, before any publish that can run concurrently).
+	onPublish func()
 
 	mu    sync.Mutex // one scan or GC at a time
 	trees map[string]*pubTree
@@ -336,7 +339,7 @@ func (p *publisher) publish(t *pubTree) error {
 		p.event(Event{Kind: "skipped", Name: t.name + "/" + path, Message: why})
 	}
 	batch := p.st.Begin()
-	s, m, err := scanTree(t.root, batch, t.cache, skipped)
+	s, m, err := scanTree(t.root, batch, t.cache, t.latest() != nil, skipped)
 	if err == nil {
 		err = batch.Commit() // the new contents are durable before any manifest names them
 	}
@@ -391,6 +394,9 @@ func (p *publisher) publish(t *pubTree) error {
 		o.mu.Lock()
 		o.m = nil
 		o.mu.Unlock()
+	}
+	if p.onPublish != nil {
+		p.onPublish()
 	}
 	p.event(Event{Kind: "published", Name: t.name, Seq: seq, Version: id.String(), Entries: int64(v.entries),
 		Files: int64(files), Size: int64(bytes), Stored: int64(s.stored)})

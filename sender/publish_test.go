@@ -2,6 +2,8 @@ package sender
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,6 +78,54 @@ func trickyTree(t *testing.T, dir string) string {
 	}
 	mustWrite(t, filepath.Join(root, "bad\nname"), "unpublishable", 0o644)
 	return root
+}
+
+// Sockets and devices are skipped and reported like FIFOs; 64 levels of
+// nesting are published.
+func TestScanSocketsDevicesAndDepth(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "t")
+	deep := root
+	for i := 0; i < 64; i++ {
+		deep = filepath.Join(deep, fmt.Sprintf("d%02d", i))
+	}
+	mustWrite(t, filepath.Join(deep, "leaf"), "bottom", 0o644)
+	l, err := net.Listen("unix", filepath.Join(root, "sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	device := syscall.Mknod(filepath.Join(root, "null"), syscall.S_IFCHR|0o600, 0x103) == nil // root only
+	ev := &eventLog{}
+	p := newTestPublisher(t, filepath.Join(dir, "state"), 4, []string{root}, ev)
+	if err := p.publishAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := p.trees["t"].latest().manifest()
+	if len(m.Entries) != 1+64+1 {
+		t.Fatalf("%d entries", len(m.Entries))
+	}
+	if e := m.Entries[len(m.Entries)-1]; strings.Count(e.Path, "/") != 64 || e.Type != manifest.TypeFile {
+		t.Fatalf("deepest entry %+v", e)
+	}
+	want := map[string]string{"t/sock": "socket"}
+	if device {
+		want["t/null"] = "character device"
+	} else {
+		t.Log("mknod not permitted: devices not checked")
+	}
+	got := map[string]string{}
+	for _, e := range ev.kinds("skipped") {
+		got[e.Name] = e.Message
+	}
+	for name, kind := range want {
+		if !strings.Contains(got[name], kind) {
+			t.Errorf("%s: skipped %q, want it reported as a %s", name, got[name], kind)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("skipped %v", got)
+	}
 }
 
 func newTestPublisher(t *testing.T, stateDir string, keep int, paths []string, ev *eventLog) *publisher {
@@ -319,7 +369,7 @@ func TestStatCacheAvoidsRecopy(t *testing.T) {
 	defer func() { scanClock = time.Now }()
 	scan := func(old *statCache) (*scanner, *manifest.Manifest, error) {
 		b := st.Begin()
-		s, m, err := scanTree(root, b, old, func(string, string) {})
+		s, m, err := scanTree(root, b, old, old != nil, func(string, string) {})
 		if err == nil {
 			err = b.Commit()
 		}

@@ -3,10 +3,12 @@ package sender
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"time"
 
+	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
 	"github.com/zsend/zsend/internal/store"
@@ -93,7 +95,11 @@ type scanner struct {
 	entries []manifest.Entry
 	extras  []fileExtra // extras[i] for entries[i]
 	dirs    []string    // every directory path, for the watcher ("" = root)
-	stored  int         // files copied into the store (cache misses)
+	stored  int         // files copied into the store
+	hashed  int         // files hashed and found stored already (no copy)
+	// hashFirst: hash a file the stat cache does not vouch for before
+	// copying it, as its content is probably stored already.
+	hashFirst bool
 }
 
 // scanTree scans the directory root. old is the previous stat cache (may
@@ -101,8 +107,8 @@ type scanner struct {
 //
 // New file contents go into the batch st; the caller commits it before it
 // publishes the manifest, or aborts it.
-func scanTree(root string, st *store.Batch, old *statCache, skipped func(path, why string)) (*scanner, *manifest.Manifest, error) {
-	s := &scanner{st: st, old: old, skipped: skipped,
+func scanTree(root string, st *store.Batch, old *statCache, hashFirst bool, skipped func(path, why string)) (*scanner, *manifest.Manifest, error) {
+	s := &scanner{st: st, old: old, skipped: skipped, hashFirst: hashFirst,
 		buf: make([]byte, 256<<10), start: scanClock()}
 	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -270,6 +276,17 @@ func (s *scanner) file(dirfd int, name, path string, lst *unix.Stat_t) (manifest
 		if testHookBeforePut != nil {
 			testHookBeforePut(path)
 		}
+		if s.hashFirst {
+			// Probably content the store holds already (a restart, or a
+			// file too recent for the cache last time): hash it without
+			// writing a copy, and copy only if the store lacks it.
+			if h, ok := s.storedAlready(f, before); ok {
+				f.Close()
+				k = statKeyOf{dev: before.Dev, ino: before.Ino, size: before.Size, mtimeNs: before.MtimeNs, ctimeN: before.Ctime}
+				s.hashed++
+				return manifest.Entry{Path: path, Type: manifest.TypeFile, Mode: before.Mode & 0o7777, MtimeNs: before.MtimeNs, Size: uint64(before.Size), Hash: h}, s.extra(k), true, nil
+			}
+		}
 		h, n, err := s.st.Put(f, before, s.buf)
 		f.Close()
 		if errors.Is(err, store.ErrChanged) {
@@ -292,6 +309,22 @@ func (s *scanner) file(dirfd int, name, path string, lst *unix.Stat_t) (manifest
 func (s *scanner) extra(k statKeyOf) fileExtra {
 	racy := s.start.Sub(time.Unix(0, k.ctimeN)) < racyWindow || s.start.Sub(time.Unix(0, k.mtimeNs)) < racyWindow
 	return fileExtra{dev: k.dev, ino: k.ino, ctimeNs: k.ctimeN, trusted: !racy}
+}
+
+// storedAlready hashes f and reports whether the store holds that
+// content and f did not change meanwhile.
+func (s *scanner) storedAlready(f *os.File, before store.Stat) (store.Hash, bool) {
+	hs := blake3.New()
+	n, err := io.CopyBuffer(hs, io.NewSectionReader(f, 0, before.Size+1), s.buf)
+	if err != nil || n != before.Size {
+		return store.Hash{}, false
+	}
+	h := store.Hash(hs.Sum(nil))
+	after, err := store.FStat(f)
+	if err != nil || after != before || !s.st.Has(h) {
+		return store.Hash{}, false
+	}
+	return h, true
 }
 
 func denied(err error) bool { return errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) }

@@ -19,6 +19,9 @@
 // # Session state machine (per ROUTER identity)
 //
 //	(none) --HELLO ok--> OPEN --BYE / ERROR / silence / protocol error--> (none)
+//	(none) --HELLO, server full--> waiting (sessions probed) --slot freed--> OPEN
+//	                                                 \--500 ms, none freed--> ERROR 429
+//	(none) --anything but HELLO, BYE, ERROR--> ERROR 400 "no session"
 //	OPEN: GET queues a request; CREDIT grows the gate; CANCEL drops a
 //	request; PING is answered with PONG. The head request goes
 //	FILE -> CHUNK* -> END (or ERROR), then the next one starts.
@@ -34,11 +37,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -82,7 +87,8 @@ type Config struct {
 	// StateDir is where published versions are kept (store, manifests,
 	// sequence numbers; see docs/DESIGN-trees.md section 4). Empty: no
 	// versions are published, and LIST/MGET/VGET find no trees (the
-	// command line always sets it, by default to DefaultStateDir()).
+	// command line always sets it, by default to DefaultStateDir()). It
+	// is not touched when no directory is served.
 	StateDir string
 	// KeepVersions is how many versions of each tree are kept; default
 	// DefaultKeepVersions (16).
@@ -192,11 +198,16 @@ type Server struct {
 	ring     []*session // round-robin order
 	turn     int
 	wake     chan struct{}
+	// announce is signalled when a version is published, for the
+	// subscriptions (LIST with SUBSCRIBE).
+	announce chan struct{}
 	departed chan departure // connections the guard saw close
 	// unsolicited counts, per routing id, the replies sent since the last
 	// housekeeping tick to messages outside a session (see replyNoSession).
 	unsolicited map[string]int
 	lastProbe   time.Time // the last round of liveness probes
+	waiting     []waitingHello
+	waitTimer   *time.Timer // fires when the first waiting HELLO's probe is over
 
 	closeOnce sync.Once
 	stats     counters
@@ -241,7 +252,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	var pub *publisher
-	if cfg.StateDir != "" {
+	if cfg.StateDir != "" && cat.hasDir() {
 		pub, err = openPublisher(cfg.StateDir, cfg.KeepVersions, cat.roots, cfg.Events)
 		if err != nil {
 			cat.close()
@@ -269,6 +280,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	sockCtx, cancel := context.WithCancel(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard), onClose))
 	sock := zmq4.NewRouter(sockCtx, zmq4.WithLogger(discardLogger()))
+	removeStaleSocket(cfg.Endpoint)
 	if err := sock.Listen(ep); err != nil {
 		cancel()
 		sock.Close()
@@ -276,15 +288,26 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		if pub != nil {
 			pub.close()
 		}
-		return nil, fmt.Errorf("binding %s: %w", cfg.Endpoint, err)
+		return nil, fmt.Errorf("binding %s: %w", cfg.Endpoint, zsock.PlainError(err))
 	}
 	s := &Server{
 		cfg: cfg, cat: cat, pub: pub, cache: newHashCache(64), sock: sock, sockCtx: sockCtx, cancel: cancel,
 		endpoint:    boundEndpoint(cfg.Endpoint, sock.Addr()),
 		sessions:    make(map[string]*session),
 		wake:        make(chan struct{}, 1),
+		announce:    make(chan struct{}, 1),
 		departed:    departed,
 		unsolicited: make(map[string]int),
+		waitTimer:   time.NewTimer(time.Hour),
+	}
+	s.waitTimer.Stop()
+	if pub != nil {
+		pub.onPublish = func() {
+			select {
+			case s.announce <- struct{}{}:
+			default:
+			}
+		}
 	}
 	size := cfg.ChunkSize
 	s.bufs.New = func() any { b := make([]byte, size); return &b }
@@ -309,6 +332,30 @@ func (s *Server) Trees() []TreeInfo {
 		return nil
 	}
 	return s.pub.info()
+}
+
+// removeStaleSocket removes the socket file of an ipc endpoint when it is
+// a socket that nobody listens on: what a zsend that crashed (or was
+// killed) leaves behind, and which would otherwise make every later bind
+// fail with "address already in use". A socket someone listens on, or
+// anything that is not a socket, is left alone; the bind then reports it.
+func removeStaleSocket(ep string) {
+	path, ok := strings.CutPrefix(ep, "ipc://")
+	if !ok {
+		return
+	}
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode().Type() != fs.ModeSocket {
+		return
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		os.Remove(path)
+	}
 }
 
 // Endpoint is the bound endpoint, with the real port when 0 was asked for.
@@ -380,6 +427,10 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.housekeeping(now)
 		case d := <-s.departed:
 			s.peerGone(d)
+		case <-s.announce:
+			s.pushVersions()
+		case now := <-s.waitTimer.C:
+			s.admitWaiting(now)
 		default:
 		}
 		if s.sendRound() {
@@ -395,10 +446,15 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			s.handleInbound(in)
 		case <-s.wake:
+			s.admitWaiting(time.Now())
+		case <-s.announce:
+			s.pushVersions()
 		case now := <-tick.C:
 			s.housekeeping(now)
 		case d := <-s.departed:
 			s.peerGone(d)
+		case now := <-s.waitTimer.C:
+			s.admitWaiting(now)
 		}
 	}
 }
@@ -412,6 +468,7 @@ type departure struct {
 // peerGone drops the session of a closed connection, unless the session
 // is newer than the close (the peer reconnected under the same identity).
 func (s *Server) peerGone(d departure) {
+	s.unwait(d.id)
 	sess := s.sessions[d.id]
 	if sess == nil || sess.opened.After(d.at) {
 		return
@@ -434,14 +491,35 @@ func (s *Server) handleInbound(in zsock.Inbound) {
 	if err != nil {
 		var de *protocol.DecodeError
 		code := protocol.CodeBadRequest
+		isHello := false
 		if errors.As(err, &de) {
 			code = de.Code()
+			isHello = de.Command == protocol.CmdHello
 		}
-		if sess == nil {
-			s.replyNoSession(id, &protocol.Error{Code: code, Message: err.Error()})
+		reply := &protocol.Error{Code: code, Message: err.Error()}
+		if isHello && de.Version != protocol.Version1 {
+			// HELLO's frame is frozen at version 1 (section 4); one at
+			// another version comes from a client that expects another
+			// HELLO: tell it which versions this server speaks.
+			reply = &protocol.Error{Code: protocol.CodeVersion, Message: protocol.VersionMessage(protocol.MinVersion, protocol.MaxVersion,
+				fmt.Sprintf("HELLO must be sent at version 1, not %d", de.Version))}
+		} else if code == protocol.CodeVersion {
+			reply.Message = protocol.VersionMessage(protocol.MinVersion, protocol.MaxVersion, err.Error())
+		}
+		if isHello {
+			// A HELLO, even a bad one, replaces the session (5.2.2).
+			s.unwait(id)
+			if sess != nil {
+				s.dropSession(sess, "replaced by a bad HELLO: "+err.Error())
+			}
+			s.replyNoSession(id, reply)
 			return
 		}
-		s.sendTo(id, sess.version, &protocol.Error{Code: code, Message: err.Error()})
+		if sess == nil {
+			s.noSession(id, de)
+			return
+		}
+		s.sendTo(id, sess.version, reply)
 		s.dropSession(sess, "protocol error: "+err.Error())
 		return
 	}
@@ -450,14 +528,34 @@ func (s *Server) handleInbound(in zsock.Inbound) {
 		return
 	}
 	if sess == nil {
-		if _, isBye := msg.(*protocol.Bye); !isBye {
-			s.replyNoSession(id, &protocol.Error{Code: protocol.CodeBadRequest, Message: "no session: send HELLO first"})
+		switch msg.(type) {
+		case *protocol.Bye, *protocol.Error:
+			// The peer ends a session the server does not hold (or a
+			// HELLO still waiting for a slot): nothing to answer.
+			s.unwait(id)
+		default:
+			s.noSession(id, nil)
 		}
 		return
 	}
 	sess.lastRecv = time.Now()
 	sess.probedAt = time.Time{} // any message answers a liveness probe
 	sess.handle(msg)
+}
+
+// noSession answers a message other than HELLO, BYE or ERROR from a
+// routing id that has no session. Whatever the message (an unknown
+// command, another version, undecodable), the answer is the same 400: the
+// peer has no session and must send HELLO; a client whose session was
+// dropped learns that it should reconnect, not that the server is
+// incompatible (PROTOCOL.md 5.2.1). de, if not nil, is why the message
+// could not be decoded, only for the text.
+func (s *Server) noSession(id string, de *protocol.DecodeError) {
+	msg := "no session: send HELLO first"
+	if de != nil {
+		msg += " (and this message is not valid: " + de.Error() + ")"
+	}
+	s.replyNoSession(id, &protocol.Error{Code: protocol.CodeBadRequest, Message: msg})
 }
 
 // maxUnsolicited is the most replies a routing id without a session gets
@@ -483,17 +581,10 @@ func (s *Server) handleHello(id string, old *session, h *protocol.Hello) {
 		s.dropSession(old, "replaced by a new HELLO")
 		prev = old.prev
 	}
+	s.unwait(id) // a newer HELLO replaces one waiting for a slot
 	if h.MaxVersion < protocol.MinVersion || h.MinVersion > protocol.MaxVersion || h.MinVersion > h.MaxVersion {
 		s.replyNoSession(id, &protocol.Error{Code: protocol.CodeVersion,
-			Message: fmt.Sprintf("this server speaks ZSND %d..%d, client offers %d..%d", protocol.MinVersion, protocol.MaxVersion, h.MinVersion, h.MaxVersion)})
-		return
-	}
-	if len(s.sessions) >= s.cfg.MaxSessions {
-		s.reapUnresponsive(time.Now())
-	}
-	if len(s.sessions) >= s.cfg.MaxSessions {
-		s.probeSessions(time.Now())
-		s.replyNoSession(id, &protocol.Error{Code: protocol.CodeTooMany, Message: fmt.Sprintf("server has reached its limit of %d sessions", s.cfg.MaxSessions)})
+			Message: protocol.VersionMessage(protocol.MinVersion, protocol.MaxVersion, fmt.Sprintf("client offers %d..%d", h.MinVersion, h.MaxVersion))})
 		return
 	}
 	chunk := uint32(s.cfg.ChunkSize)
@@ -504,11 +595,34 @@ func (s *Server) handleHello(id string, old *session, h *protocol.Hello) {
 		s.replyNoSession(id, &protocol.Error{Code: protocol.CodeBadRequest, Message: fmt.Sprintf("client's largest chunk %d is below the minimum %d", h.MaxChunk, protocol.MinChunkSize)})
 		return
 	}
+	now := time.Now()
+	if len(s.sessions) >= s.cfg.MaxSessions {
+		s.reapUnresponsive(now)
+	}
+	if len(s.sessions) >= s.cfg.MaxSessions {
+		// Full: probe every session and decide when the probe is over
+		// (admitWaiting), so that a slot held by a vanished peer goes to
+		// this client instead of a refusal.
+		if len(s.waiting) >= maxWaiting {
+			s.replyNoSession(id, s.tooMany())
+			return
+		}
+		s.probeSessions(now)
+		s.waiting = append(s.waiting, waitingHello{id: id, hello: h, prev: prev, until: now.Add(probeTimeout)})
+		if len(s.waiting) == 1 {
+			s.waitTimer.Reset(probeTimeout)
+		}
+		return
+	}
+	s.openSession(id, h, chunk, prev, now)
+}
+
+// openSession creates the session and sends WELCOME.
+func (s *Server) openSession(id string, h *protocol.Hello, chunk uint32, prev *transfer, now time.Time) {
 	v := h.MaxVersion
 	if v > protocol.MaxVersion {
 		v = protocol.MaxVersion
 	}
-	now := time.Now()
 	sess := &session{srv: s, id: id, opened: now, version: v, chunkSize: int64(chunk), peer: h.PeerID, lastRecv: now, lastSend: now, prev: prev}
 	if sess.peer == "" {
 		sess.peer = fmt.Sprintf("%x", id)
@@ -520,6 +634,59 @@ func (s *Server) handleHello(id string, old *session, h *protocol.Hello) {
 	sess.send(&protocol.Welcome{Version: v, ChunkSize: chunk, HeartbeatMS: uint32(s.cfg.Heartbeat / time.Millisecond),
 		MaxRequests: uint32(s.cfg.MaxRequests), PeerID: s.cfg.Name})
 	sess.event(Event{Kind: "session-open"})
+}
+
+// waitingHello is a HELLO that found the server full, waiting for the
+// liveness probe it started to end.
+type waitingHello struct {
+	id    string
+	hello *protocol.Hello
+	prev  *transfer
+	until time.Time
+}
+
+// maxWaiting bounds the HELLOs waiting for a slot; beyond it a HELLO is
+// refused at once.
+const maxWaiting = 64
+
+func (s *Server) tooMany() *protocol.Error {
+	return &protocol.Error{Code: protocol.CodeTooMany, Message: fmt.Sprintf("server has reached its limit of %d sessions", s.cfg.MaxSessions)}
+}
+
+// unwait forgets a waiting HELLO of id, if any.
+func (s *Server) unwait(id string) {
+	for i, w := range s.waiting {
+		if w.id == id {
+			s.waiting = append(s.waiting[:i], s.waiting[i+1:]...)
+			return
+		}
+	}
+}
+
+// admitWaiting gives free slots to waiting HELLOs in arrival order, and
+// refuses (ERROR 429) those whose probe time is over when no slot freed.
+func (s *Server) admitWaiting(now time.Time) {
+	if len(s.waiting) == 0 {
+		return
+	}
+	s.reapUnresponsive(now)
+	keep := s.waiting[:0]
+	for _, w := range s.waiting {
+		switch {
+		case len(s.sessions) < s.cfg.MaxSessions:
+			chunk := min(uint32(s.cfg.ChunkSize), w.hello.MaxChunk)
+			s.openSession(w.id, w.hello, chunk, w.prev, now)
+		case !now.Before(w.until):
+			s.replyNoSession(w.id, s.tooMany())
+		default:
+			keep = append(keep, w)
+		}
+	}
+	clear(s.waiting[len(keep):])
+	s.waiting = keep
+	if len(keep) > 0 {
+		s.waitTimer.Reset(keep[0].until.Sub(now))
+	}
 }
 
 // sendRound gives every session one turn; it reports whether any sent.
@@ -582,13 +749,15 @@ func (s *Server) housekeeping(now time.Time) {
 // (and its open file) until the peer timeout: a client connecting, sending
 // HELLO and disconnecting, MaxSessions times in a row, would lock every
 // receiver out for that long. So when a HELLO finds no free slot, every
-// session is sent a PING; a live receiver answers at once (any message
-// counts), while a vanished one cannot. Sessions that stay silent for
-// probeTimeout after their probe are dropped (BYE 408), freeing the slot
-// for the refused client's retry. A live receiver unable to answer that
-// fast is only dropped while the server is full, and reconnects and
-// resumes. Rounds of probes are at least probeTimeout apart, so a flood of
-// refused HELLOs does not turn into a flood of PINGs.
+// session is sent a PING and the HELLO waits (waitingHello); a live
+// receiver answers at once (any message counts), while a vanished one
+// cannot. Sessions that stay silent for probeTimeout after their probe
+// are dropped (BYE 408), and the waiting HELLO takes the freed slot; if
+// none freed, it gets ERROR 429 when its probeTimeout is over. A live
+// receiver unable to answer that fast is only dropped while the server is
+// full, and reconnects and resumes. Rounds of probes are at least
+// probeTimeout apart, so a flood of HELLOs does not turn into a flood of
+// PINGs.
 const probeTimeout = 500 * time.Millisecond
 
 // probeSessions PINGs every session that has no probe pending, unless a
@@ -622,6 +791,10 @@ func (s *Server) reapUnresponsive(now time.Time) {
 }
 
 func (s *Server) shutdown() {
+	for _, w := range s.waiting {
+		s.sendTo(w.id, protocol.Version1, &protocol.Bye{Code: protocol.CodeUnavailable, RetryAfterMS: uint32(s.cfg.ShutdownRetry / time.Millisecond), Reason: "server shutting down"})
+	}
+	s.waiting = nil
 	for _, sess := range s.ring {
 		if !sess.dead {
 			sess.send(&protocol.Bye{Code: protocol.CodeUnavailable, RetryAfterMS: uint32(s.cfg.ShutdownRetry / time.Millisecond), Reason: "server shutting down"})
@@ -641,6 +814,9 @@ func (s *Server) dropSession(sess *session, why string) {
 	s.stats.sessions.Add(-1)
 	s.stats.dropped.Add(1)
 	sess.event(Event{Kind: "session-close", Message: why})
+	if len(s.waiting) > 0 {
+		s.signal() // a waiting HELLO may take the slot
+	}
 }
 
 // sendTo sends one message to a ROUTER identity. zmq4 reports no loss for

@@ -18,6 +18,10 @@ import (
 // the kept manifest or the store's immutable copy, never the live tree, so
 // every byte a receiver gets for version V is the byte V published.
 
+// immutableCtime in a fileKey marks a file zsend never writes after
+// publishing it (see sameVersion).
+const immutableCtime = -1
+
 // tree finds a served tree by name (one trailing "/" is accepted).
 func (s *Server) tree(name string) (*pubTree, error) {
 	name = strings.TrimSuffix(name, "/")
@@ -33,6 +37,10 @@ func (s *Server) tree(name string) (*pubTree, error) {
 
 // list answers LIST: one TREE per tree, then END with the count.
 func (sess *session) list(m *protocol.List) {
+	if sess.outstanding(m.Request) {
+		sess.fail(protocol.CodeBadRequest, fmt.Sprintf("LIST reuses request id %d, which is still outstanding", m.Request))
+		return
+	}
 	var trees []*pubTree
 	if m.Tree == "" {
 		if p := sess.srv.pub; p != nil {
@@ -52,17 +60,82 @@ func (sess *session) list(m *protocol.List) {
 		}
 		trees = append(trees, t)
 	}
+	var sub *subscription
+	if m.Flags&protocol.ListSubscribe != 0 {
+		if len(sess.subs) >= maxSubscriptions {
+			sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
+				Message: fmt.Sprintf("more than %d subscriptions in one session", maxSubscriptions)})
+			return
+		}
+		sub = &subscription{req: m.Request, tree: strings.TrimSuffix(m.Tree, "/"), sent: map[string]uint64{}}
+	}
 	n := 0
 	for _, t := range trees {
 		v := t.latest()
 		if v == nil {
 			continue // nothing published yet (its first scan failed)
 		}
-		sess.send(&protocol.Tree{Request: m.Request, Seq: v.seq, Entries: v.entries, Bytes: v.bytes,
-			ManifestSize: uint64(v.size), Version: protocol.Hash(v.id), Name: t.name})
+		sess.sendTree(m.Request, t, v)
+		if sub != nil {
+			sub.sent[t.name] = v.seq
+		}
 		n++
 	}
 	sess.send(&protocol.End{Request: m.Request, Size: uint64(n)})
+	if sub != nil {
+		sess.unsubscribe(m.Request) // a LIST reusing a request id replaces its subscription
+		sess.subs = append(sess.subs, sub)
+	}
+}
+
+func (sess *session) sendTree(req uint32, t *pubTree, v *version) {
+	sess.send(&protocol.Tree{Request: req, Seq: v.seq, Entries: v.entries, Bytes: v.bytes,
+		ManifestSize: uint64(v.size), Version: protocol.Hash(v.id), Name: t.name})
+}
+
+// maxSubscriptions bounds the LIST subscriptions of one session.
+const maxSubscriptions = 64
+
+// subscription is a LIST with SUBSCRIBE: tree "" means every tree.
+type subscription struct {
+	req  uint32
+	tree string
+	sent map[string]uint64 // tree -> seq of the last TREE sent
+}
+
+func (sess *session) unsubscribe(req uint32) {
+	for i, sub := range sess.subs {
+		if sub.req == req {
+			sess.subs = append(sess.subs[:i], sess.subs[i+1:]...)
+			return
+		}
+	}
+}
+
+// pushVersions sends, to every subscription, a TREE for each tree whose
+// latest version it has not seen. Versions published in quick succession
+// may be announced once, by the newest.
+func (s *Server) pushVersions() {
+	if s.pub == nil {
+		return
+	}
+	for _, sess := range s.ring {
+		if sess.dead {
+			continue
+		}
+		for _, sub := range sess.subs {
+			for _, name := range s.pub.names {
+				if sub.tree != "" && sub.tree != name {
+					continue
+				}
+				t := s.pub.trees[name]
+				if v := t.latest(); v != nil && v.seq > sub.sent[name] {
+					sub.sent[name] = v.seq
+					sess.sendTree(sub.req, t, v)
+				}
+			}
+		}
+	}
 }
 
 func gone(t *pubTree, tag protocol.Tag) error {
@@ -93,6 +166,7 @@ func (s *Server) openManifest(g *protocol.Get) (source, error) {
 		f.Close()
 		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("the kept manifest of %s version %d has changed size", t.name, v.seq)}
 	}
+	key.ctimeNS = immutableCtime
 	want := protocol.Hash(v.id)
 	return source{f: f, key: key, mode: 0, mtimeNS: v.published.UnixNano(), tag: v.tag(), want: &want}, nil
 }
@@ -141,6 +215,7 @@ func (s *Server) openVersionFile(g *protocol.Get) (source, error) {
 		f.Close()
 		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("%q: %v", g.Name, err)}
 	}
+	key.ctimeNS = immutableCtime
 	want := protocol.Hash(e.Hash)
 	return source{f: f, key: key, mode: e.Mode, mtimeNS: e.MtimeNs, tag: g.Tag, want: &want}, nil
 }

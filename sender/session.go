@@ -23,6 +23,7 @@ type session struct {
 	chunkSize int64
 	gate      credit.Gate
 	queue     []request
+	queued    map[uint32]struct{} // request ids in queue
 	cur       *transfer
 	opened    time.Time
 	lastRecv  time.Time
@@ -38,6 +39,9 @@ type session struct {
 	// probedAt is when the server, full, sent a liveness PING that the
 	// peer has not yet answered (zero: none pending).
 	probedAt time.Time
+	// subs are the LIST requests with SUBSCRIBE: each new version of a
+	// tree they name is pushed as a TREE with their request id.
+	subs []*subscription
 	// pongWindow and pongs limit the PINGs answered per second.
 	pongWindow time.Time
 	pongs      int
@@ -79,10 +83,15 @@ func (sess *session) handle(m protocol.Message) {
 			sess.cur.permit(&sess.gate)
 		}
 	case *protocol.Cancel:
+		sess.unsubscribe(m.Request)
 		if sess.cur != nil && sess.cur.req == m.Request {
 			sess.finishTransfer()
 			return
 		}
+		if _, ok := sess.queued[m.Request]; !ok {
+			return // unknown or finished: ignored
+		}
+		delete(sess.queued, m.Request)
 		for i, r := range sess.queue {
 			if r.g.Request == m.Request {
 				sess.queue = append(sess.queue[:i], sess.queue[i+1:]...)
@@ -113,9 +122,16 @@ type request struct {
 	g   protocol.Get
 }
 
-// enqueue queues a file request. The request being sent counts: a session
-// holds at most MaxRequests requests, as WELCOME announced.
+// enqueue queues a GET, MGET or VGET. Request ids are unique among a
+// session's outstanding requests (queued or being sent), so CANCEL and
+// every reply name exactly one request; a request reusing one is a
+// protocol violation. The request being sent counts: a session holds at
+// most MaxRequests requests, as WELCOME announced.
 func (sess *session) enqueue(cmd protocol.Command, g *protocol.Get) {
+	if sess.outstanding(g.Request) {
+		sess.fail(protocol.CodeBadRequest, fmt.Sprintf("%v reuses request id %d, which is still outstanding", cmd, g.Request))
+		return
+	}
 	held := len(sess.queue)
 	if sess.cur != nil {
 		held++
@@ -126,6 +142,17 @@ func (sess *session) enqueue(cmd protocol.Command, g *protocol.Get) {
 		return
 	}
 	sess.queue = append(sess.queue, request{cmd: cmd, g: *g})
+	if sess.queued == nil {
+		sess.queued = make(map[uint32]struct{})
+	}
+	sess.queued[g.Request] = struct{}{}
+}
+
+// outstanding reports whether a file request with this id is queued or
+// being sent.
+func (sess *session) outstanding(req uint32) bool {
+	_, queued := sess.queued[req]
+	return queued || (sess.cur != nil && sess.cur.req == req)
 }
 
 // pump advances the session by at most one message and reports whether it
@@ -145,6 +172,7 @@ func (sess *session) pump() bool {
 		}
 		r := sess.queue[0]
 		sess.queue = sess.queue[1:]
+		delete(sess.queued, r.g.Request)
 		sess.start(&r)
 		return true
 	}
@@ -164,13 +192,13 @@ func (sess *session) pump() bool {
 	switch {
 	case c.err != nil:
 		t.pending = nil
-		sess.send(&protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: fmt.Sprintf("%s: %v", t.name, c.err)})
+		sess.send(&protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: c.err.Error()})
 		sess.event(Event{Kind: "error", Name: t.name, Message: c.err.Error()})
 		sess.finishTransfer()
 		return true
 	case c.end && t.want != nil && c.sum != *t.want:
 		t.pending = nil
-		msg := fmt.Sprintf("%s: the stored copy does not match the published hash", t.name)
+		msg := "the stored copy does not match the published hash"
 		sess.send(&protocol.Error{Request: t.req, Code: protocol.CodeInternal, Message: msg})
 		sess.event(Event{Kind: "error", Name: t.name, Message: msg})
 		sess.finishTransfer()
@@ -301,7 +329,7 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 		err = errors.New("the stored copy does not match the published hash")
 	}
 	if err != nil {
-		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: fmt.Sprintf("%s: %v", g.Name, err)})
+		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: err.Error()})
 		sess.event(Event{Kind: "error", Name: g.Name, Message: err.Error()})
 		return
 	}
@@ -345,6 +373,7 @@ func (sess *session) abortTransfer() {
 		sess.finishTransfer()
 	}
 	sess.queue = nil
+	sess.queued = nil
 }
 
 // transfer is one file being sent. The producer goroutine reads chunks
@@ -497,6 +526,12 @@ func sameVersion(f *os.File, key fileKey) error {
 	now, err := statKey(f)
 	if err != nil {
 		return err
+	}
+	if key.ctimeNS == immutableCtime {
+		// A kept manifest or a store blob: never written after it was
+		// published. Its ctime moves only when it is unlinked (a version
+		// dropped while a receiver still reads it), which changes no byte.
+		now.ctimeNS = immutableCtime
 	}
 	if now != key {
 		return errChanged

@@ -70,6 +70,16 @@ func newCatalogue(paths []string) (*catalogue, error) {
 	return c, nil
 }
 
+// hasDir reports whether a directory (a tree) is served.
+func (c *catalogue) hasDir() bool {
+	for _, r := range c.roots {
+		if r.isDir {
+			return true
+		}
+	}
+	return false
+}
+
 // close releases the directory descriptors.
 func (c *catalogue) close() {
 	for _, r := range c.roots {
@@ -97,7 +107,7 @@ func (c *catalogue) open(name string) (*os.File, fileKey, error) {
 	first, rest, nested := strings.Cut(name, "/")
 	r, ok := c.roots[first]
 	if !ok {
-		return nil, fileKey{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not served here", name)}
+		return nil, fileKey{}, &lookupError{protocol.CodeNotFound, "not served here"}
 	}
 	path := r.path
 	if nested && r.isDir && r.fd >= 0 {
@@ -108,15 +118,13 @@ func (c *catalogue) open(name string) (*os.File, fileKey, error) {
 	}
 	if nested {
 		if !r.isDir {
-			return nil, fileKey{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not served here", name)}
+			return nil, fileKey{}, &lookupError{protocol.CodeNotFound, "not served here"}
 		}
-		// No openat2 (Linux before 5.6): resolve, check, then open.
-		real, err := filepath.EvalSymlinks(filepath.Join(r.path, filepath.FromSlash(rest)))
+		// No openat2 (Linux before 5.6): resolve with the same rules,
+		// then open the result without following a link.
+		real, err := resolveBeneath(r.path, rest)
 		if err != nil {
-			return nil, fileKey{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not served here", name)}
-		}
-		if !strings.HasPrefix(real, r.path+string(filepath.Separator)) {
-			return nil, fileKey{}, &lookupError{protocol.CodeRefused, fmt.Sprintf("%q leads outside the served directory", name)}
+			return nil, fileKey{}, lookupFailure(name, err)
 		}
 		path = real
 	}
@@ -130,15 +138,15 @@ func lookupFailure(name string, err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, os.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
-		return &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not served here", name)}
+		return &lookupError{protocol.CodeNotFound, "not served here"}
 	case errors.Is(err, syscall.EXDEV):
-		return &lookupError{protocol.CodeRefused, fmt.Sprintf("%q leads outside the served directory", name)}
+		return &lookupError{protocol.CodeRefused, "leads outside the served directory"}
 	case errors.Is(err, syscall.ELOOP):
-		return &lookupError{protocol.CodeRefused, fmt.Sprintf("%q is a symbolic link", name)}
+		return &lookupError{protocol.CodeRefused, "a symbolic link, not followed"}
 	case errors.Is(err, errNotRegular):
-		return &lookupError{protocol.CodeRefused, fmt.Sprintf("%q is not a regular file", name)}
+		return &lookupError{protocol.CodeRefused, "not a regular file"}
 	}
-	return &lookupError{protocol.CodeInternal, fmt.Sprintf("opening %q: %v", name, errors.Unwrap(err))}
+	return &lookupError{protocol.CodeInternal, fmt.Sprintf("cannot open: %v", errors.Unwrap(err))}
 }
 
 // openBeneath opens rel below the directory dirfd in one system call,
@@ -155,6 +163,54 @@ func openBeneath(dirfd int, rel string) (*os.File, fileKey, error) {
 		return nil, fileKey{}, &os.PathError{Op: "openat2", Path: rel, Err: err}
 	}
 	return adoptRegular(fd, rel)
+}
+
+// resolveBeneath resolves rel below the directory root by the rules of
+// RESOLVE_BENEATH, for kernels without openat2: a symbolic link is
+// followed only if its target is relative and no step of the resolution
+// goes above root (EXDEV otherwise). It returns the resolved path. It
+// resolves, then the caller opens: unlike openat2 this leaves a window in
+// which a component can be swapped, which only matters on those kernels.
+func resolveBeneath(root, rel string) (string, error) {
+	const maxLinks = 40 // as the kernel's ELOOP bound
+	parts := strings.Split(rel, "/")
+	var done []string // resolved components below root, none a link
+	links := 0
+	for len(parts) > 0 {
+		p := parts[0]
+		parts = parts[1:]
+		switch p {
+		case "", ".":
+			continue
+		case "..":
+			if len(done) == 0 {
+				return "", &os.PathError{Op: "resolve", Path: rel, Err: syscall.EXDEV}
+			}
+			done = done[:len(done)-1]
+			continue
+		}
+		cur := filepath.Join(root, filepath.Join(done...), p)
+		fi, err := os.Lstat(cur)
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode()&os.ModeSymlink == 0 {
+			done = append(done, p)
+			continue
+		}
+		if links++; links > maxLinks {
+			return "", &os.PathError{Op: "resolve", Path: rel, Err: syscall.ELOOP}
+		}
+		target, err := os.Readlink(cur)
+		if err != nil {
+			return "", err
+		}
+		if filepath.IsAbs(target) {
+			return "", &os.PathError{Op: "resolve", Path: rel, Err: syscall.EXDEV}
+		}
+		parts = append(strings.Split(target, "/"), parts...)
+	}
+	return filepath.Join(root, filepath.Join(done...)), nil
 }
 
 var errNotRegular = errors.New("not a regular file")

@@ -33,9 +33,8 @@ func (s *Server) startWatch(ctx context.Context) (*watcher, error) {
 		return nil, fmt.Errorf("--watch: %w", err)
 	}
 	w := &watcher{srv: s, fw: fw, watched: map[string]string{}}
-	w.sync()
 	w.done.Add(1)
-	go w.run(ctx)
+	go w.run(ctx, w.sync())
 	return w, nil
 }
 
@@ -59,12 +58,16 @@ func (w *watcher) treeOf(path string) string {
 }
 
 // sync makes the watched set the directories of every tree's last scan.
-func (w *watcher) sync() {
+// It returns the trees that got a new watch: a change made in such a
+// directory after the scan that found it and before the watch was added
+// raised no event, so those trees must be scanned once more.
+func (w *watcher) sync() map[string]bool {
 	p := w.srv.pub
 	want := map[string]string{}
 	p.mu.Lock()
 	for _, name := range p.names {
 		t := p.trees[name]
+		want[t.root] = name // even before a first successful scan
 		for _, d := range t.dirs {
 			want[filepath.Join(t.root, filepath.FromSlash(d))] = name
 		}
@@ -78,6 +81,7 @@ func (w *watcher) sync() {
 	}
 	failed := 0
 	var firstErr error
+	added := map[string]bool{}
 	for d, name := range want {
 		if _, ok := w.watched[d]; ok {
 			continue
@@ -90,21 +94,26 @@ func (w *watcher) sync() {
 			continue
 		}
 		w.watched[d] = name
+		added[name] = true
 	}
 	if failed > 0 {
 		w.srv.event(Event{Kind: "error", Message: fmt.Sprintf("--watch cannot watch %d directories (%v); the periodic rescan still publishes their changes", failed, firstErr)})
 	}
+	return added
 }
 
-func (w *watcher) run(ctx context.Context) {
+// run watches until ctx is done. dirty holds the trees to scan once the
+// debounce allows (those whose watches were just added).
+func (w *watcher) run(ctx context.Context, dirty map[string]bool) {
 	defer w.done.Done()
 	defer w.fw.Close()
 	cfg := &w.srv.cfg
 	rescan := time.NewTicker(cfg.RescanEvery)
 	defer rescan.Stop()
-	quiet := time.NewTimer(time.Hour)
-	quiet.Stop()
-	dirty := map[string]bool{}
+	quiet := time.NewTimer(cfg.Debounce)
+	if len(dirty) == 0 {
+		quiet.Stop()
+	}
 	publish := func(names []string) {
 		for _, name := range names {
 			if ctx.Err() != nil {
@@ -112,7 +121,12 @@ func (w *watcher) run(ctx context.Context) {
 			}
 			w.srv.pub.publish(w.srv.pub.trees[name]) // errors are reported as events
 		}
-		w.sync()
+		// Directories found by these scans are watched from now on;
+		// what changed in them before that is caught by one more scan.
+		for name := range w.sync() {
+			dirty[name] = true
+			quiet.Reset(cfg.Debounce)
+		}
 	}
 	for {
 		select {

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/zsend/zsend/internal/cli"
+	"github.com/zsend/zsend/internal/endpoint"
 	"github.com/zsend/zsend/receiver"
 )
 
@@ -33,12 +34,12 @@ A NAME that is a tree the server publishes is mirrored: DIR/TREE becomes a
 symlink to a complete, verified version, switched atomically; unchanged
 files are reused locally, only new and changed ones are fetched.
 
-Examples:
-  zrecv tcp://127.0.0.1:5555 big.iso            fetch big.iso into .
-  zrecv -o /srv/conf tcp://cfg1:5555 app.conf   fetch into /srv/conf
-  zrecv --json tcp://[::1]:5555 a b c > log     NDJSON events for scripts
-  zrecv ipc:///run/zsend.sock etc/hosts         a file below a served directory
-  zrecv -o /srv tcp://cfg1:5555 app             mirror tree app at /srv/app
+Examples (each fetches what the same example in zsend --help serves):
+  zrecv tcp://127.0.0.1:5555 big.iso                       fetch big.iso into .
+  zrecv -o /srv/conf tcp://cfg1:5555 app/app.conf          a file below a served directory
+  zrecv ipc:///run/zsend.sock hosts                        over a Unix socket
+  zrecv --json tcp://[::1]:5555 a b c > log                NDJSON events for scripts
+  zrecv -o /srv tcp://127.0.0.1:5555 myapp                 mirror tree myapp at /srv/myapp (zsend --watch /etc/myapp)
 
 Flags:
 `
@@ -72,16 +73,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&tf.verify, "verify", false, "tree mode: re-hash the current version even when it is the latest")
 	fs.DurationVar(&tf.lockWait, "lock-wait", 0, "tree mode: wait this long for another zrecv syncing the same tree (default: fail at once)")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
+		// Only --help calls this (errors are reported below): help that
+		// was asked for goes to stdout, so that it can be paged.
+		fs.SetOutput(stdout)
+		fmt.Fprint(stdout, usage)
 		fs.PrintDefaults()
-		fmt.Fprint(stderr, "\n"+cli.ExitCodeHelp)
+		fmt.Fprint(stdout, "\n"+cli.ExitCodeHelp)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return cli.ExitOK
-		}
-		fmt.Fprintf(stderr, "zrecv: %v (see zrecv --help)\n", err)
+	start := time.Now()
+	parseErr := fs.Parse(args)
+	if errors.Is(parseErr, pflag.ErrHelp) {
+		return cli.ExitOK
+	}
+	var js io.Writer
+	if *jsonOut || (parseErr != nil && wantsJSON(args)) {
+		js = stdout
+	}
+	rep := cli.NewReporter(stderr, js, *quiet)
+	usageErr := func(err error) int {
+		rep.Fail(fmt.Errorf("%w (see zrecv --help)", err), cli.ExitUsage)
+		rep.Summary(nil, time.Since(start), cli.ExitUsage)
 		return cli.ExitUsage
+	}
+	if parseErr != nil {
+		return usageErr(parseErr)
 	}
 	if *showVer {
 		fmt.Fprintf(stdout, "zrecv %s (protocol ZSND/1)\n", version)
@@ -90,27 +105,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if tf.rollback {
 		return rollback(fs.Args(), *out, *quiet, stdout, stderr)
 	}
-	if tf.list && fs.NArg() >= 1 && fs.NArg() <= 2 {
+	if tf.list {
+		if fs.NArg() < 1 || fs.NArg() > 2 {
+			return usageErr(errors.New("--list takes an ENDPOINT and at most one TREE"))
+		}
+		if err := endpoint.Check(fs.Arg(0), false); err != nil {
+			return usageErr(err)
+		}
 		return list(ctx, fs.Args(), receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Timeout: *timeout,
 			Heartbeat: *heartbeat, PeerTimeout: *peerTO}, stdout, stderr)
 	}
-	if tf.list || fs.NArg() < 2 {
-		fmt.Fprintln(stderr, "zrecv: need an ENDPOINT and at least one NAME (see zrecv --help)")
-		return cli.ExitUsage
+	if fs.NArg() < 2 {
+		return usageErr(errors.New("need an ENDPOINT and at least one NAME"))
+	}
+	if err := endpoint.Check(fs.Arg(0), false); err != nil {
+		return usageErr(err)
 	}
 	win, err := cli.ParseSize(*window)
 	if err != nil {
-		fmt.Fprintln(stderr, "zrecv: --window:", err)
-		return cli.ExitUsage
+		return usageErr(fmt.Errorf("--window: %w", err))
 	}
 	maxWin, err := cli.ParseSize(*maxWindow)
 	if err != nil {
-		fmt.Fprintln(stderr, "zrecv: --max-window:", err)
-		return cli.ExitUsage
-	}
-	var js io.Writer
-	if *jsonOut {
-		js = stdout
+		return usageErr(fmt.Errorf("--max-window: %w", err))
 	}
 	cfg := receiver.Config{
 		Endpoint: fs.Arg(0), OutputDir: *out, Timeout: *timeout, NoResume: *noResume,
@@ -121,16 +138,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return code
 		}
 	}
-	rep := cli.NewReporter(stderr, js, *quiet)
 	cfg.Progress = rep.Event
-	start := time.Now()
 	results, err := receiver.Fetch(ctx, cfg, fs.Args()[1:]...)
 	code := cli.ExitCodeFor(err)
 	if results == nil && err != nil {
-		// Configuration error before any transfer.
-		fmt.Fprintln(stderr, "zrecv:", err)
+		// Configuration error before any transfer (the output directory).
 		code = cli.ExitUsage
+		rep.Fail(err, code)
 	}
 	rep.Summary(results, time.Since(start), code)
 	return code
+}
+
+// wantsJSON reports whether args ask for --json, for a command line that
+// failed to parse (pflag stops at the first bad flag, maybe before it).
+func wantsJSON(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		if a == "--json" || a == "--json=true" {
+			return true
+		}
+	}
+	return false
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/zsend/zsend/internal/cli"
+	"github.com/zsend/zsend/internal/endpoint"
 	"github.com/zsend/zsend/sender"
 )
 
@@ -39,13 +40,13 @@ symlinks are published as symlinks, never followed.
 Usage:
   zsend [flags] PATH...
 
-Examples:
-  zsend big.iso                                 serve on tcp://127.0.0.1:5555
-  zsend -b tcp://0.0.0.0:5555 /srv/releases     serve a directory on all interfaces
-  zsend -b ipc:///run/zsend.sock /etc/hosts     serve on a Unix socket
-  zsend --json -b 'tcp://[::1]:5555' a b        NDJSON session events on stdout
-  zsend --watch /etc/myapp                      publish a new version on every change
-  zsend --state-dir /srv/zsend-state /etc/myapp keep versions in /srv/zsend-state
+Examples (zrecv --help fetches from each):
+  zsend big.iso                                 serve big.iso on tcp://127.0.0.1:5555
+  zsend -b tcp://0.0.0.0:5555 /etc/app          serve a directory (app/...) on all interfaces
+  zsend -b ipc:///run/zsend.sock /etc/hosts     serve /etc/hosts as "hosts" on a Unix socket
+  zsend --json -b 'tcp://[::1]:5555' a b c      NDJSON events on stdout
+  zsend --watch /etc/myapp                      publish a new version of tree "myapp" on every change
+  zsend --state-dir /srv/zsend-state /etc/myapp keep published versions in /srv/zsend-state
   kill -HUP $(pidof zsend)                      publish now (rescan every tree)
 
 Flags:
@@ -72,46 +73,64 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		heartbeat   = fs.Duration("heartbeat", 2*time.Second, "interval between heartbeats to idle clients")
 		peerTO      = fs.Duration("peer-timeout", 10*time.Second, "drop a client silent for this long")
 		showVer     = fs.Bool("version", false, "print the version and exit")
-		stateDir    = fs.String("state-dir", sender.DefaultStateDir(), "where published versions are kept (store, manifests, sequence numbers)")
+		stateDir    = fs.String("state-dir", sender.DefaultStateDir(), "where published versions are kept (store, manifests, sequence numbers); '' publishes no versions (plain file serving, no copies)")
 		watch       = fs.Bool("watch", false, "publish a new version whenever a served directory changes (and rescan every 60s)")
 		keep        = fs.Int("keep-versions", sender.DefaultKeepVersions, "versions of each tree kept (older ones are removed, with their unreferenced files)")
 	)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
+		// Only --help calls this (errors are reported below): help that
+		// was asked for goes to stdout, so that it can be paged.
+		fs.SetOutput(stdout)
+		fmt.Fprint(stdout, usage)
 		fs.PrintDefaults()
-		fmt.Fprint(stderr, `
+		fmt.Fprint(stdout, `
 Exit codes:
   0  clean shutdown after SIGINT/SIGTERM
   1  the server failed while serving
-  2  usage error (bad flags, unreadable PATH, endpoint in use)
+  2  usage error (bad flags, bad endpoint, unreadable PATH, endpoint in use)
 `)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return cli.ExitOK
+	parseErr := fs.Parse(args)
+	if errors.Is(parseErr, pflag.ErrHelp) {
+		return cli.ExitOK
+	}
+	var mu sync.Mutex
+	enc := json.NewEncoder(stdout)
+	jsonOn := *jsonOut || (parseErr != nil && wantsJSON(args))
+	emit := func(fields map[string]any) {
+		if jsonOn {
+			fields["time"] = time.Now().UTC().Format(time.RFC3339Nano)
+			enc.Encode(fields)
 		}
-		fmt.Fprintf(stderr, "zsend: %v (see zsend --help)\n", err)
-		return cli.ExitUsage
+	}
+	fail := func(code int, format string, args ...any) int {
+		msg := fmt.Sprintf(format, args...)
+		fmt.Fprintln(stderr, "zsend: "+cli.Printable(msg))
+		mu.Lock()
+		emit(map[string]any{"event": "error", "message": msg, "exit_code": code})
+		mu.Unlock()
+		return code
+	}
+	if parseErr != nil {
+		return fail(cli.ExitUsage, "%v (see zsend --help)", parseErr)
 	}
 	if *showVer {
 		fmt.Fprintf(stdout, "zsend %s (protocol ZSND/1..2)\n", version)
 		return cli.ExitOK
 	}
 	if fs.NArg() == 0 {
-		fmt.Fprintln(stderr, "zsend: nothing to serve: give at least one PATH (see zsend --help)")
-		return cli.ExitUsage
+		return fail(cli.ExitUsage, "nothing to serve: give at least one PATH (see zsend --help)")
+	}
+	if err := endpoint.Check(*bind, true); err != nil {
+		return fail(cli.ExitUsage, "%v (see zsend --help)", err)
 	}
 	if *keep < 1 {
-		fmt.Fprintln(stderr, "zsend: --keep-versions must be at least 1")
-		return cli.ExitUsage
+		return fail(cli.ExitUsage, "--keep-versions must be at least 1")
 	}
 	cs, err := cli.ParseSize(*chunk)
 	if err != nil {
-		fmt.Fprintln(stderr, "zsend: --chunk-size:", err)
-		return cli.ExitUsage
+		return fail(cli.ExitUsage, "--chunk-size: %v", err)
 	}
-	var mu sync.Mutex
-	enc := json.NewEncoder(stdout)
 	var bars *cli.ServerBars
 	if !*quiet && cli.IsTerminal(stderr) {
 		bars = cli.NewServerBars(stderr)
@@ -120,12 +139,12 @@ Exit codes:
 	events := func(e sender.Event) {
 		mu.Lock()
 		defer mu.Unlock()
-		if *jsonOut && e.Kind == "published" {
-			enc.Encode(map[string]any{"event": e.Kind, "time": time.Now().UTC().Format(time.RFC3339Nano), "tree": e.Name,
-				"seq": e.Seq, "version": e.Version, "entries": e.Entries, "files": e.Files, "bytes": e.Size, "stored": e.Stored})
-		} else if *jsonOut && e.Kind != "progress" {
-			enc.Encode(map[string]any{"event": e.Kind, "time": time.Now().UTC().Format(time.RFC3339Nano), "peer": e.Peer,
-				"session": e.Session, "name": e.Name, "size": e.Size, "offset": e.Offset, "blake3": hashString(e), "message": e.Message})
+		if e.Kind == "published" {
+			emit(map[string]any{"event": e.Kind, "tree": e.Name, "seq": e.Seq, "version": e.Version,
+				"entries": e.Entries, "files": e.Files, "bytes": e.Size, "stored": e.Stored})
+		} else if e.Kind != "progress" {
+			emit(map[string]any{"event": e.Kind, "peer": e.Peer, "session": e.Session, "name": e.Name, "size": e.Size,
+				"offset": e.Offset, "blake3": hashString(e), "message": e.Message})
 		}
 		if *quiet && e.Kind != "error" {
 			return
@@ -133,26 +152,8 @@ Exit codes:
 		if bars != nil && bars.Event(e) {
 			return
 		}
-		line := ""
-		switch e.Kind {
-		case "file-sent":
-			line = fmt.Sprintf("zsend: sent %s (%d bytes, blake3 %s) to %s", e.Name, e.Size, e.Hash, e.Peer)
-		case "published":
-			line = fmt.Sprintf("zsend: published %s version %d (%.12s): %d entries, %d files, %d bytes (%d files stored)",
-				e.Name, e.Seq, e.Version, e.Entries, e.Files, e.Size, e.Stored)
-		case "skipped":
-			line = fmt.Sprintf("zsend: skipped %s: %s", e.Name, e.Message)
-		case "refused", "error":
-			if e.Peer == "" {
-				line = fmt.Sprintf("zsend: %s: %s", e.Kind, e.Message)
-				break
-			}
-			line = fmt.Sprintf("zsend: %s: %s: %s", e.Peer, e.Kind, e.Message)
-		case "session-open":
-			line = fmt.Sprintf("zsend: %s connected", e.Peer)
-		case "session-close":
-			line = fmt.Sprintf("zsend: %s disconnected: %s", e.Peer, e.Message)
-		default:
+		line := logLine(e)
+		if line == "" {
 			return
 		}
 		if bars != nil {
@@ -172,12 +173,14 @@ Exit codes:
 		StateDir: *stateDir, KeepVersions: *keep, Watch: *watch,
 	})
 	if err != nil {
-		fmt.Fprintln(stderr, "zsend:", err)
-		return cli.ExitUsage
+		return fail(cli.ExitUsage, "%v", err)
 	}
 	if !*quiet {
 		fmt.Fprintf(stderr, "zsend: serving %d path(s) on %s\n", fs.NArg(), srv.Endpoint())
 	}
+	mu.Lock()
+	emit(map[string]any{"event": "listening", "endpoint": srv.Endpoint(), "paths": fs.Args()})
+	mu.Unlock()
 	go func() {
 		for {
 			select {
@@ -192,10 +195,53 @@ Exit codes:
 		ready <- srv.Endpoint()
 	}
 	if err := srv.Serve(ctx); err != nil {
-		fmt.Fprintln(stderr, "zsend:", err)
-		return cli.ExitFailure
+		return fail(cli.ExitFailure, "%v", err)
 	}
 	return cli.ExitOK
+}
+
+// wantsJSON reports whether args ask for --json, for a command line that
+// failed to parse (pflag stops at the first bad flag, maybe before it).
+func wantsJSON(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		if a == "--json" || a == "--json=true" {
+			return true
+		}
+	}
+	return false
+}
+
+// logLine is the text line for a server event ("" for none). Everything
+// from a receiver (peer id, names, messages that quote them) is made
+// Printable: a client must not be able to write terminal escapes to the
+// operator's screen. A client is named by its peer id and a short session
+// id (two receivers may share a peer id).
+func logLine(e sender.Event) string {
+	client := cli.ClientName(e.Peer, e.Session)
+	switch e.Kind {
+	case "file-sent":
+		return fmt.Sprintf("zsend: sent %s (%d bytes, blake3 %s) to %s", cli.Printable(e.Name), e.Size, e.Hash, client)
+	case "refused":
+		return fmt.Sprintf("zsend: %s: refused %s: %s", client, cli.Printable(e.Name), cli.Printable(e.Message))
+	case "error":
+		if e.Peer == "" && e.Session == "" { // publishing, not a session
+			return fmt.Sprintf("zsend: error: %s", cli.Printable(e.Message))
+		}
+		return fmt.Sprintf("zsend: %s: %s: %s", client, cli.Printable(e.Name), cli.Printable(e.Message))
+	case "published":
+		return fmt.Sprintf("zsend: published %s version %d (%.12s): %d entries, %d files, %d bytes (%d files stored)",
+			cli.Printable(e.Name), e.Seq, e.Version, e.Entries, e.Files, e.Size, e.Stored)
+	case "skipped":
+		return fmt.Sprintf("zsend: skipped %s: %s", cli.Printable(e.Name), cli.Printable(e.Message))
+	case "session-open":
+		return fmt.Sprintf("zsend: %s connected", client)
+	case "session-close":
+		return fmt.Sprintf("zsend: %s disconnected: %s", client, cli.Printable(e.Message))
+	}
+	return ""
 }
 
 func hashString(e sender.Event) string {

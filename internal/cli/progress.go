@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -93,7 +94,7 @@ func (r *Reporter) Event(e receiver.Event) {
 		r.endBar()
 		if r.bars {
 			r.bar = pb.New64(e.Size).Set(pb.Bytes, true).SetWriter(r.log).
-				SetTemplate(pb.Full).Set("prefix", e.Name).SetRefreshRate(200 * time.Millisecond)
+				SetTemplate(pb.Full).Set("prefix", Printable(e.Name)).SetRefreshRate(200 * time.Millisecond)
 			r.bar.SetCurrent(e.Done)
 			r.bar.Start()
 			r.barName = e.Name
@@ -107,16 +108,45 @@ func (r *Reporter) Event(e receiver.Event) {
 			r.bar.SetCurrent(e.Size)
 			r.endBar()
 		}
-		fmt.Fprintf(r.log, "%s  %s  %s verified (%d bytes over the wire, %d reused)\n", e.Hash, e.Path, human(e.Size), e.Wire, e.Reused)
+		fmt.Fprintf(r.log, "%s  %s  %s verified (%d bytes over the wire, %d reused)\n", e.Hash, Printable(e.Path), human(e.Size), e.Wire, e.Reused)
 	case receiver.EventError:
 		if r.barName == e.Name {
 			r.endBar()
 		}
-		fmt.Fprintf(r.log, "zrecv: %s: %v\n", e.Name, e.Err)
+		fmt.Fprintf(r.log, "zrecv: %s\n", fileMessage(e.Name, e.Path, e.Err.Error()))
 	case receiver.EventRestart:
-		fmt.Fprintf(r.log, "zrecv: %s: %s\n", e.Name, e.Message)
+		fmt.Fprintf(r.log, "zrecv: %s\n", fileMessage(e.Name, e.Path, e.Message))
 	case receiver.EventReconnect:
-		fmt.Fprintf(r.log, "zrecv: %s\n", e.Message)
+		fmt.Fprintf(r.log, "zrecv: %s\n", Printable(e.Message))
+	}
+}
+
+// fileMessage is msg about the file name (at path), made Printable, with
+// the name in front unless msg already starts with the name or the path:
+// errors about local files name their path, and "a/b: a/b: ..." says
+// nothing twice.
+func fileMessage(name, path, msg string) string {
+	for _, p := range []string{name, path} {
+		if p != "" && strings.HasPrefix(msg, p+": ") {
+			return Printable(msg)
+		}
+	}
+	if name == "" {
+		return Printable(msg)
+	}
+	return Printable(name + ": " + msg)
+}
+
+// Fail reports a failure that stops zrecv before any file is fetched (a
+// usage error, a missing output directory, a bad endpoint): a line on the
+// log and, with JSON output, an "error" event with its exit code, so that
+// every failure has its event before the summary.
+func (r *Reporter) Fail(err error, code int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fmt.Fprintf(r.log, "zrecv: %s\n", Printable(err.Error()))
+	if r.js != nil {
+		r.js.Encode(JSONEvent{Event: string(receiver.EventError), Time: time.Now().UTC().Format(time.RFC3339Nano), Error: err.Error(), ExitCode: iptr(code)})
 	}
 }
 

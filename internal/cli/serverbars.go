@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"hash/fnv"
 	"io"
 	"sync"
 	"time"
@@ -11,10 +12,27 @@ import (
 	"github.com/zsend/zsend/sender"
 )
 
-// ServerBars draws zsend's progress on a terminal: one pb/v3 bar per
-// transfer in progress (bytes, rate, ETA), labelled with the receiver and
-// the file, redrawn in place below the log. A finished bar is printed once
-// more as a permanent line and leaves the block; log lines go above it.
+// ClientName names a receiver for zsend's terminal and log lines: its peer
+// id (which it chose, so it is made Printable and need not be unique) and
+// a short id of its session, which tells apart two clients with the same
+// peer id and follows one session from "connected" to "disconnected".
+func ClientName(peer, session string) string {
+	return Printable(peer) + "[" + ShortSession(session) + "]"
+}
+
+// ShortSession is an 8-hex-digit digest of a session id (the ROUTER
+// identity in hex, which is long: zmq4 and libzmq pick random ones).
+func ShortSession(session string) string {
+	h := fnv.New32a()
+	h.Write([]byte(session))
+	return fmt.Sprintf("%08x", h.Sum32())
+}
+
+// ServerBars draws zsend's progress on a terminal: one line per client
+// with a transfer in progress (client, file, bytes, rate), redrawn in
+// place below the log. When the transfer ends the line goes away (the
+// caller logs a line for the file), so nothing is left frozen on screen
+// however many files and clients come and go; Stop clears the block.
 //
 // pb/v3's own Pool is not used: it cannot drop finished bars (a server
 // would redraw every transfer it ever made), and it switches the terminal's
@@ -52,20 +70,20 @@ func (b *ServerBars) loop() {
 	}
 }
 
-// redraw moves up over the bars on screen, prints above (a finished bar
-// or a log line, if any), then the bars in progress.
+// redraw moves up over the bars on screen, prints above (a log line, if
+// any), then the bars in progress, and clears what a longer block left.
 func (b *ServerBars) redraw(above string) {
 	if b.drawn > 0 {
 		fmt.Fprintf(b.w, "\r\033[%dA", b.drawn)
 	}
 	if above != "" {
-		fmt.Fprintf(b.w, "%s\033[K\n", above)
+		fmt.Fprintf(b.w, "\r%s\033[K\n", above)
 	}
 	for _, s := range b.order {
-		fmt.Fprintf(b.w, "%s\033[K\n", b.bars[s].String())
+		fmt.Fprintf(b.w, "\r%s\033[K\n", b.bars[s].String())
 	}
 	b.drawn = len(b.order)
-	fmt.Fprint(b.w, "\033[J") // clear what a longer block left below
+	fmt.Fprint(b.w, "\033[J")
 }
 
 // Event updates the bars. It reports whether the event is shown by them,
@@ -75,9 +93,9 @@ func (b *ServerBars) Event(e sender.Event) bool {
 	defer b.mu.Unlock()
 	switch e.Kind {
 	case "file-start":
-		b.finish(e.Session)
+		b.remove(e.Session)
 		bar := pb.New64(e.Size).Set(pb.Bytes, true).Set(pb.Static, true).SetTemplate(pb.Full).
-			Set("prefix", e.Peer+" "+e.Name).SetWidth(100)
+			Set("prefix", ClientName(e.Peer, e.Session)+" "+Printable(e.Name)).SetWidth(100)
 		bar.Start()
 		bar.SetCurrent(e.Offset)
 		b.bars[e.Session] = bar
@@ -89,14 +107,11 @@ func (b *ServerBars) Event(e sender.Event) bool {
 			bar.SetCurrent(e.Sent)
 		}
 		return true
-	case "file-sent":
-		if bar := b.bars[e.Session]; bar != nil {
-			bar.SetCurrent(e.Size)
+	case "file-sent", "error", "session-close":
+		// The caller logs a line; the bar goes.
+		if b.remove(e.Session) {
+			b.redraw("")
 		}
-		b.finish(e.Session)
-		return true
-	case "session-close":
-		b.finish(e.Session)
 	}
 	return false
 }
@@ -108,12 +123,13 @@ func (b *ServerBars) Log(line string) {
 	b.redraw(line)
 }
 
-// finish prints a session's bar for the last time and drops it.
-func (b *ServerBars) finish(session string) {
+// remove drops a session's bar; it reports whether there was one.
+func (b *ServerBars) remove(session string) bool {
 	bar := b.bars[session]
 	if bar == nil {
-		return
+		return false
 	}
+	bar.Finish()
 	delete(b.bars, session)
 	for i, s := range b.order {
 		if s == session {
@@ -121,16 +137,17 @@ func (b *ServerBars) finish(session string) {
 			break
 		}
 	}
-	b.redraw(bar.String())
+	return true
 }
 
-// Stop draws the final state and stops redrawing.
+// Stop stops redrawing and clears the bars from the screen.
 func (b *ServerBars) Stop() {
 	close(b.stop)
 	<-b.done
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for len(b.order) > 0 {
-		b.finish(b.order[0])
+		b.remove(b.order[0])
 	}
+	b.redraw("")
 }

@@ -42,18 +42,47 @@ func TestServerBars(t *testing.T) {
 		t.Fatalf("%d bars in progress, want 2", len(b.order))
 	}
 	b.Log("zsend: hello")
-	ev("file-sent", "a", 1000, 0)
-	ev("session-close", "b", 0, 0) // b vanishes mid-transfer
-	b.Stop()
-	if len(b.bars) != 0 || len(b.order) != 0 {
-		t.Fatalf("%d bars left after every transfer ended", len(b.bars))
-	}
-	for _, want := range []string{"node f.bin", "100.00%", "50.00%", "zsend: hello"} {
-		if !strings.Contains(out.String(), want) {
-			t.Fatalf("output lacks %q: %q", want, out.String())
+	// Many files on one session: one line for the session, never a
+	// frozen bar per file.
+	for range 50 {
+		ev("file-start", "a", 1000, 0)
+		if ev("file-sent", "a", 1000, 0) {
+			t.Fatal("file-sent is the caller's to log")
 		}
+		if b.drawn > 2 {
+			t.Fatalf("%d lines of bars for 2 clients", b.drawn)
+		}
+	}
+	if len(b.order) != 1 {
+		t.Fatalf("%d bars after a's transfers ended, want b's only", len(b.order))
+	}
+	ev("session-close", "b", 0, 0) // b vanishes mid-transfer
+	if len(b.bars) != 0 || b.drawn != 0 {
+		t.Fatalf("%d bars, %d lines left after every transfer ended", len(b.bars), b.drawn)
+	}
+	b.Stop()
+	got := out.String()
+	for _, want := range []string{"node[" + ShortSession("a") + "] f.bin", "node[" + ShortSession("b") + "] f.bin", "50.00%", "zsend: hello"} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("output lacks %q: %q", want, got)
+		}
+	}
+	if strings.Contains(got, "100.00%") {
+		t.Fatal("a finished bar was printed as a permanent line")
+	}
+	if !strings.HasSuffix(got, "\x1b[J") {
+		t.Fatalf("Stop did not clear the bars: %q", got[max(0, len(got)-40):])
 	}
 	if ev("error", "a", 0, 0) {
 		t.Fatal("errors must be printed")
+	}
+}
+
+func TestClientName(t *testing.T) {
+	if a, b := ClientName("node", "0a0b"), ClientName("node", "0a0c"); a == b || !strings.HasPrefix(a, "node[") {
+		t.Fatalf("two sessions of one peer id: %q, %q", a, b)
+	}
+	if got := ClientName("\x1b[2Jx", "01"); strings.ContainsRune(got, 0x1b) {
+		t.Fatalf("raw ESC in %q", got)
 	}
 }

@@ -6,25 +6,38 @@ package zsock
 
 import (
 	"context"
-	"fmt"
-	"strings"
+	"errors"
+	"net"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/zsend/zsend/internal/endpoint"
 	"github.com/zsend/zsend/internal/guard"
 )
 
-// Endpoint validates a user endpoint (tcp://host:port or ipc://path) and
-// returns the form that routes it through the guarded transport.
+// Endpoint validates a user endpoint (tcp://host:port or ipc://path, see
+// endpoint.Check; port 0 is accepted for binding) and returns the form that
+// routes it through the guarded transport. That form is internal: show
+// users their own endpoint, and errors through PlainError.
 func Endpoint(ep string) (string, error) {
-	switch {
-	case strings.HasPrefix(ep, "tcp://"), strings.HasPrefix(ep, "ipc://"):
-	default:
-		return "", fmt.Errorf("endpoint %q: want tcp://HOST:PORT or ipc://PATH", ep)
+	if err := endpoint.Check(ep, true); err != nil {
+		return "", err
 	}
 	return guard.Endpoint(ep) // registers the guarded transports
+}
+
+// PlainError strips zmq4's wrapping from a Listen or Dial error, which
+// quotes the internal guarded endpoint (guard-tcp://, guard-ipc://), and
+// keeps the system's own error (for example "listen unix /run/x.sock:
+// bind: address already in use"). Other errors are returned unchanged.
+func PlainError(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		return op
+	}
+	return err
 }
 
 // Inbound is one message from the socket, or the error that ended it.

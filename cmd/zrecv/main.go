@@ -134,7 +134,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Window: win, MaxWindow: maxWin, Heartbeat: *heartbeat, PeerTimeout: *peerTO,
 	}
 	if fs.NArg() == 2 {
-		if code, done := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr); done {
+		if code, done, err := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr); done {
+			if err != nil {
+				rep.Fail(err, code)
+				rep.Summary(nil, time.Since(start), code)
+			}
 			return code
 		}
 	}

@@ -97,9 +97,10 @@ func (v *version) tag() (t protocol.Tag) {
 // pubTree is the publishing state of one tree.
 type pubTree struct {
 	name, root, dir string
-	cache           *statCache // of the last scan (publisher lock)
-	seq             uint64     // last sequence number used (publisher lock)
-	dirs            []string   // directories of the last scan (publisher lock)
+	cache           *statCache        // of the last scan (publisher lock)
+	seq             uint64            // last sequence number used (publisher lock)
+	dirs            []string          // directories of the last scan (publisher lock)
+	skipped         map[string]string // entries the last scan skipped, and why (publisher lock)
 	vers            atomic.Pointer[[]*version]
 }
 
@@ -335,11 +336,17 @@ func (p *publisher) publishAll(ctx context.Context) error {
 func (p *publisher) publish(t *pubTree) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// Each skipped entry is reported once, not at every rescan.
+	skippedNow := map[string]string{}
 	skipped := func(path, why string) {
-		p.event(Event{Kind: "skipped", Name: t.name + "/" + path, Message: why})
+		skippedNow[path] = why
+		if t.skipped[path] != why {
+			p.event(Event{Kind: "skipped", Name: t.name + "/" + path, Message: why})
+		}
 	}
 	batch := p.st.Begin()
 	s, m, err := scanTree(t.root, batch, t.cache, t.latest() != nil, skipped)
+	t.skipped = skippedNow
 	if err == nil {
 		err = batch.Commit() // the new contents are durable before any manifest names them
 	}

@@ -461,3 +461,26 @@ func TestSourceEditedDuringPublishing(t *testing.T) {
 		}
 	}
 }
+
+// A skipped entry is reported once, not at every rescan.
+func TestSkippedReportedOnce(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "t")
+	os.MkdirAll(root, 0o755)
+	syscall.Mkfifo(filepath.Join(root, "fifo"), 0o644)
+	ev := &eventLog{}
+	p := newTestPublisher(t, filepath.Join(dir, "state"), 4, []string{root}, ev)
+	for i := 0; i < 3; i++ {
+		if err := p.publishAll(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(ev.kinds("skipped")); n != 1 {
+		t.Fatalf("%d skipped events for one FIFO over three scans", n)
+	}
+	syscall.Mkfifo(filepath.Join(root, "fifo2"), 0o644)
+	p.publishAll(context.Background())
+	if n := len(ev.kinds("skipped")); n != 2 {
+		t.Fatalf("a new FIFO: %d skipped events in all", n)
+	}
+}

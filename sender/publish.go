@@ -324,7 +324,7 @@ func (p *publisher) publishAll(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := p.publish(p.trees[name]); err != nil && first == nil {
+		if err := p.publish(ctx, p.trees[name]); err != nil && first == nil {
 			first = err
 		}
 	}
@@ -333,7 +333,7 @@ func (p *publisher) publishAll(ctx context.Context) error {
 
 // publish scans one tree; a manifest whose id differs from the latest
 // version's becomes the next version.
-func (p *publisher) publish(t *pubTree) error {
+func (p *publisher) publish(ctx context.Context, t *pubTree) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	// Each skipped entry is reported once, not at every rescan.
@@ -345,7 +345,7 @@ func (p *publisher) publish(t *pubTree) error {
 		}
 	}
 	batch := p.st.Begin()
-	s, m, err := scanTree(t.root, batch, t.cache, t.latest() != nil, skipped)
+	s, m, err := scanTree(ctx, t.root, batch, t.cache, t.latest() != nil, skipped)
 	t.skipped = skippedNow
 	if err == nil {
 		err = batch.Commit() // the new contents are durable before any manifest names them
@@ -353,6 +353,9 @@ func (p *publisher) publish(t *pubTree) error {
 	if err != nil {
 		batch.Abort()
 		p.dirty = true
+		if ctx.Err() != nil {
+			return fmt.Errorf("publishing %s: %w", t.name, err) // shutting down: not worth an event
+		}
 		p.event(Event{Kind: "error", Name: t.name, Message: fmt.Sprintf("publishing %s failed, the latest version stays %s: %v", t.name, describe(t.latest()), err)})
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}

@@ -369,7 +369,7 @@ func TestStatCacheAvoidsRecopy(t *testing.T) {
 	defer func() { scanClock = time.Now }()
 	scan := func(old *statCache) (*scanner, *manifest.Manifest, error) {
 		b := st.Begin()
-		s, m, err := scanTree(root, b, old, old != nil, func(string, string) {})
+		s, m, err := scanTree(context.Background(), root, b, old, old != nil, func(string, string) {})
 		if err == nil {
 			err = b.Commit()
 		}

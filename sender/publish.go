@@ -379,12 +379,13 @@ func (p *publisher) publish(ctx context.Context, t *pubTree) error {
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}
 	if err := writeFileSync(filepath.Join(t.dir, "seq"), []byte(strconv.FormatUint(seq, 10)+"\n")); err != nil {
+		os.Remove(file) // not announced: no version may claim this seq
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}
+	t.seq = seq // used, even if the sync below fails: never reused
 	if err := store.SyncDir(t.dir); err != nil {
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}
-	t.seq = seq
 	files, bytes := m.Files()
 	v := &version{seq: seq, id: id, file: file, size: int64(len(enc)), published: time.Now(),
 		entries: uint64(len(m.Entries)), files: uint64(files), bytes: bytes, m: m}

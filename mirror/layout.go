@@ -304,7 +304,7 @@ func (l *layout) saveManifest(id manifest.ID, b []byte) error {
 		unix.Unlinkat(mfd, tmp, 0)
 		return fmt.Errorf("saving manifest %s: %w", id.Short(), err)
 	}
-	return nil
+	return fsyncDir(l.m)
 }
 
 // switchTo points the stable path at v/name atomically: a new symlink

@@ -24,6 +24,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
+	// A zsend binary serving a directory publishes it into a state
+	// directory; tests that do not pass --state-dir get one of this run
+	// (never the machine's /var/lib/zsend, shared with other runs).
+	os.Setenv("STATE_DIRECTORY", filepath.Join(dir, "state"))
 	build := exec.Command("go", "build", "-o", dir, "../cmd/zsend", "../cmd/zrecv")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {

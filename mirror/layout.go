@@ -304,7 +304,7 @@ func (l *layout) saveManifest(id manifest.ID, b []byte) error {
 		unix.Unlinkat(mfd, tmp, 0)
 		return fmt.Errorf("saving manifest %s: %w", id.Short(), err)
 	}
-	return nil
+	return fsyncDir(l.m)
 }
 
 // switchTo points the stable path at v/name atomically: a new symlink
@@ -357,12 +357,16 @@ func (l *layout) prune(keep int, name string) ([]string, error) {
 			kept[v] = true
 			continue
 		}
-		if err := removeAllAt(int(l.v.Fd()), v); err != nil {
+		// Out of v/ first, in one rename: killed while deleting, a pruned
+		// version must not stay behind half removed, where a rollback
+		// could pick it.
+		if err := l.trash(v); err != nil {
 			errs = append(errs, fmt.Errorf("pruning %s: %w", v, err))
 			continue
 		}
 		removed = append(removed, v)
 	}
+	errs = append(errs, l.emptyTrash())
 	if len(removed) > 0 {
 		errs = append(errs, fsyncDir(l.v))
 	}
@@ -381,6 +385,28 @@ func (l *layout) prune(keep int, name string) ([]string, error) {
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// trash moves v/name to trash/ (atomically), to be deleted there.
+func (l *layout) trash(name string) error {
+	tr, err := mkdirPlain(l.t, "trash", 0o700)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	if err := removeAllAt(int(tr.Fd()), name); err != nil {
+		return err
+	}
+	return unix.Renameat(int(l.v.Fd()), name, int(tr.Fd()), name)
+}
+
+// emptyTrash deletes what trash/ holds (versions pruned now, or by a run
+// killed while deleting them).
+func (l *layout) emptyTrash() error {
+	if _, err := lstatAt(int(l.t.Fd()), "trash"); errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return removeAllAt(int(l.t.Fd()), "trash")
 }
 
 // Rollback switches OUT/tree to the kept version with the highest sequence

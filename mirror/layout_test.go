@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -74,5 +75,36 @@ func TestLayoutSymlinksRefused(t *testing.T) {
 	os.Symlink("/etc", filepath.Join(out, "app"))
 	if _, err := syncE(testConfig(s, out, "app")); !errors.Is(err, ErrLayout) {
 		t.Errorf("sync over a foreign symlink: %v, want ErrLayout", err)
+	}
+}
+
+// A version being pruned leaves v/ in one rename: a run killed while
+// deleting it leaves it in trash/, never half removed among the versions
+// a rollback may pick; the next run empties trash/.
+func TestPruneThroughTrash(t *testing.T) {
+	s := startServer(t)
+	src := filepath.Join(t.TempDir(), "app")
+	smallTree(t, src)
+	out := t.TempDir()
+	cfg := testConfig(s, out, "app")
+	var dirs []string
+	for seq := uint64(1); seq <= 3; seq++ {
+		write(t, filepath.Join(src, "a.conf"), fmt.Sprint(seq), 0o644)
+		publish(t, s, "app", src, seq)
+		dirs = append(dirs, syncOK(t, cfg).Dir)
+	}
+	if _, err := os.Stat(dirs[0]); !os.IsNotExist(err) {
+		t.Fatalf("first version not pruned: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(out, ".zsnd/app/trash")); !os.IsNotExist(err) {
+		t.Errorf("trash not emptied: %v", err)
+	}
+	// As if killed while deleting: something left in trash/.
+	write(t, filepath.Join(out, ".zsnd/app/trash/00000000000000000001-aaaaaaaaaaaa/x"), "half", 0o644)
+	write(t, filepath.Join(src, "a.conf"), "4", 0o644)
+	publish(t, s, "app", src, 4)
+	syncOK(t, cfg)
+	if _, err := os.Stat(filepath.Join(out, ".zsnd/app/trash")); !os.IsNotExist(err) {
+		t.Errorf("leftover trash not emptied: %v", err)
 	}
 }

@@ -10,6 +10,7 @@
 //	OUT/.zsnd/T/m/<id hex>  their manifests (checked by hash on every read)
 //	OUT/.zsnd/T/stage/T/    the version being built (left in place if interrupted)
 //	OUT/.zsnd/T/incoming/   the manifest being fetched
+//	OUT/.zsnd/T/trash/      pruned versions being deleted (moved out of v/ in one rename first)
 //
 // # Guarantees
 //

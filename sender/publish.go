@@ -97,9 +97,10 @@ func (v *version) tag() (t protocol.Tag) {
 // pubTree is the publishing state of one tree.
 type pubTree struct {
 	name, root, dir string
-	cache           *statCache // of the last scan (publisher lock)
-	seq             uint64     // last sequence number used (publisher lock)
-	dirs            []string   // directories of the last scan (publisher lock)
+	cache           *statCache        // of the last scan (publisher lock)
+	seq             uint64            // last sequence number used (publisher lock)
+	dirs            []string          // directories of the last scan (publisher lock)
+	skipped         map[string]string // entries the last scan skipped, and why (publisher lock)
 	vers            atomic.Pointer[[]*version]
 }
 
@@ -323,7 +324,7 @@ func (p *publisher) publishAll(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := p.publish(p.trees[name]); err != nil && first == nil {
+		if err := p.publish(ctx, p.trees[name]); err != nil && first == nil {
 			first = err
 		}
 	}
@@ -332,20 +333,29 @@ func (p *publisher) publishAll(ctx context.Context) error {
 
 // publish scans one tree; a manifest whose id differs from the latest
 // version's becomes the next version.
-func (p *publisher) publish(t *pubTree) error {
+func (p *publisher) publish(ctx context.Context, t *pubTree) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// Each skipped entry is reported once, not at every rescan.
+	skippedNow := map[string]string{}
 	skipped := func(path, why string) {
-		p.event(Event{Kind: "skipped", Name: t.name + "/" + path, Message: why})
+		skippedNow[path] = why
+		if t.skipped[path] != why {
+			p.event(Event{Kind: "skipped", Name: t.name + "/" + path, Message: why})
+		}
 	}
 	batch := p.st.Begin()
-	s, m, err := scanTree(t.root, batch, t.cache, t.latest() != nil, skipped)
+	s, m, err := scanTree(ctx, t.root, batch, t.cache, t.latest() != nil, skipped)
+	t.skipped = skippedNow
 	if err == nil {
 		err = batch.Commit() // the new contents are durable before any manifest names them
 	}
 	if err != nil {
 		batch.Abort()
 		p.dirty = true
+		if ctx.Err() != nil {
+			return fmt.Errorf("publishing %s: %w", t.name, err) // shutting down: not worth an event
+		}
 		p.event(Event{Kind: "error", Name: t.name, Message: fmt.Sprintf("publishing %s failed, the latest version stays %s: %v", t.name, describe(t.latest()), err)})
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}
@@ -369,12 +379,13 @@ func (p *publisher) publish(t *pubTree) error {
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}
 	if err := writeFileSync(filepath.Join(t.dir, "seq"), []byte(strconv.FormatUint(seq, 10)+"\n")); err != nil {
+		os.Remove(file) // not announced: no version may claim this seq
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}
+	t.seq = seq // used, even if the sync below fails: never reused
 	if err := store.SyncDir(t.dir); err != nil {
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}
-	t.seq = seq
 	files, bytes := m.Files()
 	v := &version{seq: seq, id: id, file: file, size: int64(len(enc)), published: time.Now(),
 		entries: uint64(len(m.Entries)), files: uint64(files), bytes: bytes, m: m}

@@ -369,7 +369,7 @@ func TestStatCacheAvoidsRecopy(t *testing.T) {
 	defer func() { scanClock = time.Now }()
 	scan := func(old *statCache) (*scanner, *manifest.Manifest, error) {
 		b := st.Begin()
-		s, m, err := scanTree(root, b, old, old != nil, func(string, string) {})
+		s, m, err := scanTree(context.Background(), root, b, old, old != nil, func(string, string) {})
 		if err == nil {
 			err = b.Commit()
 		}
@@ -459,5 +459,28 @@ func TestSourceEditedDuringPublishing(t *testing.T) {
 				t.Fatalf("version %d lost %s", v.seq, e.Path)
 			}
 		}
+	}
+}
+
+// A skipped entry is reported once, not at every rescan.
+func TestSkippedReportedOnce(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "t")
+	os.MkdirAll(root, 0o755)
+	syscall.Mkfifo(filepath.Join(root, "fifo"), 0o644)
+	ev := &eventLog{}
+	p := newTestPublisher(t, filepath.Join(dir, "state"), 4, []string{root}, ev)
+	for i := 0; i < 3; i++ {
+		if err := p.publishAll(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(ev.kinds("skipped")); n != 1 {
+		t.Fatalf("%d skipped events for one FIFO over three scans", n)
+	}
+	syscall.Mkfifo(filepath.Join(root, "fifo2"), 0o644)
+	p.publishAll(context.Background())
+	if n := len(ev.kinds("skipped")); n != 2 {
+		t.Fatalf("a new FIFO: %d skipped events in all", n)
 	}
 }

@@ -1,6 +1,7 @@
 package sender
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -86,6 +87,7 @@ var scanClock = time.Now
 var testHookBeforePut func(path string)
 
 type scanner struct {
+	ctx     context.Context // a scan stops between entries once it is done
 	st      *store.Batch
 	old     *statCache // from the previous scan; nil at first
 	cache   *statCache // built by this scan
@@ -107,8 +109,8 @@ type scanner struct {
 //
 // New file contents go into the batch st; the caller commits it before it
 // publishes the manifest, or aborts it.
-func scanTree(root string, st *store.Batch, old *statCache, hashFirst bool, skipped func(path, why string)) (*scanner, *manifest.Manifest, error) {
-	s := &scanner{st: st, old: old, skipped: skipped, hashFirst: hashFirst,
+func scanTree(ctx context.Context, root string, st *store.Batch, old *statCache, hashFirst bool, skipped func(path, why string)) (*scanner, *manifest.Manifest, error) {
+	s := &scanner{ctx: ctx, st: st, old: old, skipped: skipped, hashFirst: hashFirst,
 		buf: make([]byte, 256<<10), start: scanClock()}
 	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -162,6 +164,9 @@ func (s *scanner) walk(fd int, rel string) error {
 		return fmt.Errorf("reading directory %q: %w", rel, err)
 	}
 	for _, name := range names {
+		if err := s.ctx.Err(); err != nil {
+			return err
+		}
 		path := name
 		if rel != "" {
 			path = rel + "/" + name

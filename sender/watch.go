@@ -119,7 +119,7 @@ func (w *watcher) run(ctx context.Context, dirty map[string]bool) {
 			if ctx.Err() != nil {
 				return
 			}
-			w.srv.pub.publish(w.srv.pub.trees[name]) // errors are reported as events
+			w.srv.pub.publish(ctx, w.srv.pub.trees[name]) // errors are reported as events
 		}
 		// Directories found by these scans are watched from now on;
 		// what changed in them before that is caught by one more scan.

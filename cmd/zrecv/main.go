@@ -40,9 +40,9 @@ Examples (each fetches what the same example in zsend --help serves):
   zrecv -o /srv/conf tcp://cfg1:5555 app/app.conf          a file below a served directory
   zrecv ipc:///run/zsend.sock hosts                        over a Unix socket
   zrecv --json tcp://[::1]:5555 a b c > log                NDJSON events for scripts
+  zrecv -o /srv tcp://127.0.0.1:5555 myapp                 mirror tree myapp at /srv/myapp (zsend --watch /etc/myapp)
 
-Trees:
-  zrecv -o /srv tcp://cfg1:5555 myapp                      mirror tree myapp at /srv/myapp
+Follow mode:
   zrecv --follow -o /srv --check 'nginx -t -c $ZSND_PATH/nginx.conf' \
         --exec 'systemctl reload nginx' --rollback-on-failure tcp://cfg1:5555 nginx
 
@@ -126,7 +126,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if tf.rollback {
 		return rollback(fs.Args(), *out, *quiet, stdout, stderr)
 	}
-	if tf.list && fs.NArg() >= 1 && fs.NArg() <= 2 {
+	if tf.list {
+		if fs.NArg() < 1 || fs.NArg() > 2 {
+			return usageErr(errors.New("--list takes an ENDPOINT and at most one TREE"))
+		}
 		if err := endpoint.Check(fs.Arg(0), false); err != nil {
 			return usageErr(err)
 		}
@@ -143,7 +146,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return follow(ctx, fs.Args(), receiver.Config{Endpoint: fs.Arg(0), OutputDir: *out, Timeout: *timeout,
 			Heartbeat: *heartbeat, PeerTimeout: *peerTO}, tf, *quiet, stderr)
 	}
-	if tf.list || fs.NArg() < 2 {
+	if fs.NArg() < 2 {
 		return usageErr(errors.New("need an ENDPOINT and at least one NAME"))
 	}
 	if err := endpoint.Check(fs.Arg(0), false); err != nil {
@@ -162,7 +165,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Window: win, MaxWindow: maxWin, Heartbeat: *heartbeat, PeerTimeout: *peerTO,
 	}
 	if fs.NArg() == 2 {
-		if code, done := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr); done {
+		if code, done, err := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr); done {
+			if err != nil {
+				rep.Fail(err, code)
+				rep.Summary(nil, time.Since(start), code)
+			}
 			return code
 		}
 	}

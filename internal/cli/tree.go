@@ -101,13 +101,13 @@ func (r *TreeReporter) Event(e mirror.Event) {
 		}
 	case mirror.EventVersion:
 		r.clear()
-		fmt.Fprintf(r.log, "zrecv: %s: version %s (seq %d): %d files, %s\n", e.Tree, e.Version.Short(), e.Seq, e.FilesTotal, human(e.BytesTotal))
+		fmt.Fprintf(r.log, "zrecv: %s: version %s (seq %d): %d files, %s\n", Printable(e.Tree), e.Version.Short(), e.Seq, e.FilesTotal, human(e.BytesTotal))
 	case mirror.EventDrift:
 		r.clear()
-		fmt.Fprintf(r.log, "zrecv: %s: drift: %s was changed locally; fetching it again\n", e.Tree, e.Path)
+		fmt.Fprintf(r.log, "zrecv: %s: drift: %s was changed locally; fetching it again\n", Printable(e.Tree), Printable(e.Path))
 	case mirror.EventNote:
 		r.clear()
-		fmt.Fprintf(r.log, "zrecv: %s: %s\n", e.Tree, e.Message)
+		fmt.Fprintf(r.log, "zrecv: %s: %s\n", Printable(e.Tree), Printable(e.Message))
 	}
 }
 
@@ -118,11 +118,19 @@ func (r *TreeReporter) draw(e mirror.Event) {
 	if el > 0 {
 		rate = float64(e.BytesDone) / el
 	}
-	eta := "?"
-	if rate > 0 && e.BytesTotal >= e.BytesDone {
-		eta = (time.Duration(float64(e.BytesTotal-e.BytesDone)/rate) * time.Second).Round(time.Second).String()
+	// Small files cost per file, large ones per byte: the fraction done
+	// is the mean of both.
+	frac := 1.0
+	if e.FilesTotal > 0 && e.BytesTotal > 0 {
+		frac = (float64(e.FilesDone)/float64(e.FilesTotal) + float64(e.BytesDone)/float64(e.BytesTotal)) / 2
+	} else if e.FilesTotal > 0 {
+		frac = float64(e.FilesDone) / float64(e.FilesTotal)
 	}
-	fmt.Fprintf(r.log, "\r\x1b[K%s: files %d/%d, %s/%s, %s/s, ETA %s", e.Tree, e.FilesDone, e.FilesTotal,
+	eta := "?"
+	if frac > 0 && frac <= 1 {
+		eta = (time.Duration(el*(1-frac)/frac) * time.Second).Round(time.Second).String()
+	}
+	fmt.Fprintf(r.log, "\r\x1b[K%s: files %d/%d, %s/%s, %s/s, ETA %s", Printable(e.Tree), e.FilesDone, e.FilesTotal,
 		human(e.BytesDone), human(e.BytesTotal), human(int64(rate)), eta)
 	r.drawn = true
 }
@@ -155,7 +163,7 @@ func (r *TreeReporter) Done(res mirror.Result, err error, code int) {
 		r.js.Encode(j)
 	}
 	if err != nil {
-		fmt.Fprintf(r.log, "zrecv: %s: %v\n", res.Tree, err)
+		fmt.Fprintf(r.log, "zrecv: %s: %s\n", Printable(res.Tree), Printable(err.Error()))
 		return
 	}
 	if r.quiet {
@@ -163,14 +171,14 @@ func (r *TreeReporter) Done(res mirror.Result, err error, code int) {
 	}
 	switch {
 	case res.Unchanged:
-		fmt.Fprintf(r.log, "%s: version %s (seq %d) is current; nothing to fetch\n", res.Stable, res.Version.Short(), res.Seq)
+		fmt.Fprintf(r.log, "%s: version %s (seq %d) is current; nothing to fetch\n", Printable(res.Stable), res.Version.Short(), res.Seq)
 	default:
 		what := "now shows"
 		if res.Repaired {
 			what = "repaired"
 		}
 		fmt.Fprintf(r.log, "%s %s version %s (seq %d): %d files fetched (%s), %d reused (%s), %d drifted, %.2fs\n",
-			res.Stable, what, res.Version.Short(), res.Seq, res.FilesFetched, human(res.BytesFetched), res.FilesReused,
+			Printable(res.Stable), what, res.Version.Short(), res.Seq, res.FilesFetched, human(res.BytesFetched), res.FilesReused,
 			human(res.BytesReused), len(res.Drift), secs)
 	}
 }

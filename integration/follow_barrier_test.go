@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -192,4 +193,46 @@ func TestBarrierServerKilledMidRolloutCLI(t *testing.T) {
 		}
 	}
 	t.Logf("switch spread after the restart: %v", last.Sub(first))
+}
+
+// TestSwitchSpread50 measures the spread between the first and the last
+// of 50 followers' switches, with and without --barrier (a measurement,
+// not an assertion: run with ZSND_SPREAD=1).
+func TestSwitchSpread50(t *testing.T) {
+	if os.Getenv("ZSND_SPREAD") == "" {
+		t.Skip("measurement; set ZSND_SPREAD=1")
+	}
+	for _, withBarrier := range []bool{false, true} {
+		src := filepath.Join(t.TempDir(), "app")
+		writeFile(t, filepath.Join(src, "app.conf"), "v1")
+		cfg := fastFleet(src)
+		cfg.Barrier, cfg.BarrierTimeout = withBarrier, 40*time.Second
+		cfg.MaxSessions = 1024
+		ep, srv := publishingServer(t, cfg)
+		var fs []*follower
+		for i := 0; i < 50; i++ {
+			fs = append(fs, startFollower(t, mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: fmt.Sprintf("n%02d", i)}))
+		}
+		waitUntil(t, 60*time.Second, "50 nodes on v1", converged(srv, "app", 1, 50))
+		time.Sleep(time.Duration(cfg.BarrierTimeout / 4)) // past the barrier's start grace
+		for v := 2; v <= 4; v++ {
+			writeFile(t, filepath.Join(src, "app.conf"), fmt.Sprintf("v%d", v))
+			publishNow(t, srv)
+			waitUntil(t, 60*time.Second, "50 nodes", converged(srv, "app", uint64(v), 50))
+			var first, last time.Time
+			for _, f := range fs {
+				ts := switchTimes(f, uint64(v))
+				if len(ts) != 1 {
+					t.Fatalf("switched %d times", len(ts))
+				}
+				if first.IsZero() || ts[0].Before(first) {
+					first = ts[0]
+				}
+				if ts[0].After(last) {
+					last = ts[0]
+				}
+			}
+			t.Logf("barrier=%v v%d: spread of 50 switches %v", withBarrier, v, last.Sub(first))
+		}
+	}
 }

@@ -62,7 +62,7 @@ type FollowConfig struct {
 
 // FollowEvent is something that happened while following.
 type FollowEvent struct {
-	Time    time.Time
+	Time    time.Time // for "switched": when the stable path was switched
 	Kind    string // "connected", "disconnected", "syncing", "staged", "switched", "unchanged", "failed", "hook", "note"
 	Tree    string
 	Seq     uint64
@@ -152,7 +152,9 @@ type follower struct {
 
 func (fl *follower) emit(e FollowEvent) {
 	if fl.cfg.Events != nil {
-		e.Time = time.Now()
+		if e.Time.IsZero() {
+			e.Time = time.Now()
+		}
 		fl.cfg.Events(e)
 	}
 }
@@ -347,8 +349,13 @@ func (f *followed) syncOnce(ctx context.Context) error {
 	f.lastHook = protocol.HookResult{}
 	f.report(protocol.StateSyncing, f.shownSeq, f.shownID, nil)
 	f.fl.emit(FollowEvent{Kind: "syncing", Tree: f.name, Seq: f.shownSeq, Version: f.shownID})
+	var switchedAt time.Time
 	mc := Config{Receiver: cfg.Receiver, Out: cfg.Out, Tree: f.name, Keep: cfg.Keep, LockWait: cfg.LockWait,
-		BeforeSwitch: f.beforeSwitch}
+		BeforeSwitch: f.beforeSwitch, Events: func(e Event) {
+			if e.Kind == EventSwitch {
+				switchedAt = e.Time // the rename over the stable path (before pruning)
+			}
+		}}
 	start := time.Now()
 	res, err := Sync(ctx, mc)
 	f.lastSync = time.Since(start)
@@ -382,7 +389,7 @@ func (f *followed) syncOnce(ctx context.Context) error {
 		f.fl.emit(FollowEvent{Kind: "unchanged", Tree: f.name, Seq: res.Seq, Version: res.Version, Result: &res, Took: f.lastSync})
 		return nil
 	}
-	f.fl.emit(FollowEvent{Kind: "switched", Tree: f.name, Seq: res.Seq, Version: res.Version, Result: &res, Took: f.lastSync,
+	f.fl.emit(FollowEvent{Kind: "switched", Time: switchedAt, Tree: f.name, Seq: res.Seq, Version: res.Version, Result: &res, Took: f.lastSync,
 		Message: fmt.Sprintf("%d files fetched, %d reused", res.FilesFetched, res.FilesReused)})
 	if cfg.Exec == "" {
 		f.report(protocol.StateSwitched, res.Seq, res.Version, nil)

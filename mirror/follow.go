@@ -63,7 +63,7 @@ type FollowConfig struct {
 // FollowEvent is something that happened while following.
 type FollowEvent struct {
 	Time    time.Time // for "switched": when the stable path was switched
-	Kind    string // "connected", "disconnected", "syncing", "staged", "switched", "unchanged", "failed", "hook", "note"
+	Kind    string    // "connected", "disconnected", "syncing", "staged", "switched", "unchanged", "failed", "hook", "note"
 	Tree    string
 	Seq     uint64
 	Version manifest.ID

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -262,5 +263,33 @@ func TestFollowFlatOverManyVersions(t *testing.T) {
 	t.Logf("after 20 versions: %d fds, %d goroutines, %d KiB heap; after 220: %d, %d, %d KiB", fd0, g0, h0>>10, fd1, g1, h1>>10)
 	if fd1 > fd0+8 || g1 > g0+20 || h1 > h0+8<<20 {
 		t.Errorf("not flat: fds %d -> %d, goroutines %d -> %d, heap %d -> %d KiB", fd0, fd1, g0, g1, h0>>10, h1>>10)
+	}
+}
+
+// A hook that hangs is killed (with its children) after --hook-timeout
+// and reported failed with exit -1.
+func TestFollowHookTimeout(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	ep, srv := publishingServer(t, fastFleet(src))
+	f := startFollower(t, mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: "n1",
+		Check: `echo started; sleep 60 & sleep 60`, HookTimeout: 500 * time.Millisecond})
+	waitUntil(t, 20*time.Second, "failed check", func() (bool, string) {
+		for _, st := range srv.Fleet() {
+			for _, r := range st.Rows {
+				if r.State == fleet.Failed && r.Hook != nil {
+					return true, ""
+				}
+			}
+		}
+		return false, fmt.Sprint(srv.Fleet())
+	})
+	r := srv.Fleet()[0].Rows[0]
+	if r.Hook.Name != "check" || r.Hook.Exit != -1 || r.Hook.OK || !strings.Contains(r.Hook.Output, "started") ||
+		r.Hook.Duration > 20*time.Second || !strings.Contains(r.Error, "timed out") {
+		t.Fatalf("row %+v hook %+v", r, r.Hook)
+	}
+	if _, err := os.Lstat(filepath.Join(f.out, "app")); err == nil {
+		t.Fatal("switched although the check timed out")
 	}
 }

@@ -236,3 +236,31 @@ func TestSwitchSpread50(t *testing.T) {
 		}
 	}
 }
+
+// --quorum N: the switch goes out once N live followers have staged,
+// without waiting for the others or the timeout.
+func TestBarrierQuorum(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.Barrier, cfg.Quorum, cfg.BarrierTimeout = true, 2, 30*time.Second
+	ep, srv := publishingServer(t, cfg)
+	var fs []*follower
+	for i := 0; i < 3; i++ {
+		fc := mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: fmt.Sprintf("n%d", i)}
+		if i == 2 {
+			fc.Check, fc.HookTimeout = `[ "$ZSND_SEQ" = 1 ] || sleep 60`, 60*time.Second
+		}
+		fs = append(fs, startFollower(t, fc))
+	}
+	waitUntil(t, 20*time.Second, "3 nodes on v1", converged(srv, "app", 1, 3))
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	waitUntil(t, 15*time.Second, "the quorum on v2, well before the 30 s timeout", func() (bool, string) {
+		st := srv.Fleet()[0]
+		return st.OnLatest == 2, st.Summary()
+	})
+	if got := readStable(t, fs[2].out, "app", "app.conf"); got != "v1" {
+		t.Errorf("the node outside the quorum shows %q", got)
+	}
+}

@@ -293,3 +293,35 @@ func TestFollowHookTimeout(t *testing.T) {
 		t.Fatal("switched although the check timed out")
 	}
 }
+
+// A switch made behind the follower's back (zrecv --rollback by hand) is
+// noticed within the report interval: the follower goes back to the
+// latest version and the status never keeps showing a version the node
+// does not run.
+func TestFollowUndoesHandRollback(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	ep, srv := publishingServer(t, fastFleet(src))
+	f := startFollower(t, mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: "n1"})
+	waitUntil(t, 20*time.Second, "v1", converged(srv, "app", 1, 1))
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	waitUntil(t, 20*time.Second, "v2", converged(srv, "app", 2, 1))
+	var dir string
+	var err error
+	for i := 0; i < 50; i++ { // the follower may hold the tree's lock for a moment
+		if dir, err = mirror.Rollback(f.out, "app"); !errors.Is(err, mirror.ErrLocked) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("rolled back by hand to %s", filepath.Base(dir))
+	waitUntil(t, 10*time.Second, "back on v2", func() (bool, string) {
+		got := readStable(t, f.out, "app", "app.conf")
+		return got == "v2", got
+	})
+	waitUntil(t, 10*time.Second, "reported on v2", converged(srv, "app", 2, 1))
+}

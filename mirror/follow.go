@@ -315,12 +315,23 @@ func (f *followed) report(state protocol.NodeState, seq uint64, id manifest.ID, 
 
 func (f *followed) work(ctx context.Context) {
 	var retry <-chan time.Time
+	// Every ReportEvery the stable path is compared with the version
+	// believed shown (one readlink), so a switch made behind the
+	// follower's back (zrecv --rollback by hand) is undone and never
+	// misreported for long.
+	every := f.fl.cfg.ReportEvery
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	check := time.NewTicker(every)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-f.poke:
 		case <-retry:
+		case <-check.C:
 		}
 		retry = nil
 		info, _, known := f.wanted()
@@ -328,7 +339,10 @@ func (f *followed) work(ctx context.Context) {
 			continue
 		}
 		id := manifest.ID(info.Version)
-		if (id == f.shownID && f.shownSeq != 0) || id == f.failedID {
+		if id == f.failedID {
+			continue
+		}
+		if id == f.shownID && f.shownSeq != 0 && f.onDisk(id) {
 			continue
 		}
 		if err := f.syncOnce(ctx); err != nil && ctx.Err() == nil {
@@ -341,6 +355,17 @@ func (f *followed) work(ctx context.Context) {
 		}
 		f.retryWait = 0
 	}
+}
+
+// onDisk reports whether the stable path still names version id (a
+// rollback by hand, or another zrecv, may have switched it meanwhile).
+func (f *followed) onDisk(id manifest.ID) bool {
+	target, err := os.Readlink(filepath.Join(f.fl.cfg.Out, f.name))
+	if err != nil {
+		return false
+	}
+	_, id12, ok := parseVersionName(filepath.Base(target))
+	return ok && id12 == id.Short()
 }
 
 // syncOnce syncs to the latest version, runs the hooks and reports.

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -46,6 +47,19 @@ func TestFleetWireReplies(t *testing.T) {
 	c.sendV2(t, &protocol.Status{Request: 10, Tree: "nope"})
 	if e, ok := c.next(t).(*protocol.Error); !ok || e.Request != 10 || e.Code != protocol.CodeNotFound {
 		t.Fatalf("STATUS of an unknown tree: %+v", e)
+	}
+	// One session reports under at most 64 node names (web1 is one).
+	for i := 2; i <= 65; i++ {
+		req := uint32(100 + i)
+		c.sendV2(t, &protocol.Report{Request: req, State: protocol.StateSyncing, Node: fmt.Sprintf("web%d", i), Tree: "app"})
+		m := c.next(t)
+		if i <= 64 {
+			if e, ok := m.(*protocol.End); !ok || e.Request != req {
+				t.Fatalf("report %d: %+v", i, m)
+			}
+		} else if e, ok := m.(*protocol.Error); !ok || e.Request != req || e.Code != protocol.CodeTooMany {
+			t.Fatalf("report under a 65th name: %+v, want 429", m)
+		}
 	}
 
 	root := filepath.Join(t.TempDir(), "conf")

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"syscall"
 	"testing"
 	"time"
@@ -263,4 +264,50 @@ func TestBarrierQuorum(t *testing.T) {
 	if got := readStable(t, fs[2].out, "app", "app.conf"); got != "v1" {
 		t.Errorf("the node outside the quorum shows %q", got)
 	}
+}
+
+// TestPropagation50 measures, with zsend --watch and 50 followers in this
+// process, the time from a file's write at the source to the last
+// follower's switch, over 20 changes (a measurement: ZSND_SPREAD=1).
+func TestPropagation50(t *testing.T) {
+	if os.Getenv("ZSND_SPREAD") == "" {
+		t.Skip("measurement; set ZSND_SPREAD=1")
+	}
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	for i := 0; i < 1000; i++ {
+		writeFile(t, filepath.Join(src, "d", fmt.Sprintf("%03d", i/100), fmt.Sprintf("%d.conf", i)), fmt.Sprintf("file %d", i))
+	}
+	cfg := fastFleet(src)
+	cfg.Watch, cfg.MaxSessions = true, 1024
+	ep, srv := publishingServer(t, cfg)
+	var fs []*follower
+	for i := 0; i < 50; i++ {
+		fs = append(fs, startFollower(t, mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: fmt.Sprintf("n%02d", i)}))
+	}
+	waitUntil(t, 120*time.Second, "50 nodes on v1", converged(srv, "app", 1, 50))
+	var lat, pub []time.Duration
+	for c := 2; c <= 21; c++ {
+		seq := srv.Trees()[0].Seq
+		wrote := time.Now()
+		writeFile(t, filepath.Join(src, "app.conf"), fmt.Sprintf("v%d", c))
+		waitUntil(t, 60*time.Second, "published", func() (bool, string) { return srv.Trees()[0].Seq > seq, "" })
+		pub = append(pub, time.Since(wrote))
+		seq = srv.Trees()[0].Seq
+		waitUntil(t, 60*time.Second, "50 nodes", converged(srv, "app", seq, 50))
+		var last time.Time
+		for _, f := range fs {
+			for _, ts := range switchTimes(f, seq) {
+				if ts.After(last) {
+					last = ts
+				}
+			}
+		}
+		lat = append(lat, last.Sub(wrote))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	sort.Slice(pub, func(i, j int) bool { return pub[i] < pub[j] })
+	t.Logf("write -> published (seen by polling): p50 %v, max %v", pub[len(pub)/2], pub[len(pub)-1])
+	t.Logf("write -> last of 50 switches, 20 changes, 1,001-file tree: p50 %v, p99 (max of 20) %v, min %v",
+		lat[len(lat)/2], lat[len(lat)-1], lat[0])
 }

@@ -150,6 +150,7 @@ func (sess *session) report(m *protocol.Report) {
 			Duration: time.Duration(m.Hook.DurationMS) * time.Millisecond, OK: m.Hook.Exit == 0}
 	}
 	s.fleet.mu.Lock()
+	prev, had := s.fleet.table.Row(r.Node, r.Tree)
 	err := s.fleet.table.Update(r, now)
 	s.fleet.mu.Unlock()
 	if err != nil {
@@ -171,8 +172,11 @@ func (sess *session) report(m *protocol.Report) {
 	}
 	sess.nodes[m.Node] = true
 	sess.send(&protocol.End{Request: m.Request})
-	sess.event(Event{Kind: "report", Name: m.Tree, Seq: m.Seq, Version: r.Version,
-		Message: fmt.Sprintf("node %s %s", m.Node, r.State)})
+	// Periodic reports repeat the state: only a change is an event.
+	if !had || prev.State != r.State || prev.Version != r.Version || prev.Error != r.Error {
+		sess.event(Event{Kind: "report", Name: m.Tree, Seq: m.Seq, Version: r.Version,
+			Message: fmt.Sprintf("node %s %s", m.Node, r.State)})
+	}
 	if m.State == protocol.StateStaged && s.cfg.Barrier {
 		s.stagedReport(m.Tree, m.Node, m.Version, m.Seq, now)
 	}

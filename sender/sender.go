@@ -136,6 +136,10 @@ type Event struct {
 	// their total bytes, Stored the files copied into the store by this
 	// scan. "skipped": Name is TREE/PATH of an entry left out of a version
 	// (device, socket, FIFO, unpublishable name) and Message says why.
+	// "report": a node's report changed its row of the fleet table
+	// (Name is the tree, Seq and Version what the node runs, Message
+	// "node NAME STATE"). "barrier": a barrier was decided (Name, Seq,
+	// Version; Message says how, and which nodes had not staged).
 	Seq     uint64
 	Version string
 	Entries int64

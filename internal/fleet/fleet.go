@@ -170,6 +170,19 @@ func (t *Table) Update(r Report, now time.Time) error {
 	return nil
 }
 
+// Row returns the latest report of node about tree, if any.
+func (t *Table) Row(nodeName, tree string) (Row, bool) {
+	n, ok := t.nodes[nodeName]
+	if !ok {
+		return Row{}, false
+	}
+	r, ok := n.trees[tree]
+	if !ok {
+		return Row{}, false
+	}
+	return *r, true
+}
+
 // Seen marks a node alive without a new report (a heartbeat).
 func (t *Table) Seen(nodeName string, now time.Time) {
 	if n, ok := t.nodes[nodeName]; ok {

@@ -80,7 +80,7 @@ func NewSender(reg *prometheus.Registry, srv func() *sender.Server) *Sender {
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "zsend_versions_published_total", Help: "Versions published."}, []string{"tree"}),
 		filesSent: prometheus.NewCounter(prometheus.CounterOpts{Name: "zsend_files_sent_total", Help: "Files (and manifests) sent completely."}),
 		bytesSent: prometheus.NewCounter(prometheus.CounterOpts{Name: "zsend_bytes_sent_total", Help: "Bytes of the files sent completely."}),
-		reports:   prometheus.NewCounter(prometheus.CounterOpts{Name: "zsend_reports_total", Help: "Node reports taken into the fleet table."}),
+		reports:   prometheus.NewCounter(prometheus.CounterOpts{Name: "zsend_reports_total", Help: "Node reports that changed a row of the fleet table (state, version or error)."}),
 		barrierOut: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "zsend_barriers_total", Help: "Barriers decided, by outcome (all, timeout)."},
 			[]string{"tree", "outcome"}),
 		srv: srv,

@@ -33,7 +33,8 @@ import (
 type FollowConfig struct {
 	// Receiver carries the endpoint and timeouts (as for Sync).
 	Receiver receiver.Config
-	// Out is the output directory (it must exist); Trees the trees to follow.
+	// Out is the output directory (created if missing); Trees the trees
+	// to follow.
 	Out   string
 	Trees []string
 	// Keep and LockWait as in Config.
@@ -113,6 +114,9 @@ func Follow(ctx context.Context, cfg FollowConfig) error {
 	}
 	if cfg.Out == "" {
 		cfg.Out = "."
+	}
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		return fmt.Errorf("output directory: %w", err)
 	}
 	if fi, err := os.Stat(cfg.Out); err != nil || !fi.IsDir() {
 		return fmt.Errorf("output directory %s: not a directory (%v)", cfg.Out, err)

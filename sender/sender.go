@@ -70,12 +70,39 @@ type Config struct {
 	ShutdownRetry time.Duration
 	// Name identifies this server to receivers (WELCOME); default the host name.
 	Name string
-	// Guard limits the transport; see internal/guard. Zero = defaults.
-	Guard guard.Config
+	// Limits bounds the transport; zero fields take the defaults.
+	Limits Limits
 	// Events, if set, is called from the serving goroutine for operator
 	// visibility (session opened/closed, file sent, request refused). It
 	// must not block.
 	Events func(Event)
+}
+
+// Limits bounds what a peer can make the server hold or wait for at the
+// transport, below ZSND: it is applied to the raw byte stream before a
+// message is even assembled. Zero fields take the defaults; a negative
+// duration or MaxConns turns that limit off.
+type Limits struct {
+	// MaxFrameSize is the largest ZMTP frame accepted; default 64 KiB
+	// (nothing a receiver sends is larger than a few KiB).
+	MaxFrameSize int64
+	// HandshakeTimeout bounds a new connection's ZMTP greeting and READY;
+	// default 5s.
+	HandshakeTimeout time.Duration
+	// WriteStallTimeout drops a connection on which a write makes no
+	// progress for this long (a peer that stopped reading); default 10s.
+	WriteStallTimeout time.Duration
+	// IdleTimeout drops a connection from which nothing was read for this
+	// long; default PeerTimeout + Heartbeat.
+	IdleTimeout time.Duration
+	// MaxConns is the most connections kept open, handshakes included;
+	// default 1024.
+	MaxConns int
+}
+
+func (l Limits) guard() guard.Config {
+	return guard.Config{MaxFrameSize: l.MaxFrameSize, HandshakeTimeout: l.HandshakeTimeout,
+		WriteStallTimeout: l.WriteStallTimeout, IdleTimeout: l.IdleTimeout, MaxConns: l.MaxConns}
 }
 
 // Event is something an operator may want to see.
@@ -123,14 +150,14 @@ func (c *Config) setDefaults() error {
 	if c.Name == "" {
 		c.Name, _ = os.Hostname()
 	}
-	if c.Guard.MaxFrameSize == 0 {
+	if c.Limits.MaxFrameSize == 0 {
 		// Nothing a receiver sends is large: HELLO/GET headers are < 8 KiB.
-		c.Guard.MaxFrameSize = 64 << 10
+		c.Limits.MaxFrameSize = 64 << 10
 	}
-	if c.Guard.IdleTimeout == 0 {
+	if c.Limits.IdleTimeout == 0 {
 		// Receivers PING every few seconds; a connection silent for longer
 		// than the session timeout holds nothing worth keeping.
-		c.Guard.IdleTimeout = c.PeerTimeout + c.Heartbeat
+		c.Limits.IdleTimeout = c.PeerTimeout + c.Heartbeat
 	}
 	return nil
 }
@@ -209,7 +236,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		default: // full: the peer timeout will do
 		}
 	}
-	sockCtx, cancel := context.WithCancel(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard), onClose))
+	sockCtx, cancel := context.WithCancel(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), cfg.Limits.guard()), onClose))
 	sock := zmq4.NewRouter(sockCtx, zmq4.WithLogger(discardLogger()))
 	if err := sock.Listen(ep); err != nil {
 		cancel()

@@ -26,6 +26,7 @@ const (
 	ExitUnreachable = 4   // the server could not be reached, or went away, within --timeout
 	ExitVerify      = 5   // data failed BLAKE3 verification beyond the retry budget
 	ExitProtocol    = 6   // the peer broke the protocol or speaks another version
+	ExitTooSlow     = 7   // verified data came slower than --min-rate, or --deadline passed
 	ExitInterrupted = 130 // SIGINT/SIGTERM; partial state kept for resume
 )
 
@@ -38,6 +39,7 @@ const ExitCodeHelp = `Exit codes:
   4    server unreachable or gone for longer than --timeout
   5    verification failed (BLAKE3 mismatch beyond the retry budget)
   6    protocol error (incompatible or misbehaving peer)
+  7    too slow: less than --min-rate verified, or --deadline passed
   130  interrupted (partial state kept: run the same command to resume)
 `
 

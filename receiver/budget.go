@@ -29,6 +29,21 @@ type taskBudget struct {
 	// fromDisk is how many bytes at the start of the current content came
 	// from partial data of an earlier run (Result.Reused).
 	fromDisk int64
+	// best is the furthest the current content was verified in this
+	// fetch: only data beyond it is progress, so a server that sends the
+	// same chunks again after each reconnect makes none.
+	best int64
+}
+
+// advanced records that the content is verified up to next and returns
+// how many bytes of that are new in this fetch.
+func (b *taskBudget) advanced(next int64) int64 {
+	if next <= b.best {
+		return 0
+	}
+	n := next - max(b.best, b.fromDisk)
+	b.best = next
+	return max(n, 0)
 }
 
 // chunkFailed counts a verification failure of the chunk at off and
@@ -52,7 +67,7 @@ func (b *taskBudget) kept(reuse int64) {
 }
 
 // restarted records that the task dropped what it held.
-func (b *taskBudget) restarted() { b.fromDisk = 0 }
+func (b *taskBudget) restarted() { b.fromDisk, b.best = 0, 0 }
 
 // counts splits the bytes of t: Reused + Wire is what is verified of the
 // current content; Refetched is what else came over the network.

@@ -26,8 +26,8 @@ type conn struct {
 	chunk    int64
 	maxReq   int
 	window   *credit.Window
-	outReqs  int // live requests outstanding
-	getFrom  int // issueGets has looked at tasks before this index
+	outReqs  int  // live requests outstanding
+	getFrom  int  // issueGets has looked at tasks before this index
 	progress bool // data was verified (or a file put in place) in this session
 
 	// The server serves requests one at a time in the order asked
@@ -383,6 +383,7 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 		t.b.kept(t.next)
 		if note != "" {
 			// A new version: the file starts over, which counts.
+			t.b.restarted()
 			t.restarts++
 			if t.restarts > s.c.cfg.Restarts {
 				s.send(&protocol.Cancel{Request: t.req})
@@ -519,8 +520,10 @@ func (s *conn) chunkIn(m *protocol.Chunk) *sessionError {
 		return s.chunkRetry(t, int64(m.Offset), fmt.Errorf("%w: chunk at offset %d does not match its BLAKE3", ErrVerify, m.Offset))
 	}
 	t.next += int64(n)
-	s.progress = true
-	s.c.progressed(int64(n), time.Now())
+	if fresh := t.b.advanced(t.next); fresh > 0 {
+		s.progress = true
+		s.c.progressed(fresh, time.Now())
+	}
 	// Credit returns when written. A file of one chunk needs no second
 	// hashing pass: the chunk hash just verified is the file's.
 	s.submit(op{kind: opWrite, t: t, data: m.Data, whole: m.Offset == 0 && int64(n) == t.size, hash: m.Hash})

@@ -164,7 +164,7 @@ func (c *client) run(ctx context.Context) {
 	attempt := 0
 	var cause error // why the server was first lost, since the last progress
 	for c.pending() {
-		out, serr := c.session(ctx, lostAt.Add(c.cfg.Timeout))
+		out, serr := c.session(ctx)
 		if serr == nil {
 			continue
 		}
@@ -249,8 +249,11 @@ type sessionOutcome struct {
 
 // session dials once, runs one session until all tasks are done or it
 // fails, and reports what it achieved. A dial that fails is returned at
-// once, with its cause (run retries).
-func (c *client) session(ctx context.Context, dialBy time.Time) (sessionOutcome, *sessionError) {
+// once, with its cause (run retries); one that hangs (a black hole, a
+// handshake that never ends) is given up after PeerTimeout. run starts
+// attempts only within Timeout; an attempt started is allowed to finish,
+// so a server that asked to be retried late (BYE 503) still gets one.
+func (c *client) session(ctx context.Context) (sessionOutcome, *sessionError) {
 	for _, t := range c.tasks {
 		t.req = 0
 	}
@@ -263,7 +266,7 @@ func (c *client) session(ctx context.Context, dialBy time.Time) (sessionOutcome,
 
 	dialed := make(chan error, 1)
 	go func() { dialed <- sock.Dial(c.endpoint) }()
-	timer := time.NewTimer(max(time.Until(dialBy), 0))
+	timer := time.NewTimer(c.cfg.PeerTimeout)
 	defer timer.Stop()
 	select {
 	case err := <-dialed:
@@ -273,7 +276,7 @@ func (c *client) session(ctx context.Context, dialBy time.Time) (sessionOutcome,
 	case <-timer.C:
 		cancel()
 		<-dialed
-		return sessionOutcome{}, lost("no connection established")
+		return sessionOutcome{}, lost("no connection established within %v", c.cfg.PeerTimeout)
 	case <-ctx.Done():
 		cancel()
 		<-dialed

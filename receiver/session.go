@@ -165,8 +165,8 @@ func (c *client) run(ctx context.Context) {
 	var cause error // why the server was first lost, since the last progress
 	for c.pending() {
 		out, serr := c.session(ctx)
-		if serr == nil {
-			continue
+		if serr == nil || !c.pending() {
+			return // done; a loss after the last file was verified is no matter
 		}
 		if ctx.Err() != nil {
 			c.failAll(ctxFailure(ctx), false)

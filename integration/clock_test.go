@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -563,5 +564,103 @@ func TestSameChunkEachSessionIsNoProgress(t *testing.T) {
 	_, err, took := fakeFetch(t, fakeConfig(f.ep, t.TempDir()), fakeName)
 	if !errors.Is(err, receiver.ErrUnreachable) {
 		t.Fatalf("error %v (after %v), want ErrUnreachable", err, took)
+	}
+}
+
+// Nothing listening: zrecv says at once, on stderr, that it is connecting
+// and retrying, and when it gives up (exit 4) names the last cause; its
+// JSON reconnect events carry the endpoint and the attempt number.
+func TestZrecvSaysItIsConnecting(t *testing.T) {
+	sockDir, err := os.MkdirTemp("", "zs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	for _, c := range []struct{ ep, cause string }{
+		{freeTCPEndpoint(t), "connection refused"},
+		{"ipc://" + filepath.Join(sockDir, "nobody"), "no such socket file"},
+	} {
+		t.Run(c.cause, func(t *testing.T) {
+			cmd := exec.Command(filepath.Join(binDir, "zrecv"), "--json", "-t", "3s", "-o", t.TempDir(), c.ep, "f")
+			errb, outb := &syncBuffer{}, &syncBuffer{}
+			cmd.Stderr, cmd.Stdout = errb, outb
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan struct{})
+			go func() { cmd.Wait(); close(exited) }()
+			defer func() { cmd.Process.Kill(); <-exited }()
+			// Told while it is still trying, not only when it gives up.
+			waitFor(t, 10*time.Second, "the connecting line", func() bool {
+				select {
+				case <-exited:
+					t.Fatalf("zrecv exited before saying it was connecting: %q", errb.String())
+				default:
+				}
+				return strings.Contains(errb.String(), "connecting to "+c.ep+": "+c.cause+"; retrying")
+			})
+			select {
+			case <-exited:
+			case <-time.After(30 * time.Second):
+				t.Fatal("zrecv did not give up")
+			}
+			if code := cmd.ProcessState.ExitCode(); code != 4 {
+				t.Fatalf("exit %d, want 4", code)
+			}
+			stderr := errb.String()
+			if n := strings.Count(stderr, "retrying"); n != 1 {
+				t.Errorf("the same cause told %d times: %q", n, stderr)
+			}
+			if !strings.Contains(stderr, "unreachable: "+c.cause) {
+				t.Errorf("giving up does not name the cause: %q", stderr)
+			}
+			attempts := 0
+			for _, line := range strings.Split(strings.TrimSpace(outb.String()), "\n") {
+				var ev map[string]any
+				if json.Unmarshal([]byte(line), &ev) != nil {
+					t.Fatalf("not NDJSON: %q", line)
+				}
+				if ev["event"] == "reconnect" {
+					attempts++
+					if ev["endpoint"] != c.ep || ev["attempt"] != float64(attempts) || ev["error"] != c.cause {
+						t.Errorf("reconnect event %v", ev)
+					}
+				}
+			}
+			if attempts < 2 {
+				t.Errorf("%d reconnect events", attempts)
+			}
+		})
+	}
+}
+
+// Ctrl-C: exit 130, and stderr says the partial state is kept, in words.
+func TestZrecvInterruptedSaysSo(t *testing.T) {
+	_, ep, _ := serveRandom(t, "big.bin", 32<<20, sender.Config{})
+	proxy, pep := proxyTo(t, ep)
+	out := t.TempDir()
+	cmd := exec.Command(filepath.Join(binDir, "zrecv"), "-o", out, pep, "big.bin")
+	errb := &syncBuffer{}
+	cmd.Stderr = errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() { cmd.Process.Kill(); <-exited }()
+	waitFor(t, 30*time.Second, "partial data", func() bool { return fileSize(partPath(out, "big.bin")) >= 4<<20 })
+	proxy.Stall(true)
+	defer proxy.Stall(false)
+	cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("zrecv did not exit within 10s of SIGINT")
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 130 {
+		t.Fatalf("exit %d, want 130", code)
+	}
+	if s := errb.String(); !strings.Contains(s, "big.bin: interrupted; partial state kept for resume") || strings.Contains(s, "context canceled") {
+		t.Fatalf("stderr %q", s)
 	}
 }

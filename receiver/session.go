@@ -189,7 +189,7 @@ func (c *client) run(ctx context.Context) {
 		}
 		if time.Since(lostAt) >= c.cfg.Timeout {
 			why := serr.err.Error()
-			if cause != serr.err {
+			if cause.Error() != why {
 				why = fmt.Sprintf("%v; last: %v", cause, serr.err)
 			}
 			c.failAll(fmt.Errorf("%w: %s (gave up after %v without verified data)", ErrUnreachable, why, c.cfg.Timeout), false)

@@ -201,3 +201,15 @@ func TestFailedResultShowsNoHash(t *testing.T) {
 		t.Fatalf("verified result shows %q", s)
 	}
 }
+
+// A file put in place counts as at least 4 KiB toward MinRate, so many
+// small files are not taken for a slow server.
+func TestFileDoneCountsTowardRate(t *testing.T) {
+	c := &client{rate: newRateMeter(1024, time.Minute, time.Now())}
+	s := &conn{c: c}
+	tk := &task{name: "empty", inflight: 1}
+	s.apply(result{kind: opCommit, batch: []*task{tk}, errs: []error{nil}})
+	if !tk.done || c.rate.total != fileProgress || !s.progress {
+		t.Fatalf("done %v, counted %d toward the rate, progress %v", tk.done, c.rate.total, s.progress)
+	}
+}

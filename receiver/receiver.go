@@ -19,21 +19,25 @@
 // # Session state machine
 //
 //	DIAL --connected--> HELLO sent --WELCOME--> OPEN --all files done--> BYE
-//	OPEN: GETs are pipelined; per request FILE -> CHUNK* -> END | ERROR.
+//	OPEN: GETs are pipelined; the server answers them in order, one at a
+//	time: FILE -> CHUNK* -> END | ERROR. A FILE out of that order is a
+//	protocol violation.
 //	Any of: connection error, silence beyond PeerTimeout, BYE 503, a
 //	corrupt stream => the session is closed, the partial files stay, and a
 //	new session is dialled; each GET then carries the verified length and
 //	the version tag, so the transfer resumes. Reconnecting gives up when
-//	the server stays unreachable for Timeout.
+//	Timeout passes without verified data (see budget.go for every bound).
 //
 // # Partial state
 //
 // For destination DIR/NAME, the partial data is DIR/.NAME.zrecv-part and
 // its description (version tag, size, mode, mtime) DIR/.NAME.zrecv-state.
-// Both are removed when the file is in place, when it fails verification,
-// or at the start of a fetch with NoResume. They are kept when the fetch is
-// interrupted (cancelled context, lost server, local write error) so that
-// the same fetch run again resumes.
+// Both are removed when the file is in place, when it is started over
+// (the source changed, or the whole file failed verification), or at the
+// start of a fetch with NoResume. They are kept when the fetch is
+// interrupted (cancelled context, lost or slow server, local write error,
+// a chunk failing verification beyond its budget) so that the same fetch
+// run again resumes from the verified data.
 package receiver
 
 import (
@@ -248,6 +252,8 @@ type Event struct {
 	// (1 for the first).
 	Endpoint string
 	Attempt  int
+	// RetryIn (reconnect events): the delay before the next attempt.
+	RetryIn time.Duration
 }
 
 // Result is the outcome for one requested name.

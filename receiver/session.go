@@ -206,7 +206,7 @@ func (c *client) run(ctx context.Context) {
 			msg = fmt.Sprintf("session with %s lost: %v; reconnecting in %v (attempt %d; giving up in %v without data)",
 				c.cfg.Endpoint, serr.err, wait.Round(time.Millisecond), attempt+1, left.Round(100*time.Millisecond))
 		}
-		c.emit(Event{Kind: EventReconnect, Endpoint: c.cfg.Endpoint, Attempt: attempt, Err: serr.err, Message: msg})
+		c.emit(Event{Kind: EventReconnect, Endpoint: c.cfg.Endpoint, Attempt: attempt, RetryIn: wait, Err: serr.err, Message: msg})
 		select {
 		case <-ctx.Done():
 			c.failAll(ctxFailure(ctx), false)

@@ -73,6 +73,7 @@ type JSONEvent struct {
 	Refetched   *int64  `json:"refetched_bytes,omitempty"`
 	Endpoint    string  `json:"endpoint,omitempty"`
 	Attempt     *int    `json:"attempt,omitempty"`
+	RetryInMS   *int64  `json:"retry_in_ms,omitempty"`
 	BLAKE3      string  `json:"blake3,omitempty"`
 	Error       string  `json:"error,omitempty"`
 	ExitCode    *int    `json:"exit_code,omitempty"`
@@ -165,7 +166,7 @@ func (r *Reporter) json(e receiver.Event) {
 	case receiver.EventRestart:
 		j.Reason = e.Message
 	case receiver.EventReconnect:
-		j.Reason, j.Endpoint, j.Attempt = e.Message, e.Endpoint, iptr(e.Attempt)
+		j.Reason, j.Endpoint, j.Attempt, j.RetryInMS = e.Message, e.Endpoint, iptr(e.Attempt), i64(e.RetryIn.Milliseconds())
 		if e.Err != nil {
 			j.Error = e.Err.Error()
 		}

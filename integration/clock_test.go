@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -664,4 +665,37 @@ func TestZrecvInterruptedSaysSo(t *testing.T) {
 	if s := errb.String(); !strings.Contains(s, "big.bin: interrupted; partial state kept for resume") || strings.Contains(s, "context canceled") {
 		t.Fatalf("stderr %q", s)
 	}
+}
+
+// The library's configuration names no type from internal/, which code
+// outside this module cannot name.
+func TestPublicConfigHasNoInternalTypes(t *testing.T) {
+	seen := map[reflect.Type]bool{}
+	var walk func(path string, ty reflect.Type)
+	walk = func(path string, ty reflect.Type) {
+		if seen[ty] {
+			return
+		}
+		seen[ty] = true
+		if strings.Contains(ty.PkgPath(), "/internal/") {
+			t.Errorf("%s has type %s from %s", path, ty, ty.PkgPath())
+		}
+		switch ty.Kind() {
+		case reflect.Struct:
+			for i := range ty.NumField() {
+				if f := ty.Field(i); f.IsExported() {
+					walk(path+"."+f.Name, f.Type)
+				}
+			}
+		case reflect.Pointer, reflect.Slice, reflect.Array, reflect.Map, reflect.Chan:
+			walk(path, ty.Elem())
+		case reflect.Func:
+			for i := range ty.NumIn() {
+				walk(path+"()", ty.In(i))
+			}
+		}
+	}
+	walk("receiver.Config", reflect.TypeFor[receiver.Config]())
+	walk("receiver.Result", reflect.TypeFor[receiver.Result]())
+	walk("sender.Config", reflect.TypeFor[sender.Config]())
 }

@@ -401,12 +401,20 @@ func TestRestartBudget(t *testing.T) {
 func TestFileOutOfOrder(t *testing.T) {
 	content := randomContent(4 * fakeChunk)
 	cases := map[string]lie{
+		// Only the first name's GET is answered, unless the case says so,
+		// so that each case breaks one rule only.
 		"second-file-same-request": {get: func(s *fakeSession, g *protocol.Get) {
+			if g.Name != fakeName {
+				return
+			}
 			s.file(g, fakeName, uint64(len(content)))
 			s.send(s.chunks(g.Request, content)[0])
 			s.file(g, fakeName, uint64(len(content)))
 		}},
 		"file-for-unknown-request": {get: func(s *fakeSession, g *protocol.Get) {
+			if g.Name != fakeName {
+				return
+			}
 			g.Request += 1000
 			s.file(g, fakeName, uint64(len(content)))
 		}},
@@ -698,4 +706,59 @@ func TestPublicConfigHasNoInternalTypes(t *testing.T) {
 	walk("receiver.Config", reflect.TypeFor[receiver.Config]())
 	walk("receiver.Result", reflect.TypeFor[receiver.Result]())
 	walk("sender.Config", reflect.TypeFor[sender.Config]())
+}
+
+// Data of a request the receiver cancelled is no sign that the server
+// serves: a server that answers the new request with nothing but keeps
+// sending the cancelled one's chunks is taken as stalled (StallTimeout),
+// and the next session, served honestly, completes.
+func TestStaleDataIsNoSignOfLife(t *testing.T) {
+	content := randomContent(4 * fakeChunk)
+	var first atomic.Bool
+	first.Store(true)
+	f := startFake(t, content, lie{get: func(s *fakeSession, g *protocol.Get) {
+		if !first.CompareAndSwap(true, false) {
+			if g.Offset == 0 && s.sent == 0 { // a new session: honest
+				s.queue = fileAt(s, g, content)
+				s.ended = &protocol.End{Request: g.Request, Size: uint64(len(content)), Hash: blake3.Sum256(content)}
+				s.pump()
+			}
+			return // the re-request in the first session: ignored
+		}
+		cs := fileAt(s, g, content)
+		bad := *cs[0]
+		bad.Hash = badHash(bad.Hash)
+		s.sent += uint64(len(bad.Data))
+		s.send(&bad)
+		// Then the cancelled request's chunks, forever, within credit.
+		s.f.goRun(func(ctx context.Context) {
+			tick := time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				s.f.mu.Lock()
+				if s.sent+fakeChunk <= s.credit {
+					s.sent += fakeChunk
+					s.send(cs[1])
+				}
+				s.f.mu.Unlock()
+			}
+		})
+	}})
+	cfg := fakeConfig(f.ep, t.TempDir())
+	cfg.StallTimeout = 400 * time.Millisecond // within Timeout (1s): time for a second session
+	res, err, took := fakeFetch(t, cfg, fakeName)
+	if err != nil {
+		t.Fatalf("after %v: %v", took, err)
+	}
+	if f.hellos < 2 {
+		t.Fatalf("%d sessions: the stalled one was not given up", f.hellos)
+	}
+	if b, _ := os.ReadFile(res[0].Path); !bytes.Equal(b, content) {
+		t.Fatal("wrong content")
+	}
 }

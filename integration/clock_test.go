@@ -182,6 +182,9 @@ func TestConnectionCutEveryMiB(t *testing.T) {
 	results, err := fetch(t, receiver.Config{Endpoint: pep, OutputDir: t.TempDir(), Timeout: timeout,
 		Window: 1 << 20, MaxWindow: 1 << 20, Progress: func(e receiver.Event) {
 			ev.add(e)
+			if e.Kind != receiver.EventProgress {
+				t.Logf("%v %s done=%d wire=%d refetched=%d %s", time.Since(start), e.Kind, e.Done, e.Wire, e.Refetched, e.Message)
+			}
 			if e.Kind == receiver.EventProgress && e.Done >= nextCut.Load() && e.Done < size {
 				nextCut.Store(e.Done + 1<<20)
 				proxy.Cut()

@@ -148,7 +148,9 @@ func ctxFailure(ctx context.Context) error {
 // every session that verified data: the moment the server was lost. A
 // session that verified nothing leaves it running, so a server that
 // accepts connections but serves nothing is given up on within Timeout
-// (plus one session's own bounds). The reconnect delay, likewise, starts
+// (plus one session's own bounds); after a session that verified data,
+// one attempt is made however late the loss was noticed. The reconnect
+// delay, likewise, starts
 // small again after a session that verified data.
 func (c *client) run(ctx context.Context) {
 	if c.cfg.Deadline > 0 {
@@ -187,7 +189,10 @@ func (c *client) run(ctx context.Context) {
 			c.failAll(err, false)
 			return
 		}
-		if time.Since(lostAt) >= c.cfg.Timeout {
+		// After a session that verified data one attempt is always made,
+		// even when the loss was noticed late (a silent server is noticed
+		// PeerTimeout after its last message).
+		if !out.verified && time.Since(lostAt) >= c.cfg.Timeout {
 			why := serr.err.Error()
 			if cause.Error() != why {
 				why = fmt.Sprintf("%v; last: %v", cause, serr.err)
@@ -199,7 +204,7 @@ func (c *client) run(ctx context.Context) {
 		if serr.retryAfter > 0 {
 			wait = serr.retryAfter
 		}
-		left := time.Until(lostAt.Add(c.cfg.Timeout))
+		left := max(time.Until(lostAt.Add(c.cfg.Timeout)), 0)
 		wait = min(wait, left)
 		msg := fmt.Sprintf("connecting to %s: %v; retrying for up to %v", c.cfg.Endpoint, serr.err, left.Round(100*time.Millisecond))
 		if out.connected {

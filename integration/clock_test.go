@@ -555,9 +555,26 @@ func TestRestartingServerMakingProgress(t *testing.T) {
 	}})
 	cfg := fakeConfig(f.ep, t.TempDir())
 	cfg.Timeout = 200 * time.Millisecond
+	var retryIn []time.Duration
+	cfg.Progress = func(e receiver.Event) {
+		if e.Kind == receiver.EventReconnect {
+			retryIn = append(retryIn, e.RetryIn)
+		}
+	}
 	res, err, took := fakeFetch(t, cfg, fakeName)
 	if err != nil {
 		t.Fatalf("a restarting server making progress (after %v): %v", took, err)
+	}
+	// The delay is the BYE's retry-after (or less, if Timeout is nearer).
+	got60 := false
+	for _, d := range retryIn {
+		if d > 60*time.Millisecond {
+			t.Fatalf("reconnect delays %v: BYE 503 asked for 60ms", retryIn)
+		}
+		got60 = got60 || d == 60*time.Millisecond
+	}
+	if !got60 {
+		t.Fatalf("reconnect delays %v: BYE 503 asked for 60ms", retryIn)
 	}
 	if took < 2*cfg.Timeout {
 		t.Fatalf("took %v, not longer than Timeout: the test proves nothing", took)
@@ -778,7 +795,7 @@ func TestLateNoticedLossGetsOneAttempt(t *testing.T) {
 	proxy, pep := proxyTo(t, ep)
 	var stalled, resumed atomic.Bool
 	results, err := fetch(t, receiver.Config{Endpoint: pep, OutputDir: t.TempDir(), Timeout: 200 * time.Millisecond,
-		PeerTimeout: 600 * time.Millisecond, Heartbeat: 100 * time.Millisecond, Progress: func(e receiver.Event) {
+		PeerTimeout: time.Second, Heartbeat: 100 * time.Millisecond, Progress: func(e receiver.Event) {
 			switch {
 			case e.Kind == receiver.EventProgress && e.Done > size/4 && stalled.CompareAndSwap(false, true):
 				proxy.Stall(true) // the server falls silent, connection open

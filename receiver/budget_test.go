@@ -156,7 +156,7 @@ func TestUnreachableNamesTheCause(t *testing.T) {
 	ep := "tcp://" + l.Addr().String()
 	l.Close()
 	var reconnects []Event
-	_, err = Fetch(context.Background(), Config{Endpoint: ep, OutputDir: t.TempDir(), Timeout: 500 * time.Millisecond,
+	_, err = Fetch(context.Background(), Config{Endpoint: ep, OutputDir: t.TempDir(), Timeout: 2 * time.Second,
 		Progress: func(e Event) {
 			if e.Kind == EventReconnect {
 				reconnects = append(reconnects, e)
@@ -165,8 +165,17 @@ func TestUnreachableNamesTheCause(t *testing.T) {
 	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("error %v, want ErrUnreachable naming the refused connection", err)
 	}
-	if len(reconnects) < 2 {
+	if len(reconnects) < 3 {
 		t.Fatalf("%d reconnect events", len(reconnects))
+	}
+	// The delay doubles from 100ms while nothing is verified.
+	if reconnects[0].RetryIn != 100*time.Millisecond || reconnects[1].RetryIn != 200*time.Millisecond {
+		t.Errorf("first delays %v, %v: want 100ms, 200ms", reconnects[0].RetryIn, reconnects[1].RetryIn)
+	}
+	for _, e := range reconnects {
+		if e.RetryIn > 2*time.Second {
+			t.Errorf("delay %v above 2s", e.RetryIn)
+		}
 	}
 	for i, e := range reconnects {
 		if e.Attempt != i+1 || e.Endpoint != ep || !strings.Contains(e.Message, "connecting to "+ep) {

@@ -36,7 +36,7 @@ const ExitCodeHelp = `Exit codes:
   1    other failure (local I/O such as a full disk or permission denied)
   2    usage error
   3    a name was not found or was refused by the server
-  4    server unreachable or gone for longer than --timeout
+  4    server unreachable, or lost for longer than --timeout without data verified
   5    verification failed (BLAKE3 mismatch beyond the retry budget)
   6    protocol error (incompatible or misbehaving peer)
   7    too slow: less than --min-rate verified, or --deadline passed

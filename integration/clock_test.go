@@ -812,3 +812,33 @@ func TestLateNoticedLossGetsOneAttempt(t *testing.T) {
 	}
 	sameFile(t, p, results[0].Path)
 }
+
+// A local error names the path once: "NAME: PATH is a directory", not the
+// name and path over and over.
+func TestLocalErrorNamesThePathOnce(t *testing.T) {
+	for _, size := range []int64{1000, 3 << 20} { // unnamed one-chunk file, and a named partial file
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			_, ep, _ := serveRandom(t, "f.bin", size, sender.Config{})
+			out := t.TempDir()
+			dest := filepath.Join(out, "f.bin")
+			if err := os.Mkdir(dest, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			var failure error
+			_, err := fetch(t, receiver.Config{Endpoint: ep, OutputDir: out, Progress: func(e receiver.Event) {
+				if e.Kind == receiver.EventError {
+					failure = e.Err
+				}
+			}}, "f.bin")
+			if err == nil || failure == nil {
+				t.Fatalf("fetch over a directory: %v", err)
+			}
+			if msg := err.Error(); strings.Count(msg, dest) != 1 || !strings.Contains(msg, "is a directory") {
+				t.Fatalf("error %q: want the path %s named once", msg, dest)
+			}
+			if msg := failure.Error(); strings.Count(msg, "f.bin") != 1 {
+				t.Fatalf("error event %q names the file more than once", msg)
+			}
+		})
+	}
+}

@@ -235,7 +235,7 @@ func (s *conn) apply(r result) {
 		for i, t := range r.batch {
 			t.inflight--
 			if r.errs[i] != nil {
-				s.failFile(t, fmt.Errorf("%s: %w", t.dest, r.errs[i]))
+				s.failFile(t, r.errs[i]) // it names the path already
 				continue
 			}
 			s.progress = true
@@ -377,7 +377,7 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 			if errors.Is(err, ErrProtocol) {
 				return s.violationErr(err)
 			}
-			s.failFile(t, fmt.Errorf("%s: %w", t.dest, err))
+			s.failFile(t, err) // a *os.PathError or kin: it names the path
 			return nil
 		}
 		t.b.kept(t.next)

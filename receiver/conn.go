@@ -81,7 +81,11 @@ func (s *conn) run(ctx context.Context, inbox <-chan zsock.Inbound, lastRecv *at
 		case <-ctx.Done():
 			return &sessionError{err: ctx.Err()}
 		case now := <-tick.C:
-			if silent := now.Sub(time.Unix(0, lastRecv.Load())); silent > cfg.PeerTimeout {
+			// Messages waiting for this loop (held up, by a slow Progress
+			// callback for example) mean the server is not silent: the
+			// receive goroutine, blocked on the full inbox, has only
+			// stopped stamping arrivals.
+			if silent := now.Sub(time.Unix(0, lastRecv.Load())); silent > cfg.PeerTimeout && len(inbox) == 0 {
 				return lost("server silent for %v", silent.Round(time.Millisecond))
 			}
 			if s.version == 0 && now.Sub(helloAt) > cfg.PeerTimeout {

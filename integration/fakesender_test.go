@@ -52,7 +52,9 @@ type fakeSender struct {
 
 	mu       sync.Mutex // serialises sends (the loop and lie goroutines)
 	sessions map[string]*fakeSession
-	gets     int // GETs received, all sessions
+	gets     int               // GETs received, all sessions
+	hellos   int               // HELLOs received: sessions opened
+	errs     []*protocol.Error // ERRORs the receiver sent
 }
 
 // lie says what the fake does instead of the honest thing. Nil fields are
@@ -125,7 +127,10 @@ func (f *fakeSender) loop() {
 		f.mu.Lock()
 		s := f.sessions[id]
 		switch m := m.(type) {
+		case *protocol.Error:
+			f.errs = append(f.errs, m)
 		case *protocol.Hello:
+			f.hellos++
 			s = &fakeSession{f: f, id: []byte(id), chunk: int(min(m.MaxChunk, 1<<20))}
 			f.sessions[id] = s
 			if f.lie.welcome != nil {

@@ -34,7 +34,7 @@ import (
 const (
 	hMaxSessions   = 16
 	hMaxRequests   = 64
-	hFrameLimit    = 64 << 10 // the sender's default Guard.MaxFrameSize
+	hFrameLimit    = 64 << 10 // the sender's default Limits.MaxFrameSize
 	hPeerTimeout   = 3 * time.Second
 	hHeartbeat     = 500 * time.Millisecond
 	hWriteStall    = 500 * time.Millisecond
@@ -98,7 +98,7 @@ func newHostileEnv(t *testing.T) *hostileEnv {
 		Heartbeat:   hHeartbeat,
 		MaxSessions: hMaxSessions,
 		MaxRequests: hMaxRequests,
-		Guard:       guard.Config{WriteStallTimeout: hWriteStall, HandshakeTimeout: hHandshake},
+		Limits:      sender.Limits{WriteStallTimeout: hWriteStall, HandshakeTimeout: hHandshake},
 	})
 	h := &hostileEnv{srv: srv, ep: ep, addr: strings.TrimPrefix(ep, "tcp://"), small: small, fifo: filepath.Join(tree, "fifo")}
 

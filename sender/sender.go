@@ -75,8 +75,8 @@ type Config struct {
 	ShutdownRetry time.Duration
 	// Name identifies this server to receivers (WELCOME); default the host name.
 	Name string
-	// Guard limits the transport; see internal/guard. Zero = defaults.
-	Guard guard.Config
+	// Limits bounds the transport; zero fields take the defaults.
+	Limits Limits
 	// Events, if set, is called for operator visibility (session
 	// opened/closed, file sent, request refused, version published). It
 	// is called from the serving goroutine and, for publishing events,
@@ -102,6 +102,33 @@ type Config struct {
 	Debounce time.Duration
 	// RescanEvery is --watch's periodic rescan; default 60s.
 	RescanEvery time.Duration
+}
+
+// Limits bounds what a peer can make the server hold or wait for at the
+// transport, below ZSND: it is applied to the raw byte stream before a
+// message is even assembled. Zero fields take the defaults; a negative
+// duration or MaxConns turns that limit off.
+type Limits struct {
+	// MaxFrameSize is the largest ZMTP frame accepted; default 64 KiB
+	// (nothing a receiver sends is larger than a few KiB).
+	MaxFrameSize int64
+	// HandshakeTimeout bounds a new connection's ZMTP greeting and READY;
+	// default 5s.
+	HandshakeTimeout time.Duration
+	// WriteStallTimeout drops a connection on which a write makes no
+	// progress for this long (a peer that stopped reading); default 10s.
+	WriteStallTimeout time.Duration
+	// IdleTimeout drops a connection from which nothing was read for this
+	// long; default PeerTimeout + Heartbeat.
+	IdleTimeout time.Duration
+	// MaxConns is the most connections kept open, handshakes included;
+	// default 1024.
+	MaxConns int
+}
+
+func (l Limits) guard() guard.Config {
+	return guard.Config{MaxFrameSize: l.MaxFrameSize, HandshakeTimeout: l.HandshakeTimeout,
+		WriteStallTimeout: l.WriteStallTimeout, IdleTimeout: l.IdleTimeout, MaxConns: l.MaxConns}
 }
 
 // Event is something an operator may want to see.
@@ -160,9 +187,9 @@ func (c *Config) setDefaults() error {
 	if c.Name == "" {
 		c.Name, _ = os.Hostname()
 	}
-	if c.Guard.MaxFrameSize == 0 {
+	if c.Limits.MaxFrameSize == 0 {
 		// Nothing a receiver sends is large: HELLO/GET headers are < 8 KiB.
-		c.Guard.MaxFrameSize = 64 << 10
+		c.Limits.MaxFrameSize = 64 << 10
 	}
 	if c.KeepVersions <= 0 {
 		c.KeepVersions = DefaultKeepVersions
@@ -173,10 +200,10 @@ func (c *Config) setDefaults() error {
 	if c.RescanEvery <= 0 {
 		c.RescanEvery = 60 * time.Second
 	}
-	if c.Guard.IdleTimeout == 0 {
+	if c.Limits.IdleTimeout == 0 {
 		// Receivers PING every few seconds; a connection silent for longer
 		// than the session timeout holds nothing worth keeping.
-		c.Guard.IdleTimeout = c.PeerTimeout + c.Heartbeat
+		c.Limits.IdleTimeout = c.PeerTimeout + c.Heartbeat
 	}
 	return nil
 }
@@ -278,7 +305,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		default: // full: the peer timeout will do
 		}
 	}
-	sockCtx, cancel := context.WithCancel(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard), onClose))
+	sockCtx, cancel := context.WithCancel(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), cfg.Limits.guard()), onClose))
 	sock := zmq4.NewRouter(sockCtx, zmq4.WithLogger(discardLogger()))
 	removeStaleSocket(cfg.Endpoint)
 	if err := sock.Listen(ep); err != nil {

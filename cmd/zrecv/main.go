@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -48,7 +49,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var (
 		out       = fs.StringP("output", "o", ".", "directory to write into (must exist)")
-		timeout   = fs.DurationP("timeout", "t", 30*time.Second, "give up when the server is unreachable for this long")
+		timeout   = fs.DurationP("timeout", "t", 30*time.Second, "give up when the server stays lost this long (counted from the last data verified)")
+		minRate   = fs.String("min-rate", "1K", "give up (exit 7) below this many bytes/s verified over --rate-window; 0: no minimum")
+		rateWin   = fs.Duration("rate-window", time.Minute, "span --min-rate is averaged over (at least twice --timeout)")
+		deadline  = fs.Duration("deadline", 0, "give up (exit 7) when the whole fetch takes longer; 0: no limit")
 		quiet     = fs.BoolP("quiet", "q", false, "no progress or per-file lines on stderr")
 		jsonOut   = fs.Bool("json", false, "write NDJSON events to stdout (start, progress, file-done, error, summary)")
 		noResume  = fs.Bool("no-resume", false, "discard partial files of earlier attempts and start over")
@@ -102,9 +106,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageErr(fmt.Errorf("--max-window: %w", err))
 	}
+	rate := int64(-1) // no minimum
+	if strings.TrimSpace(*minRate) != "0" {
+		r, err := cli.ParseSize(*minRate)
+		if err != nil {
+			return usageErr(fmt.Errorf("--min-rate: %w", err))
+		}
+		rate = int64(min(r, 1<<62))
+	}
 	cfg := receiver.Config{
 		Endpoint: fs.Arg(0), OutputDir: *out, Timeout: *timeout, NoResume: *noResume,
 		Window: win, MaxWindow: maxWin, Heartbeat: *heartbeat, PeerTimeout: *peerTO,
+		MinRate: rate, RateWindow: *rateWin, Deadline: *deadline,
 		Progress: rep.Event,
 	}
 	results, err := receiver.Fetch(ctx, cfg, fs.Args()[1:]...)

@@ -26,6 +26,7 @@ const (
 	ExitUnreachable = 4   // the server could not be reached, or went away, within --timeout
 	ExitVerify      = 5   // data failed BLAKE3 verification beyond the retry budget
 	ExitProtocol    = 6   // the peer broke the protocol or speaks another version
+	ExitTooSlow     = 7   // verified data came slower than --min-rate, or --deadline passed
 	ExitInterrupted = 130 // SIGINT/SIGTERM; partial state kept for resume
 )
 
@@ -35,9 +36,10 @@ const ExitCodeHelp = `Exit codes:
   1    other failure (local I/O such as a full disk or permission denied)
   2    usage error
   3    a name was not found or was refused by the server
-  4    server unreachable or gone for longer than --timeout
+  4    server unreachable, or lost for longer than --timeout without data verified
   5    verification failed (BLAKE3 mismatch beyond the retry budget)
   6    protocol error (incompatible or misbehaving peer)
+  7    too slow: less than --min-rate verified, or --deadline passed
   130  interrupted (partial state kept: run the same command to resume)
 `
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -239,7 +240,11 @@ func (s *conn) apply(r result) {
 		for i, t := range r.batch {
 			t.inflight--
 			if r.errs[i] != nil {
-				s.failFile(t, r.errs[i]) // it names the path already
+				err := r.errs[i]
+				if !strings.Contains(err.Error(), t.dest) {
+					err = fmt.Errorf("%s: %w", t.dest, err)
+				}
+				s.failFile(t, err)
 				continue
 			}
 			s.progress = true

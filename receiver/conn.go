@@ -207,7 +207,7 @@ func (s *conn) drainTask(t *task) {
 func (s *conn) commit() {
 	batch := s.commitQ
 	s.commitQ = nil
-	s.submit(op{kind: opCommit, batch: batch})
+	s.submit(op{kind: opCommit, batch: batch, deferSync: s.c.cfg.DeferSync})
 }
 
 // apply handles one writer result. It never blocks.
@@ -285,6 +285,9 @@ func (s *conn) welcome(msg protocol.Message, rtt time.Duration) *sessionError {
 		if m.ChunkSize > s.c.cfg.MaxChunk {
 			return &sessionError{err: fmt.Errorf("%w: server chose chunk size %d above our %d", ErrProtocol, m.ChunkSize, s.c.cfg.MaxChunk)}
 		}
+		if err := s.c.needVersion(m.Version); err != nil {
+			return &sessionError{err: err}
+		}
 		s.version, s.chunk, s.maxReq = m.Version, int64(m.ChunkSize), int(m.MaxRequests)
 		if s.maxReq < 1 {
 			s.maxReq = 1
@@ -341,6 +344,7 @@ func (s *conn) get(t *task, offset uint64, tag protocol.Tag, fromPartial bool) {
 			offset, tag = t.resumePoint()
 		}
 	}
+	offset, tag = t.versioned(offset, tag)
 	t.asked, t.askedTag = offset, tag
 	s.c.nextReq++
 	if s.c.nextReq == protocol.NoRequest {
@@ -350,7 +354,7 @@ func (s *conn) get(t *task, offset uint64, tag protocol.Tag, fromPartial bool) {
 	s.c.byReq[t.req] = t
 	s.queue = append(s.queue, t.req)
 	s.outReqs++
-	s.send(&protocol.Get{Request: t.req, Offset: offset, Tag: tag, Name: t.name})
+	s.send(t.request(t.req, offset, tag))
 }
 
 // handle applies one message in an open session.
@@ -376,6 +380,10 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 			return s.violation("FILE for request %d, but request %d was asked first", m.Request, head)
 		}
 		s.lastData = time.Now()
+		if err := t.checkFile(m); err != nil {
+			s.failFile(t, err)
+			return nil
+		}
 		if m.Size > 0 && m.Offset < m.Size && m.Offset%uint64(s.chunk) != 0 {
 			return s.violation("FILE offset %d is not a multiple of the chunk size", m.Offset)
 		}
@@ -422,6 +430,12 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 			return s.violation("END at %d bytes of %d, size %d", t.next, t.size, m.Size)
 		}
 		s.retire(t)
+		if err := t.checkEnd(m); err != nil {
+			s.drainTask(t)
+			s.c.fail(t, err, true)
+			s.issueGets()
+			return nil
+		}
 		t.ended = true // the writer checks it; not to be requested again meanwhile
 		s.submit(op{kind: opEnd, t: t, hash: m.Hash, size: int64(m.Size)})
 		s.issueGets()

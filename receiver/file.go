@@ -126,7 +126,8 @@ type task struct {
 	dir                       *safefs.Dir // relDir, while opened; see openDir
 	ownDir                    bool        // dir must be closed by the task
 
-	req  uint32 // current request id; 0 when none is outstanding
+	rq   *Request // set by FetchRequests; nil for a plain Fetch
+	req  uint32   // current request id; 0 when none is outstanding
 	done bool
 	err  error
 

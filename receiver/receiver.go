@@ -105,6 +105,11 @@ type Config struct {
 	MaxWindow uint64
 	// MaxChunk is the largest chunk accepted; default protocol.MaxChunkSize.
 	MaxChunk uint32
+	// DeferSync leaves making files durable to the caller: verified files
+	// are renamed into place without fsync or directory sync. For callers
+	// that sync the file system themselves before relying on the files
+	// (the mirror syncs its staging area once before switching to it).
+	DeferSync bool
 	// NoResume discards partial files instead of resuming them.
 	NoResume bool
 	// Retries is how many times one chunk that failed its BLAKE3 check is
@@ -312,6 +317,10 @@ var (
 	// ErrTooSlow: verified data came slower than Config.MinRate, or the
 	// fetch passed Config.Deadline. Partial state is kept.
 	ErrTooSlow = errors.New("transfer too slow")
+	// ErrGone: the server no longer keeps the version asked for (410).
+	ErrGone = errors.New("version gone")
+	// ErrNoTrees: the server speaks only version 1 and serves no trees.
+	ErrNoTrees = errors.New("server does not serve trees (it speaks ZSND/1 only)")
 )
 
 // interruptedError is the failure of files left unfinished when the
@@ -348,6 +357,8 @@ func (e *RemoteError) Is(target error) bool {
 		return target == ErrChanged
 	case protocol.CodeInternal:
 		return target == ErrServer
+	case protocol.CodeGone:
+		return target == ErrGone
 	case protocol.CodeBadRequest, protocol.CodeUnknownCommand, protocol.CodeVersion:
 		return target == ErrProtocol
 	}

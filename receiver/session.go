@@ -82,6 +82,8 @@ type client struct {
 	byReq    map[uint32]*task // requests of this session, stale ones included
 	dirs     *outDir          // the output directory
 	nextReq  uint32
+	// donePrefix: every task before this index is done (see pending).
+	donePrefix int
 	// violations counts sessions ended by a protocol violation; past the
 	// retry budget the server is taken to be broken, not the wire.
 	violations int
@@ -102,9 +104,12 @@ func lost(format string, args ...any) *sessionError {
 	return &sessionError{err: fmt.Errorf(format, args...), retry: true}
 }
 
+// pending reports whether a task is not done yet. A done task stays done,
+// so the scan resumes where it stopped: the session loop asks after every
+// message, and a scan from the start cost O(files) each time.
 func (c *client) pending() bool {
-	for _, t := range c.tasks {
-		if !t.done {
+	for ; c.donePrefix < len(c.tasks); c.donePrefix++ {
+		if !c.tasks[c.donePrefix].done {
 			return true
 		}
 	}

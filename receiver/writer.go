@@ -39,6 +39,9 @@ type op struct {
 	hash  protocol.Hash // opEnd: what the server says; opWrite: see whole
 	size  int64         // opEnd: END's size
 	batch []*task       // opCommit
+	// deferSync (opCommit): the caller makes the files durable itself
+	// (Config.DeferSync); no fsync or syncfs here.
+	deferSync bool
 }
 
 type result struct {
@@ -85,7 +88,7 @@ func (w *writer) do(o op) result {
 		sum, err := t.verifyEnd(o.size, o.hash)
 		return result{kind: opEnd, t: t, sum: sum, err: err}
 	case opCommit:
-		return result{kind: opCommit, batch: o.batch, errs: commit(o.batch)}
+		return result{kind: opCommit, batch: o.batch, errs: commit(o.batch, o.deferSync)}
 	}
 	panic(fmt.Sprintf("writer: unknown op %d", o.kind))
 }
@@ -174,9 +177,12 @@ func futimens(f *os.File, ns int64) error {
 // each over its destination and syncs the directories. A few files are
 // fsynced one by one; a larger batch takes one syncfs, which costs one
 // journal commit instead of one per file.
-func commit(batch []*task) []error {
+func commit(batch []*task, deferSync bool) []error {
 	errs := make([]error, len(batch))
-	if len(batch) > 4 {
+	if deferSync {
+		// Nothing to sync: the caller syncs the file system before it
+		// relies on the files (the mirror, before its switch).
+	} else if len(batch) > 4 {
 		if err := unix.Syncfs(int(batch[0].f.Fd())); err != nil {
 			for i := range errs {
 				errs[i] = fmt.Errorf("syncing %s: %w", batch[i].partPath, err)
@@ -220,8 +226,10 @@ func commit(batch []*task) []error {
 		}
 		dirs[d] = true
 	}
-	for d := range dirs {
-		d.Sync()
+	if !deferSync {
+		for d := range dirs {
+			d.Sync()
+		}
 	}
 	for i, t := range batch {
 		if errs[i] == nil {

@@ -27,12 +27,20 @@ been fully verified; an interrupted fetch resumes when run again.
 
 Usage:
   zrecv [flags] ENDPOINT NAME...
+  zrecv [flags] ENDPOINT TREE            mirror a published tree at DIR/TREE
+  zrecv --list ENDPOINT [TREE]           the trees served, their latest version
+  zrecv --rollback -o DIR TREE           back to the previous kept version (no network)
+
+A NAME that is a tree the server publishes is mirrored: DIR/TREE becomes a
+symlink to a complete, verified version, switched atomically; unchanged
+files are reused locally, only new and changed ones are fetched.
 
 Examples (each fetches what the same example in zsend --help serves):
   zrecv tcp://127.0.0.1:5555 big.iso                       fetch big.iso into .
   zrecv -o /srv/conf tcp://cfg1:5555 app/app.conf          a file below a served directory
   zrecv ipc:///run/zsend.sock hosts                        over a Unix socket
   zrecv --json tcp://[::1]:5555 a b c > log                NDJSON events for scripts
+  zrecv -o /srv tcp://127.0.0.1:5555 myapp                 mirror tree myapp at /srv/myapp (zsend --watch /etc/myapp)
 
 Flags:
 `
@@ -61,7 +69,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		heartbeat = fs.Duration("heartbeat", 2*time.Second, "interval between heartbeats")
 		peerTO    = fs.Duration("peer-timeout", 10*time.Second, "a server silent this long is considered gone")
 		showVer   = fs.Bool("version", false, "print the version and exit")
+		tf        treeFlags
 	)
+	fs.IntVar(&tf.keep, "keep", 2, "tree mode: versions kept on disk, the current one included")
+	fs.BoolVar(&tf.rollback, "rollback", false, "switch TREE in -o DIR back to the previous kept version (no network)")
+	fs.BoolVar(&tf.list, "list", false, "list the trees served at ENDPOINT (or one TREE): latest version, sequence, size")
+	fs.BoolVar(&tf.verify, "verify", false, "tree mode: re-hash the current version even when it is the latest")
+	fs.DurationVar(&tf.lockWait, "lock-wait", 0, "tree mode: wait this long for another zrecv syncing the same tree (default: fail at once)")
 	fs.Usage = func() {
 		// Only --help calls this (errors are reported below): help that
 		// was asked for goes to stdout, so that it can be paged.
@@ -92,6 +106,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "zrecv %s (protocol ZSND/1)\n", version)
 		return cli.ExitOK
 	}
+	if tf.rollback {
+		return rollback(fs.Args(), *out, *quiet, stdout, stderr)
+	}
+	if tf.list {
+		if fs.NArg() < 1 || fs.NArg() > 2 {
+			return usageErr(errors.New("--list takes an ENDPOINT and at most one TREE"))
+		}
+		if err := endpoint.Check(fs.Arg(0), false); err != nil {
+			return usageErr(err)
+		}
+		return list(ctx, fs.Args(), receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Timeout: *timeout,
+			Heartbeat: *heartbeat, PeerTimeout: *peerTO}, stdout, stderr)
+	}
 	if fs.NArg() < 2 {
 		return usageErr(errors.New("need an ENDPOINT and at least one NAME"))
 	}
@@ -118,8 +145,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Endpoint: fs.Arg(0), OutputDir: *out, Timeout: *timeout, NoResume: *noResume,
 		Window: win, MaxWindow: maxWin, Heartbeat: *heartbeat, PeerTimeout: *peerTO,
 		MinRate: rate, RateWindow: *rateWin, Deadline: *deadline,
-		Progress: rep.Event,
 	}
+	if fs.NArg() == 2 {
+		if code, done, err := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr); done {
+			if err != nil {
+				rep.Fail(err, code)
+				rep.Summary(nil, time.Since(start), code)
+			}
+			return code
+		}
+	}
+	cfg.Progress = rep.Event
 	results, err := receiver.Fetch(ctx, cfg, fs.Args()[1:]...)
 	code := cli.ExitCodeFor(err)
 	if results == nil && err != nil {

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/zsend/zsend/internal/cli"
+	"github.com/zsend/zsend/mirror"
+	"github.com/zsend/zsend/receiver"
+)
+
+type treeFlags struct {
+	keep     int
+	rollback bool
+	list     bool
+	verify   bool
+	lockWait time.Duration
+}
+
+// tryTree mirrors name if the server publishes a tree of that name. done
+// is false when name should be fetched as a file (the server does not
+// serve trees, or has no such tree). A failure before the sync starts is
+// returned as err, for the caller to report.
+func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags, quiet bool, js io.Writer, stderr io.Writer) (int, bool, error) {
+	tree := strings.TrimRight(name, "/")
+	if mirror.ValidTree(tree) != nil {
+		return 0, false, nil
+	}
+	lc := cfg
+	_, statErr := os.Stat(cfg.OutputDir)
+	if statErr != nil {
+		// List writes nothing. Without an output directory only a tree
+		// can succeed (it creates it): do not make the user wait the whole
+		// --timeout to learn that the directory is missing.
+		lc.OutputDir = os.TempDir()
+		lc.Timeout = min(lc.Timeout, 2*time.Second)
+	}
+	if _, err := receiver.List(ctx, lc, tree); err != nil {
+		if statErr == nil && (errors.Is(err, receiver.ErrUnreachable) || ctx.Err() != nil) {
+			return cli.TreeExitCode(err), true, err
+		}
+		return 0, false, nil // a file, or let the file fetch report it
+	}
+	if tf.keep < 1 {
+		return cli.ExitUsage, true, errors.New("--keep must be at least 1")
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		if err := os.MkdirAll(cfg.OutputDir, 0o755); err != nil {
+			return cli.ExitFailure, true, fmt.Errorf("creating the output directory: %w", err)
+		}
+		if !quiet {
+			fmt.Fprintf(stderr, "zrecv: created the output directory %s\n", cli.Printable(cfg.OutputDir))
+		}
+	}
+	rep := cli.NewTreeReporter(stderr, js, quiet)
+	mc := mirror.Config{Receiver: cfg, Out: cfg.OutputDir, Tree: tree, Keep: tf.keep, Verify: tf.verify,
+		LockWait: tf.lockWait, Events: rep.Event}
+	res, err := mirror.Sync(ctx, mc)
+	code := cli.TreeExitCode(err)
+	rep.Done(res, err, code)
+	return code, true, nil
+}
+
+func rollback(args []string, out string, quiet bool, stdout, stderr io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprintln(stderr, "zrecv: --rollback takes one TREE (and -o DIR)")
+		return cli.ExitUsage
+	}
+	tree := strings.TrimRight(args[0], "/")
+	dir, err := mirror.Rollback(out, tree)
+	if err != nil {
+		fmt.Fprintln(stderr, "zrecv: rollback:", cli.Printable(err.Error()))
+		if errors.Is(err, mirror.ErrNoPrevious) {
+			return cli.ExitNotFound
+		}
+		return cli.ExitFailure
+	}
+	if !quiet {
+		fmt.Fprintf(stderr, "%s now shows %s\n", cli.Printable(filepath.Join(out, tree)), filepath.Base(dir))
+	}
+	return cli.ExitOK
+}
+
+func list(ctx context.Context, args []string, cfg receiver.Config, stdout, stderr io.Writer) int {
+	tree := ""
+	if len(args) == 2 {
+		tree = strings.TrimRight(args[1], "/")
+	}
+	trees, err := receiver.List(ctx, cfg, tree)
+	if err != nil {
+		fmt.Fprintln(stderr, "zrecv: --list:", cli.Printable(err.Error()))
+		return cli.TreeExitCode(err)
+	}
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TREE\tSEQ\tVERSION\tENTRIES\tBYTES")
+	for _, t := range trees {
+		fmt.Fprintf(w, "%s\t%d\t%x\t%d\t%d\n", cli.Printable(t.Name), t.Seq, t.Version[:6], t.Entries, t.Bytes)
+	}
+	w.Flush()
+	return cli.ExitOK
+}

@@ -1,0 +1,658 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/zsend/zsend/manifest"
+	"github.com/zsend/zsend/protocol"
+	"github.com/zsend/zsend/receiver"
+)
+
+// source is a local tree whose files may be reused: the current version,
+// or a kept copy of the target version.
+type source struct {
+	root   *os.File
+	byHash map[[32]byte][]string
+	state  map[string]int8 // path -> 1 verified, -1 drifted
+	drift  bool            // report mismatches as drift
+}
+
+func newSource(root *os.File, m *manifest.Manifest, drift bool) *source {
+	src := &source{root: root, byHash: map[[32]byte][]string{}, state: map[string]int8{}, drift: drift}
+	for i := range m.Entries {
+		if e := &m.Entries[i]; e.Type == manifest.TypeFile {
+			src.byHash[e.Hash] = append(src.byHash[e.Hash], e.Path)
+		}
+	}
+	return src
+}
+
+// dirCache keeps the last directory opened beneath a root.
+type dirCache struct {
+	root *os.File
+	path string
+	d    *os.File
+}
+
+func (c *dirCache) get(rel string) (*os.File, error) {
+	if c.d != nil && c.path == rel {
+		return c.d, nil
+	}
+	c.close()
+	if rel == "" {
+		return c.root, nil
+	}
+	d, err := openDir(c.root, rel)
+	if err != nil {
+		return nil, err
+	}
+	c.d, c.path = d, rel
+	return d, nil
+}
+
+func (c *dirCache) close() {
+	if c.d != nil {
+		c.d.Close()
+		c.d = nil
+	}
+}
+
+// stage builds version man in stage/T, reusing what it can, fetching the
+// rest, setting modes and mtimes, syncing, checking the result against the
+// version, and moving it to v/name.
+func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.ID, cur current, curMan *manifest.Manifest, name string) error {
+	cfg, l, res := s.cfg, s.l, s.res
+	stageDir, err := mkdirPlain(l.t, "stage", 0o700)
+	if err != nil {
+		return err
+	}
+	defer stageDir.Close()
+	// Anything in stage/ but the tree's directory is left over (a tree of
+	// another name cannot be there; be strict anyway).
+	if names, err := readNames(stageDir); err == nil {
+		for _, n := range names {
+			if n != cfg.Tree {
+				removeAllAt(int(stageDir.Fd()), n)
+			}
+		}
+	}
+	root, err := mkdirAt(stageDir, cfg.Tree)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+
+	// 1. Directories, symlinks; note staged files left by an earlier run.
+	leftover, partials, err := s.reconcile(root, man)
+	if err != nil {
+		return fmt.Errorf("staging %s: %w", id.Short(), err)
+	}
+
+	// 2. Files: staged already, reused, or to fetch.
+	var sources []*source
+	if cur.kind == curManaged && curMan != nil {
+		if croot, err := openDir(l.v, cur.name); err == nil {
+			defer croot.Close()
+			sources = append(sources, newSource(croot, curMan, true))
+		}
+	}
+	if cur.kind != curManaged || cur.name != name {
+		if troot, err := openDir(l.v, name); err == nil {
+			defer troot.Close()
+			sources = append(sources, newSource(troot, man, true))
+		}
+	}
+	dst := &dirCache{root: root}
+	defer dst.close()
+	var fetch []*manifest.Entry
+	for i := range man.Entries {
+		e := &man.Entries[i]
+		if e.Type != manifest.TypeFile {
+			continue
+		}
+		if leftover[i] {
+			sum, st, err := hashAt(root, e.Path)
+			if err == nil && sum == e.Hash && uint64(st.Size) == e.Size {
+				if err := removePartials(dst, e.Path, partials[i]); err != nil {
+					return err
+				}
+				res.FilesStaged++
+				res.FilesReused++
+				res.BytesReused += int64(e.Size)
+				s.addDone(1, int64(e.Size))
+				continue
+			}
+			parent, base := split(e.Path)
+			d, err := dst.get(parent)
+			if err != nil {
+				return err
+			}
+			if err := removeAllAt(int(d.Fd()), base); err != nil {
+				return err
+			}
+		}
+		ok, err := s.reuse(sources, dst, e)
+		if err != nil {
+			return err
+		}
+		if ok || leftover[i] {
+			// Not fetched: an interrupted fetch's partial file of it would
+			// stay in the version.
+			if err := removePartials(dst, e.Path, partials[i]); err != nil {
+				return err
+			}
+		}
+		if ok {
+			res.FilesReused++
+			res.BytesReused += int64(e.Size)
+			s.addDone(1, int64(e.Size))
+			continue
+		}
+		fetch = append(fetch, e)
+	}
+	dst.close()
+
+	// 3. Fetch what is left, into stage/T/... (VGET names are T/path).
+	if len(fetch) > 0 {
+		if err := s.fetch(ctx, stageDir.Name(), id, fetch); err != nil {
+			return err
+		}
+	}
+
+	// 4. Modes and mtimes, children before their parents; then sync.
+	if err := s.finish(stageDir, root, man); err != nil {
+		return fmt.Errorf("setting modes and times in %s: %w", root.Name(), err)
+	}
+	if err := unix.Syncfs(int(root.Fd())); err != nil {
+		return fmt.Errorf("syncing %s: %w", root.Name(), err)
+	}
+
+	// 5. Check what is on disk against the version.
+	if err := s.verify(root, man, id); err != nil {
+		return err
+	}
+
+	// 6. Move it among the versions (exchanged with a copy of the same
+	// version already there, which may have drifted).
+	sfd, vfd := int(stageDir.Fd()), int(l.v.Fd())
+	if _, err := lstatAt(vfd, name); err == nil {
+		if err := unix.Renameat2(sfd, cfg.Tree, vfd, name, unix.RENAME_EXCHANGE); err != nil {
+			return fmt.Errorf("replacing %s with the staged copy: %w", name, err)
+		}
+		if err := errors.Join(fsyncDir(l.v), fsyncDir(stageDir)); err != nil {
+			return err
+		}
+		if err := removeAllAt(sfd, cfg.Tree); err != nil {
+			return err
+		}
+	} else {
+		if err := unix.Renameat(sfd, cfg.Tree, vfd, name); err != nil {
+			return fmt.Errorf("moving the staged version to %s: %w", name, err)
+		}
+	}
+	return errors.Join(fsyncDir(l.v), fsyncDir(stageDir))
+}
+
+// reconcile makes the staging tree's directories and symlinks those of
+// man and removes everything else, except the partial files of files still
+// to fetch. It returns the indexes of files already present (to be checked
+// by hash).
+func (s *syncer) reconcile(root *os.File, man *manifest.Manifest) (map[int]bool, map[int][]string, error) {
+	children := map[string][]int{}
+	for i := 1; i < len(man.Entries); i++ {
+		parent, _ := split(man.Entries[i].Path)
+		children[parent] = append(children[parent], i)
+	}
+	leftover := map[int]bool{}
+	partials := map[int][]string{}
+	for i := range man.Entries {
+		e := &man.Entries[i]
+		if e.Type != manifest.TypeDir {
+			continue
+		}
+		d := root
+		if e.Path != "" {
+			var err error
+			if d, err = openDir(root, e.Path); err != nil {
+				return nil, nil, err
+			}
+		}
+		err := s.reconcileDir(d, man, children[e.Path], leftover, partials)
+		if d != root {
+			d.Close()
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return leftover, partials, nil
+}
+
+// removePartials removes the partial files of a file that is not fetched.
+func removePartials(dst *dirCache, path string, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	parent, _ := split(path)
+	d, err := dst.get(parent)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := removeAllAt(int(d.Fd()), n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *syncer) reconcileDir(d *os.File, man *manifest.Manifest, kids []int, leftover map[int]bool, partials map[int][]string) error {
+	fd := int(d.Fd())
+	want := make(map[string]int, len(kids))
+	for _, i := range kids {
+		_, base := split(man.Entries[i].Path)
+		want[base] = i
+	}
+	names, err := readNames(d)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", d.Name(), err)
+	}
+	for _, n := range names {
+		if _, ok := want[n]; ok {
+			continue
+		}
+		if b, ok := partialOf(n); ok {
+			if i, ok := want[b]; ok && man.Entries[i].Type == manifest.TypeFile {
+				partials[i] = append(partials[i], n)
+				continue // an interrupted fetch's partial file: resumed if the file is fetched
+			}
+		}
+		if err := removeAllAt(fd, n); err != nil {
+			return err
+		}
+	}
+	buf := make([]byte, manifest.MaxTargetLen+1)
+	for _, i := range kids {
+		e := &man.Entries[i]
+		_, base := split(e.Path)
+		switch e.Type {
+		case manifest.TypeDir:
+			sub, err := mkdirAt(d, base)
+			if err != nil {
+				return err
+			}
+			sub.Close()
+		case manifest.TypeSymlink:
+			n, err := unix.Readlinkat(fd, base, buf)
+			if err == nil && string(buf[:n]) == e.Target {
+				continue
+			}
+			if err := removeAllAt(fd, base); err != nil {
+				return err
+			}
+			if err := unix.Symlinkat(e.Target, fd, base); err != nil {
+				return &os.PathError{Op: "symlink", Path: join(d.Name(), base), Err: err}
+			}
+		case manifest.TypeFile:
+			st, err := lstatAt(fd, base)
+			if err != nil {
+				continue
+			}
+			if st.Mode&unix.S_IFMT == unix.S_IFREG {
+				leftover[i] = true
+				continue
+			}
+			if err := removeAllAt(fd, base); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// partialOf recognises the receiver's ".NAME.zrecv-part" and
+// ".NAME.zrecv-state" and returns NAME.
+func partialOf(n string) (string, bool) {
+	if !strings.HasPrefix(n, ".") {
+		return "", false
+	}
+	for _, suf := range []string{".zrecv-part", ".zrecv-state"} {
+		if b, ok := strings.CutSuffix(n[1:], suf); ok && b != "" {
+			return b, true
+		}
+	}
+	return "", false
+}
+
+// reuse places a local copy of e's content at its staged path: from the
+// first source holding a file with that hash that still has it (re-hashed
+// now). It hard-links when mode and mtime match e's, else copies.
+func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry) (bool, error) {
+	for _, src := range sources {
+		for _, p := range src.byHash[e.Hash] {
+			if src.state[p] < 0 {
+				continue
+			}
+			ok, err := s.placeFrom(src, p, dst, e)
+			if err != nil {
+				return false, err
+			}
+			if ok {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
+func (s *syncer) placeFrom(src *source, p string, dst *dirCache, e *manifest.Entry) (bool, error) {
+	fd, err := openBeneath(int(src.root.Fd()), p, unix.O_RDONLY, 0)
+	if err != nil {
+		src.state[p] = -1
+		if src.drift {
+			s.drift(p)
+		}
+		return false, nil
+	}
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || uint64(st.Size) != e.Size {
+		src.state[p] = -1
+		if src.drift {
+			s.drift(p)
+		}
+		return false, nil
+	}
+	if src.state[p] == 0 {
+		sum, err := hashReader(io.NewSectionReader(f, 0, st.Size))
+		if err != nil || sum != e.Hash {
+			src.state[p] = -1
+			if src.drift {
+				s.drift(p)
+			}
+			return false, nil
+		}
+		src.state[p] = 1
+	}
+	parent, base := split(e.Path)
+	d, err := dst.get(parent)
+	if err != nil {
+		return false, err
+	}
+	if uint32(st.Mode)&0o7777 == localMode(e.Mode) && statMtime(&st) == e.MtimeNs {
+		err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), int(d.Fd()), base, unix.AT_SYMLINK_FOLLOW)
+		if err == nil {
+			return true, nil
+		}
+		// No /proc, or another file system: copy instead.
+	}
+	out, err := unix.Openat(int(d.Fd()), base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return false, &os.PathError{Op: "create", Path: join(d.Name(), base), Err: err}
+	}
+	of := os.NewFile(uintptr(out), base)
+	_, err = io.Copy(of, io.NewSectionReader(f, 0, st.Size))
+	if cerr := of.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		unix.Unlinkat(int(d.Fd()), base, 0)
+		return false, fmt.Errorf("copying %s: %w", p, err)
+	}
+	return true, nil
+}
+
+// fetch VGETs the entries into stageDir/T/... .
+func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, entries []*manifest.Entry) error {
+	tag := tagOf(id)
+	reqs := make([]receiver.Request, len(entries))
+	for i, e := range entries {
+		h := protocol.Hash(e.Hash)
+		reqs[i] = receiver.Request{Kind: receiver.KindVGet, Name: s.cfg.Tree + "/" + e.Path, Version: tag,
+			Expect: &h, Size: e.Size, CheckSize: true}
+	}
+	s.mu.Lock()
+	s.inFlight = map[string]int64{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.inFlight = nil
+		s.mu.Unlock()
+	}()
+	// In batches: the receiver keeps a task per request, and a tree of
+	// 100,000 files must not hold 100,000 of them at once.
+	for len(reqs) > 0 {
+		n := min(len(reqs), fetchBatch)
+		results, err := receiver.FetchRequests(ctx, s.receiverConfig(stageDir), reqs[:n])
+		for _, r := range results {
+			if r.Err == nil {
+				s.res.FilesFetched++
+			}
+			s.res.BytesFetched += r.Wire
+		}
+		if err != nil {
+			return fmt.Errorf("fetching %d files of %s %s: %w", len(entries), s.cfg.Tree, id.Short(), err)
+		}
+		reqs = reqs[n:]
+	}
+	return nil
+}
+
+// fetchBatch is the most files fetched in one receiver call.
+const fetchBatch = 4096
+
+// finish sets every entry's mode and mtime, in reverse path order, so each
+// directory is done after everything below it.
+func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest) error {
+	dirs := &dirCache{root: root}
+	defer dirs.close()
+	for i := len(man.Entries) - 1; i >= 0; i-- {
+		e := &man.Entries[i]
+		var d *os.File
+		var base string
+		if e.Path == "" {
+			d, base = stageDir, s.cfg.Tree
+		} else {
+			parent, b := split(e.Path)
+			var err error
+			if d, err = dirs.get(parent); err != nil {
+				return err
+			}
+			base = b
+		}
+		fd := int(d.Fd())
+		st, err := lstatAt(fd, base)
+		if err != nil {
+			return &os.PathError{Op: "lstat", Path: join(d.Name(), base), Err: err}
+		}
+		if e.Type != manifest.TypeSymlink && uint32(st.Mode)&0o7777 != localMode(e.Mode) {
+			if e.Type == manifest.TypeDir && e.Path != "" && dirs.d != nil && strings.HasPrefix(dirs.path+"/", e.Path+"/") {
+				dirs.close() // do not keep a descriptor below a directory about to lose its permissions
+			}
+			if err := unix.Fchmodat(fd, base, localMode(e.Mode), 0); err != nil {
+				return &os.PathError{Op: "chmod", Path: join(d.Name(), base), Err: err}
+			}
+		}
+		if statMtime(&st) != e.MtimeNs {
+			ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(e.MtimeNs)}
+			if err := unix.UtimesNanoAt(fd, base, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return &os.PathError{Op: "utimensat", Path: join(d.Name(), base), Err: err}
+			}
+		}
+	}
+	return nil
+}
+
+// verify reads the staged tree back (types, modes, mtimes, sizes, targets,
+// file hashes) and checks that it gives the version id.
+func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID) error {
+	want := localized(man)
+	got, err := scanTree(root, true, len(man.Entries))
+	if err != nil {
+		return fmt.Errorf("%w: reading the staged tree back: %w", ErrMismatch, err)
+	}
+	if got.ID() == want.ID() {
+		return nil
+	}
+	if diff := firstDiff(want, got); diff != "" {
+		return fmt.Errorf("%w %s: %s", ErrMismatch, id.Short(), diff)
+	}
+	return fmt.Errorf("%w %s", ErrMismatch, id.Short())
+}
+
+// check compares a kept version with its manifest: by type, mode, mtime,
+// size and target, and with hashes too if hash. It returns the paths that
+// differ.
+func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool) ([]string, error) {
+	want := localized(man)
+	got, err := scanTree(root, hash, len(man.Entries))
+	if err != nil {
+		if errors.Is(err, errTooMany) {
+			return []string{"(entries added)"}, nil
+		}
+		return nil, fmt.Errorf("checking %s: %w", root.Name(), err)
+	}
+	var drift []string
+	i, j := 0, 0
+	we, ge := want.Entries, got.Entries
+	for i < len(we) || j < len(ge) {
+		switch {
+		case j >= len(ge) || (i < len(we) && we[i].Path < ge[j].Path):
+			drift = append(drift, we[i].Path)
+			i++
+		case i >= len(we) || ge[j].Path < we[i].Path:
+			drift = append(drift, ge[j].Path)
+			j++
+		default:
+			a, b := we[i], ge[j]
+			if !hash {
+				b.Hash = a.Hash
+			}
+			if a != b {
+				drift = append(drift, a.Path)
+			}
+			i++
+			j++
+		}
+	}
+	return drift, nil
+}
+
+// firstDiff describes the first entry where two manifests differ.
+func firstDiff(want, got *manifest.Manifest) string {
+	we, ge := want.Entries, got.Entries
+	for i := 0; i < len(we) || i < len(ge); i++ {
+		switch {
+		case i >= len(ge):
+			return fmt.Sprintf("%q is missing on disk", we[i].Path)
+		case i >= len(we):
+			return fmt.Sprintf("%q is on disk but not in the version", ge[i].Path)
+		case we[i].Path != ge[i].Path:
+			return fmt.Sprintf("%q on disk where the version has %q", ge[i].Path, we[i].Path)
+		case we[i] != ge[i]:
+			a, b := we[i], ge[i]
+			return fmt.Sprintf("%q: version has %v mode %#o mtime %d size %d target %q, disk has %v mode %#o mtime %d size %d target %q (hash equal: %v)",
+				a.Path, a.Type, a.Mode, a.MtimeNs, a.Size, a.Target, b.Type, b.Mode, b.MtimeNs, b.Size, b.Target, a.Hash == b.Hash)
+		}
+	}
+	return ""
+}
+
+var errTooMany = errors.New("more entries on disk than in the version")
+
+// scanTree reads a tree from disk into a manifest (sorted), without
+// following any symbolic link. Hashes are computed only if hash. It stops
+// with errTooMany past limit+1 entries.
+func scanTree(root *os.File, hash bool, limit int) (*manifest.Manifest, error) {
+	var entries []manifest.Entry
+	queue := []string{""}
+	buf := make([]byte, manifest.MaxTargetLen+1)
+	for len(queue) > 0 {
+		rel := queue[0]
+		queue = queue[1:]
+		d := root
+		if rel != "" {
+			var err error
+			if d, err = openDir(root, rel); err != nil {
+				return nil, err
+			}
+		}
+		err := func() error {
+			var st unix.Stat_t
+			if err := unix.Fstat(int(d.Fd()), &st); err != nil {
+				return err
+			}
+			entries = append(entries, manifest.Entry{Path: rel, Type: manifest.TypeDir, Mode: uint32(st.Mode) & 0o7777, MtimeNs: statMtime(&st)})
+			names, err := readNames(d)
+			if err != nil {
+				return err
+			}
+			slices.Sort(names)
+			for _, n := range names {
+				if len(entries) > limit {
+					return errTooMany
+				}
+				p := n
+				if rel != "" {
+					p = rel + "/" + n
+				}
+				st, err := lstatAt(int(d.Fd()), n)
+				if err != nil {
+					return &os.PathError{Op: "lstat", Path: join(root.Name(), p), Err: err}
+				}
+				e := manifest.Entry{Path: p, Mode: uint32(st.Mode) & 0o7777, MtimeNs: statMtime(&st)}
+				switch st.Mode & unix.S_IFMT {
+				case unix.S_IFDIR:
+					queue = append(queue, p)
+					continue // its entry is added when it is read
+				case unix.S_IFREG:
+					e.Type, e.Size = manifest.TypeFile, uint64(st.Size)
+					if hash {
+						sum, st2, err := hashAt(d, n)
+						if err != nil {
+							return fmt.Errorf("hashing %s: %w", p, err)
+						}
+						if st2.Size != st.Size || statMtime(&st2) != e.MtimeNs {
+							return fmt.Errorf("%s changed while being checked", p)
+						}
+						e.Hash = sum
+					}
+				case unix.S_IFLNK:
+					e.Type, e.Mode = manifest.TypeSymlink, 0o777
+					k, err := unix.Readlinkat(int(d.Fd()), n, buf)
+					if err != nil {
+						return &os.PathError{Op: "readlink", Path: join(root.Name(), p), Err: err}
+					}
+					e.Target = string(buf[:k])
+				default:
+					return fmt.Errorf("%s: special file (device, socket or FIFO) in the tree", p)
+				}
+				entries = append(entries, e)
+			}
+			return nil
+		}()
+		if d != root {
+			d.Close()
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	m := &manifest.Manifest{Entries: entries}
+	m.Sort()
+	return m, nil
+}
+
+// removeStaleIncoming is for tests and tools: the state directory of a tree.
+func stateDir(out, tree string) string { return filepath.Join(out, ".zsnd", tree) }

@@ -1,0 +1,207 @@
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+
+	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zsock"
+	"github.com/zsend/zsend/protocol"
+)
+
+// TreeInfo is one tree a server publishes, as its TREE message says.
+type TreeInfo struct {
+	Name         string
+	Seq          uint64        // the version's sequence number (only grows)
+	Entries      uint64        // entries in the version's manifest
+	Bytes        uint64        // sum of its file sizes
+	ManifestSize uint64        // length of the encoded manifest
+	Version      protocol.Hash // the version id (BLAKE3 of the manifest)
+}
+
+// maxTrees bounds how many TREE messages one LIST may return: a server
+// cannot make the client grow without bound.
+const maxTrees = 1 << 16
+
+// needVersion fails a session whose version cannot carry the requests.
+func (c *client) needVersion(v uint8) error {
+	if v >= protocol.Version2 {
+		return nil
+	}
+	for _, t := range c.tasks {
+		if t.rq != nil && t.rq.Kind != KindGet && !t.done {
+			return ErrNoTrees
+		}
+	}
+	return nil
+}
+
+// List asks the server which trees it publishes (tree "" = all of them)
+// and returns their latest versions, sorted by name as the server sends
+// them. A tree the server does not publish is ErrNotFound; a server that
+// speaks only version 1 is ErrNoTrees. A lost connection is retried for
+// cfg.Timeout.
+func List(ctx context.Context, cfg Config, tree string) ([]TreeInfo, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if tree != "" {
+		if err := protocol.ValidName(tree); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrRefused, err)
+		}
+	}
+	ep, err := zsock.Endpoint(cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(cfg.Timeout)
+	backoff := 100 * time.Millisecond
+	for {
+		trees, err, retry := listOnce(ctx, &cfg, ep, tree, deadline)
+		if err == nil || !retry || ctx.Err() != nil {
+			if ctx.Err() != nil && err != nil {
+				return nil, ctx.Err()
+			}
+			return trees, err
+		}
+		if time.Now().Add(backoff).After(deadline) {
+			return nil, fmt.Errorf("%w: %v (gave up after %v)", ErrUnreachable, err, cfg.Timeout)
+		}
+		if cfg.Progress != nil {
+			cfg.Progress(Event{Kind: EventReconnect, Time: time.Now(), Message: fmt.Sprintf("%v; reconnecting in %v", err, backoff)})
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		if backoff < 2*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+// listOnce runs one session: HELLO, LIST, TREE* END, BYE.
+func listOnce(ctx context.Context, cfg *Config, ep, tree string, dialBy time.Time) (_ []TreeInfo, _ error, retry bool) {
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.Limits.guard()))
+	defer cancel()
+	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerRetry(100*time.Millisecond), zmq4.WithDialerMaxRetries(-1),
+		zmq4.WithLogger(discardLogger()), zmq4.WithTimeout(cfg.PeerTimeout))
+	defer sock.Close()
+	dialed := make(chan error, 1)
+	go func() { dialed <- sock.Dial(ep) }()
+	timer := time.NewTimer(time.Until(dialBy))
+	defer timer.Stop()
+	select {
+	case err := <-dialed:
+		if err != nil {
+			return nil, fmt.Errorf("dialing %s: %v", cfg.Endpoint, err), true
+		}
+	case <-timer.C:
+		cancel()
+		<-dialed
+		return nil, fmt.Errorf("no connection to %s", cfg.Endpoint), true
+	case <-ctx.Done():
+		cancel()
+		<-dialed
+		return nil, ctx.Err(), false
+	}
+	var lastRecv atomic.Int64
+	lastRecv.Store(time.Now().UnixNano())
+	inbox := zsock.RecvLoop(sockCtx, sock, 4, &lastRecv)
+	version := protocol.Version1
+	send := func(m protocol.Message) {
+		sock.Send(zmq4.NewMsgFrom(protocol.Encode(version, m)...))
+	}
+	send(&protocol.Hello{MinVersion: protocol.MinVersion, MaxVersion: protocol.MaxVersion,
+		MaxChunk: cfg.MaxChunk, HeartbeatMS: uint32(cfg.Heartbeat / time.Millisecond), PeerID: cfg.PeerID})
+	const req = 1
+	welcomed := false
+	var trees []TreeInfo
+	tick := time.NewTicker(cfg.Heartbeat / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err(), false
+		case now := <-tick.C:
+			if silent := now.Sub(time.Unix(0, lastRecv.Load())); silent > cfg.PeerTimeout {
+				return nil, fmt.Errorf("server silent for %v", silent.Round(time.Millisecond)), true
+			}
+			if welcomed {
+				send(&protocol.Ping{Token: uint64(now.UnixNano())})
+			}
+		case in, ok := <-inbox:
+			if !ok {
+				return nil, errors.New("connection closed"), true
+			}
+			if in.Err != nil {
+				return nil, fmt.Errorf("connection lost: %v", in.Err), true
+			}
+			msg, _, err := protocol.Decode(in.Frames)
+			if err != nil {
+				send(&protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()})
+				return nil, fmt.Errorf("%w: %v", ErrProtocol, err), false
+			}
+			switch m := msg.(type) {
+			case *protocol.Welcome:
+				if welcomed {
+					return nil, fmt.Errorf("%w: a second WELCOME", ErrProtocol), false
+				}
+				if m.Version < protocol.MinVersion || m.Version > protocol.MaxVersion {
+					return nil, fmt.Errorf("%w: server chose version %d", ErrProtocol, m.Version), false
+				}
+				version, welcomed = m.Version, true
+				if version < protocol.Version2 {
+					send(&protocol.Bye{Code: protocol.CodeOK, Reason: "done"})
+					return nil, ErrNoTrees, false
+				}
+				send(&protocol.List{Request: req, Tree: tree})
+			case *protocol.Tree:
+				if !welcomed || m.Request != req {
+					return nil, fmt.Errorf("%w: TREE for request %d", ErrProtocol, m.Request), false
+				}
+				if len(trees) >= maxTrees {
+					return nil, fmt.Errorf("%w: more than %d trees listed", ErrProtocol, maxTrees), false
+				}
+				if err := protocol.ValidName(m.Name); err != nil || (tree != "" && m.Name != tree) {
+					return nil, fmt.Errorf("%w: TREE names %q", ErrProtocol, m.Name), false
+				}
+				trees = append(trees, TreeInfo{Name: m.Name, Seq: m.Seq, Entries: m.Entries, Bytes: m.Bytes,
+					ManifestSize: m.ManifestSize, Version: m.Version})
+			case *protocol.End:
+				if !welcomed || m.Request != req {
+					return nil, fmt.Errorf("%w: END for request %d", ErrProtocol, m.Request), false
+				}
+				if m.Size != uint64(len(trees)) {
+					return nil, fmt.Errorf("%w: END counts %d trees, %d received", ErrProtocol, m.Size, len(trees)), false
+				}
+				send(&protocol.Bye{Code: protocol.CodeOK, Reason: "done"})
+				return trees, nil, false
+			case *protocol.Error:
+				re := &RemoteError{Code: m.Code, Message: m.Message}
+				switch {
+				case m.Request == req:
+					return nil, re, false
+				case m.Code == protocol.CodeTooMany || m.Code == protocol.CodeUnavailable || m.Code == protocol.CodeBadRequest:
+					return nil, re, true
+				}
+				return nil, re, false
+			case *protocol.Bye:
+				retry := m.Code == protocol.CodeUnavailable || m.Code == protocol.CodeTimeout
+				return nil, fmt.Errorf("server closed the session: %s (%v)", m.Reason, m.Code), retry
+			case *protocol.Ping:
+				send(&protocol.Pong{Token: m.Token})
+			case *protocol.Pong:
+			default:
+				send(&protocol.Error{Code: protocol.CodeBadRequest, Message: "unexpected " + msg.Command().String()})
+				return nil, fmt.Errorf("%w: %v is not a command a server may send", ErrProtocol, msg.Command()), false
+			}
+		}
+	}
+}

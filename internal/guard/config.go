@@ -3,8 +3,11 @@ package guard
 import (
 	"cmp"
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/zsend/zsend/internal/curve"
 )
 
 // Defaults applied to zero Config fields.
@@ -50,6 +53,12 @@ type Config struct {
 	// those still in the handshake (default 1024; negative: no limit).
 	// Connections accepted beyond it are closed at once.
 	MaxConns int
+	// CurveServer, when set, makes listeners CURVE servers; see
+	// CurveServer. nil: the NULL mechanism.
+	CurveServer *CurveServer
+	// CurveClient, when set, makes dialed connections CURVE clients; see
+	// CurveClient. nil: the NULL mechanism.
+	CurveClient *CurveClient
 }
 
 // Stats is a snapshot of the guard's counters.
@@ -67,6 +76,8 @@ type Stats struct {
 	WriteStalls       int64 // connections evicted by WriteStallTimeout
 	IdleTimeouts      int64 // connections closed by IdleTimeout
 	Orphaned          int64 // connections zmq4 never adopted (its own handshake failed)
+	CurveDenied       int64 // CURVE clients refused by CurveServer.Authorize
+	CurveErrors       int64 // CURVE MESSAGEs refused after the handshake (forged, replayed, reordered, malformed)
 }
 
 // counter names one of the guard's counters.
@@ -86,6 +97,8 @@ const (
 	cWriteStalls
 	cIdleTimeouts
 	cOrphaned
+	cCurveDenied
+	cCurveErrors
 	nCounters
 )
 
@@ -107,6 +120,8 @@ func (c *counters) snapshot() Stats {
 		WriteStalls:       c[cWriteStalls].Load(),
 		IdleTimeouts:      c[cIdleTimeouts].Load(),
 		Orphaned:          c[cOrphaned].Load(),
+		CurveDenied:       c[cCurveDenied].Load(),
+		CurveErrors:       c[cCurveErrors].Load(),
 	}
 }
 
@@ -124,6 +139,11 @@ type settings struct {
 	orphan     time.Duration
 	maxConns   int // 0: no limit
 	stats      *counters
+
+	curveServer *CurveServer
+	curveClient *CurveClient
+	curveOnce   sync.Once
+	curveSrv    *curve.Server // cookie keys and replay cache shared by the listeners
 }
 
 type ctxKey struct{}
@@ -179,6 +199,7 @@ func newSettings(c Config) *settings {
 		// The default settings report to the global counters only.
 		s.stats = &global
 	}
+	s.curveServer, s.curveClient = c.CurveServer, c.CurveClient
 	s.maxFrame = c.MaxFrameSize
 	if s.maxFrame <= 0 {
 		s.maxFrame = DefaultMaxFrameSize

@@ -151,15 +151,21 @@ func (l *listener) preHandshake(c *conn) error {
 	if l.set.handshake > 0 {
 		c.raw.SetDeadline(time.Now().Add(l.set.handshake))
 	}
-	if _, err := c.raw.Write(nullGreeting[:]); err != nil {
-		return err
-	}
-	buf, err := readGreeting(c.raw)
-	if err != nil {
-		return err
-	}
-	if c.pending, err = readReady(c.raw, buf, min(l.set.maxFrame, maxReadySize)); err != nil {
-		return err
+	if l.set.curveServer != nil {
+		if err := l.curveHandshake(c); err != nil {
+			return err
+		}
+	} else {
+		if _, err := c.raw.Write(nullGreeting[:]); err != nil {
+			return err
+		}
+		buf, err := readGreeting(c.raw)
+		if err != nil {
+			return err
+		}
+		if c.pending, err = readReady(c.raw, buf, min(l.set.maxFrame, maxReadySize)); err != nil {
+			return err
+		}
 	}
 	if l.onPeerClose != nil {
 		if id := readyIdentity(c.pending[greetingLen:]); len(id) > 0 {

@@ -76,6 +76,12 @@ func (g guarded) Dial(ctx context.Context, dialer transport.Dialer, addr string)
 	if set.handshake > 0 {
 		c.hsDeadline = time.Now().Add(set.handshake)
 	}
+	if set.curveClient != nil {
+		if err := c.curveDial(set.curveClient); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
 	c.watchAdoption(set.orphan)
 	return c, nil
 }

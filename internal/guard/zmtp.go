@@ -49,10 +49,15 @@ var nullGreeting = func() (g [greetingLen]byte) {
 
 // handshakeError describes why a peer's greeting or READY was refused; it
 // matches ErrHandshake with errors.Is.
-type handshakeError struct{ reason string }
+type handshakeError struct {
+	reason    string
+	mechanism bool // the peer uses another security mechanism
+}
 
-func (e *handshakeError) Error() string   { return "guard: invalid ZMTP handshake: " + e.reason }
-func (e *handshakeError) Is(t error) bool { return t == ErrHandshake }
+func (e *handshakeError) Error() string { return "guard: invalid ZMTP handshake: " + e.reason }
+func (e *handshakeError) Is(t error) bool {
+	return t == ErrHandshake || (e.mechanism && t == ErrMechanism)
+}
 
 func badHandshake(format string, args ...any) error {
 	return &handshakeError{reason: fmt.Sprintf(format, args...)}
@@ -68,7 +73,7 @@ func checkGreeting(g []byte) error {
 	case g[10] < 3:
 		return badHandshake("ZMTP version %d.%d, want 3.0 or later", g[10], g[11])
 	case !bytes.Equal(g[12:32], nullGreeting[12:32]):
-		return badHandshake("security mechanism %q, want NULL", bytes.TrimRight(g[12:32], "\x00"))
+		return &handshakeError{reason: fmt.Sprintf("security mechanism %q, want NULL", bytes.TrimRight(g[12:32], "\x00")), mechanism: true}
 	case g[32] > 1:
 		return badHandshake("as-server byte %#x", g[32])
 	}

@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/protocol"
 )
 
@@ -84,6 +85,20 @@ type Config struct {
 	Progress func(Event)
 	// Guard limits the transport; zero = defaults sized for MaxChunk.
 	Guard guard.Config
+	// Curve, when set, makes the receiver a CURVE client (ZeroMQ RFC
+	// 26): the session is encrypted and only a server holding the secret
+	// key of Curve.ServerKey is accepted (ErrServerKey otherwise).
+	Curve *CurveClient
+}
+
+// CurveClient configures CURVE on the receiver.
+type CurveClient struct {
+	// ServerKey is the server's long-term public key, pinned.
+	ServerKey [32]byte
+	// PublicKey and SecretKey are this receiver's long-term pair, which
+	// the server authorizes. Both zero: a fresh pair for each Fetch (only
+	// a server that allows any key accepts it).
+	PublicKey, SecretKey [32]byte
 }
 
 func (c *Config) setDefaults() error {
@@ -131,6 +146,17 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Guard.MaxFrameSize == 0 {
 		c.Guard.MaxFrameSize = int64(c.MaxChunk) + protocol.MaxHeaderLen
+	}
+	if cv := c.Curve; cv != nil {
+		cc := &guard.CurveClient{ServerKey: cv.ServerKey, PublicKey: cv.PublicKey, SecretKey: cv.SecretKey}
+		if cv.SecretKey == ([32]byte{}) {
+			pair, err := zcert.Generate()
+			if err != nil {
+				return err
+			}
+			cc.PublicKey, cc.SecretKey = pair.Public, pair.Secret
+		}
+		c.Guard.CurveClient = cc
 	}
 	if c.Guard.HandshakeTimeout == 0 && c.PeerTimeout < guard.DefaultHandshakeTimeout {
 		// A server that accepts but never completes the handshake is as
@@ -206,6 +232,13 @@ var (
 	ErrProtocol = errors.New("protocol error")
 	// ErrServer: the server failed to read the file.
 	ErrServer = errors.New("server error")
+	// ErrServerKey: with Curve set, the server did not prove it holds the
+	// secret key of Curve.ServerKey (another server, a man in the middle,
+	// or a wrong key), or it does not speak CURVE; without Curve, the
+	// server requires CURVE.
+	ErrServerKey = errors.New("server key mismatch")
+	// ErrKeyRefused: the CURVE server refused this receiver's key.
+	ErrKeyRefused = errors.New("client key refused by the server")
 )
 
 // RemoteError is an ERROR received from the server.

@@ -10,6 +10,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/internal/zsock"
 	"github.com/zsend/zsend/protocol"
 )
@@ -88,6 +89,24 @@ type sessionError struct {
 
 func (e *sessionError) Error() string { return e.err.Error() }
 func (e *sessionError) Unwrap() error { return e.err }
+
+// dialError classifies a failed dial: a security mismatch is final, the
+// rest is worth retrying.
+func dialError(cfg Config, err error) *sessionError {
+	switch {
+	case errors.Is(err, guard.ErrClientRefused):
+		return &sessionError{err: fmt.Errorf("%w: %s refused our CURVE key %s", ErrKeyRefused, cfg.Endpoint,
+			zcert.Fingerprint(cfg.Guard.CurveClient.PublicKey))}
+	case errors.Is(err, guard.ErrServerKey):
+		return &sessionError{err: fmt.Errorf("%w: %s does not hold the secret key of server key %s (wrong --server-key, or someone in the middle)",
+			ErrServerKey, cfg.Endpoint, zcert.Fingerprint(cfg.Curve.ServerKey))}
+	case errors.Is(err, guard.ErrMechanism) && cfg.Curve != nil:
+		return &sessionError{err: fmt.Errorf("%w: %s does not speak CURVE", ErrServerKey, cfg.Endpoint)}
+	case errors.Is(err, guard.ErrMechanism):
+		return &sessionError{err: fmt.Errorf("%w: %s requires CURVE (give its public key with --server-key)", ErrServerKey, cfg.Endpoint)}
+	}
+	return lost("dialing %s: %v", cfg.Endpoint, err)
+}
 
 func lost(format string, args ...any) *sessionError {
 	return &sessionError{err: fmt.Errorf(format, args...), retry: true}
@@ -196,7 +215,7 @@ func (c *client) session(ctx context.Context, dialBy time.Time) (bool, *sessionE
 	select {
 	case err := <-dialed:
 		if err != nil {
-			return false, lost("dialing %s: %v", c.cfg.Endpoint, err)
+			return false, dialError(c.cfg, err)
 		}
 	case <-timer.C:
 		cancel()

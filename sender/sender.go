@@ -45,6 +45,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/internal/zsock"
 	"github.com/zsend/zsend/protocol"
 )
@@ -74,9 +75,34 @@ type Config struct {
 	Guard guard.Config
 	// Events, if set, is called from the serving goroutine for operator
 	// visibility (session opened/closed, file sent, request refused). It
-	// must not block.
+	// must not block. The "curve-refused" event comes from the goroutine
+	// of the refused connection's handshake, so Events must be safe for
+	// concurrent use when Curve is set.
 	Events func(Event)
+	// Curve, when set, makes the server a CURVE server (ZeroMQ RFC 26):
+	// every connection is authenticated and encrypted, and peers without
+	// CURVE are refused during the handshake.
+	Curve *CurveServer
 }
+
+// CurveServer configures CURVE on the server.
+type CurveServer struct {
+	// PublicKey and SecretKey are the server's long-term pair (see
+	// zsend --keygen).
+	PublicKey, SecretKey [32]byte
+	// Authorize reports whether a client's long-term public key may
+	// connect. It is called during the handshake, once the client proved
+	// it holds the key's secret half; a refused key gets no session
+	// state. Exactly one of Authorize and AllowAny must be set.
+	Authorize func(client [32]byte) bool
+	// AllowAny accepts every client key: the traffic is encrypted, but
+	// anyone may fetch.
+	AllowAny bool
+}
+
+// KeyFingerprint returns how a CURVE key is shown in logs and errors: the
+// first 8 bytes of the BLAKE3-256 of the key, in hexadecimal.
+func KeyFingerprint(key [32]byte) string { return zcert.Fingerprint(key) }
 
 // Event is something an operator may want to see.
 type Event struct {
@@ -122,6 +148,29 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Name == "" {
 		c.Name, _ = os.Hostname()
+	}
+	if cv := c.Curve; cv != nil {
+		if (cv.Authorize == nil) == !cv.AllowAny {
+			return errors.New("CURVE: set exactly one of Authorize and AllowAny")
+		}
+		if cv.SecretKey == ([32]byte{}) {
+			return errors.New("CURVE: no secret key")
+		}
+		events, authorize := c.Events, cv.Authorize
+		guardCurve := &guard.CurveServer{PublicKey: cv.PublicKey, SecretKey: cv.SecretKey}
+		if !cv.AllowAny {
+			guardCurve.Authorize = func(k [32]byte) error {
+				if authorize(k) {
+					return nil
+				}
+				fp := zcert.Fingerprint(k)
+				if events != nil {
+					events(Event{Kind: "curve-refused", Peer: "key:" + fp, Message: "client key " + fp + " is not authorized"})
+				}
+				return fmt.Errorf("client key %s not authorized", fp)
+			}
+		}
+		c.Guard.CurveServer = guardCurve
 	}
 	if c.Guard.MaxFrameSize == 0 {
 		// Nothing a receiver sends is large: HELLO/GET headers are < 8 KiB.

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/zsend/zsend/internal/cli"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/receiver"
 )
 
@@ -31,6 +32,9 @@ Examples:
   zrecv -o /srv/conf tcp://cfg1:5555 app.conf   fetch into /srv/conf
   zrecv --json tcp://[::1]:5555 a b c > log     NDJSON events for scripts
   zrecv ipc:///run/zsend.sock etc/hosts         a file below a served directory
+  zrecv --keygen ~/.curve/node1                 write a CURVE key pair and exit
+  zrecv --server-key /etc/zrecv/server --curve-secret ~/.curve/node1_secret \
+        tcp://cfg1:5555 app.conf                 encrypted, server key pinned
 
 Flags:
 `
@@ -56,6 +60,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		heartbeat = fs.Duration("heartbeat", 2*time.Second, "interval between heartbeats")
 		peerTO    = fs.Duration("peer-timeout", 10*time.Second, "a server silent this long is considered gone")
 		showVer   = fs.Bool("version", false, "print the version and exit")
+		serverKey = fs.String("server-key", "", "CURVE: the server's public key (40-char Z85 or a certificate file); turns CURVE on")
+		curveSec  = fs.String("curve-secret", "", "CURVE: this client's secret certificate (default: a fresh key per run)")
+		keygen    = fs.String("keygen", "", "write a new CURVE key pair to PATH and PATH_secret (mode 0600), print the public key and exit")
 	)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -72,6 +79,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *showVer {
 		fmt.Fprintf(stdout, "zrecv %s (protocol ZSND/1)\n", version)
 		return cli.ExitOK
+	}
+	if *keygen != "" {
+		return cli.Keygen("zrecv", *keygen, stdout, stderr)
+	}
+	var curve *receiver.CurveClient
+	if *serverKey != "" {
+		k, err := zcert.ParsePublic(*serverKey)
+		if err != nil {
+			fmt.Fprintln(stderr, "zrecv: --server-key:", err)
+			return cli.ExitUsage
+		}
+		curve = &receiver.CurveClient{ServerKey: k}
+		if *curveSec != "" {
+			cert, err := zcert.LoadSecret(*curveSec)
+			if err != nil {
+				fmt.Fprintln(stderr, "zrecv: --curve-secret:", err)
+				return cli.ExitUsage
+			}
+			curve.PublicKey, curve.SecretKey = cert.Public, cert.Secret
+		}
+	} else if *curveSec != "" {
+		fmt.Fprintln(stderr, "zrecv: --curve-secret needs --server-key")
+		return cli.ExitUsage
 	}
 	if fs.NArg() < 2 {
 		fmt.Fprintln(stderr, "zrecv: need an ENDPOINT and at least one NAME (see zrecv --help)")
@@ -95,7 +125,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg := receiver.Config{
 		Endpoint: fs.Arg(0), OutputDir: *out, Timeout: *timeout, NoResume: *noResume,
 		Window: win, MaxWindow: maxWin, Heartbeat: *heartbeat, PeerTimeout: *peerTO,
-		Progress: rep.Event,
+		Progress: rep.Event, Curve: curve,
 	}
 	start := time.Now()
 	results, err := receiver.Fetch(ctx, cfg, fs.Args()[1:]...)

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/zsend/zsend/internal/cli"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/sender"
 )
 
@@ -34,6 +35,9 @@ Examples:
   zsend -b tcp://0.0.0.0:5555 /srv/releases     serve a directory on all interfaces
   zsend -b ipc:///run/zsend.sock /etc/hosts     serve on a Unix socket
   zsend --json -b 'tcp://[::1]:5555' a b        NDJSON session events on stdout
+  zsend --keygen /etc/zsend/server              write a CURVE key pair and exit
+  zsend --curve-secret /etc/zsend/server_secret --allow /etc/zsend/clients /srv
+                                                encrypted; only listed client keys
 
 Flags:
 `
@@ -59,6 +63,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		heartbeat   = fs.Duration("heartbeat", 2*time.Second, "interval between heartbeats to idle clients")
 		peerTO      = fs.Duration("peer-timeout", 10*time.Second, "drop a client silent for this long")
 		showVer     = fs.Bool("version", false, "print the version and exit")
+		curveSecret = fs.String("curve-secret", "", "CURVE: this server's secret certificate; turns CURVE on and makes it mandatory")
+		allowDir    = fs.String("allow", "", "CURVE: directory of authorized client public certificates (re-read when it changes)")
+		allowAny    = fs.Bool("allow-any", false, "CURVE: accept any client key (encrypted, but anyone may fetch)")
+		keygen      = fs.String("keygen", "", "write a new CURVE key pair to PATH and PATH_secret (mode 0600), print the public key and exit")
 	)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -80,6 +88,13 @@ Exit codes:
 	if *showVer {
 		fmt.Fprintf(stdout, "zsend %s (protocol ZSND/1)\n", version)
 		return cli.ExitOK
+	}
+	if *keygen != "" {
+		return cli.Keygen("zsend", *keygen, stdout, stderr)
+	}
+	curve, code := curveConfig(*curveSecret, *allowDir, *allowAny, stderr)
+	if code != cli.ExitOK {
+		return code
 	}
 	if fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "zsend: nothing to serve: give at least one PATH (see zsend --help)")
@@ -114,7 +129,7 @@ Exit codes:
 		switch e.Kind {
 		case "file-sent":
 			line = fmt.Sprintf("zsend: sent %s (%d bytes, blake3 %s) to %s", e.Name, e.Size, e.Hash, e.Peer)
-		case "refused", "error":
+		case "refused", "error", "curve-refused":
 			line = fmt.Sprintf("zsend: %s: %s: %s", e.Peer, e.Kind, e.Message)
 		case "session-open":
 			line = fmt.Sprintf("zsend: %s connected", e.Peer)
@@ -131,7 +146,7 @@ Exit codes:
 	}
 	srv, err := sender.Listen(ctx, sender.Config{
 		Endpoint: *bind, Paths: fs.Args(), ChunkSize: int(cs), MaxSessions: *maxSessions,
-		Heartbeat: *heartbeat, PeerTimeout: *peerTO, Events: events,
+		Heartbeat: *heartbeat, PeerTimeout: *peerTO, Events: events, Curve: curve,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "zsend:", err)
@@ -139,6 +154,9 @@ Exit codes:
 	}
 	if !*quiet {
 		fmt.Fprintf(stderr, "zsend: serving %d path(s) on %s\n", fs.NArg(), srv.Endpoint())
+		if curve != nil {
+			fmt.Fprintf(stderr, "zsend: CURVE on, server key %s (fingerprint %s)\n", zcert.Key(curve.PublicKey), zcert.Fingerprint(curve.PublicKey))
+		}
 	}
 	if ready != nil {
 		ready <- srv.Endpoint()
@@ -148,6 +166,50 @@ Exit codes:
 		return cli.ExitFailure
 	}
 	return cli.ExitOK
+}
+
+// curveConfig builds the CURVE configuration of the flags; nil when
+// CURVE is off.
+func curveConfig(secret, allow string, any bool, stderr io.Writer) (*sender.CurveServer, int) {
+	if secret == "" {
+		if allow != "" || any {
+			fmt.Fprintln(stderr, "zsend: --allow and --allow-any need --curve-secret")
+			return nil, cli.ExitUsage
+		}
+		return nil, cli.ExitOK
+	}
+	cert, err := zcert.LoadSecret(secret)
+	if err != nil {
+		fmt.Fprintln(stderr, "zsend: --curve-secret:", err)
+		return nil, cli.ExitUsage
+	}
+	cs := &sender.CurveServer{PublicKey: cert.Public, SecretKey: cert.Secret}
+	switch {
+	case allow != "" && any:
+		fmt.Fprintln(stderr, "zsend: give --allow DIR or --allow-any, not both")
+		return nil, cli.ExitUsage
+	case any:
+		fmt.Fprintln(stderr, "zsend: WARNING: --allow-any: every client key is accepted; traffic is encrypted but anyone who can connect may fetch")
+		cs.AllowAny = true
+	case allow != "":
+		store, err := zcert.OpenStore(allow)
+		if err != nil {
+			fmt.Fprintln(stderr, "zsend: --allow:", err)
+			return nil, cli.ExitUsage
+		}
+		store.OnReload = func(n int, bad []error) {
+			fmt.Fprintf(stderr, "zsend: %s: %d authorized client key(s)\n", allow, n)
+			for _, e := range bad {
+				fmt.Fprintf(stderr, "zsend: %s: skipped: %v\n", allow, e)
+			}
+		}
+		fmt.Fprintf(stderr, "zsend: %s: %d authorized client key(s)\n", allow, store.Len())
+		cs.Authorize = func(k [32]byte) bool { return store.Allowed(k) }
+	default:
+		fmt.Fprintln(stderr, "zsend: --curve-secret needs --allow DIR (authorized client certificates) or --allow-any")
+		return nil, cli.ExitUsage
+	}
+	return cs, cli.ExitOK
 }
 
 func hashString(e sender.Event) string {

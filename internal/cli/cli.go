@@ -26,6 +26,8 @@ const (
 	ExitUnreachable = 4   // the server could not be reached, or went away, within --timeout
 	ExitVerify      = 5   // data failed BLAKE3 verification beyond the retry budget
 	ExitProtocol    = 6   // the peer broke the protocol or speaks another version
+	ExitServerKey   = 7   // CURVE: the server does not hold the pinned key, or security mechanisms differ
+	ExitKeyRefused  = 8   // CURVE: the server refused this client's key
 	ExitInterrupted = 130 // SIGINT/SIGTERM; partial state kept for resume
 )
 
@@ -38,6 +40,9 @@ const ExitCodeHelp = `Exit codes:
   4    server unreachable or gone for longer than --timeout
   5    verification failed (BLAKE3 mismatch beyond the retry budget)
   6    protocol error (incompatible or misbehaving peer)
+  7    server key mismatch: the server does not hold the key given with
+       --server-key (or CURVE is on one side only)
+  8    the server refused this client's CURVE key
   130  interrupted (partial state kept: run the same command to resume)
 `
 

@@ -29,6 +29,10 @@ func ExitCodeFor(err error) int {
 		return ExitVerify
 	case errors.Is(err, receiver.ErrProtocol):
 		return ExitProtocol
+	case errors.Is(err, receiver.ErrServerKey):
+		return ExitServerKey
+	case errors.Is(err, receiver.ErrKeyRefused):
+		return ExitKeyRefused
 	}
 	return ExitFailure
 }

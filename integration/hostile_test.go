@@ -52,6 +52,7 @@ type hostileEnv struct {
 	fifo   string // a FIFO inside the served tree
 	baseG  int
 	baseFD int
+	curve  *receiver.CurveClient // the legitimate receiver's CURVE options (CURVE table only)
 }
 
 func newHostileEnv(t *testing.T) *hostileEnv {
@@ -111,7 +112,7 @@ func (h *hostileEnv) fetchOK(t *testing.T, when string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	start := time.Now()
-	res, err := receiver.Fetch(ctx, receiver.Config{Endpoint: h.ep, OutputDir: out, Timeout: 2 * time.Second, PeerID: "legit"}, "small.bin")
+	res, err := receiver.Fetch(ctx, receiver.Config{Endpoint: h.ep, OutputDir: out, Timeout: 2 * time.Second, PeerID: "legit", Curve: h.curve}, "small.bin")
 	if err != nil {
 		t.Fatalf("%s: a normal fetch failed after %v: %v (server %+v)", when, time.Since(start).Round(time.Millisecond), err, h.srv.Stats())
 	}
@@ -133,7 +134,7 @@ func (h *hostileEnv) fetchDuring(t *testing.T) func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		start := time.Now()
-		_, err = receiver.Fetch(ctx, receiver.Config{Endpoint: h.ep, OutputDir: out, Timeout: 2 * time.Second, PeerID: "legit"}, "small.bin")
+		_, err = receiver.Fetch(ctx, receiver.Config{Endpoint: h.ep, OutputDir: out, Timeout: 2 * time.Second, PeerID: "legit", Curve: h.curve}, "small.bin")
 		if err != nil {
 			errc <- fmt.Sprintf("a normal fetch during the abuse failed after %v: %v (server %+v)", time.Since(start).Round(time.Millisecond), err, h.srv.Stats())
 			return

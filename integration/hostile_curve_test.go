@@ -237,14 +237,18 @@ func TestHostileCurvePeers(t *testing.T) {
 				return mut(b)
 			}
 			inputs := map[string][]byte{
-				"short":         zFrame(zFlagCommand, mk(func(b []byte) []byte { return b[:199] })),
-				"long":          zFrame(zFlagCommand, mk(func(b []byte) []byte { return append(b, 0) })),
-				"version 2":     zFrame(zFlagCommand, mk(func(b []byte) []byte { b[6] = 2; return b })),
-				"other name":    zFrame(zFlagCommand, mk(func(b []byte) []byte { copy(b, "\x05HELLP"); return b })),
-				"box flipped":   zFrame(zFlagCommand, mk(func(b []byte) []byte { b[150] ^= 1; return b })),
-				"data frame":    zFrame(0, mk(func(b []byte) []byte { return b })),
-				"random 200":    zFrame(zFlagCommand, randBytes(200)),
-				"wrong srv key": zFrame(zFlagCommand, func() []byte { cl, _ := curve.NewClient(k.stranger.Public, k.client.Public, k.client.Secret, rand.Reader); b, _ := cl.Hello(); return b }()),
+				"short":       zFrame(zFlagCommand, mk(func(b []byte) []byte { return b[:199] })),
+				"long":        zFrame(zFlagCommand, mk(func(b []byte) []byte { return append(b, 0) })),
+				"version 2":   zFrame(zFlagCommand, mk(func(b []byte) []byte { b[6] = 2; return b })),
+				"other name":  zFrame(zFlagCommand, mk(func(b []byte) []byte { copy(b, "\x05HELLP"); return b })),
+				"box flipped": zFrame(zFlagCommand, mk(func(b []byte) []byte { b[150] ^= 1; return b })),
+				"data frame":  zFrame(0, mk(func(b []byte) []byte { return b })),
+				"random 200":  zFrame(zFlagCommand, randBytes(200)),
+				"wrong srv key": zFrame(zFlagCommand, func() []byte {
+					cl, _ := curve.NewClient(k.stranger.Public, k.client.Public, k.client.Secret, rand.Reader)
+					b, _ := cl.Hello()
+					return b
+				}()),
 			}
 			for name, in := range inputs {
 				p := startCurve(t, h, k.server.Public, k.client.Public, k.client.Secret)

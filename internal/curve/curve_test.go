@@ -442,3 +442,27 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// A cookie is accepted for less than two cookie lifetimes after its key was
+// made, whatever happens in between.
+func TestCookieLifetimeBound(t *testing.T) {
+	server, cl := newPair(t), newPair(t)
+	for _, c := range []struct {
+		after time.Duration
+		ok    bool
+	}{{time.Second, true}, {CookieLifetime + time.Second, true}, {2*CookieLifetime - time.Second, true}, {2*CookieLifetime + time.Second, false}, {time.Hour, false}} {
+		srv := NewServer(server.pub, server.sec, nil, rand.Reader)
+		cli, _ := NewClient(server.pub, cl.pub, cl.sec, rand.Reader)
+		h, _ := cli.Hello()
+		w, _ := srv.Welcome(h, t0)
+		cli.Welcome(w)
+		in, _ := cli.Initiate(nil)
+		_, err := srv.Initiate(in, t0.Add(c.after))
+		if (err == nil) != c.ok {
+			t.Errorf("INITIATE %v after the cookie: %v, want ok=%v", c.after, err, c.ok)
+		}
+		if err != nil && !errors.Is(err, ErrCookie) {
+			t.Errorf("%v: %v, want ErrCookie", c.after, err)
+		}
+	}
+}

@@ -126,7 +126,9 @@ func TestBinariesCurve(t *testing.T) {
 	// --curve-secret also takes the public path when PATH_secret is beside it.
 	ep, log := zsendCurveProc(t, "--curve-secret", srv, "--allow", allow, p)
 	out := t.TempDir()
-	fetchArgs := func(extra ...string) []string { return append(append([]string{"-q", "-o", out}, extra...), ep, "app.conf") }
+	fetchArgs := func(extra ...string) []string {
+		return append(append([]string{"-q", "-o", out}, extra...), ep, "app.conf")
+	}
 
 	if code, _, stderr := run(t, "zrecv", fetchArgs("--server-key", srv, "--curve-secret", node+"_secret")...); code != 0 {
 		t.Fatalf("listed key: exit %d: %s", code, stderr)

@@ -76,6 +76,7 @@ type Stats struct {
 	WriteStalls       int64 // connections evicted by WriteStallTimeout
 	IdleTimeouts      int64 // connections closed by IdleTimeout
 	Orphaned          int64 // connections zmq4 never adopted (its own handshake failed)
+	DuplicateIdentity int64 // peers refused for announcing the routing identity of a live connection
 	CurveDenied       int64 // CURVE clients refused by CurveServer.Authorize
 	CurveErrors       int64 // CURVE MESSAGEs refused after the handshake (forged, replayed, reordered, malformed)
 }
@@ -97,6 +98,7 @@ const (
 	cWriteStalls
 	cIdleTimeouts
 	cOrphaned
+	cDuplicateIdentity
 	cCurveDenied
 	cCurveErrors
 	nCounters
@@ -120,6 +122,7 @@ func (c *counters) snapshot() Stats {
 		WriteStalls:       c[cWriteStalls].Load(),
 		IdleTimeouts:      c[cIdleTimeouts].Load(),
 		Orphaned:          c[cOrphaned].Load(),
+		DuplicateIdentity: c[cDuplicateIdentity].Load(),
 		CurveDenied:       c[cCurveDenied].Load(),
 		CurveErrors:       c[cCurveErrors].Load(),
 	}
@@ -144,6 +147,32 @@ type settings struct {
 	curveClient *CurveClient
 	curveOnce   sync.Once
 	curveSrv    *curve.Server // cookie keys and replay cache shared by the listeners
+
+	idMu sync.Mutex
+	ids  map[string]*conn // routing identities of live accepted connections
+}
+
+// claimIdentity registers id for c unless a live connection holds it.
+func (s *settings) claimIdentity(id []byte, c *conn) bool {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	if _, taken := s.ids[string(id)]; taken {
+		return false
+	}
+	if s.ids == nil {
+		s.ids = make(map[string]*conn)
+	}
+	s.ids[string(id)] = c
+	return true
+}
+
+// releaseIdentity forgets id if c holds it.
+func (s *settings) releaseIdentity(id []byte, c *conn) {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	if s.ids[string(id)] == c {
+		delete(s.ids, string(id))
+	}
 }
 
 type ctxKey struct{}
@@ -176,6 +205,23 @@ type closeHookKey struct{}
 // closing goroutine and must not block.
 func WithCloseHook(ctx context.Context, f func(identity []byte)) context.Context {
 	return context.WithValue(ctx, closeHookKey{}, f)
+}
+
+type curvePeerHookKey struct{}
+
+// WithCurvePeerHook returns a copy of ctx carrying f. A CURVE listener
+// made from it calls f with the routing identity and the long-term public
+// key of every client it accepts, before zmq4 sees the connection (so
+// before any message of that peer can be received). Identities are unique
+// among live connections (see the package documentation); the close hook
+// reports when one ends. f must not block.
+func WithCurvePeerHook(ctx context.Context, f func(identity []byte, key [32]byte)) context.Context {
+	return context.WithValue(ctx, curvePeerHookKey{}, f)
+}
+
+func curvePeerHookFrom(ctx context.Context) func([]byte, [32]byte) {
+	f, _ := ctx.Value(curvePeerHookKey{}).(func([]byte, [32]byte))
+	return f
 }
 
 func closeHookFrom(ctx context.Context) func([]byte) {

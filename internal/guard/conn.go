@@ -30,7 +30,7 @@ type conn struct {
 	network string
 	onClose func() // listener accounting; may be nil
 
-	identity    []byte       // the peer's READY Identity (accepted conns with a close hook)
+	identity    []byte       // the peer's routing identity (accepted conns), claimed in settings
 	onPeerClose func([]byte) // called with identity on close; may be nil
 
 	rmu        sync.Mutex
@@ -380,8 +380,13 @@ func (c *conn) Close() error {
 		if c.onClose != nil {
 			c.onClose()
 		}
-		if c.onPeerClose != nil {
+		if c.onPeerClose != nil && c.identity != nil {
 			c.onPeerClose(c.identity)
+		}
+		// After the hook: a new connection may take the identity only
+		// once the hook has forgotten this one.
+		if c.identity != nil {
+			c.set.releaseIdentity(c.identity, c)
 		}
 	})
 	return err

@@ -2,6 +2,7 @@ package guard
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -184,6 +185,34 @@ func readyIdentity(frame []byte) []byte {
 		b = b[1+klen+4+vlen:]
 	}
 	return id
+}
+
+// newIdentity returns a routing identity for a peer that announced none:
+// a zero byte (libzmq's mark of identities the ROUTER made) and 16 random
+// bytes.
+func newIdentity() []byte {
+	id := make([]byte, 17)
+	rand.Read(id[1:])
+	return id
+}
+
+// withIdentity returns a checked READY command frame with an Identity
+// property id appended.
+func withIdentity(frame, id []byte) ([]byte, error) {
+	body := frame[2:]
+	if frame[0]&flagLong != 0 {
+		body = frame[9:]
+	}
+	nb := make([]byte, 0, len(body)+1+len("Identity")+4+len(id))
+	nb = append(nb, body...)
+	nb = append(nb, byte(len("Identity")))
+	nb = append(nb, "Identity"...)
+	nb = binary.BigEndian.AppendUint32(nb, uint32(len(id)))
+	nb = append(nb, id...)
+	if err := checkReady(nb); err != nil {
+		return nil, err
+	}
+	return appendFrame(nil, flagCommand, nb), nil
 }
 
 // frameScanner follows the ZMTP frame structure of a byte stream (after the

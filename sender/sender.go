@@ -98,6 +98,11 @@ type CurveServer struct {
 	// AllowAny accepts every client key: the traffic is encrypted, but
 	// anyone may fetch.
 	AllowAny bool
+	// Access, if set, is asked on every request whether the session's
+	// client key may fetch the name (see internal/acl for zsend's access
+	// list file). A refused request gets ERROR 403. nil: every authorized
+	// key may fetch everything served.
+	Access func(client [32]byte, name string) bool
 }
 
 // KeyFingerprint returns how a CURVE key is shown in logs and errors: the
@@ -117,6 +122,7 @@ type Event struct {
 	Sent    int64 // progress: bytes of the file sent so far, offset included
 	Hash    protocol.Hash
 	Message string
+	Key     string // CURVE: fingerprint of the session's client key (see KeyFingerprint)
 }
 
 // progressEvery is the least interval between progress events of a transfer.
@@ -201,6 +207,7 @@ type Server struct {
 	turn     int
 	wake     chan struct{}
 	departed chan departure // connections the guard saw close
+	keys     *keyTable      // CURVE client key of each routing identity
 	// unsolicited counts, per routing id, the replies sent since the last
 	// housekeeping tick to messages outside a session (see replyNoSession).
 	unsolicited map[string]int
@@ -252,13 +259,20 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	// vanished receiver's session (its open file, its reads) ends at once
 	// rather than at the peer timeout.
 	departed := make(chan departure, 1024)
+	// CURVE: the guard tells which client key each routing identity
+	// proved (identities are unique among live connections), before any
+	// message of that peer arrives; the entry goes when it disconnects.
+	keys := &keyTable{m: map[string][32]byte{}}
 	onClose := func(id []byte) {
+		keys.drop(string(id))
 		select {
 		case departed <- departure{id: string(id), at: time.Now()}:
 		default: // full: the peer timeout will do
 		}
 	}
-	sockCtx, cancel := context.WithCancel(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard), onClose))
+	hookCtx := guard.WithCurvePeerHook(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard), onClose),
+		func(id []byte, k [32]byte) { keys.set(string(id), k) })
+	sockCtx, cancel := context.WithCancel(hookCtx)
 	sock := zmq4.NewRouter(sockCtx, zmq4.WithLogger(discardLogger()))
 	if err := sock.Listen(ep); err != nil {
 		cancel()
@@ -273,10 +287,36 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		wake:        make(chan struct{}, 1),
 		departed:    departed,
 		unsolicited: make(map[string]int),
+		keys:        keys,
 	}
 	size := cfg.ChunkSize
 	s.bufs.New = func() any { b := make([]byte, size); return &b }
 	return s, nil
+}
+
+// keyTable maps routing identities to the CURVE client keys they proved.
+type keyTable struct {
+	mu sync.Mutex
+	m  map[string][32]byte
+}
+
+func (t *keyTable) set(id string, k [32]byte) {
+	t.mu.Lock()
+	t.m[id] = k
+	t.mu.Unlock()
+}
+
+func (t *keyTable) drop(id string) {
+	t.mu.Lock()
+	delete(t.m, id)
+	t.mu.Unlock()
+}
+
+func (t *keyTable) get(id string) ([32]byte, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k, ok := t.m[id]
+	return k, ok
 }
 
 // Endpoint is the bound endpoint, with the real port when 0 was asked for.
@@ -462,6 +502,7 @@ func (s *Server) handleHello(id string, old *session, h *protocol.Hello) {
 	}
 	now := time.Now()
 	sess := &session{srv: s, id: id, opened: now, version: v, chunkSize: int64(chunk), peer: h.PeerID, lastRecv: now, lastSend: now, prev: prev}
+	sess.key, sess.hasKey = s.keys.get(id)
 	if sess.peer == "" {
 		sess.peer = fmt.Sprintf("%x", id)
 	}

@@ -19,6 +19,8 @@ type session struct {
 	srv       *Server
 	id        string
 	peer      string
+	key       [32]byte // CURVE client key (hasKey)
+	hasKey    bool
 	version   uint8
 	chunkSize int64
 	gate      credit.Gate
@@ -184,6 +186,15 @@ func (sess *session) pump() bool {
 
 // start opens the file a GET names and sends FILE, or ERROR.
 func (sess *session) start(g *protocol.Get) {
+	if cv := sess.srv.cfg.Curve; cv != nil && cv.Access != nil && (!sess.hasKey || !cv.Access(sess.key, g.Name)) {
+		msg := "not allowed for this client key"
+		if sess.hasKey {
+			msg = "not allowed for client key " + KeyFingerprint(sess.key)
+		}
+		sess.send(&protocol.Error{Request: g.Request, Code: protocol.CodeRefused, Message: msg})
+		sess.event(Event{Kind: "refused", Name: g.Name, Message: fmt.Sprintf("%d %v: %s", protocol.CodeRefused, protocol.CodeRefused, msg)})
+		return
+	}
 	f, key, err := sess.srv.cat.open(g.Name)
 	if err != nil {
 		code := protocol.CodeInternal
@@ -272,6 +283,9 @@ func (sess *session) sendWhole(g *protocol.Get, f *os.File, key fileKey, tag pro
 // event reports e with the session's peer and identity filled in.
 func (sess *session) event(e Event) {
 	e.Peer, e.Session = sess.peer, fmt.Sprintf("%x", sess.id)
+	if sess.hasKey {
+		e.Key = KeyFingerprint(sess.key)
+	}
 	sess.srv.event(e)
 }
 

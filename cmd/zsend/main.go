@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/zsend/zsend/internal/acl"
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/sender"
@@ -66,6 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		curveSecret = fs.String("curve-secret", "", "CURVE: this server's secret certificate; turns CURVE on and makes it mandatory")
 		allowDir    = fs.String("allow", "", "CURVE: directory of authorized client public certificates (re-read when it changes)")
 		allowAny    = fs.Bool("allow-any", false, "CURVE: accept any client key (encrypted, but anyone may fetch)")
+		aclFile     = fs.String("acl", "", "CURVE: access list FILE: which client key may fetch which names (format in README)")
 		keygen      = fs.String("keygen", "", "write a new CURVE key pair to PATH and PATH_secret (mode 0600), print the public key and exit")
 	)
 	fs.Usage = func() {
@@ -96,6 +98,25 @@ Exit codes:
 	if code != cli.ExitOK {
 		return code
 	}
+	if *aclFile != "" {
+		if curve == nil {
+			fmt.Fprintln(stderr, "zsend: --acl needs --curve-secret (the list is keyed by client keys)")
+			return cli.ExitUsage
+		}
+		list, err := acl.Open(*aclFile)
+		if err != nil {
+			fmt.Fprintln(stderr, "zsend: --acl:", err)
+			return cli.ExitUsage
+		}
+		list.OnReload = func(n int, err error) {
+			if err != nil {
+				fmt.Fprintf(stderr, "zsend: --acl: keeping the previous list: %v\n", err)
+				return
+			}
+			fmt.Fprintf(stderr, "zsend: %s: reloaded, rules for %d key(s)\n", *aclFile, n)
+		}
+		curve.Access = func(k [32]byte, name string) bool { return list.Allowed(k, name) }
+	}
 	if fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "zsend: nothing to serve: give at least one PATH (see zsend --help)")
 		return cli.ExitUsage
@@ -117,7 +138,7 @@ Exit codes:
 		defer mu.Unlock()
 		if *jsonOut && e.Kind != "progress" {
 			enc.Encode(map[string]any{"event": e.Kind, "time": time.Now().UTC().Format(time.RFC3339Nano), "peer": e.Peer,
-				"session": e.Session, "name": e.Name, "size": e.Size, "offset": e.Offset, "blake3": hashString(e), "message": e.Message})
+				"session": e.Session, "key": e.Key, "name": e.Name, "size": e.Size, "offset": e.Offset, "blake3": hashString(e), "message": e.Message})
 		}
 		if *quiet && e.Kind != "error" {
 			return
@@ -133,6 +154,9 @@ Exit codes:
 			line = fmt.Sprintf("zsend: %s: %s: %s", e.Peer, e.Kind, e.Message)
 		case "session-open":
 			line = fmt.Sprintf("zsend: %s connected", e.Peer)
+			if e.Key != "" {
+				line += " with key " + e.Key
+			}
 		case "session-close":
 			line = fmt.Sprintf("zsend: %s disconnected: %s", e.Peer, e.Message)
 		default:

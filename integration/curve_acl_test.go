@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -30,13 +31,17 @@ func TestCurveAccessList(t *testing.T) {
 	}
 	var mu sync.Mutex
 	keysSeen := map[string]bool{}
+	var refusals []string
 	cs := curveServer(server, a, b)
 	cs.Access = func(k [32]byte, name string) bool { return list.Allowed(k, name) }
 	ep, _ := serve(t, sender.Config{Paths: []string{conf, pub}, Curve: cs, Events: func(e sender.Event) {
-		if e.Kind == "session-open" {
-			mu.Lock()
+		mu.Lock()
+		defer mu.Unlock()
+		switch e.Kind {
+		case "session-open":
 			keysSeen[e.Key] = true
-			mu.Unlock()
+		case "refused":
+			refusals = append(refusals, e.Name+": "+e.Message)
 		}
 	}})
 	get := func(who *zcert.Cert, names ...string) ([]receiver.Result, error) {
@@ -63,6 +68,9 @@ func TestCurveAccessList(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	if len(refusals) != 1 || !strings.Contains(refusals[0], "conf/app.conf: 403") || !strings.Contains(refusals[0], b.Fingerprint()) {
+		t.Fatalf("refusal events %q, want one for conf/app.conf naming %s", refusals, b.Fingerprint())
+	}
 	if !keysSeen[a.Fingerprint()] || !keysSeen[b.Fingerprint()] {
 		t.Fatalf("session-open keys %v, want %s and %s", keysSeen, a.Fingerprint(), b.Fingerprint())
 	}

@@ -172,6 +172,19 @@ func TestBinariesCurve(t *testing.T) {
 		t.Errorf("zsend did not print its key's fingerprint: %s", log.String())
 	}
 
+	// --acl: node1 may fetch other.txt only.
+	aclPath := filepath.Join(keys, "acl")
+	os.WriteFile(aclPath, []byte("# test\nnode1 other.txt\n"), 0o644)
+	ep3, log3 := zsendCurveProc(t, "--curve-secret", srv+"_secret", "--allow", allow, "--acl", aclPath, p)
+	code, _, stderr = run(t, "zrecv", "-q", "-o", out, "--server-key", srv, "--curve-secret", node+"_secret", ep3, "app.conf")
+	if code != 3 || !strings.Contains(stderr, "not allowed") {
+		t.Fatalf("--acl refusal: exit %d, %q", code, stderr)
+	}
+	nodeCert, _ := zcert.Load(node)
+	eventually(t, 5*time.Second, "zsend logs the session's key", func() bool {
+		return strings.Contains(log3.String(), "with key "+nodeCert.Fingerprint())
+	})
+
 	// --allow-any warns.
 	_, log2 := zsendCurveProc(t, "--curve-secret", srv+"_secret", "--allow-any", p)
 	if !strings.Contains(log2.String(), "WARNING") {

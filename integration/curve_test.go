@@ -59,7 +59,7 @@ func TestCurveTransfer(t *testing.T) {
 	big := writeRandom(t, src, "big.bin", 5<<20+123)
 	small := writeRandom(t, src, "small.conf", 700)
 	empty := writeRandom(t, src, "empty", 0)
-	for _, kind := range endpointKinds {
+	for _, kind := range localKinds {
 		t.Run(kind, func(t *testing.T) {
 			ep, _ := serve(t, sender.Config{Endpoint: endpointFor(t, kind), Paths: []string{big, small, empty},
 				Curve: curveServer(server, client)})

@@ -31,6 +31,9 @@ func Register() {
 				panic(fmt.Sprintf("guard: registering transport %q: %v", name, err))
 			}
 		}
+		if err := zmq4.RegisterTransport(SchemeInproc, inprocTransport{}); err != nil {
+			panic(fmt.Sprintf("guard: registering transport %q: %v", SchemeInproc, err))
+		}
 	})
 }
 
@@ -48,9 +51,11 @@ func Endpoint(ep string) (string, error) {
 		scheme = SchemeTCP
 	case "ipc":
 		scheme = SchemeIPC
-	case SchemeTCP, SchemeIPC:
+	case "inproc":
+		scheme = SchemeInproc
+	case SchemeTCP, SchemeIPC, SchemeInproc:
 	default:
-		return "", fmt.Errorf("guard: endpoint %q: scheme %q cannot be guarded; only tcp:// and ipc:// can", ep, scheme)
+		return "", fmt.Errorf("guard: endpoint %q: scheme %q cannot be guarded; only tcp://, ipc:// and inproc:// can", ep, scheme)
 	}
 	Register()
 	return scheme + "://" + rest, nil

@@ -16,13 +16,17 @@ import (
 	"github.com/zsend/zsend/internal/guard"
 )
 
-// Endpoint validates a user endpoint (tcp://host:port or ipc://path) and
-// returns the form that routes it through the guarded transport.
+// Endpoint validates a user endpoint (tcp://host:port, ipc://path or
+// inproc://name) and returns the form that routes it through the guarded
+// transport. inproc:// (within one process, for library users) goes
+// through the guard's own in-process transport (a Unix socket pair per
+// connection).
 func Endpoint(ep string) (string, error) {
 	switch {
 	case strings.HasPrefix(ep, "tcp://"), strings.HasPrefix(ep, "ipc://"):
+	case strings.HasPrefix(ep, "inproc://") && len(ep) > len("inproc://"):
 	default:
-		return "", fmt.Errorf("endpoint %q: want tcp://HOST:PORT or ipc://PATH", ep)
+		return "", fmt.Errorf("endpoint %q: want tcp://HOST:PORT, ipc://PATH or inproc://NAME", ep)
 	}
 	return guard.Endpoint(ep) // registers the guarded transports
 }

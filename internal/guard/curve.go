@@ -381,7 +381,7 @@ func (c *conn) curveClientStep() error {
 // are written when a message ends.
 func (c *conn) curveWrite(p []byte) error {
 	cv := c.cv
-	for len(p) > 0 {
+	for len(p) > 0 || cv.inBody && cv.body == 0 {
 		if cv.sess.Load() == nil {
 			k, done := cv.takeCommand(p)
 			p = p[k:]
@@ -419,6 +419,8 @@ func (c *conn) curveWrite(p []byte) error {
 			cv.inBody = true
 			cv.plain = append(getBuf(1+cv.body), cv.flags)
 		}
+		// (An empty frame is sealed as soon as its header is complete:
+		// zmq4 writes no body bytes for it.)
 		k := min(cv.body, len(p))
 		cv.plain = append(cv.plain, p[:k]...)
 		cv.body -= k
@@ -519,10 +521,7 @@ func (c *conn) curveSendReady() error {
 		return c.fail("write", curveFailf(ErrCurve, "READY written twice"))
 	}
 	cv.cmd = nil
-	if _, err := c.raw.Write(out); err != nil {
-		return c.fatal("write", err)
-	}
-	return nil
+	return c.flush(net.Buffers{out})
 }
 
 // curveRead gives zmq4 the next bytes of plaintext frames, opening one

@@ -65,6 +65,16 @@ func TestCurveRoundTrip(t *testing.T) {
 			if seen != client.pub {
 				t.Fatal("Authorize did not see the client's key")
 			}
+			// An empty last frame is delivered at once (nothing follows
+			// it to push it out).
+			dealer.Send(zmq4.NewMsgFrom([]byte("e"), nil))
+			if msg, err := recvTimeout(router, 2*time.Second); err != nil || len(msg.Frames) != 3 || len(msg.Frames[2]) != 0 {
+				t.Fatalf("empty last frame: %q, %v", msg.Frames, err)
+			}
+			router.Send(zmq4.NewMsgFrom([]byte("d1"), nil))
+			if msg, err := recvTimeout(dealer, 2*time.Second); err != nil || len(msg.Frames) != 1 || len(msg.Frames[0]) != 0 {
+				t.Fatalf("empty message to the dealer: %q, %v", msg.Frames, err)
+			}
 			// Multipart and large frames, both ways.
 			big := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
 			if err := dealer.Send(zmq4.NewMsgFrom([]byte("a"), nil, big)); err != nil {

@@ -61,7 +61,8 @@ func TestCurveRoundTrip(t *testing.T) {
 			sctx := curveServerCtx(t, server, func(k [32]byte) error { seen = k; return nil })
 			router, ep := startRouter(t, sctx, ep)
 			dealer := startDealer(t, curveClientCtx(t, server.pub, client), ep, "d1")
-			roundTrip(t, router, dealer, "d1", 5*time.Second)
+			id := string(client.pub[:]) + "d1" // the guard prefixes a CURVE peer's identity with its key
+			roundTrip(t, router, dealer, id, 5*time.Second)
 			if seen != client.pub {
 				t.Fatal("Authorize did not see the client's key")
 			}
@@ -71,7 +72,7 @@ func TestCurveRoundTrip(t *testing.T) {
 			if msg, err := recvTimeout(router, 2*time.Second); err != nil || len(msg.Frames) != 3 || len(msg.Frames[2]) != 0 {
 				t.Fatalf("empty last frame: %q, %v", msg.Frames, err)
 			}
-			router.Send(zmq4.NewMsgFrom([]byte("d1"), nil))
+			router.Send(zmq4.NewMsgFrom([]byte(id), nil))
 			if msg, err := recvTimeout(dealer, 2*time.Second); err != nil || len(msg.Frames) != 1 || len(msg.Frames[0]) != 0 {
 				t.Fatalf("empty message to the dealer: %q, %v", msg.Frames, err)
 			}
@@ -86,7 +87,7 @@ func TestCurveRoundTrip(t *testing.T) {
 			}
 			go func() { // concurrently: the test's write stall timeout is short
 				for i := range 50 {
-					router.Send(zmq4.NewMsgFrom([]byte("d1"), []byte(fmt.Sprint(i)), big[:i*1000]))
+					router.Send(zmq4.NewMsgFrom([]byte(id), []byte(fmt.Sprint(i)), big[:i*1000]))
 				}
 			}()
 			for i := range 50 {
@@ -117,7 +118,7 @@ func TestCurveWireIsEncrypted(t *testing.T) {
 	if err != nil || !bytes.Equal(msg.Frames[1], secret) {
 		t.Fatalf("router got %q, %v", msg.Frames, err)
 	}
-	router.Send(zmq4.NewMsgFrom([]byte("secret-identity"), secret))
+	router.Send(zmq4.NewMsgFrom(append(client.pub[:], "secret-identity"...), secret))
 	if _, err := recvTimeout(dealer, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,11 @@
 //     announces none an identity of its own (a zero byte and 16 random
 //     bytes), so every accepted connection has a known, unique identity:
 //     the close hook (WithCloseHook) and the CURVE peer hook
-//     (WithCurvePeerHook, identity -> client key) rely on it.
+//     (WithCurvePeerHook, identity -> client key) rely on it. A CURVE
+//     peer's identity is prefixed with its 32-byte long-term public key,
+//     so peers of different keys never share one (a peer taking over an
+//     identity just released would otherwise receive what the application
+//     still sends to its former owner, under another key's rights).
 //
 // # Why each guard exists
 //

@@ -97,8 +97,32 @@ func TestCurvePeerHook(t *testing.T) {
 		t.Fatal(err)
 	}
 	mu.Lock()
-	defer mu.Unlock()
 	if keys[string(msg.Frames[0])] != client.pub {
 		t.Fatalf("hook saw %v for %q", keys, msg.Frames[0])
+	}
+	mu.Unlock()
+	// The routing identity is the client's key, then its own identity.
+	if id := msg.Frames[0]; len(id) != 32+len("node-1") || [32]byte(id[:32]) != client.pub || string(id[32:]) != "node-1" {
+		t.Fatalf("routing identity %q", id)
+	}
+	// Another key announcing the same identity is another routing id:
+	// both connect, and each gets only its own replies.
+	other := genPair(t)
+	dealer2 := startDealer(t, curveClientCtx(t, server.pub, other), ep, "node-1")
+	dealer2.Send(zmq4.NewMsgString("y"))
+	msg2, err := recvTimeout(router, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(msg2.Frames[0]) == string(msg.Frames[0]) {
+		t.Fatal("two keys share a routing identity")
+	}
+	router.Send(zmq4.NewMsgFrom(msg2.Frames[0], []byte("for-other")))
+	router.Send(zmq4.NewMsgFrom(msg.Frames[0], []byte("for-client")))
+	if m, err := recvTimeout(dealer, 2*time.Second); err != nil || string(m.Frames[0]) != "for-client" {
+		t.Fatalf("first dealer got %q, %v", m.Frames, err)
+	}
+	if m, err := recvTimeout(dealer2, 2*time.Second); err != nil || string(m.Frames[0]) != "for-other" {
+		t.Fatalf("second dealer got %q, %v", m.Frames, err)
 	}
 }

@@ -35,7 +35,7 @@ func TestInproc(t *testing.T) {
 	cep, _ := Endpoint(fmt.Sprintf("inproc://guard-curve-%d", time.Now().UnixNano()))
 	cr, _ := startRouter(t, curveServerCtx(t, server, nil), cep)
 	cd := startDealer(t, curveClientCtx(t, server.pub, client), cep, "c1")
-	roundTrip(t, cr, cd, "c1", 2*time.Second)
+	roundTrip(t, cr, cd, string(client.pub[:])+"c1", 2*time.Second)
 
 	// Nobody listening: the dial fails (zmq4 retries it).
 	if _, err := dialInproc(context.Background(), "nobody-here"); !errors.Is(err, ErrNoInprocListener) {

@@ -174,10 +174,23 @@ func (l *listener) preHandshake(c *conn) error {
 	// a peer without one an identity of its own (so every connection has
 	// a known identity, for the close hook and for CURVE key lookups), and
 	// refuses a peer announcing the identity of a live connection.
+	//
+	// A CURVE peer's identity is prefixed with its 32-byte long-term key,
+	// so that peers of different keys can never share a routing identity:
+	// a peer that takes over an identity right after its owner left could
+	// otherwise receive what the application still sends to that owner.
 	frame := c.pending[greetingLen:]
 	id := readyIdentity(frame)
-	if len(id) == 0 {
+	rewrite := len(id) == 0
+	if rewrite {
 		id = newIdentity()
+	}
+	if c.cv != nil {
+		k := c.cv.accepted.Client
+		id = append(k[:], id...)
+		rewrite = true
+	}
+	if rewrite {
 		ready, err := withIdentity(frame, id)
 		if err != nil {
 			return err

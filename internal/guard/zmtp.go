@@ -197,7 +197,8 @@ func newIdentity() []byte {
 }
 
 // withIdentity returns a checked READY command frame with an Identity
-// property id appended.
+// property id appended (zmq4 takes the last of repeated properties, so it
+// replaces one the peer sent).
 func withIdentity(frame, id []byte) ([]byte, error) {
 	body := frame[2:]
 	if frame[0]&flagLong != 0 {

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -337,46 +338,11 @@ s.recv_multipart()  # the receiver's goodbye, or the timeout
 func TestCurvePythonRouter(t *testing.T) {
 	pyNeedZMQ(t)
 	server, client := newCert(t), newCert(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, pySystemPython, "-c", pyRouter, server.Secret.String())
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Wait()
-	defer cancel()
-	lines := make(chan string, 4)
-	go func() {
-		b := make([]byte, 0, 256)
-		one := make([]byte, 1)
-		for {
-			if _, err := stdout.Read(one); err != nil {
-				close(lines)
-				return
-			}
-			if one[0] == '\n' {
-				lines <- string(b)
-				b = b[:0]
-				continue
-			}
-			b = append(b, one[0])
-		}
-	}()
-	var port string
-	select {
-	case port = <-lines:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("python router did not start: %s", stderr.String())
-	}
+	port, stderr, lines, stop := startPyRouter(t, server)
+	defer stop()
 	cfg := receiver.Config{Endpoint: "tcp://127.0.0.1:" + port, OutputDir: t.TempDir(), PeerID: "go-curve-node",
 		Curve: curveClient(server, client), Timeout: 10 * time.Second}
-	_, err = fetch(t, cfg, "f.bin")
+	_, err := fetch(t, cfg, "f.bin")
 	var re *receiver.RemoteError
 	if !errors.As(err, &re) || re.Message != "python router says no" || !errors.Is(err, receiver.ErrNotFound) {
 		t.Fatalf("fetch from the python router: %v (python stderr: %s)", err, stderr.String())
@@ -389,4 +355,71 @@ func TestCurvePythonRouter(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("python router printed nothing")
 	}
+}
+
+// A libzmq server drops a HELLO boxed to another key without a word;
+// after a few such drops in a row zrecv concludes the key is wrong
+// (exit code 7), rather than retrying until its timeout.
+func TestCurvePythonRouterWrongKey(t *testing.T) {
+	pyNeedZMQ(t)
+	server, other, client := newCert(t), newCert(t), newCert(t)
+	port, _, _, stop := startPyRouter(t, server)
+	defer stop()
+	start := time.Now()
+	_, err := fetch(t, receiver.Config{Endpoint: "tcp://127.0.0.1:" + port, OutputDir: t.TempDir(),
+		Curve: curveClient(other, client), Timeout: 20 * time.Second}, "f.bin")
+	if !errors.Is(err, receiver.ErrServerKey) {
+		t.Fatalf("wrong key against libzmq: %v, want ErrServerKey", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("took %v", d)
+	}
+}
+
+// startPyRouter runs pyRouter with server's secret key and returns its
+// port, its stderr, the lines it prints after the port, and a stop func.
+func startPyRouter(t *testing.T, server *zcert.Cert) (string, *lockedBuffer, <-chan string, func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	cmd := exec.CommandContext(ctx, pySystemPython, "-c", pyRouter, server.Secret.String())
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	stderrPipe, err := cmd.StderrPipe()
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	var stderr lockedBuffer
+	go func() {
+		sc := bufio.NewScanner(stderrPipe)
+		for sc.Scan() {
+			stderr.add(sc.Text())
+		}
+	}()
+	lines := make(chan string, 4)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	stop := func() { cancel(); cmd.Wait() }
+	select {
+	case port, ok := <-lines:
+		if ok {
+			return port, &stderr, lines, stop
+		}
+	case <-time.After(30 * time.Second):
+	}
+	stop()
+	t.Fatalf("python router did not start: %s", stderr.String())
+	return "", nil, nil, nil
 }

@@ -78,6 +78,9 @@ type client struct {
 	// violations counts sessions ended by a protocol violation; past the
 	// retry budget the server is taken to be broken, not the wire.
 	violations int
+	// helloDrops counts CURVE connections closed by the server right after
+	// HELLO (see maxHelloDrops).
+	helloDrops int
 }
 
 // sessionError ends a session. retry says whether a new session may help.
@@ -90,9 +93,22 @@ type sessionError struct {
 func (e *sessionError) Error() string { return e.err.Error() }
 func (e *sessionError) Unwrap() error { return e.err }
 
+// maxHelloDrops is how many times in a row a CURVE server may close the
+// connection after HELLO before the server key is taken to be wrong.
+const maxHelloDrops = 3
+
 // dialError classifies a failed dial: a security mismatch is final, the
 // rest is worth retrying.
-func dialError(cfg Config, err error) *sessionError {
+func (c *client) dialError(err error) *sessionError {
+	cfg := c.cfg
+	if errors.Is(err, guard.ErrHelloDropped) {
+		// Silence after HELLO: a libzmq server with another key, or a
+		// connection lost at that moment. Only a repeat is conclusive.
+		c.helloDrops++
+		if c.helloDrops < maxHelloDrops {
+			return lost("dialing %s: %v", cfg.Endpoint, err)
+		}
+	}
 	switch {
 	case errors.Is(err, guard.ErrClientRefused):
 		return &sessionError{err: fmt.Errorf("%w: %s refused our CURVE key %s", ErrKeyRefused, cfg.Endpoint,
@@ -215,7 +231,7 @@ func (c *client) session(ctx context.Context, dialBy time.Time) (bool, *sessionE
 	select {
 	case err := <-dialed:
 		if err != nil {
-			return false, dialError(c.cfg, err)
+			return false, c.dialError(err)
 		}
 	case <-timer.C:
 		cancel()

@@ -48,6 +48,12 @@ var (
 	// the pinned server key (its WELCOME did not open, or it refused or
 	// dropped our HELLO, which it does when HELLO is boxed to another key).
 	ErrServerKey = errors.New("guard: CURVE server does not hold the pinned server key")
+	// ErrHelloDropped: the server closed the connection right after our
+	// HELLO without a word, which is what libzmq does with a HELLO boxed
+	// to another key, but also what a connection lost at that moment
+	// looks like. It matches ErrServerKey too; callers may retry it a few
+	// times before concluding.
+	ErrHelloDropped = errors.New("guard: CURVE server closed the connection after HELLO")
 	// ErrClientRefused: the CURVE server refused this client's key.
 	ErrClientRefused = errors.New("guard: CURVE server refused this client's key")
 	// ErrCurve: a CURVE command failed (malformed, forged, replayed or
@@ -341,8 +347,8 @@ func (c *conn) curveClientStep() error {
 			if isTimeout(err) || errors.Is(err, ErrCurve) || errors.Is(err, ErrFrameTooLarge) {
 				return err
 			}
-			// A CURVE server drops a HELLO boxed to another key.
-			return curveFailf(ErrServerKey, "server closed the connection after HELLO (%v)", err)
+			// A libzmq CURVE server drops a HELLO boxed to another key.
+			return &curveError{sentinel: ErrServerKey, err: fmt.Errorf("%w (%v)", ErrHelloDropped, err)}
 		}
 		if err := cv.client.Welcome(welcome); err != nil {
 			if errors.Is(err, curve.ErrServerKey) || errors.Is(err, curve.ErrPeer) {

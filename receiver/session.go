@@ -233,6 +233,7 @@ func (c *client) session(ctx context.Context, dialBy time.Time) (bool, *sessionE
 		if err != nil {
 			return false, c.dialError(err)
 		}
+		c.helloDrops = 0 // the handshake completed: the key is right
 	case <-timer.C:
 		cancel()
 		<-dialed

@@ -25,7 +25,7 @@ func TestTransferSizes(t *testing.T) {
 		writeRandom(t, src, name, n)
 		names = append(names, name)
 	}
-	for _, kind := range endpointKinds {
+	for _, kind := range localKinds {
 		t.Run(kind, func(t *testing.T) {
 			var paths []string
 			for _, n := range names {

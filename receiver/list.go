@@ -88,7 +88,7 @@ func List(ctx context.Context, cfg Config, tree string) ([]TreeInfo, error) {
 
 // listOnce runs one session: HELLO, LIST, TREE* END, BYE.
 func listOnce(ctx context.Context, cfg *Config, ep, tree string, dialBy time.Time) (_ []TreeInfo, _ error, retry bool) {
-	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.Limits.guard()))
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.guardConfig()))
 	defer cancel()
 	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerRetry(100*time.Millisecond), zmq4.WithDialerMaxRetries(-1),
 		zmq4.WithLogger(discardLogger()), zmq4.WithTimeout(cfg.PeerTimeout))

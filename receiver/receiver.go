@@ -61,6 +61,7 @@ import (
 	"time"
 
 	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/protocol"
 )
 
@@ -133,6 +134,29 @@ type Config struct {
 	// Limits bounds what the transport accepts and waits for; zero fields
 	// take defaults sized for MaxChunk and PeerTimeout.
 	Limits Limits
+	// Curve, when set, makes the receiver a CURVE client (ZeroMQ RFC
+	// 26): the session is encrypted and only a server holding the secret
+	// key of Curve.ServerKey is accepted (ErrServerKey otherwise).
+	Curve *CurveClient
+
+	curve *guard.CurveClient // set by setDefaults: the pair used for every session of one call
+}
+
+// CurveClient configures CURVE on the receiver.
+type CurveClient struct {
+	// ServerKey is the server's long-term public key, pinned.
+	ServerKey [32]byte
+	// PublicKey and SecretKey are this receiver's long-term pair, which
+	// the server authorizes. Both zero: a fresh pair for each Fetch (only
+	// a server that allows any key accepts it).
+	PublicKey, SecretKey [32]byte
+}
+
+// guardConfig is the transport configuration of a session.
+func (c *Config) guardConfig() guard.Config {
+	g := c.Limits.guard()
+	g.CurveClient = c.curve
+	return g
 }
 
 // Limits bounds the transport below ZSND: what a server can make the
@@ -207,6 +231,17 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Limits.MaxFrameSize == 0 {
 		c.Limits.MaxFrameSize = int64(c.MaxChunk) + protocol.MaxHeaderLen
+	}
+	if cv := c.Curve; cv != nil && c.curve == nil {
+		cc := &guard.CurveClient{ServerKey: cv.ServerKey, PublicKey: cv.PublicKey, SecretKey: cv.SecretKey}
+		if cv.SecretKey == ([32]byte{}) {
+			pair, err := zcert.Generate()
+			if err != nil {
+				return err
+			}
+			cc.PublicKey, cc.SecretKey = pair.Public, pair.Secret
+		}
+		c.curve = cc
 	}
 	if c.Limits.HandshakeTimeout == 0 && c.PeerTimeout < guard.DefaultHandshakeTimeout {
 		// A server that accepts but never completes the handshake is as
@@ -321,6 +356,13 @@ var (
 	ErrGone = errors.New("version gone")
 	// ErrNoTrees: the server speaks only version 1 and serves no trees.
 	ErrNoTrees = errors.New("server does not serve trees (it speaks ZSND/1 only)")
+	// ErrServerKey: with Curve set, the server did not prove it holds the
+	// secret key of Curve.ServerKey (another server, a man in the middle,
+	// or a wrong key), or it does not speak CURVE; without Curve, the
+	// server requires CURVE.
+	ErrServerKey = errors.New("server key mismatch")
+	// ErrKeyRefused: the CURVE server refused this receiver's key.
+	ErrKeyRefused = errors.New("client key refused by the server")
 )
 
 // interruptedError is the failure of files left unfinished when the

@@ -12,6 +12,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/internal/zsock"
 	"github.com/zsend/zsend/protocol"
 )
@@ -88,6 +89,9 @@ type client struct {
 	// retry budget the server is taken to be broken, not the wire.
 	violations int
 	rate       *rateMeter // verified data, for MinRate
+	// helloDrops counts CURVE connections closed by the server right after
+	// HELLO (see maxHelloDrops).
+	helloDrops int
 }
 
 // sessionError ends a session. retry says whether a new session may help.
@@ -99,6 +103,37 @@ type sessionError struct {
 
 func (e *sessionError) Error() string { return e.err.Error() }
 func (e *sessionError) Unwrap() error { return e.err }
+
+// maxHelloDrops is how many times in a row a CURVE server may close the
+// connection after HELLO before the server key is taken to be wrong.
+const maxHelloDrops = 3
+
+// dialError classifies a failed dial: a security mismatch is final, the
+// rest is worth retrying.
+func (c *client) dialError(err error) *sessionError {
+	cfg := c.cfg
+	if errors.Is(err, guard.ErrHelloDropped) {
+		// Silence after HELLO: a libzmq server with another key, or a
+		// connection lost at that moment. Only a repeat is conclusive.
+		c.helloDrops++
+		if c.helloDrops < maxHelloDrops {
+			return lost("dialing %s: %v", cfg.Endpoint, err)
+		}
+	}
+	switch {
+	case errors.Is(err, guard.ErrClientRefused):
+		return &sessionError{err: fmt.Errorf("%w: %s refused our CURVE key %s", ErrKeyRefused, cfg.Endpoint,
+			zcert.Fingerprint(cfg.curve.PublicKey))}
+	case errors.Is(err, guard.ErrServerKey):
+		return &sessionError{err: fmt.Errorf("%w: %s does not hold the secret key of server key %s (wrong --server-key, or someone in the middle)",
+			ErrServerKey, cfg.Endpoint, zcert.Fingerprint(cfg.Curve.ServerKey))}
+	case errors.Is(err, guard.ErrMechanism) && cfg.Curve != nil:
+		return &sessionError{err: fmt.Errorf("%w: %s does not speak CURVE", ErrServerKey, cfg.Endpoint)}
+	case errors.Is(err, guard.ErrMechanism):
+		return &sessionError{err: fmt.Errorf("%w: %s requires CURVE (give its public key with --server-key)", ErrServerKey, cfg.Endpoint)}
+	}
+	return lost("%s", dialCause(err))
+}
 
 func lost(format string, args ...any) *sessionError {
 	return &sessionError{err: fmt.Errorf(format, args...), retry: true}
@@ -273,7 +308,7 @@ func (c *client) session(ctx context.Context) (sessionOutcome, *sessionError) {
 		t.req = 0
 	}
 	clear(c.byReq)
-	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), c.cfg.Limits.guard()))
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), c.cfg.guardConfig()))
 	defer cancel()
 	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerMaxRetries(0),
 		zmq4.WithLogger(discardLogger()), zmq4.WithTimeout(c.cfg.PeerTimeout))
@@ -286,8 +321,9 @@ func (c *client) session(ctx context.Context) (sessionOutcome, *sessionError) {
 	select {
 	case err := <-dialed:
 		if err != nil {
-			return sessionOutcome{}, lost("%s", dialCause(err))
+			return sessionOutcome{}, c.dialError(err)
 		}
+		c.helloDrops = 0 // the handshake completed: the key is right
 	case <-timer.C:
 		cancel()
 		<-dialed

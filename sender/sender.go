@@ -50,6 +50,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/internal/zsock"
 	"github.com/zsend/zsend/protocol"
 )
@@ -81,8 +82,14 @@ type Config struct {
 	// opened/closed, file sent, request refused, version published). It
 	// is called from the serving goroutine and, for publishing events,
 	// from the goroutine that publishes (Listen, Publish, the watcher), so
-	// it must be safe for concurrent use, and must not block.
+	// it must be safe for concurrent use, and must not block. The
+	// "curve-refused" event comes from the goroutine of the refused
+	// connection's handshake.
 	Events func(Event)
+	// Curve, when set, makes the server a CURVE server (ZeroMQ RFC 26):
+	// every connection is authenticated and encrypted, and peers without
+	// CURVE are refused during the handshake.
+	Curve *CurveServer
 
 	// StateDir is where published versions are kept (store, manifests,
 	// sequence numbers; see docs/DESIGN-trees.md section 4). Empty: no
@@ -102,6 +109,8 @@ type Config struct {
 	Debounce time.Duration
 	// RescanEvery is --watch's periodic rescan; default 60s.
 	RescanEvery time.Duration
+
+	curve *guard.CurveServer // set by setDefaults from Curve
 }
 
 // Limits bounds what a peer can make the server hold or wait for at the
@@ -131,6 +140,30 @@ func (l Limits) guard() guard.Config {
 		WriteStallTimeout: l.WriteStallTimeout, IdleTimeout: l.IdleTimeout, MaxConns: l.MaxConns}
 }
 
+// CurveServer configures CURVE on the server.
+type CurveServer struct {
+	// PublicKey and SecretKey are the server's long-term pair (see
+	// zsend --keygen).
+	PublicKey, SecretKey [32]byte
+	// Authorize reports whether a client's long-term public key may
+	// connect. It is called during the handshake, once the client proved
+	// it holds the key's secret half; a refused key gets no session
+	// state. Exactly one of Authorize and AllowAny must be set.
+	Authorize func(client [32]byte) bool
+	// AllowAny accepts every client key: the traffic is encrypted, but
+	// anyone may fetch.
+	AllowAny bool
+	// Access, if set, is asked on every request whether the session's
+	// client key may fetch the name (see internal/acl for zsend's access
+	// list file). A refused request gets ERROR 403. nil: every authorized
+	// key may fetch everything served.
+	Access func(client [32]byte, name string) bool
+}
+
+// KeyFingerprint returns how a CURVE key is shown in logs and errors: the
+// first 8 bytes of the BLAKE3-256 of the key, in hexadecimal.
+func KeyFingerprint(key [32]byte) string { return zcert.Fingerprint(key) }
+
 // Event is something an operator may want to see.
 type Event struct {
 	// "session-open", "session-close", "file-start", "progress" (throttled),
@@ -155,6 +188,7 @@ type Event struct {
 	Entries int64
 	Files   int64
 	Stored  int64
+	Key     string // CURVE: fingerprint of the session's client key (see KeyFingerprint)
 }
 
 // progressEvery is the least interval between progress events of a transfer.
@@ -186,6 +220,29 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Name == "" {
 		c.Name, _ = os.Hostname()
+	}
+	if cv := c.Curve; cv != nil {
+		if (cv.Authorize == nil) == !cv.AllowAny {
+			return errors.New("CURVE: set exactly one of Authorize and AllowAny")
+		}
+		if cv.SecretKey == ([32]byte{}) {
+			return errors.New("CURVE: no secret key")
+		}
+		events, authorize := c.Events, cv.Authorize
+		guardCurve := &guard.CurveServer{PublicKey: cv.PublicKey, SecretKey: cv.SecretKey}
+		if !cv.AllowAny {
+			guardCurve.Authorize = func(k [32]byte) error {
+				if authorize(k) {
+					return nil
+				}
+				fp := zcert.Fingerprint(k)
+				if events != nil {
+					events(Event{Kind: "curve-refused", Peer: "key:" + fp, Message: "client key " + fp + " is not authorized"})
+				}
+				return fmt.Errorf("client key %s not authorized", fp)
+			}
+		}
+		c.curve = guardCurve
 	}
 	if c.Limits.MaxFrameSize == 0 {
 		// Nothing a receiver sends is large: HELLO/GET headers are < 8 KiB.
@@ -229,6 +286,7 @@ type Server struct {
 	// subscriptions (LIST with SUBSCRIBE).
 	announce chan struct{}
 	departed chan departure // connections the guard saw close
+	keys     *keyTable      // CURVE client key of each routing identity
 	// unsolicited counts, per routing id, the replies sent since the last
 	// housekeeping tick to messages outside a session (see replyNoSession).
 	unsolicited map[string]int
@@ -299,13 +357,22 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	// vanished receiver's session (its open file, its reads) ends at once
 	// rather than at the peer timeout.
 	departed := make(chan departure, 1024)
+	// CURVE: the guard tells which client key each routing identity
+	// proved (identities are unique among live connections), before any
+	// message of that peer arrives; the entry goes when it disconnects.
+	keys := &keyTable{m: map[string][32]byte{}}
 	onClose := func(id []byte) {
+		keys.drop(string(id))
 		select {
 		case departed <- departure{id: string(id), at: time.Now()}:
 		default: // full: the peer timeout will do
 		}
 	}
-	sockCtx, cancel := context.WithCancel(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), cfg.Limits.guard()), onClose))
+	gcfg := cfg.Limits.guard()
+	gcfg.CurveServer = cfg.curve
+	hookCtx := guard.WithCurvePeerHook(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), gcfg), onClose),
+		func(id []byte, k [32]byte) { keys.set(string(id), k) })
+	sockCtx, cancel := context.WithCancel(hookCtx)
 	sock := zmq4.NewRouter(sockCtx, zmq4.WithLogger(discardLogger()))
 	removeStaleSocket(cfg.Endpoint)
 	if err := sock.Listen(ep); err != nil {
@@ -326,6 +393,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		departed:    departed,
 		unsolicited: make(map[string]int),
 		waitTimer:   time.NewTimer(time.Hour),
+		keys:        keys,
 	}
 	s.waitTimer.Stop()
 	if pub != nil {
@@ -383,6 +451,31 @@ func removeStaleSocket(ep string) {
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		os.Remove(path)
 	}
+}
+
+// keyTable maps routing identities to the CURVE client keys they proved.
+type keyTable struct {
+	mu sync.Mutex
+	m  map[string][32]byte
+}
+
+func (t *keyTable) set(id string, k [32]byte) {
+	t.mu.Lock()
+	t.m[id] = k
+	t.mu.Unlock()
+}
+
+func (t *keyTable) drop(id string) {
+	t.mu.Lock()
+	delete(t.m, id)
+	t.mu.Unlock()
+}
+
+func (t *keyTable) get(id string) ([32]byte, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k, ok := t.m[id]
+	return k, ok
 }
 
 // Endpoint is the bound endpoint, with the real port when 0 was asked for.
@@ -651,6 +744,7 @@ func (s *Server) openSession(id string, h *protocol.Hello, chunk uint32, prev *t
 		v = protocol.MaxVersion
 	}
 	sess := &session{srv: s, id: id, opened: now, version: v, chunkSize: int64(chunk), peer: h.PeerID, lastRecv: now, lastSend: now, prev: prev}
+	sess.key, sess.hasKey = s.keys.get(id)
 	if sess.peer == "" {
 		sess.peer = fmt.Sprintf("%x", id)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/internal/endpoint"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/receiver"
 )
 
@@ -41,6 +42,9 @@ Examples (each fetches what the same example in zsend --help serves):
   zrecv ipc:///run/zsend.sock hosts                        over a Unix socket
   zrecv --json tcp://[::1]:5555 a b c > log                NDJSON events for scripts
   zrecv -o /srv tcp://127.0.0.1:5555 myapp                 mirror tree myapp at /srv/myapp (zsend --watch /etc/myapp)
+  zrecv --keygen /etc/zrecv/node1                         write a CURVE key pair and exit
+  zrecv --server-key /etc/zrecv/server --curve-secret /etc/zrecv/node1_secret tcp://cfg1:5555 app/app.conf
+                                                           encrypted, the server's key pinned
 
 Flags:
 `
@@ -70,6 +74,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		peerTO    = fs.Duration("peer-timeout", 10*time.Second, "a server silent this long is considered gone")
 		showVer   = fs.Bool("version", false, "print the version and exit")
 		tf        treeFlags
+		serverKey = fs.String("server-key", "", "CURVE: the server's public key (40-char Z85 or a certificate file); turns CURVE on")
+		curveSec  = fs.String("curve-secret", "", "CURVE: this client's secret certificate (default: a fresh key per run)")
+		keygen    = fs.String("keygen", "", "write a new CURVE key pair to PATH and PATH_secret (mode 0600), print the public key and exit")
 	)
 	fs.IntVar(&tf.keep, "keep", 2, "tree mode: versions kept on disk, the current one included")
 	fs.BoolVar(&tf.rollback, "rollback", false, "switch TREE in -o DIR back to the previous kept version (no network)")
@@ -106,6 +113,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "zrecv %s (protocol ZSND/1)\n", version)
 		return cli.ExitOK
 	}
+	if *keygen != "" {
+		return cli.Keygen("zrecv", *keygen, stdout, stderr)
+	}
+	var curve *receiver.CurveClient
+	if *serverKey != "" {
+		k, err := zcert.ParsePublic(*serverKey)
+		if err != nil {
+			return usageErr(fmt.Errorf("--server-key: %w", err))
+		}
+		curve = &receiver.CurveClient{ServerKey: k}
+		if *curveSec != "" {
+			cert, err := zcert.LoadSecret(*curveSec)
+			if err != nil {
+				return usageErr(fmt.Errorf("--curve-secret: %w", err))
+			}
+			curve.PublicKey, curve.SecretKey = cert.Public, cert.Secret
+		}
+	} else if *curveSec != "" {
+		return usageErr(errors.New("--curve-secret needs --server-key"))
+	}
 	if tf.rollback {
 		return rollback(fs.Args(), *out, *quiet, stdout, stderr)
 	}
@@ -117,7 +144,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return usageErr(err)
 		}
 		return list(ctx, fs.Args(), receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Timeout: *timeout,
-			Heartbeat: *heartbeat, PeerTimeout: *peerTO}, stdout, stderr)
+			Heartbeat: *heartbeat, PeerTimeout: *peerTO, Curve: curve}, stdout, stderr)
 	}
 	if fs.NArg() < 2 {
 		return usageErr(errors.New("need an ENDPOINT and at least one NAME"))
@@ -145,6 +172,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Endpoint: fs.Arg(0), OutputDir: *out, Timeout: *timeout, NoResume: *noResume,
 		Window: win, MaxWindow: maxWin, Heartbeat: *heartbeat, PeerTimeout: *peerTO,
 		MinRate: rate, RateWindow: *rateWin, Deadline: *deadline,
+		Curve: curve,
 	}
 	if fs.NArg() == 2 {
 		if code, done, err := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr); done {

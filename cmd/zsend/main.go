@@ -16,8 +16,10 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/zsend/zsend/internal/acl"
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/internal/endpoint"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/sender"
 )
 
@@ -48,6 +50,9 @@ Examples (zrecv --help fetches from each):
   zsend --watch /etc/myapp                      publish a new version of tree "myapp" on every change
   zsend --state-dir /srv/zsend-state /etc/myapp keep published versions in /srv/zsend-state
   kill -HUP $(pidof zsend)                      publish now (rescan every tree)
+  zsend --keygen /etc/zsend/server              write a CURVE key pair and exit
+  zsend --curve-secret /etc/zsend/server_secret --allow /etc/zsend/clients /srv/releases
+                                                encrypted; only listed client keys may connect
 
 Flags:
 `
@@ -76,6 +81,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		stateDir    = fs.String("state-dir", sender.DefaultStateDir(), "where published versions are kept (store, manifests, sequence numbers); '' publishes no versions (plain file serving, no copies)")
 		watch       = fs.Bool("watch", false, "publish a new version whenever a served directory changes (and rescan every 60s)")
 		keep        = fs.Int("keep-versions", sender.DefaultKeepVersions, "versions of each tree kept (older ones are removed, with their unreferenced files)")
+		curveSecret = fs.String("curve-secret", "", "CURVE: this server's secret certificate; turns CURVE on and makes it mandatory")
+		allowDir    = fs.String("allow", "", "CURVE: directory of authorized client public certificates (re-read when it changes)")
+		allowAny    = fs.Bool("allow-any", false, "CURVE: accept any client key (encrypted, but anyone may fetch)")
+		aclFile     = fs.String("acl", "", "CURVE: access list FILE: which client key may fetch which names (format in README)")
+		keygen      = fs.String("keygen", "", "write a new CURVE key pair to PATH and PATH_secret (mode 0600), print the public key and exit")
 	)
 	fs.Usage = func() {
 		// Only --help calls this (errors are reported below): help that
@@ -118,6 +128,9 @@ Exit codes:
 		fmt.Fprintf(stdout, "zsend %s (protocol ZSND/1..2)\n", version)
 		return cli.ExitOK
 	}
+	if *keygen != "" {
+		return cli.Keygen("zsend", *keygen, stdout, stderr)
+	}
 	if fs.NArg() == 0 {
 		return fail(cli.ExitUsage, "nothing to serve: give at least one PATH (see zsend --help)")
 	}
@@ -131,6 +144,27 @@ Exit codes:
 	if err != nil {
 		return fail(cli.ExitUsage, "--chunk-size: %v", err)
 	}
+	curve, err := curveConfig(*curveSecret, *allowDir, *allowAny, stderr)
+	if err != nil {
+		return fail(cli.ExitUsage, "%v", err)
+	}
+	if *aclFile != "" {
+		if curve == nil {
+			return fail(cli.ExitUsage, "--acl needs --curve-secret (the list is keyed by client keys)")
+		}
+		list, err := acl.Open(*aclFile)
+		if err != nil {
+			return fail(cli.ExitUsage, "--acl: %v", err)
+		}
+		list.OnReload = func(n int, err error) {
+			if err != nil {
+				fmt.Fprintf(stderr, "zsend: --acl: keeping the previous list: %v\n", err)
+				return
+			}
+			fmt.Fprintf(stderr, "zsend: %s: reloaded, rules for %d key(s)\n", *aclFile, n)
+		}
+		curve.Access = func(k [32]byte, name string) bool { return list.Allowed(k, name) }
+	}
 	var bars *cli.ServerBars
 	if !*quiet && cli.IsTerminal(stderr) {
 		bars = cli.NewServerBars(stderr)
@@ -143,7 +177,7 @@ Exit codes:
 			emit(map[string]any{"event": e.Kind, "tree": e.Name, "seq": e.Seq, "version": e.Version,
 				"entries": e.Entries, "files": e.Files, "bytes": e.Size, "stored": e.Stored})
 		} else if e.Kind != "progress" {
-			emit(map[string]any{"event": e.Kind, "peer": e.Peer, "session": e.Session, "name": e.Name, "size": e.Size,
+			emit(map[string]any{"event": e.Kind, "peer": e.Peer, "session": e.Session, "key": e.Key, "name": e.Name, "size": e.Size,
 				"offset": e.Offset, "blake3": hashString(e), "message": e.Message})
 		}
 		if *quiet && e.Kind != "error" {
@@ -170,13 +204,16 @@ Exit codes:
 	srv, err := sender.Listen(ctx, sender.Config{
 		Endpoint: *bind, Paths: fs.Args(), ChunkSize: int(cs), MaxSessions: *maxSessions,
 		Heartbeat: *heartbeat, PeerTimeout: *peerTO, Events: events,
-		StateDir: *stateDir, KeepVersions: *keep, Watch: *watch,
+		StateDir: *stateDir, KeepVersions: *keep, Watch: *watch, Curve: curve,
 	})
 	if err != nil {
 		return fail(cli.ExitUsage, "%v", err)
 	}
 	if !*quiet {
 		fmt.Fprintf(stderr, "zsend: serving %d path(s) on %s\n", fs.NArg(), srv.Endpoint())
+		if curve != nil {
+			fmt.Fprintf(stderr, "zsend: CURVE on, server key %s (fingerprint %s)\n", zcert.Key(curve.PublicKey), zcert.Fingerprint(curve.PublicKey))
+		}
 	}
 	mu.Lock()
 	emit(map[string]any{"event": "listening", "endpoint": srv.Endpoint(), "paths": fs.Args()})
@@ -236,12 +273,57 @@ func logLine(e sender.Event) string {
 			cli.Printable(e.Name), e.Seq, e.Version, e.Entries, e.Files, e.Size, e.Stored)
 	case "skipped":
 		return fmt.Sprintf("zsend: skipped %s: %s", cli.Printable(e.Name), cli.Printable(e.Message))
+	case "curve-refused":
+		return fmt.Sprintf("zsend: %s: refused in the CURVE handshake: %s", client, cli.Printable(e.Message))
 	case "session-open":
+		if e.Key != "" {
+			return fmt.Sprintf("zsend: %s connected with key %s", client, e.Key)
+		}
 		return fmt.Sprintf("zsend: %s connected", client)
 	case "session-close":
 		return fmt.Sprintf("zsend: %s disconnected: %s", client, cli.Printable(e.Message))
 	}
 	return ""
+
+}
+
+// curveConfig builds the CURVE configuration of the flags; nil when
+// CURVE is off.
+func curveConfig(secret, allow string, any bool, stderr io.Writer) (*sender.CurveServer, error) {
+	if secret == "" {
+		if allow != "" || any {
+			return nil, errors.New("--allow and --allow-any need --curve-secret")
+		}
+		return nil, nil
+	}
+	cert, err := zcert.LoadSecret(secret)
+	if err != nil {
+		return nil, fmt.Errorf("--curve-secret: %w", err)
+	}
+	cs := &sender.CurveServer{PublicKey: cert.Public, SecretKey: cert.Secret}
+	switch {
+	case allow != "" && any:
+		return nil, errors.New("give --allow DIR or --allow-any, not both")
+	case any:
+		fmt.Fprintln(stderr, "zsend: WARNING: --allow-any: every client key is accepted; traffic is encrypted but anyone who can connect may fetch")
+		cs.AllowAny = true
+	case allow != "":
+		store, err := zcert.OpenStore(allow)
+		if err != nil {
+			return nil, fmt.Errorf("--allow: %w", err)
+		}
+		store.OnReload = func(n int, bad []error) {
+			fmt.Fprintf(stderr, "zsend: %s: %d authorized client key(s)\n", allow, n)
+			for _, e := range bad {
+				fmt.Fprintf(stderr, "zsend: %s: skipped: %v\n", allow, e)
+			}
+		}
+		fmt.Fprintf(stderr, "zsend: %s: %d authorized client key(s)\n", allow, store.Len())
+		cs.Authorize = func(k [32]byte) bool { return store.Allowed(k) }
+	default:
+		return nil, errors.New("--curve-secret needs --allow DIR (authorized client certificates) or --allow-any")
+	}
+	return cs, nil
 }
 
 func hashString(e sender.Event) string {

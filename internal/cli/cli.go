@@ -27,6 +27,8 @@ const (
 	ExitVerify      = 5   // data failed BLAKE3 verification beyond the retry budget
 	ExitProtocol    = 6   // the peer broke the protocol or speaks another version
 	ExitTooSlow     = 7   // verified data came slower than --min-rate, or --deadline passed
+	ExitServerKey   = 8   // CURVE: the server does not hold the pinned key, or security mechanisms differ
+	ExitKeyRefused  = 9   // CURVE: the server refused this client's key
 	ExitInterrupted = 130 // SIGINT/SIGTERM; partial state kept for resume
 )
 
@@ -40,6 +42,9 @@ const ExitCodeHelp = `Exit codes:
   5    verification failed (BLAKE3 mismatch beyond the retry budget)
   6    protocol error (incompatible or misbehaving peer)
   7    too slow: less than --min-rate verified, or --deadline passed
+  8    server key mismatch: the server does not hold the key given with
+       --server-key (or CURVE is on one side only)
+  9    the server refused this client's CURVE key
   130  interrupted (partial state kept: run the same command to resume)
 `
 

@@ -32,6 +32,10 @@ func ExitCodeFor(err error) int {
 		return ExitProtocol
 	case errors.Is(err, receiver.ErrTooSlow):
 		return ExitTooSlow
+	case errors.Is(err, receiver.ErrServerKey):
+		return ExitServerKey
+	case errors.Is(err, receiver.ErrKeyRefused):
+		return ExitKeyRefused
 	}
 	return ExitFailure
 }

@@ -20,13 +20,14 @@ func TestEndpoint(t *testing.T) {
 		"tcp://127.0.0.1:5555":       "guard-tcp://127.0.0.1:5555",
 		"ipc:///tmp/x":               "guard-ipc:///tmp/x",
 		"guard-tcp://127.0.0.1:5555": "guard-tcp://127.0.0.1:5555",
+		"inproc://x":                 "guard-inproc://x",
 	} {
 		got, err := Endpoint(in)
 		if err != nil || got != want {
 			t.Errorf("Endpoint(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"inproc://x", "udp://127.0.0.1:1", "127.0.0.1:5555"} {
+	for _, in := range []string{"udp://127.0.0.1:1", "127.0.0.1:5555"} {
 		if got, err := Endpoint(in); err == nil {
 			t.Errorf("Endpoint(%q) = %q, want an error", in, got)
 		}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -18,12 +19,16 @@ import (
 )
 
 // Endpoint validates a user endpoint (tcp://host:port or ipc://path, see
-// endpoint.Check; port 0 is accepted for binding) and returns the form that
-// routes it through the guarded transport. That form is internal: show
-// users their own endpoint, and errors through PlainError.
+// endpoint.Check; port 0 is accepted for binding; or inproc://name, within
+// one process, for library users) and returns the form that routes it
+// through the guarded transport (inproc goes through the guard's own
+// in-process transport, a Unix socket pair per connection). That form is
+// internal: show users their own endpoint, and errors through PlainError.
 func Endpoint(ep string) (string, error) {
-	if err := endpoint.Check(ep, true); err != nil {
-		return "", err
+	if !strings.HasPrefix(ep, "inproc://") || len(ep) == len("inproc://") {
+		if err := endpoint.Check(ep, true); err != nil {
+			return "", err
+		}
 	}
 	return guard.Endpoint(ep) // registers the guarded transports
 }

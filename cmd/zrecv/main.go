@@ -175,7 +175,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Curve: curve,
 	}
 	if fs.NArg() == 2 {
-		if code, done, err := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr); done {
+		if code, done, err := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr, func(e receiver.Event) {
+			if e.Kind == receiver.EventReconnect {
+				rep.Event(e)
+			}
+		}); done {
 			if err != nil {
 				rep.Fail(err, code)
 				rep.Summary(nil, time.Since(start), code)

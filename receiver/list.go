@@ -106,6 +106,12 @@ func listOnce(ctx context.Context, cfg *Config, ep, tree string) (_ []TreeInfo, 
 	select {
 	case err := <-dialed:
 		if err != nil {
+			if errors.Is(err, guard.ErrServerKey) || errors.Is(err, guard.ErrClientRefused) || errors.Is(err, guard.ErrMechanism) {
+				// CURVE: final, as for Fetch (wrong key, key refused, or a
+				// mechanism on one side only).
+				c := &client{cfg: *cfg}
+				return nil, c.dialError(err).err, false
+			}
 			return nil, errors.New(dialCause(err)), true
 		}
 	case <-timer.C:

@@ -43,8 +43,12 @@ func TestCurveReconnectAfterServerRestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("fetch across a restart: %v", err)
 	}
-	if !restarted.Load() || ev.count(receiver.EventReconnect) == 0 || results[0].Reused == 0 {
-		t.Fatalf("restarted %v, reconnects %d, reused %d", restarted.Load(), ev.count(receiver.EventReconnect), results[0].Reused)
+	// Resumed, not started over: what was verified before the restart is
+	// kept (Wire counts it, in this run); only the chunks in flight at the
+	// restart are received twice (Refetched), never a third of the file.
+	r := results[0]
+	if !restarted.Load() || ev.count(receiver.EventReconnect) == 0 || r.Wire+r.Reused != size || r.Refetched >= size/3 {
+		t.Fatalf("restarted %v, reconnects %d, wire %d reused %d refetched %d of %d", restarted.Load(), ev.count(receiver.EventReconnect), r.Wire, r.Reused, r.Refetched, size)
 	}
 	sameFile(t, p, results[0].Path)
 }

@@ -274,7 +274,7 @@ func logLine(e sender.Event) string {
 	case "skipped":
 		return fmt.Sprintf("zsend: skipped %s: %s", cli.Printable(e.Name), cli.Printable(e.Message))
 	case "curve-refused":
-		return fmt.Sprintf("zsend: %s: refused in the CURVE handshake: %s", client, cli.Printable(e.Message))
+		return fmt.Sprintf("zsend: %s: curve-refused: %s", client, cli.Printable(e.Message))
 	case "session-open":
 		if e.Key != "" {
 			return fmt.Sprintf("zsend: %s connected with key %s", client, e.Key)

@@ -810,12 +810,19 @@ func zmqCases() []hostileCase {
 			id := zmq4.WithID(zmq4.SocketIdentity("same-id"))
 			a := dialZ(t, h.ep, true, id)
 			b := dialZ(t, h.ep, true, id)
-			a.hello(t, 1<<20)
+			// Dial returns once the server's READY has arrived, but the
+			// server's zmq4 registers the connection for sending only after
+			// that: a reply sent in between does not reach it. The first
+			// HELLO therefore comes from b. Its arrival proves that b is
+			// registered (zmq4 adds a connection to its writer before its
+			// reader), and a too (zmq4 accepts one connection at a time, and
+			// a's handshake was done before b dialled).
+			b.hello(t, 1<<20)
 			// Both connections see what is sent to the identity.
-			if m := b.expect(t, 3*time.Second); m.Command() != protocol.CmdWelcome {
-				t.Fatalf("second connection got %T", m)
+			if m := a.expect(t, 3*time.Second); m.Command() != protocol.CmdWelcome {
+				t.Fatalf("first connection got %T", m)
 			}
-			b.send(t, hello()) // replaces the session
+			a.send(t, hello()) // replaces the session
 			a.expect(t, 3*time.Second)
 			b.expect(t, 3*time.Second)
 			a.send(t, &protocol.Credit{Limit: 1 << 30})

@@ -267,7 +267,7 @@ func TestFakeSenderLies(t *testing.T) {
 }
 
 func runFakeCase(t *testing.T, c fakeCase, existing bool) {
-	baseG := runtime.NumGoroutine()
+	baseG := stableGoroutines(t, 5*time.Second)
 	parent := t.TempDir()
 	out := filepath.Join(parent, "out")
 	if err := os.Mkdir(out, 0o755); err != nil {

@@ -275,6 +275,9 @@ type fakeCase struct {
 	content int     // bytes of the file; default 10000
 	want    []error // Fetch's error must match one of these; nil: must succeed
 	check   func(t *testing.T, f *fakeSender, parent, out string)
+	// both runs the case with and without an existing destination (the
+	// others alternate, to keep the table quick).
+	both bool
 }
 
 func TestFakeSenderLies(t *testing.T) {
@@ -282,6 +285,15 @@ func TestFakeSenderLies(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			runFakeCase(t, c, i%2 == 1)
 		})
+		if c.both {
+			suffix := "-no-destination"
+			if i%2 == 0 {
+				suffix = "-existing-destination"
+			}
+			t.Run(c.name+suffix, func(t *testing.T) {
+				runFakeCase(t, c, i%2 == 0)
+			})
+		}
 	}
 }
 
@@ -486,7 +498,7 @@ func fakeCases() []fakeCase {
 			}}
 		}},
 
-		{name: "chunk-hash-mismatch-always", want: []error{receiver.ErrVerify}, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "chunk-hash-mismatch-always", want: []error{receiver.ErrVerify}, both: true, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			return lie{get: func(s *fakeSession, g *protocol.Get) {
 				s.file(g, fakeName, uint64(len(content)))
 				c := s.chunks(g.Request, content)[0]
@@ -499,7 +511,7 @@ func fakeCases() []fakeCase {
 			}
 		}},
 
-		{name: "end-wrong-hash", want: []error{receiver.ErrVerify}, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "end-wrong-hash", want: []error{receiver.ErrVerify}, both: true, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			return lie{get: func(s *fakeSession, g *protocol.Get) {
 				s.serveWithEnd(g, content, &protocol.End{Request: g.Request, Size: uint64(len(content)), Hash: badHash(blake3.Sum256(content))})
 			}}

@@ -409,6 +409,9 @@ func TestSourceChangeAnswered409(t *testing.T) {
 					t.Fatal("no CHUNK")
 				}
 			}
+			// The credit covered two chunks, both sent: every chunk read
+			// from now on is read after the change, and PROTOCOL.md
+			// (section 6) has the version checked after every chunk read.
 			changes[kind](t, p)
 			d.send(t, &protocol.Credit{Limit: 1 << 40})
 			for {
@@ -422,6 +425,8 @@ func TestSourceChangeAnswered409(t *testing.T) {
 						t.Errorf("ERROR 409 %q does not name the file", m.Message)
 					}
 					return
+				case *protocol.Chunk:
+					t.Fatalf("CHUNK at %d sent after the source's %s changed, before ERROR 409", m.Offset, kind)
 				case *protocol.End:
 					t.Fatalf("a source whose %s changed was sent to its END", kind)
 				}

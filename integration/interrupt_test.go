@@ -336,6 +336,11 @@ func TestSlowReceiverNotMistakenForDead(t *testing.T) {
 		t.Fatal(err)
 	}
 	if n := ev.count(receiver.EventReconnect); n != 0 {
+		for _, e := range ev.all {
+			if e.Kind == receiver.EventReconnect {
+				t.Logf("reconnect: %s", e.Message)
+			}
+		}
 		t.Fatalf("%d reconnects: a slow receiver was taken for a dead one", n)
 	}
 	if st := srv.Stats(); st.Opened != 1 {

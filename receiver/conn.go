@@ -74,7 +74,9 @@ func (s *conn) run(ctx context.Context, inbox <-chan zsock.Inbound, lastRecv *at
 		case <-ctx.Done():
 			return &sessionError{err: ctx.Err()}
 		case now := <-tick.C:
-			if silent := now.Sub(time.Unix(0, lastRecv.Load())); silent > cfg.PeerTimeout {
+			// Messages still waiting in the inbox mean the loop, not the
+			// server, was slow.
+			if silent := now.Sub(time.Unix(0, lastRecv.Load())); silent > cfg.PeerTimeout && len(inbox) == 0 {
 				return lost("server silent for %v", silent.Round(time.Millisecond))
 			}
 			if s.version == 0 && now.Sub(helloAt) > cfg.PeerTimeout {

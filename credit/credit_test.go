@@ -222,3 +222,83 @@ func TestWindowDoesNotGrowWithABacklog(t *testing.T) {
 		t.Fatalf("window grew to %d although the receiver had a backlog", w.Size())
 	}
 }
+
+// The edges of the tuning rule, each pinned so that a change to it is
+// noticed: the decision needs a whole window since the last one, "under 4
+// round trips" is strict, the round trips scale with the part of a window
+// consumed, and a backlog of exactly a quarter window still counts as
+// starved.
+func TestWindowTuningBoundaries(t *testing.T) {
+	const w0 = 1 << 20
+	rtt := 10 * time.Millisecond
+
+	t.Run("a whole window per decision, also after the first", func(t *testing.T) {
+		now := time.Unix(0, 0)
+		w := NewWindow(w0, 16*w0)
+		w.SetRTT(rtt)
+		w.Start(now)
+		now = consumeEighths(t, w, now, 8, time.Millisecond)
+		if w.Size() != 2*w0 {
+			t.Fatalf("window %d after a fast window", w.Size())
+		}
+		consumeEighths(t, w, now, 7, time.Millisecond)
+		if w.Size() != 2*w0 {
+			t.Fatalf("window %d after 7/8 of the grown window", w.Size())
+		}
+	})
+
+	t.Run("exactly 4 RTTs is not under 4", func(t *testing.T) {
+		now := time.Unix(0, 0)
+		w := NewWindow(w0, 16*w0)
+		w.SetRTT(rtt)
+		w.Start(now)
+		mustReceive(t, w, w0)
+		if _, ok := w.Consumed(w0, now.Add(4*rtt)); !ok {
+			t.Fatal("no update after a whole window")
+		}
+		if w.Size() != w0 {
+			t.Fatalf("window grew to %d on a window consumed in exactly 4 RTTs", w.Size())
+		}
+	})
+
+	t.Run("RTTs scale with the part of a window consumed", func(t *testing.T) {
+		now := time.Unix(0, 0)
+		w := NewWindow(w0, 16*w0)
+		w.SetRTT(rtt)
+		w.Start(now)
+		// 1.5 windows in 4 RTTs: under the 6 RTTs that 1.5 windows allow.
+		for range 2 {
+			mustReceive(t, w, 3*w0/4)
+			now = now.Add(2 * rtt)
+			if _, ok := w.Consumed(3*w0/4, now); !ok {
+				t.Fatal("no update after 3/4 of a window")
+			}
+		}
+		if w.Size() != 2*w0 {
+			t.Fatalf("window %d after 1.5 windows in 4 RTTs, want %d", w.Size(), 2*w0)
+		}
+	})
+
+	t.Run("a quarter-window backlog is still starved", func(t *testing.T) {
+		now := time.Unix(0, 0)
+		w := NewWindow(w0, 16*w0)
+		w.SetRTT(rtt)
+		w.Start(now)
+		mustReceive(t, w, w0)
+		for i := range 7 {
+			if _, ok := w.Consumed(w0/8, now.Add(time.Duration(i+1)*time.Millisecond)); !ok {
+				t.Fatalf("no update after eighth %d", i+1)
+			}
+		}
+		mustReceive(t, w, w0/4)
+		if w.Unused() != w.Limit()-w0-w0/4 {
+			t.Fatalf("unused %d, limit %d, received %d", w.Unused(), w.Limit(), w0+w0/4)
+		}
+		if _, ok := w.Consumed(w0/8, now.Add(8*time.Millisecond)); !ok {
+			t.Fatal("no update after the eighth eighth")
+		}
+		if w.Outstanding() != w0/4 || w.Size() != 2*w0 {
+			t.Fatalf("backlog %d, window %d: want %d and a doubled window", w.Outstanding(), w.Size(), w0/4)
+		}
+	})
+}

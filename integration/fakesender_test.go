@@ -342,7 +342,7 @@ func runFakeCase(t *testing.T, c fakeCase, existing bool) {
 			if !existing && c.want != nil {
 				t.Errorf("the destination was created by a lying server")
 			}
-		case "." + fakeName + ".zrecv-part", "." + fakeName + ".zrecv-state":
+		case filepath.Base(partPath(out, fakeName)), filepath.Base(statePath(out, fakeName)):
 		default:
 			t.Errorf("unexpected entry in the output directory: %q", e)
 		}
@@ -352,7 +352,7 @@ func runFakeCase(t *testing.T, c fakeCase, existing bool) {
 			t.Errorf("the existing destination was touched: %q, %v", b, err)
 		}
 	}
-	if fi, err := os.Stat(filepath.Join(out, "."+fakeName+".zrecv-part")); err == nil {
+	if fi, err := os.Stat(partPath(out, fakeName)); err == nil {
 		st := fi.Sys().(*syscall.Stat_t)
 		if fi.Size() > int64(len(content))+fakeChunk || st.Blocks*512 > int64(len(content))+1<<20 {
 			t.Errorf("partial file of %d bytes (%d allocated) for a %d-byte file", fi.Size(), st.Blocks*512, len(content))

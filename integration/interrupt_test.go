@@ -83,7 +83,10 @@ func (e *events) count(k receiver.EventKind) int {
 	return n
 }
 
-func partPath(dir, name string) string { return filepath.Join(dir, "."+name+".zrecv-part") }
+// partPath and statePath are where zrecv keeps the partial data and its
+// description for dir/name: the one place tests spell those names.
+func partPath(dir, name string) string  { return filepath.Join(dir, "."+name+".zrecv-part") }
+func statePath(dir, name string) string { return filepath.Join(dir, "."+name+".zrecv-state") }
 
 // zrecv killed with SIGKILL mid-transfer resumes from its verified data,
 // re-fetching at most one chunk of it, and reports the reuse in --json.

@@ -106,10 +106,10 @@ func newHostileEnv(t *testing.T) *hostileEnv {
 	// Warm up (pools, the zmq4 reaper, timers), then take the baseline as
 	// the lowest count seen over a quiet half second.
 	h.fetchOK(t, "warm-up")
-	h.baseG, h.baseFD = math.MaxInt, math.MaxInt
+	h.baseG = stableGoroutines(t, 5*time.Second)
+	h.baseFD = math.MaxInt
 	for range 10 {
 		time.Sleep(50 * time.Millisecond)
-		h.baseG = min(h.baseG, runtime.NumGoroutine())
 		h.baseFD = min(h.baseFD, openFDs(t))
 	}
 	t.Logf("baseline: %d goroutines, %d file descriptors", h.baseG, h.baseFD)

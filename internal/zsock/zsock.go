@@ -56,8 +56,9 @@ type Inbound struct {
 // stops. A Recv error is delivered once, then the loop stops. Closing the
 // socket is what unblocks a pending Recv; callers close it after cancelling.
 // If stamp is not nil it is set to the Unix nanosecond time of every
-// arrival, so liveness is judged by arrival, not by how fast the caller
-// processes (a receiver busy on a slow disk is not a dead sender).
+// arrival and of every hand-over to the caller, so liveness is judged by
+// arrival, not by how fast the caller processes (a receiver busy on a slow
+// disk is not a dead sender, even once the channel has filled up).
 func RecvLoop(ctx context.Context, sock zmq4.Socket, depth int, stamp *atomic.Int64) <-chan Inbound {
 	out := make(chan Inbound, depth)
 	go func() {
@@ -85,6 +86,12 @@ func RecvLoop(ctx context.Context, sock zmq4.Socket, depth int, stamp *atomic.In
 			case out <- Inbound{Frames: msg.Frames}:
 			case <-ctx.Done():
 				return
+			}
+			if stamp != nil {
+				// Stamp the hand-over too: while the caller was busy this
+				// loop waited above and received nothing, and that wait is
+				// the caller's, not the peer's silence.
+				stamp.Store(time.Now().UnixNano())
 			}
 		}
 	}()

@@ -421,8 +421,10 @@ func TestSourceChangeAnswered409(t *testing.T) {
 					if m.Request != 1 || m.Code != protocol.CodeChanged {
 						t.Fatalf("ERROR %+v, want request 1 code 409", m)
 					}
-					if !strings.Contains(m.Message, "f.bin") {
-						t.Errorf("ERROR 409 %q does not name the file", m.Message)
+					// The request id names the file; the client prints its
+					// name once (TestErrorNamesFileOnce), so the text need not.
+					if m.Message == "" {
+						t.Errorf("ERROR 409 without a message")
 					}
 					return
 				case *protocol.Chunk:

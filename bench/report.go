@@ -311,7 +311,7 @@ func ComputeTargets(scs []*Scenario) []Target {
 		}
 		ts = append(ts, t)
 	}
-	return ts
+	return append(ts, treeTargets(scs)...)
 }
 
 // MachineInfo describes the machine, for the report.

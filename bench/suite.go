@@ -41,6 +41,11 @@ type Config struct {
 	SmallRounds int
 	MemSize     int64
 	MemRounds   int
+	TreeN       int   // files of the tree scenarios
+	TreeDirs    int   // directories they are spread over
+	TreeMax     int64 // largest file of the tree (sizes are uniform in 0..TreeMax)
+	TreeRounds  int
+	TreeMemN    int           // entries of the tree-memory scenario
 	QuietWait   time.Duration // wait up to this long for other load to settle before each run
 	Only        []string      // scenario keys to run (all if empty)
 
@@ -104,6 +109,8 @@ type Suite struct {
 	Started   time.Time
 	Finished  time.Time
 	outSeq    int // makes every output directory a new one
+
+	treeBytes, memTreeBytes int64 // sizes of the generated trees
 }
 
 // NewSuite prepares a suite; Run generates the data and runs it.
@@ -296,6 +303,9 @@ func (s *Suite) generate() error {
 		}
 		s.logf("generated %d files of %s", c.SmallN, FormatSize(c.SmallSize))
 	}
+	if err := s.generateTrees(); err != nil {
+		return err
+	}
 	syscall.Sync()
 	return nil
 }
@@ -391,6 +401,7 @@ func (s *Suite) build() {
 		}
 		s.Scenarios = append(s.Scenarios, sc)
 	}
+	s.buildTrees()
 }
 
 func (s *Suite) runScenario(ctx context.Context, sc *Scenario) error {

@@ -18,8 +18,11 @@
 //
 // A NAME pattern is a served name as a receiver requests it ("motd.txt",
 // "conf/app.conf"), a tree ending in '/' ("conf/": every name below conf),
-// or * (every name). A key may fetch a name when a rule for that key, or
-// a rule for *, has a pattern matching it. A key without any matching
+// or * (every name). A tree pattern also lets the key fetch the tree's
+// manifest (a published version, MGET), which the server checks as
+// "TREE/": the manifest lists every name of the tree, so a key with rules
+// for single files of a tree cannot fetch it. A key may fetch a name when
+// a rule for that key, or a rule for *, has a pattern matching it. A key without any matching
 // rule fetches nothing: the list is deny by default.
 //
 // Patterns are compared with the name exactly as requested; names that
@@ -112,7 +115,9 @@ func match(patterns []string, name string) bool {
 		case p == "*":
 			return true
 		case strings.HasSuffix(p, "/"):
-			if strings.HasPrefix(name, p) && len(name) > len(p) {
+			// Every name below the tree, and "TREE/" itself: the
+			// server asks for that to serve the tree's manifest (MGET).
+			if strings.HasPrefix(name, p) {
 				return true
 			}
 		case p == name:

@@ -367,6 +367,7 @@ func (l *layout) prune(keep int, name string) ([]string, error) {
 		removed = append(removed, v)
 	}
 	errs = append(errs, l.emptyTrash())
+	l.pruneStats()
 	if len(removed) > 0 {
 		errs = append(errs, fsyncDir(l.v))
 	}

@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
 	"github.com/zsend/zsend/manifest"
@@ -22,19 +24,30 @@ import (
 // or a kept copy of the target version.
 type source struct {
 	root   *os.File
-	byHash map[[32]byte][]string
-	state  map[string]int8 // path -> 1 verified, -1 drifted
-	drift  bool            // report mismatches as drift
+	man    *manifest.Manifest
+	dirs   *dirCache
+	byHash map[[32]byte][]int32 // entry indexes
+	state  []int8               // by entry: 1 verified, -1 drifted
+	stats  []statRec            // its stat cache (nil if none)
+	drift  bool                 // report mismatches as drift
 }
 
-func newSource(root *os.File, m *manifest.Manifest, drift bool) *source {
-	src := &source{root: root, byHash: map[[32]byte][]string{}, state: map[string]int8{}, drift: drift}
+func newSource(root *os.File, m *manifest.Manifest, drift bool, stats []statRec) *source {
+	src := &source{root: root, man: m, dirs: &dirCache{root: root}, byHash: map[[32]byte][]int32{},
+		state: make([]int8, len(m.Entries)), stats: stats, drift: drift}
 	for i := range m.Entries {
 		if e := &m.Entries[i]; e.Type == manifest.TypeFile {
-			src.byHash[e.Hash] = append(src.byHash[e.Hash], e.Path)
+			src.byHash[e.Hash] = append(src.byHash[e.Hash], int32(i))
 		}
 	}
 	return src
+}
+
+// placedRec is a file this sync linked into the staged tree from a
+// verified source: the inode and its ctime just after the link.
+type placedRec struct {
+	dev, ino, size uint64
+	ctime          int64
 }
 
 // dirCache keeps the last directory opened beneath a root.
@@ -103,15 +116,22 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	if cur.kind == curManaged && curMan != nil {
 		if croot, err := openDir(l.v, cur.name); err == nil {
 			defer croot.Close()
-			sources = append(sources, newSource(croot, curMan, true))
+			stats := l.loadStats(cur.name, curMan.ID(), len(curMan.Entries))
+			sources = append(sources, newSource(croot, curMan, true, stats))
 		}
 	}
 	if cur.kind != curManaged || cur.name != name {
 		if troot, err := openDir(l.v, name); err == nil {
 			defer troot.Close()
-			sources = append(sources, newSource(troot, man, true))
+			sources = append(sources, newSource(troot, man, true, l.loadStats(name, id, len(man.Entries))))
 		}
 	}
+	defer func() {
+		for _, src := range sources {
+			src.dirs.close()
+		}
+	}()
+	placed := make([]placedRec, len(man.Entries))
 	dst := &dirCache{root: root}
 	defer dst.close()
 	var fetch []*manifest.Entry
@@ -141,7 +161,7 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 				return err
 			}
 		}
-		ok, err := s.reuse(sources, dst, e)
+		ok, err := s.reuse(sources, dst, e, &placed[i])
 		if err != nil {
 			return err
 		}
@@ -178,9 +198,16 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	}
 
 	// 5. Check what is on disk against the version.
-	if err := s.verify(root, man, id); err != nil {
+	sw, err := l.newStatWriter(name)
+	if err != nil {
 		return err
 	}
+	defer sw.abort()
+	recs, err := s.verify(root, man, id, placed)
+	if err != nil {
+		return err
+	}
+	placed = nil
 
 	// 6. Move it among the versions (exchanged with a copy of the same
 	// version already there, which may have drifted).
@@ -200,7 +227,15 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 			return fmt.Errorf("moving the staged version to %s: %w", name, err)
 		}
 	}
-	return errors.Join(fsyncDir(l.v), fsyncDir(stageDir))
+	if err := errors.Join(fsyncDir(l.v), fsyncDir(stageDir)); err != nil {
+		return err
+	}
+	// Renaming the version's directory changed none of its files' inodes:
+	// the stats read by verify are still theirs.
+	if err := sw.commit(name, id, recs); err != nil {
+		s.emit(Event{Kind: EventNote, Message: err.Error()})
+	}
+	return nil
 }
 
 // reconcile makes the staging tree's directories and symlinks those of
@@ -335,15 +370,15 @@ func partialOf(n string) (string, bool) {
 }
 
 // reuse places a local copy of e's content at its staged path: from the
-// first source holding a file with that hash that still has it (re-hashed
-// now). It hard-links when mode and mtime match e's, else copies.
-func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry) (bool, error) {
+// first source holding a file with that hash that still has it. It
+// hard-links when mode and mtime match e's, else copies.
+func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry, pl *placedRec) (bool, error) {
 	for _, src := range sources {
-		for _, p := range src.byHash[e.Hash] {
-			if src.state[p] < 0 {
+		for _, i := range src.byHash[e.Hash] {
+			if src.state[i] < 0 {
 				continue
 			}
-			ok, err := s.placeFrom(src, p, dst, e)
+			ok, err := s.placeFrom(src, int(i), dst, e, pl)
 			if err != nil {
 				return false, err
 			}
@@ -355,45 +390,86 @@ func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry) (boo
 	return false, nil
 }
 
-func (s *syncer) placeFrom(src *source, p string, dst *dirCache, e *manifest.Entry) (bool, error) {
-	fd, err := openBeneath(int(src.root.Fd()), p, unix.O_RDONLY, 0)
+// drifted marks a source's file as no longer matching its version.
+func (s *syncer) drifted(src *source, i int) {
+	src.state[i] = -1
+	if src.drift {
+		s.drift(src.man.Entries[i].Path)
+	}
+}
+
+// placeFrom places source file i as e. The source file is known to hold
+// e's content when its stat cache record still matches its inode (see
+// statcache.go), else it is hashed now. A hard link is then checked to be
+// that very inode (the name may have been replaced in between), and its
+// inode and ctime are noted in pl for verify. A copy is hashed as it is
+// written.
+func (s *syncer) placeFrom(src *source, i int, dst *dirCache, e *manifest.Entry, pl *placedRec) (bool, error) {
+	p := src.man.Entries[i].Path
+	sparent, sbase := split(p)
+	sd, err := src.dirs.get(sparent)
 	if err != nil {
-		src.state[p] = -1
-		if src.drift {
-			s.drift(p)
-		}
+		s.drifted(src, i)
 		return false, nil
 	}
-	f := os.NewFile(uintptr(fd), p)
-	defer f.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || uint64(st.Size) != e.Size {
-		src.state[p] = -1
-		if src.drift {
-			s.drift(p)
-		}
+	sfd := int(sd.Fd())
+	st, err := lstatAt(sfd, sbase)
+	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || uint64(st.Size) != e.Size {
+		s.drifted(src, i)
 		return false, nil
 	}
-	if src.state[p] == 0 {
-		sum, err := hashReader(io.NewSectionReader(f, 0, st.Size))
-		if err != nil || sum != e.Hash {
-			src.state[p] = -1
-			if src.drift {
-				s.drift(p)
-			}
-			return false, nil
-		}
-		src.state[p] = 1
+	// Trusted by its stat cache record (checked again for each use: a
+	// file hashed earlier in this sync is not trusted this way).
+	trusted := src.stats != nil && src.stats[i].matches(&st)
+	if trusted {
+		src.state[i] = 1
 	}
 	parent, base := split(e.Path)
 	d, err := dst.get(parent)
 	if err != nil {
 		return false, err
 	}
-	if uint32(st.Mode)&0o7777 == localMode(e.Mode) && statMtime(&st) == e.MtimeNs {
+	sameMeta := uint32(st.Mode)&0o7777 == localMode(e.Mode) && statMtime(&st) == e.MtimeNs
+	if trusted && sameMeta {
+		if err := unix.Linkat(sfd, sbase, int(d.Fd()), base, 0); err == nil {
+			got, err := lstatAt(int(d.Fd()), base)
+			if err == nil && got.Dev == st.Dev && got.Ino == st.Ino && got.Mode&unix.S_IFMT == unix.S_IFREG && uint64(got.Size) == e.Size {
+				*pl = placedRec{dev: got.Dev, ino: got.Ino, size: uint64(got.Size), ctime: statCtime(&got)}
+				return true, nil
+			}
+			// Replaced between the check and the link: not the file checked.
+			if err := removeAllAt(int(d.Fd()), base); err != nil {
+				return false, err
+			}
+			s.drifted(src, i)
+			return false, nil
+		}
+		// Another file system: copy instead.
+	}
+	fd, err := unix.Openat(sfd, sbase, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		s.drifted(src, i)
+		return false, nil
+	}
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	var fst unix.Stat_t
+	if err := unix.Fstat(fd, &fst); err != nil || fst.Mode&unix.S_IFMT != unix.S_IFREG || uint64(fst.Size) != e.Size {
+		s.drifted(src, i)
+		return false, nil
+	}
+	if src.state[i] == 0 {
+		sum, err := hashReader(io.NewSectionReader(f, 0, fst.Size))
+		if err != nil || sum != e.Hash {
+			s.drifted(src, i)
+			return false, nil
+		}
+		src.state[i] = 1
+	}
+	if !trusted && uint32(fst.Mode)&0o7777 == localMode(e.Mode) && statMtime(&fst) == e.MtimeNs {
 		err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), int(d.Fd()), base, unix.AT_SYMLINK_FOLLOW)
 		if err == nil {
-			return true, nil
+			return true, nil // not noted in pl: verify hashes it again
 		}
 		// No /proc, or another file system: copy instead.
 	}
@@ -402,13 +478,19 @@ func (s *syncer) placeFrom(src *source, p string, dst *dirCache, e *manifest.Ent
 		return false, &os.PathError{Op: "create", Path: join(d.Name(), base), Err: err}
 	}
 	of := os.NewFile(uintptr(out), base)
-	_, err = io.Copy(of, io.NewSectionReader(f, 0, st.Size))
+	h := blake3.New()
+	n, err := io.Copy(io.MultiWriter(of, h), io.NewSectionReader(f, 0, fst.Size))
 	if cerr := of.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		unix.Unlinkat(int(d.Fd()), base, 0)
 		return false, fmt.Errorf("copying %s: %w", p, err)
+	}
+	if uint64(n) != e.Size || !bytes.Equal(h.Sum(nil), e.Hash[:]) {
+		unix.Unlinkat(int(d.Fd()), base, 0)
+		s.drifted(src, i)
+		return false, nil
 	}
 	return true, nil
 }
@@ -495,28 +577,63 @@ func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest) error {
 }
 
 // verify reads the staged tree back (types, modes, mtimes, sizes, targets,
-// file hashes) and checks that it gives the version id.
-func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID) error {
+// file hashes) and checks that it gives the version id. A file is not
+// read again when it is still the very inode this sync hard-linked from a
+// source file trusted by its stat cache (placed: same device, inode, size,
+// and ctime as just after the link, so nothing wrote to it, changed its
+// mode or times, since); its hash is then the version's. Every other file
+// is hashed. It returns the stats of the files (indexed like man's
+// entries) for the stat cache.
+func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID, placed []placedRec) ([]statRec, error) {
 	want := localized(man)
-	got, err := scanTree(root, true, len(man.Entries))
+	recs := make([]statRec, len(man.Entries))
+	known := func(p string, st *unix.Stat_t) ([32]byte, bool) {
+		i := indexOf(want, p)
+		if i < 0 {
+			return [32]byte{}, false
+		}
+		pl := &placed[i]
+		if pl.ino != 0 && pl.dev == st.Dev && pl.ino == st.Ino && pl.size == uint64(st.Size) && pl.ctime == statCtime(st) {
+			return want.Entries[i].Hash, true
+		}
+		return [32]byte{}, false
+	}
+	record := func(p string, st *unix.Stat_t) {
+		if i := indexOf(want, p); i >= 0 {
+			recs[i] = recOf(st)
+		}
+	}
+	got, err := scanTree(root, true, len(man.Entries), known, record)
 	if err != nil {
-		return fmt.Errorf("%w: reading the staged tree back: %w", ErrMismatch, err)
+		return nil, fmt.Errorf("%w: reading the staged tree back: %w", ErrMismatch, err)
 	}
 	if got.ID() == want.ID() {
-		return nil
+		return recs, nil
 	}
 	if diff := firstDiff(want, got); diff != "" {
-		return fmt.Errorf("%w %s: %s", ErrMismatch, id.Short(), diff)
+		return nil, fmt.Errorf("%w %s: %s", ErrMismatch, id.Short(), diff)
 	}
-	return fmt.Errorf("%w %s", ErrMismatch, id.Short())
+	return nil, fmt.Errorf("%w %s", ErrMismatch, id.Short())
 }
 
 // check compares a kept version with its manifest: by type, mode, mtime,
-// size and target, and with hashes too if hash. It returns the paths that
-// differ.
-func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool) ([]string, error) {
+// size and target, and with hashes too if hash. Without hash, a file
+// whose inode no longer matches its stat cache record (stats, when there
+// is one) is hashed anyway: an in-place edit that kept size and mtime
+// still changed its ctime. It returns the paths that differ.
+func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool, stats []statRec) ([]string, error) {
 	want := localized(man)
-	got, err := scanTree(root, hash, len(man.Entries))
+	var known func(string, *unix.Stat_t) ([32]byte, bool)
+	if !hash && stats != nil {
+		hash = true
+		known = func(p string, st *unix.Stat_t) ([32]byte, bool) {
+			if i := indexOf(want, p); i >= 0 && stats[i].matches(st) {
+				return want.Entries[i].Hash, true
+			}
+			return [32]byte{}, false
+		}
+	}
+	got, err := scanTree(root, hash, len(man.Entries), known, nil)
 	if err != nil {
 		if errors.Is(err, errTooMany) {
 			return []string{"(entries added)"}, nil
@@ -572,9 +689,11 @@ func firstDiff(want, got *manifest.Manifest) string {
 var errTooMany = errors.New("more entries on disk than in the version")
 
 // scanTree reads a tree from disk into a manifest (sorted), without
-// following any symbolic link. Hashes are computed only if hash. It stops
-// with errTooMany past limit+1 entries.
-func scanTree(root *os.File, hash bool, limit int) (*manifest.Manifest, error) {
+// following any symbolic link. Hashes are computed only if hash, except
+// for files known (when known is not nil) returns a hash for. record, when
+// not nil, gets each file's stat (as it was hashed). It stops with
+// errTooMany past limit+1 entries.
+func scanTree(root *os.File, hash bool, limit int, known func(string, *unix.Stat_t) ([32]byte, bool), record func(string, *unix.Stat_t)) (*manifest.Manifest, error) {
 	var entries []manifest.Entry
 	queue := []string{""}
 	buf := make([]byte, manifest.MaxTargetLen+1)
@@ -618,15 +737,28 @@ func scanTree(root *os.File, hash bool, limit int) (*manifest.Manifest, error) {
 					continue // its entry is added when it is read
 				case unix.S_IFREG:
 					e.Type, e.Size = manifest.TypeFile, uint64(st.Size)
-					if hash {
-						sum, st2, err := hashAt(d, n)
-						if err != nil {
-							return fmt.Errorf("hashing %s: %w", p, err)
+					if !hash {
+						break
+					}
+					if known != nil {
+						if sum, ok := known(p, &st); ok {
+							e.Hash = sum
+							if record != nil {
+								record(p, &st)
+							}
+							break
 						}
-						if st2.Size != st.Size || statMtime(&st2) != e.MtimeNs {
-							return fmt.Errorf("%s changed while being checked", p)
-						}
-						e.Hash = sum
+					}
+					sum, st2, err := hashAt(d, n)
+					if err != nil {
+						return fmt.Errorf("hashing %s: %w", p, err)
+					}
+					if st2.Dev != st.Dev || st2.Ino != st.Ino || st2.Size != st.Size || statMtime(&st2) != e.MtimeNs {
+						return fmt.Errorf("%s changed while being checked", p)
+					}
+					e.Hash = sum
+					if record != nil {
+						record(p, &st2)
 					}
 				case unix.S_IFLNK:
 					e.Type, e.Mode = manifest.TypeSymlink, 0o777

@@ -168,7 +168,7 @@ func (s *syncer) once(ctx context.Context) error {
 			s.emit(Event{Kind: EventNote, Message: fmt.Sprintf("the current version's directory is unusable (%v); fetching it again", err)})
 			return s.rebuild(ctx, info, id, name, cur)
 		}
-		drift, err := s.check(root, curMan, cfg.Verify)
+		drift, err := s.check(root, curMan, cfg.Verify, l.loadStats(cur.name, curID, len(curMan.Entries)))
 		root.Close()
 		if err != nil {
 			return err

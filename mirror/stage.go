@@ -83,11 +83,15 @@ func (c *dirCache) close() {
 // stage builds version man in stage/T, reusing what it can, fetching the
 // rest, setting modes and mtimes, syncing, checking the result against the
 // version, and moving it to v/name.
-func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.ID, cur current, curMan *manifest.Manifest, name string) error {
+//
+// It returns the stats of the version's files as verify saw them (for the
+// stat cache, written by build once the old versions are pruned), those
+// not older than a fence taken before verify left out.
+func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.ID, cur current, curMan *manifest.Manifest, name string) (recs []statRec, err error) {
 	cfg, l, res := s.cfg, s.l, s.res
 	stageDir, err := mkdirPlain(l.t, "stage", 0o700)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer stageDir.Close()
 	// Anything in stage/ but the tree's directory is left over (a tree of
@@ -101,14 +105,14 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	}
 	root, err := mkdirAt(stageDir, cfg.Tree)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer root.Close()
 
 	// 1. Directories, symlinks; note staged files left by an earlier run.
 	leftover, partials, err := s.reconcile(root, man)
 	if err != nil {
-		return fmt.Errorf("staging %s: %w", id.Short(), err)
+		return nil, fmt.Errorf("staging %s: %w", id.Short(), err)
 	}
 
 	// 2. Files: staged already, reused, or to fetch.
@@ -144,7 +148,7 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 			sum, st, err := hashAt(root, e.Path)
 			if err == nil && sum == e.Hash && uint64(st.Size) == e.Size {
 				if err := removePartials(dst, e.Path, partials[i]); err != nil {
-					return err
+					return nil, err
 				}
 				res.FilesStaged++
 				res.FilesReused++
@@ -155,21 +159,21 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 			parent, base := split(e.Path)
 			d, err := dst.get(parent)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if err := removeAllAt(int(d.Fd()), base); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		ok, err := s.reuse(sources, dst, e, &placed[i])
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if ok || leftover[i] {
 			// Not fetched: an interrupted fetch's partial file of it would
 			// stay in the version.
 			if err := removePartials(dst, e.Path, partials[i]); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		if ok {
@@ -185,57 +189,55 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	// 3. Fetch what is left, into stage/T/... (VGET names are T/path).
 	if len(fetch) > 0 {
 		if err := s.fetch(ctx, stageDir.Name(), id, fetch); err != nil {
-			return err
+			return nil, err
 		}
 	}
 
 	// 4. Modes and mtimes, children before their parents; then sync.
 	if err := s.finish(stageDir, root, man); err != nil {
-		return fmt.Errorf("setting modes and times in %s: %w", root.Name(), err)
+		return nil, fmt.Errorf("setting modes and times in %s: %w", root.Name(), err)
 	}
 	if err := unix.Syncfs(int(root.Fd())); err != nil {
-		return fmt.Errorf("syncing %s: %w", root.Name(), err)
+		return nil, fmt.Errorf("syncing %s: %w", root.Name(), err)
 	}
 
 	// 5. Check what is on disk against the version.
-	sw, err := l.newStatWriter(name)
+	fence := l.fsNow()
+	recs, err = s.verify(root, man, id, placed)
 	if err != nil {
-		return err
-	}
-	defer sw.abort()
-	recs, err := s.verify(root, man, id, placed)
-	if err != nil {
-		return err
+		return nil, err
 	}
 	placed = nil
+	for i := range recs {
+		if recs[i].ctime >= fence {
+			recs[i] = statRec{} // racy: hashed again next time
+		}
+	}
 
 	// 6. Move it among the versions (exchanged with a copy of the same
 	// version already there, which may have drifted).
 	sfd, vfd := int(stageDir.Fd()), int(l.v.Fd())
 	if _, err := lstatAt(vfd, name); err == nil {
 		if err := unix.Renameat2(sfd, cfg.Tree, vfd, name, unix.RENAME_EXCHANGE); err != nil {
-			return fmt.Errorf("replacing %s with the staged copy: %w", name, err)
+			return nil, fmt.Errorf("replacing %s with the staged copy: %w", name, err)
 		}
 		if err := errors.Join(fsyncDir(l.v), fsyncDir(stageDir)); err != nil {
-			return err
+			return nil, err
 		}
-		if err := removeAllAt(sfd, cfg.Tree); err != nil {
-			return err
+		// Through trash/: its files' inodes may be the version's too (hard
+		// links), and prune accounts for the unlinks it makes there.
+		if err := l.toTrash(stageDir, cfg.Tree); err != nil {
+			return nil, err
 		}
 	} else {
 		if err := unix.Renameat(sfd, cfg.Tree, vfd, name); err != nil {
-			return fmt.Errorf("moving the staged version to %s: %w", name, err)
+			return nil, fmt.Errorf("moving the staged version to %s: %w", name, err)
 		}
 	}
 	if err := errors.Join(fsyncDir(l.v), fsyncDir(stageDir)); err != nil {
-		return err
+		return nil, err
 	}
-	// Renaming the version's directory changed none of its files' inodes:
-	// the stats read by verify are still theirs.
-	if err := sw.commit(name, id, recs); err != nil {
-		s.emit(Event{Kind: EventNote, Message: err.Error()})
-	}
-	return nil
+	return recs, nil
 }
 
 // reconcile makes the staging tree's directories and symlinks those of
@@ -621,26 +623,48 @@ func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID, p
 // whose inode no longer matches its stat cache record (stats, when there
 // is one) is hashed anyway: an in-place edit that kept size and mtime
 // still changed its ctime. It returns the paths that differ.
-func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool, stats []statRec) ([]string, error) {
+//
+// Files hashed because their records were missing or stale (and found
+// unchanged) get fresh records: the cache of version directory name is
+// rewritten when nothing differs.
+func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool, stats []statRec, name string, id manifest.ID) (drift []string, err error) {
 	want := localized(man)
 	var known func(string, *unix.Stat_t) ([32]byte, bool)
+	var record func(string, *unix.Stat_t)
+	var recs []statRec
+	var fence int64
+	hashed := 0
 	if !hash && stats != nil {
 		hash = true
+		fence = s.l.fsNow()
+		recs = make([]statRec, len(man.Entries))
 		known = func(p string, st *unix.Stat_t) ([32]byte, bool) {
 			if i := indexOf(want, p); i >= 0 && stats[i].matches(st) {
 				return want.Entries[i].Hash, true
 			}
+			hashed++
 			return [32]byte{}, false
 		}
+		record = func(p string, st *unix.Stat_t) {
+			if i := indexOf(want, p); i >= 0 && statCtime(st) < fence {
+				recs[i] = recOf(st)
+			}
+		}
 	}
-	got, err := scanTree(root, hash, len(man.Entries), known, nil)
-	if err != nil {
-		if errors.Is(err, errTooMany) {
+	got, err0 := scanTree(root, hash, len(man.Entries), known, record)
+	defer func() {
+		if hashed > 0 && fence != 0 && err == nil && len(drift) == 0 {
+			// Every record was seen to match (or was made from the file
+			// hashed just now, equal to the version's).
+			s.saveStats(name, id, man, recs)
+		}
+	}()
+	if err0 != nil {
+		if errors.Is(err0, errTooMany) {
 			return []string{"(entries added)"}, nil
 		}
-		return nil, fmt.Errorf("checking %s: %w", root.Name(), err)
+		return nil, fmt.Errorf("checking %s: %w", root.Name(), err0)
 	}
-	var drift []string
 	i, j := 0, 0
 	we, ge := want.Entries, got.Entries
 	for i < len(we) || j < len(ge) {

@@ -90,6 +90,17 @@ type statWriter struct {
 	fence int64
 }
 
+// fsNow is the file system's clock now (the ctime of a file just
+// written), or 0 when it cannot be read (then nothing is cached).
+func (l *layout) fsNow() int64 {
+	w, err := l.newStatWriter("fence")
+	if err != nil {
+		return 0
+	}
+	defer w.abort()
+	return w.fence
+}
+
 // newStatWriter starts the cache of a version.
 func (l *layout) newStatWriter(name string) (*statWriter, error) {
 	s, err := l.statDir()
@@ -157,6 +168,104 @@ func (w *statWriter) commit(name string, id manifest.ID, recs []statRec) error {
 		return fmt.Errorf("saving the stat cache: %w", err)
 	}
 	return nil
+}
+
+// saveStats writes the stat cache of version directory name once the
+// versions beyond --keep are pruned: pruning unlinks names of inodes the
+// version shares with them (hard links), which sets their ctime. Each file
+// is looked at again: its record (from verify, vrecs) is kept, with the
+// new ctime, when device, inode, size and mtime are unchanged and either
+// the ctime is too or the inode is one whose other name this run unlinked
+// (l.unlinked). What this trusts: no write to such an inode that also put
+// its mtime back happened between verify and this look (a window of this
+// run's switch and prune).
+func (s *syncer) saveStats(name string, id manifest.ID, man *manifest.Manifest, vrecs []statRec) {
+	l := s.l
+	root, err := openDir(l.v, name)
+	if err != nil {
+		return
+	}
+	defer root.Close()
+	w, err := l.newStatWriter(name)
+	if err != nil {
+		return
+	}
+	defer w.abort()
+	dirs := &dirCache{root: root}
+	defer dirs.close()
+	recs := make([]statRec, len(man.Entries))
+	for i := range man.Entries {
+		v := &vrecs[i]
+		if v.ino == 0 || man.Entries[i].Type != manifest.TypeFile {
+			continue
+		}
+		parent, base := split(man.Entries[i].Path)
+		d, err := dirs.get(parent)
+		if err != nil {
+			continue
+		}
+		st, err := lstatAt(int(d.Fd()), base)
+		if err != nil {
+			continue
+		}
+		r := recOf(&st)
+		if r.dev != v.dev || r.ino != v.ino || r.size != v.size || r.mtime != v.mtime {
+			continue
+		}
+		if r.ctime != v.ctime && !l.unlinked[[2]uint64{r.dev, r.ino}] {
+			continue
+		}
+		recs[i] = r
+	}
+	if err := w.commit(name, id, recs); err != nil {
+		s.emit(Event{Kind: EventNote, Message: err.Error()})
+	}
+}
+
+// toTrash moves dir/name into trash/ (to be deleted by prune).
+func (l *layout) toTrash(dir *os.File, name string) error {
+	tr, err := mkdirPlain(l.t, "trash", 0o700)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	n := "staged-" + name
+	if err := removeAllAt(int(tr.Fd()), n); err != nil {
+		return err
+	}
+	if err := unix.Renameat(int(dir.Fd()), name, int(tr.Fd()), n); err != nil {
+		return fmt.Errorf("moving the replaced copy to trash: %w", err)
+	}
+	return nil
+}
+
+// noteInodes adds the regular files below dir/name to l.unlinked (when
+// it is not nil), before they are removed.
+func (l *layout) noteInodes(dir int, name string) {
+	if l.unlinked == nil {
+		return
+	}
+	st, err := lstatAt(dir, name)
+	if err != nil {
+		return
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		if st.Nlink > 1 {
+			l.unlinked[[2]uint64{st.Dev, st.Ino}] = true
+		}
+	case unix.S_IFDIR:
+		fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return
+		}
+		d := os.NewFile(uintptr(fd), name)
+		defer d.Close()
+		names, _ := d.Readdirnames(-1)
+		for _, n := range names {
+			l.noteInodes(fd, n)
+		}
+	}
 }
 
 // pruneStats removes the caches of versions no longer kept.

@@ -146,7 +146,11 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 		}
 		if leftover[i] {
 			sum, st, err := hashAt(root, e.Path)
-			if err == nil && sum == e.Hash && uint64(st.Size) == e.Size {
+			// A staged file with other names (a hard link an interrupted
+			// run made from a kept version) is kept only if finish will not
+			// chmod or touch it: that would change the kept version's file.
+			shared := st.Nlink > 1 && (uint32(st.Mode)&0o7777 != localMode(e.Mode) || statMtime(&st) != e.MtimeNs)
+			if err == nil && sum == e.Hash && uint64(st.Size) == e.Size && !shared {
 				if err := removePartials(dst, e.Path, partials[i]); err != nil {
 					return nil, err
 				}

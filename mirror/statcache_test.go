@@ -151,3 +151,34 @@ func TestStatCacheRejectsDamaged(t *testing.T) {
 		t.Errorf("fence: %+v", got)
 	}
 }
+
+// A staged file an interrupted run hard-linked from a kept version is not
+// chmod-ed in place when the new version changes only its mode: the kept
+// version's file keeps its mode.
+func TestStagedHardLinkNotChmodded(t *testing.T) {
+	s := startServer(t)
+	src := filepath.Join(t.TempDir(), "app")
+	smallTree(t, src)
+	publish(t, s, "app", src, 1)
+	out := t.TempDir()
+	cfg := testConfig(s, out, "app")
+	first := syncOK(t, cfg)
+	stage := filepath.Join(out, ".zsnd/app/stage/app")
+	if err := os.MkdirAll(stage, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(first.Dir, "a.conf"), filepath.Join(stage, "a.conf")); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Join(src, "a.conf"), 0o600)
+	publish(t, s, "app", src, 2)
+	res := syncOK(t, cfg)
+	sameTree(t, src, filepath.Join(out, "app"))
+	st, err := os.Stat(filepath.Join(first.Dir, "a.conf"))
+	if err != nil || st.Mode().Perm() != 0o644 {
+		t.Errorf("kept version's a.conf: %v %v", st.Mode(), err)
+	}
+	if st2, _ := os.Stat(filepath.Join(res.Dir, "a.conf")); st2 == nil || st2.Mode().Perm() != 0o600 {
+		t.Errorf("new version's a.conf mode wrong")
+	}
+}

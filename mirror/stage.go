@@ -640,17 +640,23 @@ func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool, stats [
 	hashed := 0
 	if !hash && stats != nil {
 		hash = true
-		fence = s.l.fsNow()
 		recs = make([]statRec, len(man.Entries))
 		known = func(p string, st *unix.Stat_t) ([32]byte, bool) {
 			if i := indexOf(want, p); i >= 0 && stats[i].matches(st) {
 				return want.Entries[i].Hash, true
 			}
-			hashed++
+			if hashed++; hashed == 1 {
+				fence = s.l.fsNow() // before the first file hashed is looked at
+			}
 			return [32]byte{}, false
 		}
 		record = func(p string, st *unix.Stat_t) {
-			if i := indexOf(want, p); i >= 0 && statCtime(st) < fence {
+			i := indexOf(want, p)
+			switch {
+			case i < 0:
+			case stats[i].matches(st):
+				recs[i] = stats[i]
+			case fence != 0 && statCtime(st) < fence:
 				recs[i] = recOf(st)
 			}
 		}

@@ -198,7 +198,7 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	}
 
 	// 4. Modes and mtimes, children before their parents; then sync.
-	if err := s.finish(stageDir, root, man); err != nil {
+	if err := s.finish(stageDir, root, man, placed); err != nil {
 		return nil, fmt.Errorf("setting modes and times in %s: %w", root.Name(), err)
 	}
 	if err := unix.Syncfs(int(root.Fd())); err != nil {
@@ -345,6 +345,9 @@ func (s *syncer) reconcileDir(d *os.File, man *manifest.Manifest, kids []int, le
 				return &os.PathError{Op: "symlink", Path: join(d.Name(), base), Err: err}
 			}
 		case manifest.TypeFile:
+			if len(names) == 0 {
+				continue // an empty (new) directory: nothing to look up
+			}
 			st, err := lstatAt(fd, base)
 			if err != nil {
 				continue
@@ -542,11 +545,14 @@ const fetchBatch = 4096
 
 // finish sets every entry's mode and mtime, in reverse path order, so each
 // directory is done after everything below it.
-func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest) error {
+func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed []placedRec) error {
 	dirs := &dirCache{root: root}
 	defer dirs.close()
 	for i := len(man.Entries) - 1; i >= 0; i-- {
 		e := &man.Entries[i]
+		if placed[i].ino != 0 {
+			continue // linked from a file with e's mode and mtime (verify checks they still are)
+		}
 		var d *os.File
 		var base string
 		if e.Path == "" {

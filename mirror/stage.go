@@ -26,21 +26,33 @@ type source struct {
 	root   *os.File
 	man    *manifest.Manifest
 	dirs   *dirCache
-	byHash map[[32]byte][]int32 // entry indexes
-	state  []int8               // by entry: 1 verified, -1 drifted
-	stats  []statRec            // its stat cache (nil if none)
-	drift  bool                 // report mismatches as drift
+	byHash []int32   // indexes of its files, sorted by hash
+	state  []int8    // by entry: 1 verified, -1 drifted
+	stats  []statRec // its stat cache (nil if none)
+	drift  bool      // report mismatches as drift
 }
 
 func newSource(root *os.File, m *manifest.Manifest, drift bool, stats []statRec) *source {
-	src := &source{root: root, man: m, dirs: &dirCache{root: root}, byHash: map[[32]byte][]int32{},
+	src := &source{root: root, man: m, dirs: &dirCache{root: root},
 		state: make([]int8, len(m.Entries)), stats: stats, drift: drift}
 	for i := range m.Entries {
-		if e := &m.Entries[i]; e.Type == manifest.TypeFile {
-			src.byHash[e.Hash] = append(src.byHash[e.Hash], int32(i))
+		if m.Entries[i].Type == manifest.TypeFile {
+			src.byHash = append(src.byHash, int32(i))
 		}
 	}
+	slices.SortFunc(src.byHash, func(a, b int32) int { return bytes.Compare(m.Entries[a].Hash[:], m.Entries[b].Hash[:]) })
 	return src
+}
+
+// withHash returns the indexes of the source's files with content h.
+func (src *source) withHash(h *[32]byte) []int32 {
+	es := src.man.Entries
+	lo, _ := slices.BinarySearchFunc(src.byHash, h, func(i int32, h *[32]byte) int { return bytes.Compare(es[i].Hash[:], h[:]) })
+	hi := lo
+	for hi < len(src.byHash) && es[src.byHash[hi]].Hash == *h {
+		hi++
+	}
+	return src.byHash[lo:hi]
 }
 
 // placedRec is a file this sync linked into the staged tree from a
@@ -383,8 +395,21 @@ func partialOf(n string) (string, bool) {
 // hard-links when mode and mtime match e's, else copies.
 func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry, pl *placedRec) (bool, error) {
 	for _, src := range sources {
-		for _, i := range src.byHash[e.Hash] {
-			if src.state[i] < 0 {
+		// The file at the same path first: usually it is the one (files
+		// of equal content, such as empty ones, would otherwise all be
+		// links to one inode, each link changing its ctime).
+		same := indexOf(src.man, e.Path)
+		if same >= 0 && (src.man.Entries[same].Type != manifest.TypeFile || src.man.Entries[same].Hash != e.Hash || src.state[same] < 0) {
+			same = -1
+		}
+		if same >= 0 {
+			ok, err := s.placeFrom(src, same, dst, e, pl)
+			if ok || err != nil {
+				return ok, err
+			}
+		}
+		for _, i := range src.withHash(&e.Hash) {
+			if src.state[i] < 0 || int(i) == same {
 				continue
 			}
 			ok, err := s.placeFrom(src, int(i), dst, e, pl)

@@ -640,18 +640,48 @@ func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID, p
 			recs[i] = recOf(st)
 		}
 	}
-	got, err := scanTree(root, true, len(man.Entries), known, record)
+	// Each entry read is compared with the version's entry of that path as
+	// it comes (no copy of the whole tree is kept): when every entry read
+	// equals one of the version's and all of them were read, the tree on
+	// disk is the version, entry for entry, so its manifest and id are the
+	// version's.
+	seen := make([]bool, len(want.Entries))
+	n := 0
+	var diff string
+	visit := func(e *manifest.Entry) error {
+		i := indexOf(want, e.Path)
+		switch {
+		case i < 0:
+			diff = fmt.Sprintf("%q is on disk but not in the version", e.Path)
+		case seen[i]:
+			diff = fmt.Sprintf("%q read twice", e.Path)
+		case want.Entries[i] != *e:
+			diff = firstDiff(&manifest.Manifest{Entries: want.Entries[i : i+1]}, &manifest.Manifest{Entries: []manifest.Entry{*e}})
+		default:
+			seen[i] = true
+			n++
+			return nil
+		}
+		return errMismatchFound
+	}
+	err := walkTree(root, true, len(man.Entries), known, record, visit)
+	if errors.Is(err, errMismatchFound) {
+		return nil, fmt.Errorf("%w %s: %s", ErrMismatch, id.Short(), diff)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading the staged tree back: %w", ErrMismatch, err)
 	}
-	if got.ID() == want.ID() {
-		return recs, nil
+	if n != len(want.Entries) {
+		for i := range seen {
+			if !seen[i] {
+				return nil, fmt.Errorf("%w %s: %q is missing on disk", ErrMismatch, id.Short(), want.Entries[i].Path)
+			}
+		}
 	}
-	if diff := firstDiff(want, got); diff != "" {
-		return nil, fmt.Errorf("%w %s: %s", ErrMismatch, id.Short(), diff)
-	}
-	return nil, fmt.Errorf("%w %s", ErrMismatch, id.Short())
+	return recs, nil
 }
+
+var errMismatchFound = errors.New("differs from the version")
 
 // check compares a kept version with its manifest: by type, mode, mtime,
 // size and target, and with hashes too if hash. Without hash, a file
@@ -760,6 +790,22 @@ var errTooMany = errors.New("more entries on disk than in the version")
 // errTooMany past limit+1 entries.
 func scanTree(root *os.File, hash bool, limit int, known func(string, *unix.Stat_t) ([32]byte, bool), record func(string, *unix.Stat_t)) (*manifest.Manifest, error) {
 	var entries []manifest.Entry
+	err := walkTree(root, hash, limit, known, record, func(e *manifest.Entry) error {
+		entries = append(entries, *e)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := &manifest.Manifest{Entries: entries}
+	m.Sort()
+	return m, nil
+}
+
+// walkTree is scanTree giving each entry to visit (in walk order) instead
+// of keeping them.
+func walkTree(root *os.File, hash bool, limit int, known func(string, *unix.Stat_t) ([32]byte, bool), record func(string, *unix.Stat_t), visit func(*manifest.Entry) error) error {
+	count := 0
 	queue := []string{""}
 	buf := make([]byte, manifest.MaxTargetLen+1)
 	for len(queue) > 0 {
@@ -769,7 +815,7 @@ func scanTree(root *os.File, hash bool, limit int, known func(string, *unix.Stat
 		if rel != "" {
 			var err error
 			if d, err = openDir(root, rel); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		err := func() error {
@@ -777,14 +823,17 @@ func scanTree(root *os.File, hash bool, limit int, known func(string, *unix.Stat
 			if err := unix.Fstat(int(d.Fd()), &st); err != nil {
 				return err
 			}
-			entries = append(entries, manifest.Entry{Path: rel, Type: manifest.TypeDir, Mode: uint32(st.Mode) & 0o7777, MtimeNs: statMtime(&st)})
+			count++
+			if err := visit(&manifest.Entry{Path: rel, Type: manifest.TypeDir, Mode: uint32(st.Mode) & 0o7777, MtimeNs: statMtime(&st)}); err != nil {
+				return err
+			}
 			names, err := readNames(d)
 			if err != nil {
 				return err
 			}
 			slices.Sort(names)
 			for _, n := range names {
-				if len(entries) > limit {
+				if count > limit {
 					return errTooMany
 				}
 				p := n
@@ -835,7 +884,10 @@ func scanTree(root *os.File, hash bool, limit int, known func(string, *unix.Stat
 				default:
 					return fmt.Errorf("%s: special file (device, socket or FIFO) in the tree", p)
 				}
-				entries = append(entries, e)
+				count++
+				if err := visit(&e); err != nil {
+					return err
+				}
 			}
 			return nil
 		}()
@@ -843,12 +895,10 @@ func scanTree(root *os.File, hash bool, limit int, known func(string, *unix.Stat
 			d.Close()
 		}
 		if err != nil {
-			return nil, err
+			return err
 		}
 	}
-	m := &manifest.Manifest{Entries: entries}
-	m.Sort()
-	return m, nil
+	return nil
 }
 
 // removeStaleIncoming is for tests and tools: the state directory of a tree.

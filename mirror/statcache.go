@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -58,25 +59,35 @@ func (l *layout) loadStats(name string, id manifest.ID, n int) []statRec {
 	}
 	f := os.NewFile(uintptr(fd), name)
 	defer f.Close()
-	want := len(statMagic) + 32 + 8 + n*40 + 32
-	b, err := io.ReadAll(io.LimitReader(f, int64(want)+1))
-	if err != nil || len(b) != want || !bytes.HasPrefix(b, []byte(statMagic)) {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Size != int64(len(statMagic)+32+8+n*40+32) {
 		return nil
 	}
-	body, sum := b[:want-32], b[want-32:]
-	if got := blake3.Sum256(body); !bytes.Equal(got[:], sum) {
+	// Read in pieces (a cache of 100,000 files is 4 MB), hashing as read.
+	r := bufio.NewReaderSize(f, 64<<10)
+	h := blake3.New()
+	head := make([]byte, len(statMagic)+32+8)
+	if _, err := io.ReadFull(r, head); err != nil {
 		return nil
 	}
-	p := body[len(statMagic):]
-	if !bytes.Equal(p[:32], id[:]) || binary.LittleEndian.Uint64(p[32:40]) != uint64(n) {
+	h.Write(head)
+	if string(head[:len(statMagic)]) != statMagic || !bytes.Equal(head[len(statMagic):len(statMagic)+32], id[:]) ||
+		binary.LittleEndian.Uint64(head[len(statMagic)+32:]) != uint64(n) {
 		return nil
 	}
-	p = p[40:]
 	recs := make([]statRec, n)
+	var q [40]byte
 	for i := range recs {
-		q := p[i*40:]
-		recs[i] = statRec{dev: binary.LittleEndian.Uint64(q), ino: binary.LittleEndian.Uint64(q[8:]), size: binary.LittleEndian.Uint64(q[16:]),
+		if _, err := io.ReadFull(r, q[:]); err != nil {
+			return nil
+		}
+		h.Write(q[:])
+		recs[i] = statRec{dev: binary.LittleEndian.Uint64(q[:]), ino: binary.LittleEndian.Uint64(q[8:]), size: binary.LittleEndian.Uint64(q[16:]),
 			mtime: int64(binary.LittleEndian.Uint64(q[24:])), ctime: int64(binary.LittleEndian.Uint64(q[32:]))}
+	}
+	var sum [32]byte
+	if _, err := io.ReadFull(r, sum[:]); err != nil || !bytes.Equal(h.Sum(nil), sum[:]) {
+		return nil
 	}
 	return recs
 }
@@ -142,26 +153,34 @@ func (w *statWriter) commit(name string, id manifest.ID, recs []statRec) error {
 	if w.fence == 0 {
 		return nil // no fence, no cache
 	}
-	b := make([]byte, 0, len(statMagic)+32+8+len(recs)*40+32)
+	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("writing the stat cache: %w", err)
+	}
+	if err := w.f.Truncate(0); err != nil {
+		return fmt.Errorf("writing the stat cache: %w", err)
+	}
+	h := blake3.New()
+	bw := bufio.NewWriterSize(io.MultiWriter(w.f, h), 64<<10)
+	b := make([]byte, 0, len(statMagic)+32+8)
 	b = append(b, statMagic...)
 	b = append(b, id[:]...)
 	b = binary.LittleEndian.AppendUint64(b, uint64(len(recs)))
+	bw.Write(b)
 	for _, r := range recs {
 		if r.ctime >= w.fence {
 			r = statRec{}
 		}
-		b = binary.LittleEndian.AppendUint64(b, r.dev)
+		b = binary.LittleEndian.AppendUint64(b[:0], r.dev)
 		b = binary.LittleEndian.AppendUint64(b, r.ino)
 		b = binary.LittleEndian.AppendUint64(b, r.size)
 		b = binary.LittleEndian.AppendUint64(b, uint64(r.mtime))
 		b = binary.LittleEndian.AppendUint64(b, uint64(r.ctime))
+		bw.Write(b)
 	}
-	sum := blake3.Sum256(b)
-	b = append(b, sum[:]...)
-	if _, err := w.f.WriteAt(b, 0); err != nil {
+	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("writing the stat cache: %w", err)
 	}
-	if err := w.f.Truncate(int64(len(b))); err != nil {
+	if _, err := w.f.Write(h.Sum(nil)); err != nil {
 		return fmt.Errorf("writing the stat cache: %w", err)
 	}
 	if err := unix.Renameat(int(w.s.Fd()), w.tmp, int(w.s.Fd()), name); err != nil {
@@ -193,29 +212,31 @@ func (s *syncer) saveStats(name string, id manifest.ID, man *manifest.Manifest, 
 	defer w.abort()
 	dirs := &dirCache{root: root}
 	defer dirs.close()
-	recs := make([]statRec, len(man.Entries))
+	recs := vrecs // updated in place
 	for i := range man.Entries {
 		v := &vrecs[i]
 		if v.ino == 0 || man.Entries[i].Type != manifest.TypeFile {
+			*v = statRec{}
 			continue
 		}
 		parent, base := split(man.Entries[i].Path)
 		d, err := dirs.get(parent)
 		if err != nil {
+			*v = statRec{}
 			continue
 		}
 		st, err := lstatAt(int(d.Fd()), base)
 		if err != nil {
+			*v = statRec{}
 			continue
 		}
 		r := recOf(&st)
-		if r.dev != v.dev || r.ino != v.ino || r.size != v.size || r.mtime != v.mtime {
+		if r.dev != v.dev || r.ino != v.ino || r.size != v.size || r.mtime != v.mtime ||
+			r.ctime != v.ctime && !l.unlinked[[2]uint64{r.dev, r.ino}] {
+			*v = statRec{}
 			continue
 		}
-		if r.ctime != v.ctime && !l.unlinked[[2]uint64{r.dev, r.ino}] {
-			continue
-		}
-		recs[i] = r
+		*v = r
 	}
 	if err := w.commit(name, id, recs); err != nil {
 		s.emit(Event{Kind: EventNote, Message: err.Error()})

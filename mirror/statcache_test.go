@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -180,5 +181,64 @@ func TestStagedHardLinkNotChmodded(t *testing.T) {
 	}
 	if st2, _ := os.Stat(filepath.Join(res.Dir, "a.conf")); st2 == nil || st2.Mode().Perm() != 0o600 {
 		t.Errorf("new version's a.conf mode wrong")
+	}
+}
+
+// verify compares the tree on disk with the version entry by entry: a
+// changed, extra or missing entry is ErrMismatch; a file it may trust
+// (placed: the inode it linked, with its ctime after the link) is not
+// read, unless its ctime changed (an in-place edit, mtime put back).
+func TestVerifyEntryByEntry(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "app")
+	smallTree(t, dir)
+	root, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	man, err := scanTree(root, true, 1000, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &syncer{cfg: &Config{Tree: "app"}, res: &Result{}}
+	id := man.ID()
+	none := make([]placedRec, len(man.Entries))
+	if _, err := s.verify(root, man, id, none); err != nil {
+		t.Fatalf("identical tree: %v", err)
+	}
+	p := filepath.Join(dir, "a.conf")
+	i := indexOf(man, "a.conf")
+	var st unix.Stat_t
+	unix.Lstat(p, &st)
+	placed := make([]placedRec, len(man.Entries))
+	placed[i] = placedRec{dev: st.Dev, ino: st.Ino, size: uint64(st.Size), ctime: statCtime(&st)}
+	fi, _ := os.Stat(p)
+	time.Sleep(20 * time.Millisecond) // a later clock tick for the edit's ctime
+	f, _ := os.OpenFile(p, os.O_WRONLY, 0)
+	f.WriteAt([]byte("ALPHA"), 0)
+	f.Close()
+	os.Chtimes(p, fi.ModTime(), fi.ModTime())
+	if _, err := s.verify(root, man, id, placed); !errors.Is(err, ErrMismatch) {
+		t.Errorf("in-place edit of a placed file: %v", err)
+	}
+	os.WriteFile(p, []byte("alpha\n"), 0o644)
+	os.Chtimes(p, fi.ModTime(), fi.ModTime())
+	if _, err := s.verify(root, man, id, none); err != nil {
+		t.Fatalf("restored: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "extra"), nil, 0o644)
+	rootMt := time.Unix(0, man.Entries[0].MtimeNs)
+	os.Chtimes(dir, rootMt, rootMt)
+	if _, err := s.verify(root, man, id, none); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "extra") {
+		t.Errorf("extra file: %v", err)
+	}
+	os.Remove(filepath.Join(dir, "extra"))
+	os.Remove(filepath.Join(dir, "sub dir/empty"))
+	for _, d := range []string{"", "sub dir"} {
+		mt := time.Unix(0, man.Entries[indexOf(man, d)].MtimeNs)
+		os.Chtimes(filepath.Join(dir, d), mt, mt)
+	}
+	if _, err := s.verify(root, man, id, none); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("missing file: %v", err)
 	}
 }

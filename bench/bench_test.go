@@ -232,3 +232,16 @@ func benchPair(b *testing.B, serve func(context.Context, func(string)) error, fe
 }
 
 func regexpMust(s string) *regexp.Regexp { return regexp.MustCompile(s) }
+
+// A process that prints more lines than are kept still has its later
+// lines matched (the kept lines are a rolling window).
+func TestWaitLineAfterManyLines(t *testing.T) {
+	p, err := Start("chatty", nil, "sh", "-c", fmt.Sprintf("i=0; while [ $i -lt %d ]; do echo line $i >&2; i=$((i+1)); done; echo the end >&2; sleep 1", maxKeptLines+500))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Kill()
+	if _, err := p.WaitLine(regexpMust(`^the end$`), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}

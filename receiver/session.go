@@ -23,19 +23,13 @@ import (
 // server for up to cfg.Timeout, resuming where it stopped. If ctx is
 // cancelled it returns promptly, keeping partial state for a later resume.
 func Fetch(ctx context.Context, cfg Config, names ...string) ([]Result, error) {
-	if err := cfg.setDefaults(); err != nil {
-		return nil, err
-	}
-	ep, err := zsock.Endpoint(cfg.Endpoint)
+	c, err := newClient(cfg)
 	if err != nil {
 		return nil, err
 	}
-	out, err := openOutDir(cfg.OutputDir)
-	if err != nil {
-		return nil, err
-	}
-	defer out.close()
-	c := &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}, dirs: out}
+	defer c.dirs.close()
+	out := c.dirs
+	cfg = c.cfg // with its defaults
 	seen := map[string]bool{}
 	for _, n := range names {
 		if seen[n] {
@@ -133,6 +127,23 @@ func (c *client) dialError(err error) *sessionError {
 		return &sessionError{err: fmt.Errorf("%w: %s requires CURVE (give its public key with --server-key)", ErrServerKey, cfg.Endpoint)}
 	}
 	return lost("%s", dialCause(err))
+}
+
+// newClient checks cfg, resolves its endpoint and opens the output
+// directory (closed by the caller with c.dirs.close()).
+func newClient(cfg Config) (*client, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	ep, err := zsock.Endpoint(cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	out, err := openOutDir(cfg.OutputDir)
+	if err != nil {
+		return nil, err
+	}
+	return &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}, dirs: out}, nil
 }
 
 func lost(format string, args ...any) *sessionError {

@@ -97,7 +97,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cli.ExitOK
 	}
 	var js io.Writer
-	if *jsonOut || (parseErr != nil && wantsJSON(args)) {
+	if *jsonOut || (parseErr != nil && cli.WantsJSON(args)) {
 		js = stdout
 	}
 	rep := cli.NewReporter(stderr, js, *quiet)
@@ -197,18 +197,4 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	rep.Summary(results, time.Since(start), code)
 	return code
-}
-
-// wantsJSON reports whether args ask for --json, for a command line that
-// failed to parse (pflag stops at the first bad flag, maybe before it).
-func wantsJSON(args []string) bool {
-	for _, a := range args {
-		if a == "--" {
-			return false
-		}
-		if a == "--json" || a == "--json=true" {
-			return true
-		}
-	}
-	return false
 }

@@ -106,7 +106,7 @@ Exit codes:
 	}
 	var mu sync.Mutex
 	enc := json.NewEncoder(stdout)
-	jsonOn := *jsonOut || (parseErr != nil && wantsJSON(args))
+	jsonOn := *jsonOut || (parseErr != nil && cli.WantsJSON(args))
 	emit := func(fields map[string]any) {
 		if jsonOn {
 			fields["time"] = time.Now().UTC().Format(time.RFC3339Nano)
@@ -235,20 +235,6 @@ Exit codes:
 		return fail(cli.ExitFailure, "%v", err)
 	}
 	return cli.ExitOK
-}
-
-// wantsJSON reports whether args ask for --json, for a command line that
-// failed to parse (pflag stops at the first bad flag, maybe before it).
-func wantsJSON(args []string) bool {
-	for _, a := range args {
-		if a == "--" {
-			return false
-		}
-		if a == "--json" || a == "--json=true" {
-			return true
-		}
-	}
-	return false
 }
 
 // logLine is the text line for a server event ("" for none). Everything

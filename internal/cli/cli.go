@@ -87,3 +87,18 @@ func IsTerminal(w io.Writer) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
 }
+
+// WantsJSON reports whether args ask for --json, for a command line that
+// failed to parse (pflag stops at the first bad flag, maybe before it), so
+// that even a usage error is reported as a JSON event.
+func WantsJSON(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		if a == "--json" || a == "--json=true" {
+			return true
+		}
+	}
+	return false
+}

@@ -72,7 +72,7 @@ func testZMQBaseline(t *testing.T, direct bool) {
 		_, err := ZMQServe(ctx, "tcp://127.0.0.1:0", src, 1<<20, func(a string) { addr <- a })
 		errc <- err
 	}()
-	n, err := ZMQFetch(ctx, <-addr, out, direct)
+	n, err := ZMQFetch(ctx, waitAddr(t, ctx, addr, errc), out, direct)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +83,22 @@ func testZMQBaseline(t *testing.T, direct bool) {
 	if err != nil || got != want || size != n {
 		t.Fatalf("hash %s size %d (received %d), err %v; want %s", got, size, n, err, want)
 	}
+}
+
+// waitAddr waits for a server started in a goroutine to report its
+// address: a server that fails to start ends the test at once with its
+// error instead of leaving it waiting for the whole test timeout.
+func waitAddr(t *testing.T, ctx context.Context, addr <-chan string, errc <-chan error) string {
+	t.Helper()
+	select {
+	case a := <-addr:
+		return a
+	case err := <-errc:
+		t.Fatalf("the server stopped before it reported an address: %v", err)
+	case <-ctx.Done():
+		t.Fatalf("the server reported no address: %v", ctx.Err())
+	}
+	return ""
 }
 
 func TestTCPBaseline(t *testing.T) {
@@ -96,7 +112,7 @@ func TestTCPBaseline(t *testing.T) {
 		_, err := TCPServe(ctx, "127.0.0.1:0", src, 1<<20, func(a string) { addr <- a })
 		errc <- err
 	}()
-	if _, err := TCPFetch(ctx, <-addr, out, 1<<20); err != nil {
+	if _, err := TCPFetch(ctx, waitAddr(t, ctx, addr, errc), out, 1<<20); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-errc; err != nil {
@@ -216,3 +232,16 @@ func benchPair(b *testing.B, serve func(context.Context, func(string)) error, fe
 }
 
 func regexpMust(s string) *regexp.Regexp { return regexp.MustCompile(s) }
+
+// A process that prints more lines than are kept still has its later
+// lines matched (the kept lines are a rolling window).
+func TestWaitLineAfterManyLines(t *testing.T) {
+	p, err := Start("chatty", nil, "sh", "-c", fmt.Sprintf("i=0; while [ $i -lt %d ]; do echo line $i >&2; i=$((i+1)); done; echo the end >&2; sleep 1", maxKeptLines+500))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Kill()
+	if _, err := p.WaitLine(regexpMust(`^the end$`), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}

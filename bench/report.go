@@ -220,7 +220,26 @@ func ComputeTargets(scs []*Scenario) []Target {
 	}
 	ts = append(ts,
 		ratioTarget("single", "zsend -> zrecv vs rsync --whole-file --fsync", ">= 1.5x", z/medianRate(single, "rsync --whole-file --fsync"), 1.5),
-		rawT)
+		rawT,
+		ratioTarget("single", "zsend -> zrecv with CURVE vs without", ">= 0.6x", medianRate(single, "zsend -> zrecv, CURVE")/z, 0.6))
+	{
+		// CURVE must not cost memory: peak RSS within 8 MiB of plaintext.
+		t := Target{Scenario: "single", What: "CURVE peak RSS minus plaintext (zsend, zrecv; max of rounds)", Goal: "<= 8 MiB"}
+		var plain, cv *agg
+		if single != nil {
+			plain, cv = summarize(single, "zsend -> zrecv"), summarize(single, "zsend -> zrecv, CURVE")
+		}
+		if single != nil && plain.ok > 0 && cv.ok > 0 && plain.failed == 0 && cv.failed == 0 {
+			ds := maxOf(cv.rss["sender"]) - maxOf(plain.rss["sender"])
+			dr := maxOf(cv.rss["receiver"]) - maxOf(plain.rss["receiver"])
+			t.Value = max(ds, dr)
+			t.Measured = fmt.Sprintf("%+.1f MiB, %+.1f MiB", ds, dr)
+			t.Pass = t.Value <= 8
+		} else {
+			t.Missing, t.Measured = true, "not measured"
+		}
+		ts = append(ts, t)
+	}
 
 	mem := find(scs, "memory")
 	for _, role := range []string{"sender", "receiver"} {
@@ -292,7 +311,7 @@ func ComputeTargets(scs []*Scenario) []Target {
 		}
 		ts = append(ts, t)
 	}
-	return ts
+	return append(ts, treeTargets(scs)...)
 }
 
 // MachineInfo describes the machine, for the report.

@@ -50,6 +50,7 @@ type Proc struct {
 
 	mu     sync.Mutex
 	lines  []string // every stderr line (bounded)
+	gone   int      // lines dropped from the front of lines to keep it bounded
 	waitCh chan struct{}
 	eof    chan struct{} // closed when stderr reached EOF
 }
@@ -133,6 +134,7 @@ func (p *Proc) readLines(r *os.File) {
 		if len(p.lines) >= maxKeptLines {
 			copy(p.lines, p.lines[1:])
 			p.lines = p.lines[:len(p.lines)-1]
+			p.gone++
 		}
 		p.lines = append(p.lines, sc.Text())
 		p.mu.Unlock()
@@ -173,8 +175,11 @@ func (p *Proc) WaitLine(re *regexp.Regexp, timeout time.Duration) ([]string, err
 	seen := 0
 	for {
 		p.mu.Lock()
-		for ; seen < len(p.lines); seen++ {
-			if m := re.FindStringSubmatch(p.lines[seen]); m != nil {
+		// seen counts lines since the start; lines may have been dropped
+		// from the front meanwhile (a chatty process).
+		seen = max(seen, p.gone)
+		for ; seen < p.gone+len(p.lines); seen++ {
+			if m := re.FindStringSubmatch(p.lines[seen-p.gone]); m != nil {
 				p.mu.Unlock()
 				return m, nil
 			}
@@ -189,8 +194,9 @@ func (p *Proc) WaitLine(re *regexp.Regexp, timeout time.Duration) ([]string, err
 			case <-time.After(200 * time.Millisecond):
 			}
 			p.mu.Lock()
-			for ; seen < len(p.lines); seen++ {
-				if m := re.FindStringSubmatch(p.lines[seen]); m != nil {
+			seen = max(seen, p.gone)
+			for ; seen < p.gone+len(p.lines); seen++ {
+				if m := re.FindStringSubmatch(p.lines[seen-p.gone]); m != nil {
 					p.mu.Unlock()
 					return m, nil
 				}

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -40,6 +41,11 @@ type Config struct {
 	SmallRounds int
 	MemSize     int64
 	MemRounds   int
+	TreeN       int   // files of the tree scenarios
+	TreeDirs    int   // directories they are spread over
+	TreeMax     int64 // largest file of the tree (sizes are uniform in 0..TreeMax)
+	TreeRounds  int
+	TreeMemN    int           // entries of the tree-memory scenario
 	QuietWait   time.Duration // wait up to this long for other load to settle before each run
 	Only        []string      // scenario keys to run (all if empty)
 
@@ -103,6 +109,8 @@ type Suite struct {
 	Started   time.Time
 	Finished  time.Time
 	outSeq    int // makes every output directory a new one
+
+	treeBytes, memTreeBytes int64 // sizes of the generated trees
 }
 
 // NewSuite prepares a suite; Run generates the data and runs it.
@@ -295,6 +303,9 @@ func (s *Suite) generate() error {
 		}
 		s.logf("generated %d files of %s", c.SmallN, FormatSize(c.SmallSize))
 	}
+	if err := s.generateTrees(); err != nil {
+		return err
+	}
 	syscall.Sync()
 	return nil
 }
@@ -310,7 +321,9 @@ func (s *Suite) build() {
 				FormatSize(int64(c.Chunk)))}
 		sc.Contenders = []Contender{
 			{Name: "zsend -> zrecv", Note: "default settings: BLAKE3 per chunk and per file, credit flow control, fsync + atomic rename",
-				run: func(ctx context.Context) (Run, error) { return s.zsendOne(ctx, "big.bin") }},
+				run: func(ctx context.Context) (Run, error) { return s.zsendOne(ctx, "big.bin", nil) }},
+			{Name: "zsend -> zrecv, CURVE", Note: "as above, with CURVE (RFC 26): zsend --curve-secret --allow DIR, zrecv --server-key --curve-secret; every frame boxed (XSalsa20-Poly1305)",
+				run: func(ctx context.Context) (Run, error) { return s.zsendOne(ctx, "big.bin", s.curveArgs) }},
 			{Name: "raw zmq4, discard", Note: fmt.Sprintf("ROUTER -> DEALER, %s frames, no protocol, no hashing; receiver drops the data", FormatSize(int64(c.Chunk))),
 				run: func(ctx context.Context) (Run, error) { return s.zmqOne(ctx, "big.bin", zmqDiscard) }},
 			{Name: "raw zmq4, write + fsync", Note: "as above; receiver writes a file (through the page cache) and fsyncs it at the end",
@@ -371,7 +384,7 @@ func (s *Suite) build() {
 			{Name: fmt.Sprintf("%d x %s", c.SmallN, FormatSize(c.SmallSize)), Note: "one zrecv, one session, every file fsynced and renamed",
 				run: func(ctx context.Context) (Run, error) { return s.zsendSmall(ctx) }},
 			{Name: fmt.Sprintf("1 x %s", FormatSize(c.SmallOne)),
-				run: func(ctx context.Context) (Run, error) { return s.zsendOne(ctx, "one.bin") }},
+				run: func(ctx context.Context) (Run, error) { return s.zsendOne(ctx, "one.bin", nil) }},
 			{Name: fmt.Sprintf("local floor: create %d x %s", c.SmallN, FormatSize(c.SmallSize)),
 				Note: "no network, no hashing: one process creating the files with zrecv's steps for a file of one chunk (unnamed file, write, mode, mtime; per 128 files one syncfs, a link per file, one directory fsync), to show what the file system alone costs",
 				run:  func(ctx context.Context) (Run, error) { return s.localFloor(ctx) }},
@@ -384,10 +397,11 @@ func (s *Suite) build() {
 			Desc:  "Peak RSS (ru_maxrss from wait4) of a fresh zsend and of zrecv for one large file."}
 		sc.Contenders = []Contender{
 			{Name: "zsend -> zrecv", Note: "default settings",
-				run: func(ctx context.Context) (Run, error) { return s.zsendOne(ctx, "mem.bin") }},
+				run: func(ctx context.Context) (Run, error) { return s.zsendOne(ctx, "mem.bin", nil) }},
 		}
 		s.Scenarios = append(s.Scenarios, sc)
 	}
+	s.buildTrees()
 }
 
 func (s *Suite) runScenario(ctx context.Context, sc *Scenario) error {
@@ -542,9 +556,13 @@ var (
 const startTimeout = 20 * time.Second
 
 func (s *Suite) startZsend(paths ...string) (*Proc, string, error) {
+	return s.startZsendArgs(nil, paths...)
+}
+
+func (s *Suite) startZsendArgs(extra []string, paths ...string) (*Proc, string, error) {
 	// The state directory (published versions) lives on the scratch disk,
 	// never in the user's home.
-	args := append([]string{"-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(s.cfg.Work, "zsend-state")}, paths...)
+	args := append(append([]string{"-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(s.cfg.Work, "zsend-state")}, extra...), paths...)
 	p, err := Start("sender", nil, s.bin("zsend"), args...)
 	if err != nil {
 		return nil, "", err
@@ -576,19 +594,60 @@ func stopServer(p *Proc) (ProcStat, error) {
 	return p.Stop(syscall.SIGTERM, 20*time.Second)
 }
 
-// zsendOne: fresh zsend serving the named source, one zrecv fetching it.
-func (s *Suite) zsendOne(ctx context.Context, name string) (Run, error) {
+// curveKeys makes (once) a server pair, a client pair and an allow
+// directory listing the client, with the commands' own --keygen.
+func (s *Suite) curveKeys() (server, client, allow string, err error) {
+	dir := filepath.Join(s.cfg.Work, "curve")
+	server, client, allow = filepath.Join(dir, "server"), filepath.Join(dir, "client"), filepath.Join(dir, "allow")
+	if _, err := os.Stat(allow); err == nil {
+		return server, client, allow, nil
+	}
+	if err := os.MkdirAll(allow, 0o755); err != nil {
+		return "", "", "", err
+	}
+	for _, k := range []string{server, client} {
+		if out, err := exec.Command(s.bin("zsend"), "--keygen", k).CombinedOutput(); err != nil {
+			return "", "", "", fmt.Errorf("zsend --keygen: %v: %s", err, out)
+		}
+	}
+	pub, err := os.ReadFile(client)
+	if err != nil {
+		return "", "", "", err
+	}
+	return server, client, allow, os.WriteFile(filepath.Join(allow, "client"), pub, 0o644)
+}
+
+// curveArgs returns the zsend and zrecv flags of a CURVE run.
+func (s *Suite) curveArgs() ([]string, []string, error) {
+	server, client, allow, err := s.curveKeys()
+	if err != nil {
+		return nil, nil, err
+	}
+	return []string{"--curve-secret", server + "_secret", "--allow", allow},
+		[]string{"--server-key", server, "--curve-secret", client + "_secret"}, nil
+}
+
+// zsendOne: fresh zsend serving the named source, one zrecv fetching it;
+// flags, if set, gives extra zsend and zrecv flags.
+func (s *Suite) zsendOne(ctx context.Context, name string, flags func() ([]string, []string, error)) (Run, error) {
+	var sflags, rflags []string
+	if flags != nil {
+		var err error
+		if sflags, rflags, err = flags(); err != nil {
+			return Run{}, err
+		}
+	}
 	out, err := s.outDir("zrecv")
 	if err != nil {
 		return Run{}, err
 	}
-	srv, ep, err := s.startZsend(filepath.Join(s.src, name))
+	srv, ep, err := s.startZsendArgs(sflags, filepath.Join(s.src, name))
 	if err != nil {
 		return Run{}, err
 	}
 	defer srv.Kill()
 	size := s.size(name)
-	cli, err := Start("receiver", nil, s.bin("zrecv"), "-q", "-o", out, ep, name)
+	cli, err := Start("receiver", nil, s.bin("zrecv"), append(append([]string{"-q", "-o", out}, rflags...), ep, name)...)
 	if err != nil {
 		return Run{}, err
 	}

@@ -34,6 +34,15 @@ func TestGateIsMonotonic(t *testing.T) {
 	}
 }
 
+// mustReceive accounts n bytes that the test granted: an error here is a
+// broken setup, not the behaviour under test.
+func mustReceive(t *testing.T, w *Window, n uint64) {
+	t.Helper()
+	if err := w.Received(n); err != nil {
+		t.Fatalf("receiving %d granted bytes: %v", n, err)
+	}
+}
+
 func TestWindowRejectsOverrun(t *testing.T) {
 	now := time.Unix(0, 0)
 	w := NewWindow(1000, 1000)
@@ -54,8 +63,10 @@ func TestWindowRejectsOverrun(t *testing.T) {
 func TestWindowUpdatesAtAnEighth(t *testing.T) {
 	now := time.Unix(0, 0)
 	w := NewWindow(1000, 1000)
-	w.Start(now)
-	w.Received(1000)
+	if got := w.Start(now); got != 1000 {
+		t.Fatalf("initial grant %d", got)
+	}
+	mustReceive(t, w, 1000)
 	if _, ok := w.Consumed(124, now); ok {
 		t.Fatal("update sent before an eighth of the window was consumed")
 	}
@@ -134,15 +145,19 @@ func TestWindowDoesNotGrowWhenSlowOrWithoutRTT(t *testing.T) {
 	now := time.Unix(0, 0)
 	w := NewWindow(1<<20, 16<<20)
 	w.Start(now)
-	w.Received(1 << 20)
-	w.Consumed(1<<20, now.Add(time.Microsecond))
+	mustReceive(t, w, 1<<20)
+	if _, ok := w.Consumed(1<<20, now.Add(time.Microsecond)); !ok {
+		t.Fatal("no update after a whole window was consumed")
+	}
 	if w.Size() != 1<<20 {
 		t.Fatal("grew without an RTT estimate")
 	}
 	w.SetRTT(time.Millisecond)
-	w.Received(1 << 20)
+	mustReceive(t, w, 1<<20)
 	// A window took 1s: 1000 RTTs. The window is not the bottleneck.
-	w.Consumed(1<<20, now.Add(time.Second))
+	if _, ok := w.Consumed(1<<20, now.Add(time.Second)); !ok {
+		t.Fatal("no update after a whole window was consumed")
+	}
 	if w.Size() != 1<<20 {
 		t.Fatalf("grew to %d on a slow consumer", w.Size())
 	}
@@ -158,16 +173,29 @@ func TestNewWindowMaxBelowInitial(t *testing.T) {
 func TestWindowTunesOnMinimumRTT(t *testing.T) {
 	now := time.Unix(0, 0)
 	w := NewWindow(1<<20, 16<<20)
-	w.SetRTT(time.Millisecond)
-	// Later samples inflated by queueing behind data must not count.
+	// The smallest sample is neither the first nor the last: samples
+	// inflated by queueing behind data must not count, whenever they come.
 	w.SetRTT(500 * time.Millisecond)
-	w.SetRTT(0)
+	w.SetRTT(time.Millisecond)
+	w.SetRTT(300 * time.Millisecond)
+	w.SetRTT(0) // no sample
 	w.Start(now)
-	w.Received(1 << 20)
-	// A window consumed in 10ms: quick against 500ms, slow against 1ms.
-	w.Consumed(1<<20, now.Add(10*time.Millisecond))
+	mustReceive(t, w, 1<<20)
+	// A window consumed in 10ms: quick against 300 or 500ms, slow against 1ms.
+	if _, ok := w.Consumed(1<<20, now.Add(10*time.Millisecond)); !ok {
+		t.Fatal("no update after a whole window was consumed")
+	}
 	if w.Size() != 1<<20 {
 		t.Fatalf("window grew to %d on a queueing-inflated RTT", w.Size())
+	}
+	// The same window consumed in 3ms is quick against the minimum (1ms):
+	// the window grows, so the check above can tell the two apart.
+	mustReceive(t, w, 1<<20)
+	if _, ok := w.Consumed(1<<20, now.Add(13*time.Millisecond)); !ok {
+		t.Fatal("no update after a whole window was consumed")
+	}
+	if w.Size() != 2<<20 {
+		t.Fatalf("window %d after a window consumed in 3 minimum RTTs, want %d", w.Size(), 2<<20)
 	}
 }
 
@@ -178,12 +206,12 @@ func TestWindowDoesNotGrowWithABacklog(t *testing.T) {
 	w.Start(now)
 	// The receiver stays most of a window behind what has arrived: it is
 	// the bottleneck, however fast the window went by.
-	if err := w.Received(1 << 20); err != nil {
-		t.Fatal(err)
-	}
+	mustReceive(t, w, 1<<20)
 	for i := 0; i < 8; i++ {
 		now = now.Add(time.Millisecond)
-		w.Consumed(1<<17, now)
+		if _, ok := w.Consumed(1<<17, now); !ok {
+			t.Fatalf("no update after eighth %d", i+1)
+		}
 		if i < 7 {
 			if err := w.Received(1 << 17); err != nil {
 				t.Fatal(err)
@@ -193,4 +221,84 @@ func TestWindowDoesNotGrowWithABacklog(t *testing.T) {
 	if w.Size() != 1<<20 {
 		t.Fatalf("window grew to %d although the receiver had a backlog", w.Size())
 	}
+}
+
+// The edges of the tuning rule, each pinned so that a change to it is
+// noticed: the decision needs a whole window since the last one, "under 4
+// round trips" is strict, the round trips scale with the part of a window
+// consumed, and a backlog of exactly a quarter window still counts as
+// starved.
+func TestWindowTuningBoundaries(t *testing.T) {
+	const w0 = 1 << 20
+	rtt := 10 * time.Millisecond
+
+	t.Run("a whole window per decision, also after the first", func(t *testing.T) {
+		now := time.Unix(0, 0)
+		w := NewWindow(w0, 16*w0)
+		w.SetRTT(rtt)
+		w.Start(now)
+		now = consumeEighths(t, w, now, 8, time.Millisecond)
+		if w.Size() != 2*w0 {
+			t.Fatalf("window %d after a fast window", w.Size())
+		}
+		consumeEighths(t, w, now, 7, time.Millisecond)
+		if w.Size() != 2*w0 {
+			t.Fatalf("window %d after 7/8 of the grown window", w.Size())
+		}
+	})
+
+	t.Run("exactly 4 RTTs is not under 4", func(t *testing.T) {
+		now := time.Unix(0, 0)
+		w := NewWindow(w0, 16*w0)
+		w.SetRTT(rtt)
+		w.Start(now)
+		mustReceive(t, w, w0)
+		if _, ok := w.Consumed(w0, now.Add(4*rtt)); !ok {
+			t.Fatal("no update after a whole window")
+		}
+		if w.Size() != w0 {
+			t.Fatalf("window grew to %d on a window consumed in exactly 4 RTTs", w.Size())
+		}
+	})
+
+	t.Run("RTTs scale with the part of a window consumed", func(t *testing.T) {
+		now := time.Unix(0, 0)
+		w := NewWindow(w0, 16*w0)
+		w.SetRTT(rtt)
+		w.Start(now)
+		// 1.5 windows in 4 RTTs: under the 6 RTTs that 1.5 windows allow.
+		for range 2 {
+			mustReceive(t, w, 3*w0/4)
+			now = now.Add(2 * rtt)
+			if _, ok := w.Consumed(3*w0/4, now); !ok {
+				t.Fatal("no update after 3/4 of a window")
+			}
+		}
+		if w.Size() != 2*w0 {
+			t.Fatalf("window %d after 1.5 windows in 4 RTTs, want %d", w.Size(), 2*w0)
+		}
+	})
+
+	t.Run("a quarter-window backlog is still starved", func(t *testing.T) {
+		now := time.Unix(0, 0)
+		w := NewWindow(w0, 16*w0)
+		w.SetRTT(rtt)
+		w.Start(now)
+		mustReceive(t, w, w0)
+		for i := range 7 {
+			if _, ok := w.Consumed(w0/8, now.Add(time.Duration(i+1)*time.Millisecond)); !ok {
+				t.Fatalf("no update after eighth %d", i+1)
+			}
+		}
+		mustReceive(t, w, w0/4)
+		if w.Unused() != w.Limit()-w0-w0/4 {
+			t.Fatalf("unused %d, limit %d, received %d", w.Unused(), w.Limit(), w0+w0/4)
+		}
+		if _, ok := w.Consumed(w0/8, now.Add(8*time.Millisecond)); !ok {
+			t.Fatal("no update after the eighth eighth")
+		}
+		if w.Outstanding() != w0/4 || w.Size() != 2*w0 {
+			t.Fatalf("backlog %d, window %d: want %d and a doubled window", w.Outstanding(), w.Size(), w0/4)
+		}
+	})
 }

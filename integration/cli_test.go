@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,11 +57,17 @@ func zsendProc(t *testing.T, args ...string) (string, *exec.Cmd) {
 	epc := make(chan string, 1)
 	go func() {
 		re := regexp.MustCompile(`on (tcp://\S+)`)
+		// Keep draining stderr to the end, whatever it prints: a pipe
+		// nobody reads blocks zsend at its next write.
 		for lines.Scan() {
 			if m := re.FindStringSubmatch(lines.Text()); m != nil {
-				epc <- m[1]
+				select {
+				case epc <- m[1]:
+				default: // the endpoint was reported already
+				}
 			}
 		}
+		io.Copy(io.Discard, stderr) // after a line too long for the scanner
 	}()
 	stopped := false
 	t.Cleanup(func() {

@@ -28,6 +28,9 @@ type example struct {
 	out   string   // zrecv -o
 	names []string // zrecv NAMEs
 	json  bool
+	// curve: a CURVE example (--keygen, keys); those are run with real
+	// keys by TestCurveCLI, not here.
+	curve bool
 }
 
 func parseExample(t *testing.T, line string) example {
@@ -46,6 +49,11 @@ func parseExample(t *testing.T, line string) example {
 			ex.out = fields[i]
 		case "--json":
 			ex.json = true
+		case "--keygen", "--server-key", "--curve-secret", "--allow", "--acl":
+			ex.curve = true
+			i++
+		case "--allow-any":
+			ex.curve = true
 		case "--watch": // zsend: publishing options, no effect on what is served
 		case "--state-dir", "--keep-versions":
 			i++
@@ -57,6 +65,9 @@ func parseExample(t *testing.T, line string) example {
 			}
 			pos = append(pos, f)
 		}
+	}
+	if ex.curve {
+		return ex // zrecv --keygen PATH has no endpoint
 	}
 	if fields[0] == "zsend" {
 		ex.paths = pos
@@ -94,11 +105,18 @@ func examplesIn(t *testing.T, text string, readme bool) (sends, recvs []example)
 			cmd = cmd[:i[0]+1]
 		}
 		cmd = strings.TrimSpace(cmd)
+		var ex example
+		if strings.HasPrefix(cmd, "zsend ") || strings.HasPrefix(cmd, "zrecv ") {
+			ex = parseExample(t, cmd)
+			if ex.curve {
+				continue
+			}
+		}
 		switch {
 		case strings.HasPrefix(cmd, "zsend "):
-			sends = append(sends, parseExample(t, cmd))
+			sends = append(sends, ex)
 		case strings.HasPrefix(cmd, "zrecv "):
-			recvs = append(recvs, parseExample(t, cmd))
+			recvs = append(recvs, ex)
 		}
 	}
 	return sends, recvs

@@ -52,7 +52,10 @@ type fakeSender struct {
 
 	mu       sync.Mutex // serialises sends (the loop and lie goroutines)
 	sessions map[string]*fakeSession
-	gets     int // GETs received, all sessions
+	gets     int               // GETs received, all sessions
+	hellos   int               // HELLOs received: sessions opened
+	names    []string          // names asked for in GETs, all sessions
+	errs     []*protocol.Error // ERRORs the receiver sent
 }
 
 // lie says what the fake does instead of the honest thing. Nil fields are
@@ -125,7 +128,10 @@ func (f *fakeSender) loop() {
 		f.mu.Lock()
 		s := f.sessions[id]
 		switch m := m.(type) {
+		case *protocol.Error:
+			f.errs = append(f.errs, m)
 		case *protocol.Hello:
+			f.hellos++
 			s = &fakeSession{f: f, id: []byte(id), chunk: int(min(m.MaxChunk, 1<<20))}
 			f.sessions[id] = s
 			if f.lie.welcome != nil {
@@ -141,6 +147,7 @@ func (f *fakeSender) loop() {
 		case *protocol.Get:
 			if s != nil {
 				f.gets++
+				f.names = append(f.names, m.Name)
 				if f.lie.get != nil {
 					f.lie.get(s, m)
 				} else {
@@ -158,6 +165,20 @@ func (f *fakeSender) loop() {
 		}
 		f.mu.Unlock()
 	}
+}
+
+// receivedErrors returns the ERRORs the receiver sent so far.
+func (f *fakeSender) receivedErrors() []*protocol.Error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.errs)
+}
+
+// askedNames returns the names of every GET received so far.
+func (f *fakeSender) askedNames() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.names)
 }
 
 func (f *fakeSender) getCount() int {
@@ -259,6 +280,9 @@ type fakeCase struct {
 	content int     // bytes of the file; default 10000
 	want    []error // Fetch's error must match one of these; nil: must succeed
 	check   func(t *testing.T, f *fakeSender, parent, out string)
+	// both runs the case with and without an existing destination (the
+	// others alternate, to keep the table quick).
+	both bool
 }
 
 func TestFakeSenderLies(t *testing.T) {
@@ -266,11 +290,20 @@ func TestFakeSenderLies(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			runFakeCase(t, c, i%2 == 1)
 		})
+		if c.both {
+			suffix := "-no-destination"
+			if i%2 == 0 {
+				suffix = "-existing-destination"
+			}
+			t.Run(c.name+suffix, func(t *testing.T) {
+				runFakeCase(t, c, i%2 == 0)
+			})
+		}
 	}
 }
 
 func runFakeCase(t *testing.T, c fakeCase, existing bool) {
-	baseG := runtime.NumGoroutine()
+	baseG := stableGoroutines(t, 5*time.Second)
 	parent := t.TempDir()
 	out := filepath.Join(parent, "out")
 	if err := os.Mkdir(out, 0o755); err != nil {
@@ -314,7 +347,7 @@ func runFakeCase(t *testing.T, c fakeCase, existing bool) {
 			if !existing && c.want != nil {
 				t.Errorf("the destination was created by a lying server")
 			}
-		case filepath.Base(fakePart), filepath.Base(fakeState):
+		case filepath.Base(partPath(out, fakeName)), filepath.Base(statePath(out, fakeName)):
 		default:
 			t.Errorf("unexpected entry in the output directory: %q", e)
 		}
@@ -324,7 +357,7 @@ func runFakeCase(t *testing.T, c fakeCase, existing bool) {
 			t.Errorf("the existing destination was touched: %q, %v", b, err)
 		}
 	}
-	if fi, err := os.Stat(filepath.Join(out, filepath.Base(fakePart))); err == nil {
+	if fi, err := os.Stat(partPath(out, fakeName)); err == nil {
 		st := fi.Sys().(*syscall.Stat_t)
 		if fi.Size() > int64(len(content))+fakeChunk || st.Blocks*512 > int64(len(content))+1<<20 {
 			t.Errorf("partial file of %d bytes (%d allocated) for a %d-byte file", fi.Size(), st.Blocks*512, len(content))
@@ -366,6 +399,20 @@ func runFakeCase(t *testing.T, c fakeCase, existing bool) {
 	}
 }
 
+// sentError400 checks PROTOCOL.md section 5.2 rule 8: a client that
+// detects a protocol violation sends ERROR (request 0, code 400) before it
+// closes the session.
+func sentError400(t *testing.T, f *fakeSender, _, _ string) {
+	t.Helper()
+	errs := f.receivedErrors()
+	for _, e := range errs {
+		if e.Request == protocol.NoRequest && e.Code == protocol.CodeBadRequest {
+			return
+		}
+	}
+	t.Errorf("the receiver closed on a violation without ERROR 400 (request 0); it sent %d ERRORs: %+v", len(errs), errs)
+}
+
 // honestWelcome is the WELCOME an honest server sends.
 func honestWelcome(s *fakeSession) *protocol.Welcome {
 	return &protocol.Welcome{Version: 1, ChunkSize: uint32(s.chunk), HeartbeatMS: 100, MaxRequests: 4, PeerID: "fake"}
@@ -380,15 +427,18 @@ func fakeCases() []fakeCase {
 		{name: "honest-control", lie: func(**fakeSender, []byte, string) lie { return lie{} }},
 		{name: "honest-setuid-mode", lie: func(**fakeSender, []byte, string) lie { return lie{mode: 0o6755} },
 			check: func(t *testing.T, _ *fakeSender, _, out string) {
+				// PROTOCOL.md section 6: zrecv restores the permission
+				// bits 0o777 only, never setuid, setgid or sticky.
 				fi, err := os.Stat(filepath.Join(out, fakeName))
-				if err == nil && fi.Mode()&(os.ModeSetuid|os.ModeSetgid|os.ModeSticky) != 0 {
-					t.Logf("note: FILE mode 06755 from the server was applied: %v", fi.Mode())
-				} else if err == nil {
-					t.Logf("FILE mode 06755 from the server gave %v", fi.Mode())
+				if err != nil {
+					t.Fatalf("honest fetch with mode 06755: %v", err)
+				}
+				if fi.Mode() != 0o755 {
+					t.Errorf("FILE mode 06755 from the server gave %v, want -rwxr-xr-x", fi.Mode())
 				}
 			}},
 
-		{name: "file-other-name", want: proto, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "file-other-name", want: proto, check: sentError400, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			return lie{get: func(s *fakeSession, g *protocol.Get) { s.serve(g, "other.bin", content) }}
 		}},
 
@@ -411,14 +461,14 @@ func fakeCases() []fakeCase {
 			return lie{get: func(s *fakeSession, g *protocol.Get) { g.Request += 1000; s.serve(g, fakeName, content) }}
 		}},
 
-		{name: "chunk-before-file", want: proto, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "chunk-before-file", want: proto, check: sentError400, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			return lie{get: func(s *fakeSession, g *protocol.Get) {
 				s.send(s.chunks(g.Request, content)[0])
 				s.serve(g, fakeName, content)
 			}}
 		}},
 
-		{name: "chunk-beyond-credit", content: 4 << 20, want: proto, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "chunk-beyond-credit", content: 4 << 20, want: proto, check: sentError400, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			// All 1024 chunks at once, whatever the credit (2 chunks).
 			return lie{get: func(s *fakeSession, g *protocol.Get) {
 				s.file(g, fakeName, uint64(len(content)))
@@ -429,7 +479,7 @@ func fakeCases() []fakeCase {
 			}}
 		}},
 
-		{name: "chunk-wrong-offset", want: proto, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "chunk-wrong-offset", want: proto, check: sentError400, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			return lie{get: func(s *fakeSession, g *protocol.Get) {
 				s.file(g, fakeName, uint64(len(content)))
 				s.send(s.chunks(g.Request, content)[1]) // offset 4096 first
@@ -446,14 +496,14 @@ func fakeCases() []fakeCase {
 			}}
 		}},
 
-		{name: "chunk-beyond-size", want: proto, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "chunk-beyond-size", want: proto, check: sentError400, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			return lie{get: func(s *fakeSession, g *protocol.Get) {
 				s.file(g, fakeName, 100) // a 100-byte file, then a whole chunk
 				s.send(s.chunks(g.Request, content)[0])
 			}}
 		}},
 
-		{name: "chunk-hash-mismatch-always", want: []error{receiver.ErrVerify}, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "chunk-hash-mismatch-always", want: []error{receiver.ErrVerify}, both: true, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			return lie{get: func(s *fakeSession, g *protocol.Get) {
 				s.file(g, fakeName, uint64(len(content)))
 				c := s.chunks(g.Request, content)[0]
@@ -466,7 +516,7 @@ func fakeCases() []fakeCase {
 			}
 		}},
 
-		{name: "end-wrong-hash", want: []error{receiver.ErrVerify}, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "end-wrong-hash", want: []error{receiver.ErrVerify}, both: true, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			return lie{get: func(s *fakeSession, g *protocol.Get) {
 				s.serveWithEnd(g, content, &protocol.End{Request: g.Request, Size: uint64(len(content)), Hash: badHash(blake3.Sum256(content))})
 			}}
@@ -476,7 +526,7 @@ func fakeCases() []fakeCase {
 			}
 		}},
 
-		{name: "end-before-all-data", want: proto, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "end-before-all-data", want: proto, check: sentError400, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			return lie{get: func(s *fakeSession, g *protocol.Get) {
 				s.file(g, fakeName, uint64(len(content)))
 				s.send(s.chunks(g.Request, content)[0])
@@ -484,7 +534,7 @@ func fakeCases() []fakeCase {
 			}}
 		}},
 
-		{name: "end-size-differs", want: proto, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "end-size-differs", want: proto, check: sentError400, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			return lie{get: func(s *fakeSession, g *protocol.Get) {
 				s.serveWithEnd(g, content, &protocol.End{Request: g.Request, Size: uint64(len(content)) + 1, Hash: blake3.Sum256(content)})
 			}}
@@ -537,7 +587,7 @@ func fakeCases() []fakeCase {
 			}}
 		}},
 
-		{name: "client-command-from-server", want: proto, lie: func(_ **fakeSender, content []byte, _ string) lie {
+		{name: "client-command-from-server", want: proto, check: sentError400, lie: func(_ **fakeSender, content []byte, _ string) lie {
 			return lie{get: func(s *fakeSession, g *protocol.Get) {
 				s.send(&protocol.Get{Request: 1, Name: "/etc/passwd"})
 			}}

@@ -29,9 +29,9 @@ type proc struct {
 
 var fastFlags = []string{"--heartbeat", "200ms", "--peer-timeout", "2s"}
 
-// startZsend runs zsend with args (and fast heartbeats) and waits for its
+// startZsendFleet runs zsend with args (and fast heartbeats) and waits for its
 // endpoint. It is SIGKILLed at cleanup if still running.
-func startZsend(t *testing.T, args ...string) *proc {
+func startZsendFleet(t *testing.T, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "zsend"), append(append([]string{}, fastFlags...), args...)...)
 	stderr, err := cmd.StderrPipe()
@@ -136,7 +136,7 @@ func TestFollowServerKilledAndRestartedCLI(t *testing.T) {
 	base := t.TempDir()
 	src, state := filepath.Join(base, "app"), filepath.Join(base, "state")
 	writeFile(t, filepath.Join(src, "app.conf"), "v1")
-	zs := startZsend(t, "-b", "tcp://127.0.0.1:0", "--state-dir", state, "--lost-after", "5s", src)
+	zs := startZsendFleet(t, "-b", "tcp://127.0.0.1:0", "--state-dir", state, "--lost-after", "5s", src)
 	var fs []*proc
 	var outs []string
 	for i := 0; i < 3; i++ {
@@ -158,7 +158,7 @@ func TestFollowServerKilledAndRestartedCLI(t *testing.T) {
 	<-zs.done
 	writeFile(t, filepath.Join(src, "app.conf"), "v3")
 	time.Sleep(500 * time.Millisecond) // the followers notice and retry
-	zs2 := startZsend(t, "-b", zs.ep, "--state-dir", state, "--lost-after", "5s", src)
+	zs2 := startZsendFleet(t, "-b", zs.ep, "--state-dir", state, "--lost-after", "5s", src)
 	if code, out, errs := statusWait(t, zs2.ep, 30*time.Second); code != 0 || !strings.Contains(out, "3/3 nodes on app v3") {
 		t.Fatalf("--status --wait after the restart: %d\n%s\n%s", code, out, errs)
 	}
@@ -187,7 +187,7 @@ func TestTwentyFollowersStatusWaitCLI(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		writeFile(t, filepath.Join(src, "conf.d", fmt.Sprintf("%02d.conf", i)), strings.Repeat("x", i*100))
 	}
-	zs := startZsend(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "state"), src)
+	zs := startZsendFleet(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "state"), src)
 	var outs []string
 	for i := 0; i < 20; i++ {
 		out := filepath.Join(base, fmt.Sprintf("n%02d", i))
@@ -250,7 +250,7 @@ func TestTwentyFollowersStatusWaitCLI(t *testing.T) {
 	// Timeout: a server whose tree nobody follows.
 	lonely := filepath.Join(base, "lonely")
 	writeFile(t, filepath.Join(lonely, "x"), "x")
-	zl := startZsend(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "state2"), lonely)
+	zl := startZsendFleet(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "state2"), lonely)
 	if code, out, errs := statusWait(t, zl.ep, time.Second); code != 7 {
 		t.Fatalf("--wait on a tree nobody follows: %d, want 7\n%s\n%s", code, out, errs)
 	}
@@ -292,7 +292,7 @@ func TestMetricsCLI(t *testing.T) {
 	base := t.TempDir()
 	src := filepath.Join(base, "app")
 	writeFile(t, filepath.Join(src, "app.conf"), "v1")
-	zs := startZsend(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "state"), "--metrics", "127.0.0.1:0", src)
+	zs := startZsendFleet(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "state"), "--metrics", "127.0.0.1:0", src)
 	var murl string
 	select {
 	case murl = <-zs.metrics:

@@ -8,11 +8,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,8 +24,14 @@ import (
 	"github.com/zsend/zsend/sender"
 )
 
-// endpointKinds are the transports every transfer test runs over.
+// endpointKinds are the transports every transfer test runs over (and
+// the Python interop tests: libzmq cannot reach a Go process's inproc).
 var endpointKinds = []string{"tcp", "ipc"}
+
+// localKinds adds inproc://, for the tests of the Go library alone.
+var localKinds = []string{"tcp", "ipc", "inproc"}
+
+var inprocSeq atomic.Int64
 
 func endpointFor(t testing.TB, kind string) string {
 	switch kind {
@@ -37,6 +45,8 @@ func endpointFor(t testing.TB, kind string) string {
 		}
 		t.Cleanup(func() { os.RemoveAll(dir) })
 		return "ipc://" + filepath.Join(dir, "s")
+	case "inproc":
+		return fmt.Sprintf("inproc://zsend-test-%d", inprocSeq.Add(1))
 	}
 	t.Fatalf("unknown endpoint kind %q", kind)
 	return ""

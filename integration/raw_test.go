@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -11,21 +12,45 @@ import (
 )
 
 // dealer is a raw zmq4 DEALER speaking ZSND by hand, for tests that need
-// to misbehave.
+// to misbehave. One goroutine receives for the dealer's whole life, so a
+// recv that timed out leaves no goroutine behind to take the next message.
 type dealer struct {
 	sock zmq4.Socket
+	in   chan zmq4.Msg
+	errs chan error
 }
 
 func rawDealer(t *testing.T, ep string) *dealer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := zmq4.NewDealer(ctx, zmq4.WithDialerRetry(50*time.Millisecond), zmq4.WithDialerMaxRetries(40))
+	s := zmq4.NewDealer(ctx, zmq4.WithDialerRetry(50*time.Millisecond), zmq4.WithDialerMaxRetries(40), zmq4.WithLogger(quietLog))
 	if err := s.Dial(ep); err != nil {
 		cancel()
+		s.Close()
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close(); cancel() })
-	return &dealer{sock: s}
+	d := &dealer{sock: s, in: make(chan zmq4.Msg, 1024), errs: make(chan error, 1)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			m, err := s.Recv()
+			if err != nil {
+				d.errs <- err
+				return
+			}
+			if m.Type == zmq4.CmdMsg {
+				continue
+			}
+			select {
+			case d.in <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); s.Close(); <-done })
+	return d
 }
 
 func (d *dealer) send(t *testing.T, m protocol.Message) {
@@ -38,24 +63,35 @@ func (d *dealer) send(t *testing.T, m protocol.Message) {
 // recv returns the next ZSND message, failing the test after a bound.
 func (d *dealer) recv(t *testing.T) protocol.Message {
 	t.Helper()
-	type res struct {
-		m   zmq4.Msg
-		err error
+	m, err := d.recvWithin(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
-	c := make(chan res, 1)
-	go func() { m, err := d.sock.Recv(); c <- res{m, err} }()
-	select {
-	case r := <-c:
-		if r.err != nil {
-			t.Fatalf("recv: %v", r.err)
-		}
-		m, _, err := protocol.Decode(r.m.Frames)
+	return m
+}
+
+// recvWithin returns the next ZSND message, or an error after d or when
+// the connection fails.
+func (d *dealer) recvWithin(bound time.Duration) (protocol.Message, error) {
+	decode := func(m zmq4.Msg) (protocol.Message, error) {
+		msg, _, err := protocol.Decode(m.Frames)
 		if err != nil {
-			t.Fatalf("decode: %v", err)
+			return nil, fmt.Errorf("decode: %w", err)
 		}
-		return m
-	case <-time.After(5 * time.Second):
-		t.Fatal("no message within 5s")
+		return msg, nil
 	}
-	return nil
+	select { // what arrived before a failure comes first
+	case m := <-d.in:
+		return decode(m)
+	default:
+	}
+	select {
+	case m := <-d.in:
+		return decode(m)
+	case err := <-d.errs:
+		d.errs <- err // every later call sees it too
+		return nil, fmt.Errorf("recv: %w", err)
+	case <-time.After(bound):
+		return nil, fmt.Errorf("no message within %v", bound)
+	}
 }

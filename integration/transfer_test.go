@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,7 +26,7 @@ func TestTransferSizes(t *testing.T) {
 		writeRandom(t, src, name, n)
 		names = append(names, name)
 	}
-	for _, kind := range endpointKinds {
+	for _, kind := range localKinds {
 		t.Run(kind, func(t *testing.T) {
 			var paths []string
 			for _, n := range names {
@@ -183,17 +184,32 @@ func TestSymlinkOutsideServedDirRefused(t *testing.T) {
 }
 
 func TestExistingDestinationReplacedOnlyWhenVerified(t *testing.T) {
-	p, ep, _ := serveRandom(t, "conf", 3<<20, sender.Config{})
+	const size = 24 << 20
+	p, ep, _ := serveRandom(t, "conf", size, sender.Config{})
 	out := t.TempDir()
 	dest := filepath.Join(out, "conf")
-	os.WriteFile(dest, []byte("old version"), 0o644)
-	// A failing fetch (unknown name) leaves it alone...
-	os.WriteFile(filepath.Join(out, "other"), []byte("keep me"), 0o644)
-	if _, err := fetch(t, receiver.Config{Endpoint: ep, OutputDir: out}, "other"); !errors.Is(err, receiver.ErrNotFound) {
-		t.Fatalf("error %v", err)
+	if err := os.WriteFile(dest, []byte("old version"), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	if b, _ := os.ReadFile(filepath.Join(out, "other")); string(b) != "keep me" {
-		t.Fatal("failed fetch touched the existing destination")
+	// A fetch of the same name that fails with data already written
+	// beside the destination (interrupted halfway) leaves it alone...
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var done atomic.Int64
+	_, err := receiver.Fetch(ctx, receiver.Config{Endpoint: ep, OutputDir: out, Progress: func(e receiver.Event) {
+		if e.Kind == receiver.EventProgress && e.Done > size/2 {
+			done.Store(e.Done)
+			cancel()
+		}
+	}}, "conf")
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted fetch: %v", err)
+	}
+	if done.Load() == 0 {
+		t.Fatal("the fetch was not interrupted halfway: the destination was never at risk")
+	}
+	if b, _ := os.ReadFile(dest); string(b) != "old version" {
+		t.Fatal("a failed fetch touched the existing destination")
 	}
 	// ...and a good one replaces it.
 	if _, err := fetch(t, receiver.Config{Endpoint: ep, OutputDir: out}, "conf"); err != nil {

@@ -588,6 +588,13 @@ func TestV2ListSubscribe(t *testing.T) {
 	}
 	// CANCEL ends the subscription: the next version is not pushed.
 	c.sendV2(t, &protocol.Cancel{Request: 7})
+	// The server handles a session's messages in order: once the PONG is
+	// back, the CANCEL has been applied (a publish racing the CANCEL in
+	// flight would be pushed, rightly).
+	c.sendV2(t, &protocol.Ping{Token: 77})
+	if m, ok := c.next(t).(*protocol.Pong); !ok || m.Token != 77 {
+		t.Fatalf("after CANCEL and PING: %+v", m)
+	}
 	os.WriteFile(filepath.Join(a, "f"), []byte("a changed again"), 0o644)
 	srv.Publish(ctx)
 	if tr, ok := all.next(t).(*protocol.Tree); !ok || tr.Name != "a" || tr.Seq != 3 {

@@ -230,8 +230,9 @@ func TestStalePartialOfReusedFile(t *testing.T) {
 	sameTree(t, src, filepath.Join(out, "app"))
 }
 
-// Unchanged files are hard links to the current version's; an edit that
-// keeps size and mtime is found by Verify, not by the quick check.
+// Unchanged files are hard links to the current version's. An edit that
+// keeps size and mtime is found by the quick check through the stat cache
+// (its inode or ctime changed), and, without a stat cache, by Verify.
 func TestHardLinksAndVerify(t *testing.T) {
 	s := startServer(t)
 	src := filepath.Join(t.TempDir(), "app")
@@ -249,26 +250,41 @@ func TestHardLinksAndVerify(t *testing.T) {
 		t.Errorf("unchanged file not hard-linked between versions (%v %v)", err1, err2)
 	}
 
-	p := filepath.Join(out, "app/deep/x/y/z.bin")
-	st, _ := os.Stat(p)
-	// Replace by rename, so the older version keeps its content.
-	tmp := filepath.Join(out, "app/deep/x/y/tmp")
-	os.WriteFile(tmp, []byte(strings.Repeat("Z", int(st.Size()))), 0o640)
-	os.Chtimes(tmp, st.ModTime(), st.ModTime())
-	os.Rename(tmp, p)
-	os.Chtimes(filepath.Dir(p), time.Unix(0, 1), time.Unix(0, 1)) // the directory's mtime changed too; restore it below
-	src1, _ := os.Stat(filepath.Join(src, "deep/x/y"))
-	os.Chtimes(filepath.Dir(p), src1.ModTime(), src1.ModTime())
-	if res := syncOK(t, cfg); !res.Unchanged {
-		t.Errorf("quick check saw an edit that kept size and mtime: %+v", res)
+	edit := func() {
+		t.Helper()
+		p := filepath.Join(out, "app/deep/x/y/z.bin")
+		st, _ := os.Stat(p)
+		// Replace by rename, so the older version keeps its content.
+		tmp := filepath.Join(out, "app/deep/x/y/tmp")
+		os.WriteFile(tmp, []byte(strings.Repeat("Z", int(st.Size()))), 0o640)
+		os.Chtimes(tmp, st.ModTime(), st.ModTime())
+		os.Rename(tmp, p)
+		os.Chtimes(filepath.Dir(p), time.Unix(0, 1), time.Unix(0, 1)) // the directory's mtime changed too; restore it below
+		src1, _ := os.Stat(filepath.Join(src, "deep/x/y"))
+		os.Chtimes(filepath.Dir(p), src1.ModTime(), src1.ModTime())
 	}
 	var drift []string
-	cfg.Verify = true
 	cfg.Events = func(e Event) {
 		if e.Kind == EventDrift {
 			drift = append(drift, e.Path)
 		}
 	}
+	time.Sleep(20 * time.Millisecond) // past the stat cache's fence (one clock tick)
+	edit()
+	if res := syncOK(t, cfg); !res.Repaired || len(drift) != 1 || drift[0] != "deep/x/y/z.bin" {
+		t.Errorf("quick check with the stat cache: drift %v, %+v", drift, res)
+	}
+	sameTree(t, src, filepath.Join(out, "app"))
+
+	// Without the stat cache the quick check compares size and mtime
+	// only; --verify hashes everything.
+	os.RemoveAll(filepath.Join(out, ".zsnd/app/s"))
+	edit()
+	drift = nil
+	if res := syncOK(t, cfg); !res.Unchanged {
+		t.Errorf("quick check without stat cache saw an edit that kept size and mtime: %+v", res)
+	}
+	cfg.Verify = true
 	res := syncOK(t, cfg)
 	if !res.Repaired || len(drift) != 1 || drift[0] != "deep/x/y/z.bin" {
 		t.Errorf("--verify: drift %v, %+v", drift, res)

@@ -31,6 +31,9 @@ type layout struct {
 	m     *os.File // OUT/.zsnd/T/m
 	lock  *os.File
 	paths struct{ out, t string }
+	// unlinked, when not nil, collects the inodes (device, number) of the
+	// hard-linked files emptyTrash removes a name of (statcache.go).
+	unlinked map[[2]uint64]bool
 }
 
 func (l *layout) close() {
@@ -367,6 +370,7 @@ func (l *layout) prune(keep int, name string) ([]string, error) {
 		removed = append(removed, v)
 	}
 	errs = append(errs, l.emptyTrash())
+	l.pruneStats()
 	if len(removed) > 0 {
 		errs = append(errs, fsyncDir(l.v))
 	}
@@ -406,6 +410,7 @@ func (l *layout) emptyTrash() error {
 	if _, err := lstatAt(int(l.t.Fd()), "trash"); errors.Is(err, unix.ENOENT) {
 		return nil
 	}
+	l.noteInodes(int(l.t.Fd()), "trash")
 	return removeAllAt(int(l.t.Fd()), "trash")
 }
 

@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
 	"github.com/zsend/zsend/manifest"
@@ -22,19 +24,42 @@ import (
 // or a kept copy of the target version.
 type source struct {
 	root   *os.File
-	byHash map[[32]byte][]string
-	state  map[string]int8 // path -> 1 verified, -1 drifted
-	drift  bool            // report mismatches as drift
+	man    *manifest.Manifest
+	dirs   *dirCache
+	byHash []int32   // indexes of its files, sorted by hash
+	state  []int8    // by entry: 1 verified, -1 drifted
+	stats  []statRec // its stat cache (nil if none)
+	drift  bool      // report mismatches as drift
 }
 
-func newSource(root *os.File, m *manifest.Manifest, drift bool) *source {
-	src := &source{root: root, byHash: map[[32]byte][]string{}, state: map[string]int8{}, drift: drift}
+func newSource(root *os.File, m *manifest.Manifest, drift bool, stats []statRec) *source {
+	src := &source{root: root, man: m, dirs: &dirCache{root: root},
+		state: make([]int8, len(m.Entries)), stats: stats, drift: drift}
 	for i := range m.Entries {
-		if e := &m.Entries[i]; e.Type == manifest.TypeFile {
-			src.byHash[e.Hash] = append(src.byHash[e.Hash], e.Path)
+		if m.Entries[i].Type == manifest.TypeFile {
+			src.byHash = append(src.byHash, int32(i))
 		}
 	}
+	slices.SortFunc(src.byHash, func(a, b int32) int { return bytes.Compare(m.Entries[a].Hash[:], m.Entries[b].Hash[:]) })
 	return src
+}
+
+// withHash returns the indexes of the source's files with content h.
+func (src *source) withHash(h *[32]byte) []int32 {
+	es := src.man.Entries
+	lo, _ := slices.BinarySearchFunc(src.byHash, h, func(i int32, h *[32]byte) int { return bytes.Compare(es[i].Hash[:], h[:]) })
+	hi := lo
+	for hi < len(src.byHash) && es[src.byHash[hi]].Hash == *h {
+		hi++
+	}
+	return src.byHash[lo:hi]
+}
+
+// placedRec is a file this sync linked into the staged tree from a
+// verified source: the inode and its ctime just after the link.
+type placedRec struct {
+	dev, ino, size uint64
+	ctime          int64
 }
 
 // dirCache keeps the last directory opened beneath a root.
@@ -70,11 +95,15 @@ func (c *dirCache) close() {
 // stage builds version man in stage/T, reusing what it can, fetching the
 // rest, setting modes and mtimes, syncing, checking the result against the
 // version, and moving it to v/name.
-func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.ID, cur current, curMan *manifest.Manifest, name string) error {
+//
+// It returns the stats of the version's files as verify saw them (for the
+// stat cache, written by build once the old versions are pruned), those
+// not older than a fence taken before verify left out.
+func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.ID, cur current, curMan *manifest.Manifest, name string) (recs []statRec, err error) {
 	cfg, l, res := s.cfg, s.l, s.res
 	stageDir, err := mkdirPlain(l.t, "stage", 0o700)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer stageDir.Close()
 	// Anything in stage/ but the tree's directory is left over (a tree of
@@ -88,14 +117,14 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	}
 	root, err := mkdirAt(stageDir, cfg.Tree)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer root.Close()
 
 	// 1. Directories, symlinks; note staged files left by an earlier run.
 	leftover, partials, err := s.reconcile(root, man)
 	if err != nil {
-		return fmt.Errorf("staging %s: %w", id.Short(), err)
+		return nil, fmt.Errorf("staging %s: %w", id.Short(), err)
 	}
 
 	// 2. Files: staged already, reused, or to fetch.
@@ -103,15 +132,22 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	if cur.kind == curManaged && curMan != nil {
 		if croot, err := openDir(l.v, cur.name); err == nil {
 			defer croot.Close()
-			sources = append(sources, newSource(croot, curMan, true))
+			stats := l.loadStats(cur.name, curMan.ID(), len(curMan.Entries))
+			sources = append(sources, newSource(croot, curMan, true, stats))
 		}
 	}
 	if cur.kind != curManaged || cur.name != name {
 		if troot, err := openDir(l.v, name); err == nil {
 			defer troot.Close()
-			sources = append(sources, newSource(troot, man, true))
+			sources = append(sources, newSource(troot, man, true, l.loadStats(name, id, len(man.Entries))))
 		}
 	}
+	defer func() {
+		for _, src := range sources {
+			src.dirs.close()
+		}
+	}()
+	placed := make([]placedRec, len(man.Entries))
 	dst := &dirCache{root: root}
 	defer dst.close()
 	var fetch []*manifest.Entry
@@ -122,9 +158,13 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 		}
 		if leftover[i] {
 			sum, st, err := hashAt(root, e.Path)
-			if err == nil && sum == e.Hash && uint64(st.Size) == e.Size {
+			// A staged file with other names (a hard link an interrupted
+			// run made from a kept version) is kept only if finish will not
+			// chmod or touch it: that would change the kept version's file.
+			shared := st.Nlink > 1 && (uint32(st.Mode)&0o7777 != localMode(e.Mode) || statMtime(&st) != e.MtimeNs)
+			if err == nil && sum == e.Hash && uint64(st.Size) == e.Size && !shared {
 				if err := removePartials(dst, e.Path, partials[i]); err != nil {
-					return err
+					return nil, err
 				}
 				res.FilesStaged++
 				res.FilesReused++
@@ -135,21 +175,21 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 			parent, base := split(e.Path)
 			d, err := dst.get(parent)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if err := removeAllAt(int(d.Fd()), base); err != nil {
-				return err
+				return nil, err
 			}
 		}
-		ok, err := s.reuse(sources, dst, e)
+		ok, err := s.reuse(sources, dst, e, &placed[i])
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if ok || leftover[i] {
 			// Not fetched: an interrupted fetch's partial file of it would
 			// stay in the version.
 			if err := removePartials(dst, e.Path, partials[i]); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		if ok {
@@ -165,21 +205,29 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	// 3. Fetch what is left, into stage/T/... (VGET names are T/path).
 	if len(fetch) > 0 {
 		if err := s.fetch(ctx, stageDir.Name(), id, fetch); err != nil {
-			return err
+			return nil, err
 		}
 	}
 
 	// 4. Modes and mtimes, children before their parents; then sync.
-	if err := s.finish(stageDir, root, man); err != nil {
-		return fmt.Errorf("setting modes and times in %s: %w", root.Name(), err)
+	if err := s.finish(stageDir, root, man, placed); err != nil {
+		return nil, fmt.Errorf("setting modes and times in %s: %w", root.Name(), err)
 	}
 	if err := unix.Syncfs(int(root.Fd())); err != nil {
-		return fmt.Errorf("syncing %s: %w", root.Name(), err)
+		return nil, fmt.Errorf("syncing %s: %w", root.Name(), err)
 	}
 
 	// 5. Check what is on disk against the version.
-	if err := s.verify(root, man, id); err != nil {
-		return err
+	fence := l.fsNow()
+	recs, err = s.verify(root, man, id, placed)
+	if err != nil {
+		return nil, err
+	}
+	placed = nil
+	for i := range recs {
+		if recs[i].ctime >= fence {
+			recs[i] = statRec{} // racy: hashed again next time
+		}
 	}
 
 	// 6. Move it among the versions (exchanged with a copy of the same
@@ -187,20 +235,25 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	sfd, vfd := int(stageDir.Fd()), int(l.v.Fd())
 	if _, err := lstatAt(vfd, name); err == nil {
 		if err := unix.Renameat2(sfd, cfg.Tree, vfd, name, unix.RENAME_EXCHANGE); err != nil {
-			return fmt.Errorf("replacing %s with the staged copy: %w", name, err)
+			return nil, fmt.Errorf("replacing %s with the staged copy: %w", name, err)
 		}
 		if err := errors.Join(fsyncDir(l.v), fsyncDir(stageDir)); err != nil {
-			return err
+			return nil, err
 		}
-		if err := removeAllAt(sfd, cfg.Tree); err != nil {
-			return err
+		// Through trash/: its files' inodes may be the version's too (hard
+		// links), and prune accounts for the unlinks it makes there.
+		if err := l.toTrash(stageDir, cfg.Tree); err != nil {
+			return nil, err
 		}
 	} else {
 		if err := unix.Renameat(sfd, cfg.Tree, vfd, name); err != nil {
-			return fmt.Errorf("moving the staged version to %s: %w", name, err)
+			return nil, fmt.Errorf("moving the staged version to %s: %w", name, err)
 		}
 	}
-	return errors.Join(fsyncDir(l.v), fsyncDir(stageDir))
+	if err := errors.Join(fsyncDir(l.v), fsyncDir(stageDir)); err != nil {
+		return nil, err
+	}
+	return recs, nil
 }
 
 // reconcile makes the staging tree's directories and symlinks those of
@@ -304,6 +357,9 @@ func (s *syncer) reconcileDir(d *os.File, man *manifest.Manifest, kids []int, le
 				return &os.PathError{Op: "symlink", Path: join(d.Name(), base), Err: err}
 			}
 		case manifest.TypeFile:
+			if len(names) == 0 {
+				continue // an empty (new) directory: nothing to look up
+			}
 			st, err := lstatAt(fd, base)
 			if err != nil {
 				continue
@@ -335,15 +391,28 @@ func partialOf(n string) (string, bool) {
 }
 
 // reuse places a local copy of e's content at its staged path: from the
-// first source holding a file with that hash that still has it (re-hashed
-// now). It hard-links when mode and mtime match e's, else copies.
-func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry) (bool, error) {
+// first source holding a file with that hash that still has it. It
+// hard-links when mode and mtime match e's, else copies.
+func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry, pl *placedRec) (bool, error) {
 	for _, src := range sources {
-		for _, p := range src.byHash[e.Hash] {
-			if src.state[p] < 0 {
+		// The file at the same path first: usually it is the one (files
+		// of equal content, such as empty ones, would otherwise all be
+		// links to one inode, each link changing its ctime).
+		same := indexOf(src.man, e.Path)
+		if same >= 0 && (src.man.Entries[same].Type != manifest.TypeFile || src.man.Entries[same].Hash != e.Hash || src.state[same] < 0) {
+			same = -1
+		}
+		if same >= 0 {
+			ok, err := s.placeFrom(src, same, dst, e, pl)
+			if ok || err != nil {
+				return ok, err
+			}
+		}
+		for _, i := range src.withHash(&e.Hash) {
+			if src.state[i] < 0 || int(i) == same {
 				continue
 			}
-			ok, err := s.placeFrom(src, p, dst, e)
+			ok, err := s.placeFrom(src, int(i), dst, e, pl)
 			if err != nil {
 				return false, err
 			}
@@ -355,45 +424,86 @@ func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry) (boo
 	return false, nil
 }
 
-func (s *syncer) placeFrom(src *source, p string, dst *dirCache, e *manifest.Entry) (bool, error) {
-	fd, err := openBeneath(int(src.root.Fd()), p, unix.O_RDONLY, 0)
+// drifted marks a source's file as no longer matching its version.
+func (s *syncer) drifted(src *source, i int) {
+	src.state[i] = -1
+	if src.drift {
+		s.drift(src.man.Entries[i].Path)
+	}
+}
+
+// placeFrom places source file i as e. The source file is known to hold
+// e's content when its stat cache record still matches its inode (see
+// statcache.go), else it is hashed now. A hard link is then checked to be
+// that very inode (the name may have been replaced in between), and its
+// inode and ctime are noted in pl for verify. A copy is hashed as it is
+// written.
+func (s *syncer) placeFrom(src *source, i int, dst *dirCache, e *manifest.Entry, pl *placedRec) (bool, error) {
+	p := src.man.Entries[i].Path
+	sparent, sbase := split(p)
+	sd, err := src.dirs.get(sparent)
 	if err != nil {
-		src.state[p] = -1
-		if src.drift {
-			s.drift(p)
-		}
+		s.drifted(src, i)
 		return false, nil
 	}
-	f := os.NewFile(uintptr(fd), p)
-	defer f.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || uint64(st.Size) != e.Size {
-		src.state[p] = -1
-		if src.drift {
-			s.drift(p)
-		}
+	sfd := int(sd.Fd())
+	st, err := lstatAt(sfd, sbase)
+	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || uint64(st.Size) != e.Size {
+		s.drifted(src, i)
 		return false, nil
 	}
-	if src.state[p] == 0 {
-		sum, err := hashReader(io.NewSectionReader(f, 0, st.Size))
-		if err != nil || sum != e.Hash {
-			src.state[p] = -1
-			if src.drift {
-				s.drift(p)
-			}
-			return false, nil
-		}
-		src.state[p] = 1
+	// Trusted by its stat cache record (checked again for each use: a
+	// file hashed earlier in this sync is not trusted this way).
+	trusted := src.stats != nil && src.stats[i].matches(&st)
+	if trusted {
+		src.state[i] = 1
 	}
 	parent, base := split(e.Path)
 	d, err := dst.get(parent)
 	if err != nil {
 		return false, err
 	}
-	if uint32(st.Mode)&0o7777 == localMode(e.Mode) && statMtime(&st) == e.MtimeNs {
+	sameMeta := uint32(st.Mode)&0o7777 == localMode(e.Mode) && statMtime(&st) == e.MtimeNs
+	if trusted && sameMeta {
+		if err := unix.Linkat(sfd, sbase, int(d.Fd()), base, 0); err == nil {
+			got, err := lstatAt(int(d.Fd()), base)
+			if err == nil && got.Dev == st.Dev && got.Ino == st.Ino && got.Mode&unix.S_IFMT == unix.S_IFREG && uint64(got.Size) == e.Size {
+				*pl = placedRec{dev: got.Dev, ino: got.Ino, size: uint64(got.Size), ctime: statCtime(&got)}
+				return true, nil
+			}
+			// Replaced between the check and the link: not the file checked.
+			if err := removeAllAt(int(d.Fd()), base); err != nil {
+				return false, err
+			}
+			s.drifted(src, i)
+			return false, nil
+		}
+		// Another file system: copy instead.
+	}
+	fd, err := unix.Openat(sfd, sbase, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		s.drifted(src, i)
+		return false, nil
+	}
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	var fst unix.Stat_t
+	if err := unix.Fstat(fd, &fst); err != nil || fst.Mode&unix.S_IFMT != unix.S_IFREG || uint64(fst.Size) != e.Size {
+		s.drifted(src, i)
+		return false, nil
+	}
+	if src.state[i] == 0 {
+		sum, err := hashReader(io.NewSectionReader(f, 0, fst.Size))
+		if err != nil || sum != e.Hash {
+			s.drifted(src, i)
+			return false, nil
+		}
+		src.state[i] = 1
+	}
+	if !trusted && uint32(fst.Mode)&0o7777 == localMode(e.Mode) && statMtime(&fst) == e.MtimeNs {
 		err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), int(d.Fd()), base, unix.AT_SYMLINK_FOLLOW)
 		if err == nil {
-			return true, nil
+			return true, nil // not noted in pl: verify hashes it again
 		}
 		// No /proc, or another file system: copy instead.
 	}
@@ -402,13 +512,19 @@ func (s *syncer) placeFrom(src *source, p string, dst *dirCache, e *manifest.Ent
 		return false, &os.PathError{Op: "create", Path: join(d.Name(), base), Err: err}
 	}
 	of := os.NewFile(uintptr(out), base)
-	_, err = io.Copy(of, io.NewSectionReader(f, 0, st.Size))
+	h := blake3.New()
+	n, err := io.Copy(io.MultiWriter(of, h), io.NewSectionReader(f, 0, fst.Size))
 	if cerr := of.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		unix.Unlinkat(int(d.Fd()), base, 0)
 		return false, fmt.Errorf("copying %s: %w", p, err)
+	}
+	if uint64(n) != e.Size || !bytes.Equal(h.Sum(nil), e.Hash[:]) {
+		unix.Unlinkat(int(d.Fd()), base, 0)
+		s.drifted(src, i)
+		return false, nil
 	}
 	return true, nil
 }
@@ -454,11 +570,14 @@ const fetchBatch = 4096
 
 // finish sets every entry's mode and mtime, in reverse path order, so each
 // directory is done after everything below it.
-func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest) error {
+func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed []placedRec) error {
 	dirs := &dirCache{root: root}
 	defer dirs.close()
 	for i := len(man.Entries) - 1; i >= 0; i-- {
 		e := &man.Entries[i]
+		if placed[i].ino != 0 {
+			continue // linked from a file with e's mode and mtime (verify checks they still are)
+		}
 		var d *os.File
 		var base string
 		if e.Path == "" {
@@ -495,35 +614,128 @@ func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest) error {
 }
 
 // verify reads the staged tree back (types, modes, mtimes, sizes, targets,
-// file hashes) and checks that it gives the version id.
-func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID) error {
+// file hashes) and checks that it gives the version id. A file is not
+// read again when it is still the very inode this sync hard-linked from a
+// source file trusted by its stat cache (placed: same device, inode, size,
+// and ctime as just after the link, so nothing wrote to it, changed its
+// mode or times, since); its hash is then the version's. Every other file
+// is hashed. It returns the stats of the files (indexed like man's
+// entries) for the stat cache.
+func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID, placed []placedRec) ([]statRec, error) {
 	want := localized(man)
-	got, err := scanTree(root, true, len(man.Entries))
+	recs := make([]statRec, len(man.Entries))
+	known := func(p string, st *unix.Stat_t) ([32]byte, bool) {
+		i := indexOf(want, p)
+		if i < 0 {
+			return [32]byte{}, false
+		}
+		pl := &placed[i]
+		if pl.ino != 0 && pl.dev == st.Dev && pl.ino == st.Ino && pl.size == uint64(st.Size) && pl.ctime == statCtime(st) {
+			return want.Entries[i].Hash, true
+		}
+		return [32]byte{}, false
+	}
+	record := func(p string, st *unix.Stat_t) {
+		if i := indexOf(want, p); i >= 0 {
+			recs[i] = recOf(st)
+		}
+	}
+	// Each entry read is compared with the version's entry of that path as
+	// it comes (no copy of the whole tree is kept): when every entry read
+	// equals one of the version's and all of them were read, the tree on
+	// disk is the version, entry for entry, so its manifest and id are the
+	// version's.
+	seen := make([]bool, len(want.Entries))
+	n := 0
+	var diff string
+	visit := func(e *manifest.Entry) error {
+		i := indexOf(want, e.Path)
+		switch {
+		case i < 0:
+			diff = fmt.Sprintf("%q is on disk but not in the version", e.Path)
+		case seen[i]:
+			diff = fmt.Sprintf("%q read twice", e.Path)
+		case want.Entries[i] != *e:
+			diff = firstDiff(&manifest.Manifest{Entries: want.Entries[i : i+1]}, &manifest.Manifest{Entries: []manifest.Entry{*e}})
+		default:
+			seen[i] = true
+			n++
+			return nil
+		}
+		return errMismatchFound
+	}
+	err := walkTree(root, true, len(man.Entries), known, record, visit)
+	if errors.Is(err, errMismatchFound) {
+		return nil, fmt.Errorf("%w %s: %s", ErrMismatch, id.Short(), diff)
+	}
 	if err != nil {
-		return fmt.Errorf("%w: reading the staged tree back: %w", ErrMismatch, err)
+		return nil, fmt.Errorf("%w: reading the staged tree back: %w", ErrMismatch, err)
 	}
-	if got.ID() == want.ID() {
-		return nil
+	if n != len(want.Entries) {
+		for i := range seen {
+			if !seen[i] {
+				return nil, fmt.Errorf("%w %s: %q is missing on disk", ErrMismatch, id.Short(), want.Entries[i].Path)
+			}
+		}
 	}
-	if diff := firstDiff(want, got); diff != "" {
-		return fmt.Errorf("%w %s: %s", ErrMismatch, id.Short(), diff)
-	}
-	return fmt.Errorf("%w %s", ErrMismatch, id.Short())
+	return recs, nil
 }
 
+var errMismatchFound = errors.New("differs from the version")
+
 // check compares a kept version with its manifest: by type, mode, mtime,
-// size and target, and with hashes too if hash. It returns the paths that
-// differ.
-func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool) ([]string, error) {
+// size and target, and with hashes too if hash. Without hash, a file
+// whose inode no longer matches its stat cache record (stats, when there
+// is one) is hashed anyway: an in-place edit that kept size and mtime
+// still changed its ctime. It returns the paths that differ.
+//
+// Files hashed because their records were missing or stale (and found
+// unchanged) get fresh records: the cache of version directory name is
+// rewritten when nothing differs.
+func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool, stats []statRec, name string, id manifest.ID) (drift []string, err error) {
 	want := localized(man)
-	got, err := scanTree(root, hash, len(man.Entries))
-	if err != nil {
-		if errors.Is(err, errTooMany) {
+	var known func(string, *unix.Stat_t) ([32]byte, bool)
+	var record func(string, *unix.Stat_t)
+	var recs []statRec
+	var fence int64
+	hashed := 0
+	if !hash && stats != nil {
+		hash = true
+		recs = make([]statRec, len(man.Entries))
+		known = func(p string, st *unix.Stat_t) ([32]byte, bool) {
+			if i := indexOf(want, p); i >= 0 && stats[i].matches(st) {
+				return want.Entries[i].Hash, true
+			}
+			if hashed++; hashed == 1 {
+				fence = s.l.fsNow() // before the first file hashed is looked at
+			}
+			return [32]byte{}, false
+		}
+		record = func(p string, st *unix.Stat_t) {
+			i := indexOf(want, p)
+			switch {
+			case i < 0:
+			case stats[i].matches(st):
+				recs[i] = stats[i]
+			case fence != 0 && statCtime(st) < fence:
+				recs[i] = recOf(st)
+			}
+		}
+	}
+	got, err0 := scanTree(root, hash, len(man.Entries), known, record)
+	defer func() {
+		if hashed > 0 && fence != 0 && err == nil && len(drift) == 0 {
+			// Every record was seen to match (or was made from the file
+			// hashed just now, equal to the version's).
+			s.saveStats(name, id, man, recs)
+		}
+	}()
+	if err0 != nil {
+		if errors.Is(err0, errTooMany) {
 			return []string{"(entries added)"}, nil
 		}
-		return nil, fmt.Errorf("checking %s: %w", root.Name(), err)
+		return nil, fmt.Errorf("checking %s: %w", root.Name(), err0)
 	}
-	var drift []string
 	i, j := 0, 0
 	we, ge := want.Entries, got.Entries
 	for i < len(we) || j < len(ge) {
@@ -572,10 +784,28 @@ func firstDiff(want, got *manifest.Manifest) string {
 var errTooMany = errors.New("more entries on disk than in the version")
 
 // scanTree reads a tree from disk into a manifest (sorted), without
-// following any symbolic link. Hashes are computed only if hash. It stops
-// with errTooMany past limit+1 entries.
-func scanTree(root *os.File, hash bool, limit int) (*manifest.Manifest, error) {
+// following any symbolic link. Hashes are computed only if hash, except
+// for files known (when known is not nil) returns a hash for. record, when
+// not nil, gets each file's stat (as it was hashed). It stops with
+// errTooMany past limit+1 entries.
+func scanTree(root *os.File, hash bool, limit int, known func(string, *unix.Stat_t) ([32]byte, bool), record func(string, *unix.Stat_t)) (*manifest.Manifest, error) {
 	var entries []manifest.Entry
+	err := walkTree(root, hash, limit, known, record, func(e *manifest.Entry) error {
+		entries = append(entries, *e)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := &manifest.Manifest{Entries: entries}
+	m.Sort()
+	return m, nil
+}
+
+// walkTree is scanTree giving each entry to visit (in walk order) instead
+// of keeping them.
+func walkTree(root *os.File, hash bool, limit int, known func(string, *unix.Stat_t) ([32]byte, bool), record func(string, *unix.Stat_t), visit func(*manifest.Entry) error) error {
+	count := 0
 	queue := []string{""}
 	buf := make([]byte, manifest.MaxTargetLen+1)
 	for len(queue) > 0 {
@@ -585,7 +815,7 @@ func scanTree(root *os.File, hash bool, limit int) (*manifest.Manifest, error) {
 		if rel != "" {
 			var err error
 			if d, err = openDir(root, rel); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		err := func() error {
@@ -593,14 +823,17 @@ func scanTree(root *os.File, hash bool, limit int) (*manifest.Manifest, error) {
 			if err := unix.Fstat(int(d.Fd()), &st); err != nil {
 				return err
 			}
-			entries = append(entries, manifest.Entry{Path: rel, Type: manifest.TypeDir, Mode: uint32(st.Mode) & 0o7777, MtimeNs: statMtime(&st)})
+			count++
+			if err := visit(&manifest.Entry{Path: rel, Type: manifest.TypeDir, Mode: uint32(st.Mode) & 0o7777, MtimeNs: statMtime(&st)}); err != nil {
+				return err
+			}
 			names, err := readNames(d)
 			if err != nil {
 				return err
 			}
 			slices.Sort(names)
 			for _, n := range names {
-				if len(entries) > limit {
+				if count > limit {
 					return errTooMany
 				}
 				p := n
@@ -618,15 +851,28 @@ func scanTree(root *os.File, hash bool, limit int) (*manifest.Manifest, error) {
 					continue // its entry is added when it is read
 				case unix.S_IFREG:
 					e.Type, e.Size = manifest.TypeFile, uint64(st.Size)
-					if hash {
-						sum, st2, err := hashAt(d, n)
-						if err != nil {
-							return fmt.Errorf("hashing %s: %w", p, err)
+					if !hash {
+						break
+					}
+					if known != nil {
+						if sum, ok := known(p, &st); ok {
+							e.Hash = sum
+							if record != nil {
+								record(p, &st)
+							}
+							break
 						}
-						if st2.Size != st.Size || statMtime(&st2) != e.MtimeNs {
-							return fmt.Errorf("%s changed while being checked", p)
-						}
-						e.Hash = sum
+					}
+					sum, st2, err := hashAt(d, n)
+					if err != nil {
+						return fmt.Errorf("hashing %s: %w", p, err)
+					}
+					if st2.Dev != st.Dev || st2.Ino != st.Ino || st2.Size != st.Size || statMtime(&st2) != e.MtimeNs {
+						return fmt.Errorf("%s changed while being checked", p)
+					}
+					e.Hash = sum
+					if record != nil {
+						record(p, &st2)
 					}
 				case unix.S_IFLNK:
 					e.Type, e.Mode = manifest.TypeSymlink, 0o777
@@ -638,7 +884,10 @@ func scanTree(root *os.File, hash bool, limit int) (*manifest.Manifest, error) {
 				default:
 					return fmt.Errorf("%s: special file (device, socket or FIFO) in the tree", p)
 				}
-				entries = append(entries, e)
+				count++
+				if err := visit(&e); err != nil {
+					return err
+				}
 			}
 			return nil
 		}()
@@ -646,12 +895,10 @@ func scanTree(root *os.File, hash bool, limit int) (*manifest.Manifest, error) {
 			d.Close()
 		}
 		if err != nil {
-			return nil, err
+			return err
 		}
 	}
-	m := &manifest.Manifest{Entries: entries}
-	m.Sort()
-	return m, nil
+	return nil
 }
 
 // removeStaleIncoming is for tests and tools: the state directory of a tree.

@@ -168,7 +168,7 @@ func (s *syncer) once(ctx context.Context) error {
 			s.emit(Event{Kind: EventNote, Message: fmt.Sprintf("the current version's directory is unusable (%v); fetching it again", err)})
 			return s.rebuild(ctx, info, id, name, cur)
 		}
-		drift, err := s.check(root, curMan, cfg.Verify)
+		drift, err := s.check(root, curMan, cfg.Verify, l.loadStats(cur.name, curID, len(curMan.Entries)), cur.name, curID)
 		root.Close()
 		if err != nil {
 			return err
@@ -219,7 +219,8 @@ func (s *syncer) rebuild(ctx context.Context, info receiver.TreeInfo, id manifes
 func (s *syncer) build(ctx context.Context, man *manifest.Manifest, id manifest.ID, name string, cur current, curMan *manifest.Manifest) error {
 	cfg, l, res := s.cfg, s.l, s.res
 	s.emit(Event{Kind: EventVersion, FilesTotal: res.Files, BytesTotal: res.Bytes})
-	if err := s.stage(ctx, man, id, cur, curMan, name); err != nil {
+	recs, err := s.stage(ctx, man, id, cur, curMan, name)
+	if err != nil {
 		return err
 	}
 	res.Dir = filepath.Join(l.v.Name(), name)
@@ -247,8 +248,10 @@ func (s *syncer) build(ctx context.Context, man *manifest.Manifest, id manifest.
 		}
 		s.emit(Event{Kind: EventSwitch, Message: res.Dir})
 	}
-	var err error
+	l.unlinked = map[[2]uint64]bool{}
 	res.Pruned, err = l.prune(cfg.Keep, name)
+	s.saveStats(name, id, man, recs)
+	l.unlinked = nil
 	return err
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -26,13 +27,20 @@ type conn struct {
 	chunk    int64
 	maxReq   int
 	window   *credit.Window
-	outReqs  int // live requests outstanding
-	getFrom  int // issueGets has looked at tasks before this index
-	progress bool
+	outReqs  int  // live requests outstanding
+	getFrom  int  // issueGets has looked at tasks before this index
+	progress bool // data was verified (or a file put in place) in this session
+
+	// The server serves requests one at a time in the order asked
+	// (PROTOCOL.md 5.2.3): queue holds this session's requests in that
+	// order (stale ones are skipped when met), serving the one whose FILE
+	// came and whose END or ERROR has not.
+	queue   []uint32
+	serving uint32
 
 	w        *writer
 	inflight int       // writer operations not yet answered
-	lastData time.Time // last FILE, CHUNK, END or request ERROR
+	lastData time.Time // last FILE, CHUNK, END or ERROR of a live request
 	commitQ  []*task   // verified files waiting for a commit
 	err      *sessionError
 }
@@ -74,7 +82,11 @@ func (s *conn) run(ctx context.Context, inbox <-chan zsock.Inbound, lastRecv *at
 		case <-ctx.Done():
 			return &sessionError{err: ctx.Err()}
 		case now := <-tick.C:
-			if silent := now.Sub(time.Unix(0, lastRecv.Load())); silent > cfg.PeerTimeout {
+			// Messages waiting for this loop (held up, by a slow Progress
+			// callback for example) mean the server is not silent: the
+			// receive goroutine, blocked on the full inbox, has only
+			// stopped stamping arrivals.
+			if silent := now.Sub(time.Unix(0, lastRecv.Load())); silent > cfg.PeerTimeout && len(inbox) == 0 {
 				return lost("server silent for %v", silent.Round(time.Millisecond))
 			}
 			if s.version == 0 && now.Sub(helloAt) > cfg.PeerTimeout {
@@ -85,6 +97,11 @@ func (s *conn) run(ctx context.Context, inbox <-chan zsock.Inbound, lastRecv *at
 			// good as gone.
 			if s.version != 0 && s.outReqs > 0 && s.window.Unused() >= uint64(s.chunk) && now.Sub(s.lastData) > cfg.StallTimeout {
 				return lost("server sent no data for %v although it holds %d request(s) and credit", now.Sub(s.lastData).Round(time.Millisecond), s.outReqs)
+			}
+			// A server that sends just enough to look alive: the pace of
+			// verified data is checked too.
+			if err := s.c.tooSlow(now); err != nil {
+				return &sessionError{err: err}
 			}
 		case r := <-s.w.res:
 			s.inflight--
@@ -213,7 +230,7 @@ func (s *conn) apply(r result) {
 			t.verified = true
 			s.commitQ = append(s.commitQ, t)
 		case errors.Is(r.err, ErrVerify):
-			s.setErr(s.retryFile(t, r.err))
+			s.setErr(s.restartFile(t, r.err))
 		case errors.Is(r.err, ErrProtocol):
 			s.setErr(s.violationErr(r.err))
 		default:
@@ -223,13 +240,20 @@ func (s *conn) apply(r result) {
 		for i, t := range r.batch {
 			t.inflight--
 			if r.errs[i] != nil {
-				s.failFile(t, fmt.Errorf("%s: %w", t.dest, r.errs[i]))
+				err := r.errs[i]
+				if !strings.Contains(err.Error(), t.dest) {
+					err = fmt.Errorf("%s: %w", t.dest, err)
+				}
+				s.failFile(t, err)
 				continue
 			}
 			s.progress = true
+			s.c.progressed(max(fileProgress-t.size, 0), time.Now())
 			t.done, t.open, t.verified = true, false, false
-			t.result = Result{Name: t.name, Path: t.dest, Size: t.size, Hash: t.sum, Wire: t.wire, Reused: t.reused}
-			s.c.emit(Event{Kind: EventDone, Name: t.name, Path: t.dest, Size: t.size, Done: t.size, Wire: t.wire, Reused: t.reused, Hash: t.sum})
+			wire, reused, refetched := t.counts()
+			t.result = Result{Name: t.name, Path: t.dest, Size: t.size, Hash: t.sum, Wire: wire, Reused: reused, Refetched: refetched}
+			s.c.emit(Event{Kind: EventDone, Name: t.name, Path: t.dest, Size: t.size, Done: t.size, Wire: wire, Reused: reused,
+				Refetched: refetched, Hash: t.sum})
 		}
 	}
 }
@@ -328,16 +352,13 @@ func (s *conn) get(t *task, offset uint64, tag protocol.Tag, fromPartial bool) {
 	}
 	t.req = s.c.nextReq
 	s.c.byReq[t.req] = t
+	s.queue = append(s.queue, t.req)
 	s.outReqs++
 	s.send(t.request(t.req, offset, tag))
 }
 
 // handle applies one message in an open session.
 func (s *conn) handle(msg protocol.Message) *sessionError {
-	switch msg.(type) {
-	case *protocol.Chunk, *protocol.File, *protocol.End, *protocol.Error:
-		s.lastData = time.Now()
-	}
 	switch m := msg.(type) {
 	case *protocol.Chunk:
 		return s.chunkIn(m)
@@ -347,8 +368,18 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 			return s.violation("FILE for unknown request %d", m.Request)
 		}
 		if !live {
-			return nil
+			return nil // a cancelled request's, sent before the CANCEL arrived
 		}
+		if s.serving != 0 {
+			if s.serving == m.Request {
+				return s.violation("second FILE for request %d", m.Request)
+			}
+			return s.violation("FILE for request %d while request %d is in progress", m.Request, s.serving)
+		}
+		if head := s.head(); head != m.Request {
+			return s.violation("FILE for request %d, but request %d was asked first", m.Request, head)
+		}
+		s.lastData = time.Now()
 		if err := t.checkFile(m); err != nil {
 			s.failFile(t, err)
 			return nil
@@ -356,19 +387,33 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 		if m.Size > 0 && m.Offset < m.Size && m.Offset%uint64(s.chunk) != 0 {
 			return s.violation("FILE offset %d is not a multiple of the chunk size", m.Offset)
 		}
+		s.serving = m.Request
 		s.drainTask(t)
 		note, err := t.begin(m, !s.c.cfg.NoResume, s.chunk, s.c.dirs)
 		if err != nil {
 			if errors.Is(err, ErrProtocol) {
 				return s.violationErr(err)
 			}
-			s.failFile(t, fmt.Errorf("%s: %w", t.dest, err))
+			s.failFile(t, err) // a *os.PathError or kin: it names the path
 			return nil
 		}
+		t.b.kept(t.next)
 		if note != "" {
-			s.c.emit(Event{Kind: EventRestart, Name: t.name, Path: t.dest, Message: note})
+			// A new version: the file starts over, which counts.
+			t.b.restarted()
+			t.restarts++
+			if t.restarts > s.c.cfg.Restarts {
+				s.send(&protocol.Cancel{Request: t.req})
+				s.retire(t)
+				s.drainTask(t)
+				s.c.fail(t, fmt.Errorf("%w: a new version each time; gave up after starting over %d times", ErrChanged, s.c.cfg.Restarts), true)
+				s.issueGets()
+				return nil
+			}
+			s.c.emit(Event{Kind: EventRestart, Name: t.name, Path: t.dest, Message: fmt.Sprintf("%s (restart %d of at most %d)", note, t.restarts, s.c.cfg.Restarts)})
 		}
-		s.c.emit(Event{Kind: EventStart, Name: t.name, Path: t.dest, Size: t.size, Done: t.next, Reused: t.reused})
+		wire, reused, refetched := t.counts()
+		s.c.emit(Event{Kind: EventStart, Name: t.name, Path: t.dest, Size: t.size, Done: t.next, Wire: wire, Reused: reused, Refetched: refetched})
 	case *protocol.End:
 		t, live := s.live(m.Request)
 		if t == nil {
@@ -377,9 +422,10 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 		if !live {
 			return nil
 		}
-		if !t.open {
+		if !t.open || s.serving != m.Request {
 			return s.violation("END before FILE for request %d", m.Request)
 		}
+		s.lastData = time.Now()
 		if int64(m.Size) != t.size || t.next != t.size {
 			return s.violation("END at %d bytes of %d, size %d", t.next, t.size, m.Size)
 		}
@@ -406,10 +452,11 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 		if t == nil || !live {
 			return nil
 		}
+		s.lastData = time.Now()
 		s.retire(t)
 		re := &RemoteError{Code: m.Code, Message: m.Message}
 		if m.Code == protocol.CodeChanged {
-			return s.retryFile(t, re)
+			return s.restartFile(t, re)
 		}
 		s.drainTask(t)
 		if !t.done {
@@ -429,6 +476,18 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 	return nil
 }
 
+// head is the live request the server must serve next: the oldest one
+// asked in this session that is not finished, failed or cancelled.
+func (s *conn) head() uint32 {
+	for len(s.queue) > 0 {
+		if _, live := s.live(s.queue[0]); live {
+			return s.queue[0]
+		}
+		s.queue = s.queue[1:]
+	}
+	return protocol.NoRequest
+}
+
 // live finds the task of a request: live is false for a stale request (one
 // cancelled or superseded), whose messages are ignored.
 func (s *conn) live(req uint32) (*task, bool) {
@@ -443,6 +502,9 @@ func (s *conn) live(req uint32) (*task, bool) {
 // messages of the request still in flight are recognised as stale.
 func (s *conn) retire(t *task) {
 	if t.req != 0 {
+		if t.req == s.serving {
+			s.serving = 0
+		}
 		t.req = 0
 		s.outReqs--
 	}
@@ -462,9 +524,10 @@ func (s *conn) chunkIn(m *protocol.Chunk) *sessionError {
 		s.consumed(n) // data of a cancelled request still in flight
 		return nil
 	}
-	if !t.open {
+	if !t.open || s.serving != m.Request {
 		return s.violation("CHUNK before FILE for request %d", m.Request)
 	}
+	s.lastData = time.Now()
 	want := s.chunk
 	if rem := t.size - t.next; rem < want {
 		want = rem
@@ -477,16 +540,22 @@ func (s *conn) chunkIn(m *protocol.Chunk) *sessionError {
 		s.consumed(n)
 		s.send(&protocol.Cancel{Request: t.req})
 		s.retire(t)
-		return s.retryFile(t, fmt.Errorf("%w: chunk at offset %d does not match its BLAKE3", ErrVerify, m.Offset))
+		return s.chunkRetry(t, int64(m.Offset), fmt.Errorf("%w: chunk at offset %d does not match its BLAKE3", ErrVerify, m.Offset))
 	}
 	t.next += int64(n)
+	if fresh := t.b.advanced(t.next); fresh > 0 {
+		s.progress = true
+		s.c.progressed(fresh, time.Now())
+	}
 	// Credit returns when written. A file of one chunk needs no second
 	// hashing pass: the chunk hash just verified is the file's.
 	s.submit(op{kind: opWrite, t: t, data: m.Data, whole: m.Offset == 0 && int64(n) == t.size, hash: m.Hash})
 	// Report every 100ms, and at least every 1/64 of the file.
 	if now := time.Now(); now.Sub(t.lastReport) >= 100*time.Millisecond || t.next-t.lastReported >= t.size/64 {
 		t.lastReport, t.lastReported = now, t.next
-		s.c.emit(Event{Kind: EventProgress, Name: t.name, Path: t.dest, Size: t.size, Done: t.next, Wire: t.wire, Reused: t.reused, Window: s.window.Size()})
+		wire, reused, refetched := t.counts()
+		s.c.emit(Event{Kind: EventProgress, Name: t.name, Path: t.dest, Size: t.size, Done: t.next, Wire: wire, Reused: reused,
+			Refetched: refetched, Window: s.window.Size()})
 	}
 	return nil
 }
@@ -497,29 +566,50 @@ func (s *conn) consumed(n uint64) {
 	}
 }
 
-// retryFile re-requests t after a verification failure or a source
-// change, within the retry budget. A chunk that failed verification
-// resumes from the verified prefix; a whole-file mismatch or a changed
-// source starts over.
-func (s *conn) retryFile(t *task, cause error) *sessionError {
+// chunkRetry asks again for t from its verified prefix after the chunk at
+// off failed its BLAKE3 check. The budget is per chunk: Retries+1 attempts
+// of the same chunk, so scattered damage over a long file does not add up.
+// When it is spent the file fails with its verified prefix kept on disk,
+// for the same fetch run again to resume.
+func (s *conn) chunkRetry(t *task, off int64, cause error) *sessionError {
+	n := t.b.chunkFailed(off)
+	s.drainTask(t)
+	if t.done {
+		return nil // a write error applied while draining failed it already
+	}
+	attempts := s.c.cfg.Retries + 1
+	if n >= attempts {
+		s.c.fail(t, fmt.Errorf("%w (%d attempts; the %d bytes verified before it are kept)", cause, n, t.next), false)
+		s.issueGets()
+		return nil
+	}
+	s.c.emit(Event{Kind: EventRestart, Name: t.name, Path: t.dest, Err: cause,
+		Message: fmt.Sprintf("%v; requesting it again (attempt %d of %d)", cause, n+1, attempts)})
+	if t.open && t.werr == nil {
+		s.get(t, uint64(t.next), t.tag, false)
+	} else {
+		s.get(t, 0, protocol.Tag{}, true)
+	}
+	return nil
+}
+
+// restartFile starts t over from zero after ERROR 409 (the source changed
+// while being sent) or a whole-file mismatch, within the restart budget.
+func (s *conn) restartFile(t *task, cause error) *sessionError {
 	t.restarts++
 	s.drainTask(t)
 	if t.done {
 		return nil // a write error applied while draining failed it already
 	}
-	if t.restarts > s.c.cfg.Retries {
-		s.c.fail(t, fmt.Errorf("%w (after %d attempts)", cause, t.restarts), true)
+	if t.restarts > s.c.cfg.Restarts {
+		s.c.fail(t, fmt.Errorf("%w; gave up after starting over %d times", cause, s.c.cfg.Restarts), true)
 		s.issueGets()
 		return nil
 	}
-	keepPrefix := t.open && t.werr == nil && !errors.Is(cause, ErrChanged) && t.next < t.size
 	s.c.emit(Event{Kind: EventRestart, Name: t.name, Path: t.dest, Err: cause,
-		Message: fmt.Sprintf("%v; requesting again (attempt %d of %d)", cause, t.restarts+1, s.c.cfg.Retries+1)})
-	if keepPrefix {
-		s.get(t, uint64(t.next), t.tag, false)
-		return nil
-	}
+		Message: fmt.Sprintf("%v; starting over (restart %d of at most %d)", cause, t.restarts, s.c.cfg.Restarts)})
 	t.restart()
+	t.b.restarted()
 	s.get(t, 0, protocol.Tag{}, false)
 	return nil
 }

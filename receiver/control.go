@@ -53,7 +53,7 @@ func dialCtl(ctx context.Context, cfg *Config, dialBy time.Time) (*ctl, error) {
 	if err != nil {
 		return nil, err
 	}
-	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard))
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.guardConfig()))
 	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerRetry(100*time.Millisecond), zmq4.WithDialerMaxRetries(-1),
 		zmq4.WithLogger(discardLogger()), zmq4.WithTimeout(cfg.PeerTimeout))
 	c := &ctl{cfg: cfg, sock: sock, cancel: cancel, version: protocol.Version1}

@@ -166,6 +166,7 @@ type task struct {
 	anon       bool // f was opened with O_TMPFILE: it has no name until commit links it
 
 	wire, reused int64
+	b            taskBudget // retry and restart budgets, byte accounting (budget.go)
 	lastReport   time.Time
 	lastReported int64
 	result       Result

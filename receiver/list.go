@@ -59,26 +59,31 @@ func List(ctx context.Context, cfg Config, tree string) ([]TreeInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The same clock as Fetch: give up when no attempt connected within
+	// Timeout; say at once that we are connecting, and name the cause.
 	deadline := time.Now().Add(cfg.Timeout)
 	backoff := 100 * time.Millisecond
-	for {
-		trees, err, retry := listOnce(ctx, &cfg, ep, tree, deadline)
+	for attempt := 1; ; attempt++ {
+		trees, err, retry := listOnce(ctx, &cfg, ep, tree)
 		if err == nil || !retry || ctx.Err() != nil {
 			if ctx.Err() != nil && err != nil {
 				return nil, ctx.Err()
 			}
 			return trees, err
 		}
-		if time.Now().Add(backoff).After(deadline) {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return nil, fmt.Errorf("%w: %v (gave up after %v)", ErrUnreachable, err, cfg.Timeout)
 		}
+		wait := min(backoff, left)
 		if cfg.Progress != nil {
-			cfg.Progress(Event{Kind: EventReconnect, Time: time.Now(), Message: fmt.Sprintf("%v; reconnecting in %v", err, backoff)})
+			cfg.Progress(Event{Kind: EventReconnect, Time: time.Now(), Endpoint: cfg.Endpoint, Attempt: attempt, RetryIn: wait, Err: err,
+				Message: fmt.Sprintf("connecting to %s: %v; retrying for up to %v", cfg.Endpoint, err, left.Round(100*time.Millisecond))})
 		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
 		if backoff < 2*time.Second {
 			backoff *= 2
@@ -87,25 +92,32 @@ func List(ctx context.Context, cfg Config, tree string) ([]TreeInfo, error) {
 }
 
 // listOnce runs one session: HELLO, LIST, TREE* END, BYE.
-func listOnce(ctx context.Context, cfg *Config, ep, tree string, dialBy time.Time) (_ []TreeInfo, _ error, retry bool) {
-	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard))
+// One dial attempt, bounded by PeerTimeout, so that its cause is known.
+func listOnce(ctx context.Context, cfg *Config, ep, tree string) (_ []TreeInfo, _ error, retry bool) {
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.guardConfig()))
 	defer cancel()
-	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerRetry(100*time.Millisecond), zmq4.WithDialerMaxRetries(-1),
+	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerMaxRetries(0),
 		zmq4.WithLogger(discardLogger()), zmq4.WithTimeout(cfg.PeerTimeout))
 	defer sock.Close()
 	dialed := make(chan error, 1)
 	go func() { dialed <- sock.Dial(ep) }()
-	timer := time.NewTimer(time.Until(dialBy))
+	timer := time.NewTimer(cfg.PeerTimeout)
 	defer timer.Stop()
 	select {
 	case err := <-dialed:
 		if err != nil {
-			return nil, fmt.Errorf("dialing %s: %v", cfg.Endpoint, err), true
+			if errors.Is(err, guard.ErrServerKey) || errors.Is(err, guard.ErrClientRefused) || errors.Is(err, guard.ErrMechanism) {
+				// CURVE: final, as for Fetch (wrong key, key refused, or a
+				// mechanism on one side only).
+				c := &client{cfg: *cfg}
+				return nil, c.dialError(err).err, false
+			}
+			return nil, errors.New(dialCause(err)), true
 		}
 	case <-timer.C:
 		cancel()
 		<-dialed
-		return nil, fmt.Errorf("no connection to %s", cfg.Endpoint), true
+		return nil, fmt.Errorf("no connection established within %v", cfg.PeerTimeout), true
 	case <-ctx.Done():
 		cancel()
 		<-dialed

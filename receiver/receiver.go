@@ -19,12 +19,14 @@
 // # Session state machine
 //
 //	DIAL --connected--> HELLO sent --WELCOME--> OPEN --all files done--> BYE
-//	OPEN: GETs are pipelined; per request FILE -> CHUNK* -> END | ERROR.
+//	OPEN: GETs are pipelined; the server answers them in order, one at a
+//	time: FILE -> CHUNK* -> END | ERROR. A FILE out of that order is a
+//	protocol violation.
 //	Any of: connection error, silence beyond PeerTimeout, BYE 503, a
 //	corrupt stream => the session is closed, the partial files stay, and a
 //	new session is dialled; each GET then carries the verified length and
 //	the version tag, so the transfer resumes. Reconnecting gives up when
-//	the server stays unreachable for Timeout.
+//	Timeout passes without verified data (see budget.go for every bound).
 //
 // # Partial state
 //
@@ -32,9 +34,11 @@
 // its description (version tag, size, mode, mtime) DIR/.zrecv-HASH.state,
 // where HASH is 32 hex digits of the BLAKE3 of NAME (PartialPaths): short
 // whatever NAME's length. Both are removed when the file is in place, when
-// it fails verification, or at the start of a fetch with NoResume. They are
-// kept when the fetch is interrupted (cancelled context, lost server, local
-// write error) so that the same fetch run again resumes.
+// it is started over (the source changed, or the whole file failed
+// verification), or at the start of a fetch with NoResume. They are kept
+// when the fetch is interrupted (cancelled context, lost or slow server,
+// local write error, a chunk failing verification beyond its budget) so
+// that the same fetch run again resumes from the verified data.
 //
 // # Planted files
 //
@@ -49,6 +53,7 @@
 package receiver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -56,6 +61,7 @@ import (
 	"time"
 
 	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/protocol"
 )
 
@@ -65,8 +71,12 @@ type Config struct {
 	Endpoint string
 	// OutputDir receives the files; default ".". It must exist.
 	OutputDir string
-	// Timeout bounds how long the server may stay unreachable, at the start
-	// or after a lost connection, before Fetch gives up; default 30s.
+	// Timeout bounds how long the server may stay lost before Fetch gives
+	// up with ErrUnreachable; default 30s. The clock starts at the start of
+	// the fetch and again with the last message of every session that
+	// verified data, so a transfer of any length survives a server restart
+	// or a cut connection; a session that verifies nothing does not
+	// restart it.
 	Timeout time.Duration
 	// Heartbeat is the PING interval; default 2s.
 	Heartbeat time.Duration
@@ -77,6 +87,17 @@ type Config struct {
 	// heartbeats; default 30s (a server may hash a large file's resumed
 	// prefix before its END, so this is longer than PeerTimeout).
 	StallTimeout time.Duration
+	// MinRate is the least average pace of verified data, in bytes per
+	// second, over RateWindow (or over twice Timeout, if longer, so that an
+	// outage Timeout tolerates does not trip it by itself); below it Fetch
+	// gives up with ErrTooSlow. A file put in place counts as at least
+	// 4 KiB. Default 1024 (1 KiB/s); negative: no minimum.
+	MinRate int64
+	// RateWindow is the span MinRate is averaged over; default 60s.
+	RateWindow time.Duration
+	// Deadline, if positive, bounds the whole fetch: past it, Fetch gives
+	// up with ErrTooSlow, keeping partial state. Default 0: none.
+	Deadline time.Duration
 	// Window is the initial credit window in bytes; default 8 MiB.
 	Window uint64
 	// MaxWindow caps auto-tuning of the window: the receive memory
@@ -92,16 +113,68 @@ type Config struct {
 	DeferSync bool
 	// NoResume discards partial files instead of resuming them.
 	NoResume bool
-	// Retries is how many times a file is re-requested after a chunk fails
-	// verification or the source changes; default 5.
+	// Retries is how many times one chunk that failed its BLAKE3 check is
+	// requested again: default 4, so 5 attempts in all. The count is per
+	// chunk offset, so a long file over a noisy link completes. Past it the
+	// file fails with ErrVerify and its verified prefix is kept, so the
+	// same fetch run again resumes. It also bounds the sessions ended by a
+	// protocol violation of the server (ErrProtocol past it).
 	Retries int
+	// Restarts is how many times a file may be started over from zero
+	// within one fetch: ERROR 409 (the source changed while being sent), a
+	// FILE with a new version tag, or a whole-file BLAKE3 mismatch. Default
+	// 5; past it the file fails with ErrChanged (or ErrVerify for a
+	// mismatch).
+	Restarts int
 	// PeerID names this receiver to the server; default the host name.
 	PeerID string
 	// Progress, if set, receives events from the fetching goroutine. It
 	// must return quickly.
 	Progress func(Event)
-	// Guard limits the transport; zero = defaults sized for MaxChunk.
-	Guard guard.Config
+	// Limits bounds what the transport accepts and waits for; zero fields
+	// take defaults sized for MaxChunk and PeerTimeout.
+	Limits Limits
+	// Curve, when set, makes the receiver a CURVE client (ZeroMQ RFC
+	// 26): the session is encrypted and only a server holding the secret
+	// key of Curve.ServerKey is accepted (ErrServerKey otherwise).
+	Curve *CurveClient
+
+	curve *guard.CurveClient // set by setDefaults: the pair used for every session of one call
+}
+
+// CurveClient configures CURVE on the receiver.
+type CurveClient struct {
+	// ServerKey is the server's long-term public key, pinned.
+	ServerKey [32]byte
+	// PublicKey and SecretKey are this receiver's long-term pair, which
+	// the server authorizes. Both zero: a fresh pair for each Fetch (only
+	// a server that allows any key accepts it).
+	PublicKey, SecretKey [32]byte
+}
+
+// guardConfig is the transport configuration of a session.
+func (c *Config) guardConfig() guard.Config {
+	g := c.Limits.guard()
+	g.CurveClient = c.curve
+	return g
+}
+
+// Limits bounds the transport below ZSND: what a server can make the
+// receiver hold or wait for before a message is even decoded.
+type Limits struct {
+	// MaxFrameSize is the largest ZMTP frame accepted; default MaxChunk plus
+	// the largest ZSND header.
+	MaxFrameSize int64
+	// HandshakeTimeout bounds the server's ZMTP greeting and READY; default
+	// the smaller of 5s and PeerTimeout.
+	HandshakeTimeout time.Duration
+	// WriteStallTimeout drops a connection on which a write makes no
+	// progress for this long; default 10s.
+	WriteStallTimeout time.Duration
+}
+
+func (l Limits) guard() guard.Config {
+	return guard.Config{MaxFrameSize: l.MaxFrameSize, HandshakeTimeout: l.HandshakeTimeout, WriteStallTimeout: l.WriteStallTimeout}
 }
 
 func (c *Config) setDefaults() error {
@@ -142,18 +215,38 @@ func (c *Config) setDefaults() error {
 		c.MaxWindow = 64 << 20
 	}
 	if c.Retries <= 0 {
-		c.Retries = 5
+		c.Retries = 4
+	}
+	if c.Restarts <= 0 {
+		c.Restarts = 5
+	}
+	if c.MinRate == 0 {
+		c.MinRate = 1024
+	}
+	if c.RateWindow <= 0 {
+		c.RateWindow = 60 * time.Second
 	}
 	if c.PeerID == "" {
 		c.PeerID, _ = os.Hostname()
 	}
-	if c.Guard.MaxFrameSize == 0 {
-		c.Guard.MaxFrameSize = int64(c.MaxChunk) + protocol.MaxHeaderLen
+	if c.Limits.MaxFrameSize == 0 {
+		c.Limits.MaxFrameSize = int64(c.MaxChunk) + protocol.MaxHeaderLen
 	}
-	if c.Guard.HandshakeTimeout == 0 && c.PeerTimeout < guard.DefaultHandshakeTimeout {
+	if cv := c.Curve; cv != nil && c.curve == nil {
+		cc := &guard.CurveClient{ServerKey: cv.ServerKey, PublicKey: cv.PublicKey, SecretKey: cv.SecretKey}
+		if cv.SecretKey == ([32]byte{}) {
+			pair, err := zcert.Generate()
+			if err != nil {
+				return err
+			}
+			cc.PublicKey, cc.SecretKey = pair.Public, pair.Secret
+		}
+		c.curve = cc
+	}
+	if c.Limits.HandshakeTimeout == 0 && c.PeerTimeout < guard.DefaultHandshakeTimeout {
 		// A server that accepts but never completes the handshake is as
 		// silent as one that stops mid-transfer.
-		c.Guard.HandshakeTimeout = c.PeerTimeout
+		c.Limits.HandshakeTimeout = c.PeerTimeout
 	}
 	fi, err := os.Stat(c.OutputDir)
 	if err != nil {
@@ -178,33 +271,65 @@ const (
 	EventReconnect EventKind = "reconnect" // the session was lost and is being re-established
 )
 
-// Event is a progress report. Done, Wire and Reused are in bytes.
+// Event is a progress report. Done, Wire, Reused and Refetched are in
+// bytes, and Reused + Wire = Done: each byte of the file is counted once,
+// as taken from an earlier run's partial data or as verified from the
+// network in this fetch.
 type Event struct {
-	Kind    EventKind
-	Name    string
-	Path    string
-	Size    int64
-	Done    int64 // bytes of the file verified so far, reused included
-	Wire    int64 // chunk bytes received over the network for this file, re-fetches included
-	Reused  int64 // bytes taken from a partial file of an earlier attempt
-	Hash    protocol.Hash
+	Kind EventKind
+	Name string
+	Path string
+	Size int64
+	Done int64 // bytes of the file verified so far, reused included
+	// Wire: bytes of the file's content verified from the network in this
+	// fetch (a prefix kept across a reconnect is counted once).
+	Wire int64
+	// Reused: bytes of the file's content taken from partial data left by
+	// an earlier run.
+	Reused int64
+	// Refetched: chunk bytes received for this file that are not part of
+	// Wire: corrupted or cancelled chunks, data discarded by a restart,
+	// and the part of a chunk sent again after a reconnect.
+	Refetched int64
+	Hash      protocol.Hash // file-done only
+	// Err is the failure (error), the cause of a restart, or why the
+	// session was lost (reconnect).
 	Err     error
 	Message string
 	Time    time.Time
 	// Window is the session's current credit window in bytes (progress
 	// events): the memory the receiver may need for data in flight.
 	Window uint64
+	// Endpoint and Attempt (reconnect events): the server being dialled
+	// and the number of the attempt that failed since data last arrived
+	// (1 for the first).
+	Endpoint string
+	Attempt  int
+	// RetryIn (reconnect events): the delay before the next attempt.
+	RetryIn time.Duration
 }
 
 // Result is the outcome for one requested name.
 type Result struct {
-	Name   string
-	Path   string
-	Size   int64
-	Hash   protocol.Hash // whole-file BLAKE3-256, as b3sum prints it
-	Wire   int64
-	Reused int64
-	Err    error // nil only if the file was verified and is in place
+	Name string
+	Path string
+	Size int64
+	// Hash is the whole-file BLAKE3-256, as b3sum prints it, of a verified
+	// file; zero when Err is not nil (String leaves it out then).
+	Hash      protocol.Hash
+	Wire      int64 // see Event
+	Reused    int64
+	Refetched int64
+	Err       error // nil only if the file was verified and is in place
+}
+
+// String describes the result in one line: the hash and path of a
+// verified file, or the name and the error of a failed one.
+func (r Result) String() string {
+	if r.Err != nil {
+		return fmt.Sprintf("%s: %v", r.Name, r.Err)
+	}
+	return fmt.Sprintf("%s  %s  %d bytes", r.Hash, r.Path, r.Size)
 }
 
 // Sentinel errors; every error Fetch returns matches at least one of them
@@ -224,11 +349,34 @@ var (
 	ErrProtocol = errors.New("protocol error")
 	// ErrServer: the server failed to read the file.
 	ErrServer = errors.New("server error")
+	// ErrTooSlow: verified data came slower than Config.MinRate, or the
+	// fetch passed Config.Deadline. Partial state is kept.
+	ErrTooSlow = errors.New("transfer too slow")
 	// ErrGone: the server no longer keeps the version asked for (410).
 	ErrGone = errors.New("version gone")
 	// ErrNoTrees: the server speaks only version 1 and serves no trees.
 	ErrNoTrees = errors.New("server does not serve trees (it speaks ZSND/1 only)")
+	// ErrServerKey: with Curve set, the server did not prove it holds the
+	// secret key of Curve.ServerKey (another server, a man in the middle,
+	// or a wrong key), or it does not speak CURVE; without Curve, the
+	// server requires CURVE.
+	ErrServerKey = errors.New("server key mismatch")
+	// ErrKeyRefused: the CURVE server refused this receiver's key.
+	ErrKeyRefused = errors.New("client key refused by the server")
 )
+
+// interruptedError is the failure of files left unfinished when the
+// caller's context ends; it matches the context's error with errors.Is.
+type interruptedError struct{ cause error }
+
+func (e *interruptedError) Error() string {
+	if errors.Is(e.cause, context.Canceled) {
+		return "interrupted; partial state kept for resume"
+	}
+	return fmt.Sprintf("interrupted (%v); partial state kept for resume", e.cause)
+}
+
+func (e *interruptedError) Unwrap() error { return e.cause }
 
 // RemoteError is an ERROR received from the server.
 type RemoteError struct {

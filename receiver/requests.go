@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/zsend/zsend/internal/zsock"
 	"github.com/zsend/zsend/protocol"
 )
 
@@ -61,19 +60,13 @@ type Request struct {
 // a server speaking version 2: against a version 1 server they fail with
 // ErrNoTrees.
 func FetchRequests(ctx context.Context, cfg Config, reqs []Request) ([]Result, error) {
-	if err := cfg.setDefaults(); err != nil {
-		return nil, err
-	}
-	ep, err := zsock.Endpoint(cfg.Endpoint)
+	c, err := newClient(cfg)
 	if err != nil {
 		return nil, err
 	}
-	out, err := openOutDir(cfg.OutputDir)
-	if err != nil {
-		return nil, err
-	}
-	defer out.close()
-	c := &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}, dirs: out}
+	defer c.dirs.close()
+	out := c.dirs
+	cfg = c.cfg
 	byName := map[string]*task{}
 	order := make([]*task, len(reqs))
 	for i := range reqs {

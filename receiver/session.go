@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/internal/zsock"
 	"github.com/zsend/zsend/protocol"
 )
@@ -20,19 +23,13 @@ import (
 // server for up to cfg.Timeout, resuming where it stopped. If ctx is
 // cancelled it returns promptly, keeping partial state for a later resume.
 func Fetch(ctx context.Context, cfg Config, names ...string) ([]Result, error) {
-	if err := cfg.setDefaults(); err != nil {
-		return nil, err
-	}
-	ep, err := zsock.Endpoint(cfg.Endpoint)
+	c, err := newClient(cfg)
 	if err != nil {
 		return nil, err
 	}
-	out, err := openOutDir(cfg.OutputDir)
-	if err != nil {
-		return nil, err
-	}
-	defer out.close()
-	c := &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}, dirs: out}
+	defer c.dirs.close()
+	out := c.dirs
+	cfg = c.cfg // with its defaults
 	seen := map[string]bool{}
 	for _, n := range names {
 		if seen[n] {
@@ -64,7 +61,8 @@ func Fetch(ctx context.Context, cfg Config, names ...string) ([]Result, error) {
 		if t.err == nil {
 			t.err = errors.New("not fetched")
 		}
-		results[i] = Result{Name: t.name, Path: t.dest, Wire: t.wire, Reused: t.reused, Err: &FileError{Name: t.name, Err: t.err}}
+		wire, reused, refetched := t.counts()
+		results[i] = Result{Name: t.name, Path: t.dest, Wire: wire, Reused: reused, Refetched: refetched, Err: &FileError{Name: t.name, Err: t.err}}
 		if first == nil {
 			first = results[i].Err
 		}
@@ -84,6 +82,10 @@ type client struct {
 	// violations counts sessions ended by a protocol violation; past the
 	// retry budget the server is taken to be broken, not the wire.
 	violations int
+	rate       *rateMeter // verified data, for MinRate
+	// helloDrops counts CURVE connections closed by the server right after
+	// HELLO (see maxHelloDrops).
+	helloDrops int
 }
 
 // sessionError ends a session. retry says whether a new session may help.
@@ -95,6 +97,54 @@ type sessionError struct {
 
 func (e *sessionError) Error() string { return e.err.Error() }
 func (e *sessionError) Unwrap() error { return e.err }
+
+// maxHelloDrops is how many times in a row a CURVE server may close the
+// connection after HELLO before the server key is taken to be wrong.
+const maxHelloDrops = 3
+
+// dialError classifies a failed dial: a security mismatch is final, the
+// rest is worth retrying.
+func (c *client) dialError(err error) *sessionError {
+	cfg := c.cfg
+	if errors.Is(err, guard.ErrHelloDropped) {
+		// Silence after HELLO: a libzmq server with another key, or a
+		// connection lost at that moment. Only a repeat is conclusive.
+		c.helloDrops++
+		if c.helloDrops < maxHelloDrops {
+			return lost("dialing %s: %v", cfg.Endpoint, err)
+		}
+	}
+	switch {
+	case errors.Is(err, guard.ErrClientRefused):
+		return &sessionError{err: fmt.Errorf("%w: %s refused our CURVE key %s", ErrKeyRefused, cfg.Endpoint,
+			zcert.Fingerprint(cfg.curve.PublicKey))}
+	case errors.Is(err, guard.ErrServerKey):
+		return &sessionError{err: fmt.Errorf("%w: %s does not hold the secret key of server key %s (wrong --server-key, or someone in the middle)",
+			ErrServerKey, cfg.Endpoint, zcert.Fingerprint(cfg.Curve.ServerKey))}
+	case errors.Is(err, guard.ErrMechanism) && cfg.Curve != nil:
+		return &sessionError{err: fmt.Errorf("%w: %s does not speak CURVE", ErrServerKey, cfg.Endpoint)}
+	case errors.Is(err, guard.ErrMechanism):
+		return &sessionError{err: fmt.Errorf("%w: %s requires CURVE (give its public key with --server-key)", ErrServerKey, cfg.Endpoint)}
+	}
+	return lost("%s", dialCause(err))
+}
+
+// newClient checks cfg, resolves its endpoint and opens the output
+// directory (closed by the caller with c.dirs.close()).
+func newClient(cfg Config) (*client, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	ep, err := zsock.Endpoint(cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	out, err := openOutDir(cfg.OutputDir)
+	if err != nil {
+		return nil, err
+	}
+	return &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}, dirs: out}, nil
+}
 
 func lost(format string, args ...any) *sessionError {
 	return &sessionError{err: fmt.Errorf(format, args...), retry: true}
@@ -112,55 +162,119 @@ func (c *client) pending() bool {
 	return false
 }
 
+// Reconnect delays: doubled after each attempt that verified nothing,
+// back to the least after a session that did.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 2 * time.Second
+)
+
+// fileProgress is what a file put in place counts for MinRate, however
+// small it is.
+const fileProgress = 4 << 10
+
+// progressed counts verified bytes (or a file put in place) at now.
+func (c *client) progressed(n int64, now time.Time) {
+	c.rate.add(n, now)
+}
+
+// tooSlow returns ErrTooSlow when verified data has not kept the minimum
+// pace over the rate window.
+func (c *client) tooSlow(now time.Time) error {
+	if slow, rate := c.rate.slow(now); slow {
+		return fmt.Errorf("%w: %.0f bytes/s verified over the last %v, below the minimum of %d bytes/s",
+			ErrTooSlow, rate, c.rate.window, c.cfg.MinRate)
+	}
+	return nil
+}
+
+// ctxFailure is the error of files left unfinished when ctx ended: the
+// deadline's ErrTooSlow, or an interruption by the caller.
+func ctxFailure(ctx context.Context) error {
+	cause := context.Cause(ctx)
+	if errors.Is(cause, ErrTooSlow) {
+		return cause
+	}
+	return &interruptedError{cause: cause}
+}
+
 // run drives sessions until every task is done or failed.
+//
+// The Timeout clock (lostAt) starts now and again with the last message of
+// every session that verified data: the moment the server was lost. A
+// session that verified nothing leaves it running, so a server that
+// accepts connections but serves nothing is given up on within Timeout
+// (plus one session's own bounds); after a session that verified data,
+// one attempt is made however late the loss was noticed. The reconnect
+// delay, likewise, starts
+// small again after a session that verified data.
 func (c *client) run(ctx context.Context) {
+	if c.cfg.Deadline > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, c.cfg.Deadline,
+			fmt.Errorf("%w: the deadline of %v passed", ErrTooSlow, c.cfg.Deadline))
+		defer cancel()
+	}
+	window := max(c.cfg.RateWindow, 2*c.cfg.Timeout)
+	c.rate = newRateMeter(c.cfg.MinRate, window, time.Now())
 	lostAt := time.Now()
-	backoff := 100 * time.Millisecond
+	backoff := minBackoff
+	attempt := 0
 	var cause error // why the server was first lost, since the last progress
 	for c.pending() {
-		progressed, serr := c.session(ctx, lostAt.Add(c.cfg.Timeout))
-		if serr == nil {
-			continue
-		}
-		if progressed {
-			lostAt, backoff = time.Now(), 100*time.Millisecond
-		}
-		if progressed || cause == nil {
-			cause = serr.err
+		out, serr := c.session(ctx)
+		if serr == nil || !c.pending() {
+			return // done; a loss after the last file was verified is no matter
 		}
 		if ctx.Err() != nil {
-			c.failAll(ctx.Err(), false)
+			c.failAll(ctxFailure(ctx), false)
 			return
+		}
+		if out.verified {
+			lostAt, backoff, attempt, cause = out.lastHeard, minBackoff, 0, nil
+		}
+		attempt++
+		if cause == nil {
+			cause = serr.err
 		}
 		if !serr.retry {
 			c.failAll(serr.err, false)
 			return
 		}
-		if time.Since(lostAt) >= c.cfg.Timeout {
+		if err := c.tooSlow(time.Now()); err != nil {
+			c.failAll(err, false)
+			return
+		}
+		// After a session that verified data one attempt is always made,
+		// even when the loss was noticed late (a silent server is noticed
+		// PeerTimeout after its last message).
+		if !out.verified && time.Since(lostAt) >= c.cfg.Timeout {
 			why := serr.err.Error()
-			if cause != serr.err {
-				why = fmt.Sprintf("%v; then %v", cause, serr.err)
+			if cause.Error() != why {
+				why = fmt.Sprintf("%v; last: %v", cause, serr.err)
 			}
-			c.failAll(fmt.Errorf("%w: %s (gave up after %v)", ErrUnreachable, why, c.cfg.Timeout), false)
+			c.failAll(fmt.Errorf("%w: %s (gave up after %v without verified data)", ErrUnreachable, why, c.cfg.Timeout), false)
 			return
 		}
 		wait := backoff
 		if serr.retryAfter > 0 {
 			wait = serr.retryAfter
 		}
-		if rem := time.Until(lostAt.Add(c.cfg.Timeout)); wait > rem {
-			wait = rem
+		left := max(time.Until(lostAt.Add(c.cfg.Timeout)), 0)
+		wait = min(wait, left)
+		msg := fmt.Sprintf("connecting to %s: %v; retrying for up to %v", c.cfg.Endpoint, serr.err, left.Round(100*time.Millisecond))
+		if out.connected {
+			msg = fmt.Sprintf("session with %s lost: %v; reconnecting in %v (attempt %d; giving up in %v without data)",
+				c.cfg.Endpoint, serr.err, wait.Round(time.Millisecond), attempt+1, left.Round(100*time.Millisecond))
 		}
-		c.emit(Event{Kind: EventReconnect, Message: fmt.Sprintf("%v; reconnecting in %v", serr.err, wait.Round(time.Millisecond))})
+		c.emit(Event{Kind: EventReconnect, Endpoint: c.cfg.Endpoint, Attempt: attempt, RetryIn: wait, Err: serr.err, Message: msg})
 		select {
 		case <-ctx.Done():
-			c.failAll(ctx.Err(), false)
+			c.failAll(ctxFailure(ctx), false)
 			return
 		case <-time.After(wait):
 		}
-		if backoff < 2*time.Second {
-			backoff *= 2
-		}
+		backoff = min(2*backoff, maxBackoff)
 	}
 }
 
@@ -176,7 +290,8 @@ func (c *client) failAll(err error, discard bool) {
 func (c *client) fail(t *task, err error, discard bool) {
 	t.close(discard)
 	t.done, t.err, t.req = true, err, 0
-	c.emit(Event{Kind: EventError, Name: t.name, Path: t.dest, Size: t.size, Wire: t.wire, Reused: t.reused, Err: err})
+	wire, reused, refetched := t.counts()
+	c.emit(Event{Kind: EventError, Name: t.name, Path: t.dest, Size: t.size, Done: wire + reused, Wire: wire, Reused: reused, Refetched: refetched, Err: err})
 }
 
 func (c *client) emit(e Event) {
@@ -186,36 +301,48 @@ func (c *client) emit(e Event) {
 	}
 }
 
-// session dials, runs one session until all tasks are done or it fails,
-// and reports whether any data was verified during it.
-func (c *client) session(ctx context.Context, dialBy time.Time) (bool, *sessionError) {
+// sessionOutcome says what a session achieved.
+type sessionOutcome struct {
+	connected bool      // the dial succeeded
+	verified  bool      // some data was verified (or a file put in place)
+	lastHeard time.Time // when the last message from the server arrived
+}
+
+// session dials once, runs one session until all tasks are done or it
+// fails, and reports what it achieved. A dial that fails is returned at
+// once, with its cause (run retries); one that hangs (a black hole, a
+// handshake that never ends) is given up after PeerTimeout. run starts
+// attempts only within Timeout; an attempt started is allowed to finish,
+// so a server that asked to be retried late (BYE 503) still gets one.
+func (c *client) session(ctx context.Context) (sessionOutcome, *sessionError) {
 	for _, t := range c.tasks {
 		t.req = 0
 	}
 	clear(c.byReq)
-	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), c.cfg.Guard))
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), c.cfg.guardConfig()))
 	defer cancel()
-	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerRetry(100*time.Millisecond), zmq4.WithDialerMaxRetries(-1),
+	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerMaxRetries(0),
 		zmq4.WithLogger(discardLogger()), zmq4.WithTimeout(c.cfg.PeerTimeout))
 	defer sock.Close()
 
 	dialed := make(chan error, 1)
 	go func() { dialed <- sock.Dial(c.endpoint) }()
-	timer := time.NewTimer(time.Until(dialBy))
+	timer := time.NewTimer(c.cfg.PeerTimeout)
 	defer timer.Stop()
 	select {
 	case err := <-dialed:
 		if err != nil {
-			return false, lost("dialing %s: %v", c.cfg.Endpoint, err)
+			return sessionOutcome{}, c.dialError(err)
 		}
+		c.helloDrops = 0 // the handshake completed: the key is right
 	case <-timer.C:
 		cancel()
 		<-dialed
-		return false, lost("no connection to %s", c.cfg.Endpoint)
+		return sessionOutcome{}, lost("no connection established within %v", c.cfg.PeerTimeout)
 	case <-ctx.Done():
 		cancel()
 		<-dialed
-		return false, &sessionError{err: ctx.Err()}
+		return sessionOutcome{}, &sessionError{err: ctx.Err()}
 	}
 
 	var lastRecv atomic.Int64
@@ -233,5 +360,33 @@ func (c *client) session(ctx context.Context, dialBy time.Time) (bool, *sessionE
 			t.close(false)
 		}
 	}
-	return s.progress, err
+	return sessionOutcome{connected: true, verified: s.progress, lastHeard: time.Unix(0, lastRecv.Load())}, err
+}
+
+// dialCause names why a connection could not be made, in the words a user
+// knows: connection refused, no such host, no such socket file.
+func dialCause(err error) string {
+	var dns *net.DNSError
+	switch {
+	case errors.As(err, &dns):
+		if dns.IsNotFound {
+			return fmt.Sprintf("no such host %q", dns.Name)
+		}
+		return fmt.Sprintf("looking up %q: %v", dns.Name, dns.Err)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ENOENT):
+		return "no such socket file"
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return "permission denied"
+	case errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EHOSTUNREACH):
+		return "network unreachable"
+	case errors.Is(err, syscall.ETIMEDOUT):
+		return "connection timed out"
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err.Error()
+	}
+	return err.Error()
 }

@@ -14,9 +14,11 @@
 #   PROXY_QUEUE=64M   proxy bytes in flight per direction
 #   SMALL_N=1000      small files                   SMALL_SIZE=4K   each; SMALL_ONE=4M the single file
 #   SMALL_ROUNDS=5    rounds of the small-files scenario
+#   TREE_N=10000      tree files (0..TREE_MAX=16K each) in TREE_DIRS=1000 directories; TREE_ROUNDS=3
+#   TREE_MEM_N=100000 entries of the tree-memory scenario
 #   MEM_SIZE=4G       memory-scenario file          MEM_ROUNDS=1
 #   CHUNK=1M          frame/write size of the raw zmq4 and TCP baselines
-#   ONLY=single,fanout,latency,small,memory        run a subset
+#   ONLY=single,fanout,latency,small,memory,tree,treemem        run a subset
 #   OUT=BENCHMARKS.md report path                   JSON=FILE       keep raw results
 #   QUIET_WAIT=10s    before each run, wait up to this long for other load on the machine to settle (QUICK: 0, only record it)
 #   STRICT=1          exit 3 when a target fails (ignored with QUICK=1)
@@ -28,9 +30,9 @@ root=$(pwd)
 
 quick=${QUICK:-0}
 if [ "$quick" = 1 ]; then
-  d_size=64M d_rounds=1 d_fan=32M d_lat=32M d_small_rounds=1 d_mem=256M d_quiet=0
+  d_size=64M d_rounds=1 d_fan=32M d_lat=32M d_small_rounds=1 d_mem=256M d_quiet=0 d_tree_rounds=1 d_tree_mem=20000
 else
-  d_size=1G d_rounds=3 d_fan=512M d_lat=512M d_small_rounds=5 d_mem=4G d_quiet=10s
+  d_size=1G d_rounds=3 d_fan=512M d_lat=512M d_small_rounds=5 d_mem=4G d_quiet=10s d_tree_rounds=3 d_tree_mem=100000
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/zsend-bench.XXXXXX")
@@ -71,6 +73,7 @@ args=(suite -bin "$work/bin" -work "$work" -o "${OUT:-$root/BENCHMARKS.md}"
   -rounds "${ROUNDS:-$d_rounds}" -size "${SIZE:-$d_size}" -chunk "${CHUNK:-1M}"
   -fan-size "${FAN_SIZE:-$d_fan}" -fan-n "${FAN_N:-8}"
   -lat-size "${LAT_SIZE:-$d_lat}" -delay "${DELAY:-25ms}" -proxy-queue "${PROXY_QUEUE:-64M}"
+  -tree-n "${TREE_N:-10000}" -tree-dirs "${TREE_DIRS:-1000}" -tree-max "${TREE_MAX:-16K}" -tree-rounds "${TREE_ROUNDS:-$d_tree_rounds}" -tree-mem-n "${TREE_MEM_N:-$d_tree_mem}"
   -small-n "${SMALL_N:-1000}" -small-size "${SMALL_SIZE:-4K}" -small-one "${SMALL_ONE:-4M}" -small-rounds "${SMALL_ROUNDS:-$d_small_rounds}"
   -mem-size "${MEM_SIZE:-$d_mem}" -mem-rounds "${MEM_ROUNDS:-1}"
   -quiet-wait "${QUIET_WAIT:-$d_quiet}" -only "${ONLY:-}" -meta "$meta" -timeout "${TIMEOUT:-3600}s")

@@ -51,6 +51,7 @@ import (
 
 	"github.com/zsend/zsend/internal/fleet"
 	"github.com/zsend/zsend/internal/guard"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/internal/zsock"
 	"github.com/zsend/zsend/protocol"
 )
@@ -76,14 +77,20 @@ type Config struct {
 	ShutdownRetry time.Duration
 	// Name identifies this server to receivers (WELCOME); default the host name.
 	Name string
-	// Guard limits the transport; see internal/guard. Zero = defaults.
-	Guard guard.Config
+	// Limits bounds the transport; zero fields take the defaults.
+	Limits Limits
 	// Events, if set, is called for operator visibility (session
 	// opened/closed, file sent, request refused, version published). It
 	// is called from the serving goroutine and, for publishing events,
 	// from the goroutine that publishes (Listen, Publish, the watcher), so
-	// it must be safe for concurrent use, and must not block.
+	// it must be safe for concurrent use, and must not block. The
+	// "curve-refused" event comes from the goroutine of the refused
+	// connection's handshake.
 	Events func(Event)
+	// Curve, when set, makes the server a CURVE server (ZeroMQ RFC 26):
+	// every connection is authenticated and encrypted, and peers without
+	// CURVE are refused during the handshake.
+	Curve *CurveServer
 
 	// StateDir is where published versions are kept (store, manifests,
 	// sequence numbers; see docs/DESIGN-trees.md section 4). Empty: no
@@ -115,7 +122,59 @@ type Config struct {
 	Barrier        bool
 	Quorum         int
 	BarrierTimeout time.Duration
+	curve          *guard.CurveServer // set by setDefaults from Curve
 }
+
+// Limits bounds what a peer can make the server hold or wait for at the
+// transport, below ZSND: it is applied to the raw byte stream before a
+// message is even assembled. Zero fields take the defaults; a negative
+// duration or MaxConns turns that limit off.
+type Limits struct {
+	// MaxFrameSize is the largest ZMTP frame accepted; default 64 KiB
+	// (nothing a receiver sends is larger than a few KiB).
+	MaxFrameSize int64
+	// HandshakeTimeout bounds a new connection's ZMTP greeting and READY;
+	// default 5s.
+	HandshakeTimeout time.Duration
+	// WriteStallTimeout drops a connection on which a write makes no
+	// progress for this long (a peer that stopped reading); default 10s.
+	WriteStallTimeout time.Duration
+	// IdleTimeout drops a connection from which nothing was read for this
+	// long; default PeerTimeout + Heartbeat.
+	IdleTimeout time.Duration
+	// MaxConns is the most connections kept open, handshakes included;
+	// default 1024.
+	MaxConns int
+}
+
+func (l Limits) guard() guard.Config {
+	return guard.Config{MaxFrameSize: l.MaxFrameSize, HandshakeTimeout: l.HandshakeTimeout,
+		WriteStallTimeout: l.WriteStallTimeout, IdleTimeout: l.IdleTimeout, MaxConns: l.MaxConns}
+}
+
+// CurveServer configures CURVE on the server.
+type CurveServer struct {
+	// PublicKey and SecretKey are the server's long-term pair (see
+	// zsend --keygen).
+	PublicKey, SecretKey [32]byte
+	// Authorize reports whether a client's long-term public key may
+	// connect. It is called during the handshake, once the client proved
+	// it holds the key's secret half; a refused key gets no session
+	// state. Exactly one of Authorize and AllowAny must be set.
+	Authorize func(client [32]byte) bool
+	// AllowAny accepts every client key: the traffic is encrypted, but
+	// anyone may fetch.
+	AllowAny bool
+	// Access, if set, is asked on every request whether the session's
+	// client key may fetch the name (see internal/acl for zsend's access
+	// list file). A refused request gets ERROR 403. nil: every authorized
+	// key may fetch everything served.
+	Access func(client [32]byte, name string) bool
+}
+
+// KeyFingerprint returns how a CURVE key is shown in logs and errors: the
+// first 8 bytes of the BLAKE3-256 of the key, in hexadecimal.
+func KeyFingerprint(key [32]byte) string { return zcert.Fingerprint(key) }
 
 // Event is something an operator may want to see.
 type Event struct {
@@ -145,6 +204,7 @@ type Event struct {
 	Entries int64
 	Files   int64
 	Stored  int64
+	Key     string // CURVE: fingerprint of the session's client key (see KeyFingerprint)
 }
 
 // progressEvery is the least interval between progress events of a transfer.
@@ -177,9 +237,32 @@ func (c *Config) setDefaults() error {
 	if c.Name == "" {
 		c.Name, _ = os.Hostname()
 	}
-	if c.Guard.MaxFrameSize == 0 {
+	if cv := c.Curve; cv != nil {
+		if (cv.Authorize == nil) == !cv.AllowAny {
+			return errors.New("CURVE: set exactly one of Authorize and AllowAny")
+		}
+		if cv.SecretKey == ([32]byte{}) {
+			return errors.New("CURVE: no secret key")
+		}
+		events, authorize := c.Events, cv.Authorize
+		guardCurve := &guard.CurveServer{PublicKey: cv.PublicKey, SecretKey: cv.SecretKey}
+		if !cv.AllowAny {
+			guardCurve.Authorize = func(k [32]byte) error {
+				if authorize(k) {
+					return nil
+				}
+				fp := zcert.Fingerprint(k)
+				if events != nil {
+					events(Event{Kind: "curve-refused", Peer: "key:" + fp, Message: "client key " + fp + " is not authorized"})
+				}
+				return fmt.Errorf("client key %s not authorized", fp)
+			}
+		}
+		c.curve = guardCurve
+	}
+	if c.Limits.MaxFrameSize == 0 {
 		// Nothing a receiver sends is large: HELLO/GET headers are < 8 KiB.
-		c.Guard.MaxFrameSize = 64 << 10
+		c.Limits.MaxFrameSize = 64 << 10
 	}
 	if c.KeepVersions <= 0 {
 		c.KeepVersions = DefaultKeepVersions
@@ -193,10 +276,10 @@ func (c *Config) setDefaults() error {
 	if c.BarrierTimeout <= 0 {
 		c.BarrierTimeout = 30 * time.Second
 	}
-	if c.Guard.IdleTimeout == 0 {
+	if c.Limits.IdleTimeout == 0 {
 		// Receivers PING every few seconds; a connection silent for longer
 		// than the session timeout holds nothing worth keeping.
-		c.Guard.IdleTimeout = c.PeerTimeout + c.Heartbeat
+		c.Limits.IdleTimeout = c.PeerTimeout + c.Heartbeat
 	}
 	return nil
 }
@@ -222,6 +305,7 @@ type Server struct {
 	// subscriptions (LIST with SUBSCRIBE).
 	announce chan struct{}
 	departed chan departure // connections the guard saw close
+	keys     *keyTable      // CURVE client key of each routing identity
 	// unsolicited counts, per routing id, the replies sent since the last
 	// housekeeping tick to messages outside a session (see replyNoSession).
 	unsolicited map[string]int
@@ -293,13 +377,22 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	// vanished receiver's session (its open file, its reads) ends at once
 	// rather than at the peer timeout.
 	departed := make(chan departure, 1024)
+	// CURVE: the guard tells which client key each routing identity
+	// proved (identities are unique among live connections), before any
+	// message of that peer arrives; the entry goes when it disconnects.
+	keys := &keyTable{m: map[string][32]byte{}}
 	onClose := func(id []byte) {
+		keys.drop(string(id))
 		select {
 		case departed <- departure{id: string(id), at: time.Now()}:
 		default: // full: the peer timeout will do
 		}
 	}
-	sockCtx, cancel := context.WithCancel(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), cfg.Guard), onClose))
+	gcfg := cfg.Limits.guard()
+	gcfg.CurveServer = cfg.curve
+	hookCtx := guard.WithCurvePeerHook(guard.WithCloseHook(guard.WithConfig(context.WithoutCancel(ctx), gcfg), onClose),
+		func(id []byte, k [32]byte) { keys.set(string(id), k) })
+	sockCtx, cancel := context.WithCancel(hookCtx)
 	sock := zmq4.NewRouter(sockCtx, zmq4.WithLogger(discardLogger()))
 	removeStaleSocket(cfg.Endpoint)
 	if err := sock.Listen(ep); err != nil {
@@ -321,6 +414,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		unsolicited: make(map[string]int),
 		fleet:       newFleetState(cfg.Fleet),
 		waitTimer:   time.NewTimer(time.Hour),
+		keys:        keys,
 	}
 	s.waitTimer.Stop()
 	s.syncFleetLatest(time.Now())
@@ -379,6 +473,31 @@ func removeStaleSocket(ep string) {
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		os.Remove(path)
 	}
+}
+
+// keyTable maps routing identities to the CURVE client keys they proved.
+type keyTable struct {
+	mu sync.Mutex
+	m  map[string][32]byte
+}
+
+func (t *keyTable) set(id string, k [32]byte) {
+	t.mu.Lock()
+	t.m[id] = k
+	t.mu.Unlock()
+}
+
+func (t *keyTable) drop(id string) {
+	t.mu.Lock()
+	delete(t.m, id)
+	t.mu.Unlock()
+}
+
+func (t *keyTable) get(id string) ([32]byte, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k, ok := t.m[id]
+	return k, ok
 }
 
 // Endpoint is the bound endpoint, with the real port when 0 was asked for.
@@ -649,6 +768,7 @@ func (s *Server) openSession(id string, h *protocol.Hello, chunk uint32, prev *t
 		v = protocol.MaxVersion
 	}
 	sess := &session{srv: s, id: id, opened: now, version: v, chunkSize: int64(chunk), peer: h.PeerID, lastRecv: now, lastSend: now, prev: prev}
+	sess.key, sess.hasKey = s.keys.get(id)
 	if sess.peer == "" {
 		sess.peer = fmt.Sprintf("%x", id)
 	}

@@ -19,6 +19,8 @@ type session struct {
 	srv       *Server
 	id        string
 	peer      string
+	key       [32]byte // CURVE client key (hasKey)
+	hasKey    bool
 	version   uint8
 	chunkSize int64
 	gate      credit.Gate
@@ -255,6 +257,24 @@ type source struct {
 // start resolves a request and sends FILE (then the transfer runs), or ERROR.
 func (sess *session) start(r *request) {
 	g := &r.g
+	if cv := sess.srv.cfg.Curve; cv != nil && cv.Access != nil {
+		// The access list names what a key may fetch: a file by its name,
+		// a tree's manifest (every name in it) only with the whole tree
+		// ("TREE/"), a file of a version as TREE/PATH.
+		name := g.Name
+		if r.cmd == protocol.CmdMGet {
+			name += "/"
+		}
+		if !sess.hasKey || !cv.Access(sess.key, name) {
+			msg := "not allowed for this client key"
+			if sess.hasKey {
+				msg = "not allowed for client key " + KeyFingerprint(sess.key)
+			}
+			sess.send(&protocol.Error{Request: g.Request, Code: protocol.CodeRefused, Message: msg})
+			sess.event(Event{Kind: "refused", Name: g.Name, Message: fmt.Sprintf("%d %v: %s", protocol.CodeRefused, protocol.CodeRefused, msg)})
+			return
+		}
+	}
 	var src source
 	var err error
 	switch r.cmd {
@@ -359,6 +379,9 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 // event reports e with the session's peer and identity filled in.
 func (sess *session) event(e Event) {
 	e.Peer, e.Session = sess.peer, fmt.Sprintf("%x", sess.id)
+	if sess.hasKey {
+		e.Key = KeyFingerprint(sess.key)
+	}
 	sess.srv.event(e)
 }
 

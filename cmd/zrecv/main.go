@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/internal/endpoint"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/receiver"
 )
 
@@ -41,6 +43,9 @@ Examples (each fetches what the same example in zsend --help serves):
   zrecv ipc:///run/zsend.sock hosts                        over a Unix socket
   zrecv --json tcp://[::1]:5555 a b c > log                NDJSON events for scripts
   zrecv -o /srv tcp://127.0.0.1:5555 myapp                 mirror tree myapp at /srv/myapp (zsend --watch /etc/myapp)
+  zrecv --keygen /etc/zrecv/node1                         write a CURVE key pair and exit
+  zrecv --server-key /etc/zrecv/server --curve-secret /etc/zrecv/node1_secret tcp://cfg1:5555 app/app.conf
+                                                           encrypted, the server's key pinned
 
 Follow mode:
   zrecv --follow -o /srv --check 'nginx -t -c $ZSND_PATH/nginx.conf' \
@@ -69,7 +74,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var (
 		out       = fs.StringP("output", "o", ".", "directory to write into (must exist)")
-		timeout   = fs.DurationP("timeout", "t", 30*time.Second, "give up when the server is unreachable for this long")
+		timeout   = fs.DurationP("timeout", "t", 30*time.Second, "give up when the server stays lost this long (counted from the last data verified)")
+		minRate   = fs.String("min-rate", "1K", "give up (exit 7) below this many bytes/s verified over --rate-window; 0: no minimum")
+		rateWin   = fs.Duration("rate-window", time.Minute, "span --min-rate is averaged over (at least twice --timeout)")
+		deadline  = fs.Duration("deadline", 0, "give up (exit 7) when the whole fetch takes longer; 0: no limit")
 		quiet     = fs.BoolP("quiet", "q", false, "no progress or per-file lines on stderr")
 		jsonOut   = fs.Bool("json", false, "write NDJSON events to stdout (start, progress, file-done, error, summary)")
 		noResume  = fs.Bool("no-resume", false, "discard partial files of earlier attempts and start over")
@@ -79,6 +87,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		peerTO    = fs.Duration("peer-timeout", 10*time.Second, "a server silent this long is considered gone")
 		showVer   = fs.Bool("version", false, "print the version and exit")
 		tf        treeFlags
+		serverKey = fs.String("server-key", "", "CURVE: the server's public key (40-char Z85 or a certificate file); turns CURVE on")
+		curveSec  = fs.String("curve-secret", "", "CURVE: this client's secret certificate (default: a fresh key per run)")
+		keygen    = fs.String("keygen", "", "write a new CURVE key pair to PATH and PATH_secret (mode 0600), print the public key and exit")
 	)
 	fs.IntVar(&tf.keep, "keep", 2, "tree mode: versions kept on disk, the current one included")
 	fs.BoolVar(&tf.rollback, "rollback", false, "switch TREE in -o DIR back to the previous kept version (no network)")
@@ -107,7 +118,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cli.ExitOK
 	}
 	var js io.Writer
-	if *jsonOut || (parseErr != nil && wantsJSON(args)) {
+	if *jsonOut || (parseErr != nil && cli.WantsJSON(args)) {
 		js = stdout
 	}
 	rep := cli.NewReporter(stderr, js, *quiet)
@@ -123,6 +134,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "zrecv %s (protocol ZSND/1)\n", version)
 		return cli.ExitOK
 	}
+	if *keygen != "" {
+		return cli.Keygen("zrecv", *keygen, stdout, stderr)
+	}
+	var curve *receiver.CurveClient
+	if *serverKey != "" {
+		k, err := zcert.ParsePublic(*serverKey)
+		if err != nil {
+			return usageErr(fmt.Errorf("--server-key: %w", err))
+		}
+		curve = &receiver.CurveClient{ServerKey: k}
+		if *curveSec != "" {
+			cert, err := zcert.LoadSecret(*curveSec)
+			if err != nil {
+				return usageErr(fmt.Errorf("--curve-secret: %w", err))
+			}
+			curve.PublicKey, curve.SecretKey = cert.Public, cert.Secret
+		}
+	} else if *curveSec != "" {
+		return usageErr(errors.New("--curve-secret needs --server-key"))
+	}
 	if tf.rollback {
 		return rollback(fs.Args(), *out, *quiet, stdout, stderr)
 	}
@@ -134,7 +165,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return usageErr(err)
 		}
 		return list(ctx, fs.Args(), receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Timeout: *timeout,
-			Heartbeat: *heartbeat, PeerTimeout: *peerTO}, stdout, stderr)
+			Heartbeat: *heartbeat, PeerTimeout: *peerTO, Curve: curve}, stdout, stderr)
 	}
 	if tf.follow {
 		if fs.NArg() < 2 {
@@ -160,12 +191,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageErr(fmt.Errorf("--max-window: %w", err))
 	}
+	rate := int64(-1) // no minimum
+	if strings.TrimSpace(*minRate) != "0" {
+		r, err := cli.ParseSize(*minRate)
+		if err != nil {
+			return usageErr(fmt.Errorf("--min-rate: %w", err))
+		}
+		rate = int64(min(r, 1<<62))
+	}
 	cfg := receiver.Config{
 		Endpoint: fs.Arg(0), OutputDir: *out, Timeout: *timeout, NoResume: *noResume,
 		Window: win, MaxWindow: maxWin, Heartbeat: *heartbeat, PeerTimeout: *peerTO,
+		MinRate: rate, RateWindow: *rateWin, Deadline: *deadline,
+		Curve: curve,
 	}
 	if fs.NArg() == 2 {
-		if code, done, err := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr); done {
+		if code, done, err := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr, func(e receiver.Event) {
+			if e.Kind == receiver.EventReconnect {
+				rep.Event(e)
+			}
+		}); done {
 			if err != nil {
 				rep.Fail(err, code)
 				rep.Summary(nil, time.Since(start), code)
@@ -183,18 +228,4 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	rep.Summary(results, time.Since(start), code)
 	return code
-}
-
-// wantsJSON reports whether args ask for --json, for a command line that
-// failed to parse (pflag stops at the first bad flag, maybe before it).
-func wantsJSON(args []string) bool {
-	for _, a := range args {
-		if a == "--" {
-			return false
-		}
-		if a == "--json" || a == "--json=true" {
-			return true
-		}
-	}
-	return false
 }

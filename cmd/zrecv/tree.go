@@ -51,12 +51,13 @@ func follow(ctx context.Context, args []string, cfg receiver.Config, tf treeFlag
 // is false when name should be fetched as a file (the server does not
 // serve trees, or has no such tree). A failure before the sync starts is
 // returned as err, for the caller to report.
-func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags, quiet bool, js io.Writer, stderr io.Writer) (int, bool, error) {
+func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags, quiet bool, js io.Writer, stderr io.Writer, onReconnect func(receiver.Event)) (int, bool, error) {
 	tree := strings.TrimRight(name, "/")
 	if mirror.ValidTree(tree) != nil {
 		return 0, false, nil
 	}
 	lc := cfg
+	lc.Progress = onReconnect // "connecting to ...", with the cause, while the server is unreachable
 	_, statErr := os.Stat(cfg.OutputDir)
 	if statErr != nil {
 		// List writes nothing. Without an output directory only a tree
@@ -64,6 +65,7 @@ func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags
 		// --timeout to learn that the directory is missing.
 		lc.OutputDir = os.TempDir()
 		lc.Timeout = min(lc.Timeout, 2*time.Second)
+		lc.Progress = nil // a short probe: its failure is reported as the missing directory
 	}
 	if _, err := receiver.List(ctx, lc, tree); err != nil {
 		if statErr == nil && (errors.Is(err, receiver.ErrUnreachable) || ctx.Err() != nil) {

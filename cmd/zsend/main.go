@@ -19,10 +19,12 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/zsend/zsend/internal/acl"
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/internal/endpoint"
 	"github.com/zsend/zsend/internal/fleet"
 	"github.com/zsend/zsend/internal/metrics"
+	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/receiver"
 	"github.com/zsend/zsend/sender"
 )
@@ -65,6 +67,9 @@ Examples (zrecv --help fetches from each):
   zsend --watch /etc/myapp                      publish a new version of tree "myapp" on every change
   zsend --state-dir /srv/zsend-state /etc/myapp keep published versions in /srv/zsend-state
   kill -HUP $(pidof zsend)                      publish now (rescan every tree)
+  zsend --keygen /etc/zsend/server              write a CURVE key pair and exit
+  zsend --curve-secret /etc/zsend/server_secret --allow /etc/zsend/clients /srv/releases
+                                                encrypted; only listed client keys may connect
 
 The fleet:
   zsend --status tcp://cfg1:5555                       who runs which version
@@ -107,6 +112,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		maxNodes    = fs.Int("max-nodes", 10000, "most nodes in the fleet table (a lost one is evicted to make room)")
 		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100)")
 		logFormat   = fs.String("log-format", "text", "log format on stderr: text (lines) or json (log/slog records)")
+		curveSecret = fs.String("curve-secret", "", "CURVE: this server's secret certificate; turns CURVE on and makes it mandatory")
+		allowDir    = fs.String("allow", "", "CURVE: directory of authorized client public certificates (re-read when it changes)")
+		allowAny    = fs.Bool("allow-any", false, "CURVE: accept any client key (encrypted, but anyone may fetch)")
+		aclFile     = fs.String("acl", "", "CURVE: access list FILE: which client key may fetch which names (format in README)")
+		keygen      = fs.String("keygen", "", "write a new CURVE key pair to PATH and PATH_secret (mode 0600), print the public key and exit")
 	)
 	fs.Usage = func() {
 		// Only --help calls this (errors are reported below): help that
@@ -127,7 +137,7 @@ Exit codes:
 	}
 	var mu sync.Mutex
 	enc := json.NewEncoder(stdout)
-	jsonOn := *jsonOut || (parseErr != nil && wantsJSON(args))
+	jsonOn := *jsonOut || (parseErr != nil && cli.WantsJSON(args))
 	emit := func(fields map[string]any) {
 		if jsonOn {
 			fields["time"] = time.Now().UTC().Format(time.RFC3339Nano)
@@ -159,6 +169,9 @@ Exit codes:
 		return cli.Status(ctx, receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Heartbeat: *heartbeat},
 			cli.StatusOptions{JSON: *jsonOut, Wait: *wait, Timeout: *timeout}, stdout, stderr)
 	}
+	if *keygen != "" {
+		return cli.Keygen("zsend", *keygen, stdout, stderr)
+	}
 	if fs.NArg() == 0 {
 		return fail(cli.ExitUsage, "nothing to serve: give at least one PATH (see zsend --help)")
 	}
@@ -179,6 +192,27 @@ Exit codes:
 		slogger, _ = cli.NewLogger(stderr, "json", *quiet)
 	default:
 		return fail(cli.ExitUsage, "--log-format %q: want text or json", *logFormat)
+	}
+	curve, err := curveConfig(*curveSecret, *allowDir, *allowAny, stderr)
+	if err != nil {
+		return fail(cli.ExitUsage, "%v", err)
+	}
+	if *aclFile != "" {
+		if curve == nil {
+			return fail(cli.ExitUsage, "--acl needs --curve-secret (the list is keyed by client keys)")
+		}
+		list, err := acl.Open(*aclFile)
+		if err != nil {
+			return fail(cli.ExitUsage, "--acl: %v", err)
+		}
+		list.OnReload = func(n int, err error) {
+			if err != nil {
+				fmt.Fprintf(stderr, "zsend: --acl: keeping the previous list: %v\n", err)
+				return
+			}
+			fmt.Fprintf(stderr, "zsend: %s: reloaded, rules for %d key(s)\n", *aclFile, n)
+		}
+		curve.Access = func(k [32]byte, name string) bool { return list.Allowed(k, name) }
 	}
 	var bars *cli.ServerBars
 	if !*quiet && slogger == nil && cli.IsTerminal(stderr) {
@@ -211,7 +245,7 @@ Exit codes:
 			emit(map[string]any{"event": e.Kind, "tree": e.Name, "seq": e.Seq, "version": e.Version,
 				"entries": e.Entries, "files": e.Files, "bytes": e.Size, "stored": e.Stored})
 		} else if e.Kind != "progress" {
-			emit(map[string]any{"event": e.Kind, "peer": e.Peer, "session": e.Session, "name": e.Name, "size": e.Size,
+			emit(map[string]any{"event": e.Kind, "peer": e.Peer, "session": e.Session, "key": e.Key, "name": e.Name, "size": e.Size,
 				"offset": e.Offset, "blake3": hashString(e), "message": e.Message})
 		}
 		if *quiet && e.Kind != "error" {
@@ -255,7 +289,7 @@ Exit codes:
 	srv, err := sender.Listen(ctx, sender.Config{
 		Endpoint: *bind, Paths: fs.Args(), ChunkSize: int(cs), MaxSessions: *maxSessions,
 		Heartbeat: *heartbeat, PeerTimeout: *peerTO, Events: events,
-		StateDir: *stateDir, KeepVersions: *keep, Watch: *watch,
+		StateDir: *stateDir, KeepVersions: *keep, Watch: *watch, Curve: curve,
 		Fleet:   fleet.Config{MaxNodes: *maxNodes, LostAfter: *lostAfter},
 		Barrier: *barrier, Quorum: *quorum, BarrierTimeout: *barrierTO,
 	})
@@ -268,6 +302,9 @@ Exit codes:
 		slogger.Info("serving", "paths", fs.NArg(), "endpoint", srv.Endpoint())
 	case !*quiet:
 		fmt.Fprintf(stderr, "zsend: serving %d path(s) on %s\n", fs.NArg(), srv.Endpoint())
+		if curve != nil {
+			fmt.Fprintf(stderr, "zsend: CURVE on, server key %s (fingerprint %s)\n", zcert.Key(curve.PublicKey), zcert.Fingerprint(curve.PublicKey))
+		}
 	}
 	mu.Lock()
 	emit(map[string]any{"event": "listening", "endpoint": srv.Endpoint(), "paths": fs.Args()})
@@ -289,20 +326,6 @@ Exit codes:
 		return fail(cli.ExitFailure, "%v", err)
 	}
 	return cli.ExitOK
-}
-
-// wantsJSON reports whether args ask for --json, for a command line that
-// failed to parse (pflag stops at the first bad flag, maybe before it).
-func wantsJSON(args []string) bool {
-	for _, a := range args {
-		if a == "--" {
-			return false
-		}
-		if a == "--json" || a == "--json=true" {
-			return true
-		}
-	}
-	return false
 }
 
 // logLine is the text line for a server event ("" for none). Everything
@@ -329,12 +352,57 @@ func logLine(e sender.Event) string {
 		return fmt.Sprintf("zsend: skipped %s: %s", cli.Printable(e.Name), cli.Printable(e.Message))
 	case "barrier":
 		return "zsend: " + cli.Printable(e.Message)
+	case "curve-refused":
+		return fmt.Sprintf("zsend: %s: curve-refused: %s", client, cli.Printable(e.Message))
 	case "session-open":
+		if e.Key != "" {
+			return fmt.Sprintf("zsend: %s connected with key %s", client, e.Key)
+		}
 		return fmt.Sprintf("zsend: %s connected", client)
 	case "session-close":
 		return fmt.Sprintf("zsend: %s disconnected: %s", client, cli.Printable(e.Message))
 	}
 	return ""
+
+}
+
+// curveConfig builds the CURVE configuration of the flags; nil when
+// CURVE is off.
+func curveConfig(secret, allow string, any bool, stderr io.Writer) (*sender.CurveServer, error) {
+	if secret == "" {
+		if allow != "" || any {
+			return nil, errors.New("--allow and --allow-any need --curve-secret")
+		}
+		return nil, nil
+	}
+	cert, err := zcert.LoadSecret(secret)
+	if err != nil {
+		return nil, fmt.Errorf("--curve-secret: %w", err)
+	}
+	cs := &sender.CurveServer{PublicKey: cert.Public, SecretKey: cert.Secret}
+	switch {
+	case allow != "" && any:
+		return nil, errors.New("give --allow DIR or --allow-any, not both")
+	case any:
+		fmt.Fprintln(stderr, "zsend: WARNING: --allow-any: every client key is accepted; traffic is encrypted but anyone who can connect may fetch")
+		cs.AllowAny = true
+	case allow != "":
+		store, err := zcert.OpenStore(allow)
+		if err != nil {
+			return nil, fmt.Errorf("--allow: %w", err)
+		}
+		store.OnReload = func(n int, bad []error) {
+			fmt.Fprintf(stderr, "zsend: %s: %d authorized client key(s)\n", allow, n)
+			for _, e := range bad {
+				fmt.Fprintf(stderr, "zsend: %s: skipped: %v\n", allow, e)
+			}
+		}
+		fmt.Fprintf(stderr, "zsend: %s: %d authorized client key(s)\n", allow, store.Len())
+		cs.Authorize = func(k [32]byte) bool { return store.Allowed(k) }
+	default:
+		return nil, errors.New("--curve-secret needs --allow DIR (authorized client certificates) or --allow-any")
+	}
+	return cs, nil
 }
 
 func hashString(e sender.Event) string {

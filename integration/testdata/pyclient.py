@@ -352,6 +352,16 @@ class Client:
             # would cost the connection.
             s.setsockopt(zmq.HEARTBEAT_IVL, args.heartbeat_ms)
             s.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(10 * args.heartbeat_ms, 5000))
+        if args.curve_serverkey:
+            # CURVE (RFC 26): pin the server's key; use the given client
+            # pair, or a fresh one (zmq.curve_keypair()).
+            s.curve_serverkey = args.curve_serverkey.encode()
+            if args.curve_publickey:
+                pub, sec = args.curve_publickey.encode(), args.curve_secretkey.encode()
+            else:
+                pub, sec = zmq.curve_keypair()
+            s.curve_publickey = pub
+            s.curve_secretkey = sec
         self.sock = s
         self.monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.poller = zmq.Poller()
@@ -645,6 +655,9 @@ def main(argv):
     p.add_argument("--window", type=int, default=8 << 20, help="initial credit window in octets")
     p.add_argument("--max-window", type=int, default=32 << 20, help="credit window budget in octets")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds of server silence before giving up")
+    p.add_argument("--curve-serverkey", default="", help="CURVE: the server's public key (Z85); turns CURVE on")
+    p.add_argument("--curve-publickey", default="", help="CURVE: this client's public key (Z85)")
+    p.add_argument("--curve-secretkey", default="", help="CURVE: this client's secret key (Z85)")
     p.add_argument("endpoint", nargs="?")
     p.add_argument("name", nargs="?")
     p.add_argument("outdir", nargs="?")

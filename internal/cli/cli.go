@@ -26,6 +26,9 @@ const (
 	ExitUnreachable = 4   // the server could not be reached, or went away, within --timeout
 	ExitVerify      = 5   // data failed BLAKE3 verification beyond the retry budget
 	ExitProtocol    = 6   // the peer broke the protocol or speaks another version
+	ExitTooSlow     = 7   // verified data came slower than --min-rate, or --deadline passed
+	ExitServerKey   = 8   // CURVE: the server does not hold the pinned key, or security mechanisms differ
+	ExitKeyRefused  = 9   // CURVE: the server refused this client's key
 	ExitInterrupted = 130 // SIGINT/SIGTERM; partial state kept for resume
 )
 
@@ -35,9 +38,13 @@ const ExitCodeHelp = `Exit codes:
   1    other failure (local I/O such as a full disk or permission denied)
   2    usage error
   3    a name was not found or was refused by the server
-  4    server unreachable or gone for longer than --timeout
+  4    server unreachable, or lost for longer than --timeout without data verified
   5    verification failed (BLAKE3 mismatch beyond the retry budget)
   6    protocol error (incompatible or misbehaving peer)
+  7    too slow: less than --min-rate verified, or --deadline passed
+  8    server key mismatch: the server does not hold the key given with
+       --server-key (or CURVE is on one side only)
+  9    the server refused this client's CURVE key
   130  interrupted (partial state kept: run the same command to resume)
 `
 
@@ -79,4 +86,19 @@ func IsTerminal(w io.Writer) bool {
 	}
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
+}
+
+// WantsJSON reports whether args ask for --json, for a command line that
+// failed to parse (pflag stops at the first bad flag, maybe before it), so
+// that even a usage error is reported as a JSON event.
+func WantsJSON(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		if a == "--json" || a == "--json=true" {
+			return true
+		}
+	}
+	return false
 }

@@ -30,6 +30,12 @@ func ExitCodeFor(err error) int {
 		return ExitVerify
 	case errors.Is(err, receiver.ErrProtocol):
 		return ExitProtocol
+	case errors.Is(err, receiver.ErrTooSlow):
+		return ExitTooSlow
+	case errors.Is(err, receiver.ErrServerKey):
+		return ExitServerKey
+	case errors.Is(err, receiver.ErrKeyRefused):
+		return ExitKeyRefused
 	}
 	return ExitFailure
 }
@@ -47,6 +53,7 @@ type Reporter struct {
 	barName  string
 	lastJSON time.Time
 	memory   *MemoryPolicy
+	lastLost string // cause of the last reconnect line printed
 }
 
 // NewReporter: log gets human output, jsonOut (may be nil) NDJSON.
@@ -68,6 +75,10 @@ type JSONEvent struct {
 	BytesDone   *int64  `json:"bytes_done,omitempty"`
 	WireBytes   *int64  `json:"wire_bytes,omitempty"`
 	ReusedBytes *int64  `json:"reused_bytes,omitempty"`
+	Refetched   *int64  `json:"refetched_bytes,omitempty"`
+	Endpoint    string  `json:"endpoint,omitempty"`
+	Attempt     *int    `json:"attempt,omitempty"`
+	RetryInMS   *int64  `json:"retry_in_ms,omitempty"`
 	BLAKE3      string  `json:"blake3,omitempty"`
 	Error       string  `json:"error,omitempty"`
 	ExitCode    *int    `json:"exit_code,omitempty"`
@@ -117,7 +128,13 @@ func (r *Reporter) Event(e receiver.Event) {
 	case receiver.EventRestart:
 		fmt.Fprintf(r.log, "zrecv: %s\n", fileMessage(e.Name, e.Path, e.Message))
 	case receiver.EventReconnect:
-		fmt.Fprintf(r.log, "zrecv: %s\n", Printable(e.Message))
+		// The first failure is told at once; repeats of the same cause
+		// are not (a server that is down fails every ~2s).
+		cause := fmt.Sprint(e.Err)
+		if e.Attempt <= 1 || cause != r.lastLost {
+			fmt.Fprintf(r.log, "zrecv: %s\n", Printable(e.Message))
+		}
+		r.lastLost = cause
 	}
 }
 
@@ -176,10 +193,17 @@ func (r *Reporter) json(e receiver.Event) {
 		j.Size, j.BytesDone, j.WireBytes = i64(e.Size), i64(e.Done), i64(e.Wire)
 	case receiver.EventDone:
 		j.Size, j.WireBytes, j.ReusedBytes, j.BLAKE3 = i64(e.Size), i64(e.Wire), i64(e.Reused), e.Hash.String()
+		j.Refetched = i64(e.Refetched)
 	case receiver.EventError:
 		j.Error, j.ExitCode, j.WireBytes, j.ReusedBytes = e.Err.Error(), iptr(ExitCodeFor(e.Err)), i64(e.Wire), i64(e.Reused)
-	case receiver.EventRestart, receiver.EventReconnect:
+		j.Refetched = i64(e.Refetched)
+	case receiver.EventRestart:
 		j.Reason = e.Message
+	case receiver.EventReconnect:
+		j.Reason, j.Endpoint, j.Attempt, j.RetryInMS = e.Message, e.Endpoint, iptr(e.Attempt), i64(e.RetryIn.Milliseconds())
+		if e.Err != nil {
+			j.Error = e.Err.Error()
+		}
 	}
 	r.js.Encode(j)
 }

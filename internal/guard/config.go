@@ -3,8 +3,11 @@ package guard
 import (
 	"cmp"
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/zsend/zsend/internal/curve"
 )
 
 // Defaults applied to zero Config fields.
@@ -50,6 +53,12 @@ type Config struct {
 	// those still in the handshake (default 1024; negative: no limit).
 	// Connections accepted beyond it are closed at once.
 	MaxConns int
+	// CurveServer, when set, makes listeners CURVE servers; see
+	// CurveServer. nil: the NULL mechanism.
+	CurveServer *CurveServer
+	// CurveClient, when set, makes dialed connections CURVE clients; see
+	// CurveClient. nil: the NULL mechanism.
+	CurveClient *CurveClient
 }
 
 // Stats is a snapshot of the guard's counters.
@@ -67,6 +76,9 @@ type Stats struct {
 	WriteStalls       int64 // connections evicted by WriteStallTimeout
 	IdleTimeouts      int64 // connections closed by IdleTimeout
 	Orphaned          int64 // connections zmq4 never adopted (its own handshake failed)
+	DuplicateIdentity int64 // peers refused for announcing the routing identity of a live connection
+	CurveDenied       int64 // CURVE clients refused by CurveServer.Authorize
+	CurveErrors       int64 // CURVE MESSAGEs refused after the handshake (forged, replayed, reordered, malformed)
 }
 
 // counter names one of the guard's counters.
@@ -86,6 +98,9 @@ const (
 	cWriteStalls
 	cIdleTimeouts
 	cOrphaned
+	cDuplicateIdentity
+	cCurveDenied
+	cCurveErrors
 	nCounters
 )
 
@@ -107,6 +122,9 @@ func (c *counters) snapshot() Stats {
 		WriteStalls:       c[cWriteStalls].Load(),
 		IdleTimeouts:      c[cIdleTimeouts].Load(),
 		Orphaned:          c[cOrphaned].Load(),
+		DuplicateIdentity: c[cDuplicateIdentity].Load(),
+		CurveDenied:       c[cCurveDenied].Load(),
+		CurveErrors:       c[cCurveErrors].Load(),
 	}
 }
 
@@ -124,6 +142,37 @@ type settings struct {
 	orphan     time.Duration
 	maxConns   int // 0: no limit
 	stats      *counters
+
+	curveServer *CurveServer
+	curveClient *CurveClient
+	curveOnce   sync.Once
+	curveSrv    *curve.Server // cookie keys and replay cache shared by the listeners
+
+	idMu sync.Mutex
+	ids  map[string]*conn // routing identities of live accepted connections
+}
+
+// claimIdentity registers id for c unless a live connection holds it.
+func (s *settings) claimIdentity(id []byte, c *conn) bool {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	if _, taken := s.ids[string(id)]; taken {
+		return false
+	}
+	if s.ids == nil {
+		s.ids = make(map[string]*conn)
+	}
+	s.ids[string(id)] = c
+	return true
+}
+
+// releaseIdentity forgets id if c holds it.
+func (s *settings) releaseIdentity(id []byte, c *conn) {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	if s.ids[string(id)] == c {
+		delete(s.ids, string(id))
+	}
 }
 
 type ctxKey struct{}
@@ -158,6 +207,23 @@ func WithCloseHook(ctx context.Context, f func(identity []byte)) context.Context
 	return context.WithValue(ctx, closeHookKey{}, f)
 }
 
+type curvePeerHookKey struct{}
+
+// WithCurvePeerHook returns a copy of ctx carrying f. A CURVE listener
+// made from it calls f with the routing identity and the long-term public
+// key of every client it accepts, before zmq4 sees the connection (so
+// before any message of that peer can be received). Identities are unique
+// among live connections (see the package documentation); the close hook
+// reports when one ends. f must not block.
+func WithCurvePeerHook(ctx context.Context, f func(identity []byte, key [32]byte)) context.Context {
+	return context.WithValue(ctx, curvePeerHookKey{}, f)
+}
+
+func curvePeerHookFrom(ctx context.Context) func([]byte, [32]byte) {
+	f, _ := ctx.Value(curvePeerHookKey{}).(func([]byte, [32]byte))
+	return f
+}
+
 func closeHookFrom(ctx context.Context) func([]byte) {
 	f, _ := ctx.Value(closeHookKey{}).(func([]byte))
 	return f
@@ -179,6 +245,7 @@ func newSettings(c Config) *settings {
 		// The default settings report to the global counters only.
 		s.stats = &global
 	}
+	s.curveServer, s.curveClient = c.CurveServer, c.CurveClient
 	s.maxFrame = c.MaxFrameSize
 	if s.maxFrame <= 0 {
 		s.maxFrame = DefaultMaxFrameSize

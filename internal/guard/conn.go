@@ -30,7 +30,7 @@ type conn struct {
 	network string
 	onClose func() // listener accounting; may be nil
 
-	identity    []byte       // the peer's READY Identity (accepted conns with a close hook)
+	identity    []byte       // the peer's routing identity (accepted conns), claimed in settings
 	onPeerClose func([]byte) // called with identity on close; may be nil
 
 	rmu        sync.Mutex
@@ -46,6 +46,8 @@ type conn struct {
 	wout    outScanner // where zmq4's outgoing messages end
 	wbuf    []byte     // small writes held until their message ends
 	warr    [2][]byte  // backing array for flush's buffers
+
+	cv *curveConn // CURVE state; nil: NULL mechanism
 
 	adopted   atomic.Bool // zmq4 has read past the handshake
 	orphan    atomic.Pointer[time.Timer]
@@ -91,6 +93,9 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 	}
 
+	if c.cv != nil {
+		return c.curveRead(p)
+	}
 	if len(c.rdata) > 0 {
 		n := copy(p, c.rdata)
 		c.rdata = c.rdata[n:]
@@ -147,10 +152,12 @@ func (c *conn) Read(p []byte) (int, error) {
 func (c *conn) readHandshake() error {
 	c.raw.SetReadDeadline(c.hsDeadline)
 	var err error
-	switch c.phase {
-	case phaseGreeting:
+	switch {
+	case c.cv != nil:
+		err = c.curveClientStep()
+	case c.phase == phaseGreeting:
 		c.pending, err = readGreeting(c.raw)
-	case phaseReady:
+	case c.phase == phaseReady:
 		c.pending, err = readReady(c.raw, nil, min(c.set.maxFrame, maxReadySize))
 	}
 	if err != nil {
@@ -209,6 +216,12 @@ func (c *conn) Write(p []byte) (int, error) {
 	}
 	if len(p) == 0 {
 		return n, nil
+	}
+	if c.cv != nil {
+		if err := c.curveWrite(p); err != nil {
+			return n, err
+		}
+		return n + len(p), nil
 	}
 	end := c.wout.feed(p)
 	fits := len(p) <= coalesceMax && len(c.wbuf)+len(p) <= coalesceBuf
@@ -367,8 +380,13 @@ func (c *conn) Close() error {
 		if c.onClose != nil {
 			c.onClose()
 		}
-		if c.onPeerClose != nil {
+		if c.onPeerClose != nil && c.identity != nil {
 			c.onPeerClose(c.identity)
+		}
+		// After the hook: a new connection may take the identity only
+		// once the hook has forgotten this one.
+		if c.identity != nil {
+			c.set.releaseIdentity(c.identity, c)
 		}
 	})
 	return err

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,6 +115,7 @@ func TestControlPlainStuckReaderBlocksRouter(t *testing.T) {
 		}
 	}
 	flooded := make(chan struct{})
+	var floods atomic.Int64 // messages the flooder has sent
 	go func() {
 		defer close(flooded)
 		payload := make([]byte, 1<<20)
@@ -121,9 +123,16 @@ func TestControlPlainStuckReaderBlocksRouter(t *testing.T) {
 			if router.Send(zmq4.NewMsgFrom([]byte("stuck"), payload)) != nil {
 				return
 			}
+			floods.Add(1)
 		}
 	}()
-	eventually(t, 10*time.Second, "router frozen", func() bool { return stalledFor(router, 50*time.Millisecond) })
+	// Frozen means no progress, not a slow probe: on a loaded machine a
+	// send can wait 50ms behind a 1 MiB write that is still going, while
+	// the stuck peer's buffers are not full yet.
+	eventually(t, 10*time.Second, "router frozen", func() bool {
+		before := floods.Load()
+		return stalledFor(router, 200*time.Millisecond) && floods.Load() == before
+	})
 	sent := make(chan error, 1)
 	go func() { sent <- router.Send(zmq4.NewMsgFrom([]byte("healthy"), []byte("x"))) }()
 	select {

@@ -11,8 +11,30 @@
 //
 // zmq4 hands the context given to NewRouter/NewDealer to the transport's
 // Listen and Dial, which is how the Config reaches the guard. Counters are
-// read with StatsFrom(ctx). Only the NULL security mechanism is supported:
-// the guard speaks the NULL handshake itself on the accepting side.
+// read with StatsFrom(ctx). The guard speaks the ZMTP handshake itself, with
+// the NULL mechanism or, when Config.CurveServer / Config.CurveClient is
+// set, CURVE (RFC 25/26, internal/curve): the CurveZMQ handshake runs on
+// the network side, every frame after it travels boxed in a MESSAGE
+// command, and zmq4 above sees a NULL session (a NULL greeting and a READY
+// carrying the peer's metadata, then plain frames). A peer greeting with
+// another mechanism is refused in the handshake. All the guards below
+// apply to CURVE connections too: the announced size of every CURVE
+// command is checked before anything is allocated (HELLO exactly 200
+// bytes, WELCOME and ERROR at most 512, INITIATE and READY within the
+// metadata limit, MESSAGE within MaxFrameSize plus its 33 bytes).
+//
+//   - Routing identities. zmq4 routes by the Identity a peer announces in
+//     READY and sends a message to every connection of that identity. The
+//     listener refuses (in the handshake) a peer announcing the identity
+//     of a live connection of the same Config, and gives a peer that
+//     announces none an identity of its own (a zero byte and 16 random
+//     bytes), so every accepted connection has a known, unique identity:
+//     the close hook (WithCloseHook) and the CURVE peer hook
+//     (WithCurvePeerHook, identity -> client key) rely on it. A CURVE
+//     peer's identity is prefixed with its 32-byte long-term public key,
+//     so peers of different keys never share one (a peer taking over an
+//     identity just released would otherwise receive what the application
+//     still sends to its former owner, under another key's rights).
 //
 // # Why each guard exists
 //

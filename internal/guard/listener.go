@@ -15,9 +15,10 @@ type listener struct {
 	raw         net.Listener
 	set         *settings
 	network     string
-	ctx         context.Context // the zmq4 socket's context
-	onPeerClose func([]byte)    // see WithCloseHook; may be nil
-	stop        func() bool     // cancels the close-on-context-done hook
+	ctx         context.Context        // the zmq4 socket's context
+	onPeerClose func([]byte)           // see WithCloseHook; may be nil
+	onCurvePeer func([]byte, [32]byte) // see WithCurvePeerHook; may be nil
+	stop        func() bool            // cancels the close-on-context-done hook
 
 	ready chan *conn // handshaken connections; unbuffered
 	done  chan struct{}
@@ -38,6 +39,7 @@ func newListener(ctx context.Context, raw net.Listener, set *settings, network s
 		set:         set,
 		network:     network,
 		onPeerClose: closeHookFrom(ctx),
+		onCurvePeer: curvePeerHookFrom(ctx),
 		ctx:         ctx,
 		ready:       make(chan *conn),
 		done:        make(chan struct{}),
@@ -151,20 +153,57 @@ func (l *listener) preHandshake(c *conn) error {
 	if l.set.handshake > 0 {
 		c.raw.SetDeadline(time.Now().Add(l.set.handshake))
 	}
-	if _, err := c.raw.Write(nullGreeting[:]); err != nil {
-		return err
-	}
-	buf, err := readGreeting(c.raw)
-	if err != nil {
-		return err
-	}
-	if c.pending, err = readReady(c.raw, buf, min(l.set.maxFrame, maxReadySize)); err != nil {
-		return err
-	}
-	if l.onPeerClose != nil {
-		if id := readyIdentity(c.pending[greetingLen:]); len(id) > 0 {
-			c.identity, c.onPeerClose = id, l.onPeerClose
+	if l.set.curveServer != nil {
+		if err := l.curveHandshake(c); err != nil {
+			return err
 		}
+	} else {
+		if _, err := c.raw.Write(nullGreeting[:]); err != nil {
+			return err
+		}
+		buf, err := readGreeting(c.raw)
+		if err != nil {
+			return err
+		}
+		if c.pending, err = readReady(c.raw, buf, min(l.set.maxFrame, maxReadySize)); err != nil {
+			return err
+		}
+	}
+	// Routing identities: zmq4 routes by the peer's READY Identity and,
+	// with two live peers of one identity, sends to both. The guard gives
+	// a peer without one an identity of its own (so every connection has
+	// a known identity, for the close hook and for CURVE key lookups), and
+	// refuses a peer announcing the identity of a live connection.
+	//
+	// A CURVE peer's identity is prefixed with its 32-byte long-term key,
+	// so that peers of different keys can never share a routing identity:
+	// a peer that takes over an identity right after its owner left could
+	// otherwise receive what the application still sends to that owner.
+	frame := c.pending[greetingLen:]
+	id := readyIdentity(frame)
+	rewrite := len(id) == 0
+	if rewrite {
+		id = newIdentity()
+	}
+	if c.cv != nil {
+		k := c.cv.accepted.Client
+		id = append(k[:], id...)
+		rewrite = true
+	}
+	if rewrite {
+		ready, err := withIdentity(frame, id)
+		if err != nil {
+			return err
+		}
+		c.pending = append(c.pending[:greetingLen:greetingLen], ready...)
+	}
+	if !l.set.claimIdentity(id, c) {
+		l.set.add(cDuplicateIdentity, 1)
+		return badHandshake("routing identity %q is in use by a live connection", id)
+	}
+	c.identity, c.onPeerClose = id, l.onPeerClose
+	if c.cv != nil && l.onCurvePeer != nil {
+		l.onCurvePeer(id, c.cv.accepted.Client)
 	}
 	if l.set.handshake > 0 {
 		c.raw.SetDeadline(time.Time{})

@@ -31,6 +31,9 @@ func Register() {
 				panic(fmt.Sprintf("guard: registering transport %q: %v", name, err))
 			}
 		}
+		if err := zmq4.RegisterTransport(SchemeInproc, inprocTransport{}); err != nil {
+			panic(fmt.Sprintf("guard: registering transport %q: %v", SchemeInproc, err))
+		}
 	})
 }
 
@@ -48,9 +51,11 @@ func Endpoint(ep string) (string, error) {
 		scheme = SchemeTCP
 	case "ipc":
 		scheme = SchemeIPC
-	case SchemeTCP, SchemeIPC:
+	case "inproc":
+		scheme = SchemeInproc
+	case SchemeTCP, SchemeIPC, SchemeInproc:
 	default:
-		return "", fmt.Errorf("guard: endpoint %q: scheme %q cannot be guarded; only tcp:// and ipc:// can", ep, scheme)
+		return "", fmt.Errorf("guard: endpoint %q: scheme %q cannot be guarded; only tcp://, ipc:// and inproc:// can", ep, scheme)
 	}
 	Register()
 	return scheme + "://" + rest, nil
@@ -75,6 +80,12 @@ func (g guarded) Dial(ctx context.Context, dialer transport.Dialer, addr string)
 	c := newConn(raw, set, g.network)
 	if set.handshake > 0 {
 		c.hsDeadline = time.Now().Add(set.handshake)
+	}
+	if set.curveClient != nil {
+		if err := c.curveDial(set.curveClient); err != nil {
+			c.Close()
+			return nil, err
+		}
 	}
 	c.watchAdoption(set.orphan)
 	return c, nil

@@ -2,6 +2,7 @@ package guard
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -49,10 +50,15 @@ var nullGreeting = func() (g [greetingLen]byte) {
 
 // handshakeError describes why a peer's greeting or READY was refused; it
 // matches ErrHandshake with errors.Is.
-type handshakeError struct{ reason string }
+type handshakeError struct {
+	reason    string
+	mechanism bool // the peer uses another security mechanism
+}
 
-func (e *handshakeError) Error() string   { return "guard: invalid ZMTP handshake: " + e.reason }
-func (e *handshakeError) Is(t error) bool { return t == ErrHandshake }
+func (e *handshakeError) Error() string { return "guard: invalid ZMTP handshake: " + e.reason }
+func (e *handshakeError) Is(t error) bool {
+	return t == ErrHandshake || (e.mechanism && t == ErrMechanism)
+}
 
 func badHandshake(format string, args ...any) error {
 	return &handshakeError{reason: fmt.Sprintf(format, args...)}
@@ -68,7 +74,7 @@ func checkGreeting(g []byte) error {
 	case g[10] < 3:
 		return badHandshake("ZMTP version %d.%d, want 3.0 or later", g[10], g[11])
 	case !bytes.Equal(g[12:32], nullGreeting[12:32]):
-		return badHandshake("security mechanism %q, want NULL", bytes.TrimRight(g[12:32], "\x00"))
+		return &handshakeError{reason: fmt.Sprintf("security mechanism %q, want NULL", bytes.TrimRight(g[12:32], "\x00")), mechanism: true}
 	case g[32] > 1:
 		return badHandshake("as-server byte %#x", g[32])
 	}
@@ -179,6 +185,35 @@ func readyIdentity(frame []byte) []byte {
 		b = b[1+klen+4+vlen:]
 	}
 	return id
+}
+
+// newIdentity returns a routing identity for a peer that announced none:
+// a zero byte (libzmq's mark of identities the ROUTER made) and 16 random
+// bytes.
+func newIdentity() []byte {
+	id := make([]byte, 17)
+	rand.Read(id[1:])
+	return id
+}
+
+// withIdentity returns a checked READY command frame with an Identity
+// property id appended (zmq4 takes the last of repeated properties, so it
+// replaces one the peer sent).
+func withIdentity(frame, id []byte) ([]byte, error) {
+	body := frame[2:]
+	if frame[0]&flagLong != 0 {
+		body = frame[9:]
+	}
+	nb := make([]byte, 0, len(body)+1+len("Identity")+4+len(id))
+	nb = append(nb, body...)
+	nb = append(nb, byte(len("Identity")))
+	nb = append(nb, "Identity"...)
+	nb = binary.BigEndian.AppendUint32(nb, uint32(len(id)))
+	nb = append(nb, id...)
+	if err := checkReady(nb); err != nil {
+		return nil, err
+	}
+	return appendFrame(nil, flagCommand, nb), nil
 }
 
 // frameScanner follows the ZMTP frame structure of a byte stream (after the

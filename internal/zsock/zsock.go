@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -18,12 +19,16 @@ import (
 )
 
 // Endpoint validates a user endpoint (tcp://host:port or ipc://path, see
-// endpoint.Check; port 0 is accepted for binding) and returns the form that
-// routes it through the guarded transport. That form is internal: show
-// users their own endpoint, and errors through PlainError.
+// endpoint.Check; port 0 is accepted for binding; or inproc://name, within
+// one process, for library users) and returns the form that routes it
+// through the guarded transport (inproc goes through the guard's own
+// in-process transport, a Unix socket pair per connection). That form is
+// internal: show users their own endpoint, and errors through PlainError.
 func Endpoint(ep string) (string, error) {
-	if err := endpoint.Check(ep, true); err != nil {
-		return "", err
+	if !strings.HasPrefix(ep, "inproc://") || len(ep) == len("inproc://") {
+		if err := endpoint.Check(ep, true); err != nil {
+			return "", err
+		}
 	}
 	return guard.Endpoint(ep) // registers the guarded transports
 }
@@ -51,8 +56,9 @@ type Inbound struct {
 // stops. A Recv error is delivered once, then the loop stops. Closing the
 // socket is what unblocks a pending Recv; callers close it after cancelling.
 // If stamp is not nil it is set to the Unix nanosecond time of every
-// arrival, so liveness is judged by arrival, not by how fast the caller
-// processes (a receiver busy on a slow disk is not a dead sender).
+// arrival and of every hand-over to the caller, so liveness is judged by
+// arrival, not by how fast the caller processes (a receiver busy on a slow
+// disk is not a dead sender, even once the channel has filled up).
 func RecvLoop(ctx context.Context, sock zmq4.Socket, depth int, stamp *atomic.Int64) <-chan Inbound {
 	out := make(chan Inbound, depth)
 	go func() {
@@ -80,6 +86,12 @@ func RecvLoop(ctx context.Context, sock zmq4.Socket, depth int, stamp *atomic.In
 			case out <- Inbound{Frames: msg.Frames}:
 			case <-ctx.Done():
 				return
+			}
+			if stamp != nil {
+				// Stamp the hand-over too: while the caller was busy this
+				// loop waited above and received nothing, and that wait is
+				// the caller's, not the peer's silence.
+				stamp.Store(time.Now().UnixNano())
 			}
 		}
 	}()

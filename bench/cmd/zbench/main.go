@@ -54,6 +54,8 @@ func main() {
 		err = delayproxy(ctx, args)
 	case "mkfiles":
 		err = mkfiles(ctx, args)
+	case "mktree":
+		err = mktree(ctx, args)
 	default:
 		usage()
 	}
@@ -160,6 +162,18 @@ func mkfiles(ctx context.Context, args []string) error {
 	})
 }
 
+func mktree(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("mktree", flag.ExitOnError)
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	fs.Parse(args)
+	if fs.NArg() != 2 {
+		return fmt.Errorf("want SRC OUT")
+	}
+	return timed(ctx, *timeout, "written", func(ctx context.Context) (int64, error) {
+		return bench.MakeTree(ctx, fs.Arg(0), fs.Arg(1))
+	})
+}
+
 func delayproxy(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("delayproxy", flag.ExitOnError)
 	target := fs.String("target", "", "HOST:PORT to forward to")
@@ -205,8 +219,13 @@ func suite(ctx context.Context, args []string) error {
 		smallR   = fs.Int("small-rounds", 5, "rounds of the small-files scenario")
 		memSize  = fs.String("mem-size", "4G", "memory scenario file size")
 		memR     = fs.Int("mem-rounds", 1, "rounds of the memory scenario")
+		treeN    = fs.Int("tree-n", 10000, "files of the tree scenarios")
+		treeDirs = fs.Int("tree-dirs", 1000, "directories of the tree scenarios")
+		treeMax  = fs.String("tree-max", "16K", "largest file of the tree (sizes uniform from 0)")
+		treeR    = fs.Int("tree-rounds", 3, "rounds of the tree scenarios")
+		treeMemN = fs.Int("tree-mem-n", 100000, "entries of the tree-memory scenario")
 		quietW   = fs.Duration("quiet-wait", 0, "before each run, wait up to this long for other load to settle")
-		only     = fs.String("only", "", "comma-separated scenarios: single,fanout,latency,small,memory")
+		only     = fs.String("only", "", "comma-separated scenarios: single,fanout,latency,small,memory,tree,treemem")
 		meta     = fs.String("meta", "", "KEY=VALUE;... facts for the report (go, rsync, commit, date)")
 		strict   = fs.Bool("strict", false, "exit 3 if a target fails (never in quick mode)")
 		timeout  = fs.Duration("timeout", 2*time.Hour, "abort the whole suite after this long")
@@ -230,6 +249,7 @@ func suite(ctx context.Context, args []string) error {
 		LatSize: parse("lat-size", *latSize), Delay: *delay, ProxyQueue: int(parse("proxy-queue", *pq)),
 		SmallN: *smallN, SmallSize: parse("small-size", *smallSz), SmallOne: parse("small-one", *smallOne), SmallRounds: *smallR,
 		MemSize: parse("mem-size", *memSize), MemRounds: *memR, QuietWait: *quietW,
+		TreeN: *treeN, TreeDirs: *treeDirs, TreeMax: parse("tree-max", *treeMax), TreeRounds: *treeR, TreeMemN: *treeMemN,
 		Meta: map[string]string{}, Log: os.Stderr,
 	}
 	if *only != "" {

@@ -2,7 +2,7 @@
 //
 //	zrun STATFILE PROGRAM [ARG...]
 //
-// It forks PROGRAM (which must be a path), forwards SIGINT and SIGTERM to
+// It forks PROGRAM (which must be a path), forwards SIGINT, SIGTERM and SIGHUP to
 // it, reaps it with wait4 and writes one line to STATFILE:
 //
 //	wall_ns user_us sys_us maxrss_kib exit_code signal
@@ -32,7 +32,7 @@ func main() {
 	}
 	statPath, prog, argv := os.Args[1], os.Args[2], os.Args[2:]
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	t0 := time.Now()
 	pid, err := syscall.ForkExec(prog, argv, &syscall.ProcAttr{
 		Env:   os.Environ(),

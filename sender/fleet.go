@@ -145,6 +145,11 @@ func (sess *session) report(m *protocol.Report) {
 	}
 	r := fleet.Report{Node: m.Node, Tree: m.Tree, Version: hexID(m.Version), Seq: m.Seq, State: stateOf(m.State),
 		Error: m.Error, SyncTime: time.Duration(m.SyncMS) * time.Millisecond}
+	if sess.hasKey {
+		// With CURVE a node name belongs to the first key that reported
+		// it (fleet.ErrNameTaken, 403, for another key).
+		r.Key = KeyFingerprint(sess.key)
+	}
 	if m.Hook.Name != "" {
 		r.Hook = &fleet.Hook{Name: m.Hook.Name, Exit: int(m.Hook.Exit), Output: m.Hook.Output,
 			Duration: time.Duration(m.Hook.DurationMS) * time.Millisecond, OK: m.Hook.Exit == 0}

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -9,6 +11,7 @@ import (
 	"github.com/zsend/zsend/internal/fleet"
 	"github.com/zsend/zsend/mirror"
 	"github.com/zsend/zsend/protocol"
+	"github.com/zsend/zsend/receiver"
 	"github.com/zsend/zsend/sender"
 )
 
@@ -107,4 +110,37 @@ func TestFleetLostNode(t *testing.T) {
 	startFollower(t, mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: "b", Out: out})
 	waitUntil(t, 20*time.Second, "b back on v2", converged(srv, "app", 2, 2))
 
+}
+
+// With CURVE a node name belongs to the key that first reported it:
+// another key reporting under that name is refused (403) and changes
+// nothing.
+func TestFleetNameBoundToCurveKey(t *testing.T) {
+	server, a, b := newCert(t), newCert(t), newCert(t)
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.Curve = curveServer(server)
+	ep, srv := publishingServer(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	id := protocol.Hash(srv.Trees()[0].ID)
+	r := protocol.Report{Node: "web1", Tree: "app", State: protocol.StateSwitched, Seq: 1, Version: id}
+	ca := fastRecv(ep)
+	ca.OutputDir, ca.Curve = t.TempDir(), curveClient(server, a)
+	if err := receiver.Report(ctx, ca, r); err != nil {
+		t.Fatal(err)
+	}
+	cb := ca
+	cb.Curve = curveClient(server, b)
+	imp := r
+	imp.State, imp.Error = protocol.StateFailed, "impostor"
+	err := receiver.Report(ctx, cb, imp)
+	var re *receiver.RemoteError
+	if !errors.As(err, &re) || re.Code != protocol.CodeRefused {
+		t.Fatalf("report under another key's name: %v, want 403", err)
+	}
+	if row := srv.Fleet()[0].Rows[0]; row.State != fleet.Switched || row.Error != "" {
+		t.Fatalf("row changed by another key: %+v", row)
+	}
 }

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zsend/zsend/internal/fleet"
 	"github.com/zsend/zsend/mirror"
 	"github.com/zsend/zsend/receiver"
 	"github.com/zsend/zsend/sender"
@@ -20,7 +19,7 @@ import (
 // reconnects happen within a test's bounds.
 func fastFleet(src string) sender.Config {
 	return sender.Config{Paths: []string{src}, Heartbeat: 200 * time.Millisecond, PeerTimeout: 2 * time.Second,
-		Fleet: fleet.Config{LostAfter: 3 * time.Second}}
+		Fleet: sender.FleetConfig{LostAfter: 3 * time.Second}}
 }
 
 func fastRecv(ep string) receiver.Config {

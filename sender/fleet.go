@@ -43,7 +43,15 @@ type barrier struct {
 // (they are remembered to address SWITCH and to keep the node alive).
 const maxNodesPerSession = 64
 
-func newFleetState(cfg fleet.Config) *fleetState {
+// FleetConfig bounds the fleet table. Zero values take the defaults.
+type FleetConfig struct {
+	MaxNodes  int           // most nodes kept; default 10000 (a lost node is evicted to make room)
+	LostAfter time.Duration // a node not heard from for longer is shown lost; default 30s
+	MaxText   int           // longest error or hook output kept; default 4096
+}
+
+func newFleetState(c FleetConfig) *fleetState {
+	cfg := fleet.Config{MaxNodes: c.MaxNodes, LostAfter: c.LostAfter, MaxText: c.MaxText}
 	return &fleetState{table: fleet.New(cfg), latest: map[string]uint64{}, barriers: map[string]*barrier{}, started: time.Now()}
 }
 

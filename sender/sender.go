@@ -49,7 +49,6 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
-	"github.com/zsend/zsend/internal/fleet"
 	"github.com/zsend/zsend/internal/guard"
 	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/internal/zsock"
@@ -114,7 +113,7 @@ type Config struct {
 	// Fleet bounds the fleet table of node reports (PROTOCOL.md section
 	// 14): MaxNodes (default 10000), LostAfter (default 30s: a node not
 	// heard from for longer is shown lost), MaxText.
-	Fleet fleet.Config
+	Fleet FleetConfig
 	// Barrier coordinates switches: followers stage each new version and
 	// switch when the server sends SWITCH, once every live follower of the
 	// tree (or Quorum of them, when Quorum > 0) has staged it, or at

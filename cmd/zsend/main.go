@@ -22,7 +22,6 @@ import (
 	"github.com/zsend/zsend/internal/acl"
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/internal/endpoint"
-	"github.com/zsend/zsend/internal/fleet"
 	"github.com/zsend/zsend/internal/metrics"
 	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/receiver"
@@ -290,7 +289,7 @@ Exit codes:
 		Endpoint: *bind, Paths: fs.Args(), ChunkSize: int(cs), MaxSessions: *maxSessions,
 		Heartbeat: *heartbeat, PeerTimeout: *peerTO, Events: events,
 		StateDir: *stateDir, KeepVersions: *keep, Watch: *watch, Curve: curve,
-		Fleet:   fleet.Config{MaxNodes: *maxNodes, LostAfter: *lostAfter},
+		Fleet:   sender.FleetConfig{MaxNodes: *maxNodes, LostAfter: *lostAfter},
 		Barrier: *barrier, Quorum: *quorum, BarrierTimeout: *barrierTO,
 	})
 	if err != nil {

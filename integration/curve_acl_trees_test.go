@@ -10,6 +10,7 @@ import (
 
 	"github.com/zsend/zsend/internal/acl"
 	"github.com/zsend/zsend/mirror"
+	"github.com/zsend/zsend/protocol"
 	"github.com/zsend/zsend/receiver"
 	"github.com/zsend/zsend/sender"
 )
@@ -56,6 +57,49 @@ func TestCurveAccessListTrees(t *testing.T) {
 	}
 	if _, serr := os.Lstat(filepath.Join(out, "conf")); serr == nil {
 		t.Fatal("a refused tree has a stable path")
+	}
+	// The list, the fleet status and reports follow the same rule: b sees
+	// and reports only the trees it may mirror.
+	bcfg := receiver.Config{Endpoint: ep, OutputDir: t.TempDir(), Timeout: 10 * time.Second, Curve: curveClient(server, b)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	trees, err := receiver.List(ctx, bcfg, "")
+	if err != nil || len(trees) != 1 || trees[0].Name != "public" {
+		t.Fatalf("b's LIST of every tree: %+v, %v; want public only", trees, err)
+	}
+	if _, err := receiver.List(ctx, bcfg, "conf"); !errors.Is(err, receiver.ErrRefused) {
+		t.Fatalf("b's LIST of conf: %v, want refused", err)
+	}
+	if err := receiver.Report(ctx, bcfg, protocol.Report{Request: 1, State: protocol.StateSwitched, Node: "nodeB", Tree: "conf"}); !errors.Is(err, receiver.ErrRefused) {
+		t.Fatalf("b reports conf: %v, want refused", err)
+	}
+	if err := receiver.Report(ctx, bcfg, protocol.Report{Request: 1, State: protocol.StateSwitched, Node: "nodeB", Tree: "public"}); err != nil {
+		t.Fatalf("b reports public: %v", err)
+	}
+	acfg := bcfg
+	acfg.Curve = curveClient(server, a)
+	if err := receiver.Report(ctx, acfg, protocol.Report{Request: 1, State: protocol.StateSwitched, Node: "nodeA", Tree: "conf"}); err != nil {
+		t.Fatalf("a reports conf: %v", err)
+	}
+	st, err := receiver.Status(ctx, bcfg, "")
+	if err != nil {
+		t.Fatalf("b's STATUS: %v", err)
+	}
+	for _, tr := range st.Trees {
+		if tr.Name != "public" {
+			t.Errorf("b's STATUS shows tree %s", tr.Name)
+		}
+	}
+	for _, r := range st.Rows {
+		if r.Tree != "public" {
+			t.Errorf("b's STATUS shows a row of %s (node %s)", r.Tree, r.Node)
+		}
+	}
+	if _, err := receiver.Status(ctx, bcfg, "conf"); !errors.Is(err, receiver.ErrRefused) {
+		t.Fatalf("b's STATUS of conf: %v, want refused", err)
+	}
+	if st, err := receiver.Status(ctx, acfg, "conf"); err != nil || len(st.Rows) != 1 || st.Rows[0].Node != "nodeA" {
+		t.Fatalf("a's STATUS of conf: %+v, %v", st, err)
 	}
 	// Nothing of the tree's content reached b's disk.
 	filepath.Walk(out, func(p string, fi os.FileInfo, err error) error {

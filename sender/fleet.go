@@ -146,6 +146,10 @@ func wireState(s fleet.State) protocol.NodeState {
 func (sess *session) report(m *protocol.Report) {
 	s := sess.srv
 	now := time.Now()
+	if !sess.mayTree(m.Tree) {
+		sess.refuseTree(m.Request, m.Tree)
+		return
+	}
 	if !sess.nodes[m.Node] && len(sess.nodes) >= maxNodesPerSession {
 		sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
 			Message: fmt.Sprintf("more than %d node names in one session", maxNodesPerSession)})
@@ -327,6 +331,17 @@ func (sess *session) status(m *protocol.Status) {
 	st := s.fleet.table.Status(now)
 	s.fleet.mu.Unlock()
 	tree := strings.TrimSuffix(m.Tree, "/")
+	if tree != "" && !sess.mayTree(tree) {
+		sess.refuseTree(m.Request, tree)
+		return
+	}
+	seen := st[:0]
+	for _, t := range st {
+		if sess.mayTree(t.Tree) {
+			seen = append(seen, t)
+		}
+	}
+	st = seen
 	if tree != "" {
 		var one []fleet.TreeStatus
 		for _, t := range st {

@@ -35,6 +35,29 @@ func (s *Server) tree(name string) (*pubTree, error) {
 	return t, nil
 }
 
+// mayTree reports whether the session's client may see tree: without an
+// access list every client may; with one, a key may see (LIST, STATUS,
+// subscriptions, REPORT) exactly the trees whose manifest it may fetch
+// ("TREE/" in the access list).
+func (sess *session) mayTree(tree string) bool {
+	cv := sess.srv.cfg.Curve
+	if cv == nil || cv.Access == nil {
+		return true
+	}
+	return sess.hasKey && cv.Access(sess.key, tree+"/")
+}
+
+// refuseTree answers a request for a tree the client may not see: ERROR
+// 403, as a GET of a name it may not fetch.
+func (sess *session) refuseTree(req uint32, tree string) {
+	msg := "not allowed for this client key"
+	if sess.hasKey {
+		msg = "not allowed for client key " + KeyFingerprint(sess.key)
+	}
+	sess.send(&protocol.Error{Request: req, Code: protocol.CodeRefused, Message: msg})
+	sess.event(Event{Kind: "refused", Name: tree, Message: fmt.Sprintf("%d %v: %s", protocol.CodeRefused, protocol.CodeRefused, msg)})
+}
+
 // list answers LIST: one TREE per tree, then END with the count.
 func (sess *session) list(m *protocol.List) {
 	if sess.outstanding(m.Request) {
@@ -45,9 +68,14 @@ func (sess *session) list(m *protocol.List) {
 	if m.Tree == "" {
 		if p := sess.srv.pub; p != nil {
 			for _, name := range p.names {
-				trees = append(trees, p.trees[name])
+				if sess.mayTree(name) {
+					trees = append(trees, p.trees[name])
+				}
 			}
 		}
+	} else if !sess.mayTree(strings.TrimSuffix(m.Tree, "/")) {
+		sess.refuseTree(m.Request, m.Tree)
+		return
 	} else {
 		t, err := sess.srv.tree(m.Tree)
 		if err == nil && t.latest() == nil {
@@ -129,7 +157,7 @@ func (s *Server) pushVersions() {
 		}
 		for _, sub := range sess.subs {
 			for _, name := range s.pub.names {
-				if sub.tree != "" && sub.tree != name {
+				if (sub.tree != "" && sub.tree != name) || !sess.mayTree(name) {
 					continue
 				}
 				t := s.pub.trees[name]

@@ -18,6 +18,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/zsend/zsend/internal/goroutines"
 	"github.com/zsend/zsend/protocol"
 )
 
@@ -394,32 +395,15 @@ func fdList() string {
 	return b.String()
 }
 
-// stableGoroutines waits until earlier work has wound down (the goroutine
-// count stayed the same over 300ms of samples), for at most bound, and
-// returns the count: a baseline taken while earlier tests' goroutines are
-// still exiting would be too high and hide a leak. If the count never
-// settles it returns the lowest seen.
+// stableGoroutines is goroutines.Stable, logging a count that never
+// settled.
 func stableGoroutines(t testing.TB, bound time.Duration) int {
 	t.Helper()
-	deadline := time.Now().Add(bound)
-	low, last, same := runtime.NumGoroutine(), -1, 0
-	for {
-		n := runtime.NumGoroutine()
-		low = min(low, n)
-		if n == last {
-			same++
-		} else {
-			last, same = n, 0
-		}
-		if same >= 6 {
-			return n
-		}
-		if time.Now().After(deadline) {
-			t.Logf("goroutine count never settled within %v; baseline %d (lowest seen)", bound, low)
-			return low
-		}
-		time.Sleep(50 * time.Millisecond)
+	n, settled := goroutines.Stable(bound)
+	if !settled {
+		t.Logf("goroutine count never settled within %v; baseline %d (lowest seen)", bound, n)
 	}
+	return n
 }
 
 func goroutineDump() string {

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/zsend/zsend/internal/goroutines"
 )
 
 // testTimeout bounds every blocking step of a test.
@@ -541,34 +543,12 @@ func TestServerReset(t *testing.T) {
 	waitFor(t, "Conns() == 0", func() bool { return p.Conns() == 0 })
 }
 
-// stableGoroutines waits, for at most bound, until the goroutine count has
-// stayed the same over 300ms of samples (earlier tests have wound down),
-// and returns it; a baseline taken while they still exit is too high and
-// hides a leak. If the count never settles it returns the lowest seen.
-func stableGoroutines(bound time.Duration) int {
-	deadline := time.Now().Add(bound)
-	low, last, same := runtime.NumGoroutine(), -1, 0
-	for time.Now().Before(deadline) {
-		n := runtime.NumGoroutine()
-		low = min(low, n)
-		if n == last {
-			if same++; same >= 6 {
-				return n
-			}
-		} else {
-			last, same = n, 0
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return low
-}
-
 func TestCloseNoLeak(t *testing.T) {
 	settle := func() int {
 		runtime.GC()
 		return runtime.NumGoroutine()
 	}
-	before := stableGoroutines(5 * time.Second)
+	before, _ := goroutines.Stable(5 * time.Second)
 
 	srv := newEcho(t)
 	p, err := New(srv.Addr(), WithDelay(50*time.Millisecond))

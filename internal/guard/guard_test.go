@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+
+	"github.com/zsend/zsend/internal/goroutines"
 )
 
 func TestEndpoint(t *testing.T) {
@@ -480,7 +482,7 @@ func TestDialHostileServer(t *testing.T) {
 }
 
 func TestGoroutinesReturnToBaseline(t *testing.T) {
-	baseline := stableGoroutines(5 * time.Second)
+	baseline, _ := goroutines.Stable(5 * time.Second)
 	ctx := WithConfig(context.Background(), testConfig())
 	var during int
 	func() {
@@ -519,28 +521,6 @@ func TestGoroutinesReturnToBaseline(t *testing.T) {
 		return n <= baseline
 	})
 	t.Logf("goroutines: baseline %d, with sockets open %d, after close %d", baseline, during, n)
-}
-
-// stableGoroutines waits, for at most bound, until the goroutine count has
-// stayed the same over 300ms of samples (earlier tests have wound down),
-// and returns it; a baseline taken while they still exit is too high and
-// hides a leak. If the count never settles it returns the lowest seen.
-func stableGoroutines(bound time.Duration) int {
-	deadline := time.Now().Add(bound)
-	low, last, same := runtime.NumGoroutine(), -1, 0
-	for time.Now().Before(deadline) {
-		n := runtime.NumGoroutine()
-		low = min(low, n)
-		if n == last {
-			if same++; same >= 6 {
-				return n
-			}
-		} else {
-			last, same = n, 0
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return low
 }
 
 func TestIdleTimeout(t *testing.T) {

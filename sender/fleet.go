@@ -113,30 +113,28 @@ func (s *Server) newBarrier(tree string, seq uint64, id protocol.Hash, now time.
 		seq: seq, id: id, told: map[string]bool{}}
 }
 
+// nodeStates maps the states a node reports on the wire to the table's.
+var nodeStates = map[protocol.NodeState]fleet.State{
+	protocol.StateSyncing:  fleet.Syncing,
+	protocol.StateStaged:   fleet.Staged,
+	protocol.StateSwitched: fleet.Switched,
+	protocol.StateFailed:   fleet.Failed,
+}
+
 func stateOf(s protocol.NodeState) fleet.State {
-	switch s {
-	case protocol.StateSyncing:
-		return fleet.Syncing
-	case protocol.StateStaged:
-		return fleet.Staged
-	case protocol.StateSwitched:
-		return fleet.Switched
-	case protocol.StateFailed:
-		return fleet.Failed
+	if st, ok := nodeStates[s]; ok {
+		return st
 	}
 	return fleet.State("invalid")
 }
 
+// wireState is stateOf's inverse; the table's own Lost (and anything
+// else) is StateLost.
 func wireState(s fleet.State) protocol.NodeState {
-	switch s {
-	case fleet.Syncing:
-		return protocol.StateSyncing
-	case fleet.Staged:
-		return protocol.StateStaged
-	case fleet.Switched:
-		return protocol.StateSwitched
-	case fleet.Failed:
-		return protocol.StateFailed
+	for w, st := range nodeStates {
+		if st == s {
+			return w
+		}
 	}
 	return protocol.StateLost
 }

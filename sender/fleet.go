@@ -145,7 +145,7 @@ func (sess *session) report(m *protocol.Report) {
 	s := sess.srv
 	now := time.Now()
 	if !sess.mayTree(m.Tree) {
-		sess.refuseTree(m.Request, m.Tree)
+		sess.refuseKey(m.Request, m.Tree)
 		return
 	}
 	if !sess.nodes[m.Node] && len(sess.nodes) >= maxNodesPerSession {
@@ -330,7 +330,7 @@ func (sess *session) status(m *protocol.Status) {
 	s.fleet.mu.Unlock()
 	tree := strings.TrimSuffix(m.Tree, "/")
 	if tree != "" && !sess.mayTree(tree) {
-		sess.refuseTree(m.Request, tree)
+		sess.refuseKey(m.Request, tree)
 		return
 	}
 	seen := st[:0]

@@ -47,15 +47,16 @@ func (sess *session) mayTree(tree string) bool {
 	return sess.hasKey && cv.Access(sess.key, tree+"/")
 }
 
-// refuseTree answers a request for a tree the client may not see: ERROR
-// 403, as a GET of a name it may not fetch.
-func (sess *session) refuseTree(req uint32, tree string) {
+// refuseKey answers a request the access list does not allow for the
+// session's key (a name it may not fetch, a tree it may not see): ERROR
+// 403, and a "refused" event naming the key's fingerprint.
+func (sess *session) refuseKey(req uint32, name string) {
 	msg := "not allowed for this client key"
 	if sess.hasKey {
 		msg = "not allowed for client key " + KeyFingerprint(sess.key)
 	}
 	sess.send(&protocol.Error{Request: req, Code: protocol.CodeRefused, Message: msg})
-	sess.event(Event{Kind: "refused", Name: tree, Message: fmt.Sprintf("%d %v: %s", protocol.CodeRefused, protocol.CodeRefused, msg)})
+	sess.event(Event{Kind: "refused", Name: name, Message: fmt.Sprintf("%d %v: %s", protocol.CodeRefused, protocol.CodeRefused, msg)})
 }
 
 // list answers LIST: one TREE per tree, then END with the count.
@@ -74,7 +75,7 @@ func (sess *session) list(m *protocol.List) {
 			}
 		}
 	} else if !sess.mayTree(strings.TrimSuffix(m.Tree, "/")) {
-		sess.refuseTree(m.Request, m.Tree)
+		sess.refuseKey(m.Request, m.Tree)
 		return
 	} else {
 		t, err := sess.srv.tree(m.Tree)

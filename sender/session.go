@@ -266,12 +266,7 @@ func (sess *session) start(r *request) {
 			name += "/"
 		}
 		if !sess.hasKey || !cv.Access(sess.key, name) {
-			msg := "not allowed for this client key"
-			if sess.hasKey {
-				msg = "not allowed for client key " + KeyFingerprint(sess.key)
-			}
-			sess.send(&protocol.Error{Request: g.Request, Code: protocol.CodeRefused, Message: msg})
-			sess.event(Event{Kind: "refused", Name: g.Name, Message: fmt.Sprintf("%d %v: %s", protocol.CodeRefused, protocol.CodeRefused, msg)})
+			sess.refuseKey(g.Request, g.Name)
 			return
 		}
 	}

@@ -63,8 +63,23 @@ type Report struct {
 // then END with Size = the number of FLEET rows.
 type Status struct {
 	Request uint32
-	Flags   uint8  // reserved, 0
+	Flags   uint8  // StatusParents or 0; other bits MUST be 0
 	Tree    string // a tree name, or "" for every tree
+}
+
+// StatusParents is STATUS's flag bit 0 (PROTOCOL.md section 15): every
+// FLEET of the reply carries the row's parent. A server that predates
+// relays refuses the flag (ERROR 400, session dropped); a client then
+// asks again without it.
+const StatusParents uint8 = 0x01
+
+// Forward is a relay passing up one row of its own fleet table (C->S,
+// version 2, PROTOCOL.md section 15): REPORT's fields, then Parent, the
+// node name of the relay whose table the row came from. It is answered
+// exactly like REPORT (END, or ERROR 400/403/404/429, request-level).
+type Forward struct {
+	Report
+	Parent string // 1..MaxNodeLen octets
 }
 
 // Fleet is one row of the fleet table (S->C, version 2).
@@ -80,6 +95,11 @@ type Fleet struct {
 	Tree    string
 	Error   string
 	Hook    HookResult
+	// HasParent: the row carries Parent (the STATUS asked with
+	// StatusParents). Parent is the node name of the relay the row was
+	// forwarded by, "" for a node that reports to this server directly.
+	HasParent bool
+	Parent    string
 }
 
 // Switch tells a follower to switch a staged version now (S->C, version
@@ -96,6 +116,7 @@ func (*Report) Command() Command { return CmdReport }
 func (*Status) Command() Command { return CmdStatus }
 func (*Fleet) Command() Command  { return CmdFleet }
 func (*Switch) Command() Command { return CmdSwitch }
+func (*Forward) Command() Command { return CmdForward }
 
 func (h *HookResult) append(b []byte) []byte {
 	b = appendString(b, h.Name)
@@ -161,8 +182,21 @@ func (m *Status) decodeHeader(d *decoder) {
 	switch {
 	case m.Request == NoRequest:
 		d.fail("request id 0 is reserved")
-	case m.Flags != 0:
-		d.fail("flags %#02x: reserved, must be 0", m.Flags)
+	case m.Flags&^StatusParents != 0:
+		d.fail("flags %#02x has reserved bits set", m.Flags)
+	}
+}
+
+func (m *Forward) appendHeader(b []byte) []byte {
+	b = m.Report.appendHeader(b)
+	return appendString(b, m.Parent)
+}
+
+func (m *Forward) decodeHeader(d *decoder) {
+	m.Report.decodeHeader(d)
+	m.Parent = d.text(MaxNodeLen)
+	if m.Parent == "" {
+		d.fail("empty parent")
 	}
 }
 
@@ -177,9 +211,17 @@ func (m *Fleet) appendHeader(b []byte) []byte {
 	b = appendString(b, m.Node)
 	b = appendString(b, m.Tree)
 	b = appendString(b, m.Error)
-	return m.Hook.append(b)
+	b = m.Hook.append(b)
+	if m.HasParent {
+		b = appendString(b, m.Parent)
+	}
+	return b
 }
 
+// decodeHeader reads the layout with a parent when octets follow the
+// hook (the reply to a STATUS with StatusParents), without one otherwise;
+// the two are told apart by the frame's length, since every field before
+// is self-delimiting.
 func (m *Fleet) decodeHeader(d *decoder) {
 	m.Request = d.u32()
 	m.State = NodeState(d.u8())
@@ -192,6 +234,10 @@ func (m *Fleet) decodeHeader(d *decoder) {
 	m.Tree = d.text(MaxComponentLen)
 	m.Error = d.text(MaxTextLen)
 	m.Hook.decode(d)
+	if d.err == "" && len(d.b) > 0 {
+		m.HasParent = true
+		m.Parent = d.text(MaxNodeLen)
+	}
 	if m.State < StateSyncing || m.State > StateLost {
 		d.fail("state %d unknown", m.State)
 	}

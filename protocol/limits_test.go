@@ -12,8 +12,11 @@ import (
 // docs/MUTATIONS.md).
 func TestLimitsAreInclusive(t *testing.T) {
 	decodeAs := func(m Message) error {
-		_, _, err := Decode(Encode(Version1, m))
+		_, _, err := Decode(Encode(m.Command().Since(), m))
 		return err
+	}
+	fwd := func(parent, node string) *Forward {
+		return &Forward{Report: Report{Request: 1, State: StateSwitched, Node: node, Tree: "t"}, Parent: parent}
 	}
 	for _, c := range []struct {
 		name string
@@ -28,6 +31,12 @@ func TestLimitsAreInclusive(t *testing.T) {
 		{"CHUNK of max+1 octets", &Chunk{Request: 1, Data: make([]byte, MaxChunkSize+1)}, false},
 		{"ERROR text = max", &Error{Code: CodeNotFound, Message: strings.Repeat("x", MaxTextLen)}, true},
 		{"GET name = max", &Get{Request: 1, Name: strings.Repeat("x", MaxNameLen)}, true},
+		{"FORWARD parent = max", fwd(strings.Repeat("p", MaxNodeLen), "n"), true},
+		{"FORWARD parent = max+1", fwd(strings.Repeat("p", MaxNodeLen+1), "n"), false},
+		{"FORWARD node = max", fwd("r", strings.Repeat("n", MaxNodeLen)), true},
+		{"FORWARD node = max+1", fwd("r", strings.Repeat("n", MaxNodeLen+1)), false},
+		{"FLEET parent = max", &Fleet{Request: 1, State: StateLost, Node: "n", Tree: "t", HasParent: true, Parent: strings.Repeat("p", MaxNodeLen)}, true},
+		{"FLEET parent = max+1", &Fleet{Request: 1, State: StateLost, Node: "n", Tree: "t", HasParent: true, Parent: strings.Repeat("p", MaxNodeLen+1)}, false},
 	} {
 		if err := decodeAs(c.m); (err == nil) != c.ok {
 			t.Errorf("%s: decode error %v, want ok=%v", c.name, err, c.ok)

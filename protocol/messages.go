@@ -391,6 +391,8 @@ func newMessage(c Command) Message {
 		return new(Fleet)
 	case CmdSwitch:
 		return new(Switch)
+	case CmdForward:
+		return new(Forward)
 	}
 	return nil
 }

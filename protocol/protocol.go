@@ -22,7 +22,7 @@ const Signature = "ZSND"
 // Protocol versions this implementation speaks.
 const (
 	Version1   uint8 = 1
-	Version2   uint8 = 2 // adds trees and versions (LIST, MGET, VGET, TREE, code 410) and the fleet (REPORT, STATUS, SWITCH, FLEET)
+	Version2   uint8 = 2 // adds trees and versions (LIST, MGET, VGET, TREE, code 410), the fleet (REPORT, STATUS, SWITCH, FLEET) and relays (FORWARD)
 	MinVersion       = Version1
 	MaxVersion       = Version2
 )
@@ -62,6 +62,7 @@ const (
 	CmdVGet    Command = 0x07 // C->S (v2) request one file of a tree version
 	CmdReport  Command = 0x08 // C->S (v2) a node's state of one tree, for the fleet table
 	CmdStatus  Command = 0x09 // C->S (v2) request the fleet table
+	CmdForward Command = 0x0A // C->S (v2) a relay passes up a row of its fleet table
 	CmdWelcome Command = 0x10 // S->C accept a session
 	CmdFile    Command = 0x11 // S->C metadata of a requested file
 	CmdChunk   Command = 0x12 // S->C one chunk of file data
@@ -81,13 +82,14 @@ var commandNames = map[Command]string{
 	CmdPing: "PING", CmdPong: "PONG", CmdBye: "BYE", CmdError: "ERROR",
 	CmdList: "LIST", CmdMGet: "MGET", CmdVGet: "VGET", CmdTree: "TREE",
 	CmdReport: "REPORT", CmdStatus: "STATUS", CmdSwitch: "SWITCH", CmdFleet: "FLEET",
+	CmdForward: "FORWARD",
 }
 
 // Since is the first protocol version that has command c: a frame marked
 // with an older version that carries c is an unknown command (501).
 func (c Command) Since() uint8 {
 	switch c {
-	case CmdList, CmdMGet, CmdVGet, CmdTree, CmdReport, CmdStatus, CmdSwitch, CmdFleet:
+	case CmdList, CmdMGet, CmdVGet, CmdTree, CmdReport, CmdStatus, CmdSwitch, CmdFleet, CmdForward:
 		return Version2
 	}
 	return Version1

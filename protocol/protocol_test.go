@@ -66,6 +66,14 @@ var samples = []struct {
 	{"status", &Status{Request: 12, Tree: ""}, 0},
 	{"fleet", &Fleet{Request: 12, State: StateLost, Seq: 40, Behind: 2, AgeMS: 45000, SyncMS: 80, Version: hashOf(0xBE), Node: "web3", Tree: "etc"}, 0},
 	{"switch", &Switch{Request: 3, Seq: 43, Version: hashOf(0xC1), Tree: "etc"}, 0},
+	// Version 2: relays.
+	{"forward", &Forward{Report: Report{Request: 13, State: StateStaged, Seq: 43, SyncMS: 250, Version: hashOf(0xC1), Node: "web7", Tree: "etc",
+		Hook: HookResult{Name: "check", Exit: 0, DurationMS: 8}}, Parent: "relay1"}, 0},
+	{"status_parents", &Status{Request: 14, Flags: StatusParents, Tree: ""}, 0},
+	{"fleet_parent", &Fleet{Request: 14, State: StateSwitched, Seq: 43, SyncMS: 250, Version: hashOf(0xC1), Node: "web7", Tree: "etc",
+		HasParent: true, Parent: "relay1"}, 0},
+	{"fleet_direct", &Fleet{Request: 14, State: StateSwitched, Seq: 43, AgeMS: 1200, Version: hashOf(0xC1), Node: "relay1", Tree: "etc",
+		HasParent: true}, 0},
 }
 
 func TestRoundTripEveryCommand(t *testing.T) {
@@ -156,7 +164,7 @@ func TestPinnedConstants(t *testing.T) {
 		CmdWelcome: 0x10, CmdFile: 0x11, CmdChunk: 0x12, CmdEnd: 0x13,
 		CmdPing: 0x20, CmdPong: 0x21, CmdBye: 0x22, CmdError: 0x23,
 		CmdList: 0x05, CmdMGet: 0x06, CmdVGet: 0x07, CmdTree: 0x14,
-		CmdReport: 0x08, CmdStatus: 0x09, CmdSwitch: 0x15, CmdFleet: 0x16}
+		CmdReport: 0x08, CmdStatus: 0x09, CmdSwitch: 0x15, CmdFleet: 0x16, CmdForward: 0x0a}
 	for c, b := range pins {
 		if byte(c) != b {
 			t.Errorf("%v = 0x%02x, want 0x%02x", c, byte(c), b)
@@ -170,7 +178,7 @@ func TestPinnedConstants(t *testing.T) {
 	}
 	if CodeGone != 410 || MaxVersion != 2 || MinVersion != 1 || ListSubscribe != 1 || TreeBarrier != 1 ||
 		StateSyncing != 1 || StateStaged != 2 || StateSwitched != 3 || StateFailed != 4 || StateLost != 5 ||
-		MaxNodeLen != 255 || MaxHookNameLen != 16 || MaxHookOutput != 4096 {
+		MaxNodeLen != 255 || MaxHookNameLen != 16 || MaxHookOutput != 4096 || StatusParents != 1 {
 		t.Error("version 2 constants changed: update PROTOCOL.md")
 	}
 	if Signature != "ZSND" || MaxFrameSize != 4<<20 || MaxNameLen != 4096 {
@@ -224,7 +232,19 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 		{"tree at version 1", [][]byte{CommandFrame(1, CmdTree), treeHdr}, ErrUnknownCommand},
 		{"report at version 1", [][]byte{CommandFrame(1, CmdReport), reportHdr}, ErrUnknownCommand},
 		{"switch at version 1", [][]byte{CommandFrame(1, CmdSwitch), Encode(2, &Switch{Request: 1, Tree: "etc"})[1]}, ErrUnknownCommand},
-		{"unassigned 0x0a at version 2", [][]byte{CommandFrame(2, 0x0a), {}}, ErrUnknownCommand},
+		{"unassigned 0x0b at version 2", [][]byte{CommandFrame(2, 0x0b), {}}, ErrUnknownCommand},
+		{"forward at version 1", [][]byte{CommandFrame(1, CmdForward), Encode(2, &Forward{Report: Report{Request: 1, State: 1, Node: "n", Tree: "etc"}, Parent: "r"})[1]}, ErrUnknownCommand},
+		{"forward empty parent", [][]byte{v2(CmdForward), Encode(2, &Forward{Report: Report{Request: 1, State: 1, Node: "n", Tree: "etc"}})[1]}, ErrMalformed},
+		{"forward long parent", [][]byte{v2(CmdForward), Encode(2, &Forward{Report: Report{Request: 1, State: 1, Node: "n", Tree: "etc"}, Parent: strings.Repeat("p", MaxNodeLen+1)})[1]}, ErrMalformed},
+		{"forward without parent", [][]byte{v2(CmdForward), reportHdr}, ErrMalformed},
+		{"forward state lost", [][]byte{v2(CmdForward), Encode(2, &Forward{Report: Report{Request: 1, State: StateLost, Node: "n", Tree: "etc"}, Parent: "r"})[1]}, ErrMalformed},
+		{"forward empty node", [][]byte{v2(CmdForward), Encode(2, &Forward{Report: Report{Request: 1, State: 1, Tree: "etc"}, Parent: "r"})[1]}, ErrMalformed},
+		{"forward request 0", [][]byte{v2(CmdForward), Encode(2, &Forward{Report: Report{State: 1, Node: "n", Tree: "etc"}, Parent: "r"})[1]}, ErrMalformed},
+		{"forward trailing", [][]byte{v2(CmdForward), append(Encode(2, &Forward{Report: Report{Request: 1, State: 1, Node: "n", Tree: "etc"}, Parent: "r"})[1], 0)}, ErrMalformed},
+		{"status reserved flag", [][]byte{v2(CmdStatus), Encode(2, &Status{Request: 1, Flags: 2})[1]}, ErrMalformed},
+		{"fleet long parent", [][]byte{v2(CmdFleet), Encode(2, &Fleet{Request: 1, State: 1, Node: "n", Tree: "etc", HasParent: true, Parent: strings.Repeat("p", MaxNodeLen+1)})[1]}, ErrMalformed},
+		{"fleet parent truncated", [][]byte{v2(CmdFleet), append(Encode(2, &Fleet{Request: 1, State: 1, Node: "n", Tree: "etc"})[1], 0)}, ErrMalformed},
+		{"fleet parent trailing", [][]byte{v2(CmdFleet), append(Encode(2, &Fleet{Request: 1, State: 1, Node: "n", Tree: "etc", HasParent: true, Parent: "r"})[1], 0)}, ErrMalformed},
 		{"unassigned 0x17 at version 2", [][]byte{CommandFrame(2, 0x17), {}}, ErrUnknownCommand},
 		{"report request 0", [][]byte{v2(CmdReport), Encode(2, &Report{State: 1, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
 		{"report state 0", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
@@ -237,7 +257,6 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 		{"report hook without name", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, State: 1, Node: "n", Tree: "etc", Hook: HookResult{Exit: 1}})[1]}, ErrMalformed},
 		{"report truncated", [][]byte{v2(CmdReport), reportHdr[:len(reportHdr)-1]}, ErrMalformed},
 		{"report trailing", [][]byte{v2(CmdReport), append(append([]byte{}, reportHdr...), 0)}, ErrMalformed},
-		{"status flags", [][]byte{v2(CmdStatus), Encode(2, &Status{Request: 1, Flags: 1})[1]}, ErrMalformed},
 		{"status request 0", [][]byte{v2(CmdStatus), Encode(2, &Status{})[1]}, ErrMalformed},
 		{"fleet state 0", [][]byte{v2(CmdFleet), Encode(2, &Fleet{Request: 1, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
 		{"fleet state 6", [][]byte{v2(CmdFleet), Encode(2, &Fleet{Request: 1, State: 6, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
@@ -344,5 +363,27 @@ func TestStringTruncatedOnEncode(t *testing.T) {
 	// Over MaxTextLen, so the decoder must refuse it rather than accept it.
 	if _, _, err := Decode(frames); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("decode of over-long message: %v", err)
+	}
+}
+
+// The relay examples of PROTOCOL.md section 15.5 are the golden files.
+func TestProtocolDocRelayExamples(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "PROTOCOL.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(doc), "### 15.5 Examples")
+	if !ok {
+		t.Fatal("PROTOCOL.md lost section 15.5")
+	}
+	flat := strings.Join(strings.Fields(sec), "")
+	for _, name := range []string{"forward", "status_parents", "fleet_parent", "fleet_direct"} {
+		g, err := os.ReadFile(filepath.Join("testdata", "golden", name+".hex"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := strings.Join(strings.Fields(string(g)), ""); !strings.Contains(flat, want) {
+			t.Errorf("PROTOCOL.md 15.5 lacks the golden %s: %s", name, want)
+		}
 	}
 }

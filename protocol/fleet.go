@@ -112,10 +112,10 @@ type Switch struct {
 	Tree    string
 }
 
-func (*Report) Command() Command { return CmdReport }
-func (*Status) Command() Command { return CmdStatus }
-func (*Fleet) Command() Command  { return CmdFleet }
-func (*Switch) Command() Command { return CmdSwitch }
+func (*Report) Command() Command  { return CmdReport }
+func (*Status) Command() Command  { return CmdStatus }
+func (*Fleet) Command() Command   { return CmdFleet }
+func (*Switch) Command() Command  { return CmdSwitch }
 func (*Forward) Command() Command { return CmdForward }
 
 func (h *HookResult) append(b []byte) []byte {

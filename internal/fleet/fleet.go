@@ -140,7 +140,16 @@ func (t *Table) Forget(tree string) {
 	}
 }
 
-// Update records a report received at now.
+// Update records a report received at now: a node's own (Parent "") or
+// one a relay forwarded (Parent, the relay's node name).
+//
+// Keys: a direct report with a Key binds the node name to it, and another
+// key reporting under the name is refused (ErrNameTaken). A forwarded row
+// is bound to no key (a node may fail over from one relay to another, and
+// only the relay saw its key); it is refused (ErrNameTaken) while the name
+// is bound to a key and the node is not lost, and takes a lost name over,
+// unbinding it. A direct report with a key takes an unbound name over.
+// Without keys (Key "" everywhere) the latest report wins.
 func (t *Table) Update(r Report, now time.Time) error {
 	if r.Node == "" || len(r.Node) > 255 || !r.State.Valid() {
 		return fmt.Errorf("%w: node %q state %q", ErrBadReport, r.Node, r.State)
@@ -148,9 +157,18 @@ func (t *Table) Update(r Report, now time.Time) error {
 	if _, ok := t.latest[r.Tree]; !ok {
 		return fmt.Errorf("%w %q", ErrUnknownTree, r.Tree)
 	}
+	if r.Parent != "" {
+		r.Key = "" // a forwarded row is bound to no key (see Update)
+	}
 	n, ok := t.nodes[r.Node]
 	if ok && n.key != r.Key {
-		return fmt.Errorf("%w: %q", ErrNameTaken, r.Node)
+		switch {
+		case r.Parent != "" && now.Sub(n.lastSeen) <= t.cfg.LostAfter:
+			return fmt.Errorf("%w: %q reports directly", ErrNameTaken, r.Node)
+		case r.Parent == "" && n.key != "":
+			return fmt.Errorf("%w: %q", ErrNameTaken, r.Node)
+		}
+		n.key = r.Key // a forward takes a lost name over; a direct report binds an unbound one
 	}
 	if !ok {
 		if len(t.nodes) >= t.cfg.MaxNodes && !t.evictLost(now) {
@@ -183,11 +201,21 @@ func (t *Table) Row(nodeName, tree string) (Row, bool) {
 	return *r, true
 }
 
-// Seen marks a node alive without a new report (a heartbeat).
+// Seen marks a node alive without a new report (a heartbeat). A node
+// whose rows were forwarded (Parent set) is kept alive by forwards only:
+// Seen leaves it alone, so that a session that stands for it (a relay's)
+// does not keep it alive once the relay stops forwarding it.
 func (t *Table) Seen(nodeName string, now time.Time) {
-	if n, ok := t.nodes[nodeName]; ok {
-		n.lastSeen = now
+	n, ok := t.nodes[nodeName]
+	if !ok {
+		return
 	}
+	for _, r := range n.trees {
+		if r.Parent != "" {
+			return
+		}
+	}
+	n.lastSeen = now
 }
 
 func (t *Table) evictLost(now time.Time) bool {

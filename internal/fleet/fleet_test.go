@@ -132,3 +132,85 @@ func TestForget(t *testing.T) {
 		t.Fatal("forgotten tree still shown")
 	}
 }
+
+func fwd(node, tree, ver string, seq uint64, st State, parent string) Report {
+	r := rep(node, tree, ver, seq, st)
+	r.Parent = parent
+	return r
+}
+
+// Forwarded rows (PROTOCOL.md section 15.2): shown with their parent,
+// bound to no key, kept alive only by forwards, refused for a name a live
+// direct reporter's key holds, and taking over a lost one.
+func TestForwardedRows(t *testing.T) {
+	tb := New(Config{LostAfter: 10 * time.Second})
+	tb.Publish("a", Latest{Seq: 2, Version: "v2"})
+	r := fwd("leaf1", "a", "v2", 2, Switched, "relay1")
+	r.Key = "relay-key" // ignored: a forwarded row is bound to no key
+	if err := tb.Update(r, t0); err != nil {
+		t.Fatal(err)
+	}
+	// The node fails over to another relay (another key forwards it).
+	r2 := fwd("leaf1", "a", "v2", 2, Switched, "relay2")
+	r2.Key = "other-relay-key"
+	if err := tb.Update(r2, t0.Add(time.Second)); err != nil {
+		t.Fatalf("forward through another relay: %v", err)
+	}
+	row, _ := tb.Row("leaf1", "a")
+	if row.Parent != "relay2" || row.Key != "" {
+		t.Fatalf("row %+v: want parent relay2, no key", row)
+	}
+	// A session's traffic does not keep a forwarded node alive.
+	tb.Seen("leaf1", t0.Add(20*time.Second))
+	if st := tb.Status(t0.Add(12 * time.Second)); st[0].Rows[0].Shown != Lost || st[0].Live != 0 {
+		t.Fatalf("forwarded row not lost by age: %+v", st[0])
+	}
+	// A direct report with a key takes the forwarded name over, and binds it.
+	d := rep("leaf1", "a", "v2", 2, Switched)
+	d.Key = "leaf-key"
+	if err := tb.Update(d, t0.Add(13*time.Second)); err != nil {
+		t.Fatalf("direct report of a forwarded name: %v", err)
+	}
+	if row, _ := tb.Row("leaf1", "a"); row.Parent != "" || row.Key != "leaf-key" {
+		t.Fatalf("row %+v after the direct report", row)
+	}
+	// Bound and live: a forward is refused.
+	if err := tb.Update(fwd("leaf1", "a", "v1", 1, Staged, "relay1"), t0.Add(14*time.Second)); !errors.Is(err, ErrNameTaken) {
+		t.Fatalf("forward over a live bound name: %v", err)
+	}
+	if row, _ := tb.Row("leaf1", "a"); row.Version != "v2" || row.Parent != "" {
+		t.Fatalf("refused forward changed the row: %+v", row)
+	}
+	// Bound but lost: a forward takes it over and unbinds it.
+	later := t0.Add(13*time.Second + 11*time.Second)
+	if err := tb.Update(fwd("leaf1", "a", "v2", 2, Switched, "relay1"), later); err != nil {
+		t.Fatalf("forward over a lost bound name: %v", err)
+	}
+	if row, _ := tb.Row("leaf1", "a"); row.Parent != "relay1" || row.Key != "" {
+		t.Fatalf("row %+v after the takeover", row)
+	}
+	// A direct node's Seen keeps it alive as before.
+	_ = tb.Update(rep("relay1", "a", "v2", 2, Switched), later)
+	tb.Seen("relay1", later.Add(9*time.Second))
+	for _, row := range tb.Status(later.Add(15 * time.Second))[0].Rows {
+		if want := map[string]State{"relay1": Switched, "leaf1": Lost}[row.Node]; row.Shown != want {
+			t.Errorf("%s shown %s, want %s", row.Node, row.Shown, want)
+		}
+	}
+}
+
+// The barrier counts forwarded nodes like any others.
+func TestBarrierCountsForwardedNodes(t *testing.T) {
+	tb := New(Config{LostAfter: 10 * time.Second})
+	tb.Publish("a", Latest{Seq: 2, Version: "v2"})
+	_ = tb.Update(rep("relay1", "a", "v2", 2, Staged), t0)
+	_ = tb.Update(fwd("leaf1", "a", "v1", 1, Syncing, "relay1"), t0)
+	b := Barrier{Tree: "a", Version: "v2", Deadline: t0.Add(time.Minute)}
+	if d, _ := b.Check(tb, t0); d != Wait {
+		t.Fatalf("a forwarded node still syncing: %v", d)
+	}
+	_ = tb.Update(fwd("leaf1", "a", "v2", 2, Staged, "relay1"), t0)
+	if d, staged := b.Check(tb, t0); d != SwitchAll || len(staged) != 2 {
+		t.Fatalf("every node staged: %v %v", d, staged)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -59,6 +60,24 @@ type FollowConfig struct {
 	ReportEvery time.Duration
 	// Events, if set, receives what happens; it must not block.
 	Events func(FollowEvent)
+
+	// Forwards, if set (a relay: zrecv --follow --serve), returns the rows
+	// of the relay's own fleet table to FORWARD to the parent, like the
+	// node's reports: all of them when all is true (after each connect,
+	// and every ReportEvery), otherwise those that changed. parent is
+	// this node's name (Node), the parent of the relay's direct children
+	// (see sender.Server.Forwards, which fits as is). A parent that
+	// predates relays (ERROR 501) gets no more forwards for the rest of
+	// the run.
+	Forwards func(parent string, all bool) []protocol.Forward
+	// ForwardNotify, if set, is signalled when Forwards has rows that
+	// changed (sender.Config.OnReport), so that they go up at once.
+	ForwardNotify <-chan struct{}
+	// OnSwitch, if set, is called when the control session receives a
+	// SWITCH (the parent's barrier decision), for each followed tree,
+	// from the control session's goroutine; it must not block. A relay
+	// passes it on to its children (sender.Server.Switch).
+	OnSwitch func(tree string, id manifest.ID)
 }
 
 // FollowEvent is something that happened while following.
@@ -139,6 +158,10 @@ func Follow(ctx context.Context, cfg FollowConfig) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); f.work(ctx) }()
 	}
+	if cfg.ForwardNotify != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); fl.relayNotify(ctx) }()
+	}
 	fl.control(ctx)
 	wg.Wait()
 	return nil
@@ -152,6 +175,31 @@ type follower struct {
 	mu      sync.Mutex
 	reports map[string]protocol.Report // tree -> latest report
 	dirty   map[string]bool
+
+	noForward atomic.Bool // the parent refused FORWARD (501): stop forwarding
+}
+
+// relayNotify turns ForwardNotify into the control session's notify.
+func (fl *follower) relayNotify(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-fl.cfg.ForwardNotify:
+			select {
+			case fl.notify <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// forwards is receiver.ControlConfig.Forwards.
+func (fl *follower) forwards(all bool) []protocol.Forward {
+	if fl.noForward.Load() {
+		return nil
+	}
+	return fl.cfg.Forwards(fl.cfg.Node, all)
 }
 
 func (fl *follower) emit(e FollowEvent) {
@@ -170,7 +218,7 @@ func (fl *follower) control(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		connected := false
-		err := receiver.Control(ctx, rc, receiver.ControlConfig{
+		cc := receiver.ControlConfig{
 			Trees: fl.cfg.Trees, Notify: fl.notify, ReportEvery: fl.cfg.ReportEvery, Reports: fl.pending,
 			Events: func(e receiver.ControlEvent) {
 				if e.Kind == receiver.ControlConnected {
@@ -178,9 +226,16 @@ func (fl *follower) control(ctx context.Context) {
 				}
 				fl.controlEvent(e)
 			},
-		})
+		}
+		if fl.cfg.Forwards != nil && !fl.noForward.Load() {
+			cc.Forwards = fl.forwards
+		}
+		err := receiver.Control(ctx, rc, cc)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, receiver.ErrForwardUnsupported) && !fl.noForward.Swap(true) {
+			fl.emit(FollowEvent{Kind: "note", Err: err, Message: "the parent predates relays: the status of the nodes below this relay is not forwarded to it"})
 		}
 		if connected {
 			backoff = 100 * time.Millisecond
@@ -204,6 +259,9 @@ func (fl *follower) controlEvent(e receiver.ControlEvent) {
 			f.announce(e.Tree, e.Barrier)
 		}
 	case receiver.ControlSwitch:
+		if f := fl.trees[e.Tree.Name]; f != nil && fl.cfg.OnSwitch != nil {
+			fl.cfg.OnSwitch(e.Tree.Name, manifest.ID(e.Tree.Version))
+		}
 		if f := fl.trees[e.Tree.Name]; f != nil {
 			select {
 			case <-f.switchCh:

@@ -202,6 +202,10 @@ type FleetRow struct {
 	SyncTime time.Duration
 	Error    string
 	Hook     protocol.HookResult
+	// Parent is the relay the row was forwarded by (PROTOCOL.md section
+	// 15), "" for a node that reports to the server directly (or when
+	// the server predates relays: see FleetStatus.Parents).
+	Parent string
 }
 
 // FleetStatus is the server's answer to STATUS.
@@ -209,6 +213,10 @@ type FleetStatus struct {
 	Trees   []TreeInfo // each tree's latest version, sorted by name
 	Barrier bool       // the server coordinates switches (--barrier)
 	Rows    []FleetRow // sorted by tree, then node
+	// Parents: the server named each row's parent (it knows relays).
+	// False for a server that predates them, which refused STATUS with
+	// PARENTS; Status then asked again without it.
+	Parents bool
 }
 
 // maxFleetRows bounds the rows one STATUS may return.
@@ -222,8 +230,16 @@ func Status(ctx context.Context, cfg Config, tree string) (FleetStatus, error) {
 	}
 	deadline := time.Now().Add(cfg.Timeout)
 	backoff := 100 * time.Millisecond
+	flags := protocol.StatusParents
 	for {
-		st, err := statusOnce(ctx, &cfg, tree, deadline)
+		st, err := statusOnce(ctx, &cfg, tree, deadline, flags)
+		var re *RemoteError
+		if flags != 0 && errors.As(err, &re) && re.Code == protocol.CodeBadRequest {
+			// A server that predates relays: STATUS's flags were
+			// reserved (PROTOCOL.md section 15.3). Ask without them.
+			flags = 0
+			continue
+		}
 		if err == nil || !IsRetryable(err) || ctx.Err() != nil {
 			return st, err
 		}
@@ -239,15 +255,15 @@ func Status(ctx context.Context, cfg Config, tree string) (FleetStatus, error) {
 	}
 }
 
-func statusOnce(ctx context.Context, cfg *Config, tree string, dialBy time.Time) (FleetStatus, error) {
-	var st FleetStatus
+func statusOnce(ctx context.Context, cfg *Config, tree string, dialBy time.Time, flags uint8) (FleetStatus, error) {
+	st := FleetStatus{Parents: flags&protocol.StatusParents != 0}
 	c, err := dialCtl(ctx, cfg, dialBy)
 	if err != nil {
 		return st, err
 	}
 	defer c.abort()
 	const req = 1
-	c.send(&protocol.Status{Request: req, Tree: tree})
+	c.send(&protocol.Status{Request: req, Flags: flags, Tree: tree})
 	for {
 		msg, err := c.next(ctx, nil)
 		if err != nil {
@@ -265,9 +281,12 @@ func statusOnce(ctx context.Context, cfg *Config, tree string, dialBy time.Time)
 			if m.Request != req || len(st.Rows) >= maxFleetRows {
 				return st, fmt.Errorf("%w: unexpected FLEET", ErrProtocol)
 			}
+			if m.HasParent != st.Parents {
+				return st, fmt.Errorf("%w: FLEET row of %s with parent %v, asked %v", ErrProtocol, m.Node, m.HasParent, st.Parents)
+			}
 			st.Rows = append(st.Rows, FleetRow{Node: m.Node, Tree: m.Tree, State: m.State, Seq: m.Seq, Version: m.Version,
 				Behind: m.Behind, Age: time.Duration(m.AgeMS) * time.Millisecond, SyncTime: time.Duration(m.SyncMS) * time.Millisecond,
-				Error: m.Error, Hook: m.Hook})
+				Error: m.Error, Hook: m.Hook, Parent: m.Parent})
 		case *protocol.End:
 			if m.Request != req || m.Size != uint64(len(st.Rows)) {
 				return st, fmt.Errorf("%w: END counts %d rows, %d received", ErrProtocol, m.Size, len(st.Rows))
@@ -355,7 +374,19 @@ type ControlConfig struct {
 	Events func(ControlEvent)
 	// ReportEvery re-sends every report; default 10s.
 	ReportEvery time.Duration
+	// Forwards, if set (a relay, PROTOCOL.md section 15.2), returns the
+	// rows of the relay's own fleet table to FORWARD, like Reports: all
+	// of them when all is true, otherwise those that changed (Notify
+	// signals them too). A server that predates relays drops the
+	// session with ERROR 501 after a FORWARD: Control then returns an
+	// error matching ErrForwardUnsupported, and the caller SHOULD stop
+	// forwarding to it.
+	Forwards func(all bool) []protocol.Forward
 }
+
+// ErrForwardUnsupported: the server does not know FORWARD (it predates
+// relays); it dropped the control session (ERROR 501).
+var ErrForwardUnsupported = errors.New("server does not accept forwarded reports (it predates relays)")
 
 // maxUnacked bounds the REPORTs in flight on a control session.
 const maxUnacked = 256
@@ -392,21 +423,35 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 	emit(ControlEvent{Kind: ControlConnected})
 	nextReq := uint32(len(cc.Trees) + 1)
 	unacked := map[uint32]string{}
-	send := func(all bool) {
-		if cc.Reports == nil {
-			return
+	forwarded := false
+	reqID := func() uint32 {
+		nextReq++
+		if nextReq == 0 {
+			nextReq = uint32(len(cc.Trees) + 1)
 		}
-		for _, r := range cc.Reports(all) {
-			if len(unacked) >= maxUnacked {
-				return // the server is not answering; the liveness check ends the session
+		return nextReq
+	}
+	send := func(all bool) {
+		if cc.Reports != nil {
+			for _, r := range cc.Reports(all) {
+				if len(unacked) >= maxUnacked {
+					return // the server is not answering; the liveness check ends the session
+				}
+				r.Request = reqID()
+				unacked[r.Request] = r.Tree
+				c.send(&r)
 			}
-			nextReq++
-			if nextReq == 0 {
-				nextReq = uint32(len(cc.Trees) + 1)
+		}
+		if cc.Forwards != nil {
+			for _, f := range cc.Forwards(all) {
+				if len(unacked) >= maxUnacked {
+					return // as above; the next full round sends every row again
+				}
+				f.Request = reqID()
+				unacked[f.Request] = f.Tree
+				c.send(&f)
+				forwarded = true
 			}
-			r.Request = nextReq
-			unacked[r.Request] = r.Tree
-			c.send(&r)
 		}
 	}
 	send(true)
@@ -448,6 +493,10 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 			if ctx.Err() != nil {
 				c.close()
 				return ctx.Err()
+			}
+			var re *RemoteError
+			if forwarded && errors.As(err, &re) && re.Code == protocol.CodeUnknownCommand {
+				return &retryable{fmt.Errorf("%w: %v", ErrForwardUnsupported, err)}
 			}
 			return err
 		}

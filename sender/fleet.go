@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/zsend/zsend/internal/fleet"
+	"github.com/zsend/zsend/manifest"
 	"github.com/zsend/zsend/protocol"
 )
 
@@ -28,6 +29,15 @@ type fleetState struct {
 
 	barriers map[string]*barrier // tree -> barrier of its latest version
 	started  time.Time           // when the server started (barrier grace)
+
+	dirty    map[rowKey]bool // rows changed since the last Forwards(false)
+	switches []switchOrder   // Switch calls the serving goroutine has yet to run
+}
+
+// switchOrder is a Switch call: a parent's barrier decision.
+type switchOrder struct {
+	tree string
+	id   protocol.Hash
 }
 
 // barrier is the coordinated switch of one tree to one version.
@@ -52,7 +62,8 @@ type FleetConfig struct {
 
 func newFleetState(c FleetConfig) *fleetState {
 	cfg := fleet.Config{MaxNodes: c.MaxNodes, LostAfter: c.LostAfter, MaxText: c.MaxText}
-	return &fleetState{table: fleet.New(cfg), latest: map[string]uint64{}, barriers: map[string]*barrier{}, started: time.Now()}
+	return &fleetState{table: fleet.New(cfg), latest: map[string]uint64{}, barriers: map[string]*barrier{}, started: time.Now(),
+		dirty: map[rowKey]bool{}}
 }
 
 // Fleet returns the fleet table: every published tree's latest version
@@ -142,22 +153,76 @@ func wireState(s fleet.State) protocol.NodeState {
 // report answers REPORT: the table takes it (END) or refuses it (ERROR,
 // request-level; the session continues).
 func (sess *session) report(m *protocol.Report) {
-	s := sess.srv
-	now := time.Now()
-	if !sess.mayTree(m.Tree) {
-		sess.refuseKey(m.Request, m.Tree)
-		return
-	}
-	if !sess.nodes[m.Node] && len(sess.nodes) >= maxNodesPerSession {
+	if !sess.nodes[m.Node] && len(sess.nodes) >= maxNodesPerSession && sess.mayTree(m.Tree) {
 		sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
 			Message: fmt.Sprintf("more than %d node names in one session", maxNodesPerSession)})
 		return
 	}
+	if !sess.takeRow(m, "") {
+		return
+	}
+	if sess.nodes == nil {
+		sess.nodes = map[string]bool{}
+	}
+	sess.nodes[m.Node] = true
+	sess.send(&protocol.End{Request: m.Request})
+	sess.afterRow(m)
+}
+
+// forward answers FORWARD (PROTOCOL.md section 15.2): a relay's row, kept
+// like a REPORT's but under the relay's parent name, bound to no key, and
+// kept alive by forwards only.
+func (sess *session) forward(m *protocol.Forward) {
+	s := sess.srv
+	if !sess.forwards[m.Node] && len(sess.forwards) >= s.maxForwards() && sess.mayTree(m.Tree) {
+		sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
+			Message: fmt.Sprintf("more than %d forwarded node names in one session", s.maxForwards())})
+		return
+	}
+	if !sess.takeRow(&m.Report, m.Parent) {
+		return
+	}
+	if sess.forwards == nil {
+		sess.forwards = map[string]bool{}
+	}
+	sess.forwards[m.Node] = true
+	sess.send(&protocol.End{Request: m.Request})
+	sess.afterRow(&m.Report)
+}
+
+// maxForwards bounds the node names one session may FORWARD: the table's
+// own bound on nodes.
+func (s *Server) maxForwards() int {
+	if n := s.cfg.Fleet.MaxNodes; n > 0 {
+		return n
+	}
+	return 10000
+}
+
+// afterRow runs the barrier on a staged row the table took.
+func (sess *session) afterRow(m *protocol.Report) {
+	s := sess.srv
+	if m.State == protocol.StateStaged && (s.cfg.Barrier || s.cfg.ExternalBarrier) {
+		s.stagedReport(m.Tree, m.Node, m.Version, m.Seq, time.Now())
+	}
+}
+
+// takeRow puts a REPORT (parent "") or a FORWARD's row into the table. It
+// answers a refusal itself (ERROR, request-level) and reports whether the
+// table took the row; the caller acknowledges it.
+func (sess *session) takeRow(m *protocol.Report, parent string) bool {
+	s := sess.srv
+	now := time.Now()
+	if !sess.mayTree(m.Tree) {
+		sess.refuseKey(m.Request, m.Tree)
+		return false
+	}
 	r := fleet.Report{Node: m.Node, Tree: m.Tree, Version: hexID(m.Version), Seq: m.Seq, State: stateOf(m.State),
-		Error: m.Error, SyncTime: time.Duration(m.SyncMS) * time.Millisecond}
-	if sess.hasKey {
+		Error: m.Error, SyncTime: time.Duration(m.SyncMS) * time.Millisecond, Parent: parent}
+	if sess.hasKey && parent == "" {
 		// With CURVE a node name belongs to the first key that reported
-		// it (fleet.ErrNameTaken, 403, for another key).
+		// it (fleet.ErrNameTaken, 403, for another key). A forwarded row
+		// is bound to no key (section 15.2).
 		r.Key = KeyFingerprint(sess.key)
 	}
 	if m.Hook.Name != "" {
@@ -167,7 +232,15 @@ func (sess *session) report(m *protocol.Report) {
 	s.fleet.mu.Lock()
 	prev, had := s.fleet.table.Row(r.Node, r.Tree)
 	err := s.fleet.table.Update(r, now)
+	changed := err == nil && (!had || rowChanged(prev.Report, r))
+	if changed {
+		s.fleet.dirty[rowKey{r.Node, r.Tree}] = true
+	}
 	s.fleet.mu.Unlock()
+	what := "report"
+	if parent != "" {
+		what = "forwarded report"
+	}
 	if err != nil {
 		code := protocol.CodeBadRequest
 		switch {
@@ -178,29 +251,89 @@ func (sess *session) report(m *protocol.Report) {
 		case errors.Is(err, fleet.ErrNameTaken):
 			code = protocol.CodeRefused
 		}
-		sess.send(&protocol.Error{Request: m.Request, Code: code, Message: "report refused: " + err.Error()})
-		sess.event(Event{Kind: "refused", Name: m.Tree, Message: fmt.Sprintf("report of node %q: %v", m.Node, err)})
-		return
+		sess.send(&protocol.Error{Request: m.Request, Code: code, Message: what + " refused: " + err.Error()})
+		sess.event(Event{Kind: "refused", Name: m.Tree, Message: fmt.Sprintf("%s of node %q: %v", what, m.Node, err)})
+		return false
 	}
-	if sess.nodes == nil {
-		sess.nodes = map[string]bool{}
-	}
-	sess.nodes[m.Node] = true
-	sess.send(&protocol.End{Request: m.Request})
 	// Periodic reports repeat the state: only a change is an event.
-	if !had || prev.State != r.State || prev.Version != r.Version || prev.Error != r.Error {
-		sess.event(Event{Kind: "report", Name: m.Tree, Seq: m.Seq, Version: r.Version,
-			Message: fmt.Sprintf("node %s %s", m.Node, r.State)})
+	if changed {
+		msg := fmt.Sprintf("node %s %s", m.Node, r.State)
+		if parent != "" {
+			msg += " via " + parent
+		}
+		sess.event(Event{Kind: "report", Name: m.Tree, Seq: m.Seq, Version: r.Version, Message: msg})
+		if s.cfg.OnReport != nil {
+			s.cfg.OnReport()
+		}
 	}
-	if m.State == protocol.StateStaged && s.cfg.Barrier {
-		s.stagedReport(m.Tree, m.Node, m.Version, m.Seq, now)
+	return true
+}
+
+// rowChanged reports whether a new report of a row says something the
+// previous one did not (periodic reports repeat the state).
+func rowChanged(a, b fleet.Report) bool {
+	if a.State != b.State || a.Version != b.Version || a.Seq != b.Seq || a.Error != b.Error || a.Parent != b.Parent {
+		return true
 	}
+	if (a.Hook == nil) != (b.Hook == nil) {
+		return true
+	}
+	return a.Hook != nil && *a.Hook != *b.Hook
+}
+
+// rowKey names a row of the fleet table.
+type rowKey struct{ node, tree string }
+
+// Forwards returns the rows a relay forwards upward (PROTOCOL.md section
+// 15.2): with all, every row of the table that is not lost; otherwise
+// those that changed since the last call (and are not lost). A row the
+// node reported directly gets parent, the relay's own node name; a row
+// this server got by FORWARD keeps the parent it came with. Safe from any
+// goroutine; meant for one caller (the relay's control session), since
+// it resets what "changed" means.
+func (s *Server) Forwards(parent string, all bool) []protocol.Forward {
+	now := time.Now()
+	f := s.fleet
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !all && len(f.dirty) == 0 {
+		return nil
+	}
+	var out []protocol.Forward
+	for _, st := range f.table.Status(now) {
+		for _, r := range st.Rows {
+			if r.Shown == fleet.Lost || (!all && !f.dirty[rowKey{r.Node, r.Tree}]) {
+				continue
+			}
+			fw := protocol.Forward{Parent: r.Parent, Report: protocol.Report{State: wireState(r.State), Seq: r.Seq,
+				SyncMS: uint32(min(r.SyncTime/time.Millisecond, 1<<32-1)), Version: hashOf(r.Version), Node: r.Node, Tree: r.Tree,
+				Error: clampText(r.Error)}}
+			if fw.Parent == "" {
+				fw.Parent = parent
+			}
+			if r.Hook != nil {
+				fw.Hook = protocol.HookResult{Name: r.Hook.Name, Exit: int32(r.Hook.Exit),
+					DurationMS: uint32(min(r.Hook.Duration/time.Millisecond, 1<<32-1)), Output: clampHook(r.Hook.Output)}
+			}
+			out = append(out, fw)
+		}
+	}
+	clear(f.dirty)
+	return out
 }
 
 // stagedReport runs the barrier when a node reports a version staged.
 func (s *Server) stagedReport(tree, node string, id protocol.Hash, seq uint64, now time.Time) {
 	f := s.fleet
 	b := f.barriers[tree]
+	if s.cfg.ExternalBarrier {
+		// A relay: only its parent's decision (Switch) switches.
+		if b != nil && b.decided && b.id == id {
+			delete(b.told, node) // staged again: it did not switch yet
+			s.sendSwitch(b, []string{node})
+		}
+		return
+	}
 	if b == nil || (b.id != id && seq > b.seq) {
 		// No barrier for it (the server restarted): open one now.
 		b = s.newBarrier(tree, seq, id, now)
@@ -210,6 +343,7 @@ func (s *Server) stagedReport(tree, node string, id protocol.Hash, seq uint64, n
 		return // an older version; the newer one is on its way to the node
 	}
 	if b.decided {
+		delete(b.told, node) // staged again (a new session): tell it again
 		s.sendSwitch(b, []string{node})
 		return
 	}
@@ -271,12 +405,14 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// sendSwitch sends SWITCH to every subscribed session of the named nodes.
+// sendSwitch sends SWITCH to every subscribed session of the named nodes:
+// the sessions that reported them, and those that forwarded them (a
+// relay's, PROTOCOL.md section 15.4), at most one SWITCH per session.
 func (s *Server) sendSwitch(b *barrier, nodes []string) {
-	want := map[string]bool{}
+	var want []string
 	for _, n := range nodes {
 		if !b.told[n] {
-			want[n] = true
+			want = append(want, n)
 		}
 	}
 	if len(want) == 0 {
@@ -286,19 +422,106 @@ func (s *Server) sendSwitch(b *barrier, nodes []string) {
 		if sess.dead {
 			continue
 		}
-		for n := range sess.nodes {
-			if !want[n] {
+		var hit []string
+		for _, n := range want {
+			if sess.nodes[n] || sess.forwards[n] {
+				hit = append(hit, n)
+			}
+		}
+		if len(hit) == 0 {
+			continue
+		}
+		for _, sub := range sess.subs {
+			if sub.tree == "" || sub.tree == b.b.Tree {
+				sess.send(&protocol.Switch{Request: sub.req, Seq: b.seq, Version: b.id, Tree: b.b.Tree})
+				for _, n := range hit {
+					b.told[n] = true
+				}
+				break
+			}
+		}
+	}
+}
+
+// Switch passes a parent's barrier decision on (a relay with
+// Config.ExternalBarrier, PROTOCOL.md section 15.4): SWITCH for (tree,
+// id) goes to every node of the tree whose row shows id staged and that
+// has a session (or whose relay has), and the decision is remembered, so
+// that a node that reports id staged later gets its SWITCH at once. Safe
+// from any goroutine; it does not wait for the SWITCHes to be sent.
+func (s *Server) Switch(tree string, id manifest.ID) {
+	f := s.fleet
+	f.mu.Lock()
+	if len(f.switches) < maxSwitchOrders {
+		f.switches = append(f.switches, switchOrder{tree: tree, id: protocol.Hash(id)})
+	}
+	f.mu.Unlock()
+	select {
+	case s.switchWake <- struct{}{}:
+	default:
+	}
+}
+
+// maxSwitchOrders bounds the Switch calls queued for the serving
+// goroutine (it runs them within a tick; a parent sends one per version).
+const maxSwitchOrders = 1024
+
+// runSwitches runs the queued Switch calls (serving goroutine).
+func (s *Server) runSwitches(now time.Time) {
+	f := s.fleet
+	f.mu.Lock()
+	orders := f.switches
+	f.switches = nil
+	st := f.table.Status(now)
+	f.mu.Unlock()
+	for _, o := range orders {
+		seq, known := s.seqOf(o.tree, o.id, st)
+		b := f.barriers[o.tree]
+		if b == nil || b.id != o.id {
+			nb := s.newBarrier(o.tree, seq, o.id, now)
+			if b == nil || !known || b.seq <= seq {
+				f.barriers[o.tree] = nb // the newest decision stays for late nodes
+			}
+			b = nb
+		}
+		b.decided = true
+		var staged []string
+		for _, t := range st {
+			if t.Tree != o.tree {
 				continue
 			}
-			for _, sub := range sess.subs {
-				if sub.tree == "" || sub.tree == b.b.Tree {
-					sess.send(&protocol.Switch{Request: sub.req, Seq: b.seq, Version: b.id, Tree: b.b.Tree})
-					b.told[n] = true
-					break
+			for _, r := range t.Rows {
+				if r.Shown == fleet.Staged && r.Version == hexID(o.id) {
+					staged = append(staged, r.Node)
+				}
+			}
+		}
+		s.sendSwitch(b, staged)
+		s.event(Event{Kind: "barrier", Name: o.tree, Seq: seq, Version: hexID(o.id),
+			Message: fmt.Sprintf("switch of %s v%d passed on from the parent: %d nodes staged", o.tree, seq, len(staged))})
+	}
+}
+
+// seqOf finds the sequence number of version id of tree: from the
+// published versions, else from a row that shows it.
+func (s *Server) seqOf(tree string, id protocol.Hash, st []fleet.TreeStatus) (uint64, bool) {
+	if s.pub != nil {
+		if t, ok := s.pub.trees[tree]; ok {
+			for _, v := range t.versions() {
+				if protocol.Hash(v.id) == id {
+					return v.seq, true
 				}
 			}
 		}
 	}
+	for _, t := range st {
+		for _, r := range t.Rows {
+			if t.Tree == tree && r.Version == hexID(id) && r.Seq != 0 {
+				return r.Seq, true
+			}
+		}
+	}
+	return 0, false
 }
 
 // fleetHousekeeping keeps the nodes of live sessions alive in the table
@@ -368,7 +591,11 @@ func (sess *session) status(m *protocol.Status) {
 		for _, r := range t.Rows {
 			f := &protocol.Fleet{Request: m.Request, State: wireState(r.Shown), Seq: r.Seq, Behind: r.Behind,
 				AgeMS: uint64(max(now.Sub(r.LastSeen), 0) / time.Millisecond), SyncMS: uint32(r.SyncTime / time.Millisecond),
-				Version: hashOf(r.Version), Node: r.Node, Tree: r.Tree, Error: clampText(r.Error)}
+				Version: hashOf(r.Version), Node: r.Node, Tree: r.Tree, Error: clampText(r.Error),
+				HasParent: m.Flags&protocol.StatusParents != 0, Parent: r.Parent}
+			if !f.HasParent {
+				f.Parent = ""
+			}
 			if r.Hook != nil {
 				f.Hook = protocol.HookResult{Name: r.Hook.Name, Exit: int32(r.Hook.Exit),
 					DurationMS: uint32(r.Hook.Duration / time.Millisecond), Output: clampHook(r.Hook.Output)}

@@ -84,6 +84,10 @@ type version struct {
 	entries   uint64
 	files     uint64
 	bytes     uint64
+	// barrier: announce this version with TREE's BARRIER flag even
+	// without Config.Barrier (a relay's version whose parent announced
+	// it so; PROTOCOL.md section 15.4).
+	barrier bool
 
 	mu sync.Mutex
 	m  *manifest.Manifest // decoded on demand; dropped when the version is no longer the latest

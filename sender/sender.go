@@ -121,6 +121,17 @@ type Config struct {
 	Barrier        bool
 	Quorum         int
 	BarrierTimeout time.Duration
+	// ExternalBarrier is for a relay (PROTOCOL.md section 15.4): the
+	// server never decides a barrier itself; its parent does, and the
+	// relay passes each decision on with Switch. A version is announced
+	// with BARRIER when its parent announced it so (Offer's barrier).
+	// Exclusive with Barrier.
+	ExternalBarrier bool
+	// OnReport, if set, is called when a row of the fleet table changed
+	// (a REPORT or FORWARD with a new state, version, error or hook, or a
+	// new row), so that a relay forwards it upward at once (Forwards).
+	// It is called from the serving goroutine and must not block.
+	OnReport func()
 	curve          *guard.CurveServer // set by setDefaults from Curve
 }
 
@@ -272,6 +283,9 @@ func (c *Config) setDefaults() error {
 	if c.RescanEvery <= 0 {
 		c.RescanEvery = 60 * time.Second
 	}
+	if c.Barrier && c.ExternalBarrier {
+		return errors.New("Barrier and ExternalBarrier are exclusive: a relay's parent decides its barriers")
+	}
 	if c.BarrierTimeout <= 0 {
 		c.BarrierTimeout = 30 * time.Second
 	}
@@ -315,6 +329,8 @@ type Server struct {
 	closeOnce sync.Once
 	stats     counters
 	fleet     *fleetState
+	// switchWake is signalled when Switch queued a decision (fleetState.switches).
+	switchWake chan struct{}
 }
 
 // counters are updated by the serving goroutine and producers, read by Stats.
@@ -412,6 +428,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		departed:    departed,
 		unsolicited: make(map[string]int),
 		fleet:       newFleetState(cfg.Fleet),
+		switchWake:  make(chan struct{}, 1),
 		waitTimer:   time.NewTimer(time.Hour),
 		keys:        keys,
 	}
@@ -573,6 +590,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.pushVersions()
 		case now := <-s.waitTimer.C:
 			s.admitWaiting(now)
+		case <-s.switchWake:
+			s.runSwitches(time.Now())
 		default:
 		}
 		if s.sendRound() {
@@ -598,6 +617,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.peerGone(d)
 		case now := <-s.waitTimer.C:
 			s.admitWaiting(now)
+		case <-s.switchWake:
+			s.runSwitches(time.Now())
 		}
 	}
 }

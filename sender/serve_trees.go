@@ -119,7 +119,7 @@ func (sess *session) list(m *protocol.List) {
 
 func (sess *session) sendTree(req uint32, t *pubTree, v *version) {
 	var flags uint8
-	if sess.srv.cfg.Barrier {
+	if sess.srv.cfg.Barrier || v.barrier {
 		flags = protocol.TreeBarrier
 	}
 	sess.send(&protocol.Tree{Request: req, Flags: flags, Seq: v.seq, Entries: v.entries, Bytes: v.bytes,

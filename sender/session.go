@@ -48,6 +48,10 @@ type session struct {
 	// most maxNodesPerSession: SWITCH goes to them, and the session's
 	// messages keep them alive in the fleet table.
 	nodes map[string]bool
+	// forwards are the node names this session FORWARDed (a relay's
+	// children, PROTOCOL.md section 15): SWITCH for them goes to this
+	// session; the session's messages do not keep them alive.
+	forwards map[string]bool
 	// pongWindow and pongs limit the PINGs answered per second.
 	pongWindow time.Time
 	pongs      int
@@ -86,6 +90,8 @@ func (sess *session) handle(m protocol.Message) {
 		sess.list(m)
 	case *protocol.Report:
 		sess.report(m)
+	case *protocol.Forward:
+		sess.forward(m)
 	case *protocol.Status:
 		sess.status(m)
 	case *protocol.Credit:

@@ -132,7 +132,7 @@ type Config struct {
 	// new row), so that a relay forwards it upward at once (Forwards).
 	// It is called from the serving goroutine and must not block.
 	OnReport func()
-	curve          *guard.CurveServer // set by setDefaults from Curve
+	curve    *guard.CurveServer // set by setDefaults from Curve
 }
 
 // Limits bounds what a peer can make the server hold or wait for at the

@@ -46,7 +46,13 @@ type barrier struct {
 	seq     uint64
 	id      protocol.Hash
 	decided bool
-	told    map[string]bool // nodes sent SWITCH
+	// told maps each node sent SWITCH to the session it went to; sent
+	// holds those sessions. A node staged again on another session (it
+	// reconnected, or moved to another relay) is told again; a session
+	// that got the SWITCH is not sent it again (a relay passes it on to
+	// its late children itself).
+	told map[string]*session
+	sent map[*session]bool
 }
 
 // maxNodesPerSession bounds the node names one session may report under
@@ -121,7 +127,7 @@ func (s *Server) syncFleetLatest(now time.Time) {
 
 func (s *Server) newBarrier(tree string, seq uint64, id protocol.Hash, now time.Time) *barrier {
 	return &barrier{b: fleet.Barrier{Tree: tree, Version: hexID(id), Quorum: s.cfg.Quorum, Deadline: now.Add(s.cfg.BarrierTimeout)},
-		seq: seq, id: id, told: map[string]bool{}}
+		seq: seq, id: id, told: map[string]*session{}, sent: map[*session]bool{}}
 }
 
 // nodeStates maps the states a node reports on the wire to the table's.
@@ -329,7 +335,6 @@ func (s *Server) stagedReport(tree, node string, id protocol.Hash, seq uint64, n
 	if s.cfg.ExternalBarrier {
 		// A relay: only its parent's decision (Switch) switches.
 		if b != nil && b.decided && b.id == id {
-			delete(b.told, node) // staged again: it did not switch yet
 			s.sendSwitch(b, []string{node})
 		}
 		return
@@ -343,7 +348,6 @@ func (s *Server) stagedReport(tree, node string, id protocol.Hash, seq uint64, n
 		return // an older version; the newer one is on its way to the node
 	}
 	if b.decided {
-		delete(b.told, node) // staged again (a new session): tell it again
 		s.sendSwitch(b, []string{node})
 		return
 	}
@@ -411,9 +415,12 @@ func contains(list []string, s string) bool {
 func (s *Server) sendSwitch(b *barrier, nodes []string) {
 	var want []string
 	for _, n := range nodes {
-		if !b.told[n] {
-			want = append(want, n)
+		if sess := b.told[n]; sess != nil {
+			if !sess.dead && (sess.nodes[n] || sess.forwards[n]) {
+				continue // told on a session that still stands for it
+			}
 		}
+		want = append(want, n)
 	}
 	if len(want) == 0 {
 		return
@@ -433,9 +440,12 @@ func (s *Server) sendSwitch(b *barrier, nodes []string) {
 		}
 		for _, sub := range sess.subs {
 			if sub.tree == "" || sub.tree == b.b.Tree {
-				sess.send(&protocol.Switch{Request: sub.req, Seq: b.seq, Version: b.id, Tree: b.b.Tree})
+				if !b.sent[sess] {
+					sess.send(&protocol.Switch{Request: sub.req, Seq: b.seq, Version: b.id, Tree: b.b.Tree})
+					b.sent[sess] = true
+				}
 				for _, n := range hit {
-					b.told[n] = true
+					b.told[n] = sess
 				}
 				break
 			}

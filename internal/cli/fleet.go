@@ -44,7 +44,7 @@ func FleetView(st receiver.FleetStatus, now time.Time) []fleet.TreeStatus {
 	byTree := map[string][]fleet.Row{}
 	for _, r := range st.Rows {
 		row := fleet.Row{Report: fleet.Report{Node: r.Node, Tree: r.Tree, Seq: r.Seq, State: fleet.State(r.State.String()),
-			Error: r.Error, SyncTime: r.SyncTime}, LastSeen: now.Add(-r.Age), Behind: r.Behind, Shown: fleet.State(r.State.String())}
+			Error: r.Error, SyncTime: r.SyncTime, Parent: r.Parent}, LastSeen: now.Add(-r.Age), Behind: r.Behind, Shown: fleet.State(r.State.String())}
 		if r.Version != (protocol.Hash{}) {
 			row.Version = hex.EncodeToString(r.Version[:])
 		}
@@ -154,7 +154,7 @@ func writeStatusText(w io.Writer, view []fleet.TreeStatus, now time.Time) {
 		}
 		fmt.Fprintf(w, "tree %s: latest v%d (%s)\n", t.Tree, t.Latest.Seq, short(t.Latest.Version))
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NODE\tVERSION\tBEHIND\tSTATE\tLAST SEEN\tSYNC\tHOOK\tERROR")
+		fmt.Fprintln(tw, "NODE\tVIA\tVERSION\tBEHIND\tSTATE\tLAST SEEN\tSYNC\tHOOK\tERROR")
 		for _, r := range t.Rows {
 			ver := "-"
 			if r.Version != "" {
@@ -164,7 +164,11 @@ func writeStatusText(w io.Writer, view []fleet.TreeStatus, now time.Time) {
 			if errText == "" {
 				errText = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%v ago\t%v\t%s\t%s\n", r.Node, ver, r.Behind, r.Shown,
+			via := r.Parent
+			if via == "" {
+				via = "-" // reports to this server directly
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%v ago\t%v\t%s\t%s\n", r.Node, via, ver, r.Behind, r.Shown,
 				now.Sub(r.LastSeen).Round(100*time.Millisecond), r.SyncTime.Round(time.Millisecond), hookText(r.Hook), oneLine(errText))
 		}
 		tw.Flush()
@@ -195,6 +199,7 @@ type jsonHook struct {
 
 type jsonNode struct {
 	Node       string    `json:"node"`
+	Parent     string    `json:"parent"` // the relay it reports through; "" if direct
 	Seq        uint64    `json:"seq"`
 	Version    string    `json:"version"`
 	Behind     uint64    `json:"behind"`
@@ -227,7 +232,7 @@ func writeStatusJSON(w io.Writer, view []fleet.TreeStatus, verdict fleet.Verdict
 		jt := jsonTree{Tree: t.Tree, LatestSeq: t.Latest.Seq, LatestVersion: t.Latest.Version, Summary: t.Summary(),
 			Live: t.Live, OnLatest: t.OnLatest, Behind: nonNil(t.Behind), Failed: nonNil(t.Failed), Lost: nonNil(t.LostNodes), Nodes: []jsonNode{}}
 		for _, r := range t.Rows {
-			n := jsonNode{Node: r.Node, Seq: r.Seq, Version: r.Version, Behind: r.Behind, State: string(r.Shown),
+			n := jsonNode{Node: r.Node, Parent: r.Parent, Seq: r.Seq, Version: r.Version, Behind: r.Behind, State: string(r.Shown),
 				LastSeenMS: now.Sub(r.LastSeen).Milliseconds(), SyncMS: r.SyncTime.Milliseconds(), Error: r.Error}
 			if r.Hook != nil {
 				n.Hook = &jsonHook{Name: r.Hook.Name, Exit: r.Hook.Exit, DurationMS: r.Hook.Duration.Milliseconds(), OK: r.Hook.OK, Output: r.Hook.Output}

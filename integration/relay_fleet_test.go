@@ -1,0 +1,686 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/zsend/zsend/internal/cli"
+	"github.com/zsend/zsend/internal/fleet"
+	"github.com/zsend/zsend/manifest"
+	"github.com/zsend/zsend/mirror"
+	"github.com/zsend/zsend/protocol"
+	"github.com/zsend/zsend/receiver"
+	"github.com/zsend/zsend/sender"
+)
+
+// Status through relays (PROTOCOL.md section 15): a relay FORWARDs the
+// rows of its own table on its control session. These tests play the
+// relay with the real client side (receiver.Control with Forwards) or by
+// hand (raw messages), against a real server.
+
+// fakeRelay is a relay's control session to its parent: its own reports
+// and the rows it forwards, both changeable while it runs.
+type fakeRelay struct {
+	mu      sync.Mutex
+	reports []protocol.Report
+	fwds    []protocol.Forward
+	dirty   bool
+	notify  chan struct{}
+	events  []receiver.ControlEvent
+	cancel  context.CancelFunc
+	done    chan error
+	once    sync.Once
+}
+
+func startFakeRelay(t *testing.T, rc receiver.Config, trees []string, reports []protocol.Report, fwds []protocol.Forward) *fakeRelay {
+	t.Helper()
+	r := &fakeRelay{reports: reports, fwds: fwds, dirty: true, notify: make(chan struct{}, 1), done: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	if rc.OutputDir == "" {
+		rc.OutputDir = t.TempDir()
+	}
+	go func() {
+		r.done <- receiver.Control(ctx, rc, receiver.ControlConfig{Trees: trees, Notify: r.notify, ReportEvery: 200 * time.Millisecond,
+			Reports: func(bool) []protocol.Report {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				return append([]protocol.Report(nil), r.reports...)
+			},
+			Forwards: func(all bool) []protocol.Forward {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				if !all && !r.dirty {
+					return nil
+				}
+				r.dirty = false
+				return append([]protocol.Forward(nil), r.fwds...)
+			},
+			Events: func(e receiver.ControlEvent) {
+				r.mu.Lock()
+				r.events = append(r.events, e)
+				r.mu.Unlock()
+			}})
+	}()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *fakeRelay) set(reports []protocol.Report, fwds []protocol.Forward) {
+	r.mu.Lock()
+	r.reports, r.fwds, r.dirty = reports, fwds, true
+	r.mu.Unlock()
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (r *fakeRelay) refusals() []error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []error
+	for _, e := range r.events {
+		if e.Kind == receiver.ControlRefused {
+			out = append(out, e.Err)
+		}
+	}
+	return out
+}
+
+func (r *fakeRelay) stop() {
+	r.once.Do(func() {
+		r.cancel()
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			panic("fake relay did not stop")
+		}
+	})
+}
+
+func fwdRow(node, tree, parent string, st protocol.NodeState, seq uint64, id protocol.Hash) protocol.Forward {
+	return protocol.Forward{Report: protocol.Report{State: st, Seq: seq, Version: id, Node: node, Tree: tree}, Parent: parent}
+}
+
+func ownReport(node, tree string, st protocol.NodeState, seq uint64, id protocol.Hash) protocol.Report {
+	return protocol.Report{State: st, Seq: seq, Version: id, Node: node, Tree: tree}
+}
+
+// rowsByNode is a tree's rows in the server's own table.
+func rowsByNode(srv *sender.Server, tree string) map[string]fleet.Row {
+	out := map[string]fleet.Row{}
+	for _, st := range srv.Fleet() {
+		if st.Tree == tree {
+			for _, r := range st.Rows {
+				out[r.Node] = r
+			}
+		}
+	}
+	return out
+}
+
+// The root's STATUS shows forwarded rows with their parent (a relay's
+// direct child, and a node two relays down), the relay itself as direct;
+// STATUS without PARENTS has exactly the old layout; zsend --status (text
+// and JSON) shows the column, and --wait counts forwarded nodes. A
+// forwarded node the relay stops forwarding goes lost by age while the
+// relay's session lives on, and the relay goes lost when it goes.
+func TestRelayForwardedRowsInRootStatus(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.Fleet.LostAfter = 1500 * time.Millisecond
+	ep, srv := publishingServer(t, cfg)
+	id1 := protocol.Hash(srv.Trees()[0].ID)
+	relay := startFakeRelay(t, fastRecv(ep), []string{"app"},
+		[]protocol.Report{ownReport("relay1", "app", protocol.StateSwitched, 1, id1)},
+		[]protocol.Forward{fwdRow("leaf1", "app", "relay1", protocol.StateSwitched, 1, id1),
+			fwdRow("leaf2", "app", "relay2", protocol.StateSwitched, 1, id1)})
+	waitUntil(t, 10*time.Second, "3 nodes on v1", converged(srv, "app", 1, 3))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	st, err := receiver.Status(ctx, fastRecv(ep), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parents := map[string]string{}
+	for _, r := range st.Rows {
+		parents[r.Node] = r.Parent
+	}
+	if want := map[string]string{"relay1": "", "leaf1": "relay1", "leaf2": "relay2"}; !st.Parents || !equalMaps(parents, want) {
+		t.Fatalf("parents %v (asked: %v), want %v", parents, st.Parents, want)
+	}
+
+	// STATUS without the flag: today's layout exactly (no trailing parent).
+	c := helloV2(t, ep)
+	c.sendV2(t, &protocol.Status{Request: 9, Tree: "app"})
+	rows := 0
+	for done := false; !done; {
+		switch m := c.next(t).(type) {
+		case *protocol.Tree:
+		case *protocol.Fleet:
+			rows++
+			if m.HasParent || m.Parent != "" {
+				t.Fatalf("FLEET with a parent in answer to STATUS without PARENTS: %+v", m)
+			}
+		case *protocol.End:
+			done = true
+		default:
+			t.Fatalf("unexpected %T", m)
+		}
+	}
+	if rows != 3 {
+		t.Fatalf("%d rows", rows)
+	}
+
+	// zsend --status: the VIA column, and "parent" in JSON.
+	var out, errb bytes.Buffer
+	if code := cli.Status(ctx, fastRecv(ep), cli.StatusOptions{}, &out, &errb); code != cli.ExitOK {
+		t.Fatalf("--status exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "VIA") || !regexpLine(out.String(), "leaf2", "relay2") || !regexpLine(out.String(), "relay1", "-") {
+		t.Fatalf("--status text:\n%s", out.String())
+	}
+	out.Reset()
+	if code := cli.Status(ctx, fastRecv(ep), cli.StatusOptions{JSON: true}, &out, &errb); code != cli.ExitOK {
+		t.Fatalf("--status --json exit %d: %s", code, errb.String())
+	}
+	var js struct {
+		Trees []struct {
+			Nodes []struct{ Node, Parent string }
+		}
+	}
+	if err := json.Unmarshal(out.Bytes(), &js); err != nil || len(js.Trees) != 1 || len(js.Trees[0].Nodes) != 3 {
+		t.Fatalf("--status --json: %v\n%s", err, out.String())
+	}
+	for _, n := range js.Trees[0].Nodes {
+		if n.Parent != parents[n.Node] {
+			t.Errorf("JSON %s parent %q, want %q", n.Node, n.Parent, parents[n.Node])
+		}
+	}
+
+	// --wait covers the forwarded nodes: v2 with leaf2 still on v1 does
+	// not converge; once it is forwarded on v2, it does.
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	id2 := protocol.Hash(srv.Trees()[0].ID)
+	relay.set([]protocol.Report{ownReport("relay1", "app", protocol.StateSwitched, 2, id2)},
+		[]protocol.Forward{fwdRow("leaf1", "app", "relay1", protocol.StateSwitched, 2, id2),
+			fwdRow("leaf2", "app", "relay2", protocol.StateSwitched, 1, id1)})
+	waitUntil(t, 10*time.Second, "leaf1 on v2", func() (bool, string) {
+		r := rowsByNode(srv, "app")["leaf1"]
+		return r.Seq == 2, string(r.State)
+	})
+	out.Reset()
+	errb.Reset()
+	if code := cli.Status(ctx, fastRecv(ep), cli.StatusOptions{Wait: true, Timeout: time.Second}, &out, &errb); code != cli.ExitWaitTimeout {
+		t.Fatalf("--wait with a forwarded node behind: exit %d, want %d\n%s", code, cli.ExitWaitTimeout, out.String())
+	}
+	relay.set([]protocol.Report{ownReport("relay1", "app", protocol.StateSwitched, 2, id2)},
+		[]protocol.Forward{fwdRow("leaf1", "app", "relay1", protocol.StateSwitched, 2, id2),
+			fwdRow("leaf2", "app", "relay2", protocol.StateSwitched, 2, id2)})
+	if code := cli.Status(ctx, fastRecv(ep), cli.StatusOptions{Wait: true, Timeout: 20 * time.Second}, &out, &errb); code != cli.ExitOK {
+		t.Fatalf("--wait once every forwarded node is on v2: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+
+	// The relay stops forwarding (its children left it, or died): they go
+	// lost by age, although the relay's session is alive.
+	relay.set([]protocol.Report{ownReport("relay1", "app", protocol.StateSwitched, 2, id2)}, nil)
+	waitUntil(t, 10*time.Second, "leaves lost, relay live", func() (bool, string) {
+		rs := rowsByNode(srv, "app")
+		return rs["leaf1"].Shown == fleet.Lost && rs["leaf2"].Shown == fleet.Lost && rs["relay1"].Shown == fleet.Switched,
+			srv.Fleet()[0].Summary()
+	})
+	// The relay dies: it goes lost too.
+	relay.stop()
+	waitUntil(t, 10*time.Second, "relay lost", func() (bool, string) {
+		return rowsByNode(srv, "app")["relay1"].Shown == fleet.Lost, srv.Fleet()[0].Summary()
+	})
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// regexpLine: some line of text starts with node and has via as its
+// second field.
+func regexpLine(text, node, via string) bool {
+	for _, l := range strings.Split(text, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && f[0] == node && f[1] == via {
+			return true
+		}
+	}
+	return false
+}
+
+// With CURVE: a FORWARD may not overwrite the row of a node name bound to
+// a key that reports directly (403, the row unchanged); with an access
+// list, a relay key forwards only for the trees it may see (403); a
+// forwarded row is bound to no key.
+func TestRelayForwardRefusals(t *testing.T) {
+	server, direct, relayKey := newCert(t), newCert(t), newCert(t)
+	dir := t.TempDir()
+	app, other := filepath.Join(dir, "app"), filepath.Join(dir, "other")
+	writeFile(t, filepath.Join(app, "a"), "a")
+	writeFile(t, filepath.Join(other, "b"), "b")
+	cfg := fastFleet(app)
+	cfg.Paths = []string{app, other}
+	cfg.Curve = curveServer(server)
+	cfg.Curve.Access = func(k [32]byte, name string) bool {
+		return k != relayKey.Public || strings.HasPrefix(name, "app/")
+	}
+	ep, srv := publishingServer(t, cfg)
+	ids := map[string]protocol.Hash{}
+	for _, ti := range srv.Trees() {
+		ids[ti.Name] = protocol.Hash(ti.ID)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dc := fastRecv(ep)
+	dc.OutputDir, dc.Curve = t.TempDir(), curveClient(server, direct)
+	if err := receiver.Report(ctx, dc, ownReport("web1", "app", protocol.StateSwitched, 1, ids["app"])); err != nil {
+		t.Fatal(err)
+	}
+	rc := fastRecv(ep)
+	rc.Curve = curveClient(server, relayKey)
+	relay := startFakeRelay(t, rc, []string{"app"}, nil, []protocol.Forward{
+		fwdRow("web1", "app", "relay1", protocol.StateFailed, 0, protocol.Hash{}),
+		fwdRow("leaf1", "app", "relay1", protocol.StateSwitched, 1, ids["app"]),
+		fwdRow("leaf2", "other", "relay1", protocol.StateSwitched, 1, ids["other"]),
+	})
+	waitUntil(t, 10*time.Second, "two refusals", func() (bool, string) {
+		n := len(relay.refusals())
+		return n >= 2, ""
+	})
+	var trees []string
+	for _, err := range relay.refusals()[:2] {
+		var re *receiver.RemoteError
+		if !errors.As(err, &re) || re.Code != protocol.CodeRefused {
+			t.Fatalf("refusal %v, want 403", err)
+		}
+		trees = append(trees, err.Error())
+	}
+	if !strings.Contains(strings.Join(trees, " "), "report of other") {
+		t.Errorf("refusals %v: none for tree other", trees)
+	}
+	rows := rowsByNode(srv, "app")
+	if r := rows["web1"]; r.State != fleet.Switched || r.Parent != "" || r.Key == "" {
+		t.Errorf("web1 changed by a forward: %+v", r)
+	}
+	if r := rows["leaf1"]; r.Parent != "relay1" || r.Key != "" || r.State != fleet.Switched {
+		t.Errorf("leaf1: %+v", r)
+	}
+	if len(rowsByNode(srv, "other")) != 0 {
+		t.Errorf("a row of tree other was taken from a key that may not see it: %+v", rowsByNode(srv, "other"))
+	}
+}
+
+// nextNonPing returns the next message other than PING, or nil after d.
+func nextNonPing(t *testing.T, c *v2, d time.Duration) protocol.Message {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
+		}
+		frames := c.recv(left)
+		if frames == nil {
+			return nil
+		}
+		m, _, err := protocol.Decode(frames)
+		if err != nil {
+			t.Fatalf("undecodable: %v", err)
+		}
+		if _, ok := m.(*protocol.Ping); !ok {
+			return m
+		}
+	}
+}
+
+func expectEnd(t *testing.T, c *v2, req uint32, what string) {
+	t.Helper()
+	if e, ok := nextNonPing(t, c, 5*time.Second).(*protocol.End); !ok || e.Request != req {
+		t.Fatalf("%s: want END %d, got %+v", what, req, e)
+	}
+}
+
+func expectQuiet(t *testing.T, c *v2, d time.Duration, what string) {
+	t.Helper()
+	if m := nextNonPing(t, c, d); m != nil {
+		t.Fatalf("%s: unexpected %T %+v", what, m, m)
+	}
+}
+
+// subscribe sends LIST SUBSCRIBE for tree and returns its TREE.
+func subscribe(t *testing.T, c *v2, req uint32, tree string) *protocol.Tree {
+	t.Helper()
+	c.sendV2(t, &protocol.List{Request: req, Flags: protocol.ListSubscribe, Tree: tree})
+	tr, ok := nextNonPing(t, c, 5*time.Second).(*protocol.Tree)
+	if !ok {
+		t.Fatalf("LIST SUBSCRIBE: want TREE, got %+v", tr)
+	}
+	expectEnd(t, c, req, "LIST")
+	return tr
+}
+
+// The root's barrier counts forwarded nodes: it waits for a forwarded
+// node that has not staged, and once every node (the relay and the node
+// below it) has staged, it sends one SWITCH on the relay's session, with
+// that session's subscription id. A forwarded node reporting the decided
+// version staged later gets SWITCH on its forwarding session at once.
+func TestRelayBarrierCountsForwardedNodes(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.PeerTimeout, cfg.Fleet.LostAfter = 30*time.Second, 30*time.Second
+	cfg.Barrier, cfg.BarrierTimeout = true, 8*time.Second // grace: 2s from the start
+	var mu sync.Mutex
+	var barrierEvents []string
+	cfg.Events = func(e sender.Event) {
+		if e.Kind == "barrier" {
+			mu.Lock()
+			barrierEvents = append(barrierEvents, e.Message)
+			mu.Unlock()
+		}
+	}
+	started := time.Now()
+	ep, srv := publishingServer(t, cfg)
+	id1 := protocol.Hash(srv.Trees()[0].ID)
+	c := helloV2(t, ep)
+	subscribe(t, c, 1, "app")
+	c.sendV2(t, &protocol.Report{Request: 2, State: protocol.StateSwitched, Seq: 1, Version: id1, Node: "relay1", Tree: "app"})
+	expectEnd(t, c, 2, "REPORT")
+	f := fwdRow("leaf1", "app", "relay1", protocol.StateSwitched, 1, id1)
+	f.Request = 3
+	c.sendV2(t, &f)
+	expectEnd(t, c, 3, "FORWARD")
+
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	id2 := protocol.Hash(srv.Trees()[0].ID)
+	if tr, ok := nextNonPing(t, c, 5*time.Second).(*protocol.Tree); !ok || tr.Version != id2 || tr.Flags&protocol.TreeBarrier == 0 {
+		t.Fatalf("announcement of v2: %+v", tr)
+	}
+	c.sendV2(t, &protocol.Report{Request: 4, State: protocol.StateStaged, Seq: 2, Version: id2, Node: "relay1", Tree: "app"})
+	expectEnd(t, c, 4, "REPORT staged")
+	f = fwdRow("leaf1", "app", "relay1", protocol.StateSyncing, 1, id1)
+	f.Request = 5
+	c.sendV2(t, &f)
+	expectEnd(t, c, 5, "FORWARD syncing")
+	// Past the start's grace, the barrier still waits for leaf1.
+	expectQuiet(t, c, time.Until(started.Add(2500*time.Millisecond))+300*time.Millisecond, "a forwarded node has not staged")
+
+	f = fwdRow("leaf1", "app", "relay1", protocol.StateStaged, 2, id2)
+	f.Request = 6
+	c.sendV2(t, &f)
+	expectEnd(t, c, 6, "FORWARD staged")
+	sw, ok := nextNonPing(t, c, 5*time.Second).(*protocol.Switch)
+	if !ok || sw.Request != 1 || sw.Version != id2 || sw.Seq != 2 || sw.Tree != "app" {
+		t.Fatalf("SWITCH on the relay's session: %+v", sw)
+	}
+	expectQuiet(t, c, 500*time.Millisecond, "one SWITCH per session")
+	mu.Lock()
+	ev := strings.Join(barrierEvents, "; ")
+	mu.Unlock()
+	if !strings.Contains(ev, "2 nodes staged") || strings.Contains(ev, "timed out") {
+		t.Fatalf("barrier events %q: want decided by 2 staged nodes", ev)
+	}
+
+	// A late forwarded node: SWITCH at once on its forwarding session.
+	c2 := helloV2(t, ep)
+	subscribe(t, c2, 7, "")
+	f = fwdRow("leaf9", "app", "relay2", protocol.StateStaged, 2, id2)
+	f.Request = 8
+	c2.sendV2(t, &f)
+	expectEnd(t, c2, 8, "late FORWARD staged")
+	if sw, ok := nextNonPing(t, c2, 5*time.Second).(*protocol.Switch); !ok || sw.Request != 7 || sw.Version != id2 {
+		t.Fatalf("SWITCH for a late forwarded node: %+v", sw)
+	}
+	expectQuiet(t, c, 300*time.Millisecond, "the first relay is not told again")
+}
+
+// A relay's server (ExternalBarrier) never decides a barrier; Switch
+// passes its parent's decision on: SWITCH to the children staged on that
+// version (a direct child, and a lower relay for the node it forwards),
+// and at once to a child that reports it staged later.
+func TestRelaySwitchPassesDecisionDown(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.PeerTimeout, cfg.Fleet.LostAfter = 30*time.Second, 30*time.Second
+	cfg.ExternalBarrier, cfg.BarrierTimeout = true, time.Second
+	ep, srv := publishingServer(t, cfg)
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	id2 := srv.Trees()[0].ID
+
+	child := helloV2(t, ep)
+	subscribe(t, child, 1, "app")
+	child.sendV2(t, &protocol.Report{Request: 2, State: protocol.StateStaged, Seq: 2, Version: protocol.Hash(id2), Node: "c1", Tree: "app"})
+	expectEnd(t, child, 2, "REPORT staged")
+	lower := helloV2(t, ep)
+	subscribe(t, lower, 5, "app")
+	f := fwdRow("leaf1", "app", "relay2", protocol.StateStaged, 2, protocol.Hash(id2))
+	f.Request = 6
+	lower.sendV2(t, &f)
+	expectEnd(t, lower, 6, "FORWARD staged")
+	// Past the barrier timeout and the grace: nothing, the parent decides.
+	expectQuiet(t, child, 2*time.Second, "a relay deciding a barrier itself")
+
+	srv.Switch("app", manifest.ID(id2))
+	for _, c := range []struct {
+		p   *v2
+		req uint32
+	}{{child, 1}, {lower, 5}} {
+		sw, ok := nextNonPing(t, c.p, 5*time.Second).(*protocol.Switch)
+		if !ok || sw.Request != c.req || sw.Version != protocol.Hash(id2) || sw.Seq != 2 {
+			t.Fatalf("SWITCH passed down (request %d): %+v", c.req, sw)
+		}
+	}
+	srv.Switch("app", manifest.ID(id2)) // the parent's SWITCH again (one per node it stands for)
+	expectQuiet(t, child, 300*time.Millisecond, "a child told twice")
+
+	late := helloV2(t, ep)
+	subscribe(t, late, 3, "app")
+	late.sendV2(t, &protocol.Report{Request: 4, State: protocol.StateStaged, Seq: 2, Version: protocol.Hash(id2), Node: "c2", Tree: "app"})
+	expectEnd(t, late, 4, "late REPORT staged")
+	if sw, ok := nextNonPing(t, late, 5*time.Second).(*protocol.Switch); !ok || sw.Request != 3 || sw.Version != protocol.Hash(id2) {
+		t.Fatalf("SWITCH for a late child: %+v", sw)
+	}
+}
+
+// A relay's server hands its rows upward (Forwards): every live row
+// with all, the changed ones otherwise, each with its parent (the
+// relay's own name for direct children); a lost row is not forwarded;
+// OnReport fires when a row changes.
+func TestRelayServerForwards(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.Fleet.LostAfter = time.Second
+	changes := make(chan struct{}, 64)
+	cfg.OnReport = func() { changes <- struct{}{} }
+	ep, srv := publishingServer(t, cfg)
+	id1 := protocol.Hash(srv.Trees()[0].ID)
+	c := helloV2(t, ep)
+	c.sendV2(t, &protocol.Report{Request: 1, State: protocol.StateSwitched, Seq: 1, Version: id1, Node: "c1", Tree: "app",
+		Hook: protocol.HookResult{Name: "exec", DurationMS: 3}})
+	expectEnd(t, c, 1, "REPORT")
+	f := fwdRow("leaf1", "app", "relay2", protocol.StateStaged, 1, id1)
+	f.Request = 2
+	c.sendV2(t, &f)
+	expectEnd(t, c, 2, "FORWARD")
+	for i := 0; i < 2; i++ {
+		select {
+		case <-changes:
+		case <-time.After(5 * time.Second):
+			t.Fatal("OnReport not called for a new row")
+		}
+	}
+	got := srv.Forwards("relay1", false)
+	if len(got) != 2 {
+		t.Fatalf("changed rows: %+v", got)
+	}
+	want := map[string]string{"c1": "relay1", "leaf1": "relay2"}
+	for _, g := range got {
+		if g.Parent != want[g.Node] || g.Version != id1 || g.Seq != 1 {
+			t.Errorf("forward %+v", g)
+		}
+		if g.Node == "c1" && (g.Hook.Name != "exec" || g.Hook.DurationMS != 3 || g.State != protocol.StateSwitched) {
+			t.Errorf("c1 forwarded as %+v", g)
+		}
+	}
+	if again := srv.Forwards("relay1", false); len(again) != 0 {
+		t.Fatalf("unchanged rows forwarded again: %+v", again)
+	}
+	// The same report again is no change.
+	c.sendV2(t, &protocol.Report{Request: 3, State: protocol.StateSwitched, Seq: 1, Version: id1, Node: "c1", Tree: "app",
+		Hook: protocol.HookResult{Name: "exec", DurationMS: 3}})
+	expectEnd(t, c, 3, "REPORT again")
+	if again := srv.Forwards("relay1", false); len(again) != 0 {
+		t.Fatalf("a repeated report counted as a change: %+v", again)
+	}
+	if all := srv.Forwards("relay1", true); len(all) != 2 {
+		t.Fatalf("all rows: %+v", all)
+	}
+	// The raw client is silent from now on: both rows go lost here, and
+	// a lost row is not forwarded (so it goes lost upstream too).
+	waitUntil(t, 10*time.Second, "lost rows no longer forwarded", func() (bool, string) {
+		rs := rowsByNode(srv, "app")
+		all := srv.Forwards("relay1", true)
+		return len(all) == 0 && rs["c1"].Shown == fleet.Lost && rs["leaf1"].Shown == fleet.Lost, fmt.Sprint(all)
+	})
+}
+
+// Against a server that predates relays: STATUS asks again without
+// PARENTS after the 400, and a relay's control session ends with
+// ErrForwardUnsupported after the 501 to its FORWARD.
+func TestRelayAgainstOldServer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var flagsSeen []uint8
+	ep := rawServer(t, func(m protocol.Message) []protocol.Message {
+		switch m := m.(type) {
+		case *protocol.Status:
+			mu.Lock()
+			flagsSeen = append(flagsSeen, m.Flags)
+			mu.Unlock()
+			if m.Flags != 0 {
+				return []protocol.Message{&protocol.Error{Code: protocol.CodeBadRequest, Message: "flags 0x01: reserved, must be 0"}}
+			}
+			return []protocol.Message{&protocol.Tree{Request: m.Request, Seq: 1, Name: "app"},
+				&protocol.Fleet{Request: m.Request, State: protocol.StateSwitched, Seq: 1, Node: "web1", Tree: "app"},
+				&protocol.End{Request: m.Request, Size: 1}}
+		case *protocol.List:
+			return []protocol.Message{&protocol.End{Request: m.Request}}
+		case *protocol.Report:
+			return []protocol.Message{&protocol.End{Request: m.Request}}
+		case *protocol.Forward:
+			return []protocol.Message{&protocol.Error{Code: protocol.CodeUnknownCommand, Message: "unknown command in CMD(0x0a)"}}
+		}
+		return nil
+	})
+	rc := receiver.Config{Endpoint: ep, OutputDir: t.TempDir(), Timeout: 5 * time.Second}
+	st, err := receiver.Status(ctx, rc, "")
+	if err != nil || st.Parents || len(st.Rows) != 1 || st.Rows[0].Node != "web1" {
+		t.Fatalf("STATUS against an old server: %+v, %v", st, err)
+	}
+	mu.Lock()
+	if len(flagsSeen) != 2 || flagsSeen[0] != protocol.StatusParents || flagsSeen[1] != 0 {
+		t.Errorf("STATUS flags sent: %v, want [1 0]", flagsSeen)
+	}
+	mu.Unlock()
+	err = receiver.Control(ctx, rc, receiver.ControlConfig{Trees: []string{"app"},
+		Reports: func(bool) []protocol.Report {
+			return []protocol.Report{ownReport("relay1", "app", protocol.StateSwitched, 1, protocol.Hash{})}
+		},
+		Forwards: func(bool) []protocol.Forward {
+			return []protocol.Forward{fwdRow("leaf1", "app", "relay1", protocol.StateSwitched, 1, protocol.Hash{})}
+		}})
+	if !errors.Is(err, receiver.ErrForwardUnsupported) || !receiver.IsRetryable(err) {
+		t.Fatalf("control session with FORWARD against an old server: %v", err)
+	}
+}
+
+// The follower side of a relay (mirror.Follow with Forwards,
+// ForwardNotify and OnSwitch): the rows go up under the follower's node
+// name as parent, a change goes up when notified (long before the next
+// periodic round), and the parent's SWITCH reaches OnSwitch (and the
+// follower itself switches).
+func TestRelayFollowerForwardsAndPassesSwitch(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.Fleet.LostAfter = 30 * time.Second
+	cfg.Barrier, cfg.BarrierTimeout = true, 20*time.Second // grace 5s: decided long before the timeout
+	ep, srv := publishingServer(t, cfg)
+	id1 := protocol.Hash(srv.Trees()[0].ID)
+
+	var mu sync.Mutex
+	leaf := fwdRow("leaf1", "app", "", protocol.StateSwitched, 1, id1) // Parent "": the relay's direct child
+	var switches []string
+	notify := make(chan struct{}, 1)
+	f := startFollower(t, mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: "relay1",
+		ReportEvery: time.Minute, ForwardNotify: notify,
+		Forwards: func(parent string, all bool) []protocol.Forward {
+			mu.Lock()
+			defer mu.Unlock()
+			r := leaf
+			r.Parent = parent
+			return []protocol.Forward{r}
+		},
+		OnSwitch: func(tree string, id manifest.ID) {
+			mu.Lock()
+			switches = append(switches, tree+"@"+id.String())
+			mu.Unlock()
+		}})
+	waitUntil(t, 20*time.Second, "relay1 and leaf1 on v1", converged(srv, "app", 1, 2))
+	if r := rowsByNode(srv, "app")["leaf1"]; r.Parent != "relay1" {
+		t.Fatalf("leaf1 forwarded with parent %q, want the follower's node name", r.Parent)
+	}
+
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	id2 := srv.Trees()[0].ID
+	waitUntil(t, 20*time.Second, "relay1 staged v2", func() (bool, string) {
+		r := rowsByNode(srv, "app")["relay1"]
+		return r.State == fleet.Staged && r.Seq == 2, string(r.State)
+	})
+	mu.Lock()
+	leaf = fwdRow("leaf1", "app", "", protocol.StateStaged, 2, protocol.Hash(id2))
+	mu.Unlock()
+	notify <- struct{}{}
+	waitUntil(t, 20*time.Second, "relay1 switched to v2 by the root's SWITCH", func() (bool, string) {
+		r := rowsByNode(srv, "app")["relay1"]
+		return r.State == fleet.Switched && r.Seq == 2, string(r.State)
+	})
+	if f.countSeq("switched", 2) != 1 {
+		t.Errorf("follower switched %d times to v2", f.countSeq("switched", 2))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(switches) != 1 || switches[0] != "app@"+id2.String() {
+		t.Fatalf("OnSwitch calls %v, want one for app@%s", switches, id2)
+	}
+}

@@ -797,3 +797,19 @@ func TestRelayThreeLevelsStatus(t *testing.T) {
 			root.Fleet()[0].Summary()
 	})
 }
+
+// A relay with more rows than a control session keeps unacknowledged
+// forwards them all (the rest wait for acknowledgements).
+func TestRelayForwardsManyRows(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	ep, srv := publishingServer(t, fastFleet(src))
+	id1 := protocol.Hash(srv.Trees()[0].ID)
+	const n = 700
+	var rows []protocol.Forward
+	for i := 0; i < n; i++ {
+		rows = append(rows, fwdRow(fmt.Sprintf("leaf%03d", i), "app", "relay1", protocol.StateSwitched, 1, id1))
+	}
+	startFakeRelay(t, fastRecv(ep), []string{"app"}, nil, rows)
+	waitUntil(t, 20*time.Second, fmt.Sprintf("%d forwarded nodes", n), converged(srv, "app", 1, n))
+}

@@ -424,7 +424,24 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 	nextReq := uint32(len(cc.Trees) + 1)
 	unacked := map[uint32]string{}
 	forwarded := false
-	reqID := func() uint32 {
+	// A relay may forward more rows than maxUnacked: the rest wait in
+	// the backlog (the latest of each row) and go as acknowledgements
+	// come back.
+	var backlog forwardBacklog
+	var reqID func() uint32
+	flush := func() {
+		for len(unacked) < maxUnacked {
+			f, ok := backlog.next()
+			if !ok {
+				return
+			}
+			f.Request = reqID()
+			unacked[f.Request] = f.Tree
+			c.send(&f)
+			forwarded = true
+		}
+	}
+	reqID = func() uint32 {
 		nextReq++
 		if nextReq == 0 {
 			nextReq = uint32(len(cc.Trees) + 1)
@@ -443,15 +460,8 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 			}
 		}
 		if cc.Forwards != nil {
-			for _, f := range cc.Forwards(all) {
-				if len(unacked) >= maxUnacked {
-					return // as above; the next full round sends every row again
-				}
-				f.Request = reqID()
-				unacked[f.Request] = f.Tree
-				c.send(&f)
-				forwarded = true
-			}
+			backlog.add(cc.Forwards(all), all)
+			flush()
 		}
 	}
 	send(true)
@@ -518,6 +528,7 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 			emit(ControlEvent{Kind: ControlSwitch, Tree: TreeInfo{Name: m.Tree, Seq: m.Seq, Version: m.Version}})
 		case *protocol.End:
 			delete(unacked, m.Request) // a LIST's END or a REPORT's acknowledgement
+			flush()
 		case *protocol.Error:
 			re := &RemoteError{Code: m.Code, Message: m.Message}
 			if t, ok := subs[m.Request]; ok {
@@ -525,9 +536,50 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 			} else if t, ok := unacked[m.Request]; ok {
 				delete(unacked, m.Request)
 				emit(ControlEvent{Kind: ControlRefused, Tree: TreeInfo{Name: t}, Err: fmt.Errorf("report of %s: %w", t, re)})
+				flush()
 			}
 		default:
 			return fmt.Errorf("%w: %v is not a command a server may send here", ErrProtocol, m.Command())
 		}
 	}
+}
+
+// forwardBacklog holds the rows a relay has yet to FORWARD, in order, at
+// most one per (node, tree): the latest.
+type forwardBacklog struct {
+	rows []protocol.Forward
+	head int               // rows[:head] are sent
+	at   map[[2]string]int // (node, tree) -> index in rows, for rows not sent
+}
+
+// add queues rows; a full round (all) replaces what is queued, since it
+// holds every row.
+func (b *forwardBacklog) add(rows []protocol.Forward, all bool) {
+	if all || b.at == nil || b.head == len(b.rows) {
+		b.rows, b.head = b.rows[:0], 0
+		if all || b.at == nil {
+			b.at = map[[2]string]int{}
+		}
+	}
+	for _, f := range rows {
+		k := [2]string{f.Node, f.Tree}
+		if i, ok := b.at[k]; ok {
+			b.rows[i] = f
+			continue
+		}
+		b.at[k] = len(b.rows)
+		b.rows = append(b.rows, f)
+	}
+}
+
+// next takes the first queued row.
+func (b *forwardBacklog) next() (protocol.Forward, bool) {
+	if b.head >= len(b.rows) {
+		return protocol.Forward{}, false
+	}
+	f := b.rows[b.head]
+	b.rows[b.head] = protocol.Forward{}
+	b.head++
+	delete(b.at, [2]string{f.Node, f.Tree})
+	return f, true
 }

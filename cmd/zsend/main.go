@@ -49,10 +49,12 @@ Usage:
   zsend --status ENDPOINT [--json] [--wait [--timeout D]]   the fleet: who runs which version
 
 Nodes that follow trees (zrecv --follow) and one-shot tree syncs report to
-the server; --status prints, per tree, the latest version and per node its
-version, how far behind it is, its state, when it was last seen and its
-hook result, then a summary line. --wait polls until every live node runs
-the latest version of every tree (a deploy gate). With --barrier,
+the server; --status prints, per tree, the latest version and per node the
+relay it reports through (VIA; - if direct), its version, how far behind
+it is, its state, when it was last seen and its hook result, then a
+summary line. Relays (zrecv --follow --serve) forward their children's
+reports, so the root shows the whole tree. --wait polls until every live
+node runs the latest version of every tree (a deploy gate). With --barrier,
 followers stage each new version and switch together when the server says
 so: once every live follower of the tree has staged it (or --quorum N of
 them), or at --barrier-timeout, when those that have staged switch and the

@@ -813,3 +813,52 @@ func TestRelayForwardsManyRows(t *testing.T) {
 	startFakeRelay(t, fastRecv(ep), []string{"app"}, nil, rows)
 	waitUntil(t, 20*time.Second, fmt.Sprintf("%d forwarded nodes", n), converged(srv, "app", 1, n))
 }
+
+// A relay whose parent predates relays (ERROR 501 to FORWARD) stops
+// forwarding to it for the rest of the run, and keeps following (its own
+// reports still go up).
+func TestRelayFollowerStopsForwardingToOldParent(t *testing.T) {
+	var mu sync.Mutex
+	forwards, reports := 0, 0
+	ep := rawServer(t, func(m protocol.Message) []protocol.Message {
+		mu.Lock()
+		defer mu.Unlock()
+		switch m := m.(type) {
+		case *protocol.List:
+			return []protocol.Message{&protocol.End{Request: m.Request}}
+		case *protocol.Report:
+			reports++
+			return []protocol.Message{&protocol.End{Request: m.Request}}
+		case *protocol.Forward:
+			forwards++
+			return []protocol.Message{&protocol.Error{Code: protocol.CodeUnknownCommand, Message: "unknown command in CMD(0x0a)"}}
+		}
+		return nil
+	})
+	rc := fastRecv(ep)
+	f := startFollower(t, mirror.FollowConfig{Receiver: rc, Trees: []string{"app"}, Node: "relay1", ReportEvery: 100 * time.Millisecond,
+		Forwards: func(parent string, all bool) []protocol.Forward {
+			return []protocol.Forward{fwdRow("leaf1", "app", parent, protocol.StateSwitched, 1, protocol.Hash{1})}
+		}})
+	waitUntil(t, 10*time.Second, "reconnected after the 501", func() (bool, string) {
+		return f.count("connected") >= 2, fmt.Sprint(f.count("connected"), " connections")
+	})
+	time.Sleep(500 * time.Millisecond) // several report rounds
+	mu.Lock()
+	defer mu.Unlock()
+	if forwards != 1 {
+		t.Fatalf("%d FORWARDs to a parent that refused the first, want 1", forwards)
+	}
+	if reports < 2 {
+		t.Errorf("%d REPORTs: the relay's own reports stopped too", reports)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	noted := false
+	for _, e := range f.events {
+		noted = noted || (e.Kind == "note" && errors.Is(e.Err, receiver.ErrForwardUnsupported))
+	}
+	if !noted {
+		t.Error("no note that the parent predates relays")
+	}
+}

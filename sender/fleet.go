@@ -294,7 +294,9 @@ type rowKey struct{ node, tree string }
 // 15.2): with all, every row of the table that is not lost; otherwise
 // those that changed since the last call (and are not lost). A row the
 // node reported directly gets parent, the relay's own node name; a row
-// this server got by FORWARD keeps the parent it came with. Safe from any
+// this server got by FORWARD keeps the parent it came with (parent must
+// be a valid node name, 1 to 255 octets; with "" only those rows are
+// returned). Safe from any
 // goroutine; meant for one caller (the relay's control session), since
 // it resets what "changed" means.
 func (s *Server) Forwards(parent string, all bool) []protocol.Forward {
@@ -305,24 +307,40 @@ func (s *Server) Forwards(parent string, all bool) []protocol.Forward {
 	if !all && len(f.dirty) == 0 {
 		return nil
 	}
-	var out []protocol.Forward
-	for _, st := range f.table.Status(now) {
-		for _, r := range st.Rows {
-			if r.Shown == fleet.Lost || (!all && !f.dirty[rowKey{r.Node, r.Tree}]) {
-				continue
-			}
-			fw := protocol.Forward{Parent: r.Parent, Report: protocol.Report{State: wireState(r.State), Seq: r.Seq,
-				SyncMS: uint32(min(r.SyncTime/time.Millisecond, 1<<32-1)), Version: hashOf(r.Version), Node: r.Node, Tree: r.Tree,
-				Error: clampText(r.Error)}}
-			if fw.Parent == "" {
-				fw.Parent = parent
-			}
-			if r.Hook != nil {
-				fw.Hook = protocol.HookResult{Name: r.Hook.Name, Exit: int32(r.Hook.Exit),
-					DurationMS: uint32(min(r.Hook.Duration/time.Millisecond, 1<<32-1)), Output: clampHook(r.Hook.Output)}
-			}
-			out = append(out, fw)
+	var rows []fleet.Row
+	if all {
+		for _, st := range f.table.Status(now) {
+			rows = append(rows, st.Rows...)
 		}
+	} else {
+		for k := range f.dirty {
+			if r, ok := f.table.Shown(k.node, k.tree, now); ok {
+				rows = append(rows, r)
+			}
+		}
+		sort.Slice(rows, func(i, j int) bool {
+			return rows[i].Tree < rows[j].Tree || (rows[i].Tree == rows[j].Tree && rows[i].Node < rows[j].Node)
+		})
+	}
+	var out []protocol.Forward
+	for _, r := range rows {
+		if r.Shown == fleet.Lost {
+			continue
+		}
+		fw := protocol.Forward{Parent: r.Parent, Report: protocol.Report{State: wireState(r.State), Seq: r.Seq,
+			SyncMS: uint32(min(r.SyncTime/time.Millisecond, 1<<32-1)), Version: hashOf(r.Version), Node: r.Node, Tree: r.Tree,
+			Error: clampText(r.Error)}}
+		if fw.Parent == "" {
+			fw.Parent = parent
+		}
+		if fw.Parent == "" || len(fw.Parent) > protocol.MaxNodeLen {
+			continue // no valid parent name: the row cannot be forwarded
+		}
+		if r.Hook != nil {
+			fw.Hook = protocol.HookResult{Name: r.Hook.Name, Exit: int32(r.Hook.Exit),
+				DurationMS: uint32(min(r.Hook.Duration/time.Millisecond, 1<<32-1)), Output: clampHook(r.Hook.Output)}
+		}
+		out = append(out, fw)
 	}
 	clear(f.dirty)
 	return out

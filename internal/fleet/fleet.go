@@ -201,6 +201,29 @@ func (t *Table) Row(nodeName, tree string) (Row, bool) {
 	return *r, true
 }
 
+// Shown is the row of node about tree as Status shows it at now (LastSeen
+// the node's, Shown Lost when it was not heard from in time, Behind).
+func (t *Table) Shown(nodeName, tree string, now time.Time) (Row, bool) {
+	n, ok := t.nodes[nodeName]
+	if !ok {
+		return Row{}, false
+	}
+	r, ok := n.trees[tree]
+	if !ok {
+		return Row{}, false
+	}
+	row := *r
+	row.LastSeen = n.lastSeen
+	if l, ok := t.latest[tree]; ok && l.Seq > row.Seq {
+		row.Behind = l.Seq - row.Seq
+	}
+	row.Shown = row.State
+	if now.Sub(n.lastSeen) > t.cfg.LostAfter {
+		row.Shown = Lost
+	}
+	return row, true
+}
+
 // Seen marks a node alive without a new report (a heartbeat). A node
 // whose rows were forwarded (Parent set) is kept alive by forwards only:
 // Seen leaves it alone, so that a session that stands for it (a relay's)
@@ -285,21 +308,10 @@ func (t *Table) Status(now time.Time) []TreeStatus {
 	var out []TreeStatus
 	for tree, l := range t.latest {
 		var rows []Row
-		for _, n := range t.nodes {
-			r, ok := n.trees[tree]
-			if !ok {
-				continue
+		for name := range t.nodes {
+			if row, ok := t.Shown(name, tree, now); ok {
+				rows = append(rows, row)
 			}
-			row := *r
-			row.LastSeen = n.lastSeen
-			if l.Seq > row.Seq {
-				row.Behind = l.Seq - row.Seq
-			}
-			row.Shown = row.State
-			if now.Sub(n.lastSeen) > t.cfg.LostAfter {
-				row.Shown = Lost
-			}
-			rows = append(rows, row)
 		}
 		out = append(out, Summarize(tree, l, rows))
 	}

@@ -857,3 +857,40 @@ func TestRelayFollowerStopsForwardingToOldParent(t *testing.T) {
 		t.Error("no note that the parent predates relays")
 	}
 }
+
+// PROTOCOL.md 14.4: a follower that reports a decided version staged
+// again on a new session (it reconnected while it waited, or moved to
+// another relay) gets its SWITCH again, there; the session that got it
+// does not get it twice.
+func TestBarrierSwitchAgainOnNewSession(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.PeerTimeout, cfg.Fleet.LostAfter = 30*time.Second, 30*time.Second
+	cfg.Barrier, cfg.BarrierTimeout = true, 4*time.Second // grace: 1s from the start
+	ep, srv := publishingServer(t, cfg)
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	id2 := protocol.Hash(srv.Trees()[0].ID)
+	staged := func(req uint32) *protocol.Report {
+		return &protocol.Report{Request: req, State: protocol.StateStaged, Seq: 2, Version: id2, Node: "web1", Tree: "app"}
+	}
+	c1 := helloV2(t, ep)
+	subscribe(t, c1, 1, "app")
+	c1.sendV2(t, staged(2))
+	expectEnd(t, c1, 2, "REPORT staged")
+	if sw, ok := nextNonPing(t, c1, 10*time.Second).(*protocol.Switch); !ok || sw.Request != 1 || sw.Version != id2 {
+		t.Fatalf("SWITCH on the first session: %+v", sw)
+	}
+	c1.sendV2(t, staged(3))
+	expectEnd(t, c1, 3, "REPORT staged again")
+	expectQuiet(t, c1, 300*time.Millisecond, "the same session told twice")
+
+	c2 := helloV2(t, ep)
+	subscribe(t, c2, 4, "app")
+	c2.sendV2(t, staged(5))
+	expectEnd(t, c2, 5, "REPORT staged on a new session")
+	if sw, ok := nextNonPing(t, c2, 5*time.Second).(*protocol.Switch); !ok || sw.Request != 4 || sw.Version != id2 {
+		t.Fatalf("SWITCH on the new session: %+v", sw)
+	}
+}

@@ -209,7 +209,7 @@ func (s *Server) maxForwards() int {
 func (sess *session) afterRow(m *protocol.Report) {
 	s := sess.srv
 	if m.State == protocol.StateStaged && (s.cfg.Barrier || s.cfg.ExternalBarrier) {
-		s.stagedReport(m.Tree, m.Node, m.Version, m.Seq, time.Now())
+		s.stagedReport(sess, m.Tree, m.Node, m.Version, m.Seq, time.Now())
 	}
 }
 
@@ -347,12 +347,14 @@ func (s *Server) Forwards(parent string, all bool) []protocol.Forward {
 }
 
 // stagedReport runs the barrier when a node reports a version staged.
-func (s *Server) stagedReport(tree, node string, id protocol.Hash, seq uint64, now time.Time) {
+// sess is the session it came on (the node's, or its relay's).
+func (s *Server) stagedReport(sess *session, tree, node string, id protocol.Hash, seq uint64, now time.Time) {
 	f := s.fleet
 	b := f.barriers[tree]
 	if s.cfg.ExternalBarrier {
 		// A relay: only its parent's decision (Switch) switches.
 		if b != nil && b.decided && b.id == id {
+			b.retell(sess, node)
 			s.sendSwitch(b, []string{node})
 		}
 		return
@@ -366,6 +368,7 @@ func (s *Server) stagedReport(tree, node string, id protocol.Hash, seq uint64, n
 		return // an older version; the newer one is on its way to the node
 	}
 	if b.decided {
+		b.retell(sess, node)
 		s.sendSwitch(b, []string{node})
 		return
 	}
@@ -425,6 +428,15 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// retell forgets that node was told, when it now reports staged on
+// another session than the one told (it reconnected, or moved to another
+// relay): that session gets the SWITCH too.
+func (b *barrier) retell(sess *session, node string) {
+	if b.told[node] != sess {
+		delete(b.told, node)
+	}
 }
 
 // sendSwitch sends SWITCH to every subscribed session of the named nodes:

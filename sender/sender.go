@@ -121,6 +121,11 @@ type Config struct {
 	Barrier        bool
 	Quorum         int
 	BarrierTimeout time.Duration
+
+	// Relay makes the server a relay's (zrecv --follow --serve): it
+	// serves these trees, with the versions given to Offer, and nothing
+	// else (no Paths, no state directory). See relay.go.
+	Relay []string
 	curve          *guard.CurveServer // set by setDefaults from Curve
 }
 
@@ -236,6 +241,9 @@ func (c *Config) setDefaults() error {
 	if c.Name == "" {
 		c.Name, _ = os.Hostname()
 	}
+	if len(c.Relay) > 0 && len(c.Paths) > 0 {
+		return errors.New("a relay serves the trees it follows, not paths")
+	}
 	if cv := c.Curve; cv != nil {
 		if (cv.Authorize == nil) == !cv.AllowAny {
 			return errors.New("CURVE: set exactly one of Authorize and AllowAny")
@@ -346,8 +354,11 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	cat, err := newCatalogue(cfg.Paths)
-	if err != nil {
+	var cat *catalogue
+	var err error
+	if len(cfg.Relay) > 0 {
+		cat = &catalogue{roots: map[string]root{}} // a relay serves versions only
+	} else if cat, err = newCatalogue(cfg.Paths); err != nil {
 		return nil, err
 	}
 	ep, err := zsock.Endpoint(cfg.Endpoint)
@@ -356,7 +367,12 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	var pub *publisher
-	if cfg.StateDir != "" && cat.hasDir() {
+	if len(cfg.Relay) > 0 {
+		if pub, err = newRelayPublisher(cfg.Relay, cfg.KeepVersions); err != nil {
+			cat.close()
+			return nil, err
+		}
+	} else if cfg.StateDir != "" && cat.hasDir() {
 		pub, err = openPublisher(cfg.StateDir, cfg.KeepVersions, cat.roots, cfg.Events)
 		if err != nil {
 			cat.close()
@@ -435,7 +451,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 // latest version). Without a state directory it does nothing. Safe from
 // any goroutine.
 func (s *Server) Publish(ctx context.Context) error {
-	if s.pub == nil {
+	if s.pub == nil || s.pub.relay {
 		return nil
 	}
 	return s.pub.publishAll(ctx)

@@ -252,6 +252,9 @@ type source struct {
 	mtimeNS int64
 	tag     protocol.Tag
 	want    *protocol.Hash // the hash END must carry (MGET, VGET); nil for GET
+	// verifyFirst: the whole file is hashed and compared with want before
+	// its first CHUNK is sent (a relay's copy, which is not immutable).
+	verifyFirst bool
 }
 
 // start resolves a request and sends FILE (then the transfer runs), or ERROR.
@@ -304,7 +307,7 @@ func (sess *session) start(r *request) {
 		return
 	}
 	t := &transfer{
-		req: g.Request, name: g.Name, size: key.size, next: off, want: src.want,
+		req: g.Request, name: g.Name, size: key.size, next: off, want: src.want, verify: src.verifyFirst && src.want != nil,
 		chunks: make(chan *chunk, prefetchChunks+1), permits: make(chan struct{}, prefetchChunks),
 		stop: make(chan struct{}), done: make(chan struct{}), chunkSize: sess.chunkSize,
 	}
@@ -412,6 +415,7 @@ type transfer struct {
 	chunkSize int64
 	next      int64          // offset of the next chunk to permit
 	want      *protocol.Hash // the whole-file hash END must carry, if known
+	verify    bool           // check want before the first CHUNK (source.verifyFirst)
 
 	chunks    chan *chunk
 	permits   chan struct{}
@@ -486,6 +490,24 @@ func produce(srv *Server, t *transfer, f *os.File, key fileKey, fs *fileState, o
 				srv.putBuf(c.buf)
 			}
 			return false
+		}
+	}
+	if t.verify {
+		// A relay's copy: nothing leaves before the whole file is known to
+		// have the root's hash (cached per file version, so the children
+		// after the first cost nothing).
+		buf := srv.getBuf()
+		sum, err := fs.wholeHash(f, *buf, t.stop)
+		srv.putBuf(buf)
+		if err == errStopped {
+			return
+		}
+		if err == nil && sum != *t.want {
+			err = errRelayDrift
+		}
+		if err != nil {
+			emit(&chunk{err: err})
+			return
 		}
 	}
 	for off < key.size {

@@ -103,6 +103,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&tf.hookTimeout, "hook-timeout", 30*time.Second, "follow: kill a hook (its process group) after this long")
 	fs.StringVar(&tf.logFormat, "log-format", "text", "follow: log format on stderr, text or json")
 	fs.StringVar(&tf.metrics, "metrics", "", "follow: serve Prometheus metrics at http://ADDR/metrics")
+	fs.StringVar(&tf.serve, "serve", "", "follow: relay: serve every verified version of the TREEs at ENDPOINT (tcp://HOST:PORT, ipc://PATH) to other zrecv")
+	fs.StringVar(&tf.serveSecret, "serve-secret", "", "relay: CURVE secret certificate of the relay's server (towards its children); turns CURVE on there")
+	fs.StringVar(&tf.serveAllow, "serve-allow", "", "relay: directory of authorized child public certificates")
+	fs.BoolVar(&tf.serveAllowAny, "serve-allow-any", false, "relay: accept any child key (encrypted, not authenticated)")
+	fs.StringVar(&tf.serveACL, "serve-acl", "", "relay: access list FILE for the children's keys (same format as zsend --acl)")
 	fs.DurationVar(&tf.lockWait, "lock-wait", 0, "tree mode: wait this long for another zrecv syncing the same tree (default: fail at once)")
 	fs.Usage = func() {
 		// Only --help calls this (errors are reported below): help that
@@ -154,6 +159,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	} else if *curveSec != "" {
 		return usageErr(errors.New("--curve-secret needs --server-key"))
 	}
+	if tf.serve != "" && !tf.follow {
+		return usageErr(errors.New("--serve needs --follow (a relay re-serves the trees it follows)"))
+	}
+	if tf.serve == "" && (tf.serveSecret != "" || tf.serveAllow != "" || tf.serveAllowAny || tf.serveACL != "") {
+		return usageErr(errors.New("--serve-secret, --serve-allow, --serve-allow-any and --serve-acl need --serve"))
+	}
 	if tf.rollback {
 		return rollback(fs.Args(), *out, *quiet, stdout, stderr)
 	}
@@ -174,8 +185,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if err := endpoint.Check(fs.Arg(0), false); err != nil {
 			return usageErr(err)
 		}
+		if tf.serve != "" {
+			if err := endpoint.Check(tf.serve, true); err != nil {
+				return usageErr(fmt.Errorf("--serve: %w", err))
+			}
+		}
 		return follow(ctx, fs.Args(), receiver.Config{Endpoint: fs.Arg(0), OutputDir: *out, Timeout: *timeout,
-			Heartbeat: *heartbeat, PeerTimeout: *peerTO}, tf, *quiet, stderr)
+			Heartbeat: *heartbeat, PeerTimeout: *peerTO, Curve: curve}, tf, *quiet, stderr)
 	}
 	if fs.NArg() < 2 {
 		return usageErr(errors.New("need an ENDPOINT and at least one NAME"))

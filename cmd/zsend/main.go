@@ -19,7 +19,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/zsend/zsend/internal/acl"
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/internal/endpoint"
 	"github.com/zsend/zsend/internal/metrics"
@@ -192,26 +191,10 @@ Exit codes:
 	default:
 		return fail(cli.ExitUsage, "--log-format %q: want text or json", *logFormat)
 	}
-	curve, err := curveConfig(*curveSecret, *allowDir, *allowAny, stderr)
+	curve, err := cli.ServerCurve(cli.ServerCurveFlags{Prog: "zsend", Names: [4]string{"--curve-secret", "--allow", "--allow-any", "--acl"},
+		Secret: *curveSecret, Allow: *allowDir, AllowAny: *allowAny, ACL: *aclFile}, stderr)
 	if err != nil {
 		return fail(cli.ExitUsage, "%v", err)
-	}
-	if *aclFile != "" {
-		if curve == nil {
-			return fail(cli.ExitUsage, "--acl needs --curve-secret (the list is keyed by client keys)")
-		}
-		list, err := acl.Open(*aclFile)
-		if err != nil {
-			return fail(cli.ExitUsage, "--acl: %v", err)
-		}
-		list.OnReload = func(n int, err error) {
-			if err != nil {
-				fmt.Fprintf(stderr, "zsend: --acl: keeping the previous list: %v\n", err)
-				return
-			}
-			fmt.Fprintf(stderr, "zsend: %s: reloaded, rules for %d key(s)\n", *aclFile, n)
-		}
-		curve.Access = func(k [32]byte, name string) bool { return list.Allowed(k, name) }
 	}
 	var bars *cli.ServerBars
 	if !*quiet && slogger == nil && cli.IsTerminal(stderr) {
@@ -363,45 +346,6 @@ func logLine(e sender.Event) string {
 	}
 	return ""
 
-}
-
-// curveConfig builds the CURVE configuration of the flags; nil when
-// CURVE is off.
-func curveConfig(secret, allow string, any bool, stderr io.Writer) (*sender.CurveServer, error) {
-	if secret == "" {
-		if allow != "" || any {
-			return nil, errors.New("--allow and --allow-any need --curve-secret")
-		}
-		return nil, nil
-	}
-	cert, err := zcert.LoadSecret(secret)
-	if err != nil {
-		return nil, fmt.Errorf("--curve-secret: %w", err)
-	}
-	cs := &sender.CurveServer{PublicKey: cert.Public, SecretKey: cert.Secret}
-	switch {
-	case allow != "" && any:
-		return nil, errors.New("give --allow DIR or --allow-any, not both")
-	case any:
-		fmt.Fprintln(stderr, "zsend: WARNING: --allow-any: every client key is accepted; traffic is encrypted but anyone who can connect may fetch")
-		cs.AllowAny = true
-	case allow != "":
-		store, err := zcert.OpenStore(allow)
-		if err != nil {
-			return nil, fmt.Errorf("--allow: %w", err)
-		}
-		store.OnReload = func(n int, bad []error) {
-			fmt.Fprintf(stderr, "zsend: %s: %d authorized client key(s)\n", allow, n)
-			for _, e := range bad {
-				fmt.Fprintf(stderr, "zsend: %s: skipped: %v\n", allow, e)
-			}
-		}
-		fmt.Fprintf(stderr, "zsend: %s: %d authorized client key(s)\n", allow, store.Len())
-		cs.Authorize = func(k [32]byte) bool { return store.Allowed(k) }
-	default:
-		return nil, errors.New("--curve-secret needs --allow DIR (authorized client certificates) or --allow-any")
-	}
-	return cs, nil
 }
 
 func hashString(e sender.Event) string {

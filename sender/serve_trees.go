@@ -79,7 +79,7 @@ func (sess *session) list(m *protocol.List) {
 		return
 	} else {
 		t, err := sess.srv.tree(m.Tree)
-		if err == nil && t.latest() == nil {
+		if err == nil && t.latest() == nil && m.Flags&protocol.ListSubscribe == 0 {
 			err = &lookupError{protocol.CodeNotFound, fmt.Sprintf("tree %q has no published version yet", t.name)}
 		}
 		if err != nil {
@@ -87,7 +87,9 @@ func (sess *session) list(m *protocol.List) {
 			sess.event(Event{Kind: "refused", Name: m.Tree, Message: err.Error()})
 			return
 		}
-		trees = append(trees, t)
+		if t.latest() != nil {
+			trees = append(trees, t)
+		} // else a subscription to a tree with no version yet: END 0, then pushes
 	}
 	var sub *subscription
 	if m.Flags&protocol.ListSubscribe != 0 {

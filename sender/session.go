@@ -353,6 +353,9 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 	}
 	if err == nil && src.want != nil && sum != *src.want {
 		err = errors.New("the stored copy does not match the published hash")
+		if src.verifyFirst {
+			err = errRelayDrift
+		}
 	}
 	if err != nil {
 		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: err.Error()})

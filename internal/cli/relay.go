@@ -2,45 +2,33 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 
-	"github.com/zsend/zsend/manifest"
 	"github.com/zsend/zsend/mirror"
+	"github.com/zsend/zsend/relay"
 	"github.com/zsend/zsend/sender"
 )
 
-// Relay runs zrecv --follow --serve until ctx ends: the follower keeps
-// fcfg.Trees on their latest versions, and a server on scfg.Endpoint
-// serves every version the follower has verified to receivers of its own
-// (sender.Config.Relay, Server.Offer), announcing each as soon as it is
-// staged. It returns the exit code.
+// Relay runs zrecv --follow --serve until ctx ends (package relay) and
+// returns the exit code.
 func Relay(ctx context.Context, fcfg mirror.FollowConfig, scfg sender.Config, metricsAddr string, log *slog.Logger) int {
-	scfg.Relay = fcfg.Trees
 	scfg.Events = func(e sender.Event) { relayEvent(log, e) }
-	srv, err := sender.Listen(ctx, scfg)
+	code := ExitOK
+	err := relay.Run(ctx, relay.Config{Follow: fcfg, Serve: scfg,
+		Listening: func(srv *sender.Server) {
+			log.Info("relay serving", "endpoint", srv.Endpoint(), "trees", fcfg.Trees)
+		},
+		OfferError: func(tree string, seq uint64, err error) {
+			log.Error("relay: cannot serve this version", "tree", tree, "seq", seq, "err", err.Error())
+		},
+		Run: func(fcfg mirror.FollowConfig) error {
+			code = Follow(ctx, fcfg, metricsAddr, log)
+			return nil
+		}})
 	if err != nil {
 		log.Error("relay", "err", err.Error())
 		return ExitFailure
 	}
-	log.Info("relay serving", "endpoint", srv.Endpoint(), "trees", fcfg.Trees)
-	sctx, stop := context.WithCancel(ctx)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(sctx) }()
-	fcfg.OnVersion = func(tree string, seq uint64, id manifest.ID, dir string, barrier bool) {
-		// The parent's barrier is not passed down yet: a child switches
-		// as soon as it has staged what its relay has (the relay itself
-		// waits for its parent's SWITCH).
-		if err := srv.Offer(tree, seq, id, false, mirror.ManifestPath(fcfg.Out, tree, id), dir); err != nil {
-			log.Error("relay: cannot serve this version", "tree", tree, "seq", seq, "err", err.Error())
-		}
-	}
-	code := Follow(ctx, fcfg, metricsAddr, log)
-	stop()
-	if err := <-served; err != nil && !errors.Is(err, sender.ErrClosed) && !errors.Is(err, context.Canceled) {
-		log.Error("relay", "err", err.Error())
-	}
-	srv.Close()
 	return code
 }
 

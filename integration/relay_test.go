@@ -195,6 +195,8 @@ func TestRelayNeverServesAlteredCopy(t *testing.T) {
 		t.Fatalf("the child shows something after a failed sync: %v (sync error %v)", serr, err)
 	}
 	if n := r.eventCount("error", "does not match the root's manifest"); n < 1 {
+		r.mu.Lock()
+		defer r.mu.Unlock()
 		t.Fatalf("relay reported no refusal of its altered copies (%d events; sync error %v; events %+v)", n, err, r.events)
 	}
 	// No partial file of the altered content landed outside the staging

@@ -126,7 +126,7 @@ type Config struct {
 	// serves these trees, with the versions given to Offer, and nothing
 	// else (no Paths, no state directory). See relay.go.
 	Relay []string
-	curve          *guard.CurveServer // set by setDefaults from Curve
+	curve *guard.CurveServer // set by setDefaults from Curve
 }
 
 // Limits bounds what a peer can make the server hold or wait for at the

@@ -38,6 +38,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/bits"
 	"net"
 	"os"
 	"strings"
@@ -121,7 +122,26 @@ type Config struct {
 	Barrier        bool
 	Quorum         int
 	BarrierTimeout time.Duration
-	curve          *guard.CurveServer // set by setDefaults from Curve
+
+	// RateLimit caps the chunk data this server sends, all sessions
+	// together, in bytes per second (zsend --rate-limit); 0 is unlimited.
+	// What is counted is the data octets of CHUNK messages: file contents
+	// (GET, VGET) and manifests (MGET). Not counted, and never held
+	// back: FILE, END, ERROR and every control reply (PONG, TREE, FLEET,
+	// SWITCH, BYE), nor the headers and framing of any message (a few
+	// dozen octets per chunk). The budget is a token bucket
+	// (internal/ratelimit) holding ratelimit.Burst(RateLimit, chunk size)
+	// octets, max(64 KiB, RateLimit/20, one chunk), full at start: at
+	// most that much goes out at once beyond the rate. Sessions waiting
+	// for the budget are served in turn (the first refused is the next
+	// served). It must be at least protocol.MinChunkSize (4 KiB/s); with
+	// a limit, the chunk size proposed to receivers is at most the
+	// largest power of two not above RateLimit, so a chunk goes out at
+	// least about once a second and a receiver never takes a slow server
+	// for a stalled one.
+	RateLimit int64
+
+	curve *guard.CurveServer // set by setDefaults from Curve
 }
 
 // Limits bounds what a peer can make the server hold or wait for at the
@@ -217,6 +237,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ChunkSize < protocol.MinChunkSize || c.ChunkSize > protocol.MaxChunkSize {
 		return fmt.Errorf("chunk size %d outside [%d, %d]", c.ChunkSize, protocol.MinChunkSize, protocol.MaxChunkSize)
+	}
+	if c.RateLimit < 0 || (c.RateLimit > 0 && c.RateLimit < protocol.MinChunkSize) {
+		return fmt.Errorf("rate limit %d bytes/s: want 0 (unlimited) or at least %d", c.RateLimit, protocol.MinChunkSize)
+	}
+	if c.RateLimit > 0 {
+		c.ChunkSize = min(c.ChunkSize, max(protocol.MinChunkSize, 1<<(bits.Len64(uint64(c.RateLimit))-1)))
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = 2 * time.Second
@@ -315,6 +341,8 @@ type Server struct {
 	closeOnce sync.Once
 	stats     counters
 	fleet     *fleetState
+
+	rate rateState // Config.RateLimit
 }
 
 // counters are updated by the serving goroutine and producers, read by Stats.
@@ -416,6 +444,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		keys:        keys,
 	}
 	s.waitTimer.Stop()
+	s.rate.init(cfg.RateLimit, int64(cfg.ChunkSize), time.Now())
 	s.syncFleetLatest(time.Now())
 	if pub != nil {
 		pub.onPublish = func() {
@@ -578,6 +607,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		if s.sendRound() {
 			continue
 		}
+		s.rate.arm()
 		select {
 		case <-ctx.Done():
 			s.shutdown()
@@ -598,6 +628,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.peerGone(d)
 		case now := <-s.waitTimer.C:
 			s.admitWaiting(now)
+		case <-s.rate.timer.C:
+			// The rate limit allows the chunk a session waits for.
 		}
 	}
 }
@@ -839,6 +871,7 @@ func (s *Server) sendRound() bool {
 	if n == 0 {
 		return false
 	}
+	s.rate.newRound()
 	any := false
 	start := s.turn % n
 	for i := 0; i < n && i < len(s.ring); i++ {

@@ -252,4 +252,19 @@ func TestRateLimitCLI(t *testing.T) {
 			t.Errorf("zsend --rate-limit %s: %v, stderr %q; want exit 2 and %q", value, err, errb.String(), want)
 		}
 	}
+	// zrecv's --rate-limit is a relay's: parsed the same way, and refused
+	// where there is no server to limit.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--rate-limit", "abc", "--follow", ep, "t"}, "invalid rate"},
+		{[]string{"--rate-limit", "2K", "--follow", ep, "t"}, "below the minimum"},
+		{[]string{"--rate-limit", "1M", ep, "f.bin"}, "needs --follow --serve"},
+	} {
+		code, _, stderr := zrecv(t, append([]string{"-o", out}, c.args...)...)
+		if code != 2 || !strings.Contains(stderr, "--rate-limit") || !strings.Contains(stderr, c.want) {
+			t.Errorf("zrecv %v: exit %d, stderr %q; want exit 2 and %q", c.args, code, stderr, c.want)
+		}
+	}
 }

@@ -30,6 +30,10 @@ type treeFlags struct {
 	hookTimeout       time.Duration
 	logFormat         string
 	metrics           string
+	// rateLimit is --rate-limit, parsed: for a relay (--follow --serve),
+	// the bytes per second its server sends to its children, all
+	// together (sender.Config.RateLimit); 0: no limit.
+	rateLimit int64
 }
 
 func follow(ctx context.Context, args []string, cfg receiver.Config, tf treeFlags, quiet bool, stderr io.Writer) int {

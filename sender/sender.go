@@ -14,7 +14,10 @@
 // One goroutine, the loop in Serve, owns all session state and the socket's
 // sends. It takes turns across sessions, sending at most one message per
 // session per round, so a fast receiver cannot starve a slow one. A
-// receiver's credit is never exceeded (credit.Gate).
+// receiver's credit is never exceeded (credit.Gate). With
+// Config.RateLimit, a chunk also waits for the server's budget (one token
+// bucket for all sessions, see rateState) without holding up anything
+// else the loop does.
 //
 // # Session state machine (per ROUTER identity)
 //

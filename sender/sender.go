@@ -139,9 +139,9 @@ type Config struct {
 	// for the budget are served in turn (the first refused is the next
 	// served). It must be at least protocol.MinChunkSize (4 KiB/s); with
 	// a limit, the chunk size proposed to receivers is at most the
-	// largest power of two not above RateLimit, so a chunk goes out at
-	// least about once a second and a receiver never takes a slow server
-	// for a stalled one.
+	// largest power of two not above RateLimit, so a lone receiver gets
+	// a chunk at least about once a second (N receivers at once get about
+	// RateLimit/N each).
 	RateLimit int64
 
 	curve *guard.CurveServer // set by setDefaults from Curve

@@ -14,7 +14,10 @@
 // One goroutine, the loop in Serve, owns all session state and the socket's
 // sends. It takes turns across sessions, sending at most one message per
 // session per round, so a fast receiver cannot starve a slow one. A
-// receiver's credit is never exceeded (credit.Gate).
+// receiver's credit is never exceeded (credit.Gate). With
+// Config.RateLimit, a chunk also waits for the server's budget (one token
+// bucket for all sessions, see rateState) without holding up anything
+// else the loop does.
 //
 // # Session state machine (per ROUTER identity)
 //
@@ -38,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/bits"
 	"net"
 	"os"
 	"strings"
@@ -126,6 +130,24 @@ type Config struct {
 	// serves these trees, with the versions given to Offer, and nothing
 	// else (no Paths, no state directory). See relay.go.
 	Relay []string
+	// RateLimit caps the chunk data this server sends, all sessions
+	// together, in bytes per second (zsend --rate-limit); 0 is unlimited.
+	// What is counted is the data octets of CHUNK messages: file contents
+	// (GET, VGET) and manifests (MGET). Not counted, and never held
+	// back: FILE, END, ERROR and every control reply (PONG, TREE, FLEET,
+	// SWITCH, BYE), nor the headers and framing of any message (a few
+	// dozen octets per chunk). The budget is a token bucket
+	// (internal/ratelimit) holding ratelimit.Burst(RateLimit, chunk size)
+	// octets, max(64 KiB, RateLimit/20, one chunk), full at start: at
+	// most that much goes out at once beyond the rate. Sessions waiting
+	// for the budget are served in turn (the first refused is the next
+	// served). It must be at least protocol.MinChunkSize (4 KiB/s); with
+	// a limit, the chunk size proposed to receivers is at most the
+	// largest power of two not above RateLimit, so a lone receiver gets
+	// a chunk at least about once a second (N receivers at once get about
+	// RateLimit/N each).
+	RateLimit int64
+
 	curve *guard.CurveServer // set by setDefaults from Curve
 }
 
@@ -222,6 +244,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ChunkSize < protocol.MinChunkSize || c.ChunkSize > protocol.MaxChunkSize {
 		return fmt.Errorf("chunk size %d outside [%d, %d]", c.ChunkSize, protocol.MinChunkSize, protocol.MaxChunkSize)
+	}
+	if c.RateLimit < 0 || (c.RateLimit > 0 && c.RateLimit < protocol.MinChunkSize) {
+		return fmt.Errorf("rate limit %d bytes/s: want 0 (unlimited) or at least %d", c.RateLimit, protocol.MinChunkSize)
+	}
+	if c.RateLimit > 0 {
+		c.ChunkSize = min(c.ChunkSize, max(protocol.MinChunkSize, 1<<(bits.Len64(uint64(c.RateLimit))-1)))
 	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = 2 * time.Second
@@ -323,6 +351,8 @@ type Server struct {
 	closeOnce sync.Once
 	stats     counters
 	fleet     *fleetState
+
+	rate rateState // Config.RateLimit
 }
 
 // counters are updated by the serving goroutine and producers, read by Stats.
@@ -432,6 +462,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		keys:        keys,
 	}
 	s.waitTimer.Stop()
+	s.rate.init(cfg.RateLimit, int64(cfg.ChunkSize), time.Now())
 	s.syncFleetLatest(time.Now())
 	if pub != nil {
 		pub.onPublish = func() {
@@ -594,6 +625,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		if s.sendRound() {
 			continue
 		}
+		s.rate.arm()
 		select {
 		case <-ctx.Done():
 			s.shutdown()
@@ -614,6 +646,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.peerGone(d)
 		case now := <-s.waitTimer.C:
 			s.admitWaiting(now)
+		case <-s.rate.timer.C:
+			// The rate limit allows the chunk a session waits for.
 		}
 	}
 }
@@ -855,6 +889,7 @@ func (s *Server) sendRound() bool {
 	if n == 0 {
 		return false
 	}
+	s.rate.newRound()
 	any := false
 	start := s.turn % n
 	for i := 0; i < n && i < len(s.ring); i++ {

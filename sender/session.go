@@ -222,9 +222,10 @@ func (sess *session) pump() bool {
 		return true
 	}
 	data := (*c.buf)[:c.n]
-	if !sess.gate.Take(uint64(len(data))) {
+	if uint64(len(data)) > sess.gate.Available() || !sess.srv.rate.take(sess, int64(len(data)), time.Now()) {
 		return false
 	}
+	sess.gate.Take(uint64(len(data)))
 	// The chunk leaves t before the send: a failed send drops the session,
 	// and the buffer must be returned to the pool exactly once.
 	t.pending = nil
@@ -302,7 +303,8 @@ func (sess *session) start(r *request) {
 	if g.Tag == src.tag && g.Offset <= uint64(key.size) {
 		off = int64(g.Offset) / sess.chunkSize * sess.chunkSize
 	}
-	if off == 0 && key.size <= min(inlineMax, sess.chunkSize) && sess.gate.Available() >= uint64(key.size) {
+	if off == 0 && key.size <= min(inlineMax, sess.chunkSize) && sess.gate.Available() >= uint64(key.size) &&
+		sess.srv.rate.ready(sess, key.size, time.Now()) {
 		sess.sendWhole(g, &src)
 		return
 	}
@@ -367,6 +369,8 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 	sess.event(Event{Kind: "file-start", Name: g.Name, Size: key.size})
 	if key.size > 0 && !sess.dead {
 		sess.gate.Take(uint64(key.size))
+		// ready allowed it before the read; time only added to the budget.
+		srv.rate.take(sess, key.size, time.Now())
 		sess.send(&protocol.Chunk{Request: g.Request, Hash: h, Data: data})
 	}
 	if sess.dead {

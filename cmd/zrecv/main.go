@@ -108,6 +108,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&tf.serveAllow, "serve-allow", "", "relay: directory of authorized child public certificates")
 	fs.BoolVar(&tf.serveAllowAny, "serve-allow-any", false, "relay: accept any child key (encrypted, not authenticated)")
 	fs.StringVar(&tf.serveACL, "serve-acl", "", "relay: access list FILE for the children's keys (same format as zsend --acl)")
+	rateLimit := fs.String("rate-limit", "0", "relay (--follow --serve): most bytes/s its server sends to its children, all together (K, M, G = 1024 multiples; at least 4K); 0: no limit")
 	fs.DurationVar(&tf.lockWait, "lock-wait", 0, "tree mode: wait this long for another zrecv syncing the same tree (default: fail at once)")
 	fs.Usage = func() {
 		// Only --help calls this (errors are reported below): help that
@@ -139,6 +140,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "zrecv %s (protocol ZSND/1)\n", version)
 		return cli.ExitOK
 	}
+	rl, err := cli.ParseRateLimit(*rateLimit)
+	if err != nil {
+		return usageErr(fmt.Errorf("--rate-limit: %w", err))
+	}
+	if rl != 0 && (!tf.follow || tf.serve == "") {
+		return usageErr(errors.New("--rate-limit limits a relay's server: it needs --follow --serve"))
+	}
+	tf.rateLimit = rl
 	if *keygen != "" {
 		return cli.Keygen("zrecv", *keygen, stdout, stderr)
 	}

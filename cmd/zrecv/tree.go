@@ -37,6 +37,10 @@ type treeFlags struct {
 	serveSecret, serveAllow string
 	serveACL                string
 	serveAllowAny           bool
+	// rateLimit is --rate-limit, parsed: for a relay (--follow --serve),
+	// the bytes per second its server sends to its children, all
+	// together (sender.Config.RateLimit); 0: no limit.
+	rateLimit int64
 }
 
 func follow(ctx context.Context, args []string, cfg receiver.Config, tf treeFlags, quiet bool, stderr io.Writer) int {
@@ -63,7 +67,7 @@ func follow(ctx context.Context, args []string, cfg receiver.Config, tf treeFlag
 		return cli.ExitUsage
 	}
 	// The relay's server keeps what the follower keeps on disk.
-	scfg := sender.Config{Endpoint: tf.serve, Curve: curve, Heartbeat: cfg.Heartbeat, KeepVersions: tf.keep}
+	scfg := sender.Config{Endpoint: tf.serve, Curve: curve, Heartbeat: cfg.Heartbeat, KeepVersions: tf.keep, RateLimit: tf.rateLimit}
 	if tf.node != "" {
 		scfg.Name = tf.node
 	}

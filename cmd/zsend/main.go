@@ -64,6 +64,7 @@ Examples (zrecv --help fetches from each):
   zsend --json -b 'tcp://[::1]:5555' a b c      NDJSON events on stdout
   zsend --watch /etc/myapp                      publish a new version of tree "myapp" on every change
   zsend --state-dir /srv/zsend-state /etc/myapp keep published versions in /srv/zsend-state
+  zsend --rate-limit 100M /srv/releases         send at most 100 MiB/s, all clients together
   kill -HUP $(pidof zsend)                      publish now (rescan every tree)
   zsend --keygen /etc/zsend/server              write a CURVE key pair and exit
   zsend --curve-secret /etc/zsend/server_secret --allow /etc/zsend/clients /srv/releases
@@ -115,6 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		allowAny    = fs.Bool("allow-any", false, "CURVE: accept any client key (encrypted, but anyone may fetch)")
 		aclFile     = fs.String("acl", "", "CURVE: access list FILE: which client key may fetch which names (format in README)")
 		keygen      = fs.String("keygen", "", "write a new CURVE key pair to PATH and PATH_secret (mode 0600), print the public key and exit")
+		rateLimit   = fs.String("rate-limit", "0", "most bytes/s of file data sent, all clients together (K, M, G = 1024 multiples: 100M = 100 MiB/s; at least 4K); 0: no limit")
 	)
 	fs.Usage = func() {
 		// Only --help calls this (errors are reported below): help that
@@ -182,6 +184,10 @@ Exit codes:
 	cs, err := cli.ParseSize(*chunk)
 	if err != nil {
 		return fail(cli.ExitUsage, "--chunk-size: %v", err)
+	}
+	rate, err := cli.ParseRateLimit(*rateLimit)
+	if err != nil {
+		return fail(cli.ExitUsage, "--rate-limit: %v", err)
 	}
 	var slogger *slog.Logger
 	switch *logFormat {
@@ -274,6 +280,7 @@ Exit codes:
 		StateDir: *stateDir, KeepVersions: *keep, Watch: *watch, Curve: curve,
 		Fleet:   sender.FleetConfig{MaxNodes: *maxNodes, LostAfter: *lostAfter},
 		Barrier: *barrier, Quorum: *quorum, BarrierTimeout: *barrierTO,
+		RateLimit: rate,
 	})
 	if err != nil {
 		return fail(cli.ExitUsage, "%v", err)

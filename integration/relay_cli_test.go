@@ -61,8 +61,10 @@ func TestRelayCurveCLI(t *testing.T) {
 	relayOut := filepath.Join(dir, "out-relay")
 	relay := startFollowerProc(t, root.ep, relayOut, "relay1", "--serve", relayEP,
 		"--server-key", rootKey, "--curve-secret", relayClient+"_secret",
-		"--serve-secret", relayServer+"_secret", "--serve-allow", allowDir(t, dir, "relay-allow", leafKey))
+		"--serve-secret", relayServer+"_secret", "--serve-allow", allowDir(t, dir, "relay-allow", leafKey),
+		"--rate-limit", "512K")
 	leafOut := filepath.Join(dir, "out-leaf")
+	leafStart := time.Now()
 	leaf := startFollowerProc(t, relayEP, leafOut, "leaf1", "--server-key", relayServer, "--curve-secret", leafKey+"_secret")
 	strangerOut := filepath.Join(dir, "out-stranger")
 	stranger := startFollowerProc(t, relayEP, strangerOut, "stranger", "--server-key", relayServer, "--curve-secret", strangerKey+"_secret")
@@ -76,6 +78,11 @@ func TestRelayCurveCLI(t *testing.T) {
 		}
 	})
 	waitUntil(t, 30*time.Second, "leaf on v1", nodeOn(t, src, leafOut, "app"))
+	// The relay's --rate-limit 512K: v1 (1 MiB and a bit) cannot reach the
+	// leaf faster than (size - burst) / rate = 1 s (lower bound only).
+	if took := time.Since(leafStart); took < 800*time.Millisecond {
+		t.Errorf("leaf had v1 after %v through a relay limited to 512 KiB/s", took)
+	}
 	writeFile(t, filepath.Join(src, "app.conf"), "v2\n")
 	waitUntil(t, 30*time.Second, "leaf on v2", nodeOn(t, src, leafOut, "app"))
 	if ok, why := nodeOn(t, src, relayOut, "app")(); !ok {

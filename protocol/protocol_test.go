@@ -366,15 +366,15 @@ func TestStringTruncatedOnEncode(t *testing.T) {
 	}
 }
 
-// The relay examples of PROTOCOL.md section 15.5 are the golden files.
+// The relay examples of PROTOCOL.md section 15.7 are the golden files.
 func TestProtocolDocRelayExamples(t *testing.T) {
 	doc, err := os.ReadFile(filepath.Join("..", "PROTOCOL.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, sec, ok := strings.Cut(string(doc), "### 15.5 Examples")
+	_, sec, ok := strings.Cut(string(doc), "### 15.7 Examples")
 	if !ok {
-		t.Fatal("PROTOCOL.md lost section 15.5")
+		t.Fatal("PROTOCOL.md lost section 15.7")
 	}
 	flat := strings.Join(strings.Fields(sec), "")
 	for _, name := range []string{"forward", "status_parents", "fleet_parent", "fleet_direct"} {
@@ -383,7 +383,7 @@ func TestProtocolDocRelayExamples(t *testing.T) {
 			t.Fatal(err)
 		}
 		if want := strings.Join(strings.Fields(string(g)), ""); !strings.Contains(flat, want) {
-			t.Errorf("PROTOCOL.md 15.5 lacks the golden %s: %s", name, want)
+			t.Errorf("PROTOCOL.md 15.7 lacks the golden %s: %s", name, want)
 		}
 	}
 }

@@ -236,7 +236,7 @@ func Status(ctx context.Context, cfg Config, tree string) (FleetStatus, error) {
 		var re *RemoteError
 		if flags != 0 && errors.As(err, &re) && re.Code == protocol.CodeBadRequest {
 			// A server that predates relays: STATUS's flags were
-			// reserved (PROTOCOL.md section 15.3). Ask without them.
+			// reserved (PROTOCOL.md section 15.5). Ask without them.
 			flags = 0
 			continue
 		}
@@ -374,7 +374,7 @@ type ControlConfig struct {
 	Events func(ControlEvent)
 	// ReportEvery re-sends every report; default 10s.
 	ReportEvery time.Duration
-	// Forwards, if set (a relay, PROTOCOL.md section 15.2), returns the
+	// Forwards, if set (a relay, PROTOCOL.md section 15.4), returns the
 	// rows of the relay's own fleet table to FORWARD, like Reports: all
 	// of them when all is true, otherwise those that changed (Notify
 	// signals them too). A server that predates relays drops the

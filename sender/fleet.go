@@ -175,7 +175,7 @@ func (sess *session) report(m *protocol.Report) {
 	sess.afterRow(m)
 }
 
-// forward answers FORWARD (PROTOCOL.md section 15.2): a relay's row, kept
+// forward answers FORWARD (PROTOCOL.md section 15.4): a relay's row, kept
 // like a REPORT's but under the relay's parent name, bound to no key, and
 // kept alive by forwards only.
 func (sess *session) forward(m *protocol.Forward) {
@@ -228,7 +228,7 @@ func (sess *session) takeRow(m *protocol.Report, parent string) bool {
 	if sess.hasKey && parent == "" {
 		// With CURVE a node name belongs to the first key that reported
 		// it (fleet.ErrNameTaken, 403, for another key). A forwarded row
-		// is bound to no key (section 15.2).
+		// is bound to no key (section 15.4).
 		r.Key = KeyFingerprint(sess.key)
 	}
 	if m.Hook.Name != "" {
@@ -291,7 +291,7 @@ func rowChanged(a, b fleet.Report) bool {
 type rowKey struct{ node, tree string }
 
 // Forwards returns the rows a relay forwards upward (PROTOCOL.md section
-// 15.2): with all, every row of the table that is not lost; otherwise
+// 15.4): with all, every row of the table that is not lost; otherwise
 // those that changed since the last call (and are not lost). A row the
 // node reported directly gets parent, the relay's own node name; a row
 // this server got by FORWARD keeps the parent it came with (parent must
@@ -441,7 +441,7 @@ func (b *barrier) retell(sess *session, node string) {
 
 // sendSwitch sends SWITCH to every subscribed session of the named nodes:
 // the sessions that reported them, and those that forwarded them (a
-// relay's, PROTOCOL.md section 15.4), at most one SWITCH per session.
+// relay's, PROTOCOL.md section 15.6), at most one SWITCH per session.
 func (s *Server) sendSwitch(b *barrier, nodes []string) {
 	var want []string
 	for _, n := range nodes {
@@ -484,7 +484,7 @@ func (s *Server) sendSwitch(b *barrier, nodes []string) {
 }
 
 // Switch passes a parent's barrier decision on (a relay with
-// Config.ExternalBarrier, PROTOCOL.md section 15.4): SWITCH for (tree,
+// Config.ExternalBarrier, PROTOCOL.md section 15.6): SWITCH for (tree,
 // id) goes to every node of the tree whose row shows id staged and that
 // has a session (or whose relay has), and the decision is remembered, so
 // that a node that reports id staged later gets its SWITCH at once. Safe

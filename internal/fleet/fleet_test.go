@@ -139,7 +139,7 @@ func fwd(node, tree, ver string, seq uint64, st State, parent string) Report {
 	return r
 }
 
-// Forwarded rows (PROTOCOL.md section 15.2): shown with their parent,
+// Forwarded rows (PROTOCOL.md section 15.4): shown with their parent,
 // bound to no key, kept alive only by forwards, refused for a name a live
 // direct reporter's key holds, and taking over a lost one.
 func TestForwardedRows(t *testing.T) {

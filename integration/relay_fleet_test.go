@@ -685,74 +685,23 @@ func TestRelayFollowerForwardsAndPassesSwitch(t *testing.T) {
 	}
 }
 
-// stoppableServer is publishingServer with a stop function (idempotent).
-func stoppableServer(t *testing.T, cfg sender.Config) (string, *sender.Server, func()) {
-	t.Helper()
-	if cfg.StateDir == "" {
-		cfg.StateDir = t.TempDir()
-	}
-	cfg.Endpoint = "tcp://127.0.0.1:0"
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := sender.Listen(ctx, cfg)
-	if err != nil {
-		cancel()
-		t.Fatalf("listen: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				t.Error("server did not stop within 10s")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return srv.Endpoint(), srv, stop
-}
-
-// relayParts is a relay assembled from the library: a server for its
-// children (ExternalBarrier; it publishes the same source as the root,
-// so its versions have the root's ids) and a follower of its parent that
-// forwards the server's table and passes SWITCH down. The relay proper
-// (zrecv --follow --serve, serving what it verified) replaces the
-// server's own source; the status and barrier wiring is this.
-func relayParts(t *testing.T, src, parentEP, node string) (string, *sender.Server, *follower, func()) {
-	t.Helper()
-	notify := make(chan struct{}, 1)
-	cfg := fastFleet(src)
-	cfg.ExternalBarrier = true
-	cfg.OnReport = func() {
-		select {
-		case notify <- struct{}{}:
-		default:
-		}
-	}
-	ep, srv, stop := stoppableServer(t, cfg)
-	f := startFollower(t, mirror.FollowConfig{Receiver: fastRecv(parentEP), Trees: []string{"app"}, Node: node,
-		ReportEvery: 500 * time.Millisecond, Forwards: srv.Forwards, ForwardNotify: notify, OnSwitch: srv.Switch})
-	return ep, srv, f, func() { f.stop(); stop() }
-}
-
-// Three levels: root -> relayA -> relayB -> leaf. The root's zsend
-// --status shows every node with its parent, --status --wait covers the
-// leaf two relays down (through a new version under the root's barrier),
-// and when relayB dies, it and the leaf below it go lost at the root.
+// Three levels of real relays (package relay): root (--barrier) ->
+// relay1 -> relay2 -> leaf. The root's zsend --status shows every node
+// with its parent; --status --wait covers the leaf two relays down; the
+// root's BARRIER reaches the leaf (it stages and waits) and the root's
+// SWITCH reaches it back through both relays; when relay2 dies, it and
+// the leaf below it go lost at the root.
 func TestRelayThreeLevelsStatus(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "app")
 	writeFile(t, filepath.Join(src, "app.conf"), "v1")
 	rootCfg := fastFleet(src)
-	rootCfg.Barrier, rootCfg.BarrierTimeout = true, 20*time.Second
+	rootCfg.Barrier, rootCfg.BarrierTimeout = true, 60*time.Second // never the timeout path here
 	rootEP, root := publishingServer(t, rootCfg)
-	aEP, aSrv, aFol, _ := relayParts(t, src, rootEP, "relayA")
-	bEP, bSrv, _, stopB := relayParts(t, src, aEP, "relayB")
-	startFollower(t, mirror.FollowConfig{Receiver: fastRecv(bEP), Trees: []string{"app"}, Node: "leaf", ReportEvery: 500 * time.Millisecond})
+	r1 := startTreeRelay(t, rootEP, "relay1", "app")
+	r2 := startTreeRelay(t, r1.ep, "relay2", "app")
+	leaf := startFollower(t, mirror.FollowConfig{Receiver: fastRecv(r2.ep), Trees: []string{"app"}, Node: "leaf"})
 
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	var out, errb bytes.Buffer
 	if code := cli.Status(ctx, fastRecv(rootEP), cli.StatusOptions{Wait: true, Timeout: 30 * time.Second}, &out, &errb); code != cli.ExitOK {
@@ -760,40 +709,40 @@ func TestRelayThreeLevelsStatus(t *testing.T) {
 	}
 	waitUntil(t, 20*time.Second, "three nodes at the root with their parents", func() (bool, string) {
 		rs := rowsByNode(root, "app")
-		return len(rs) == 3 && rs["relayA"].Parent == "" && rs["relayB"].Parent == "relayA" && rs["leaf"].Parent == "relayB" &&
+		return len(rs) == 3 && rs["relay1"].Parent == "" && rs["relay2"].Parent == "relay1" && rs["leaf"].Parent == "relay2" &&
 			rs["leaf"].Shown == fleet.Switched, root.Fleet()[0].Summary()
 	})
 
-	// A new version, published at every level (each relay serves the same
-	// content, hence the same id): --wait at the root returns once the
-	// leaf runs it, reported two relays up.
+	// A new version under the root's barrier: every level stages and
+	// waits, the root counts the leaf, and its SWITCH comes down.
 	writeFile(t, filepath.Join(src, "app.conf"), "v2")
 	publishNow(t, root)
-	publishNow(t, aSrv)
-	publishNow(t, bSrv)
 	id2 := root.Trees()[0].ID
 	out.Reset()
 	errb.Reset()
 	if code := cli.Status(ctx, fastRecv(rootEP), cli.StatusOptions{Wait: true, Timeout: 45 * time.Second}, &out, &errb); code != cli.ExitOK {
 		t.Fatalf("--wait for v2 at the root: exit %d\n%s%s", code, out.String(), errb.String())
 	}
-	if aFol.countSeq("staged", 2) == 0 {
-		t.Error("relayA did not wait for the root's SWITCH (no staged event for v2)")
-	}
 	for node, r := range rowsByNode(root, "app") {
 		if r.Version != id2.String() || r.Shown != fleet.Switched {
 			t.Errorf("%s at the root after --wait: %+v", node, r)
 		}
 	}
-	if !regexpLine(out.String(), "leaf", "relayB") || !regexpLine(out.String(), "relayB", "relayA") || !regexpLine(out.String(), "relayA", "-") {
+	if leaf.countSeq("staged", 2) == 0 {
+		t.Error("the leaf did not wait for the root's barrier (no staged event for v2)")
+	}
+	if ok, why := nodeOn(t, src, leaf.out, "app")(); !ok {
+		t.Errorf("leaf content: %s", why)
+	}
+	if !regexpLine(out.String(), "leaf", "relay2") || !regexpLine(out.String(), "relay2", "relay1") || !regexpLine(out.String(), "relay1", "-") {
 		t.Errorf("--status text:\n%s", out.String())
 	}
 
-	// relayB dies: it and the leaf below it go lost at the root, by age.
-	stopB()
-	waitUntil(t, 30*time.Second, "relayB and leaf lost at the root", func() (bool, string) {
+	// relay2 dies: it and the leaf below it go lost at the root, by age.
+	r2.stop()
+	waitUntil(t, 30*time.Second, "relay2 and leaf lost at the root", func() (bool, string) {
 		rs := rowsByNode(root, "app")
-		return rs["relayB"].Shown == fleet.Lost && rs["leaf"].Shown == fleet.Lost && rs["relayA"].Shown == fleet.Switched,
+		return rs["relay2"].Shown == fleet.Lost && rs["leaf"].Shown == fleet.Lost && rs["relay1"].Shown == fleet.Switched,
 			root.Fleet()[0].Summary()
 	})
 }

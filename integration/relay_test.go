@@ -107,7 +107,7 @@ func nodeOn(t *testing.T, src, out, tree string) func() (bool, string) {
 // Root -> relay -> relay -> leaf: every new version reaches the leaf, byte
 // for byte (BLAKE3 of every file, modes, mtimes, symlinks), through two
 // relays that each serve what they have verified; each server's fleet
-// table shows its direct children.
+// table shows the nodes below it (relays forward their tables upward).
 func TestRelayThreeLevels(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "app")
 	writeFile(t, filepath.Join(src, "app.conf"), "v1")
@@ -143,8 +143,9 @@ func TestRelayThreeLevels(t *testing.T) {
 				_ = why
 			}
 		}
-		waitUntil(t, 10*time.Second, "root table: relay1 on v"+fmt.Sprint(v), converged(root, "app", uint64(v), 1))
-		waitUntil(t, 10*time.Second, "relay1 table: relay2", converged(r1.srv, "app", uint64(v), 1))
+		// Relays forward their tables: each table holds the subtree below.
+		waitUntil(t, 10*time.Second, "root table: relay1, relay2, leaf on v"+fmt.Sprint(v), converged(root, "app", uint64(v), 3))
+		waitUntil(t, 10*time.Second, "relay1 table: relay2, leaf", converged(r1.srv, "app", uint64(v), 2))
 		waitUntil(t, 10*time.Second, "relay2 table: leaf", converged(r2.srv, "app", uint64(v), 1))
 	}
 	// The relays announce the root's sequence numbers and ids.

@@ -64,6 +64,21 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	scfg := cfg.Serve
 	scfg.Relay = cfg.Follow.Trees
+	// Status up, barrier down (PROTOCOL.md sections 15.4 to 15.6): the
+	// server's table goes up on the follower's control session (promptly
+	// when a row changes), and the parent decides every barrier.
+	scfg.Barrier, scfg.ExternalBarrier = false, true
+	changed := make(chan struct{}, 1)
+	onReport := scfg.OnReport
+	scfg.OnReport = func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+		if onReport != nil {
+			onReport()
+		}
+	}
 	if scfg.KeepVersions == 0 {
 		scfg.KeepVersions = max(cfg.Follow.Keep, 2)
 	}
@@ -81,10 +96,32 @@ func Run(ctx context.Context, cfg Config) error {
 
 	fcfg := cfg.Follow
 	fcfg.OnVersion = func(tree string, seq uint64, id manifest.ID, dir string, barrier bool) {
-		// The parent's barrier is not passed down: a child switches as
-		// soon as it has staged what its relay has.
-		if err := srv.Offer(tree, seq, id, false, mirror.ManifestPath(out, tree, id), dir); err != nil && cfg.OfferError != nil {
+		// The parent's barrier is passed down: the children stage, the
+		// relay forwards their rows, the root counts them, and its
+		// SWITCH comes down through OnSwitch.
+		if err := srv.Offer(tree, seq, id, barrier, mirror.ManifestPath(out, tree, id), dir); err != nil && cfg.OfferError != nil {
 			cfg.OfferError(tree, seq, err)
+		}
+	}
+	fcfg.Forwards, fcfg.ForwardNotify = srv.Forwards, changed
+	onSwitch := fcfg.OnSwitch
+	fcfg.OnSwitch = func(tree string, id manifest.ID) {
+		srv.Switch(tree, id)
+		if onSwitch != nil {
+			onSwitch(tree, id)
+		}
+	}
+	events := fcfg.Events
+	fcfg.Events = func(e mirror.FollowEvent) {
+		// The relay's own stable path shows a version: its parent's
+		// barrier for it is decided (or there is none), so children
+		// staged on it may switch too, also after a restart of the relay
+		// or under a parent that predates relays (no SWITCH for them).
+		if e.Kind == "switched" || e.Kind == "unchanged" {
+			srv.Switch(e.Tree, e.Version)
+		}
+		if events != nil {
+			events(e)
 		}
 	}
 	run := cfg.Run

@@ -46,7 +46,11 @@ func Follow(ctx context.Context, cfg mirror.FollowConfig, metricsAddr string, lo
 		}
 		log.Info("metrics", "url", "http://"+addr+"/metrics")
 	}
+	inner := cfg.Events // a relay's (package relay)
 	cfg.Events = func(e mirror.FollowEvent) {
+		if inner != nil {
+			inner(e)
+		}
 		if prom != nil {
 			prom.Event(e)
 		}

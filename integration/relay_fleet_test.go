@@ -843,3 +843,43 @@ func TestBarrierSwitchAgainOnNewSession(t *testing.T) {
 		t.Fatalf("SWITCH on the new session: %+v", sw)
 	}
 }
+
+// The binaries, as a user runs them: zsend --barrier -> zrecv --follow
+// --serve (relay1) -> zrecv --follow (leaf1). zsend --status --wait at
+// the root covers the leaf, and shows it via relay1, through a new
+// version under the barrier.
+func TestRelayStatusCLI(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src", "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1\n")
+	root := startZsendFleet(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(dir, "state"), "--watch",
+		"--barrier", "--barrier-timeout", "60s", src)
+	relayEP := "ipc://" + filepath.Join(dir, "relay.sock")
+	relay := startFollowerProc(t, root.ep, filepath.Join(dir, "out-relay"), "relay1", "--serve", relayEP)
+	leafOut := filepath.Join(dir, "out-leaf")
+	leaf := startFollowerProc(t, relayEP, leafOut, "leaf1")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("relay log:\n%s\nleaf log:\n%s\nroot log:\n%s", relay.log, leaf.log, root.log)
+		}
+	})
+	for v := 1; v <= 2; v++ {
+		if v == 2 {
+			writeFile(t, filepath.Join(src, "app.conf"), "v2\n")
+		}
+		want := fmt.Sprintf("2/2 nodes on app v%d", v)
+		var code int
+		var out, errs string
+		waitUntil(t, 60*time.Second, want, func() (bool, string) {
+			code, out, errs = statusWait(t, root.ep, 30*time.Second)
+			return code == 0 && strings.Contains(out, want), fmt.Sprintf("exit %d\n%s\n%s", code, out, errs)
+		})
+		if !regexpLine(out, "leaf1", "relay1") || !regexpLine(out, "relay1", "-") {
+			t.Fatalf("--status at the root:\n%s", out)
+		}
+	}
+	waitUntil(t, 10*time.Second, "leaf on v2", nodeOn(t, src, leafOut, "app"))
+	if !strings.Contains(leaf.log.String(), "waiting for the server's SWITCH") {
+		t.Errorf("the leaf did not wait for the root's barrier:\n%s", leaf.log)
+	}
+}

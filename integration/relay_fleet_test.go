@@ -860,7 +860,10 @@ func TestRelayStatusCLI(t *testing.T) {
 	leaf := startFollowerProc(t, relayEP, leafOut, "leaf1")
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("relay log:\n%s\nleaf log:\n%s\nroot log:\n%s", relay.log, leaf.log, root.log)
+			for _, p := range []*proc{leaf, relay} {
+				p.kill()
+			}
+			t.Logf("relay log:\n%s\nleaf log:\n%s", relay.log, leaf.log)
 		}
 	})
 	for v := 1; v <= 2; v++ {
@@ -879,6 +882,11 @@ func TestRelayStatusCLI(t *testing.T) {
 		}
 	}
 	waitUntil(t, 10*time.Second, "leaf on v2", nodeOn(t, src, leafOut, "app"))
+	for _, p := range []*proc{leaf, relay} {
+		if err := p.stop(t); err != nil {
+			t.Errorf("exit after SIGTERM: %v", err)
+		}
+	}
 	if !strings.Contains(leaf.log.String(), "waiting for the server's SWITCH") {
 		t.Errorf("the leaf did not wait for the root's barrier:\n%s", leaf.log)
 	}

@@ -31,6 +31,7 @@ type fleetState struct {
 	started  time.Time           // when the server started (barrier grace)
 
 	dirty    map[rowKey]bool // rows changed since the last Forwards(false)
+	dirtyAll bool            // too many to list: every row counts as changed
 	switches []switchOrder   // Switch calls the serving goroutine has yet to run
 }
 
@@ -239,8 +240,15 @@ func (sess *session) takeRow(m *protocol.Report, parent string) bool {
 	prev, had := s.fleet.table.Row(r.Node, r.Tree)
 	err := s.fleet.table.Update(r, now)
 	changed := err == nil && (!had || rowChanged(prev.Report, r))
-	if changed {
-		s.fleet.dirty[rowKey{r.Node, r.Tree}] = true
+	if changed && !s.fleet.dirtyAll {
+		if len(s.fleet.dirty) >= s.maxForwards() {
+			// Nobody reads them (not a relay), or too many changed since
+			// the last read: the next read returns every row.
+			clear(s.fleet.dirty)
+			s.fleet.dirtyAll = true
+		} else {
+			s.fleet.dirty[rowKey{r.Node, r.Tree}] = true
+		}
 	}
 	s.fleet.mu.Unlock()
 	what := "report"
@@ -304,9 +312,11 @@ func (s *Server) Forwards(parent string, all bool) []protocol.Forward {
 	f := s.fleet
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !all && len(f.dirty) == 0 {
+	if !all && len(f.dirty) == 0 && !f.dirtyAll {
 		return nil
 	}
+	all = all || f.dirtyAll
+	f.dirtyAll = false
 	var rows []fleet.Row
 	if all {
 		for _, st := range f.table.Status(now) {

@@ -891,3 +891,45 @@ func TestRelayStatusCLI(t *testing.T) {
 		t.Errorf("the leaf did not wait for the root's barrier:\n%s", leaf.log)
 	}
 }
+
+// The set of changed rows is bounded (by Fleet.MaxNodes): past it, the
+// next Forwards(false) returns every row, nothing is missed.
+func TestRelayServerChangedRowsBounded(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	writeFile(t, filepath.Join(a, "x"), "x")
+	writeFile(t, filepath.Join(b, "y"), "y")
+	cfg := fastFleet(a)
+	cfg.Paths = []string{a, b}
+	cfg.PeerTimeout, cfg.Fleet.LostAfter, cfg.Fleet.MaxNodes = 30*time.Second, 30*time.Second, 3
+	ep, srv := publishingServer(t, cfg)
+	c := helloV2(t, ep)
+	req := uint32(0)
+	report := func(node, tree string, st protocol.NodeState) {
+		req++
+		c.sendV2(t, &protocol.Report{Request: req, State: st, Node: node, Tree: tree})
+		expectEnd(t, c, req, "REPORT "+node+" "+tree)
+	}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		for _, tr := range []string{"a", "b"} {
+			report(n, tr, protocol.StateSyncing)
+		}
+	}
+	if all := srv.Forwards("relay1", true); len(all) != 6 {
+		t.Fatalf("all rows: %d", len(all))
+	}
+	report("n1", "a", protocol.StateFailed)
+	if got := srv.Forwards("relay1", false); len(got) != 1 || got[0].Node != "n1" || got[0].Tree != "a" {
+		t.Fatalf("one change: %+v", got)
+	}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		report(n, "a", protocol.StateSwitched)
+	}
+	report("n1", "b", protocol.StateSwitched) // a fourth change, past the bound of 3
+	if got := srv.Forwards("relay1", false); len(got) != 6 {
+		t.Fatalf("past the bound: %d rows, want every row (6)", len(got))
+	}
+	if got := srv.Forwards("relay1", false); len(got) != 0 {
+		t.Fatalf("after that: %d rows", len(got))
+	}
+}

@@ -130,6 +130,14 @@ func Follow(ctx context.Context, cfg FollowConfig) error {
 	if cfg.Receiver.OutputDir == "" {
 		cfg.Receiver.OutputDir = cfg.Out
 	}
+	if cfg.Receiver.Failover == nil {
+		// The control session and every sync share one current endpoint.
+		f, err := receiver.NewFailover(cfg.Receiver.Endpoint)
+		if err != nil {
+			return err
+		}
+		cfg.Receiver.Failover = f
+	}
 	fl := &follower{cfg: &cfg, trees: map[string]*followed{}, notify: make(chan struct{}, 1)}
 	for _, t := range cfg.Trees {
 		fl.trees[t] = &followed{fl: fl, name: t, poke: make(chan struct{}, 1), switchCh: make(chan manifest.ID, 1)}
@@ -163,11 +171,14 @@ func (fl *follower) emit(e FollowEvent) {
 	}
 }
 
-// control keeps the control session up until ctx ends.
+// control keeps the control session up until ctx ends. With a failover
+// list, receiver.Control moves to the next endpoint when a session fails;
+// the backoff is waited once per round of the list.
 func (fl *follower) control(ctx context.Context) {
 	rc := fl.cfg.Receiver
 	rc.Timeout = fl.cfg.MaxBackoff + time.Second // one dial attempt; this loop retries forever
 	backoff := 100 * time.Millisecond
+	fails := 0
 	for ctx.Err() == nil {
 		connected := false
 		err := receiver.Control(ctx, rc, receiver.ControlConfig{
@@ -183,7 +194,11 @@ func (fl *follower) control(ctx context.Context) {
 			return
 		}
 		if connected {
-			backoff = 100 * time.Millisecond
+			backoff, fails = 100*time.Millisecond, 0
+		}
+		if fails++; fails%rc.Failover.Len() != 0 {
+			fl.emit(FollowEvent{Kind: "disconnected", Err: err, Message: "moving to " + rc.Failover.Current()})
+			continue
 		}
 		fl.emit(FollowEvent{Kind: "disconnected", Err: err, Message: fmt.Sprintf("reconnecting in %v", backoff)})
 		select {
@@ -198,7 +213,7 @@ func (fl *follower) control(ctx context.Context) {
 func (fl *follower) controlEvent(e receiver.ControlEvent) {
 	switch e.Kind {
 	case receiver.ControlConnected:
-		fl.emit(FollowEvent{Kind: "connected", Message: fl.cfg.Receiver.Endpoint})
+		fl.emit(FollowEvent{Kind: "connected", Message: e.Endpoint})
 	case receiver.ControlTree:
 		if f := fl.trees[e.Tree.Name]; f != nil {
 			f.announce(e.Tree, e.Barrier)
@@ -386,8 +401,15 @@ func (f *followed) syncOnce(ctx context.Context) error {
 			}
 		}}
 	start := time.Now()
+	ep := cfg.Receiver.Failover.Current()
 	res, err := Sync(ctx, mc)
 	f.lastSync = time.Since(start)
+	if lied(err) && cfg.Receiver.Failover.Len() > 1 && cfg.Receiver.Failover.Current() == ep {
+		// The server sent what its version id disowns: the next endpoint
+		// of the list is asked (the control session follows).
+		next := cfg.Receiver.Failover.Next(ep)
+		f.fl.emit(FollowEvent{Kind: "note", Tree: f.name, Err: err, Message: fmt.Sprintf("%s sent data that failed verification; moving to %s", ep, next)})
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return err
@@ -457,6 +479,13 @@ func (f *followed) syncOnce(ctx context.Context) error {
 	f.report(protocol.StateFailed, f.shownSeq, f.shownID, failure)
 	f.fl.emit(FollowEvent{Kind: "failed", Tree: f.name, Seq: res.Seq, Version: res.Version, Err: failure, Hook: &hr})
 	return nil
+}
+
+// lied reports whether a sync failed because of what the server sent: a
+// bad manifest, a staged tree that does not give the version id, data
+// failing BLAKE3 beyond the retry budget, or a protocol violation.
+func lied(err error) bool {
+	return errors.Is(err, ErrBadManifest) || errors.Is(err, ErrMismatch) || errors.Is(err, receiver.ErrVerify) || errors.Is(err, receiver.ErrProtocol)
 }
 
 func okText(r hooks.Result) string {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -530,5 +531,38 @@ func TestFailoverCLI(t *testing.T) {
 	code, _, stderr = zrecv(t, "-o", out, "--server-key", strings.Repeat("a", 40)+","+strings.Repeat("b", 40)+","+strings.Repeat("c", 40), dead+","+ep, "f.bin")
 	if code != 2 || !strings.Contains(stderr, "3 keys for 2 endpoints") {
 		t.Errorf("3 keys for 2 endpoints: exit %d (stderr %q)", code, stderr)
+	}
+}
+
+// The binaries: zrecv --follow on "A,B", two zsend processes publishing
+// the same directory; A is killed (SIGKILL) and the follower goes on with
+// B, taking the version B publishes next.
+func TestFollowFailoverCLI(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	a := startZsendFleet(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "sa"), src)
+	b := startZsendFleet(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "sb"), src)
+	out := filepath.Join(base, "out")
+	os.Mkdir(out, 0o755)
+	f := startFollowerProc(t, a.ep+","+b.ep, out, "web1")
+	stable := func(want string) func() (bool, string) {
+		return func() (bool, string) {
+			got := readStable(t, out, "app", "app.conf")
+			return got == want, got
+		}
+	}
+	waitUntil(t, 30*time.Second, "v1", stable("v1"))
+	a.kill()
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	b.cmd.Process.Signal(syscall.SIGHUP)
+	waitTree(t, b.ep, "app", 1)
+	waitUntil(t, 30*time.Second, "v2 from B", stable("v2"))
+	sameFile(t, filepath.Join(src, "app.conf"), filepath.Join(out, "app", "app.conf"))
+	if err := f.stop(t); err != nil {
+		t.Errorf("follower after SIGTERM: %v\n%s", err, f.log.String())
+	}
+	if !strings.Contains(f.log.String(), b.ep) {
+		t.Errorf("the follower's log never names B:\n%s", f.log.String())
 	}
 }

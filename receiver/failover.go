@@ -10,7 +10,7 @@ import (
 	"github.com/zsend/zsend/internal/zsock"
 )
 
-// Failover (README "Failover", PROTOCOL.md section 13): Config.Endpoint
+// Failover (README "Failover", PROTOCOL.md section 8): Config.Endpoint
 // may list several servers that serve the same content, a root and its
 // relays or the relays of one tier: "tcp://relay1:5555,tcp://relay2:5555".
 //

@@ -271,6 +271,16 @@ func TestFailoverServerKey(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "1 server keys for 2 endpoints") {
 		t.Errorf("one key of a per-endpoint list: %v", err)
 	}
+
+	// zrecv: exit 8 when no server holds the key, 0 with a key per endpoint.
+	out := t.TempDir()
+	if code, _, stderr := zrecv(t, "-q", "-o", out, "--server-key", other.Public.String(), list, "f.bin"); code != 8 {
+		t.Errorf("no server holds the key: exit %d, want 8 (stderr %q)", code, stderr)
+	}
+	if code, _, stderr := zrecv(t, "-q", "-o", out, "--server-key", certA.Public.String()+","+certB.Public.String(), list, "f.bin"); code != 0 {
+		t.Errorf("a key per endpoint: exit %d (stderr %q)", code, stderr)
+	}
+	sameFile(t, p, filepath.Join(out, "f.bin"))
 }
 
 // treeState names what the stable path shows: the BLAKE3 of each file of
@@ -451,10 +461,15 @@ func (f *follower) connectedTo() []string {
 }
 
 // A lying first endpoint (it announces the honest version id but serves
-// altered file content): the follower rejects the data by hash, moves to
-// the honest second endpoint and converges there; the altered content is
-// never shown.
+// altered file content, or a manifest that is not the version's): the
+// follower rejects the data by hash, moves to the honest second endpoint
+// and converges there; nothing from the liar is ever shown.
 func TestFollowFailoverLyingServer(t *testing.T) {
+	t.Run("file content", func(t *testing.T) { followLiar(t, false) })
+	t.Run("manifest", func(t *testing.T) { followLiar(t, true) })
+}
+
+func followLiar(t *testing.T, manifest bool) {
 	src := filepath.Join(t.TempDir(), "app")
 	writeFile(t, filepath.Join(src, "app.conf"), "honest")
 	writeFile(t, filepath.Join(src, "sub", "data"), strings.Repeat("d", 100<<10))
@@ -477,8 +492,21 @@ func TestFollowFailoverLyingServer(t *testing.T) {
 	if evil.ID != good.ID {
 		t.Fatal("the two versions differ")
 	}
+	if manifest {
+		// The entry of app.conf names the hash of the altered content.
+		lie, _, err := treetest.Scan(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range lie.Entries {
+			if lie.Entries[i].Path == "app.conf" {
+				lie.Entries[i].Hash = blake3.Sum256([]byte("EVIL!!"))
+			}
+		}
+		evil.Manifest = lie.Encode()
+	}
 	evil.Files["app.conf"] = &treetest.File{Content: []byte("EVIL!!"), Mode: good.Files["app.conf"].Mode,
-		MtimeNs: good.Files["app.conf"].MtimeNs, Hash: good.Files["app.conf"].Hash}
+		MtimeNs: good.Files["app.conf"].MtimeNs, Hash: blake3.Sum256([]byte("EVIL!!"))}
 	liar.Publish("app", evil)
 	honest.Publish("app", good)
 
@@ -496,6 +524,9 @@ func TestFollowFailoverLyingServer(t *testing.T) {
 	}
 	if !f.has("note", "moving to "+honest.Endpoint) {
 		t.Errorf("no note says the follower moved from the lying server")
+	}
+	if got := f.connectedTo(); got[len(got)-1] != honest.Endpoint {
+		t.Errorf("the control session is on %q, not on the honest server", got)
 	}
 }
 

@@ -219,6 +219,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		MinRate: rate, RateWindow: *rateWin, Deadline: *deadline,
 		Curve: curve,
 	}
+	// One failover state for the probe, the sync or fetch and the report:
+	// each starts at the server the one before found alive.
+	if cfg.Failover, err = receiver.NewFailover(cfg.Endpoint); err != nil {
+		return usageErr(err)
+	}
 	if fs.NArg() == 2 {
 		if code, done, err := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr, func(e receiver.Event) {
 			if e.Kind == receiver.EventReconnect {

@@ -27,6 +27,9 @@
 //	new session is dialled; each GET then carries the verified length and
 //	the version tag, so the transfer resumes. Reconnecting gives up when
 //	Timeout passes without verified data (see budget.go for every bound).
+//	With a failover list (Config.Endpoint "EP1,EP2,...", failover.go) the
+//	new session goes to the next endpoint, at once; the reconnect delay is
+//	waited once per round of the list, and the clocks are the fetch's.
 //
 // # Partial state
 //
@@ -332,9 +335,10 @@ type Event struct {
 	// Window is the session's current credit window in bytes (progress
 	// events): the memory the receiver may need for data in flight.
 	Window uint64
-	// Endpoint and Attempt (reconnect events): the server being dialled
-	// and the number of the attempt that failed since data last arrived
-	// (1 for the first).
+	// Endpoint and Attempt (reconnect events): the server that was lost
+	// or could not be reached (with a failover list, Message names the one
+	// tried next) and the number of the attempt that failed since data
+	// last arrived (1 for the first).
 	Endpoint string
 	Attempt  int
 	// RetryIn (reconnect events): the delay before the next attempt.

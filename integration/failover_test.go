@@ -597,3 +597,22 @@ func TestFollowFailoverCLI(t *testing.T) {
 		t.Errorf("the follower's log never names B:\n%s", f.log.String())
 	}
 }
+
+// Moving to the next endpoint restarts no clock: two black holes (each
+// attempt ends at the handshake timeout) give up with ErrUnreachable once
+// Timeout passed without verified data, after a bounded number of
+// attempts, not when the caller's context ends.
+func TestFailoverKeepsTheTimeoutClock(t *testing.T) {
+	a, b := blackHole(t), blackHole(t)
+	var rec reconnects
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, err := receiver.Fetch(ctx, receiver.Config{Endpoint: a + "," + b, OutputDir: t.TempDir(), Timeout: 2 * time.Second,
+		PeerTimeout: 500 * time.Millisecond, Progress: rec.add}, "f")
+	if !errors.Is(err, receiver.ErrUnreachable) || ctx.Err() != nil {
+		t.Fatalf("error %v (context %v), want ErrUnreachable within Timeout", err, ctx.Err())
+	}
+	if n := len(rec.list()); n < 2 || n > 8 {
+		t.Fatalf("%d attempts, want both endpoints tried and no more than Timeout allows", n)
+	}
+}

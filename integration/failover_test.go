@@ -470,6 +470,65 @@ func TestFollowFailoverLyingServer(t *testing.T) {
 }
 
 func followLiar(t *testing.T, manifest bool) {
+	src, liar, honest := liarAndHonest(t, manifest)
+	out := t.TempDir()
+	watchStable(t, out, "app", func() map[string]bool { return map[string]bool{b3sumBytes([]byte("honest")): true} }, "app.conf")
+	rc := fastRecv(liar.Endpoint + "," + honest.Endpoint)
+	rc.Restarts = 1
+	f := startFollower(t, mirror.FollowConfig{Receiver: rc, Trees: []string{"app"}, Out: out, Node: "n1"})
+	defer logEventsOnFailure(t, f)
+	waitUntil(t, 30*time.Second, "the honest version", func() (bool, string) {
+		return readStable(t, out, "app", "app.conf") == "honest", readStable(t, out, "app", "app.conf")
+	})
+	if got := b3(t, filepath.Join(out, "app", "sub", "data")); got != b3(t, filepath.Join(src, "sub", "data")) {
+		t.Fatalf("sub/data differs from the source")
+	}
+	if !f.has("note", "moving to "+honest.Endpoint) {
+		t.Errorf("no note says the follower moved from the lying server")
+	}
+	waitUntil(t, 10*time.Second, "the control session on the honest server", func() (bool, string) {
+		got := f.connectedTo()
+		return got[len(got)-1] == honest.Endpoint, fmt.Sprint(got)
+	})
+}
+
+// zrecv: a file fetch from "dead,live" works (exit 0); a list with a bad
+// endpoint is a usage error (exit 2), as is an endpoint listed twice.
+func TestFailoverCLI(t *testing.T) {
+	src := t.TempDir()
+	p := writeRandom(t, src, "f.bin", 1<<20)
+	ep, _ := zsendProc(t, p)
+	dead := deadEndpoint(t)
+	out := t.TempDir()
+	code, _, stderr := zrecv(t, "-o", out, "--peer-timeout", "2s", dead+","+ep, "f.bin")
+	if code != 0 {
+		t.Fatalf("dead,live: exit %d: %s", code, stderr)
+	}
+	sameFile(t, p, filepath.Join(out, "f.bin"))
+	if !strings.Contains(stderr, dead) {
+		t.Errorf("stderr does not mention the dead endpoint: %q", stderr)
+	}
+	for _, c := range []struct{ list, msg string }{
+		{"bad-endpoint," + ep, "bad-endpoint"},
+		{ep + "," + ep, "listed twice"},
+		{ep + ",tcp://127.0.0.1", "missing port"},
+	} {
+		for _, mode := range [][]string{{"-o", out}, {"--list"}, {"--follow", "-o", out}} {
+			args := append(append([]string{}, mode...), c.list, "f.bin")
+			code, _, stderr := zrecv(t, args...)
+			if code != 2 || !strings.Contains(stderr, c.msg) {
+				t.Errorf("%q: exit %d, want 2 mentioning %q (stderr %q)", args, code, c.msg, stderr)
+			}
+		}
+	}
+	code, _, stderr = zrecv(t, "-o", out, "--server-key", strings.Repeat("a", 40)+","+strings.Repeat("b", 40)+","+strings.Repeat("c", 40), dead+","+ep, "f.bin")
+	if code != 2 || !strings.Contains(stderr, "3 keys for 2 endpoints") {
+		t.Errorf("3 keys for 2 endpoints: exit %d (stderr %q)", code, stderr)
+	}
+}
+
+func liarAndHonest(t *testing.T, manifest bool) (string, *treetest.Server, *treetest.Server) {
+	t.Helper()
 	src := filepath.Join(t.TempDir(), "app")
 	writeFile(t, filepath.Join(src, "app.conf"), "honest")
 	writeFile(t, filepath.Join(src, "sub", "data"), strings.Repeat("d", 100<<10))
@@ -509,59 +568,37 @@ func followLiar(t *testing.T, manifest bool) {
 		MtimeNs: good.Files["app.conf"].MtimeNs, Hash: blake3.Sum256([]byte("EVIL!!"))}
 	liar.Publish("app", evil)
 	honest.Publish("app", good)
-
-	out := t.TempDir()
-	watchStable(t, out, "app", func() map[string]bool { return map[string]bool{b3sumBytes([]byte("honest")): true} }, "app.conf")
-	rc := fastRecv(liar.Endpoint + "," + honest.Endpoint)
-	rc.Restarts = 1
-	f := startFollower(t, mirror.FollowConfig{Receiver: rc, Trees: []string{"app"}, Out: out, Node: "n1"})
-	defer logEventsOnFailure(t, f)
-	waitUntil(t, 30*time.Second, "the honest version", func() (bool, string) {
-		return readStable(t, out, "app", "app.conf") == "honest", readStable(t, out, "app", "app.conf")
-	})
-	if got := b3(t, filepath.Join(out, "app", "sub", "data")); got != b3(t, filepath.Join(src, "sub", "data")) {
-		t.Fatalf("sub/data differs from the source")
-	}
-	if !f.has("note", "moving to "+honest.Endpoint) {
-		t.Errorf("no note says the follower moved from the lying server")
-	}
-	if got := f.connectedTo(); got[len(got)-1] != honest.Endpoint {
-		t.Errorf("the control session is on %q, not on the honest server", got)
-	}
+	return src, liar, honest
 }
 
-// zrecv: a file fetch from "dead,live" works (exit 0); a list with a bad
-// endpoint is a usage error (exit 2), as is an endpoint listed twice.
-func TestFailoverCLI(t *testing.T) {
-	src := t.TempDir()
-	p := writeRandom(t, src, "f.bin", 1<<20)
-	ep, _ := zsendProc(t, p)
-	dead := deadEndpoint(t)
-	out := t.TempDir()
-	code, _, stderr := zrecv(t, "-o", out, "--peer-timeout", "2s", dead+","+ep, "f.bin")
-	if code != 0 {
-		t.Fatalf("dead,live: exit %d: %s", code, stderr)
-	}
-	sameFile(t, p, filepath.Join(out, "f.bin"))
-	if !strings.Contains(stderr, dead) {
-		t.Errorf("stderr does not mention the dead endpoint: %q", stderr)
-	}
-	for _, c := range []struct{ list, msg string }{
-		{"bad-endpoint," + ep, "bad-endpoint"},
-		{ep + "," + ep, "listed twice"},
-		{ep + ",tcp://127.0.0.1", "missing port"},
-	} {
-		for _, mode := range [][]string{{"-o", out}, {"--list"}, {"--follow", "-o", out}} {
-			args := append(append([]string{}, mode...), c.list, "f.bin")
-			code, _, stderr := zrecv(t, args...)
-			if code != 2 || !strings.Contains(stderr, c.msg) {
-				t.Errorf("%q: exit %d, want 2 mentioning %q (stderr %q)", args, code, c.msg, stderr)
+// A one-shot tree sync (library and zrecv) from "liar,honest" moves to the
+// honest server within the sync and succeeds.
+func TestSyncFailoverLyingServer(t *testing.T) {
+	for _, manifest := range []bool{false, true} {
+		src, liar, honest := liarAndHonest(t, manifest)
+		rc := fastRecv(liar.Endpoint + "," + honest.Endpoint)
+		rc.Restarts = 1
+		out := t.TempDir()
+		var notes []string
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		res, err := mirror.Sync(ctx, mirror.Config{Receiver: rc, Out: out, Tree: "app", Events: func(e mirror.Event) {
+			if e.Kind == mirror.EventNote && e.Endpoint != "" {
+				notes = append(notes, e.Message)
 			}
+		}})
+		cancel()
+		if err != nil {
+			t.Fatalf("sync (lying manifest %v): %v", manifest, err)
 		}
-	}
-	code, _, stderr = zrecv(t, "-o", out, "--server-key", strings.Repeat("a", 40)+","+strings.Repeat("b", 40)+","+strings.Repeat("c", 40), dead+","+ep, "f.bin")
-	if code != 2 || !strings.Contains(stderr, "3 keys for 2 endpoints") {
-		t.Errorf("3 keys for 2 endpoints: exit %d (stderr %q)", code, stderr)
+		sameFile(t, filepath.Join(src, "app.conf"), filepath.Join(res.Stable, "app.conf"))
+		if len(notes) != 1 || !strings.Contains(notes[0], "moving to "+honest.Endpoint) {
+			t.Errorf("failover notes %q", notes)
+		}
+		out2 := t.TempDir()
+		if code, _, stderr := zrecv(t, "-q", "-o", out2, liar.Endpoint+","+honest.Endpoint, "app"); code != 0 {
+			t.Errorf("zrecv (lying manifest %v): exit %d (stderr %q)", manifest, code, stderr)
+		}
+		sameFile(t, filepath.Join(src, "app.conf"), filepath.Join(out2, "app", "app.conf"))
 	}
 }
 

@@ -399,17 +399,15 @@ func (f *followed) syncOnce(ctx context.Context) error {
 			if e.Kind == EventSwitch {
 				switchedAt = e.Time // the rename over the stable path (before pruning)
 			}
+			if e.Kind == EventNote && e.Endpoint != "" {
+				// A failover away from a lying server (the control
+				// session follows the list).
+				f.fl.emit(FollowEvent{Kind: "note", Tree: f.name, Message: e.Message})
+			}
 		}}
 	start := time.Now()
-	ep := cfg.Receiver.Failover.Current()
 	res, err := Sync(ctx, mc)
 	f.lastSync = time.Since(start)
-	if lied(err) && cfg.Receiver.Failover.Len() > 1 && cfg.Receiver.Failover.Current() == ep {
-		// The server sent what its version id disowns: the next endpoint
-		// of the list is asked (the control session follows).
-		next := cfg.Receiver.Failover.Next(ep)
-		f.fl.emit(FollowEvent{Kind: "note", Tree: f.name, Err: err, Message: fmt.Sprintf("%s sent data that failed verification; moving to %s", ep, next)})
-	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return err
@@ -479,13 +477,6 @@ func (f *followed) syncOnce(ctx context.Context) error {
 	f.report(protocol.StateFailed, f.shownSeq, f.shownID, failure)
 	f.fl.emit(FollowEvent{Kind: "failed", Tree: f.name, Seq: res.Seq, Version: res.Version, Err: failure, Hook: &hr})
 	return nil
-}
-
-// lied reports whether a sync failed because of what the server sent: a
-// bad manifest, a staged tree that does not give the version id, data
-// failing BLAKE3 beyond the retry budget, or a protocol violation.
-func lied(err error) bool {
-	return errors.Is(err, ErrBadManifest) || errors.Is(err, ErrMismatch) || errors.Is(err, receiver.ErrVerify) || errors.Is(err, receiver.ErrProtocol)
 }
 
 func okText(r hooks.Result) string {

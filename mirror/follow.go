@@ -400,8 +400,7 @@ func (f *followed) syncOnce(ctx context.Context) error {
 				switchedAt = e.Time // the rename over the stable path (before pruning)
 			}
 			if e.Kind == EventNote && e.Endpoint != "" {
-				// A failover away from a lying server (the control
-				// session follows the list).
+				// A failover (the control session follows the list).
 				f.fl.emit(FollowEvent{Kind: "note", Tree: f.name, Message: e.Message})
 			}
 		}}

@@ -129,7 +129,7 @@ type Event struct {
 	Seq        uint64
 	Path       string // drift: the path in the tree
 	Message    string
-	Endpoint   string // a note of a failover: the server moved to
+	Endpoint   string // a note of a failover (several endpoints): the server now in use
 	FilesDone  int
 	FilesTotal int
 	BytesDone  int64 // bytes of the version in place (fetched, reused or in flight)

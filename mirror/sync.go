@@ -118,7 +118,11 @@ func (s *syncer) recvEvent(e receiver.Event) {
 		}
 	case receiver.EventReconnect, receiver.EventRestart:
 		s.mu.Unlock()
-		s.emit(Event{Kind: EventNote, Message: strings.TrimSpace(e.Name + " " + e.Message)})
+		ev := Event{Kind: EventNote, Message: strings.TrimSpace(e.Name + " " + e.Message)}
+		if fo := s.cfg.Receiver.Failover; e.Kind == receiver.EventReconnect && fo.Len() > 1 {
+			ev.Endpoint = fo.Current() // the receiver moved the list before telling
+		}
+		s.emit(ev)
 		return
 	default:
 		s.mu.Unlock()

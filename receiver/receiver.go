@@ -128,7 +128,9 @@ type Config struct {
 	// chunk offset, so a long file over a noisy link completes. Past it the
 	// file fails with ErrVerify and its verified prefix is kept, so the
 	// same fetch run again resumes. It also bounds the sessions ended by a
-	// protocol violation of the server (ErrProtocol past it).
+	// protocol violation of the server (ErrProtocol past it). With a
+	// failover list, a spent budget first moves the file to the next
+	// endpoint, with budgets afresh (failover.go).
 	Retries int
 	// Restarts is how many times a file may be started over from zero
 	// within one fetch: ERROR 409 (the source changed while being sent), a

@@ -409,13 +409,22 @@ func followFailover(t *testing.T, silent bool) {
 		t.Fatalf("stable path shows %q", got)
 	}
 
-	// v3 on B only: followed on B.
+	// A back on its endpoint (shut-down case): no fail-back, the follower
+	// stays on B. v3 on B only: followed on B.
+	if !silent {
+		back := fastFleet(src)
+		back.Endpoint = a.ep
+		startStoppable(t, back)
+	}
 	publishVersion(3)
 	publishNow(t, b.srv)
 	waitUntil(t, 20*time.Second, "v3 from B", converged(b.srv, "app", 3, 1))
 	_, big := content(3)
 	if got := b3(t, filepath.Join(out, "app", "big.bin")); got != b3sumBytes(big) {
 		t.Fatalf("big.bin on the stable path is %s, not v3's", got)
+	}
+	if got := f.connectedTo(); got[len(got)-1] != b.ep {
+		t.Fatalf("connected to %q: went back to A", got)
 	}
 }
 

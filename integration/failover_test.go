@@ -705,3 +705,41 @@ func TestFailoverCorruptFirstServer(t *testing.T) {
 	}
 	t.Logf("moved: %q", moved)
 }
+
+// zrecv --follow over CURVE with a key per endpoint: each server is
+// pinned to its own key, and the follower moves from A (stopped) to B.
+func TestFollowFailoverCurveCLI(t *testing.T) {
+	certA, certB := newCert(t), newCert(t)
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	ca, cb := fastFleet(src), fastFleet(src)
+	ca.Curve, cb.Curve = curveServer(certA), curveServer(certB)
+	a, b := startStoppable(t, ca), startStoppable(t, cb)
+	out := t.TempDir()
+	f := startFollowerProc(t, a.ep+","+b.ep, out, "web1", "--server-key", certA.Public.String()+","+certB.Public.String())
+	stable := func(want string) func() (bool, string) {
+		return func() (bool, string) {
+			got := readStable(t, out, "app", "app.conf")
+			return got == want, got
+		}
+	}
+	stopped := false
+	defer func() {
+		if t.Failed() && !stopped {
+			f.stop(t)
+			t.Logf("follower log:\n%s", f.log.String())
+		}
+	}()
+	waitUntil(t, 30*time.Second, "v1 from A", stable("v1"))
+	a.stop(t)
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, b.srv)
+	waitUntil(t, 30*time.Second, "v2 from B", stable("v2"))
+	stopped = true
+	if err := f.stop(t); err != nil {
+		t.Errorf("follower after SIGTERM: %v\n%s", err, f.log.String())
+	}
+	if log := f.log.String(); !strings.Contains(log, "connected") || !strings.Contains(log, b.ep) || strings.Contains(log, "key mismatch") {
+		t.Errorf("follower log:\n%s", log)
+	}
+}

@@ -226,6 +226,9 @@ func TestFailoverAllDead(t *testing.T) {
 		if i%2 == 0 && e.RetryIn != 0 {
 			t.Errorf("attempt %d: waited %v in the middle of a round", i+1, e.RetryIn)
 		}
+		if i == 1 && e.RetryIn == 0 {
+			t.Errorf("no backoff after the first round")
+		}
 	}
 }
 

@@ -47,14 +47,22 @@ func IsRetryable(err error) bool {
 	return errors.As(err, &r)
 }
 
-// dialCtl connects, sends HELLO and waits for WELCOME at version 2.
-func dialCtl(ctx context.Context, cfg *Config, dialBy time.Time) (*ctl, error) {
-	ep, err := zsock.Endpoint(cfg.Endpoint)
-	if err != nil {
-		return nil, err
+// dialCtl connects to the endpoint at index i of cfg.Failover, sends
+// HELLO and waits for WELCOME at version 2. With one endpoint it dials
+// until dialBy; with a failover list, once (bounded by PeerTimeout), so
+// that the caller moves to the next endpoint promptly.
+func dialCtl(ctx context.Context, cfg *Config, i int, dialBy time.Time) (*ctl, error) {
+	f := cfg.Failover
+	ep, name := f.dial[i], f.eps[i]
+	retries := -1
+	if f.Len() > 1 {
+		retries = 0
+		if by := time.Now().Add(cfg.PeerTimeout); by.Before(dialBy) {
+			dialBy = by
+		}
 	}
-	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.guardConfig()))
-	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerRetry(100*time.Millisecond), zmq4.WithDialerMaxRetries(-1),
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.guardConfig(i)))
+	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerRetry(100*time.Millisecond), zmq4.WithDialerMaxRetries(retries),
 		zmq4.WithLogger(discardLogger()), zmq4.WithTimeout(cfg.PeerTimeout))
 	c := &ctl{cfg: cfg, sock: sock, cancel: cancel, version: protocol.Version1}
 	dialed := make(chan error, 1)
@@ -65,13 +73,13 @@ func dialCtl(ctx context.Context, cfg *Config, dialBy time.Time) (*ctl, error) {
 	case err := <-dialed:
 		if err != nil {
 			c.abort()
-			return nil, retryErr("dialing %s: %v", cfg.Endpoint, err)
+			return nil, retryErr("dialing %s: %v", name, err)
 		}
 	case <-timer.C:
 		cancel()
 		<-dialed
 		c.abort()
-		return nil, retryErr("no connection to %s", cfg.Endpoint)
+		return nil, retryErr("no connection to %s", name)
 	case <-ctx.Done():
 		cancel()
 		<-dialed
@@ -230,9 +238,10 @@ func Status(ctx context.Context, cfg Config, tree string) (FleetStatus, error) {
 	}
 	deadline := time.Now().Add(cfg.Timeout)
 	backoff := 100 * time.Millisecond
+	rot := newRotation(cfg.Failover)
 	flags := protocol.StatusParents
 	for {
-		st, err := statusOnce(ctx, &cfg, tree, deadline, flags)
+		st, err := statusOnce(ctx, &cfg, rot.idx, tree, deadline, flags)
 		var re *RemoteError
 		if flags != 0 && errors.As(err, &re) && re.Code == protocol.CodeBadRequest {
 			// A server that predates relays: STATUS's flags were
@@ -242,6 +251,9 @@ func Status(ctx context.Context, cfg Config, tree string) (FleetStatus, error) {
 		}
 		if err == nil || !IsRetryable(err) || ctx.Err() != nil {
 			return st, err
+		}
+		if round, _ := rot.failed(nil); !round {
+			continue // the next endpoint of the list, at once
 		}
 		if time.Now().Add(backoff).After(deadline) {
 			return st, fmt.Errorf("%w: %v (gave up after %v)", ErrUnreachable, err, cfg.Timeout)
@@ -255,9 +267,9 @@ func Status(ctx context.Context, cfg Config, tree string) (FleetStatus, error) {
 	}
 }
 
-func statusOnce(ctx context.Context, cfg *Config, tree string, dialBy time.Time, flags uint8) (FleetStatus, error) {
+func statusOnce(ctx context.Context, cfg *Config, i int, tree string, dialBy time.Time, flags uint8) (FleetStatus, error) {
 	st := FleetStatus{Parents: flags&protocol.StatusParents != 0}
-	c, err := dialCtl(ctx, cfg, dialBy)
+	c, err := dialCtl(ctx, cfg, i, dialBy)
 	if err != nil {
 		return st, err
 	}
@@ -308,7 +320,7 @@ func Report(ctx context.Context, cfg Config, reports ...protocol.Report) error {
 	if err := cfg.setDefaults(); err != nil {
 		return err
 	}
-	c, err := dialCtl(ctx, &cfg, time.Now().Add(cfg.Timeout))
+	c, err := dialCtl(ctx, &cfg, cfg.Failover.index(), time.Now().Add(cfg.Timeout))
 	if err != nil {
 		return err
 	}
@@ -353,10 +365,11 @@ const (
 
 // ControlEvent is something the server said on a follower's session.
 type ControlEvent struct {
-	Kind    ControlEventKind
-	Tree    TreeInfo
-	Barrier bool
-	Err     error
+	Kind     ControlEventKind
+	Endpoint string // connected: the server of this session
+	Tree     TreeInfo
+	Barrier  bool
+	Err      error
 }
 
 // ControlConfig configures Control.
@@ -397,6 +410,12 @@ const maxUnacked = 256
 // otherwise the reason the session ended (IsRetryable tells whether to
 // try again; a follower always does, with a capped backoff). It dials for
 // at most cfg.Timeout.
+//
+// With a failover list it uses the list's current endpoint; when the
+// session fails it moves the list to the next endpoint (the next call
+// starts there), and when another user of the same Config.Failover moves
+// the list (a sync that found the server lying or gone) it ends the
+// session within a heartbeat, so that control and data stay on one server.
 func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 	if err := cfg.setDefaults(); err != nil {
 		return err
@@ -404,7 +423,18 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 	if cc.ReportEvery <= 0 {
 		cc.ReportEvery = 10 * time.Second
 	}
-	c, err := dialCtl(ctx, &cfg, time.Now().Add(cfg.Timeout))
+	f := cfg.Failover
+	i := f.index()
+	err := control(ctx, &cfg, i, cc)
+	if err != nil && ctx.Err() == nil && f.Len() > 1 {
+		f.advance(i, nil) // a no-op if the list moved already
+	}
+	return err
+}
+
+func control(ctx context.Context, cfg *Config, i int, cc ControlConfig) error {
+	f := cfg.Failover
+	c, err := dialCtl(ctx, cfg, i, time.Now().Add(cfg.Timeout))
 	if err != nil {
 		return err
 	}
@@ -420,7 +450,7 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 			cc.Events(e)
 		}
 	}
-	emit(ControlEvent{Kind: ControlConnected})
+	emit(ControlEvent{Kind: ControlConnected, Endpoint: f.eps[i]})
 	nextReq := uint32(len(cc.Trees) + 1)
 	unacked := map[uint32]string{}
 	forwarded := false
@@ -431,13 +461,13 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 	var reqID func() uint32
 	flush := func() {
 		for len(unacked) < maxUnacked {
-			f, ok := backlog.next()
+			fw, ok := backlog.next()
 			if !ok {
 				return
 			}
-			f.Request = reqID()
-			unacked[f.Request] = f.Tree
-			c.send(&f)
+			fw.Request = reqID()
+			unacked[fw.Request] = fw.Tree
+			c.send(&fw)
 			forwarded = true
 		}
 	}
@@ -493,6 +523,10 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 			send(false)
 		}
 		msg, err := c.nextOrWake(ctx, wake, func(now time.Time) error {
+			if cur := f.index(); cur != i {
+				c.close()
+				return retryErr("moving from %s to %s", f.eps[i], f.eps[cur])
+			}
 			if now.Sub(lastAll) >= cc.ReportEvery {
 				lastAll = now
 				send(true)

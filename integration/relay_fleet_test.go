@@ -933,3 +933,33 @@ func TestRelayServerChangedRowsBounded(t *testing.T) {
 		t.Fatalf("after that: %d rows", len(got))
 	}
 }
+
+// With a failover list, a parent that predates relays (501) is skipped
+// for forwarding, not the others: after moving to a parent that knows
+// relays, the relay's rows reach it.
+func TestRelayForwardsAfterFailoverFromOldParent(t *testing.T) {
+	old := rawServer(t, func(m protocol.Message) []protocol.Message {
+		switch m := m.(type) {
+		case *protocol.List:
+			return []protocol.Message{&protocol.End{Request: m.Request}}
+		case *protocol.Report:
+			return []protocol.Message{&protocol.End{Request: m.Request}}
+		case *protocol.Forward:
+			return []protocol.Message{&protocol.Error{Code: protocol.CodeUnknownCommand, Message: "unknown command in CMD(0x0a)"}}
+		}
+		return nil
+	})
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	ep, root := publishingServer(t, fastFleet(src))
+	id1 := protocol.Hash(root.Trees()[0].ID)
+	f := startFollower(t, mirror.FollowConfig{Receiver: fastRecv(old + "," + ep), Trees: []string{"app"}, Node: "relay1",
+		ReportEvery: 200 * time.Millisecond,
+		Forwards: func(parent string, all bool) []protocol.Forward {
+			return []protocol.Forward{fwdRow("leaf1", "app", parent, protocol.StateSwitched, 1, id1)}
+		}})
+	waitUntil(t, 20*time.Second, "leaf1 forwarded to the second parent", func() (bool, string) {
+		r := rowsByNode(root, "app")["leaf1"]
+		return r.Parent == "relay1" && r.Shown == fleet.Switched, fmt.Sprint(f.count("connected"), " connections")
+	})
+}

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -68,7 +67,7 @@ type FollowConfig struct {
 	// this node's name (Node), the parent of the relay's direct children
 	// (see sender.Server.Forwards, which fits as is). A parent that
 	// predates relays (ERROR 501) gets no more forwards for the rest of
-	// the run.
+	// the run (the other endpoints of a failover list still do).
 	Forwards func(parent string, all bool) []protocol.Forward
 	// ForwardNotify, if set, is signalled when Forwards has rows that
 	// changed (sender.Config.OnReport), so that they go up at once.
@@ -199,7 +198,12 @@ type follower struct {
 	reports map[string]protocol.Report // tree -> latest report
 	dirty   map[string]bool
 
-	noForward atomic.Bool // the parent refused FORWARD (501): stop forwarding
+	// noForward holds the parents (endpoints) that refused FORWARD
+	// (501): they get no more forwards. parent is the endpoint of the
+	// current control session.
+	fwdMu     sync.Mutex
+	noForward map[string]bool
+	parent    string
 }
 
 // relayNotify turns ForwardNotify into the control session's notify.
@@ -219,7 +223,10 @@ func (fl *follower) relayNotify(ctx context.Context) {
 
 // forwards is receiver.ControlConfig.Forwards.
 func (fl *follower) forwards(all bool) []protocol.Forward {
-	if fl.noForward.Load() {
+	fl.fwdMu.Lock()
+	refused := fl.noForward[fl.parent]
+	fl.fwdMu.Unlock()
+	if refused {
 		return nil
 	}
 	return fl.cfg.Forwards(fl.cfg.Node, all)
@@ -253,15 +260,22 @@ func (fl *follower) control(ctx context.Context) {
 				fl.controlEvent(e)
 			},
 		}
-		if fl.cfg.Forwards != nil && !fl.noForward.Load() {
+		if fl.cfg.Forwards != nil {
 			cc.Forwards = fl.forwards
 		}
 		err := receiver.Control(ctx, rc, cc)
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, receiver.ErrForwardUnsupported) && !fl.noForward.Swap(true) {
-			fl.emit(FollowEvent{Kind: "note", Err: err, Message: "the parent predates relays: the status of the nodes below this relay is not forwarded to it"})
+		if errors.Is(err, receiver.ErrForwardUnsupported) {
+			fl.fwdMu.Lock()
+			if fl.noForward == nil {
+				fl.noForward = map[string]bool{}
+			}
+			fl.noForward[fl.parent] = true
+			fl.fwdMu.Unlock()
+			fl.emit(FollowEvent{Kind: "note", Err: err, Message: "the parent " + fl.parent +
+				" predates relays: the status of the nodes below this relay is not forwarded to it"})
 		}
 		if connected {
 			backoff, fails = 100*time.Millisecond, 0
@@ -283,6 +297,9 @@ func (fl *follower) control(ctx context.Context) {
 func (fl *follower) controlEvent(e receiver.ControlEvent) {
 	switch e.Kind {
 	case receiver.ControlConnected:
+		fl.fwdMu.Lock()
+		fl.parent = e.Endpoint
+		fl.fwdMu.Unlock()
 		fl.emit(FollowEvent{Kind: "connected", Message: e.Endpoint})
 	case receiver.ControlTree:
 		if f := fl.trees[e.Tree.Name]; f != nil {

@@ -47,10 +47,12 @@ func startFollower(t *testing.T, cfg mirror.FollowConfig) *follower {
 		cfg.ReportEvery = time.Second
 	}
 	f := &follower{out: cfg.Out, done: make(chan struct{})}
-	cfg.Events = func(e mirror.FollowEvent) {
-		f.mu.Lock()
-		f.events = append(f.events, e)
-		f.mu.Unlock()
+	if cfg.Events == nil { // else the test's own, and nothing is recorded
+		cfg.Events = func(e mirror.FollowEvent) {
+			f.mu.Lock()
+			f.events = append(f.events, e)
+			f.mu.Unlock()
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel

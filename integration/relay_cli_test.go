@@ -1,11 +1,15 @@
 package integration
 
 import (
+	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/zeebo/blake3"
 )
 
 // keypair writes a CURVE key pair with zrecv --keygen and returns the
@@ -100,4 +104,75 @@ func TestRelayCurveCLI(t *testing.T) {
 	if log := relay.log.String(); !strings.Contains(log, "relay serving") || !strings.Contains(log, "serving version") {
 		t.Errorf("relay log lacks its serving lines:\n%s", log)
 	}
+}
+
+// A relay SIGKILLed while a child is fetching from it: the child, given
+// both relays (--follow ENDPOINT1,ENDPOINT2), moves to the other one
+// within the peer timeout, finishes there, and its stable path never
+// shows anything but a complete published version.
+func TestRelayKilledMidTransferCLI(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src", "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1\n")
+	writeRandom(t, src, "big.bin", 6<<20)
+	want := b3(t, filepath.Join(src, "big.bin"))
+
+	root := startZsendFleet(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(dir, "state"), "--watch", src)
+	r1EP := "ipc://" + filepath.Join(dir, "r1.sock")
+	r2EP := "ipc://" + filepath.Join(dir, "r2.sock")
+	// relay1 is slow (1 MiB/s), so the child is mid-transfer when it dies.
+	r1 := startFollowerProc(t, root.ep, filepath.Join(dir, "out-r1"), "relay1", "--serve", r1EP, "--rate-limit", "1M")
+	r2 := startFollowerProc(t, root.ep, filepath.Join(dir, "out-r2"), "relay2", "--serve", r2EP)
+	waitUntil(t, 30*time.Second, "relay1 on v1", nodeOn(t, src, filepath.Join(dir, "out-r1"), "app"))
+	waitUntil(t, 30*time.Second, "relay2 on v1", nodeOn(t, src, filepath.Join(dir, "out-r2"), "app"))
+
+	leafOut := filepath.Join(dir, "out-leaf")
+	stop := make(chan struct{})
+	watched := make(chan string, 1)
+	go func() { // the stable path: absent, or the whole verified file
+		bad := ""
+		for n := 0; n < 6000; n++ {
+			select {
+			case <-stop:
+				watched <- bad
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			b, err := os.ReadFile(filepath.Join(leafOut, "app", "big.bin"))
+			if err != nil {
+				continue // not there yet
+			}
+			if got := blake3.Sum256(b); hex.EncodeToString(got[:]) != want && bad == "" {
+				bad = fmt.Sprintf("the stable path showed big.bin with BLAKE3 %x", got[:8])
+			}
+		}
+		watched <- bad
+	}()
+	leaf := startFollowerProc(t, r1EP+","+r2EP, leafOut, "leaf1")
+	t.Cleanup(func() {
+		if t.Failed() {
+			leaf.kill()
+		}
+	})
+	// Mid-transfer: 6 MiB at 1 MiB/s takes about 5 s; kill after 1.5 s.
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := os.Lstat(filepath.Join(leafOut, "app")); err == nil {
+		t.Fatal("the leaf finished before relay1 was killed: the test proves nothing")
+	}
+	r1.kill()
+	waitUntil(t, 30*time.Second, "leaf on v1 through relay2", nodeOn(t, src, leafOut, "app"))
+
+	writeFile(t, filepath.Join(src, "app.conf"), "v2\n")
+	waitUntil(t, 30*time.Second, "leaf on v2 through relay2", nodeOn(t, src, leafOut, "app"))
+	close(stop)
+	if bad := <-watched; bad != "" {
+		t.Fatal(bad)
+	}
+	if err := leaf.stop(t); err != nil {
+		t.Errorf("leaf exit: %v", err)
+	}
+	if log := leaf.log.String(); !strings.Contains(log, r2EP) {
+		t.Errorf("the leaf's log never names relay2:\n%s", log)
+	}
+	r2.stop(t)
 }

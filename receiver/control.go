@@ -28,6 +28,7 @@ type ctl struct {
 	lastRecv atomic.Int64
 	version  uint8
 	tick     *time.Ticker
+	welcomed bool // WELCOME received: heartbeats may be sent
 }
 
 // errRetry marks session failures worth another attempt (no connection,
@@ -106,7 +107,7 @@ func dialCtl(ctx context.Context, cfg *Config, i int, dialBy time.Time) (*ctl, e
 			c.abort()
 			return nil, fmt.Errorf("%w: server chose version %d", ErrProtocol, w.Version)
 		}
-		c.version = w.Version
+		c.version, c.welcomed = w.Version, true
 		if c.version < protocol.Version2 {
 			c.close()
 			return nil, ErrNoTrees
@@ -154,7 +155,12 @@ func (c *ctl) nextOrWake(ctx context.Context, wake <-chan struct{}, idle func(ti
 			if silent := now.Sub(time.Unix(0, c.lastRecv.Load())); silent > c.cfg.PeerTimeout {
 				return nil, retryErr("server silent for %v", silent.Round(time.Millisecond))
 			}
-			c.send(&protocol.Ping{Token: uint64(now.UnixNano())})
+			if c.welcomed {
+				// Not before WELCOME: a PING then would be at version 1
+				// in what becomes a version 2 session (the server drops
+				// it); the silence bound above still applies.
+				c.send(&protocol.Ping{Token: uint64(now.UnixNano())})
+			}
 			if idle != nil {
 				if err := idle(now); err != nil {
 					return nil, err

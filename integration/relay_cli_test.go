@@ -58,9 +58,10 @@ func TestRelayCurveCLI(t *testing.T) {
 	relayServer := keypair(t, dir, "relay-server")
 	leafKey := keypair(t, dir, "leaf")
 	strangerKey := keypair(t, dir, "stranger")
+	operatorKey := keypair(t, dir, "operator")
 
 	root := startZsendFleet(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(dir, "state"), "--watch",
-		"--curve-secret", rootKey+"_secret", "--allow", allowDir(t, dir, "root-allow", relayClient), src)
+		"--curve-secret", rootKey+"_secret", "--allow", allowDir(t, dir, "root-allow", relayClient, operatorKey), src)
 	relayEP := "ipc://" + filepath.Join(dir, "relay.sock")
 	relayOut := filepath.Join(dir, "out-relay")
 	relay := startFollowerProc(t, root.ep, relayOut, "relay1", "--serve", relayEP,
@@ -91,6 +92,15 @@ func TestRelayCurveCLI(t *testing.T) {
 	waitUntil(t, 30*time.Second, "leaf on v2", nodeOn(t, src, leafOut, "app"))
 	if ok, why := nodeOn(t, src, relayOut, "app")(); !ok {
 		waitUntil(t, 10*time.Second, "relay on v2 ("+why+")", nodeOn(t, src, relayOut, "app"))
+	}
+	// The operator sees the whole tree at the CURVE root (the leaf through
+	// the relay) with its own key; without CURVE it gets nothing.
+	code, out, errs := statusWait(t, root.ep, 20*time.Second, "--server-key", rootKey, "--curve-secret", operatorKey+"_secret")
+	if code != 0 || !strings.Contains(out, "leaf1") || !strings.Contains(out, "relay1") {
+		t.Fatalf("zsend --status with CURVE keys: exit %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs := statusWait(t, root.ep, 3*time.Second); code == 0 {
+		t.Fatalf("zsend --status without keys against a CURVE root: exit 0\n%s%s", out, errs)
 	}
 	// The stranger's key is refused at the relay's handshake: nothing.
 	if _, err := os.Lstat(filepath.Join(strangerOut, "app")); err == nil {

@@ -46,6 +46,7 @@ symlinks are published as symlinks, never followed.
 Usage:
   zsend [flags] PATH...
   zsend --status ENDPOINT [--json] [--wait [--timeout D]]   the fleet: who runs which version
+        [--server-key KEY --curve-secret CERT]             (a CURVE server: its key, the operator's key)
 
 Nodes that follow trees (zrecv --follow) and one-shot tree syncs report to
 the server; --status prints, per tree, the latest version and per node the
@@ -104,6 +105,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		watch       = fs.Bool("watch", false, "publish a new version whenever a served directory changes (and rescan every 60s)")
 		keep        = fs.Int("keep-versions", sender.DefaultKeepVersions, "versions of each tree kept (older ones are removed, with their unreferenced files)")
 		status      = fs.Bool("status", false, "print the fleet table of the zsend at ENDPOINT and exit")
+		serverKey   = fs.String("server-key", "", "with --status: the CURVE server's public key (40-char Z85 or a certificate file); --curve-secret is then the operator's client certificate")
 		wait        = fs.Bool("wait", false, "with --status: wait until every live node runs the latest version of every tree")
 		timeout     = fs.Duration("timeout", 0, "with --status: give up after this long (default 30s to connect; --wait: forever)")
 		barrier     = fs.Bool("barrier", false, "followers stage each new version and switch together on the server's SWITCH")
@@ -168,8 +170,28 @@ Exit codes:
 		if err := endpoint.Check(fs.Arg(0), false); err != nil {
 			return fail(cli.ExitUsage, "%v (see zsend --help)", err)
 		}
-		return cli.Status(ctx, receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Heartbeat: *heartbeat},
+		var curve *receiver.CurveClient
+		if *serverKey != "" {
+			k, err := zcert.ParsePublic(*serverKey)
+			if err != nil {
+				return fail(cli.ExitUsage, "--server-key: %v", err)
+			}
+			curve = &receiver.CurveClient{ServerKey: k}
+			if *curveSecret != "" {
+				cert, err := zcert.LoadSecret(*curveSecret)
+				if err != nil {
+					return fail(cli.ExitUsage, "--curve-secret: %v", err)
+				}
+				curve.PublicKey, curve.SecretKey = cert.Public, cert.Secret
+			}
+		} else if *curveSecret != "" {
+			return fail(cli.ExitUsage, "with --status, --curve-secret (the operator's key) needs --server-key")
+		}
+		return cli.Status(ctx, receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Heartbeat: *heartbeat, Curve: curve},
 			cli.StatusOptions{JSON: *jsonOut, Wait: *wait, Timeout: *timeout}, stdout, stderr)
+	}
+	if *serverKey != "" {
+		return fail(cli.ExitUsage, "--server-key is for --status (the server's own key is in --curve-secret)")
 	}
 	if *keygen != "" {
 		return cli.Keygen("zsend", *keygen, stdout, stderr)

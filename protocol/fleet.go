@@ -117,6 +117,30 @@ func (*Status) Command() Command  { return CmdStatus }
 func (*Fleet) Command() Command   { return CmdFleet }
 func (*Switch) Command() Command  { return CmdSwitch }
 func (*Forward) Command() Command { return CmdForward }
+func (*Access) Command() Command  { return CmdAccess }
+
+// Access asks which trees a client key may fetch (C->S, version 2,
+// PROTOCOL.md section 15.8): a relay asks its parent about a child's
+// CURVE key, so that the root's access control decides. Answered like
+// LIST: one TREE per tree that Key may fetch whole (and the asking session
+// may see), then END with Size = their number.
+type Access struct {
+	Request uint32
+	Key     [32]byte // the client's CURVE public key
+}
+
+func (m *Access) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	return append(b, m.Key[:]...)
+}
+
+func (m *Access) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	d.bytes(m.Key[:])
+	if m.Request == NoRequest {
+		d.fail("request id 0 is reserved")
+	}
+}
 
 func (h *HookResult) append(b []byte) []byte {
 	b = appendString(b, h.Name)

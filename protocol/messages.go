@@ -393,6 +393,8 @@ func newMessage(c Command) Message {
 		return new(Switch)
 	case CmdForward:
 		return new(Forward)
+	case CmdAccess:
+		return new(Access)
 	}
 	return nil
 }

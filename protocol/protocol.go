@@ -63,6 +63,7 @@ const (
 	CmdReport  Command = 0x08 // C->S (v2) a node's state of one tree, for the fleet table
 	CmdStatus  Command = 0x09 // C->S (v2) request the fleet table
 	CmdForward Command = 0x0A // C->S (v2) a relay passes up a row of its fleet table
+	CmdAccess  Command = 0x0B // C->S (v2) a relay asks which trees a client key may fetch
 	CmdWelcome Command = 0x10 // S->C accept a session
 	CmdFile    Command = 0x11 // S->C metadata of a requested file
 	CmdChunk   Command = 0x12 // S->C one chunk of file data
@@ -82,14 +83,14 @@ var commandNames = map[Command]string{
 	CmdPing: "PING", CmdPong: "PONG", CmdBye: "BYE", CmdError: "ERROR",
 	CmdList: "LIST", CmdMGet: "MGET", CmdVGet: "VGET", CmdTree: "TREE",
 	CmdReport: "REPORT", CmdStatus: "STATUS", CmdSwitch: "SWITCH", CmdFleet: "FLEET",
-	CmdForward: "FORWARD",
+	CmdForward: "FORWARD", CmdAccess: "ACCESS",
 }
 
 // Since is the first protocol version that has command c: a frame marked
 // with an older version that carries c is an unknown command (501).
 func (c Command) Since() uint8 {
 	switch c {
-	case CmdList, CmdMGet, CmdVGet, CmdTree, CmdReport, CmdStatus, CmdSwitch, CmdFleet, CmdForward:
+	case CmdList, CmdMGet, CmdVGet, CmdTree, CmdReport, CmdStatus, CmdSwitch, CmdFleet, CmdForward, CmdAccess:
 		return Version2
 	}
 	return Version1

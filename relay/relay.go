@@ -82,6 +82,16 @@ func Run(ctx context.Context, cfg Config) error {
 	if scfg.KeepVersions == 0 {
 		scfg.KeepVersions = max(cfg.Follow.Keep, 2)
 	}
+	// The root's access control decides for the children (access.go).
+	parent := cfg.Follow.Receiver
+	if parent.OutputDir == "" {
+		parent.OutputDir = out
+	}
+	ra := newRootAccess(parent)
+	scfg.AccessFrom = ra.query
+	if scfg.Curve != nil {
+		scfg.Curve = ra.wrap(scfg.Curve)
+	}
 	srv, err := sender.Listen(ctx, scfg)
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)

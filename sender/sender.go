@@ -126,6 +126,10 @@ type Config struct {
 	Quorum         int
 	BarrierTimeout time.Duration
 
+	// AccessFrom, on a relay, answers ACCESS for keys below it by asking
+	// its parent (PROTOCOL.md section 15.8); nil: answered from Curve.
+	AccessFrom func(ctx context.Context, key [32]byte) ([]string, error)
+
 	// Relay makes the server a relay's (zrecv --follow --serve): it
 	// serves these trees, with the versions given to Offer, and nothing
 	// else (no Paths, no state directory). See relay.go.
@@ -368,6 +372,8 @@ type Server struct {
 	fleet     *fleetState
 	// switchWake is signalled when Switch queued a decision (fleetState.switches).
 	switchWake chan struct{}
+	// accessDone carries a relay's answers to ACCESS (access.go).
+	accessDone chan accessReply
 
 	rate rateState // Config.RateLimit
 }
@@ -476,6 +482,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		unsolicited: make(map[string]int),
 		fleet:       newFleetState(cfg.Fleet),
 		switchWake:  make(chan struct{}, 1),
+		accessDone:  make(chan accessReply, 16),
 		waitTimer:   time.NewTimer(time.Hour),
 		keys:        keys,
 	}
@@ -640,6 +647,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.admitWaiting(now)
 		case <-s.switchWake:
 			s.runSwitches(time.Now())
+		case r := <-s.accessDone:
+			s.finishAccess(r)
 		default:
 		}
 		if s.sendRound() {
@@ -668,6 +677,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.admitWaiting(now)
 		case <-s.switchWake:
 			s.runSwitches(time.Now())
+		case r := <-s.accessDone:
+			s.finishAccess(r)
 		case <-s.rate.timer.C:
 			// The rate limit allows the chunk a session waits for.
 		}

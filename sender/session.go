@@ -94,6 +94,8 @@ func (sess *session) handle(m protocol.Message) {
 		sess.forward(m)
 	case *protocol.Status:
 		sess.status(m)
+	case *protocol.Access:
+		sess.access(m)
 	case *protocol.Credit:
 		if sess.gate.Grant(m.Limit) && sess.cur != nil {
 			sess.cur.permit(&sess.gate)

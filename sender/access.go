@@ -1,0 +1,95 @@
+package sender
+
+import (
+	"context"
+	"time"
+
+	"github.com/zsend/zsend/protocol"
+)
+
+// ACCESS (PROTOCOL.md section 15.8): a relay asks which trees a client key
+// may fetch, so that the root's access control decides for the relay's
+// children too. The root answers from its own CURVE configuration; a relay
+// answers by asking its parent in turn (Config.AccessFrom), off the
+// serving goroutine.
+
+// accessTimeout bounds a relay's question to its parent on behalf of a
+// child below it.
+const accessTimeout = 5 * time.Second
+
+// keyMay reports whether client key k may fetch tree whole here: without
+// CURVE anyone may; with it, k must be authorized and, with an access
+// list, allowed "TREE/".
+func (s *Server) keyMay(k [32]byte, tree string) bool {
+	cv := s.cfg.Curve
+	if cv == nil {
+		return true
+	}
+	if !cv.AllowAny && (cv.Authorize == nil || !cv.Authorize(k)) {
+		return false
+	}
+	return cv.Access == nil || cv.Access(k, tree+"/")
+}
+
+// accessReply is a relay's answer from its parent, to send on the loop.
+type accessReply struct {
+	sess  *session
+	req   uint32
+	trees map[string]bool
+	err   error
+}
+
+func (sess *session) access(m *protocol.Access) {
+	s := sess.srv
+	if s.cfg.AccessFrom == nil {
+		sess.sendAccess(m.Request, func(tree string) bool { return s.keyMay(m.Key, tree) })
+		return
+	}
+	key, req := m.Key, m.Request
+	go func() {
+		ctx, cancel := context.WithTimeout(s.sockCtx, accessTimeout)
+		defer cancel()
+		trees, err := s.cfg.AccessFrom(ctx, key)
+		r := accessReply{sess: sess, req: req, err: err, trees: map[string]bool{}}
+		for _, t := range trees {
+			r.trees[t] = true
+		}
+		select {
+		case s.accessDone <- r:
+		case <-s.sockCtx.Done():
+		}
+	}()
+}
+
+// finishAccess sends a relay's answer (serving goroutine).
+func (s *Server) finishAccess(r accessReply) {
+	if r.sess.dead || s.sessions[r.sess.id] != r.sess {
+		return
+	}
+	if r.err != nil {
+		r.sess.send(&protocol.Error{Request: r.req, Code: protocol.CodeUnavailable,
+			Message: "cannot ask the parent about this key: " + r.err.Error()})
+		return
+	}
+	r.sess.sendAccess(r.req, func(tree string) bool { return r.trees[tree] })
+}
+
+// sendAccess answers ACCESS with the trees may allows that the asking
+// session may also see, then END.
+func (sess *session) sendAccess(req uint32, may func(tree string) bool) {
+	n := 0
+	if p := sess.srv.pub; p != nil {
+		for _, name := range p.names {
+			if !sess.mayTree(name) || !may(name) {
+				continue
+			}
+			if v := p.trees[name].latest(); v != nil {
+				sess.sendTree(req, p.trees[name], v)
+			} else {
+				sess.send(&protocol.Tree{Request: req, Name: name}) // no version here yet
+			}
+			n++
+		}
+	}
+	sess.send(&protocol.End{Request: req, Size: uint64(n)})
+}

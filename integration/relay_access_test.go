@@ -76,7 +76,7 @@ func TestRelayRootAccessListDecides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cs := curveServer(rootKey, relayKey, relay2Key, a, b) // the stranger is not even authorized at the root
+	cs := curveServer(rootKey, relayKey, relay2Key) // the children connect to relays only; the stranger is in no rule
 	cs.Access = func(k [32]byte, name string) bool { return list.Allowed(k, name) }
 	rootEP, _ := publishingServer(t, sender.Config{Paths: []string{conf, pub}, Curve: cs, Heartbeat: 200 * time.Millisecond})
 

@@ -17,18 +17,13 @@ import (
 // child below it.
 const accessTimeout = 5 * time.Second
 
-// keyMay reports whether client key k may fetch tree whole here: without
-// CURVE anyone may; with it, k must be authorized and, with an access
-// list, allowed "TREE/".
+// keyMay reports whether client key k may fetch tree whole by this
+// server's access list (Curve.Access, "TREE/"); without one, every key
+// may. Who may connect at all stays each server's own decision (the
+// root's --allow for its clients, a relay's --serve-allow for its own).
 func (s *Server) keyMay(k [32]byte, tree string) bool {
 	cv := s.cfg.Curve
-	if cv == nil {
-		return true
-	}
-	if !cv.AllowAny && (cv.Authorize == nil || !cv.Authorize(k)) {
-		return false
-	}
-	return cv.Access == nil || cv.Access(k, tree+"/")
+	return cv == nil || cv.Access == nil || cv.Access(k, tree+"/")
 }
 
 // accessReply is a relay's answer from its parent, to send on the loop.

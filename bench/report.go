@@ -94,6 +94,12 @@ func canonRole(r string) string {
 	if strings.HasPrefix(r, "receiver ") {
 		return "receiver"
 	}
+	if strings.HasPrefix(r, "relay ") {
+		return "relay"
+	}
+	if strings.HasPrefix(r, "sender ") {
+		return "sender"
+	}
 	return r
 }
 
@@ -202,6 +208,7 @@ func ratioTarget(scKey, what, goal string, v, min float64) Target {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		t.Missing = true
 		t.Measured = "not measured"
+		t.Value = 0 // JSON has no NaN
 		return t
 	}
 	t.Measured = fmt.Sprintf("%.2fx", v)
@@ -311,7 +318,7 @@ func ComputeTargets(scs []*Scenario) []Target {
 		}
 		ts = append(ts, t)
 	}
-	return append(ts, treeTargets(scs)...)
+	return append(append(ts, treeTargets(scs)...), fleetTargets(scs)...)
 }
 
 // MachineInfo describes the machine, for the report.
@@ -558,6 +565,7 @@ func (r *Results) writeScenario(p func(string, ...any), sc *Scenario) {
 	}
 	p("\n")
 	r.writeRatios(p, sc)
+	r.writeFleet(p, sc)
 	for _, c := range sc.Contenders {
 		a := summarize(sc, c.Name)
 		for _, e := range a.errs {
@@ -583,8 +591,28 @@ func (r *Results) writeScenario(p func(string, ...any), sc *Scenario) {
 	p("\n<details><summary>Per-round figures</summary>\n\n| round | contender | MB/s | time s | other CPU s | per process: CPU s (user+sys), peak RSS MiB |\n|---:|---|---:|---:|---:|---|\n")
 	for _, run := range sc.Runs {
 		var parts []string
+		groups := map[string]*ProcStat{}
+		var order []string
 		for _, pr := range run.Procs {
+			if r := canonRole(pr.Role); len(run.Procs) > 12 && (r == "receiver" || r == "relay") {
+				// A fleet: one entry per role (CPU summed, largest RSS).
+				g := groups[r]
+				if g == nil {
+					g = &ProcStat{Role: r}
+					groups[r] = g
+					order = append(order, r)
+				}
+				g.ExitCode++ // the count of processes
+				g.User += pr.User
+				g.Sys += pr.Sys
+				g.MaxRSS = max(g.MaxRSS, pr.MaxRSS)
+				continue
+			}
 			parts = append(parts, fmt.Sprintf("%s %.2f (%.2f+%.2f), %.1f", pr.Role, pr.CPU(), pr.User, pr.Sys, MiB(pr.MaxRSS)))
+		}
+		for _, r := range order {
+			g := groups[r]
+			parts = append(parts, fmt.Sprintf("%d x %s %.2f in all (%.2f+%.2f), largest %.1f", g.ExitCode, r, g.CPU(), g.User, g.Sys, MiB(g.MaxRSS)))
 		}
 		rate := fmtF(run.Rate(), 0)
 		if run.Err != "" {
@@ -610,10 +638,12 @@ func roleRank(r string) int {
 		return 0
 	case "receiver":
 		return 1
-	case "proxy":
+	case "relay":
 		return 2
+	case "proxy":
+		return 3
 	}
-	return 3
+	return 4
 }
 
 func ratioLine(p func(string, ...any), a, b string, ra, rb float64, target string) {

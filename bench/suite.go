@@ -45,7 +45,7 @@ type Config struct {
 	TreeDirs    int   // directories they are spread over
 	TreeMax     int64 // largest file of the tree (sizes are uniform in 0..TreeMax)
 	TreeRounds  int
-	TreeMemN    int           // entries of the tree-memory scenario
+	TreeMemN    int // entries of the tree-memory scenario
 	// The relay scenario (issue 12): RelayN receiving nodes; the tree has
 	// RelayRelays relays among them (0: round(sqrt(RelayN))); every server
 	// limited to RelayRate ("" or "0": unlimited); payloads: a RelayMB

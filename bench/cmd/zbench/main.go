@@ -265,7 +265,7 @@ func suite(ctx context.Context, args []string) error {
 		TreeN: *treeN, TreeDirs: *treeDirs, TreeMax: parse("tree-max", *treeMax), TreeRounds: *treeR, TreeMemN: *treeMemN,
 		RelayN: *relayN, RelayRelays: *relayR, RelayRate: *relayRt, RelayMB: parse("relay-size", *relayMB), RelayFiles: *relayF,
 		RelayFileMax: parse("relay-file-max", *relayFM),
-		PropN: *propN, PropFiles: *propF, PropFileMax: parse("prop-file-max", *propFM), PropChanges: *propC, PropBulk: *propB, PropBarrier: *propBar,
+		PropN:        *propN, PropFiles: *propF, PropFileMax: parse("prop-file-max", *propFM), PropChanges: *propC, PropBulk: *propB, PropBarrier: *propBar,
 		Meta: map[string]string{}, Log: os.Stderr,
 	}
 	if *relayT != "" {

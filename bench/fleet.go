@@ -97,6 +97,7 @@ type fnode struct {
 	switched map[uint64]time.Time // follower: seq -> time of its switch to it
 	onSeq    uint64               // follower: highest version switched to or found unchanged
 	lastErr  string
+	conn     time.Time // follower: its last "connected" record
 	// root only
 	ep        string
 	metrics   string
@@ -122,6 +123,8 @@ func (n *fnode) scan() {
 				n.switched[r.Seq] = r.Time
 			}
 			n.onSeq = max(n.onSeq, r.Seq)
+		case r.Event == "connected":
+			n.conn = r.Time
 		case r.Event == "failed":
 			n.lastErr = strings.TrimSpace(r.Msg + " " + r.Err)
 		case r.Event == "published":
@@ -152,6 +155,7 @@ func (n *fnode) switchTime(seq uint64) (time.Time, bool) {
 // waitUntil polls the node's log until cond holds, the process exits or
 // the deadline passes.
 func (n *fnode) waitUntil(deadline time.Time, what string, cond func() bool) error {
+	bound := time.Until(deadline).Round(time.Second)
 	for {
 		n.scan()
 		if cond() {
@@ -165,7 +169,7 @@ func (n *fnode) waitUntil(deadline time.Time, what string, cond func() bool) err
 			return fmt.Errorf("%s exited while waiting for %s%s", n.role, what, n.p.tail())
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: no %s within %v%s", n.role, what, time.Until(deadline).Round(time.Second), n.p.tail())
+			return fmt.Errorf("%s: no %s within %v%s", n.role, what, bound, n.p.tail())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -725,6 +729,7 @@ func (s *Suite) propagationRun(ctx context.Context) (Run, error) {
 		if serr != nil {
 			return run, serr
 		}
+		restart := time.Now()
 		b, err := s.startRootAt(src, state, root.ep, "--watch", "--barrier", "--max-sessions", maxSess)
 		if err != nil {
 			return run, err
@@ -732,7 +737,7 @@ func (s *Suite) propagationRun(ctx context.Context) (Run, error) {
 		b.role = "sender (--barrier)"
 		fl.add(b)
 		root = b
-		if err := waitSessions(root, c.PropN, time.Now().Add(2*time.Minute)); err != nil {
+		if err := waitReconnected(followers, restart, time.Now().Add(2*time.Minute)); err != nil {
 			return run, err
 		}
 		if err := series(fmt.Sprintf("%d one-file changes with --barrier", c.PropChanges), c.PropChanges, 1); err != nil {
@@ -768,27 +773,40 @@ func (s *Suite) startRootAt(dir, state, ep string, extra ...string) (*fnode, err
 		if err != nil {
 			return nil, err
 		}
+		// A restart publishes nothing new when the tree is unchanged.
 		n := &fnode{role: "sender", p: p}
-		last = n.waitUntil(time.Now().Add(startTimeout), "publish", func() bool { return n.ep != "" && n.latest > 0 })
+		last = n.waitUntil(time.Now().Add(startTimeout), "serving line", func() bool { return n.ep != "" })
 		if last == nil {
 			return n, nil
 		}
 		p.Kill()
+		if p.Running() {
+			return nil, last // alive but silent: no point in retrying
+		}
 		p.Wait(5 * time.Second)
 		time.Sleep(250 * time.Millisecond)
 	}
 	return nil, last
 }
 
-// waitSessions waits until the root has at least n sessions open.
-func waitSessions(root *fnode, n int, deadline time.Time) error {
+// waitReconnected waits until every follower has logged a connection
+// made after since.
+func waitReconnected(nodes []*fnode, since time.Time, deadline time.Time) error {
 	for {
-		if v := scrapeMetric(root.metrics, "zsend_sessions"); v >= int64(n) {
-			return nil
-		} else if time.Now().After(deadline) {
-			return fmt.Errorf("only %d of %d followers reconnected to the restarted root", v, n)
+		left := 0
+		for _, n := range nodes {
+			n.scan()
+			if n.conn.Before(since) {
+				left++
+			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		if left == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d followers did not reconnect to the restarted root", left, len(nodes))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

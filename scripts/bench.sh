@@ -31,6 +31,8 @@
 #   OUT=BENCHMARKS.md report path                   JSON=FILE       keep raw results
 #   QUIET_WAIT=10s    before each run, wait up to this long for other load on the machine to settle (QUICK: 0, only record it)
 #   STRICT=1          exit 3 when a target fails (ignored with QUICK=1)
+#   MERGE=1           merge the scenarios run into the existing report (OUT) instead of replacing it:
+#                     MERGE=1 ONLY=relay scripts/bench.sh adds or refreshes the relay section of BENCHMARKS.md
 #   TIMEOUT=3600      seconds before the whole run is aborted
 #   TMPDIR            where the scratch directory goes (sources and outputs: same disk)
 set -euo pipefail
@@ -92,6 +94,7 @@ args=(suite -bin "$work/bin" -work "$work" -o "${OUT:-$root/BENCHMARKS.md}"
   -quiet-wait "${QUIET_WAIT:-$d_quiet}" -only "${ONLY:-}" -meta "$meta" -timeout "${TIMEOUT:-3600}s")
 [ "$quick" = 1 ] && args+=(-quick)
 [ "${STRICT:-0}" = 1 ] && args+=(-strict)
+[ "${MERGE:-0}" = 1 ] && args+=(-merge)
 [ -n "${JSON:-}" ] && args+=(-json "$JSON")
 
 # Run in the background and wait, so a signal reaches the trap at once.

@@ -241,6 +241,7 @@ func suite(ctx context.Context, args []string) error {
 		only     = fs.String("only", "", "comma-separated scenarios: single,fanout,latency,small,memory,tree,treemem,relay,propagation")
 		meta     = fs.String("meta", "", "KEY=VALUE;... facts for the report (go, rsync, commit, date)")
 		strict   = fs.Bool("strict", false, "exit 3 if a target fails (never in quick mode)")
+		merge    = fs.Bool("merge", false, "merge this run's scenarios into the existing -o report instead of replacing it")
 		timeout  = fs.Duration("timeout", 2*time.Hour, "abort the whole suite after this long")
 	)
 	fs.Parse(args)
@@ -315,7 +316,11 @@ func suite(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	if err := writeReport(res, *out); err != nil {
+	if *merge {
+		if err := mergeReport(res, *out); err != nil {
+			return err
+		}
+	} else if err := writeReport(res, *out); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "\nwrote %s\n", *out)
@@ -363,10 +368,35 @@ func writeReport(res *bench.Results, path string) error {
 	return os.Rename(tmp, path)
 }
 
+// mergeReport merges the run into the report at path (a new report if
+// there is none yet).
+func mergeReport(res *bench.Results, path string) error {
+	old, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return writeReport(res, path)
+	} else if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if err := res.MergeMarkdown(string(old), f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
 func report(args []string) error {
 	fs := flag.NewFlagSet("report", flag.ExitOnError)
 	in := fs.String("json", "", "results file written by zbench suite -json")
 	out := fs.String("o", "BENCHMARKS.md", "Markdown report to write")
+	merge := fs.Bool("merge", false, "merge the results' scenarios into the existing -o report")
 	fs.Parse(args)
 	b, err := os.ReadFile(*in)
 	if err != nil {
@@ -377,5 +407,8 @@ func report(args []string) error {
 		return err
 	}
 	res.Targets = bench.ComputeTargets(res.Scenarios)
+	if *merge {
+		return mergeReport(&res, *out)
+	}
 	return writeReport(&res, *out)
 }

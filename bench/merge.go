@@ -1,0 +1,110 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// MergeMarkdown writes old (a report from an earlier run) with this run's
+// scenarios merged in: each scenario's section replaces the section of the
+// same scenario (marked "<!-- scenario: KEY -->", or with the same title)
+// or is appended at the end, and the rows of the targets table for those
+// scenarios are replaced by this run's. A section merged in says which run
+// it comes from, since the rest of the report comes from another one.
+func (r *Results) MergeMarkdown(old string, w io.Writer) error {
+	chunks := splitSections(old)
+	keys := map[string]bool{}
+	for _, sc := range r.Scenarios {
+		keys[sc.Key] = true
+		b := &strings.Builder{}
+		p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+		r.writeScenario(p, sc)
+		sec := strings.TrimPrefix(b.String(), "\n")
+		// The run's provenance, after the section's marker line.
+		note := fmt.Sprintf("*From a separate run (`ONLY=%s`), started %s, which took %s, at commit %s; the machine is the one described above.*\n\n",
+			strings.Join(r.Config.Only, ","), r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Finished.Sub(r.Started).Round(time.Second), r.Config.Meta["commit"])
+		if r.Quick {
+			note = "*QUICK=1 smoke run: indicative only.* " + note
+		}
+		marker := fmt.Sprintf("<!-- scenario: %s -->\n", sc.Key)
+		sec = strings.Replace(sec, marker, marker+note, 1)
+		done := false
+		for i, c := range chunks {
+			if strings.Contains(c, marker) || strings.HasPrefix(c, "## "+sc.Title+"\n") {
+				chunks[i], done = sec, true
+				break
+			}
+		}
+		if !done {
+			if n := len(chunks); n > 0 && !strings.HasSuffix(chunks[n-1], "\n\n") {
+				chunks[n-1] = strings.TrimRight(chunks[n-1], "\n") + "\n\n"
+			}
+			chunks = append(chunks, sec)
+		}
+	}
+	for i, c := range chunks {
+		if strings.HasPrefix(c, "## Targets\n") {
+			chunks[i] = r.mergeTargets(c, keys)
+		}
+	}
+	_, err := io.WriteString(w, strings.Join(chunks, ""))
+	return err
+}
+
+// splitSections cuts a Markdown document before every "## " heading.
+func splitSections(doc string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(doc); {
+		j := strings.IndexByte(doc[i:], '\n')
+		end := len(doc)
+		if j >= 0 {
+			end = i + j + 1
+		}
+		if strings.HasPrefix(doc[i:], "## ") && i > start {
+			out = append(out, doc[start:i])
+			start = i
+		}
+		i = end
+	}
+	return append(out, doc[start:])
+}
+
+// mergeTargets replaces the rows of the merged scenarios in the targets
+// section (keeping the other rows in place) and appends the new ones
+// after the table's last row.
+func (r *Results) mergeTargets(sec string, keys map[string]bool) string {
+	lines := strings.Split(sec, "\n")
+	var kept []string
+	last := -1
+	for _, l := range lines {
+		if strings.HasPrefix(l, "| ") {
+			f := strings.Split(l, "|")
+			if len(f) > 2 && keys[strings.TrimSpace(f[1])] {
+				continue
+			}
+		}
+		kept = append(kept, l)
+		if strings.HasPrefix(l, "|") {
+			last = len(kept) - 1
+		}
+	}
+	var rows []string
+	for _, t := range r.Targets {
+		if !keys[t.Scenario] {
+			continue
+		}
+		st := t.Status()
+		if st != "n/a" {
+			st = "**" + st + "**"
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s |", t.Scenario, t.What, t.Goal, mdEscape(t.Measured), st))
+	}
+	if last < 0 {
+		return sec
+	}
+	out := append(append(append([]string{}, kept[:last+1]...), rows...), kept[last+1:]...)
+	return strings.Join(out, "\n")
+}

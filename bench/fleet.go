@@ -522,6 +522,10 @@ func (s *Suite) relayRun(ctx context.Context, topo, payload string) (Run, error)
 				return run, err
 			}
 		}
+		failover := r > 1 && helpHas(s.bin("zrecv"), "comma-separated list")
+		if r > 1 && !failover {
+			fig.Notes = append(fig.Notes, "leaves without a failover list: this zrecv takes one ENDPOINT")
+		}
 		for i := r; i < n; i++ {
 			out, err := mkOut(i)
 			if err != nil {
@@ -530,7 +534,7 @@ func (s *Suite) relayRun(ctx context.Context, topo, payload string) (Run, error)
 			// Each leaf: its relay, then the next one as failover.
 			k := (i - r) % r
 			eps := relays[k].serve
-			if r > 1 {
+			if failover {
 				eps += "," + relays[(k+1)%r].serve
 			}
 			f, err := s.startFollower(fmt.Sprintf("receiver %d", i-r+1), fmt.Sprintf("leaf%03d", i-r+1), out, eps, tree, "")
@@ -978,6 +982,13 @@ func (r *Results) writeFleet(p func(string, ...any), sc *Scenario) {
 			p("| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", f.Topology, f.Payload, f.Nodes, f.Relays, f.Rate,
 				fmtS(f.All), fmtS(f.P50), fmtS(f.P99), fmtBytes(f.RootWritten), fmtBytes(f.RootFileBytes),
 				fmtF(roleRSS(*run, "sender"), 1), fmtF(roleRSS(*run, "relay"), 1), fmtF(roleRSS(*run, "receiver"), 1))
+		}
+		for _, c := range sc.Contenders {
+			if run := fleetRun(sc, c.Name); run != nil {
+				for _, n := range run.Fleet.Notes {
+					p("\n- *%s*: %s\n", c.Name, n)
+				}
+			}
 		}
 		p("\nRatios star / tree:\n\n")
 		for _, what := range []string{"version", "one file"} {

@@ -28,6 +28,7 @@ type example struct {
 	out   string   // zrecv -o
 	names []string // zrecv NAMEs
 	json  bool
+	flags []string // zsend flags passed through as written (--rate-limit)
 	// curve: a CURVE example (--keygen, keys); those are run with real
 	// keys by TestCurveCLI, not here.
 	curve bool
@@ -57,6 +58,9 @@ func parseExample(t *testing.T, line string) example {
 		case "--watch": // zsend: publishing options, no effect on what is served
 		case "--state-dir", "--keep-versions":
 			i++
+		case "--rate-limit":
+			i++
+			ex.flags = append(ex.flags, f, strings.Trim(fields[i], `'"`))
 		case ">", "|":
 			i = len(fields) // redirection: the rest is the shell's
 		default:
@@ -238,7 +242,7 @@ func runExample(t *testing.T, sx, rx example) {
 			bind = "tcp://[::1]:0"
 		}
 	}
-	ep, _ := zsendJSONOn(t, bind, paths...)
+	ep, _ := zsendJSONOn(t, bind, append(sx.flags, paths...)...)
 	if rx.line == "" {
 		return // zsendJSONOn checked that it listens
 	}

@@ -59,6 +59,20 @@ type FollowConfig struct {
 	ReportEvery time.Duration
 	// Events, if set, receives what happens; it must not block.
 	Events func(FollowEvent)
+	// OnVersion, if set, is called with each version of a tree that is
+	// complete and verified on disk: when it is staged and checked (before
+	// the switch, and before waiting for the server's SWITCH), and after
+	// each sync that leaves the stable path on it. dir is the version's
+	// directory, ManifestPath(Out, tree, id) its manifest; barrier says
+	// whether the server coordinates its switch. A relay (zrecv --serve)
+	// offers it to its own receivers. It must not block for long.
+	OnVersion func(tree string, seq uint64, id manifest.ID, dir string, barrier bool)
+}
+
+// ManifestPath is where a node keeps the verified manifest of version id
+// of tree (docs/DESIGN-trees.md section 5): OUT/.zsnd/TREE/m/<id hex>.
+func ManifestPath(out, tree string, id manifest.ID) string {
+	return filepath.Join(out, ".zsnd", tree, "m", id.String())
 }
 
 // FollowEvent is something that happened while following.
@@ -413,6 +427,10 @@ func (f *followed) syncOnce(ctx context.Context) error {
 	}
 	prevSeq, prevID := f.shownSeq, f.shownID
 	f.shownSeq, f.shownID = res.Seq, res.Version
+	if cfg.OnVersion != nil && res.Dir != "" {
+		_, barrier, _ := f.wanted()
+		cfg.OnVersion(f.name, res.Seq, res.Version, res.Dir, barrier)
+	}
 	if res.Unchanged || res.Repaired || (prevID == res.Version && prevSeq != 0) {
 		f.report(protocol.StateSwitched, res.Seq, res.Version, nil)
 		f.fl.emit(FollowEvent{Kind: "unchanged", Tree: f.name, Seq: res.Seq, Version: res.Version, Result: &res, Took: f.lastSync})
@@ -491,6 +509,9 @@ func (f *followed) beforeSwitch(ctx context.Context, st Staged) error {
 		}
 	}
 	_, barrier, _ := f.wanted()
+	if cfg.OnVersion != nil {
+		cfg.OnVersion(f.name, st.Seq, st.Version, st.Dir, barrier)
+	}
 	if !barrier || st.PrevDir == "" {
 		return nil
 	}

@@ -84,6 +84,11 @@ type version struct {
 	entries   uint64
 	files     uint64
 	bytes     uint64
+	// A relay's version (Offer): its files are in dir, not in the store,
+	// and are checked against the manifest before they are served;
+	// barrier sets BARRIER on its TREE announcements.
+	dir     string
+	barrier bool
 
 	mu sync.Mutex
 	m  *manifest.Manifest // decoded on demand; dropped when the version is no longer the latest
@@ -147,6 +152,8 @@ type publisher struct {
 	// onPublish, if set, is called after each new version is announced
 	// (set once, before any publish that can run concurrently).
 	onPublish func()
+
+	relay bool // a relay's: versions are Offered, not published (relay.go)
 
 	mu    sync.Mutex // one scan or GC at a time
 	trees map[string]*pubTree

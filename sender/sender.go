@@ -14,7 +14,10 @@
 // One goroutine, the loop in Serve, owns all session state and the socket's
 // sends. It takes turns across sessions, sending at most one message per
 // session per round, so a fast receiver cannot starve a slow one. A
-// receiver's credit is never exceeded (credit.Gate).
+// receiver's credit is never exceeded (credit.Gate). With
+// Config.RateLimit, a chunk also waits for the server's budget (one token
+// bucket for all sessions, see rateState) without holding up anything
+// else the loop does.
 //
 // # Session state machine (per ROUTER identity)
 //
@@ -38,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/bits"
 	"net"
 	"os"
 	"strings"
@@ -121,7 +125,30 @@ type Config struct {
 	Barrier        bool
 	Quorum         int
 	BarrierTimeout time.Duration
-	curve          *guard.CurveServer // set by setDefaults from Curve
+
+	// Relay makes the server a relay's (zrecv --follow --serve): it
+	// serves these trees, with the versions given to Offer, and nothing
+	// else (no Paths, no state directory). See relay.go.
+	Relay []string
+	// RateLimit caps the chunk data this server sends, all sessions
+	// together, in bytes per second (zsend --rate-limit); 0 is unlimited.
+	// What is counted is the data octets of CHUNK messages: file contents
+	// (GET, VGET) and manifests (MGET). Not counted, and never held
+	// back: FILE, END, ERROR and every control reply (PONG, TREE, FLEET,
+	// SWITCH, BYE), nor the headers and framing of any message (a few
+	// dozen octets per chunk). The budget is a token bucket
+	// (internal/ratelimit) holding ratelimit.Burst(RateLimit, chunk size)
+	// octets, max(64 KiB, RateLimit/20, one chunk), full at start: at
+	// most that much goes out at once beyond the rate. Sessions waiting
+	// for the budget are served in turn (the first refused is the next
+	// served). It must be at least protocol.MinChunkSize (4 KiB/s); with
+	// a limit, the chunk size proposed to receivers is at most the
+	// largest power of two not above RateLimit, so a lone receiver gets
+	// a chunk at least about once a second (N receivers at once get about
+	// RateLimit/N each).
+	RateLimit int64
+
+	curve *guard.CurveServer // set by setDefaults from Curve
 }
 
 // Limits bounds what a peer can make the server hold or wait for at the
@@ -218,6 +245,12 @@ func (c *Config) setDefaults() error {
 	if c.ChunkSize < protocol.MinChunkSize || c.ChunkSize > protocol.MaxChunkSize {
 		return fmt.Errorf("chunk size %d outside [%d, %d]", c.ChunkSize, protocol.MinChunkSize, protocol.MaxChunkSize)
 	}
+	if c.RateLimit < 0 || (c.RateLimit > 0 && c.RateLimit < protocol.MinChunkSize) {
+		return fmt.Errorf("rate limit %d bytes/s: want 0 (unlimited) or at least %d", c.RateLimit, protocol.MinChunkSize)
+	}
+	if c.RateLimit > 0 {
+		c.ChunkSize = min(c.ChunkSize, max(protocol.MinChunkSize, 1<<(bits.Len64(uint64(c.RateLimit))-1)))
+	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = 2 * time.Second
 	}
@@ -235,6 +268,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Name == "" {
 		c.Name, _ = os.Hostname()
+	}
+	if len(c.Relay) > 0 && len(c.Paths) > 0 {
+		return errors.New("a relay serves the trees it follows, not paths")
 	}
 	if cv := c.Curve; cv != nil {
 		if (cv.Authorize == nil) == !cv.AllowAny {
@@ -315,6 +351,8 @@ type Server struct {
 	closeOnce sync.Once
 	stats     counters
 	fleet     *fleetState
+
+	rate rateState // Config.RateLimit
 }
 
 // counters are updated by the serving goroutine and producers, read by Stats.
@@ -346,8 +384,11 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	cat, err := newCatalogue(cfg.Paths)
-	if err != nil {
+	var cat *catalogue
+	var err error
+	if len(cfg.Relay) > 0 {
+		cat = &catalogue{roots: map[string]root{}} // a relay serves versions only
+	} else if cat, err = newCatalogue(cfg.Paths); err != nil {
 		return nil, err
 	}
 	ep, err := zsock.Endpoint(cfg.Endpoint)
@@ -356,7 +397,12 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	var pub *publisher
-	if cfg.StateDir != "" && cat.hasDir() {
+	if len(cfg.Relay) > 0 {
+		if pub, err = newRelayPublisher(cfg.Relay, cfg.KeepVersions); err != nil {
+			cat.close()
+			return nil, err
+		}
+	} else if cfg.StateDir != "" && cat.hasDir() {
 		pub, err = openPublisher(cfg.StateDir, cfg.KeepVersions, cat.roots, cfg.Events)
 		if err != nil {
 			cat.close()
@@ -416,6 +462,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		keys:        keys,
 	}
 	s.waitTimer.Stop()
+	s.rate.init(cfg.RateLimit, int64(cfg.ChunkSize), time.Now())
 	s.syncFleetLatest(time.Now())
 	if pub != nil {
 		pub.onPublish = func() {
@@ -435,7 +482,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 // latest version). Without a state directory it does nothing. Safe from
 // any goroutine.
 func (s *Server) Publish(ctx context.Context) error {
-	if s.pub == nil {
+	if s.pub == nil || s.pub.relay {
 		return nil
 	}
 	return s.pub.publishAll(ctx)
@@ -578,6 +625,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		if s.sendRound() {
 			continue
 		}
+		s.rate.arm()
 		select {
 		case <-ctx.Done():
 			s.shutdown()
@@ -598,6 +646,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.peerGone(d)
 		case now := <-s.waitTimer.C:
 			s.admitWaiting(now)
+		case <-s.rate.timer.C:
+			// The rate limit allows the chunk a session waits for.
 		}
 	}
 }
@@ -839,6 +889,7 @@ func (s *Server) sendRound() bool {
 	if n == 0 {
 		return false
 	}
+	s.rate.newRound()
 	any := false
 	start := s.turn % n
 	for i := 0; i < n && i < len(s.ring); i++ {

@@ -79,7 +79,7 @@ func (sess *session) list(m *protocol.List) {
 		return
 	} else {
 		t, err := sess.srv.tree(m.Tree)
-		if err == nil && t.latest() == nil {
+		if err == nil && t.latest() == nil && m.Flags&protocol.ListSubscribe == 0 {
 			err = &lookupError{protocol.CodeNotFound, fmt.Sprintf("tree %q has no published version yet", t.name)}
 		}
 		if err != nil {
@@ -87,7 +87,9 @@ func (sess *session) list(m *protocol.List) {
 			sess.event(Event{Kind: "refused", Name: m.Tree, Message: err.Error()})
 			return
 		}
-		trees = append(trees, t)
+		if t.latest() != nil {
+			trees = append(trees, t)
+		} // else a subscription to a tree with no version yet: END 0, then pushes
 	}
 	var sub *subscription
 	if m.Flags&protocol.ListSubscribe != 0 {
@@ -119,7 +121,7 @@ func (sess *session) list(m *protocol.List) {
 
 func (sess *session) sendTree(req uint32, t *pubTree, v *version) {
 	var flags uint8
-	if sess.srv.cfg.Barrier {
+	if sess.srv.cfg.Barrier || v.barrier {
 		flags = protocol.TreeBarrier
 	}
 	sess.send(&protocol.Tree{Request: req, Flags: flags, Seq: v.seq, Entries: v.entries, Bytes: v.bytes,
@@ -199,9 +201,11 @@ func (s *Server) openManifest(g *protocol.Get) (source, error) {
 		f.Close()
 		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("the kept manifest of %s version %d has changed size", t.name, v.seq)}
 	}
-	key.ctimeNS = immutableCtime
+	if v.dir == "" {
+		key.ctimeNS = immutableCtime
+	}
 	want := protocol.Hash(v.id)
-	return source{f: f, key: key, mode: 0, mtimeNS: v.published.UnixNano(), tag: v.tag(), want: &want}, nil
+	return source{f: f, key: key, mode: 0, mtimeNS: v.published.UnixNano(), tag: v.tag(), want: &want, verifyFirst: v.dir != ""}, nil
 }
 
 // openVersionFile resolves a VGET: the store's copy of a regular file of
@@ -232,6 +236,9 @@ func (s *Server) openVersionFile(g *protocol.Get) (source, error) {
 	e, ok := m.Lookup(rel)
 	if !ok || e.Type != manifest.TypeFile {
 		return source{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not a regular file of version %d of %s", g.Name, v.seq, t.name)}
+	}
+	if v.dir != "" {
+		return s.openRelayVersionFile(g, t, v, e)
 	}
 	f, err := s.pub.st.OpenBlob(store.Hash(e.Hash))
 	if err != nil {

@@ -222,9 +222,10 @@ func (sess *session) pump() bool {
 		return true
 	}
 	data := (*c.buf)[:c.n]
-	if !sess.gate.Take(uint64(len(data))) {
+	if uint64(len(data)) > sess.gate.Available() || !sess.srv.rate.take(sess, int64(len(data)), time.Now()) {
 		return false
 	}
+	sess.gate.Take(uint64(len(data)))
 	// The chunk leaves t before the send: a failed send drops the session,
 	// and the buffer must be returned to the pool exactly once.
 	t.pending = nil
@@ -252,6 +253,9 @@ type source struct {
 	mtimeNS int64
 	tag     protocol.Tag
 	want    *protocol.Hash // the hash END must carry (MGET, VGET); nil for GET
+	// verifyFirst: the whole file is hashed and compared with want before
+	// its first CHUNK is sent (a relay's copy, which is not immutable).
+	verifyFirst bool
 }
 
 // start resolves a request and sends FILE (then the transfer runs), or ERROR.
@@ -299,12 +303,13 @@ func (sess *session) start(r *request) {
 	if g.Tag == src.tag && g.Offset <= uint64(key.size) {
 		off = int64(g.Offset) / sess.chunkSize * sess.chunkSize
 	}
-	if off == 0 && key.size <= min(inlineMax, sess.chunkSize) && sess.gate.Available() >= uint64(key.size) {
+	if off == 0 && key.size <= min(inlineMax, sess.chunkSize) && sess.gate.Available() >= uint64(key.size) &&
+		sess.srv.rate.ready(sess, key.size, time.Now()) {
 		sess.sendWhole(g, &src)
 		return
 	}
 	t := &transfer{
-		req: g.Request, name: g.Name, size: key.size, next: off, want: src.want,
+		req: g.Request, name: g.Name, size: key.size, next: off, want: src.want, verify: src.verifyFirst && src.want != nil,
 		chunks: make(chan *chunk, prefetchChunks+1), permits: make(chan struct{}, prefetchChunks),
 		stop: make(chan struct{}), done: make(chan struct{}), chunkSize: sess.chunkSize,
 	}
@@ -350,6 +355,9 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 	}
 	if err == nil && src.want != nil && sum != *src.want {
 		err = errors.New("the stored copy does not match the published hash")
+		if src.verifyFirst {
+			err = errRelayDrift
+		}
 	}
 	if err != nil {
 		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: err.Error()})
@@ -361,6 +369,8 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 	sess.event(Event{Kind: "file-start", Name: g.Name, Size: key.size})
 	if key.size > 0 && !sess.dead {
 		sess.gate.Take(uint64(key.size))
+		// ready allowed it before the read; time only added to the budget.
+		srv.rate.take(sess, key.size, time.Now())
 		sess.send(&protocol.Chunk{Request: g.Request, Hash: h, Data: data})
 	}
 	if sess.dead {
@@ -412,6 +422,7 @@ type transfer struct {
 	chunkSize int64
 	next      int64          // offset of the next chunk to permit
 	want      *protocol.Hash // the whole-file hash END must carry, if known
+	verify    bool           // check want before the first CHUNK (source.verifyFirst)
 
 	chunks    chan *chunk
 	permits   chan struct{}
@@ -486,6 +497,24 @@ func produce(srv *Server, t *transfer, f *os.File, key fileKey, fs *fileState, o
 				srv.putBuf(c.buf)
 			}
 			return false
+		}
+	}
+	if t.verify {
+		// A relay's copy: nothing leaves before the whole file is known to
+		// have the root's hash (cached per file version, so the children
+		// after the first cost nothing).
+		buf := srv.getBuf()
+		sum, err := fs.wholeHash(f, *buf, t.stop)
+		srv.putBuf(buf)
+		if err == errStopped {
+			return
+		}
+		if err == nil && sum != *t.want {
+			err = errRelayDrift
+		}
+		if err != nil {
+			emit(&chunk{err: err})
+			return
 		}
 	}
 	for off < key.size {

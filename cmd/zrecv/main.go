@@ -103,6 +103,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&tf.hookTimeout, "hook-timeout", 30*time.Second, "follow: kill a hook (its process group) after this long")
 	fs.StringVar(&tf.logFormat, "log-format", "text", "follow: log format on stderr, text or json")
 	fs.StringVar(&tf.metrics, "metrics", "", "follow: serve Prometheus metrics at http://ADDR/metrics")
+	fs.StringVar(&tf.serve, "serve", "", "follow: relay: serve every verified version of the TREEs at ENDPOINT (tcp://HOST:PORT, ipc://PATH) to other zrecv")
+	fs.StringVar(&tf.serveSecret, "serve-secret", "", "relay: CURVE secret certificate of the relay's server (towards its children); turns CURVE on there")
+	fs.StringVar(&tf.serveAllow, "serve-allow", "", "relay: directory of authorized child public certificates")
+	fs.BoolVar(&tf.serveAllowAny, "serve-allow-any", false, "relay: accept any child key (encrypted, not authenticated)")
+	fs.StringVar(&tf.serveACL, "serve-acl", "", "relay: access list FILE for the children's keys (same format as zsend --acl)")
+	rateLimit := fs.String("rate-limit", "0", "relay (--follow --serve): most bytes/s its server sends to its children, all together (K, M, G = 1024 multiples; at least 4K); 0: no limit")
 	fs.DurationVar(&tf.lockWait, "lock-wait", 0, "tree mode: wait this long for another zrecv syncing the same tree (default: fail at once)")
 	fs.Usage = func() {
 		// Only --help calls this (errors are reported below): help that
@@ -134,6 +140,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "zrecv %s (protocol ZSND/1)\n", version)
 		return cli.ExitOK
 	}
+	rl, err := cli.ParseRateLimit(*rateLimit)
+	if err != nil {
+		return usageErr(fmt.Errorf("--rate-limit: %w", err))
+	}
+	if rl != 0 && (!tf.follow || tf.serve == "") {
+		return usageErr(errors.New("--rate-limit limits a relay's server: it needs --follow --serve"))
+	}
+	tf.rateLimit = rl
 	if *keygen != "" {
 		return cli.Keygen("zrecv", *keygen, stdout, stderr)
 	}
@@ -153,6 +167,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	} else if *curveSec != "" {
 		return usageErr(errors.New("--curve-secret needs --server-key"))
+	}
+	if tf.serve != "" && !tf.follow {
+		return usageErr(errors.New("--serve needs --follow (a relay re-serves the trees it follows)"))
+	}
+	if tf.serve == "" && (tf.serveSecret != "" || tf.serveAllow != "" || tf.serveAllowAny || tf.serveACL != "") {
+		return usageErr(errors.New("--serve-secret, --serve-allow, --serve-allow-any and --serve-acl need --serve"))
 	}
 	if tf.rollback {
 		return rollback(fs.Args(), *out, *quiet, stdout, stderr)
@@ -174,8 +194,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if err := endpoint.Check(fs.Arg(0), false); err != nil {
 			return usageErr(err)
 		}
+		if tf.serve != "" {
+			if err := endpoint.Check(tf.serve, true); err != nil {
+				return usageErr(fmt.Errorf("--serve: %w", err))
+			}
+		}
 		return follow(ctx, fs.Args(), receiver.Config{Endpoint: fs.Arg(0), OutputDir: *out, Timeout: *timeout,
-			Heartbeat: *heartbeat, PeerTimeout: *peerTO}, tf, *quiet, stderr)
+			Heartbeat: *heartbeat, PeerTimeout: *peerTO, Curve: curve}, tf, *quiet, stderr)
 	}
 	if fs.NArg() < 2 {
 		return usageErr(errors.New("need an ENDPOINT and at least one NAME"))

@@ -14,6 +14,7 @@ import (
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/mirror"
 	"github.com/zsend/zsend/receiver"
+	"github.com/zsend/zsend/sender"
 )
 
 type treeFlags struct {
@@ -30,6 +31,16 @@ type treeFlags struct {
 	hookTimeout       time.Duration
 	logFormat         string
 	metrics           string
+
+	// Relay (--follow --serve).
+	serve                   string
+	serveSecret, serveAllow string
+	serveACL                string
+	serveAllowAny           bool
+	// rateLimit is --rate-limit, parsed: for a relay (--follow --serve),
+	// the bytes per second its server sends to its children, all
+	// together (sender.Config.RateLimit); 0: no limit.
+	rateLimit int64
 }
 
 func follow(ctx context.Context, args []string, cfg receiver.Config, tf treeFlags, quiet bool, stderr io.Writer) int {
@@ -42,9 +53,25 @@ func follow(ctx context.Context, args []string, cfg receiver.Config, tf treeFlag
 	for _, a := range args[1:] {
 		trees = append(trees, strings.TrimRight(a, "/"))
 	}
-	return cli.Follow(ctx, mirror.FollowConfig{Receiver: cfg, Out: cfg.OutputDir, Trees: trees, Keep: tf.keep,
+	fcfg := mirror.FollowConfig{Receiver: cfg, Out: cfg.OutputDir, Trees: trees, Keep: tf.keep,
 		LockWait: tf.lockWait, Node: tf.node, Check: tf.check, Exec: tf.exec, RollbackOnFailure: tf.rollbackOnFailure,
-		HookTimeout: tf.hookTimeout}, tf.metrics, log)
+		HookTimeout: tf.hookTimeout}
+	if tf.serve == "" {
+		return cli.Follow(ctx, fcfg, tf.metrics, log)
+	}
+	curve, err := cli.ServerCurve(cli.ServerCurveFlags{Prog: "zrecv",
+		Names:  [4]string{"--serve-secret", "--serve-allow", "--serve-allow-any", "--serve-acl"},
+		Secret: tf.serveSecret, Allow: tf.serveAllow, AllowAny: tf.serveAllowAny, ACL: tf.serveACL}, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "zrecv:", err, "(see zrecv --help)")
+		return cli.ExitUsage
+	}
+	// The relay's server keeps what the follower keeps on disk.
+	scfg := sender.Config{Endpoint: tf.serve, Curve: curve, Heartbeat: cfg.Heartbeat, KeepVersions: tf.keep, RateLimit: tf.rateLimit}
+	if tf.node != "" {
+		scfg.Name = tf.node
+	}
+	return cli.Relay(ctx, fcfg, scfg, tf.metrics, log)
 }
 
 // tryTree mirrors name if the server publishes a tree of that name. done

@@ -19,7 +19,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/zsend/zsend/internal/acl"
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/internal/endpoint"
 	"github.com/zsend/zsend/internal/metrics"
@@ -65,6 +64,7 @@ Examples (zrecv --help fetches from each):
   zsend --json -b 'tcp://[::1]:5555' a b c      NDJSON events on stdout
   zsend --watch /etc/myapp                      publish a new version of tree "myapp" on every change
   zsend --state-dir /srv/zsend-state /etc/myapp keep published versions in /srv/zsend-state
+  zsend --rate-limit 100M /srv/releases         send at most 100 MiB/s, all clients together
   kill -HUP $(pidof zsend)                      publish now (rescan every tree)
   zsend --keygen /etc/zsend/server              write a CURVE key pair and exit
   zsend --curve-secret /etc/zsend/server_secret --allow /etc/zsend/clients /srv/releases
@@ -116,6 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		allowAny    = fs.Bool("allow-any", false, "CURVE: accept any client key (encrypted, but anyone may fetch)")
 		aclFile     = fs.String("acl", "", "CURVE: access list FILE: which client key may fetch which names (format in README)")
 		keygen      = fs.String("keygen", "", "write a new CURVE key pair to PATH and PATH_secret (mode 0600), print the public key and exit")
+		rateLimit   = fs.String("rate-limit", "0", "most bytes/s of file data sent, all clients together (K, M, G = 1024 multiples: 100M = 100 MiB/s; at least 4K); 0: no limit")
 	)
 	fs.Usage = func() {
 		// Only --help calls this (errors are reported below): help that
@@ -184,6 +185,10 @@ Exit codes:
 	if err != nil {
 		return fail(cli.ExitUsage, "--chunk-size: %v", err)
 	}
+	rate, err := cli.ParseRateLimit(*rateLimit)
+	if err != nil {
+		return fail(cli.ExitUsage, "--rate-limit: %v", err)
+	}
 	var slogger *slog.Logger
 	switch *logFormat {
 	case "text":
@@ -192,26 +197,10 @@ Exit codes:
 	default:
 		return fail(cli.ExitUsage, "--log-format %q: want text or json", *logFormat)
 	}
-	curve, err := curveConfig(*curveSecret, *allowDir, *allowAny, stderr)
+	curve, err := cli.ServerCurve(cli.ServerCurveFlags{Prog: "zsend", Names: [4]string{"--curve-secret", "--allow", "--allow-any", "--acl"},
+		Secret: *curveSecret, Allow: *allowDir, AllowAny: *allowAny, ACL: *aclFile}, stderr)
 	if err != nil {
 		return fail(cli.ExitUsage, "%v", err)
-	}
-	if *aclFile != "" {
-		if curve == nil {
-			return fail(cli.ExitUsage, "--acl needs --curve-secret (the list is keyed by client keys)")
-		}
-		list, err := acl.Open(*aclFile)
-		if err != nil {
-			return fail(cli.ExitUsage, "--acl: %v", err)
-		}
-		list.OnReload = func(n int, err error) {
-			if err != nil {
-				fmt.Fprintf(stderr, "zsend: --acl: keeping the previous list: %v\n", err)
-				return
-			}
-			fmt.Fprintf(stderr, "zsend: %s: reloaded, rules for %d key(s)\n", *aclFile, n)
-		}
-		curve.Access = func(k [32]byte, name string) bool { return list.Allowed(k, name) }
 	}
 	var bars *cli.ServerBars
 	if !*quiet && slogger == nil && cli.IsTerminal(stderr) {
@@ -291,6 +280,7 @@ Exit codes:
 		StateDir: *stateDir, KeepVersions: *keep, Watch: *watch, Curve: curve,
 		Fleet:   sender.FleetConfig{MaxNodes: *maxNodes, LostAfter: *lostAfter},
 		Barrier: *barrier, Quorum: *quorum, BarrierTimeout: *barrierTO,
+		RateLimit: rate,
 	})
 	if err != nil {
 		return fail(cli.ExitUsage, "%v", err)
@@ -363,45 +353,6 @@ func logLine(e sender.Event) string {
 	}
 	return ""
 
-}
-
-// curveConfig builds the CURVE configuration of the flags; nil when
-// CURVE is off.
-func curveConfig(secret, allow string, any bool, stderr io.Writer) (*sender.CurveServer, error) {
-	if secret == "" {
-		if allow != "" || any {
-			return nil, errors.New("--allow and --allow-any need --curve-secret")
-		}
-		return nil, nil
-	}
-	cert, err := zcert.LoadSecret(secret)
-	if err != nil {
-		return nil, fmt.Errorf("--curve-secret: %w", err)
-	}
-	cs := &sender.CurveServer{PublicKey: cert.Public, SecretKey: cert.Secret}
-	switch {
-	case allow != "" && any:
-		return nil, errors.New("give --allow DIR or --allow-any, not both")
-	case any:
-		fmt.Fprintln(stderr, "zsend: WARNING: --allow-any: every client key is accepted; traffic is encrypted but anyone who can connect may fetch")
-		cs.AllowAny = true
-	case allow != "":
-		store, err := zcert.OpenStore(allow)
-		if err != nil {
-			return nil, fmt.Errorf("--allow: %w", err)
-		}
-		store.OnReload = func(n int, bad []error) {
-			fmt.Fprintf(stderr, "zsend: %s: %d authorized client key(s)\n", allow, n)
-			for _, e := range bad {
-				fmt.Fprintf(stderr, "zsend: %s: skipped: %v\n", allow, e)
-			}
-		}
-		fmt.Fprintf(stderr, "zsend: %s: %d authorized client key(s)\n", allow, store.Len())
-		cs.Authorize = func(k [32]byte) bool { return store.Allowed(k) }
-	default:
-		return nil, errors.New("--curve-secret needs --allow DIR (authorized client certificates) or --allow-any")
-	}
-	return cs, nil
 }
 
 func hashString(e sender.Event) string {

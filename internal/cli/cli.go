@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"strconv"
@@ -72,7 +73,7 @@ func ParseSize(s string) (uint64, error) {
 		}
 	}
 	n, err := strconv.ParseUint(t, 10, 64)
-	if err != nil || n == 0 {
+	if err != nil || n == 0 || n > math.MaxUint64/mult {
 		return 0, fmt.Errorf("invalid size %q (examples: 65536, 512K, 8M)", s)
 	}
 	return n * mult, nil

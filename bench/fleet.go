@@ -739,6 +739,7 @@ func (s *Suite) propagationRun(ctx context.Context) (Run, error) {
 			if err := change(&ph, files); err != nil {
 				return fmt.Errorf("%s, change %d: %w", name, i+1, err)
 			}
+			s.logf("[propagation] %s: change %d: last follower %.3fs after the write, spread %.3fs", name, i+1, ph.Last[i], ph.Spread[i])
 			// Let the followers' reports settle before the next change.
 			time.Sleep(200 * time.Millisecond)
 		}

@@ -43,6 +43,10 @@ type FleetFigures struct {
 	All float64 `json:"all_s"`
 	P50 float64 `json:"p50_s"`
 	P99 float64 `json:"p99_s"`
+	// Tree: the first and the last relay's switch, and the leaves' p50.
+	RelayFirst float64 `json:"relay_first_s,omitempty"`
+	RelayLast  float64 `json:"relay_last_s,omitempty"`
+	LeafP50    float64 `json:"leaf_p50_s,omitempty"`
 	// RootWritten is what the root process wrote (wchar of /proc/PID/io:
 	// its socket writes, protocol framing included, and its log lines)
 	// from just before the SIGHUP to the last switch, less what the
@@ -616,11 +620,20 @@ func (s *Suite) relayRun(ctx context.Context, topo, payload string) (Run, error)
 	if files0 >= 0 && files1 >= 0 {
 		fig.RootFileBytes = files1 - files0
 	}
-	var times []float64
+	var times, rtimes, ltimes []float64
 	for _, f := range followers {
 		if t, ok := f.switchTime(v2); ok {
-			times = append(times, t.Sub(t0).Seconds())
+			d := t.Sub(t0).Seconds()
+			times = append(times, d)
+			if f.serve != "" {
+				rtimes = append(rtimes, d)
+			} else {
+				ltimes = append(ltimes, d)
+			}
 		}
+	}
+	if len(rtimes) > 0 {
+		fig.RelayFirst, fig.RelayLast, fig.LeafP50 = slices.Min(rtimes), slices.Max(rtimes), percentile(ltimes, 0.5)
 	}
 	fig.All, fig.P50, fig.P99 = math.NaN(), percentile(times, 0.5), percentile(times, 0.99)
 	if len(times) > 0 {
@@ -1016,10 +1029,14 @@ func (r *Results) writeFleet(p func(string, ...any), sc *Scenario) {
 				fmtS(f.All), fmtS(f.P50), fmtS(f.P99), fmtBytes(f.RootWritten), fmtBytes(f.RootFileBytes),
 				fmtF(roleRSS(*run, "sender"), 1), fmtF(roleRSS(*run, "relay"), 1), fmtF(roleRSS(*run, "receiver"), 1))
 		}
+		p("\n")
 		for _, c := range sc.Contenders {
 			if run := fleetRun(sc, c.Name); run != nil {
+				if f := run.Fleet; f.Relays > 0 {
+					p("- *%s*: relays switched %s-%s s after the publish, leaves' p50 %s s\n", c.Name, fmtS(f.RelayFirst), fmtS(f.RelayLast), fmtS(f.LeafP50))
+				}
 				for _, n := range run.Fleet.Notes {
-					p("\n- *%s*: %s\n", c.Name, n)
+					p("- *%s*: %s\n", c.Name, n)
 				}
 			}
 		}

@@ -474,7 +474,9 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 		p("**This is a QUICK=1 smoke run: sizes are reduced and there is one round, so the figures and the PASS/FAIL marks are indicative only.** ")
 	}
 	p("Run started %s and took %s.\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Finished.Sub(r.Started).Round(time.Second))
-	p("```sh\nscripts/bench.sh                   # full run: SIZE=1G ROUNDS=3, about 5 minutes on 2 cores\nQUICK=1 scripts/bench.sh           # smoke run, well under a minute, never fails on thresholds\nSIZE=2G ROUNDS=5 ONLY=single scripts/bench.sh\n```\n\n")
+	p("```sh\nscripts/bench.sh                   # full run: SIZE=1G ROUNDS=3, about 5 minutes on 2 cores\nQUICK=1 scripts/bench.sh           # smoke run, well under a minute, never fails on thresholds\nSIZE=2G ROUNDS=5 ONLY=single scripts/bench.sh\n" +
+		"MERGE=1 ONLY=relay RELAY_N=50 scripts/bench.sh        # relays, star versus tree (not in the full run); merged into this file\n" +
+		"MERGE=1 ONLY=propagation PROP_N=50 scripts/bench.sh   # follow-mode propagation (not in the full run); merged into this file\n```\n\n")
 
 	p("## Machine\n\n| | |\n|---|---|\n")
 	for _, kv := range r.Machine {

@@ -23,8 +23,8 @@ func (r *Results) MergeMarkdown(old string, w io.Writer) error {
 		r.writeScenario(p, sc)
 		sec := strings.TrimPrefix(b.String(), "\n")
 		// The run's provenance, after the section's marker line.
-		note := fmt.Sprintf("*From a separate run (`ONLY=%s`), started %s, which took %s, at commit %s; the machine is the one described above.*\n\n",
-			strings.Join(r.Config.Only, ","), r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Finished.Sub(r.Started).Round(time.Second), r.Config.Meta["commit"])
+		note := fmt.Sprintf("*From a separate run (`%s`), started %s, which took %s, at commit %s; the machine is the one described above.*\n\n",
+			r.Config.command(), r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Finished.Sub(r.Started).Round(time.Second), r.Config.Meta["commit"])
 		if r.Quick {
 			note = "*QUICK=1 smoke run: indicative only.* " + note
 		}
@@ -107,4 +107,31 @@ func (r *Results) mergeTargets(sec string, keys map[string]bool) string {
 	}
 	out := append(append(append([]string{}, kept[:last+1]...), rows...), kept[last+1:]...)
 	return strings.Join(out, "\n")
+}
+
+// command is the scripts/bench.sh command line of a partial run, with the
+// knobs of the fleet scenarios it ran.
+func (c Config) command() string {
+	var kv []string
+	for _, k := range c.Only {
+		switch k {
+		case "relay":
+			kv = append(kv, fmt.Sprintf("RELAY_N=%d", c.RelayN))
+			if c.RelayRelays > 0 {
+				kv = append(kv, fmt.Sprintf("RELAY_RELAYS=%d", c.RelayRelays))
+			}
+			kv = append(kv, "RELAY_RATE="+c.RelayRate, "RELAY_MB="+strings.ReplaceAll(FormatSize(c.RelayMB), " MiB", "M"),
+				fmt.Sprintf("RELAY_FILES=%d", c.RelayFiles))
+			if len(c.RelayTopologies) > 0 {
+				kv = append(kv, "RELAY_TOPOLOGIES="+strings.Join(c.RelayTopologies, ","))
+			}
+		case "propagation":
+			kv = append(kv, fmt.Sprintf("PROP_N=%d", c.PropN), fmt.Sprintf("PROP_FILES=%d", c.PropFiles), fmt.Sprintf("PROP_CHANGES=%d", c.PropChanges),
+				fmt.Sprintf("PROP_BULK=%d", c.PropBulk))
+			if !c.PropBarrier {
+				kv = append(kv, "PROP_BARRIER=0")
+			}
+		}
+	}
+	return strings.Join(append(append([]string{"MERGE=1"}, kv...), "ONLY="+strings.Join(c.Only, ","), "scripts/bench.sh"), " ")
 }

@@ -887,12 +887,14 @@ func (s *Suite) generateFleets() error {
 		if _, err := GenFile(filepath.Join(s.src, "relbig.bin"), c.RelayMB, 41); err != nil {
 			return err
 		}
-		n, err := GenTree(filepath.Join(s.src, "reltree"), c.RelayFiles, c.TreeDirsOf(c.RelayFiles), c.RelayFileMax, 42)
-		if err != nil {
-			return err
+		if len(c.RelayPayloads) == 0 || slices.Contains(c.RelayPayloads, relayTree) {
+			n, err := GenTree(filepath.Join(s.src, "reltree"), c.RelayFiles, c.TreeDirsOf(c.RelayFiles), c.RelayFileMax, 42)
+			if err != nil {
+				return err
+			}
+			s.relTreeBytes = n
 		}
-		s.relTreeBytes = n
-		s.logf("generated the relay payloads (%s; %d files, %s) in %.1fs", FormatSize(c.RelayMB), c.RelayFiles, FormatSize(n), time.Since(t0).Seconds())
+		s.logf("generated the relay payloads (%s; %d files, %s) in %.1fs", FormatSize(c.RelayMB), c.RelayFiles, FormatSize(s.relTreeBytes), time.Since(t0).Seconds())
 	}
 	if s.want("propagation") {
 		n, err := GenTree(filepath.Join(s.src, "proptree"), c.PropFiles, c.TreeDirsOf(c.PropFiles), c.PropFileMax, 43)
@@ -939,7 +941,15 @@ func (s *Suite) buildFleets() {
 					"The issue asks for 200 nodes: `RELAY_N=200 ONLY=relay scripts/bench.sh`.",
 					c.RelayN, c.RelayRate, c.RelayN, r, int(math.Round(float64(c.RelayN-r)/float64(r))), c.RelayN,
 					FormatSize(c.RelayMB), FormatSize(1024), c.RelayFiles, FormatSize(c.RelayFileMax))}
-			for _, pl := range []string{relayBig, relayTree} {
+			payloads := s.cfg.RelayPayloads
+			if len(payloads) == 0 {
+				payloads = []string{relayBig, relayTree}
+			}
+			for _, pl := range payloads {
+				if pl != relayBig && pl != relayTree {
+					fmt.Fprintf(c.Log, "relay: unknown payload %q (want big or tree)\n", pl)
+					continue
+				}
 				for _, topo := range topos {
 					name := fmt.Sprintf("%s, %s", topo, map[string]string{relayBig: FormatSize(c.RelayMB) + " version", relayTree: "one file of " + strconv.Itoa(c.RelayFiles)}[pl])
 					sc.Contenders = append(sc.Contenders, Contender{Name: name,

@@ -122,6 +122,9 @@ func (c Config) command() string {
 			}
 			kv = append(kv, "RELAY_RATE="+c.RelayRate, "RELAY_MB="+strings.ReplaceAll(FormatSize(c.RelayMB), " MiB", "M"),
 				fmt.Sprintf("RELAY_FILES=%d", c.RelayFiles))
+			if len(c.RelayPayloads) > 0 {
+				kv = append(kv, "RELAY_PAYLOADS="+strings.Join(c.RelayPayloads, ","))
+			}
 			if len(c.RelayTopologies) > 0 {
 				kv = append(kv, "RELAY_TOPOLOGIES="+strings.Join(c.RelayTopologies, ","))
 			}

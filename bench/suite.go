@@ -58,6 +58,7 @@ type Config struct {
 	RelayFiles      int
 	RelayFileMax    int64
 	RelayTopologies []string
+	RelayPayloads   []string // big, tree (both if empty)
 	// The propagation scenario (issue 10): PropN followers of a tree of
 	// PropFiles files of 0..PropFileMax bytes served with zsend --watch;
 	// PropChanges one-file changes one by one, then PropBulk files at

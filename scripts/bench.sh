@@ -21,7 +21,7 @@
 #   RELAY_RELAYS=     relays of the tree topology (default round(sqrt(RELAY_N)))
 #   RELAY_RATE=100M   --rate-limit of every server (root and relays), bytes/s; 0 = unlimited
 #   RELAY_MB=64M      the big version              RELAY_FILES=10000 files of the tree (0..RELAY_FILE_MAX=1K each)
-#   RELAY_TOPOLOGIES= star,tree (default both)
+#   RELAY_TOPOLOGIES= star,tree (default both)      RELAY_PAYLOADS= big,tree (default both: the RELAY_MB version, one file of the tree)
 #   PROP_N=50         propagation scenario (ONLY=propagation): followers of a tree served with zsend --watch
 #   PROP_FILES=10000  files of the tree (0..PROP_FILE_MAX=1K each); PROP_CHANGES=20 one-file changes; PROP_BULK=1000 files at once
 #   PROP_BARRIER=1    then PROP_CHANGES changes again with the root restarted with --barrier (0: skip)
@@ -88,7 +88,7 @@ args=(suite -bin "$work/bin" -work "$work" -o "${OUT:-$root/BENCHMARKS.md}"
   -small-n "${SMALL_N:-1000}" -small-size "${SMALL_SIZE:-4K}" -small-one "${SMALL_ONE:-4M}" -small-rounds "${SMALL_ROUNDS:-$d_small_rounds}"
   -mem-size "${MEM_SIZE:-$d_mem}" -mem-rounds "${MEM_ROUNDS:-1}"
   -relay-n "${RELAY_N:-20}" -relay-relays "${RELAY_RELAYS:-0}" -relay-rate "${RELAY_RATE:-100M}" -relay-size "${RELAY_MB:-64M}"
-  -relay-files "${RELAY_FILES:-10000}" -relay-file-max "${RELAY_FILE_MAX:-1K}" -relay-topologies "${RELAY_TOPOLOGIES:-}"
+  -relay-files "${RELAY_FILES:-10000}" -relay-file-max "${RELAY_FILE_MAX:-1K}" -relay-topologies "${RELAY_TOPOLOGIES:-}" -relay-payloads "${RELAY_PAYLOADS:-}"
   -prop-n "${PROP_N:-50}" -prop-files "${PROP_FILES:-10000}" -prop-file-max "${PROP_FILE_MAX:-1K}" -prop-changes "${PROP_CHANGES:-20}"
   -prop-bulk "${PROP_BULK:-1000}" -prop-barrier="$([ "${PROP_BARRIER:-1}" = 1 ] && echo true || echo false)"
   -quiet-wait "${QUIET_WAIT:-$d_quiet}" -only "${ONLY:-}" -meta "$meta" -timeout "${TIMEOUT:-3600}s")

@@ -231,6 +231,7 @@ func suite(ctx context.Context, args []string) error {
 		relayF   = fs.Int("relay-files", 10000, "relay scenario: files of the tree")
 		relayFM  = fs.String("relay-file-max", "1K", "relay scenario: largest file of the tree")
 		relayT   = fs.String("relay-topologies", "", "relay scenario: star,tree (default both)")
+		relayP   = fs.String("relay-payloads", "", "relay scenario: big,tree (default both)")
 		propN    = fs.Int("prop-n", 50, "propagation scenario: followers")
 		propF    = fs.Int("prop-files", 10000, "propagation scenario: files of the tree")
 		propFM   = fs.String("prop-file-max", "1K", "propagation scenario: largest file of the tree")
@@ -268,6 +269,9 @@ func suite(ctx context.Context, args []string) error {
 		RelayFileMax: parse("relay-file-max", *relayFM),
 		PropN:        *propN, PropFiles: *propF, PropFileMax: parse("prop-file-max", *propFM), PropChanges: *propC, PropBulk: *propB, PropBarrier: *propBar,
 		Meta: map[string]string{}, Log: os.Stderr,
+	}
+	if *relayP != "" {
+		cfg.RelayPayloads = strings.Split(*relayP, ",")
 	}
 	if *relayT != "" {
 		cfg.RelayTopologies = strings.Split(*relayT, ",")

@@ -922,7 +922,14 @@ func (s *Suite) buildFleets() {
 			fmt.Fprintln(c.Log, "relay: skipped, zrecv has no --serve")
 		} else {
 			r := c.relayRelays()
-			sc := &Scenario{Key: "relay", Sources: []string{"relbig.bin", "reltree"}, Rounds: 1,
+			var sources []string
+			if len(c.RelayPayloads) == 0 || slices.Contains(c.RelayPayloads, relayBig) {
+				sources = append(sources, "relbig.bin")
+			}
+			if len(c.RelayPayloads) == 0 || slices.Contains(c.RelayPayloads, relayTree) {
+				sources = append(sources, "reltree")
+			}
+			sc := &Scenario{Key: "relay", Sources: sources, Rounds: 1,
 				Bytes: int64(c.RelayN)*(c.RelayMB+s.relTreeBytes) + int64(c.RelayN*c.RelayFiles)*20000,
 				Title: "Relays: star versus tree",
 				Desc: fmt.Sprintf("%d receiving nodes, each a separate `zrecv --follow` process on loopback, every server (the root zsend and each relay) "+

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -1117,6 +1118,26 @@ func (r *Results) writeFleet(p func(string, ...any), sc *Scenario) {
 			}
 			p("\nzsend over the whole run (first sync of every follower included): %.2f s CPU, peak RSS %.1f MiB; followers' peak RSS at most %s MiB.\n",
 				cpu, rss, fmtF(roleRSS(*run, "receiver"), 1))
+			var fcpu, fsys float64
+			nf := 0
+			for _, pr := range run.Procs {
+				if canonRole(pr.Role) == "receiver" {
+					fcpu += pr.CPU()
+					fsys += pr.Sys
+					nf++
+				}
+			}
+			versions := 1
+			for _, ph := range run.Fleet.Phases {
+				versions += ph.Changes
+			}
+			if nf > 0 {
+				per := fcpu / float64(nf) / float64(versions)
+				p("\nThe followers spent %.0f s of CPU in all (%.0f s of it system time) over %d versions (the first sync included): %.2f s per follower "+
+					"and version on average. At that rate, %d followers sharing %d cores need about %.1f s per version: on this machine the followers' "+
+					"own work, not the network or zsend (%.0f s of CPU in all), bounds the time until the last one has switched.\n",
+					fcpu, fsys, versions, per, nf, runtime.NumCPU(), per*float64(nf)/float64(runtime.NumCPU()), cpu)
+			}
 		}
 	}
 }

@@ -1150,6 +1150,8 @@ func fleetTargets(scs []*Scenario) []Target {
 	t1 := Target{Scenario: "relay", What: "big version: star time / tree time (all nodes switched)", Goal: ">= 5x"}
 	t2 := Target{Scenario: "relay", What: "big version: root egress, tree / star", Goal: "<= 0.1"}
 	if star != nil && tree != nil {
+		t1.What = fmt.Sprintf("big version, %d nodes: star time / tree time (all nodes switched)", tree.Fleet.Nodes)
+		t2.What = fmt.Sprintf("big version, %d nodes: root egress, tree / star", tree.Fleet.Nodes)
 		t1.Value = star.Fleet.All / tree.Fleet.All
 		t1.Measured, t1.Pass = fmt.Sprintf("%.2fx (%d nodes, %d relays)", t1.Value, tree.Fleet.Nodes, tree.Fleet.Relays), t1.Value >= 5
 		if star.Fleet.RootWritten > 0 && tree.Fleet.RootWritten > 0 {

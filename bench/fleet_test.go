@@ -80,7 +80,7 @@ func TestGrown(t *testing.T) {
 // section and target rows and keeps everything else.
 func TestMergeMarkdown(t *testing.T) {
 	old := "# Benchmarks\n\nintro\n\n## Targets\n\n| scenario | target | goal | measured | result |\n|---|---|---|---|---|\n" +
-		"| single | a | >= 1x | 2x | **PASS** |\n| relay | old row | <= 0.1 | 0.5 | **FAIL** |\n\n## How\n\ntext\n\n" +
+		"| single | a | >= 1x | 2x | **PASS** |\n| relay | new row | <= 0.1 | 0.5 | **FAIL** |\n| relay | other row | x | y | z |\n\n## How\n\ntext\n\n" +
 		"## Relays: star versus tree\n\n<!-- scenario: relay -->\nold relay text\n\n## Tree\n\ntree text\n"
 	r := &Results{Config: Config{Only: []string{"relay"}, Meta: map[string]string{"commit": "abc1234"}},
 		Scenarios: []*Scenario{{Key: "relay", Title: "Relays: star versus tree", Desc: "new relay text"}},
@@ -90,13 +90,13 @@ func TestMergeMarkdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := b.String()
-	for _, want := range []string{"| single | a | >= 1x | 2x | **PASS** |\n| relay | new row | <= 0.1 | 0.05 | **PASS** |\n\n## How",
-		"new relay text", "commit abc1234", "## Tree\n\ntree text\n", "intro"} {
+	for _, want := range []string{"| single | a | >= 1x | 2x | **PASS** |\n| relay | other row | x | y | z |\n| relay | new row | <= 0.1 | 0.05 | **PASS** |\n\n## How",
+		"new relay text", "commit abc1234", "</details>\n\n## Tree\n\ntree text\n", "intro"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("merged report lacks %q:\n%s", want, got)
 		}
 	}
-	for _, gone := range []string{"old relay text", "old row", "| single | x |"} {
+	for _, gone := range []string{"old relay text", "| 0.5 |", "| single | x |"} {
 		if strings.Contains(got, gone) {
 			t.Errorf("merged report still has %q", gone)
 		}

@@ -28,12 +28,16 @@ func (r *Results) MergeMarkdown(old string, w io.Writer) error {
 		if r.Quick {
 			note = "*QUICK=1 smoke run: indicative only.* " + note
 		}
-		marker := fmt.Sprintf("<!-- scenario: %s -->\n", sc.Key)
+		title, id := sc.heading()
+		marker := fmt.Sprintf("<!-- scenario: %s -->\n", id)
 		sec = strings.Replace(sec, marker, marker+note, 1)
 		done := false
 		for i, c := range chunks {
-			if strings.Contains(c, marker) || strings.HasPrefix(c, "## "+sc.Title+"\n") {
+			if strings.Contains(c, marker) || strings.HasPrefix(c, "## "+title+"\n") {
 				chunks[i], done = sec, true
+				if i < len(chunks)-1 {
+					chunks[i] = strings.TrimRight(sec, "\n") + "\n\n"
+				}
 				break
 			}
 		}
@@ -72,17 +76,24 @@ func splitSections(doc string) []string {
 	return append(out, doc[start:])
 }
 
-// mergeTargets replaces the rows of the merged scenarios in the targets
-// section (keeping the other rows in place) and appends the new ones
-// after the table's last row.
+// mergeTargets replaces the rows of the targets section that this run
+// measured again (same scenario and target; the other rows stay in place)
+// and appends this run's rows for its scenarios after the table's last
+// row.
 func (r *Results) mergeTargets(sec string, keys map[string]bool) string {
 	lines := strings.Split(sec, "\n")
 	var kept []string
 	last := -1
+	again := map[[2]string]bool{}
+	for _, t := range r.Targets {
+		if keys[t.Scenario] {
+			again[[2]string{t.Scenario, t.What}] = true
+		}
+	}
 	for _, l := range lines {
 		if strings.HasPrefix(l, "| ") {
 			f := strings.Split(l, "|")
-			if len(f) > 2 && keys[strings.TrimSpace(f[1])] {
+			if len(f) > 3 && again[[2]string{strings.TrimSpace(f[1]), strings.TrimSpace(f[2])}] {
 				continue
 			}
 		}
@@ -107,6 +118,20 @@ func (r *Results) mergeTargets(sec string, keys map[string]bool) string {
 	}
 	out := append(append(append([]string{}, kept[:last+1]...), rows...), kept[last+1:]...)
 	return strings.Join(out, "\n")
+}
+
+// heading is a scenario's section title and the id of its marker: the
+// relay scenario's include the number of nodes, so that runs at different
+// scales each keep their section.
+func (sc *Scenario) heading() (string, string) {
+	if sc.Key == "relay" {
+		for _, r := range sc.Runs {
+			if r.Fleet != nil && r.Fleet.Nodes > 0 {
+				return fmt.Sprintf("%s, %d nodes", sc.Title, r.Fleet.Nodes), fmt.Sprintf("relay-%d", r.Fleet.Nodes)
+			}
+		}
+	}
+	return sc.Title, sc.Key
 }
 
 // command is the scripts/bench.sh command line of a partial run, with the

@@ -522,7 +522,8 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 func mdEscape(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
 
 func (r *Results) writeScenario(p func(string, ...any), sc *Scenario) {
-	p("\n## %s\n\n<!-- scenario: %s -->\n%s\n\n", sc.Title, sc.Key, sc.Desc)
+	title, id := sc.heading()
+	p("\n## %s\n\n<!-- scenario: %s -->\n%s\n\n", title, id, sc.Desc)
 	roles := []string{}
 	for _, c := range sc.Contenders {
 		a := summarize(sc, c.Name)

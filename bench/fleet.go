@@ -935,7 +935,7 @@ func (s *Suite) buildFleets() {
 				Title: "Relays: star versus tree",
 				Desc: fmt.Sprintf("%d receiving nodes, each a separate `zrecv --follow` process on loopback, every server (the root zsend and each relay) "+
 					"limited with `--rate-limit %s` (where the binaries have the flag: see the rate column). Star: the root serves all %d. Tree: the root serves %d relays (`zrecv --follow --serve`), "+
-					"each relay serves about %d leaves; each leaf has a failover list (its relay, then the next one). The relays count among the %d nodes. "+
+					"each relay serves about %d leaves; each leaf has a failover list (its relay, then the next one) where zrecv takes one (see the notes under the table). The relays count among the %d nodes. "+
 					"Two payloads: a %s version (one new file) and one %s file changed in a tree of %d files of 0-%s. "+
 					"Each run starts a fresh fleet, waits until every node holds version 1 (untimed), changes the source and sends SIGHUP to the root. "+
 					"Times run from the root's `published` log record to each node's `switched` record (their JSON timestamps; the harness polls nothing). "+

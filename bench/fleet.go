@@ -895,7 +895,7 @@ func (s *Suite) generateFleets() error {
 			}
 			s.relTreeBytes = n
 		}
-		s.logf("generated the relay payloads (%s; %d files, %s) in %.1fs", FormatSize(c.RelayMB), c.RelayFiles, FormatSize(s.relTreeBytes), time.Since(t0).Seconds())
+		s.logf("generated the relay payloads (%s; tree of %d files, %s, if run) in %.1fs", FormatSize(c.RelayMB), c.RelayFiles, FormatSize(s.relTreeBytes), time.Since(t0).Seconds())
 	}
 	if s.want("propagation") {
 		n, err := GenTree(filepath.Join(s.src, "proptree"), c.PropFiles, c.TreeDirsOf(c.PropFiles), c.PropFileMax, 43)

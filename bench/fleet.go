@@ -1072,6 +1072,11 @@ func (r *Results) writeFleet(p func(string, ...any), sc *Scenario) {
 				if f := run.Fleet; f.Relays > 0 {
 					p("- *%s*: relays switched %s-%s s after the publish, leaves' p50 %s s\n", c.Name, fmtS(f.RelayFirst), fmtS(f.RelayLast), fmtS(f.LeafP50))
 				}
+				if f := run.Fleet; f.Bound > 0 && f.All > 0 {
+					p("- *%s*: the nodes received %s in all in %s s, %.0f MB/s together; the rate bound would take %.0f MB/s together "+
+						"(every copy verified, written and fsynced, by processes sharing %d cores)\n",
+						c.Name, FormatSize(run.Bytes), fmtS(f.All), MBps(run.Bytes, f.All), MBps(run.Bytes, f.Bound), runtime.NumCPU())
+				}
 				for _, n := range run.Fleet.Notes {
 					p("- *%s*: %s\n", c.Name, n)
 				}
@@ -1150,8 +1155,9 @@ func fleetTargets(scs []*Scenario) []Target {
 	t1 := Target{Scenario: "relay", What: "big version: star time / tree time (all nodes switched)", Goal: ">= 5x"}
 	t2 := Target{Scenario: "relay", What: "big version: root egress, tree / star", Goal: "<= 0.1"}
 	if star != nil && tree != nil {
-		t1.What = fmt.Sprintf("big version, %d nodes: star time / tree time (all nodes switched)", tree.Fleet.Nodes)
-		t2.What = fmt.Sprintf("big version, %d nodes: root egress, tree / star", tree.Fleet.Nodes)
+		what := fmt.Sprintf("%s, %d nodes, %s", strings.TrimPrefix(tree.Fleet.Payload, "a "), tree.Fleet.Nodes, strings.Fields(tree.Fleet.Rate)[0])
+		t1.What = what + ": star time / tree time (all nodes switched)"
+		t2.What = what + ": root egress, tree / star"
 		t1.Value = star.Fleet.All / tree.Fleet.All
 		t1.Measured, t1.Pass = fmt.Sprintf("%.2fx (%d nodes, %d relays)", t1.Value, tree.Fleet.Nodes, tree.Fleet.Relays), t1.Value >= 5
 		if star.Fleet.RootWritten > 0 && tree.Fleet.RootWritten > 0 {

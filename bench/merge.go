@@ -126,8 +126,8 @@ func (r *Results) mergeTargets(sec string, keys map[string]bool) string {
 func (sc *Scenario) heading() (string, string) {
 	if sc.Key == "relay" {
 		for _, r := range sc.Runs {
-			if r.Fleet != nil && r.Fleet.Nodes > 0 {
-				return fmt.Sprintf("%s, %d nodes", sc.Title, r.Fleet.Nodes), fmt.Sprintf("relay-%d", r.Fleet.Nodes)
+			if f := r.Fleet; f != nil && f.Nodes > 0 {
+				return fmt.Sprintf("%s, %d nodes, %s", sc.Title, f.Nodes, f.Rate), fmt.Sprintf("relay-%d-%s", f.Nodes, strings.Fields(f.Rate)[0])
 			}
 		}
 	}

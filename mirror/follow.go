@@ -144,6 +144,14 @@ func Follow(ctx context.Context, cfg FollowConfig) error {
 	if cfg.Receiver.OutputDir == "" {
 		cfg.Receiver.OutputDir = cfg.Out
 	}
+	if cfg.Receiver.Failover == nil {
+		// The control session and every sync share one current endpoint.
+		f, err := receiver.NewFailover(cfg.Receiver.Endpoint)
+		if err != nil {
+			return err
+		}
+		cfg.Receiver.Failover = f
+	}
 	fl := &follower{cfg: &cfg, trees: map[string]*followed{}, notify: make(chan struct{}, 1)}
 	for _, t := range cfg.Trees {
 		fl.trees[t] = &followed{fl: fl, name: t, poke: make(chan struct{}, 1), switchCh: make(chan manifest.ID, 1)}
@@ -177,11 +185,14 @@ func (fl *follower) emit(e FollowEvent) {
 	}
 }
 
-// control keeps the control session up until ctx ends.
+// control keeps the control session up until ctx ends. With a failover
+// list, receiver.Control moves to the next endpoint when a session fails;
+// the backoff is waited once per round of the list.
 func (fl *follower) control(ctx context.Context) {
 	rc := fl.cfg.Receiver
 	rc.Timeout = fl.cfg.MaxBackoff + time.Second // one dial attempt; this loop retries forever
 	backoff := 100 * time.Millisecond
+	fails := 0
 	for ctx.Err() == nil {
 		connected := false
 		err := receiver.Control(ctx, rc, receiver.ControlConfig{
@@ -197,7 +208,11 @@ func (fl *follower) control(ctx context.Context) {
 			return
 		}
 		if connected {
-			backoff = 100 * time.Millisecond
+			backoff, fails = 100*time.Millisecond, 0
+		}
+		if fails++; fails%rc.Failover.Len() != 0 {
+			fl.emit(FollowEvent{Kind: "disconnected", Err: err, Message: "moving to " + rc.Failover.Current()})
+			continue
 		}
 		fl.emit(FollowEvent{Kind: "disconnected", Err: err, Message: fmt.Sprintf("reconnecting in %v", backoff)})
 		select {
@@ -212,7 +227,7 @@ func (fl *follower) control(ctx context.Context) {
 func (fl *follower) controlEvent(e receiver.ControlEvent) {
 	switch e.Kind {
 	case receiver.ControlConnected:
-		fl.emit(FollowEvent{Kind: "connected", Message: fl.cfg.Receiver.Endpoint})
+		fl.emit(FollowEvent{Kind: "connected", Message: e.Endpoint})
 	case receiver.ControlTree:
 		if f := fl.trees[e.Tree.Name]; f != nil {
 			f.announce(e.Tree, e.Barrier)
@@ -397,6 +412,10 @@ func (f *followed) syncOnce(ctx context.Context) error {
 		BeforeSwitch: f.beforeSwitch, Events: func(e Event) {
 			if e.Kind == EventSwitch {
 				switchedAt = e.Time // the rename over the stable path (before pruning)
+			}
+			if e.Kind == EventNote && e.Endpoint != "" {
+				// A failover (the control session follows the list).
+				f.fl.emit(FollowEvent{Kind: "note", Tree: f.name, Message: e.Message})
 			}
 		}}
 	start := time.Now()

@@ -129,6 +129,7 @@ type Event struct {
 	Seq        uint64
 	Path       string // drift: the path in the tree
 	Message    string
+	Endpoint   string // a note of a failover (several endpoints): the server now in use
 	FilesDone  int
 	FilesTotal int
 	BytesDone  int64 // bytes of the version in place (fetched, reused or in flight)
@@ -194,7 +195,19 @@ func (c *Config) setDefaults() error {
 	if c.Out == "" {
 		c.Out = "."
 	}
-	return ValidTree(c.Tree)
+	if err := ValidTree(c.Tree); err != nil {
+		return err
+	}
+	if c.Receiver.Failover == nil {
+		// One failover state for every session of the sync: after the
+		// LIST found the second endpoint alive, the fetches start there.
+		f, err := receiver.NewFailover(c.Receiver.Endpoint)
+		if err != nil {
+			return err
+		}
+		c.Receiver.Failover = f
+	}
+	return nil
 }
 
 // ValidTree checks a tree name: one valid path component, not ".zsnd".

@@ -39,14 +39,34 @@ func Sync(ctx context.Context, cfg Config) (Result, error) {
 	}
 	defer l.close()
 	s := &syncer{cfg: &cfg, l: l, res: &res}
+	fo := cfg.Receiver.Failover
+	moved := 0
 	for attempt := 1; ; attempt++ {
+		ep := fo.Current()
 		err = s.once(ctx)
 		if errors.Is(err, receiver.ErrGone) && attempt < maxGone && ctx.Err() == nil {
 			s.emit(Event{Kind: EventNote, Message: fmt.Sprintf("version %s is gone from the server; moving to the latest", res.Version.Short())})
 			continue
 		}
+		if lied(err) && ctx.Err() == nil && moved < fo.Len()-1 {
+			// The server sent what the version id disowns: ask the next
+			// endpoint of the list (each at most once per sync). Nothing
+			// from it was switched to; what it staged is re-hashed before
+			// any reuse.
+			moved++
+			next := fo.Next(ep)
+			s.emit(Event{Kind: EventNote, Endpoint: next, Message: fmt.Sprintf("%s sent data that failed verification (%v); moving to %s", ep, err, next)})
+			continue
+		}
 		return res, err
 	}
+}
+
+// lied reports whether a sync failed because of what the server sent: a
+// bad manifest, a staged tree that does not give the version id, data
+// failing BLAKE3 beyond the retry budget, or a protocol violation.
+func lied(err error) bool {
+	return errors.Is(err, ErrBadManifest) || errors.Is(err, ErrMismatch) || errors.Is(err, receiver.ErrVerify) || errors.Is(err, receiver.ErrProtocol)
 }
 
 // syncer is one sync's state.
@@ -98,7 +118,11 @@ func (s *syncer) recvEvent(e receiver.Event) {
 		}
 	case receiver.EventReconnect, receiver.EventRestart:
 		s.mu.Unlock()
-		s.emit(Event{Kind: EventNote, Message: strings.TrimSpace(e.Name + " " + e.Message)})
+		ev := Event{Kind: EventNote, Message: strings.TrimSpace(e.Name + " " + e.Message)}
+		if fo := s.cfg.Receiver.Failover; e.Kind == receiver.EventReconnect && fo.Len() > 1 {
+			ev.Endpoint = fo.Current() // the receiver moved the list before telling
+		}
+		s.emit(ev)
 		return
 	default:
 		s.mu.Unlock()

@@ -432,6 +432,11 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 		s.retire(t)
 		if err := t.checkEnd(m); err != nil {
 			s.drainTask(t)
+			if !t.done {
+				if se := s.elsewhere(t, err, true); se != nil {
+					return se
+				}
+			}
 			s.c.fail(t, err, true)
 			s.issueGets()
 			return nil
@@ -579,6 +584,9 @@ func (s *conn) chunkRetry(t *task, off int64, cause error) *sessionError {
 	}
 	attempts := s.c.cfg.Retries + 1
 	if n >= attempts {
+		if se := s.elsewhere(t, fmt.Errorf("%w (%d attempts)", cause, n), false); se != nil {
+			return se
+		}
 		s.c.fail(t, fmt.Errorf("%w (%d attempts; the %d bytes verified before it are kept)", cause, n, t.next), false)
 		s.issueGets()
 		return nil
@@ -602,6 +610,11 @@ func (s *conn) restartFile(t *task, cause error) *sessionError {
 		return nil // a write error applied while draining failed it already
 	}
 	if t.restarts > s.c.cfg.Restarts {
+		if errors.Is(cause, ErrVerify) {
+			if se := s.elsewhere(t, fmt.Errorf("%w (started over %d times)", cause, s.c.cfg.Restarts), true); se != nil {
+				return se
+			}
+		}
 		s.c.fail(t, fmt.Errorf("%w; gave up after starting over %d times", cause, s.c.cfg.Restarts), true)
 		s.issueGets()
 		return nil
@@ -612,6 +625,26 @@ func (s *conn) restartFile(t *task, cause error) *sessionError {
 	t.b.restarted()
 	s.get(t, 0, protocol.Tag{}, false)
 	return nil
+}
+
+// elsewhere ends the session when t failed verification beyond its budget
+// and the failover list has another endpoint in rotation: this server (or
+// the path to it) is dropped, and t is asked of the next one with fresh
+// budgets, from what it verified (from zero if discard: the whole file
+// did not match). Nil when there is no other endpoint: t fails as it
+// would with one.
+func (s *conn) elsewhere(t *task, cause error, discard bool) *sessionError {
+	if s.c.rot.live() < 2 {
+		return nil
+	}
+	if discard {
+		t.restart()
+		t.b.restarted()
+	}
+	t.b.fails, t.restarts = 0, 0
+	s.c.emit(Event{Kind: EventRestart, Name: t.name, Path: t.dest, Err: cause,
+		Message: fmt.Sprintf("%v; asking the next server of the list", cause)})
+	return &sessionError{err: fmt.Errorf("%s sent data that failed verification: %w", s.c.rot.endpoint(), cause)}
 }
 
 // failFile fails one file for a local reason (I/O at the destination),

@@ -47,14 +47,22 @@ func IsRetryable(err error) bool {
 	return errors.As(err, &r)
 }
 
-// dialCtl connects, sends HELLO and waits for WELCOME at version 2.
-func dialCtl(ctx context.Context, cfg *Config, dialBy time.Time) (*ctl, error) {
-	ep, err := zsock.Endpoint(cfg.Endpoint)
-	if err != nil {
-		return nil, err
+// dialCtl connects to the endpoint at index i of cfg.Failover, sends
+// HELLO and waits for WELCOME at version 2. With one endpoint it dials
+// until dialBy; with a failover list, once (bounded by PeerTimeout), so
+// that the caller moves to the next endpoint promptly.
+func dialCtl(ctx context.Context, cfg *Config, i int, dialBy time.Time) (*ctl, error) {
+	f := cfg.Failover
+	ep, name := f.dial[i], f.eps[i]
+	retries := -1
+	if f.Len() > 1 {
+		retries = 0
+		if by := time.Now().Add(cfg.PeerTimeout); by.Before(dialBy) {
+			dialBy = by
+		}
 	}
-	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.guardConfig()))
-	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerRetry(100*time.Millisecond), zmq4.WithDialerMaxRetries(-1),
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.guardConfig(i)))
+	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerRetry(100*time.Millisecond), zmq4.WithDialerMaxRetries(retries),
 		zmq4.WithLogger(discardLogger()), zmq4.WithTimeout(cfg.PeerTimeout))
 	c := &ctl{cfg: cfg, sock: sock, cancel: cancel, version: protocol.Version1}
 	dialed := make(chan error, 1)
@@ -65,13 +73,13 @@ func dialCtl(ctx context.Context, cfg *Config, dialBy time.Time) (*ctl, error) {
 	case err := <-dialed:
 		if err != nil {
 			c.abort()
-			return nil, retryErr("dialing %s: %v", cfg.Endpoint, err)
+			return nil, retryErr("dialing %s: %v", name, err)
 		}
 	case <-timer.C:
 		cancel()
 		<-dialed
 		c.abort()
-		return nil, retryErr("no connection to %s", cfg.Endpoint)
+		return nil, retryErr("no connection to %s", name)
 	case <-ctx.Done():
 		cancel()
 		<-dialed
@@ -222,10 +230,14 @@ func Status(ctx context.Context, cfg Config, tree string) (FleetStatus, error) {
 	}
 	deadline := time.Now().Add(cfg.Timeout)
 	backoff := 100 * time.Millisecond
+	rot := newRotation(cfg.Failover)
 	for {
-		st, err := statusOnce(ctx, &cfg, tree, deadline)
+		st, err := statusOnce(ctx, &cfg, rot.idx, tree, deadline)
 		if err == nil || !IsRetryable(err) || ctx.Err() != nil {
 			return st, err
+		}
+		if round, _ := rot.failed(nil); !round {
+			continue // the next endpoint of the list, at once
 		}
 		if time.Now().Add(backoff).After(deadline) {
 			return st, fmt.Errorf("%w: %v (gave up after %v)", ErrUnreachable, err, cfg.Timeout)
@@ -239,9 +251,9 @@ func Status(ctx context.Context, cfg Config, tree string) (FleetStatus, error) {
 	}
 }
 
-func statusOnce(ctx context.Context, cfg *Config, tree string, dialBy time.Time) (FleetStatus, error) {
+func statusOnce(ctx context.Context, cfg *Config, i int, tree string, dialBy time.Time) (FleetStatus, error) {
 	var st FleetStatus
-	c, err := dialCtl(ctx, cfg, dialBy)
+	c, err := dialCtl(ctx, cfg, i, dialBy)
 	if err != nil {
 		return st, err
 	}
@@ -289,7 +301,7 @@ func Report(ctx context.Context, cfg Config, reports ...protocol.Report) error {
 	if err := cfg.setDefaults(); err != nil {
 		return err
 	}
-	c, err := dialCtl(ctx, &cfg, time.Now().Add(cfg.Timeout))
+	c, err := dialCtl(ctx, &cfg, cfg.Failover.index(), time.Now().Add(cfg.Timeout))
 	if err != nil {
 		return err
 	}
@@ -334,10 +346,11 @@ const (
 
 // ControlEvent is something the server said on a follower's session.
 type ControlEvent struct {
-	Kind    ControlEventKind
-	Tree    TreeInfo
-	Barrier bool
-	Err     error
+	Kind     ControlEventKind
+	Endpoint string // connected: the server of this session
+	Tree     TreeInfo
+	Barrier  bool
+	Err      error
 }
 
 // ControlConfig configures Control.
@@ -366,6 +379,12 @@ const maxUnacked = 256
 // otherwise the reason the session ended (IsRetryable tells whether to
 // try again; a follower always does, with a capped backoff). It dials for
 // at most cfg.Timeout.
+//
+// With a failover list it uses the list's current endpoint; when the
+// session fails it moves the list to the next endpoint (the next call
+// starts there), and when another user of the same Config.Failover moves
+// the list (a sync that found the server lying or gone) it ends the
+// session within a heartbeat, so that control and data stay on one server.
 func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 	if err := cfg.setDefaults(); err != nil {
 		return err
@@ -373,7 +392,18 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 	if cc.ReportEvery <= 0 {
 		cc.ReportEvery = 10 * time.Second
 	}
-	c, err := dialCtl(ctx, &cfg, time.Now().Add(cfg.Timeout))
+	f := cfg.Failover
+	i := f.index()
+	err := control(ctx, &cfg, i, cc)
+	if err != nil && ctx.Err() == nil && f.Len() > 1 {
+		f.advance(i, nil) // a no-op if the list moved already
+	}
+	return err
+}
+
+func control(ctx context.Context, cfg *Config, i int, cc ControlConfig) error {
+	f := cfg.Failover
+	c, err := dialCtl(ctx, cfg, i, time.Now().Add(cfg.Timeout))
 	if err != nil {
 		return err
 	}
@@ -389,7 +419,7 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 			cc.Events(e)
 		}
 	}
-	emit(ControlEvent{Kind: ControlConnected})
+	emit(ControlEvent{Kind: ControlConnected, Endpoint: f.eps[i]})
 	nextReq := uint32(len(cc.Trees) + 1)
 	unacked := map[uint32]string{}
 	send := func(all bool) {
@@ -438,6 +468,10 @@ func Control(ctx context.Context, cfg Config, cc ControlConfig) error {
 			send(false)
 		}
 		msg, err := c.nextOrWake(ctx, wake, func(now time.Time) error {
+			if cur := f.index(); cur != i {
+				c.close()
+				return retryErr("moving from %s to %s", f.eps[i], f.eps[cur])
+			}
 			if now.Sub(lastAll) >= cc.ReportEvery {
 				lastAll = now
 				send(true)

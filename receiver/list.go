@@ -55,46 +55,65 @@ func List(ctx context.Context, cfg Config, tree string) ([]TreeInfo, error) {
 			return nil, fmt.Errorf("%w: %v", ErrRefused, err)
 		}
 	}
-	ep, err := zsock.Endpoint(cfg.Endpoint)
-	if err != nil {
-		return nil, err
-	}
 	// The same clock as Fetch: give up when no attempt connected within
 	// Timeout; say at once that we are connecting, and name the cause.
+	// With a failover list, the next endpoint is tried at once and the
+	// backoff waited once per round (failover.go).
 	deadline := time.Now().Add(cfg.Timeout)
 	backoff := 100 * time.Millisecond
+	rot := newRotation(cfg.Failover)
 	for attempt := 1; ; attempt++ {
-		trees, err, retry := listOnce(ctx, &cfg, ep, tree)
-		if err == nil || !retry || ctx.Err() != nil {
+		trees, err, retry := listOnce(ctx, &cfg, rot, tree)
+		// A refusal of the LIST itself (no such tree) is the answer; any
+		// other final failure is the server's, and the next endpoint of a
+		// failover list is asked.
+		var re *RemoteError
+		answer := errors.As(err, &re) && (re.Code == protocol.CodeNotFound || re.Code == protocol.CodeRefused)
+		if err == nil || ctx.Err() != nil || (!retry && (rot.f.Len() == 1 || answer)) {
 			if ctx.Err() != nil && err != nil {
 				return nil, ctx.Err()
 			}
 			return trees, err
 		}
+		failedAt := rot.endpoint()
+		var drop error
+		if !retry {
+			drop = err
+		}
+		round, more := rot.failed(drop)
+		if !more {
+			return nil, rot.allDropped()
+		}
 		left := time.Until(deadline)
 		if left <= 0 {
-			return nil, fmt.Errorf("%w: %v (gave up after %v)", ErrUnreachable, err, cfg.Timeout)
+			return nil, fmt.Errorf("%w: %v (gave up after %v%s)", ErrUnreachable, err, cfg.Timeout, rot.droppedNote())
 		}
-		wait := min(backoff, left)
+		var wait time.Duration
+		if round {
+			wait = min(backoff, left)
+			if backoff < 2*time.Second {
+				backoff *= 2
+			}
+		}
 		if cfg.Progress != nil {
-			cfg.Progress(Event{Kind: EventReconnect, Time: time.Now(), Endpoint: cfg.Endpoint, Attempt: attempt, RetryIn: wait, Err: err,
-				Message: fmt.Sprintf("connecting to %s: %v; retrying for up to %v", cfg.Endpoint, err, left.Round(100*time.Millisecond))})
+			cfg.Progress(Event{Kind: EventReconnect, Time: time.Now(), Endpoint: failedAt, Attempt: attempt, RetryIn: wait, Err: err,
+				Message: fmt.Sprintf("connecting to %s: %v; retrying for up to %v%s", failedAt, err, left.Round(100*time.Millisecond), rot.nextNote(failedAt))})
 		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(wait):
-		}
-		if backoff < 2*time.Second {
-			backoff *= 2
+		if wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(wait):
+			}
 		}
 	}
 }
 
 // listOnce runs one session: HELLO, LIST, TREE* END, BYE.
 // One dial attempt, bounded by PeerTimeout, so that its cause is known.
-func listOnce(ctx context.Context, cfg *Config, ep, tree string) (_ []TreeInfo, _ error, retry bool) {
-	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.guardConfig()))
+func listOnce(ctx context.Context, cfg *Config, rot *rotation, tree string) (_ []TreeInfo, _ error, retry bool) {
+	ep := rot.dialAddr()
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), cfg.guardConfig(rot.idx)))
 	defer cancel()
 	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerMaxRetries(0),
 		zmq4.WithLogger(discardLogger()), zmq4.WithTimeout(cfg.PeerTimeout))
@@ -109,7 +128,7 @@ func listOnce(ctx context.Context, cfg *Config, ep, tree string) (_ []TreeInfo, 
 			if errors.Is(err, guard.ErrServerKey) || errors.Is(err, guard.ErrClientRefused) || errors.Is(err, guard.ErrMechanism) {
 				// CURVE: final, as for Fetch (wrong key, key refused, or a
 				// mechanism on one side only).
-				c := &client{cfg: *cfg}
+				c := &client{cfg: *cfg, rot: rot, helloDrops: make([]int, rot.f.Len())}
 				return nil, c.dialError(err).err, false
 			}
 			return nil, errors.New(dialCause(err)), true

@@ -27,6 +27,9 @@
 //	new session is dialled; each GET then carries the verified length and
 //	the version tag, so the transfer resumes. Reconnecting gives up when
 //	Timeout passes without verified data (see budget.go for every bound).
+//	With a failover list (Config.Endpoint "EP1,EP2,...", failover.go) the
+//	new session goes to the next endpoint, at once; the reconnect delay is
+//	waited once per round of the list, and the clocks are the fetch's.
 //
 // # Partial state
 //
@@ -67,8 +70,15 @@ import (
 
 // Config configures Fetch. Zero values take the documented defaults.
 type Config struct {
-	// Endpoint of the server: tcp://HOST:PORT or ipc://PATH.
+	// Endpoint of the server: tcp://HOST:PORT or ipc://PATH, or a
+	// comma-separated list of them, servers of the same content tried in
+	// turn (failover.go; an endpoint listed twice is an error).
 	Endpoint string
+	// Failover, if set, is used instead of Endpoint and shared by every
+	// call made with a copy of this Config: each starts at its current
+	// endpoint and moves it on failover (NewFailover). Nil: each call
+	// parses Endpoint and starts at its first endpoint.
+	Failover *Failover
 	// OutputDir receives the files; default ".". It must exist.
 	OutputDir string
 	// Timeout bounds how long the server may stay lost before Fetch gives
@@ -118,7 +128,9 @@ type Config struct {
 	// chunk offset, so a long file over a noisy link completes. Past it the
 	// file fails with ErrVerify and its verified prefix is kept, so the
 	// same fetch run again resumes. It also bounds the sessions ended by a
-	// protocol violation of the server (ErrProtocol past it).
+	// protocol violation of the server (ErrProtocol past it). With a
+	// failover list, a spent budget first moves the file to the next
+	// endpoint, with budgets afresh (failover.go).
 	Retries int
 	// Restarts is how many times a file may be started over from zero
 	// within one fetch: ERROR 409 (the source changed while being sent), a
@@ -146,17 +158,35 @@ type Config struct {
 type CurveClient struct {
 	// ServerKey is the server's long-term public key, pinned.
 	ServerKey [32]byte
+	// ServerKeys, if not empty, pins one key per endpoint of a failover
+	// list, by position (relays each hold their own key); it must be as
+	// long as the list, and ServerKey is then unused.
+	ServerKeys [][32]byte
 	// PublicKey and SecretKey are this receiver's long-term pair, which
 	// the server authorizes. Both zero: a fresh pair for each Fetch (only
 	// a server that allows any key accepts it).
 	PublicKey, SecretKey [32]byte
 }
 
-// guardConfig is the transport configuration of a session.
-func (c *Config) guardConfig() guard.Config {
+// guardConfig is the transport configuration of a session with the
+// endpoint at index i of the failover list.
+func (c *Config) guardConfig(i int) guard.Config {
 	g := c.Limits.guard()
 	g.CurveClient = c.curve
+	if c.curve != nil && len(c.Curve.ServerKeys) > 0 {
+		cc := *c.curve
+		cc.ServerKey = c.Curve.ServerKeys[i]
+		g.CurveClient = &cc
+	}
 	return g
+}
+
+// serverKey is the key pinned for the endpoint at index i.
+func (c *Config) serverKey(i int) [32]byte {
+	if len(c.Curve.ServerKeys) > 0 {
+		return c.Curve.ServerKeys[i]
+	}
+	return c.Curve.ServerKey
 }
 
 // Limits bounds the transport below ZSND: what a server can make the
@@ -178,8 +208,15 @@ func (l Limits) guard() guard.Config {
 }
 
 func (c *Config) setDefaults() error {
-	if c.Endpoint == "" {
-		return errors.New("no endpoint")
+	if c.Failover == nil {
+		f, err := NewFailover(c.Endpoint)
+		if err != nil {
+			return err
+		}
+		c.Failover = f
+	}
+	if cv := c.Curve; cv != nil && len(cv.ServerKeys) > 0 && len(cv.ServerKeys) != c.Failover.Len() {
+		return fmt.Errorf("%d server keys for %d endpoints: give one key, or one per endpoint in the same order", len(cv.ServerKeys), c.Failover.Len())
 	}
 	if c.OutputDir == "" {
 		c.OutputDir = "."
@@ -300,9 +337,10 @@ type Event struct {
 	// Window is the session's current credit window in bytes (progress
 	// events): the memory the receiver may need for data in flight.
 	Window uint64
-	// Endpoint and Attempt (reconnect events): the server being dialled
-	// and the number of the attempt that failed since data last arrived
-	// (1 for the first).
+	// Endpoint and Attempt (reconnect events): the server that was lost
+	// or could not be reached (with a failover list, Message names the one
+	// tried next) and the number of the attempt that failed since data
+	// last arrived (1 for the first).
 	Endpoint string
 	Attempt  int
 	// RetryIn (reconnect events): the delay before the next attempt.

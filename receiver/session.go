@@ -71,21 +71,21 @@ func Fetch(ctx context.Context, cfg Config, names ...string) ([]Result, error) {
 }
 
 type client struct {
-	cfg      Config
-	endpoint string
-	tasks    []*task
-	byReq    map[uint32]*task // requests of this session, stale ones included
-	dirs     *outDir          // the output directory
-	nextReq  uint32
+	cfg     Config
+	rot     *rotation // the endpoint of the session, and the failover state
+	tasks   []*task
+	byReq   map[uint32]*task // requests of this session, stale ones included
+	dirs    *outDir          // the output directory
+	nextReq uint32
 	// donePrefix: every task before this index is done (see pending).
 	donePrefix int
 	// violations counts sessions ended by a protocol violation; past the
 	// retry budget the server is taken to be broken, not the wire.
 	violations int
 	rate       *rateMeter // verified data, for MinRate
-	// helloDrops counts CURVE connections closed by the server right after
-	// HELLO (see maxHelloDrops).
-	helloDrops int
+	// helloDrops counts, per endpoint, CURVE connections closed by the
+	// server right after HELLO (see maxHelloDrops).
+	helloDrops []int
 }
 
 // sessionError ends a session. retry says whether a new session may help.
@@ -106,25 +106,26 @@ const maxHelloDrops = 3
 // rest is worth retrying.
 func (c *client) dialError(err error) *sessionError {
 	cfg := c.cfg
+	i, ep := c.rot.idx, c.rot.endpoint()
 	if errors.Is(err, guard.ErrHelloDropped) {
 		// Silence after HELLO: a libzmq server with another key, or a
 		// connection lost at that moment. Only a repeat is conclusive.
-		c.helloDrops++
-		if c.helloDrops < maxHelloDrops {
-			return lost("dialing %s: %v", cfg.Endpoint, err)
+		c.helloDrops[i]++
+		if c.helloDrops[i] < maxHelloDrops {
+			return lost("dialing %s: %v", ep, err)
 		}
 	}
 	switch {
 	case errors.Is(err, guard.ErrClientRefused):
-		return &sessionError{err: fmt.Errorf("%w: %s refused our CURVE key %s", ErrKeyRefused, cfg.Endpoint,
+		return &sessionError{err: fmt.Errorf("%w: %s refused our CURVE key %s", ErrKeyRefused, ep,
 			zcert.Fingerprint(cfg.curve.PublicKey))}
 	case errors.Is(err, guard.ErrServerKey):
 		return &sessionError{err: fmt.Errorf("%w: %s does not hold the secret key of server key %s (wrong --server-key, or someone in the middle)",
-			ErrServerKey, cfg.Endpoint, zcert.Fingerprint(cfg.Curve.ServerKey))}
+			ErrServerKey, ep, zcert.Fingerprint(cfg.serverKey(i)))}
 	case errors.Is(err, guard.ErrMechanism) && cfg.Curve != nil:
-		return &sessionError{err: fmt.Errorf("%w: %s does not speak CURVE", ErrServerKey, cfg.Endpoint)}
+		return &sessionError{err: fmt.Errorf("%w: %s does not speak CURVE", ErrServerKey, ep)}
 	case errors.Is(err, guard.ErrMechanism):
-		return &sessionError{err: fmt.Errorf("%w: %s requires CURVE (give its public key with --server-key)", ErrServerKey, cfg.Endpoint)}
+		return &sessionError{err: fmt.Errorf("%w: %s requires CURVE (give its public key with --server-key)", ErrServerKey, ep)}
 	}
 	return lost("%s", dialCause(err))
 }
@@ -135,15 +136,12 @@ func newClient(cfg Config) (*client, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	ep, err := zsock.Endpoint(cfg.Endpoint)
-	if err != nil {
-		return nil, err
-	}
 	out, err := openOutDir(cfg.OutputDir)
 	if err != nil {
 		return nil, err
 	}
-	return &client{cfg: cfg, endpoint: ep, byReq: map[uint32]*task{}, dirs: out}, nil
+	return &client{cfg: cfg, rot: newRotation(cfg.Failover), helloDrops: make([]int, cfg.Failover.Len()),
+		byReq: map[uint32]*task{}, dirs: out}, nil
 }
 
 func lost(format string, args ...any) *sessionError {
@@ -232,13 +230,21 @@ func (c *client) run(ctx context.Context) {
 		}
 		if out.verified {
 			lostAt, backoff, attempt, cause = out.lastHeard, minBackoff, 0, nil
+			c.rot.progressed()
 		}
 		attempt++
 		if cause == nil {
 			cause = serr.err
 		}
+		failedAt := c.rot.endpoint()
+		var drop error
 		if !serr.retry {
-			c.failAll(serr.err, false)
+			drop = serr.err
+			c.violations = 0 // the next endpoint has a budget of its own
+		}
+		round, more := c.rot.failed(drop)
+		if !more {
+			c.failAll(c.rot.allDropped(), false)
 			return
 		}
 		if err := c.tooSlow(time.Now()); err != nil {
@@ -253,28 +259,37 @@ func (c *client) run(ctx context.Context) {
 			if cause.Error() != why {
 				why = fmt.Sprintf("%v; last: %v", cause, serr.err)
 			}
-			c.failAll(fmt.Errorf("%w: %s (gave up after %v without verified data)", ErrUnreachable, why, c.cfg.Timeout), false)
+			c.failAll(fmt.Errorf("%w: %s (gave up after %v without verified data%s)", ErrUnreachable, why, c.cfg.Timeout,
+				c.rot.droppedNote()), false)
 			return
 		}
-		wait := backoff
-		if serr.retryAfter > 0 {
-			wait = serr.retryAfter
+		// The backoff is waited once per round of the endpoint list: the
+		// next endpoint of the list is tried at once.
+		var wait time.Duration
+		if round {
+			wait = backoff
+			if serr.retryAfter > 0 {
+				wait = serr.retryAfter
+			}
+			backoff = min(2*backoff, maxBackoff)
 		}
 		left := max(time.Until(lostAt.Add(c.cfg.Timeout)), 0)
 		wait = min(wait, left)
-		msg := fmt.Sprintf("connecting to %s: %v; retrying for up to %v", c.cfg.Endpoint, serr.err, left.Round(100*time.Millisecond))
+		next := c.rot.nextNote(failedAt)
+		msg := fmt.Sprintf("connecting to %s: %v; retrying for up to %v%s", failedAt, serr.err, left.Round(100*time.Millisecond), next)
 		if out.connected {
-			msg = fmt.Sprintf("session with %s lost: %v; reconnecting in %v (attempt %d; giving up in %v without data)",
-				c.cfg.Endpoint, serr.err, wait.Round(time.Millisecond), attempt+1, left.Round(100*time.Millisecond))
+			msg = fmt.Sprintf("session with %s lost: %v; reconnecting in %v (attempt %d; giving up in %v without data)%s",
+				failedAt, serr.err, wait.Round(time.Millisecond), attempt+1, left.Round(100*time.Millisecond), next)
 		}
-		c.emit(Event{Kind: EventReconnect, Endpoint: c.cfg.Endpoint, Attempt: attempt, RetryIn: wait, Err: serr.err, Message: msg})
-		select {
-		case <-ctx.Done():
-			c.failAll(ctxFailure(ctx), false)
-			return
-		case <-time.After(wait):
+		c.emit(Event{Kind: EventReconnect, Endpoint: failedAt, Attempt: attempt, RetryIn: wait, Err: serr.err, Message: msg})
+		if wait > 0 {
+			select {
+			case <-ctx.Done():
+				c.failAll(ctxFailure(ctx), false)
+				return
+			case <-time.After(wait):
+			}
 		}
-		backoff = min(2*backoff, maxBackoff)
 	}
 }
 
@@ -319,14 +334,14 @@ func (c *client) session(ctx context.Context) (sessionOutcome, *sessionError) {
 		t.req = 0
 	}
 	clear(c.byReq)
-	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), c.cfg.guardConfig()))
+	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), c.cfg.guardConfig(c.rot.idx)))
 	defer cancel()
 	sock := zmq4.NewDealer(sockCtx, zmq4.WithDialerMaxRetries(0),
 		zmq4.WithLogger(discardLogger()), zmq4.WithTimeout(c.cfg.PeerTimeout))
 	defer sock.Close()
 
 	dialed := make(chan error, 1)
-	go func() { dialed <- sock.Dial(c.endpoint) }()
+	go func() { dialed <- sock.Dial(c.rot.dialAddr()) }()
 	timer := time.NewTimer(c.cfg.PeerTimeout)
 	defer timer.Stop()
 	select {
@@ -334,7 +349,7 @@ func (c *client) session(ctx context.Context) (sessionOutcome, *sessionError) {
 		if err != nil {
 			return sessionOutcome{}, c.dialError(err)
 		}
-		c.helloDrops = 0 // the handshake completed: the key is right
+		c.helloDrops[c.rot.idx] = 0 // the handshake completed: the key is right
 	case <-timer.C:
 		cancel()
 		<-dialed

@@ -37,6 +37,14 @@ A NAME that is a tree the server publishes is mirrored: DIR/TREE becomes a
 symlink to a complete, verified version, switched atomically; unchanged
 files are reused locally, only new and changed ones are fetched.
 
+ENDPOINT may be a comma-separated list of servers of the same content (a
+root and its relays): tcp://relay1:5555,tcp://relay2:5555. zrecv starts
+with the first and moves to the next, at once, when one cannot be reached,
+falls silent, ends the session or (--follow) sends data that fails
+verification; the --timeout clock is the same whichever server serves.
+With CURVE, --server-key takes one key for all of them or one per endpoint,
+comma-separated, in the same order.
+
 Examples (each fetches what the same example in zsend --help serves):
   zrecv tcp://127.0.0.1:5555 big.iso                       fetch big.iso into .
   zrecv -o /srv/conf tcp://cfg1:5555 app/app.conf          a file below a served directory
@@ -87,7 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		peerTO    = fs.Duration("peer-timeout", 10*time.Second, "a server silent this long is considered gone")
 		showVer   = fs.Bool("version", false, "print the version and exit")
 		tf        treeFlags
-		serverKey = fs.String("server-key", "", "CURVE: the server's public key (40-char Z85 or a certificate file); turns CURVE on")
+		serverKey = fs.String("server-key", "", "CURVE: the server's public key (40-char Z85 or a certificate file), or one per ENDPOINT, comma-separated; turns CURVE on")
 		curveSec  = fs.String("curve-secret", "", "CURVE: this client's secret certificate (default: a fresh key per run)")
 		keygen    = fs.String("keygen", "", "write a new CURVE key pair to PATH and PATH_secret (mode 0600), print the public key and exit")
 	)
@@ -153,11 +161,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	var curve *receiver.CurveClient
 	if *serverKey != "" {
-		k, err := zcert.ParsePublic(*serverKey)
+		keys, err := serverKeys(*serverKey)
 		if err != nil {
 			return usageErr(fmt.Errorf("--server-key: %w", err))
 		}
-		curve = &receiver.CurveClient{ServerKey: k}
+		curve = &receiver.CurveClient{ServerKey: keys[0]}
+		if len(keys) > 1 {
+			if eps, err := endpoint.CheckList(fs.Arg(0)); err == nil && len(eps) != len(keys) {
+				return usageErr(fmt.Errorf("--server-key: %d keys for %d endpoints (give one key, or one per endpoint in the same order)", len(keys), len(eps)))
+			}
+			curve.ServerKeys = keys
+		}
 		if *curveSec != "" {
 			cert, err := zcert.LoadSecret(*curveSec)
 			if err != nil {
@@ -181,7 +195,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if fs.NArg() < 1 || fs.NArg() > 2 {
 			return usageErr(errors.New("--list takes an ENDPOINT and at most one TREE"))
 		}
-		if err := endpoint.Check(fs.Arg(0), false); err != nil {
+		if _, err := endpoint.CheckList(fs.Arg(0)); err != nil {
 			return usageErr(err)
 		}
 		return list(ctx, fs.Args(), receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Timeout: *timeout,
@@ -191,7 +205,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if fs.NArg() < 2 {
 			return usageErr(errors.New("--follow needs an ENDPOINT and at least one TREE"))
 		}
-		if err := endpoint.Check(fs.Arg(0), false); err != nil {
+		if _, err := endpoint.CheckList(fs.Arg(0)); err != nil {
 			return usageErr(err)
 		}
 		if tf.serve != "" {
@@ -205,7 +219,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() < 2 {
 		return usageErr(errors.New("need an ENDPOINT and at least one NAME"))
 	}
-	if err := endpoint.Check(fs.Arg(0), false); err != nil {
+	if _, err := endpoint.CheckList(fs.Arg(0)); err != nil {
 		return usageErr(err)
 	}
 	win, err := cli.ParseSize(*window)
@@ -230,6 +244,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		MinRate: rate, RateWindow: *rateWin, Deadline: *deadline,
 		Curve: curve,
 	}
+	// One failover state for the probe, the sync or fetch and the report:
+	// each starts at the server the one before found alive.
+	if cfg.Failover, err = receiver.NewFailover(cfg.Endpoint); err != nil {
+		return usageErr(err)
+	}
 	if fs.NArg() == 2 {
 		if code, done, err := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr, func(e receiver.Event) {
 			if e.Kind == receiver.EventReconnect {
@@ -253,4 +272,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	rep.Summary(results, time.Since(start), code)
 	return code
+}
+
+// serverKeys reads --server-key: one key (Z85 or a certificate file), or a
+// comma-separated list of them, one per endpoint of a failover list.
+func serverKeys(arg string) ([][32]byte, error) {
+	if k, err := zcert.ParsePublic(arg); err == nil || !strings.Contains(arg, ",") {
+		return [][32]byte{k}, err
+	}
+	var keys [][32]byte
+	for _, a := range strings.Split(arg, ",") {
+		k, err := zcert.ParsePublic(strings.TrimSpace(a))
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }

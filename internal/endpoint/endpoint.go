@@ -76,3 +76,59 @@ func Check(ep string, bind bool) error {
 	}
 	return nil
 }
+
+// Split cuts a failover list "EP1,EP2,..." into its endpoints. A comma
+// separates two endpoints only where what follows it (after optional
+// blanks) starts with a scheme, SCHEME://; any other comma is part of an
+// endpoint, so that one ipc:// path holding a comma is still one endpoint.
+// Blanks around each endpoint are removed; nothing else is checked.
+func Split(list string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(list); i++ {
+		if list[i] == ',' && schemeAt(strings.TrimLeft(list[i+1:], " \t")) {
+			out = append(out, strings.TrimSpace(list[start:i]))
+			start = i + 1
+		}
+	}
+	return append(out, strings.TrimSpace(list[start:]))
+}
+
+// schemeAt reports whether s starts with SCHEME:// (a letter, then
+// letters, digits, '+', '-' or '.').
+func schemeAt(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+		case i > 0 && (c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.'):
+		case i > 0 && c == ':':
+			return strings.HasPrefix(s[i:], "://")
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// CheckList validates a failover list to connect to (Split, then Check
+// each endpoint) and returns its endpoints in order. An endpoint listed
+// twice is refused: the list is an order of preference, and a repeat is
+// almost always a typo for another endpoint. Errors wrap ErrInvalid.
+func CheckList(list string) ([]string, error) {
+	eps := Split(list)
+	seen := make(map[string]bool, len(eps))
+	for _, ep := range eps {
+		if err := Check(ep, false); err != nil {
+			if len(eps) > 1 {
+				return nil, fmt.Errorf("in the list %q: %w", list, err)
+			}
+			return nil, err
+		}
+		if seen[ep] {
+			return nil, fmt.Errorf("%w %q: listed twice in %q", ErrInvalid, ep, list)
+		}
+		seen[ep] = true
+	}
+	return eps, nil
+}

@@ -59,3 +59,31 @@ func TestCheck(t *testing.T) {
 		}
 	}
 }
+
+func TestSplitAndCheckList(t *testing.T) {
+	split := []struct {
+		in   string
+		want []string
+	}{
+		{"tcp://a:1", []string{"tcp://a:1"}},
+		{"tcp://a:1,tcp://b:2", []string{"tcp://a:1", "tcp://b:2"}},
+		{"tcp://a:1, ipc:///x", []string{"tcp://a:1", "ipc:///x"}},
+		{"ipc:///tmp/a,b.sock", []string{"ipc:///tmp/a,b.sock"}},
+		{"ipc:///tmp/a,b.sock,tcp://[::1]:5", []string{"ipc:///tmp/a,b.sock", "tcp://[::1]:5"}},
+		{"bad-endpoint,tcp://b:2", []string{"bad-endpoint", "tcp://b:2"}},
+		{"tcp://a:1,,tcp://b:2", []string{"tcp://a:1,", "tcp://b:2"}},
+	}
+	for _, c := range split {
+		if got := Split(c.in); strings.Join(got, "|") != strings.Join(c.want, "|") {
+			t.Errorf("Split(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+	if eps, err := CheckList("tcp://a:1,tcp://b:2"); err != nil || len(eps) != 2 {
+		t.Errorf("CheckList: %q %v", eps, err)
+	}
+	for _, bad := range []string{"bad-endpoint,tcp://b:2", "tcp://a:1,tcp://a:1", "tcp://a:1,", "tcp://a:1,udp://b:2", ""} {
+		if _, err := CheckList(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("CheckList(%q): %v, want ErrInvalid", bad, err)
+		}
+	}
+}

@@ -241,6 +241,10 @@ func (s *Server) loop() {
 			if ss != nil {
 				ss.send(&protocol.Pong{Token: m.Token})
 			}
+		case *protocol.Report:
+			if ss != nil { // accepted, as a server with a fleet table does
+				ss.queue = append(ss.queue, queued{m.Request, &protocol.End{Request: m.Request}})
+			}
 		case *protocol.Bye:
 			delete(s.sessions, id)
 		}

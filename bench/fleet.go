@@ -462,7 +462,7 @@ func (s *Suite) relayRun(ctx context.Context, topo, payload string) (Run, error)
 	case relayBig:
 		tree, src = "relbig", filepath.Join(s.src, "relbig")
 		perNode = c.RelayMB
-		fig.Payload = fmt.Sprintf("a %s version", FormatSize(c.RelayMB))
+		fig.Payload = fmt.Sprintf("%s version", FormatSize(c.RelayMB))
 		// Version 1 is the tree without the big file; it is moved in
 		// before the measured publish and out again after the run.
 		_ = os.Rename(filepath.Join(src, "big.bin"), filepath.Join(s.src, "relbig.bin"))
@@ -930,13 +930,21 @@ func (s *Suite) buildFleets() {
 			if len(c.RelayPayloads) == 0 || slices.Contains(c.RelayPayloads, relayTree) {
 				sources = append(sources, "reltree")
 			}
+			var pd []string
+			if len(c.RelayPayloads) == 0 || slices.Contains(c.RelayPayloads, relayBig) {
+				pd = append(pd, fmt.Sprintf("a %s version (one new file)", FormatSize(c.RelayMB)))
+			}
+			if len(c.RelayPayloads) == 0 || slices.Contains(c.RelayPayloads, relayTree) {
+				pd = append(pd, fmt.Sprintf("one %s file changed in a tree of %d files of 0-%s", FormatSize(1024), c.RelayFiles, FormatSize(c.RelayFileMax)))
+			}
+			payloadDesc := "Payload: " + strings.Join(pd, "; and ") + ". "
 			sc := &Scenario{Key: "relay", Sources: sources, Rounds: 1,
 				Bytes: int64(c.RelayN)*(c.RelayMB+s.relTreeBytes) + int64(c.RelayN*c.RelayFiles)*20000,
 				Title: "Relays: star versus tree",
 				Desc: fmt.Sprintf("%d receiving nodes, each a separate `zrecv --follow` process on loopback, every server (the root zsend and each relay) "+
 					"limited with `--rate-limit %s` (where the binaries have the flag: see the rate column). Star: the root serves all %d. Tree: the root serves %d relays (`zrecv --follow --serve`), "+
 					"each relay serves about %d leaves; each leaf has a failover list (its relay, then the next one) where zrecv takes one (see the notes under the table). The relays count among the %d nodes. "+
-					"Two payloads: a %s version (one new file) and one %s file changed in a tree of %d files of 0-%s. "+
+					"%s"+
 					"Each run starts a fresh fleet, waits until every node holds version 1 (untimed), changes the source and sends SIGHUP to the root. "+
 					"Times run from the root's `published` log record to each node's `switched` record (their JSON timestamps; the harness polls nothing). "+
 					"Root egress, two ways, both read just before the SIGHUP and after the last switch: \"root wrote\" is the increase of the root "+
@@ -948,7 +956,7 @@ func (s *Suite) buildFleets() {
 					"processes share this machine's cores. "+
 					"The issue asks for 200 nodes: `RELAY_N=200 ONLY=relay scripts/bench.sh`.",
 					c.RelayN, c.RelayRate, c.RelayN, r, int(math.Round(float64(c.RelayN-r)/float64(r))), c.RelayN,
-					FormatSize(c.RelayMB), FormatSize(1024), c.RelayFiles, FormatSize(c.RelayFileMax))}
+					payloadDesc)}
 			payloads := s.cfg.RelayPayloads
 			if len(payloads) == 0 {
 				payloads = []string{relayBig, relayTree}
@@ -1062,7 +1070,7 @@ func (r *Results) writeFleet(p func(string, ...any), sc *Scenario) {
 			if f.Bound > 0 {
 				bound = fmtS(f.Bound)
 			}
-			p("| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", f.Topology, f.Payload, f.Nodes, f.Relays, f.Rate,
+			p("| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", f.Topology, strings.TrimPrefix(f.Payload, "a "), f.Nodes, f.Relays, f.Rate,
 				fmtS(f.All), bound, fmtS(f.P50), fmtS(f.P99), fmtBytes(f.RootWritten), fmtBytes(f.RootFileBytes),
 				fmtF(roleRSS(*run, "sender"), 1), fmtF(roleRSS(*run, "relay"), 1), fmtF(roleRSS(*run, "receiver"), 1))
 		}
@@ -1085,11 +1093,14 @@ func (r *Results) writeFleet(p func(string, ...any), sc *Scenario) {
 		p("\nRatios star / tree:\n\n")
 		for _, what := range []string{"version", "one file"} {
 			star, tree := relayPair(sc, what)
+			if star == nil && tree == nil {
+				continue
+			}
 			if star == nil || tree == nil {
 				p("- %s: not measured (both topologies needed)\n", what)
 				continue
 			}
-			p("- %s: time until every node switched **%.2fx** (p50 %.2fx, p99 %.2fx)", star.Fleet.Payload, star.Fleet.All/tree.Fleet.All,
+			p("- %s: time until every node switched **%.2fx** (p50 %.2fx, p99 %.2fx)", strings.TrimPrefix(star.Fleet.Payload, "a "), star.Fleet.All/tree.Fleet.All,
 				star.Fleet.P50/tree.Fleet.P50, star.Fleet.P99/tree.Fleet.P99)
 			if star.Fleet.RootWritten > 0 && tree.Fleet.RootWritten > 0 {
 				p("; root egress tree / star **%.3f** (%s vs %s)", float64(tree.Fleet.RootWritten)/float64(star.Fleet.RootWritten),

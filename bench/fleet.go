@@ -211,6 +211,21 @@ func waitFleet(nodes []*fnode, seq uint64, deadline time.Time) error {
 	}
 }
 
+// checkSpace fails if the file system holding dir has less than need
+// bytes (plus a 10% margin) free.
+func checkSpace(dir string, need int64) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return nil // cannot tell: let the run find out
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if need+need/10 > free {
+		return fmt.Errorf("not enough disk space in %s: the nodes' copies need about %s, %s free (lower RELAY_N/PROP_N or the payload)",
+			dir, FormatSize(need), FormatSize(free))
+	}
+	return nil
+}
+
 // dirSizes maps every regular file below dir to its size.
 func dirSizes(dir string) map[string]int64 {
 	m := map[string]int64{}
@@ -500,6 +515,14 @@ func (s *Suite) relayRun(ctx context.Context, topo, payload string) (Run, error)
 	}
 	s.logf("[relay] %s, %s: %d nodes, rate %s", topo, fig.Payload, n, fig.Rate)
 	rootFlags = append(rootFlags, "--max-sessions", strconv.Itoa(max(256, 2*n+64)))
+	// Every node keeps its copies: refuse to fill the disk.
+	need := int64(n)*(perNode+2*s.relTreeBytes) + 2*(perNode+s.relTreeBytes)
+	if payload == relayBig {
+		need = int64(n+2) * perNode
+	}
+	if err := checkSpace(s.cfg.Work, need); err != nil {
+		return run, err
+	}
 	base, err := s.outDir("fleet")
 	if err != nil {
 		return run, err
@@ -677,6 +700,9 @@ func (s *Suite) propagationRun(ctx context.Context) (Run, error) {
 	fig := &FleetFigures{Nodes: c.PropN, RootWritten: -1, RootFileBytes: -1}
 	run := Run{Fleet: fig}
 	tree, src := "proptree", filepath.Join(s.src, "proptree")
+	if err := checkSpace(s.cfg.Work, int64(c.PropN+1)*3*s.propTreeBytes); err != nil {
+		return run, err
+	}
 	base, err := s.outDir("fleet")
 	if err != nil {
 		return run, err

@@ -516,7 +516,8 @@ func (s *Suite) relayRun(ctx context.Context, topo, payload string) (Run, error)
 	s.logf("[relay] %s, %s: %d nodes, rate %s", topo, fig.Payload, n, fig.Rate)
 	rootFlags = append(rootFlags, "--max-sessions", strconv.Itoa(max(256, 2*n+64)))
 	// Every node keeps its copies: refuse to fill the disk.
-	need := int64(n)*(perNode+2*s.relTreeBytes) + 2*(perNode+s.relTreeBytes)
+	treeCost := s.relTreeBytes + int64(c.RelayFiles)*4096 // a block per small file at least
+	need := int64(n+2) * 2 * treeCost
 	if payload == relayBig {
 		need = int64(n+2) * perNode
 	}
@@ -700,7 +701,7 @@ func (s *Suite) propagationRun(ctx context.Context) (Run, error) {
 	fig := &FleetFigures{Nodes: c.PropN, RootWritten: -1, RootFileBytes: -1}
 	run := Run{Fleet: fig}
 	tree, src := "proptree", filepath.Join(s.src, "proptree")
-	if err := checkSpace(s.cfg.Work, int64(c.PropN+1)*3*s.propTreeBytes); err != nil {
+	if err := checkSpace(s.cfg.Work, int64(c.PropN+1)*3*(s.propTreeBytes+int64(c.PropFiles)*4096)); err != nil {
 		return run, err
 	}
 	base, err := s.outDir("fleet")

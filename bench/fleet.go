@@ -1117,8 +1117,8 @@ func (r *Results) writeFleet(p func(string, ...any), sc *Scenario) {
 				}
 			}
 		}
-		p("\nWhen the rate bound asks more of all the nodes together than this machine can verify, write and fsync (the \"together\" figures above), "+
-			"the tree's time measures the machine's cores and disk, not the topology or the rate limit; a lower `RELAY_RATE` with a smaller `RELAY_MB` "+
+		p("\nWhen the rate bound asks more of all the nodes together than this machine can verify, write and fsync (the \"together\" figures above), " +
+			"the tree's time measures the machine's cores and disk, not the topology or the rate limit; a lower `RELAY_RATE` with a smaller `RELAY_MB` " +
 			"keeps the rate limit the bottleneck, as a network card would be.\n")
 		p("\nRatios star / tree:\n\n")
 		for _, what := range []string{"version", "one file"} {

@@ -94,6 +94,12 @@ func canonRole(r string) string {
 	if strings.HasPrefix(r, "receiver ") {
 		return "receiver"
 	}
+	if strings.HasPrefix(r, "relay ") {
+		return "relay"
+	}
+	if strings.HasPrefix(r, "sender ") {
+		return "sender"
+	}
 	return r
 }
 
@@ -202,6 +208,7 @@ func ratioTarget(scKey, what, goal string, v, min float64) Target {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		t.Missing = true
 		t.Measured = "not measured"
+		t.Value = 0 // JSON has no NaN
 		return t
 	}
 	t.Measured = fmt.Sprintf("%.2fx", v)
@@ -311,7 +318,7 @@ func ComputeTargets(scs []*Scenario) []Target {
 		}
 		ts = append(ts, t)
 	}
-	return append(ts, treeTargets(scs)...)
+	return append(append(ts, treeTargets(scs)...), fleetTargets(scs)...)
 }
 
 // MachineInfo describes the machine, for the report.
@@ -467,7 +474,9 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 		p("**This is a QUICK=1 smoke run: sizes are reduced and there is one round, so the figures and the PASS/FAIL marks are indicative only.** ")
 	}
 	p("Run started %s and took %s.\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Finished.Sub(r.Started).Round(time.Second))
-	p("```sh\nscripts/bench.sh                   # full run: SIZE=1G ROUNDS=3, about 5 minutes on 2 cores\nQUICK=1 scripts/bench.sh           # smoke run, well under a minute, never fails on thresholds\nSIZE=2G ROUNDS=5 ONLY=single scripts/bench.sh\n```\n\n")
+	p("```sh\nscripts/bench.sh                   # full run: SIZE=1G ROUNDS=3, about 5 minutes on 2 cores\nQUICK=1 scripts/bench.sh           # smoke run, well under a minute, never fails on thresholds\nSIZE=2G ROUNDS=5 ONLY=single scripts/bench.sh\n" +
+		"MERGE=1 ONLY=relay RELAY_N=50 scripts/bench.sh        # relays, star versus tree (not in the full run); merged into this file\n" +
+		"MERGE=1 ONLY=propagation PROP_N=50 scripts/bench.sh   # follow-mode propagation (not in the full run); merged into this file\n```\n\n")
 
 	p("## Machine\n\n| | |\n|---|---|\n")
 	for _, kv := range r.Machine {
@@ -513,7 +522,8 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 func mdEscape(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
 
 func (r *Results) writeScenario(p func(string, ...any), sc *Scenario) {
-	p("\n## %s\n\n%s\n\n", sc.Title, sc.Desc)
+	title, id := sc.heading()
+	p("\n## %s\n\n<!-- scenario: %s -->\n%s\n\n", title, id, sc.Desc)
 	roles := []string{}
 	for _, c := range sc.Contenders {
 		a := summarize(sc, c.Name)
@@ -558,6 +568,7 @@ func (r *Results) writeScenario(p func(string, ...any), sc *Scenario) {
 	}
 	p("\n")
 	r.writeRatios(p, sc)
+	r.writeFleet(p, sc)
 	for _, c := range sc.Contenders {
 		a := summarize(sc, c.Name)
 		for _, e := range a.errs {
@@ -583,8 +594,28 @@ func (r *Results) writeScenario(p func(string, ...any), sc *Scenario) {
 	p("\n<details><summary>Per-round figures</summary>\n\n| round | contender | MB/s | time s | other CPU s | per process: CPU s (user+sys), peak RSS MiB |\n|---:|---|---:|---:|---:|---|\n")
 	for _, run := range sc.Runs {
 		var parts []string
+		groups := map[string]*ProcStat{}
+		var order []string
 		for _, pr := range run.Procs {
+			if r := canonRole(pr.Role); len(run.Procs) > 12 && (r == "receiver" || r == "relay") {
+				// A fleet: one entry per role (CPU summed, largest RSS).
+				g := groups[r]
+				if g == nil {
+					g = &ProcStat{Role: r}
+					groups[r] = g
+					order = append(order, r)
+				}
+				g.ExitCode++ // the count of processes
+				g.User += pr.User
+				g.Sys += pr.Sys
+				g.MaxRSS = max(g.MaxRSS, pr.MaxRSS)
+				continue
+			}
 			parts = append(parts, fmt.Sprintf("%s %.2f (%.2f+%.2f), %.1f", pr.Role, pr.CPU(), pr.User, pr.Sys, MiB(pr.MaxRSS)))
+		}
+		for _, r := range order {
+			g := groups[r]
+			parts = append(parts, fmt.Sprintf("%d x %s %.2f in all (%.2f+%.2f), largest %.1f", g.ExitCode, r, g.CPU(), g.User, g.Sys, MiB(g.MaxRSS)))
 		}
 		rate := fmtF(run.Rate(), 0)
 		if run.Err != "" {
@@ -610,10 +641,12 @@ func roleRank(r string) int {
 		return 0
 	case "receiver":
 		return 1
-	case "proxy":
+	case "relay":
 		return 2
+	case "proxy":
+		return 3
 	}
-	return 3
+	return 4
 }
 
 func ratioLine(p func(string, ...any), a, b string, ra, rb float64, target string) {

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -314,12 +315,19 @@ func (p *Proc) Children() []string {
 	return out
 }
 
+// children lists the children of every thread of pid: a child is listed
+// under the thread that forked it, which for a Go program (zrun) need not
+// be the main one.
 func children(pid any) []string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%v/task/%v/children", pid, pid))
-	if err != nil {
-		return nil
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%v/task/*/children", pid))
+	var out []string
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err == nil {
+			out = append(out, strings.Fields(string(b))...)
+		}
 	}
-	return strings.Fields(string(b))
+	return out
 }
 
 func (p *Proc) stat() (ProcStat, error) {
@@ -372,4 +380,32 @@ func KillAll() {
 	for _, p := range ps {
 		p.Kill()
 	}
+}
+
+// LinesFrom returns the stderr lines from index i on (counted from the
+// process's first line) and the index after the last one returned. Lines
+// dropped from the rolling window before i was read are skipped.
+func (p *Proc) LinesFrom(i int) ([]string, int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i = max(i, p.gone)
+	end := p.gone + len(p.lines)
+	if i >= end {
+		return nil, end
+	}
+	return append([]string(nil), p.lines[i-p.gone:]...), end
+}
+
+// ProgramPID is the pid of the measured program itself: zrun's child when
+// started through the Launcher (0 if it is gone), else the process's own.
+func (p *Proc) ProgramPID() int {
+	if p.statFile == "" {
+		return p.PID()
+	}
+	kids := children(p.PID())
+	if len(kids) == 0 {
+		return 0
+	}
+	pid, _ := strconv.Atoi(kids[0])
+	return pid
 }

@@ -45,7 +45,30 @@ type Config struct {
 	TreeDirs    int   // directories they are spread over
 	TreeMax     int64 // largest file of the tree (sizes are uniform in 0..TreeMax)
 	TreeRounds  int
-	TreeMemN    int           // entries of the tree-memory scenario
+	TreeMemN    int // entries of the tree-memory scenario
+	// The relay scenario (issue 12): RelayN receiving nodes; the tree has
+	// RelayRelays relays among them (0: round(sqrt(RelayN))); every server
+	// limited to RelayRate ("" or "0": unlimited); payloads: a RelayMB
+	// version and one file changed in a tree of RelayFiles files of
+	// 0..RelayFileMax bytes; RelayTopologies: star, tree (both if empty).
+	RelayN          int
+	RelayRelays     int
+	RelayRate       string
+	RelayMB         int64
+	RelayFiles      int
+	RelayFileMax    int64
+	RelayTopologies []string
+	RelayPayloads   []string // big, tree (both if empty)
+	// The propagation scenario (issue 10): PropN followers of a tree of
+	// PropFiles files of 0..PropFileMax bytes served with zsend --watch;
+	// PropChanges one-file changes one by one, then PropBulk files at
+	// once, then (PropBarrier) PropChanges changes again with --barrier.
+	PropN       int
+	PropFiles   int
+	PropFileMax int64
+	PropChanges int
+	PropBulk    int
+	PropBarrier bool
 	QuietWait   time.Duration // wait up to this long for other load to settle before each run
 	Only        []string      // scenario keys to run (all if empty)
 
@@ -62,6 +85,8 @@ type Run struct {
 	Procs     []ProcStat `json:"procs"`
 	Rates     []float64  `json:"rates_mbps,omitempty"` // per receiver, MB/s (fan-out)
 	Err       string     `json:"error,omitempty"`
+	// Fleet holds the figures of the fleet scenarios (relay, propagation).
+	Fleet *FleetFigures `json:"fleet,omitempty"`
 	// OtherCPU is CPU time the machine spent during the run outside the
 	// measured processes and the harness: kernel threads (writeback,
 	// softirq) and anything else running. A large value means interference.
@@ -111,6 +136,9 @@ type Suite struct {
 	outSeq    int // makes every output directory a new one
 
 	treeBytes, memTreeBytes int64 // sizes of the generated trees
+	relTreeBytes            int64 // the relay scenario's tree
+	propTreeBytes           int64 // the propagation scenario's tree
+	relRound, propRound     int   // changes made so far (each gives new content)
 }
 
 // NewSuite prepares a suite; Run generates the data and runs it.
@@ -133,7 +161,9 @@ func (s *Suite) logf(format string, args ...any) {
 
 func (s *Suite) want(key string) bool {
 	if len(s.cfg.Only) == 0 {
-		return true
+		// The fleet scenarios run hundreds of processes for minutes:
+		// only when named.
+		return key != "relay" && key != "propagation"
 	}
 	for _, k := range s.cfg.Only {
 		if k == key {
@@ -306,6 +336,9 @@ func (s *Suite) generate() error {
 	if err := s.generateTrees(); err != nil {
 		return err
 	}
+	if err := s.generateFleets(); err != nil {
+		return err
+	}
 	syscall.Sync()
 	return nil
 }
@@ -402,6 +435,7 @@ func (s *Suite) build() {
 		s.Scenarios = append(s.Scenarios, sc)
 	}
 	s.buildTrees()
+	s.buildFleets()
 }
 
 func (s *Suite) runScenario(ctx context.Context, sc *Scenario) error {
@@ -462,7 +496,7 @@ func (s *Suite) runScenario(ctx context.Context, sc *Scenario) error {
 func procSummary(ps []ProcStat) string {
 	var b strings.Builder
 	for _, p := range ps {
-		if strings.HasPrefix(p.Role, "receiver ") {
+		if strings.HasPrefix(p.Role, "receiver ") || strings.HasPrefix(p.Role, "relay ") {
 			continue // fan-out: the per-receiver lines would be noise
 		}
 		fmt.Fprintf(&b, " %s cpu %.2fs rss %.0fMiB;", p.Role, p.CPU(), MiB(p.MaxRSS))

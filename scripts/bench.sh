@@ -17,11 +17,22 @@
 #   TREE_N=10000      tree files (0..TREE_MAX=16K each) in TREE_DIRS=1000 directories; TREE_ROUNDS=3
 #   TREE_MEM_N=100000 entries of the tree-memory scenario
 #   MEM_SIZE=4G       memory-scenario file          MEM_ROUNDS=1
+#   RELAY_N=20        relay scenario (ONLY=relay): receiving nodes, each a zrecv --follow process (the issue asks 200)
+#   RELAY_RELAYS=     relays of the tree topology (default round(sqrt(RELAY_N)))
+#   RELAY_RATE=100M   --rate-limit of every server (root and relays), bytes/s; 0 = unlimited
+#   RELAY_MB=64M      the big version              RELAY_FILES=10000 files of the tree (0..RELAY_FILE_MAX=1K each)
+#   RELAY_TOPOLOGIES= star,tree (default both)      RELAY_PAYLOADS= big,tree (default both: the RELAY_MB version, one file of the tree)
+#   PROP_N=50         propagation scenario (ONLY=propagation): followers of a tree served with zsend --watch
+#   PROP_FILES=10000  files of the tree (0..PROP_FILE_MAX=1K each); PROP_CHANGES=20 one-file changes; PROP_BULK=1000 files at once
+#   PROP_BARRIER=1    then PROP_CHANGES changes again with the root restarted with --barrier (0: skip)
 #   CHUNK=1M          frame/write size of the raw zmq4 and TCP baselines
-#   ONLY=single,fanout,latency,small,memory,tree,treemem        run a subset
+#   ONLY=single,fanout,latency,small,memory,tree,treemem,relay,propagation   run a subset (relay and propagation
+#                     are not in the default run: name them)
 #   OUT=BENCHMARKS.md report path                   JSON=FILE       keep raw results
 #   QUIET_WAIT=10s    before each run, wait up to this long for other load on the machine to settle (QUICK: 0, only record it)
 #   STRICT=1          exit 3 when a target fails (ignored with QUICK=1)
+#   MERGE=1           merge the scenarios run into the existing report (OUT) instead of replacing it:
+#                     MERGE=1 ONLY=relay scripts/bench.sh adds or refreshes the relay section of BENCHMARKS.md
 #   TIMEOUT=3600      seconds before the whole run is aborted
 #   TMPDIR            where the scratch directory goes (sources and outputs: same disk)
 set -euo pipefail
@@ -76,9 +87,14 @@ args=(suite -bin "$work/bin" -work "$work" -o "${OUT:-$root/BENCHMARKS.md}"
   -tree-n "${TREE_N:-10000}" -tree-dirs "${TREE_DIRS:-1000}" -tree-max "${TREE_MAX:-16K}" -tree-rounds "${TREE_ROUNDS:-$d_tree_rounds}" -tree-mem-n "${TREE_MEM_N:-$d_tree_mem}"
   -small-n "${SMALL_N:-1000}" -small-size "${SMALL_SIZE:-4K}" -small-one "${SMALL_ONE:-4M}" -small-rounds "${SMALL_ROUNDS:-$d_small_rounds}"
   -mem-size "${MEM_SIZE:-$d_mem}" -mem-rounds "${MEM_ROUNDS:-1}"
+  -relay-n "${RELAY_N:-20}" -relay-relays "${RELAY_RELAYS:-0}" -relay-rate "${RELAY_RATE:-100M}" -relay-size "${RELAY_MB:-64M}"
+  -relay-files "${RELAY_FILES:-10000}" -relay-file-max "${RELAY_FILE_MAX:-1K}" -relay-topologies "${RELAY_TOPOLOGIES:-}" -relay-payloads "${RELAY_PAYLOADS:-}"
+  -prop-n "${PROP_N:-50}" -prop-files "${PROP_FILES:-10000}" -prop-file-max "${PROP_FILE_MAX:-1K}" -prop-changes "${PROP_CHANGES:-20}"
+  -prop-bulk "${PROP_BULK:-1000}" -prop-barrier="$([ "${PROP_BARRIER:-1}" = 1 ] && echo true || echo false)"
   -quiet-wait "${QUIET_WAIT:-$d_quiet}" -only "${ONLY:-}" -meta "$meta" -timeout "${TIMEOUT:-3600}s")
 [ "$quick" = 1 ] && args+=(-quick)
 [ "${STRICT:-0}" = 1 ] && args+=(-strict)
+[ "${MERGE:-0}" = 1 ] && args+=(-merge)
 [ -n "${JSON:-}" ] && args+=(-json "$JSON")
 
 # Run in the background and wait, so a signal reaches the trap at once.

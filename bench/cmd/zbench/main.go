@@ -224,10 +224,25 @@ func suite(ctx context.Context, args []string) error {
 		treeMax  = fs.String("tree-max", "16K", "largest file of the tree (sizes uniform from 0)")
 		treeR    = fs.Int("tree-rounds", 3, "rounds of the tree scenarios")
 		treeMemN = fs.Int("tree-mem-n", 100000, "entries of the tree-memory scenario")
+		relayN   = fs.Int("relay-n", 20, "relay scenario: receiving nodes (the issue asks 200)")
+		relayR   = fs.Int("relay-relays", 0, "relay scenario: relays of the tree (0: round(sqrt(relay-n)))")
+		relayRt  = fs.String("relay-rate", "100M", "relay scenario: --rate-limit of every server, bytes/s (0: unlimited)")
+		relayMB  = fs.String("relay-size", "64M", "relay scenario: size of the big version")
+		relayF   = fs.Int("relay-files", 10000, "relay scenario: files of the tree")
+		relayFM  = fs.String("relay-file-max", "1K", "relay scenario: largest file of the tree")
+		relayT   = fs.String("relay-topologies", "", "relay scenario: star,tree (default both)")
+		relayP   = fs.String("relay-payloads", "", "relay scenario: big,tree (default both)")
+		propN    = fs.Int("prop-n", 50, "propagation scenario: followers")
+		propF    = fs.Int("prop-files", 10000, "propagation scenario: files of the tree")
+		propFM   = fs.String("prop-file-max", "1K", "propagation scenario: largest file of the tree")
+		propC    = fs.Int("prop-changes", 20, "propagation scenario: one-file changes")
+		propB    = fs.Int("prop-bulk", 1000, "propagation scenario: files of the bulk change")
+		propBar  = fs.Bool("prop-barrier", true, "propagation scenario: also the one-file changes with --barrier")
 		quietW   = fs.Duration("quiet-wait", 0, "before each run, wait up to this long for other load to settle")
-		only     = fs.String("only", "", "comma-separated scenarios: single,fanout,latency,small,memory,tree,treemem")
+		only     = fs.String("only", "", "comma-separated scenarios: single,fanout,latency,small,memory,tree,treemem,relay,propagation")
 		meta     = fs.String("meta", "", "KEY=VALUE;... facts for the report (go, rsync, commit, date)")
 		strict   = fs.Bool("strict", false, "exit 3 if a target fails (never in quick mode)")
+		merge    = fs.Bool("merge", false, "merge this run's scenarios into the existing -o report instead of replacing it")
 		timeout  = fs.Duration("timeout", 2*time.Hour, "abort the whole suite after this long")
 	)
 	fs.Parse(args)
@@ -250,7 +265,16 @@ func suite(ctx context.Context, args []string) error {
 		SmallN: *smallN, SmallSize: parse("small-size", *smallSz), SmallOne: parse("small-one", *smallOne), SmallRounds: *smallR,
 		MemSize: parse("mem-size", *memSize), MemRounds: *memR, QuietWait: *quietW,
 		TreeN: *treeN, TreeDirs: *treeDirs, TreeMax: parse("tree-max", *treeMax), TreeRounds: *treeR, TreeMemN: *treeMemN,
+		RelayN: *relayN, RelayRelays: *relayR, RelayRate: *relayRt, RelayMB: parse("relay-size", *relayMB), RelayFiles: *relayF,
+		RelayFileMax: parse("relay-file-max", *relayFM),
+		PropN:        *propN, PropFiles: *propF, PropFileMax: parse("prop-file-max", *propFM), PropChanges: *propC, PropBulk: *propB, PropBarrier: *propBar,
 		Meta: map[string]string{}, Log: os.Stderr,
+	}
+	if *relayP != "" {
+		cfg.RelayPayloads = strings.Split(*relayP, ",")
+	}
+	if *relayT != "" {
+		cfg.RelayTopologies = strings.Split(*relayT, ",")
 	}
 	if *only != "" {
 		cfg.Only = strings.Split(*only, ",")
@@ -260,7 +284,8 @@ func suite(ctx context.Context, args []string) error {
 			cfg.Meta[strings.TrimSpace(k)] = strings.TrimSpace(v)
 		}
 	}
-	if cfg.Rounds < 1 || cfg.SmallRounds < 1 || cfg.MemRounds < 1 || cfg.FanN < 1 || cfg.SmallN < 1 {
+	if cfg.Rounds < 1 || cfg.SmallRounds < 1 || cfg.MemRounds < 1 || cfg.FanN < 1 || cfg.SmallN < 1 ||
+		cfg.RelayN < 1 || cfg.RelayFiles < 1 || cfg.PropN < 1 || cfg.PropFiles < 1 || cfg.PropChanges < 1 || cfg.PropBulk < 1 || cfg.PropBulk > cfg.PropFiles {
 		return fmt.Errorf("rounds and counts must be >= 1")
 	}
 
@@ -295,7 +320,11 @@ func suite(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	if err := writeReport(res, *out); err != nil {
+	if *merge {
+		if err := mergeReport(res, *out); err != nil {
+			return err
+		}
+	} else if err := writeReport(res, *out); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "\nwrote %s\n", *out)
@@ -343,10 +372,35 @@ func writeReport(res *bench.Results, path string) error {
 	return os.Rename(tmp, path)
 }
 
+// mergeReport merges the run into the report at path (a new report if
+// there is none yet).
+func mergeReport(res *bench.Results, path string) error {
+	old, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return writeReport(res, path)
+	} else if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if err := res.MergeMarkdown(string(old), f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
 func report(args []string) error {
 	fs := flag.NewFlagSet("report", flag.ExitOnError)
 	in := fs.String("json", "", "results file written by zbench suite -json")
 	out := fs.String("o", "BENCHMARKS.md", "Markdown report to write")
+	merge := fs.Bool("merge", false, "merge the results' scenarios into the existing -o report")
 	fs.Parse(args)
 	b, err := os.ReadFile(*in)
 	if err != nil {
@@ -357,5 +411,8 @@ func report(args []string) error {
 		return err
 	}
 	res.Targets = bench.ComputeTargets(res.Scenarios)
+	if *merge {
+		return mergeReport(&res, *out)
+	}
 	return writeReport(&res, *out)
 }

@@ -32,6 +32,7 @@ Usage:
   zrecv --list ENDPOINT [TREE]           the trees served, their latest version
   zrecv --rollback -o DIR TREE           back to the previous kept version (no network)
   zrecv --follow [-o DIR] ENDPOINT TREE...  keep trees on the latest version until SIGTERM
+  zrecv --follow --serve ENDPOINT2 [-o DIR] ENDPOINT TREE...  a relay: also serve them to other zrecv
 
 A NAME that is a tree the server publishes is mirrored: DIR/TREE becomes a
 symlink to a complete, verified version, switched atomically; unchanged
@@ -58,6 +59,11 @@ Examples (each fetches what the same example in zsend --help serves):
 Follow mode:
   zrecv --follow -o /srv --check 'nginx -t -c $ZSND_PATH/nginx.conf' \
         --exec 'systemctl reload nginx' --rollback-on-failure tcp://cfg1:5555 nginx
+
+Relay (serves every version it has verified; nodes below it follow it,
+with another relay as failover):
+  zrecv --follow --serve tcp://0.0.0.0:5556 --rate-limit 100M -o /srv tcp://cfg1:5555 nginx
+  zrecv --follow -o /srv tcp://relay1:5556,tcp://relay2:5556 nginx
 
 Follow mode syncs each TREE to its latest version, then syncs every new
 version the server announces (no polling), reconnecting forever. It reports
@@ -115,7 +121,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&tf.serveSecret, "serve-secret", "", "relay: CURVE secret certificate of the relay's server (towards its children); turns CURVE on there")
 	fs.StringVar(&tf.serveAllow, "serve-allow", "", "relay: directory of authorized child public certificates")
 	fs.BoolVar(&tf.serveAllowAny, "serve-allow-any", false, "relay: accept any child key (encrypted, not authenticated)")
-	fs.StringVar(&tf.serveACL, "serve-acl", "", "relay: access list FILE for the children's keys (same format as zsend --acl)")
+	fs.StringVar(&tf.serveACL, "serve-acl", "", "relay: access list FILE (zsend --acl format) narrowing what the root's access list allows each child key")
 	rateLimit := fs.String("rate-limit", "0", "relay (--follow --serve): most bytes/s its server sends to its children, all together (K, M, G = 1024 multiples; at least 4K); 0: no limit")
 	fs.DurationVar(&tf.lockWait, "lock-wait", 0, "tree mode: wait this long for another zrecv syncing the same tree (default: fail at once)")
 	fs.Usage = func() {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/internal/endpoint"
-	"github.com/zsend/zsend/internal/zcert"
 	"github.com/zsend/zsend/receiver"
 )
 
@@ -165,28 +164,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *keygen != "" {
 		return cli.Keygen("zrecv", *keygen, stdout, stderr)
 	}
-	var curve *receiver.CurveClient
-	if *serverKey != "" {
-		keys, err := serverKeys(*serverKey)
-		if err != nil {
-			return usageErr(fmt.Errorf("--server-key: %w", err))
-		}
-		curve = &receiver.CurveClient{ServerKey: keys[0]}
-		if len(keys) > 1 {
-			if eps, err := endpoint.CheckList(fs.Arg(0)); err == nil && len(eps) != len(keys) {
-				return usageErr(fmt.Errorf("--server-key: %d keys for %d endpoints (give one key, or one per endpoint in the same order)", len(keys), len(eps)))
-			}
-			curve.ServerKeys = keys
-		}
-		if *curveSec != "" {
-			cert, err := zcert.LoadSecret(*curveSec)
-			if err != nil {
-				return usageErr(fmt.Errorf("--curve-secret: %w", err))
-			}
-			curve.PublicKey, curve.SecretKey = cert.Public, cert.Secret
-		}
-	} else if *curveSec != "" {
+	if *serverKey == "" && *curveSec != "" {
 		return usageErr(errors.New("--curve-secret needs --server-key"))
+	}
+	curve, err := cli.CurveClient(*serverKey, *curveSec, fs.Arg(0))
+	if err != nil {
+		return usageErr(err)
 	}
 	if tf.serve != "" && !tf.follow {
 		return usageErr(errors.New("--serve needs --follow (a relay re-serves the trees it follows)"))
@@ -278,21 +261,4 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	rep.Summary(results, time.Since(start), code)
 	return code
-}
-
-// serverKeys reads --server-key: one key (Z85 or a certificate file), or a
-// comma-separated list of them, one per endpoint of a failover list.
-func serverKeys(arg string) ([][32]byte, error) {
-	if k, err := zcert.ParsePublic(arg); err == nil || !strings.Contains(arg, ",") {
-		return [][32]byte{k}, err
-	}
-	var keys [][32]byte
-	for _, a := range strings.Split(arg, ",") {
-		k, err := zcert.ParsePublic(strings.TrimSpace(a))
-		if err != nil {
-			return nil, err
-		}
-		keys = append(keys, k)
-	}
-	return keys, nil
 }

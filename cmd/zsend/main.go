@@ -170,22 +170,12 @@ Exit codes:
 		if err := endpoint.Check(fs.Arg(0), false); err != nil {
 			return fail(cli.ExitUsage, "%v (see zsend --help)", err)
 		}
-		var curve *receiver.CurveClient
-		if *serverKey != "" {
-			k, err := zcert.ParsePublic(*serverKey)
-			if err != nil {
-				return fail(cli.ExitUsage, "--server-key: %v", err)
-			}
-			curve = &receiver.CurveClient{ServerKey: k}
-			if *curveSecret != "" {
-				cert, err := zcert.LoadSecret(*curveSecret)
-				if err != nil {
-					return fail(cli.ExitUsage, "--curve-secret: %v", err)
-				}
-				curve.PublicKey, curve.SecretKey = cert.Public, cert.Secret
-			}
-		} else if *curveSecret != "" {
+		if *serverKey == "" && *curveSecret != "" {
 			return fail(cli.ExitUsage, "with --status, --curve-secret (the operator's key) needs --server-key")
+		}
+		curve, err := cli.CurveClient(*serverKey, *curveSecret, fs.Arg(0))
+		if err != nil {
+			return fail(cli.ExitUsage, "%v", err)
 		}
 		return cli.Status(ctx, receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Heartbeat: *heartbeat, Curve: curve},
 			cli.StatusOptions{JSON: *jsonOut, Wait: *wait, Timeout: *timeout}, stdout, stderr)

@@ -16,6 +16,20 @@ import (
 // every other message with what reply returns.
 func rawServer(t *testing.T, reply func(m protocol.Message) []protocol.Message) string {
 	t.Helper()
+	return rawServerWith(t, rawOptions{reply: reply})
+}
+
+// rawOptions: reply answers messages other than HELLO and PING; helloDelay
+// holds WELCOME back; seen, if set, is told every message decoded, with
+// the version its command frame carried.
+type rawOptions struct {
+	reply      func(m protocol.Message) []protocol.Message
+	helloDelay time.Duration
+	seen       func(m protocol.Message, version uint8)
+}
+
+func rawServerWith(t *testing.T, o rawOptions) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	sock := zmq4.NewRouter(ctx)
 	if err := sock.Listen("tcp://127.0.0.1:0"); err != nil {
@@ -32,18 +46,24 @@ func rawServer(t *testing.T, reply func(m protocol.Message) []protocol.Message) 
 				continue
 			}
 			id := msg.Frames[0]
-			m, _, err := protocol.Decode(msg.Frames[1:])
+			m, v, err := protocol.Decode(msg.Frames[1:])
 			if err != nil {
 				continue
+			}
+			if o.seen != nil {
+				o.seen(m, v)
 			}
 			var out []protocol.Message
 			switch m := m.(type) {
 			case *protocol.Hello:
+				time.Sleep(o.helloDelay)
 				out = []protocol.Message{&protocol.Welcome{Version: 2, ChunkSize: 1 << 20, HeartbeatMS: 200, MaxRequests: 16, PeerID: "liar"}}
 			case *protocol.Ping:
 				out = []protocol.Message{&protocol.Pong{Token: m.Token}}
 			default:
-				out = reply(m)
+				if o.reply != nil {
+					out = o.reply(m)
+				}
 			}
 			for _, o := range out {
 				frames := append([][]byte{id}, protocol.Encode(2, o)...)

@@ -190,26 +190,26 @@ func (t *Table) Update(r Report, now time.Time) error {
 
 // Row returns the latest report of node about tree, if any.
 func (t *Table) Row(nodeName, tree string) (Row, bool) {
+	if _, r := t.find(nodeName, tree); r != nil {
+		return *r, true
+	}
+	return Row{}, false
+}
+
+// find returns node's entry and its row about tree (nil if none).
+func (t *Table) find(nodeName, tree string) (*node, *Row) {
 	n, ok := t.nodes[nodeName]
 	if !ok {
-		return Row{}, false
+		return nil, nil
 	}
-	r, ok := n.trees[tree]
-	if !ok {
-		return Row{}, false
-	}
-	return *r, true
+	return n, n.trees[tree]
 }
 
 // Shown is the row of node about tree as Status shows it at now (LastSeen
 // the node's, Shown Lost when it was not heard from in time, Behind).
 func (t *Table) Shown(nodeName, tree string, now time.Time) (Row, bool) {
-	n, ok := t.nodes[nodeName]
-	if !ok {
-		return Row{}, false
-	}
-	r, ok := n.trees[tree]
-	if !ok {
+	n, r := t.find(nodeName, tree)
+	if r == nil {
 		return Row{}, false
 	}
 	row := *r

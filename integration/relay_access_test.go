@@ -21,38 +21,10 @@ import (
 // lets any child key in at the transport (the root decides the rest).
 func curveRelay(t *testing.T, parentEP string, parentKey, me, serverKey *zcert.Cert, trees ...string) string {
 	t.Helper()
-	rc := fastRecv(parentEP)
-	rc.Curve = curveClient(parentKey, me)
-	ready := make(chan string, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		err := relay.Run(ctx, relay.Config{
-			Follow: mirror.FollowConfig{Receiver: rc, Trees: trees, Out: t.TempDir(), Node: "relay-" + trees[0],
-				MaxBackoff: 500 * time.Millisecond, ReportEvery: time.Second},
-			Serve: sender.Config{Endpoint: "tcp://127.0.0.1:0", Heartbeat: 200 * time.Millisecond, PeerTimeout: 2 * time.Second,
-				Curve: curveServer(serverKey)},
-			Listening: func(s *sender.Server) { ready <- s.Endpoint() }})
-		if err != nil {
-			t.Errorf("relay: %v", err)
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("relay did not stop")
-		}
-	})
-	select {
-	case ep := <-ready:
-		return ep
-	case <-time.After(10 * time.Second):
-		t.Fatal("relay not listening")
-	}
-	return ""
+	return startTreeRelayWith(t, parentEP, "relay-"+trees[0], trees, func(c *relay.Config) {
+		c.Follow.Receiver.Curve = curveClient(parentKey, me)
+		c.Serve.Curve = curveServer(serverKey)
+	}).ep
 }
 
 // The root's access list decides which child of a relay may fetch which

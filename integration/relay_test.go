@@ -32,6 +32,13 @@ type testRelay struct {
 // trees, serving on a fresh loopback port.
 func startTreeRelay(t *testing.T, parent, node string, trees ...string) *testRelay {
 	t.Helper()
+	return startTreeRelayWith(t, parent, node, trees, nil)
+}
+
+// startTreeRelayWith is startTreeRelay with edit applied to the relay's
+// configuration (CURVE keys, say) before it starts.
+func startTreeRelayWith(t *testing.T, parent, node string, trees []string, edit func(*relay.Config)) *testRelay {
+	t.Helper()
 	r := &testRelay{out: t.TempDir(), done: make(chan struct{})}
 	ready := make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -47,12 +54,16 @@ func startTreeRelay(t *testing.T, parent, node string, trees ...string) *testRel
 		}}
 	fcfg := mirror.FollowConfig{Receiver: fastRecv(parent), Trees: trees, Out: r.out, Node: node,
 		MaxBackoff: 500 * time.Millisecond, ReportEvery: time.Second}
+	rcfg := relay.Config{Follow: fcfg, Serve: scfg, Listening: func(s *sender.Server) {
+		r.srv, r.ep = s, s.Endpoint()
+		close(ready)
+	}}
+	if edit != nil {
+		edit(&rcfg)
+	}
 	go func() {
 		defer close(r.done)
-		err := relay.Run(ctx, relay.Config{Follow: fcfg, Serve: scfg, Listening: func(s *sender.Server) {
-			r.srv, r.ep = s, s.Endpoint()
-			close(ready)
-		}})
+		err := relay.Run(ctx, rcfg)
 		if err != nil {
 			t.Errorf("relay %s: %v", node, err)
 		}

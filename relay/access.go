@@ -75,10 +75,10 @@ func (ra *rootAccess) query(ctx context.Context, key [32]byte) ([]string, error)
 
 func (ra *rootAccess) evictOldest() {
 	var oldest [32]byte
-	first := true
+	var at time.Time
 	for k, e := range ra.keys {
-		if first || e.at.Before(ra.keys[oldest].at) {
-			oldest, first = k, false
+		if at.IsZero() || e.at.Before(at) {
+			oldest, at = k, e.at
 		}
 	}
 	delete(ra.keys, oldest)

@@ -43,7 +43,7 @@ var ErrNotRelayTree = errors.New("not a relayed tree")
 func newRelayPublisher(names []string, keep int) (*publisher, error) {
 	p := &publisher{keep: keep, relay: true, trees: map[string]*pubTree{}}
 	for _, n := range names {
-		if err := protocol.ValidName(n); err != nil || n == "" || containsSlash(n) {
+		if err := protocol.ValidName(n); err != nil || n == "" || strings.Contains(n, "/") {
 			return nil, fmt.Errorf("relayed tree %q: not a tree name (one path component)", n)
 		}
 		if _, dup := p.trees[n]; dup {
@@ -54,15 +54,6 @@ func newRelayPublisher(names []string, keep int) (*publisher, error) {
 	}
 	sort.Strings(p.names)
 	return p, nil
-}
-
-func containsSlash(s string) bool {
-	for i := range len(s) {
-		if s[i] == '/' {
-			return true
-		}
-	}
-	return false
 }
 
 // Offer makes version (seq, id) of a relayed tree available to this
@@ -83,6 +74,11 @@ func (s *Server) Offer(tree string, seq uint64, id manifest.ID, barrier bool, ma
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrNotRelayTree, tree)
 	}
+	for _, o := range t.versions() {
+		if o.id == id && o.dir == dir && o.barrier == barrier && o.file == manifestPath {
+			return nil // offered already (the follower offers at staging and after the switch)
+		}
+	}
 	b, err := os.ReadFile(manifestPath)
 	if err != nil {
 		return fmt.Errorf("relay %s: reading the manifest: %w", tree, err)
@@ -101,12 +97,9 @@ func (s *Server) Offer(tree string, seq uint64, id manifest.ID, barrier bool, ma
 	s.pub.mu.Lock() // the versions list is replaced, copy on write, as publish does
 	old := t.versions()
 	vs := make([]*version, 0, len(old)+1)
-	again := false
 	for _, o := range old {
 		if o.id != id { // an offer of the same version replaces it
 			vs = append(vs, o)
-		} else {
-			again = o.dir == dir && o.barrier == barrier
 		}
 	}
 	vs = append(vs, v)
@@ -127,9 +120,6 @@ func (s *Server) Offer(tree string, seq uint64, id manifest.ID, barrier bool, ma
 	select {
 	case s.announce <- struct{}{}:
 	default:
-	}
-	if again {
-		return nil
 	}
 	s.event(Event{Kind: "published", Name: tree, Seq: seq, Version: id.String(), Entries: int64(v.entries),
 		Files: int64(files), Size: int64(bytes), Message: "relayed"})

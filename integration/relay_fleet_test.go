@@ -575,6 +575,20 @@ func TestRelayServerForwards(t *testing.T) {
 // Against a server that predates relays: STATUS asks again without
 // PARENTS after the 400, and a relay's control session ends with
 // ErrForwardUnsupported after the 501 to its FORWARD.
+// oldParent answers as a server that predates relays: LIST and REPORT
+// acknowledged with END, FORWARD an unknown command (501).
+func oldParent(m protocol.Message) []protocol.Message {
+	switch m := m.(type) {
+	case *protocol.List:
+		return []protocol.Message{&protocol.End{Request: m.Request}}
+	case *protocol.Report:
+		return []protocol.Message{&protocol.End{Request: m.Request}}
+	case *protocol.Forward:
+		return []protocol.Message{&protocol.Error{Code: protocol.CodeUnknownCommand, Message: "unknown command in CMD(0x0a)"}}
+	}
+	return nil
+}
+
 func TestRelayAgainstOldServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -592,14 +606,8 @@ func TestRelayAgainstOldServer(t *testing.T) {
 			return []protocol.Message{&protocol.Tree{Request: m.Request, Seq: 1, Name: "app"},
 				&protocol.Fleet{Request: m.Request, State: protocol.StateSwitched, Seq: 1, Node: "web1", Tree: "app"},
 				&protocol.End{Request: m.Request, Size: 1}}
-		case *protocol.List:
-			return []protocol.Message{&protocol.End{Request: m.Request}}
-		case *protocol.Report:
-			return []protocol.Message{&protocol.End{Request: m.Request}}
-		case *protocol.Forward:
-			return []protocol.Message{&protocol.Error{Code: protocol.CodeUnknownCommand, Message: "unknown command in CMD(0x0a)"}}
 		}
-		return nil
+		return oldParent(m)
 	})
 	rc := receiver.Config{Endpoint: ep, OutputDir: t.TempDir(), Timeout: 5 * time.Second}
 	st, err := receiver.Status(ctx, rc, "")
@@ -769,18 +777,12 @@ func TestRelayFollowerStopsForwardingToOldParent(t *testing.T) {
 	var mu sync.Mutex
 	forwards := 0
 	ep := rawServer(t, func(m protocol.Message) []protocol.Message {
-		mu.Lock()
-		defer mu.Unlock()
-		switch m := m.(type) {
-		case *protocol.List:
-			return []protocol.Message{&protocol.End{Request: m.Request}}
-		case *protocol.Report:
-			return []protocol.Message{&protocol.End{Request: m.Request}}
-		case *protocol.Forward:
+		if _, ok := m.(*protocol.Forward); ok {
+			mu.Lock()
 			forwards++
-			return []protocol.Message{&protocol.Error{Code: protocol.CodeUnknownCommand, Message: "unknown command in CMD(0x0a)"}}
+			mu.Unlock()
 		}
-		return nil
+		return oldParent(m)
 	})
 	rc := fastRecv(ep)
 	f := startFollower(t, mirror.FollowConfig{Receiver: rc, Trees: []string{"app"}, Node: "relay1", ReportEvery: 100 * time.Millisecond,
@@ -938,17 +940,7 @@ func TestRelayServerChangedRowsBounded(t *testing.T) {
 // for forwarding, not the others: after moving to a parent that knows
 // relays, the relay's rows reach it.
 func TestRelayForwardsAfterFailoverFromOldParent(t *testing.T) {
-	old := rawServer(t, func(m protocol.Message) []protocol.Message {
-		switch m := m.(type) {
-		case *protocol.List:
-			return []protocol.Message{&protocol.End{Request: m.Request}}
-		case *protocol.Report:
-			return []protocol.Message{&protocol.End{Request: m.Request}}
-		case *protocol.Forward:
-			return []protocol.Message{&protocol.Error{Code: protocol.CodeUnknownCommand, Message: "unknown command in CMD(0x0a)"}}
-		}
-		return nil
-	})
+	old := rawServer(t, oldParent)
 	src := filepath.Join(t.TempDir(), "app")
 	writeFile(t, filepath.Join(src, "app.conf"), "v1")
 	ep, root := publishingServer(t, fastFleet(src))

@@ -176,8 +176,17 @@ func TestBarrierServerKilledMidRolloutCLI(t *testing.T) {
 	}
 	startZsendFleet(t, append([]string{"-b", zs.ep}, args...)...)
 	for i, f := range fs {
-		waitUntil(t, 30*time.Second, fmt.Sprintf("node %d on v2", i), func() (bool, string) {
-			return readStable(t, f.out, "app", "app.conf") == "v2", ""
+		// The stable path is renamed before the follower's "switched"
+		// event (which follows the prune): wait for both, or the event
+		// of the last node to switch may not be there yet.
+		waitUntil(t, 30*time.Second, fmt.Sprintf("node %d on v2, its switch reported", i), func() (bool, string) {
+			f.mu.Lock()
+			reported := false
+			for _, e := range f.events {
+				reported = reported || (e.Kind == "switched" && e.Seq >= 2)
+			}
+			f.mu.Unlock()
+			return readStable(t, f.out, "app", "app.conf") == "v2" && reported, ""
 		})
 	}
 	var first, last time.Time

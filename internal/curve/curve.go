@@ -44,7 +44,6 @@ import (
 	"io"
 
 	"golang.org/x/crypto/curve25519"
-	"golang.org/x/crypto/nacl/box"
 )
 
 // Key is a Curve25519 key (public or secret).
@@ -209,7 +208,7 @@ func SealedSize(n int) int { return MessageOverhead + n }
 func (s *Session) Seal(out, plain []byte) []byte {
 	out = append(out, cmdMessage...)
 	out = binary.BigEndian.AppendUint64(out, s.nonce)
-	out = box.SealAfterPrecomputation(out, plain, shortNonce(s.sendPfx, s.nonce), &s.shared)
+	out = sealMessage(out, plain, shortNonce(s.sendPfx, s.nonce), &s.shared)
 	s.nonce++
 	return out
 }
@@ -225,7 +224,7 @@ func (s *Session) Open(out, body []byte) ([]byte, error) {
 	if n <= s.peerNonce {
 		return out, fmt.Errorf("%w: MESSAGE nonce %d after %d", ErrNonce, n, s.peerNonce)
 	}
-	res, ok := box.OpenAfterPrecomputation(out, body[16:], shortNonce(s.recvPfx, n), &s.shared)
+	res, ok := openMessage(out, body[16:], shortNonce(s.recvPfx, n), &s.shared)
 	if !ok {
 		return out, fmt.Errorf("%w: MESSAGE %d", ErrBox, n)
 	}

@@ -1,0 +1,59 @@
+package curve
+
+import (
+	"bytes"
+	"crypto/rand"
+	"testing"
+
+	"golang.org/x/crypto/nacl/box"
+)
+
+// TestBackendsAgree: the MESSAGE backend in use (libsodium when it loads)
+// gives x/crypto's bytes, opens what x/crypto sealed and the reverse, and
+// refuses a box with any one bit flipped.
+func TestBackendsAgree(t *testing.T) {
+	s, o, ok := loadSodium()
+	if !ok {
+		t.Skip("libsodium is not loadable here (no cgo, or no libsodium.so): only x/crypto is used")
+	}
+	if Backend() != "libsodium" {
+		t.Errorf("Backend() = %q with libsodium loadable and ZSND_NO_LIBSODIUM unset", Backend())
+	}
+	var key [32]byte
+	var nonce [24]byte
+	rand.Read(key[:])
+	for _, n := range []int{0, 1, 15, 16, 17, 63, 64, 65, 255, 4096, 65536 + 7, 1 << 20} {
+		rand.Read(nonce[:])
+		plain := make([]byte, n)
+		rand.Read(plain)
+		prefix := []byte("hdr")
+		want := box.SealAfterPrecomputation(append([]byte(nil), prefix...), plain, &nonce, &key)
+		got := s(append([]byte(nil), prefix...), plain, &nonce, &key)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("n=%d: libsodium's box differs from x/crypto's", n)
+		}
+		// A buffer with spare capacity is appended to in place.
+		buf := make([]byte, 3, 3+n+16)
+		copy(buf, prefix)
+		if got := s(buf, plain, &nonce, &key); !bytes.Equal(got, want) || &got[0] != &buf[0] {
+			t.Fatalf("n=%d: seal into spare capacity: equal %v, same array %v", n, bytes.Equal(got, want), &got[0] == &buf[0])
+		}
+		sealed := want[3:]
+		for name, open := range map[string]openFunc{"libsodium": o, "x/crypto": box.OpenAfterPrecomputation} {
+			out, ok := open([]byte("x"), sealed, &nonce, &key)
+			if !ok || !bytes.Equal(out, append([]byte("x"), plain...)) {
+				t.Fatalf("n=%d: %s did not open the box", n, name)
+			}
+		}
+		for _, bit := range []int{0, 8*16 - 1, 8 * len(sealed) / 2, 8*len(sealed) - 1} {
+			bad := append([]byte(nil), sealed...)
+			bad[bit/8] ^= 1 << (bit % 8)
+			if out, ok := o([]byte("x"), bad, &nonce, &key); ok || !bytes.Equal(out, []byte("x")) {
+				t.Fatalf("n=%d: libsodium opened a box with bit %d flipped (or appended to out)", n, bit)
+			}
+		}
+	}
+	if out, ok := o(nil, make([]byte, 15), &nonce, &key); ok || len(out) != 0 {
+		t.Fatal("libsodium opened a box shorter than its MAC")
+	}
+}

@@ -3,6 +3,10 @@ package curve
 import (
 	"bytes"
 	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"golang.org/x/crypto/nacl/box"
@@ -55,5 +59,29 @@ func TestBackendsAgree(t *testing.T) {
 	}
 	if out, ok := o(nil, make([]byte, 15), &nonce, &key); ok || len(out) != 0 {
 		t.Fatal("libsodium opened a box shorter than its MAC")
+	}
+}
+
+// TestNoLibsodiumEnv: with ZSND_NO_LIBSODIUM set, x/crypto is used (the
+// variable is read at start, so this runs the test binary again).
+func TestNoLibsodiumEnv(t *testing.T) {
+	if os.Getenv("ZSND_BACKEND_CHILD") != "" {
+		fmt.Print("backend=" + Backend())
+		return
+	}
+	for _, c := range []struct{ env, want string }{{"1", "x/crypto"}, {"", ""}} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestNoLibsodiumEnv$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "ZSND_BACKEND_CHILD=1", "ZSND_NO_LIBSODIUM="+c.env)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("child: %v: %s", err, out)
+		}
+		want := c.want
+		if want == "" {
+			want = Backend() // unset: whatever this process chose
+		}
+		if !strings.Contains(string(out), "backend="+want) {
+			t.Errorf("ZSND_NO_LIBSODIUM=%q: child says %q, want backend=%s", c.env, out, want)
+		}
 	}
 }

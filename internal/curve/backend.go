@@ -2,6 +2,7 @@ package curve
 
 import (
 	"os"
+	"unsafe"
 
 	"golang.org/x/crypto/nacl/box"
 )
@@ -28,10 +29,38 @@ type sealFunc func(out, plain []byte, nonce *[24]byte, key *[32]byte) []byte
 type openFunc func(out, sealed []byte, nonce *[24]byte, key *[32]byte) ([]byte, bool)
 
 var (
-	sealMessage sealFunc = box.SealAfterPrecomputation
-	openMessage openFunc = box.OpenAfterPrecomputation
+	sealMessage sealFunc = xSeal
+	openMessage openFunc = xOpen
 	backendName          = "x/crypto"
 )
+
+// xSeal and xOpen are x/crypto's, which refuse any overlap of the
+// output with the input: an input in place (SealInPlace, OpenInPlace) is
+// copied aside first.
+func xSeal(out, plain []byte, nonce *[24]byte, key *[32]byte) []byte {
+	if overlaps(out, plain) {
+		plain = append([]byte(nil), plain...)
+	}
+	return box.SealAfterPrecomputation(out, plain, nonce, key)
+}
+
+func xOpen(out, sealed []byte, nonce *[24]byte, key *[32]byte) ([]byte, bool) {
+	if overlaps(out, sealed) {
+		sealed = append([]byte(nil), sealed...)
+	}
+	return box.OpenAfterPrecomputation(out, sealed, nonce, key)
+}
+
+// overlaps tells whether in shares memory with out's spare capacity.
+func overlaps(out, in []byte) bool {
+	if len(in) == 0 || cap(out) == len(out) {
+		return false
+	}
+	spare := out[len(out):cap(out)]
+	a := uintptr(unsafe.Pointer(&spare[0]))
+	b := uintptr(unsafe.Pointer(&in[0]))
+	return b+uintptr(len(in)) > a && a+uintptr(len(spare)) > b
+}
 
 func init() {
 	if os.Getenv("ZSND_NO_LIBSODIUM") != "" {

@@ -85,3 +85,51 @@ func TestNoLibsodiumEnv(t *testing.T) {
 		}
 	}
 }
+
+// TestInPlace: SealInPlace gives Seal's bytes and OpenInPlace opens them
+// (or Seal's) to the plaintext, with either backend; a flipped bit or a
+// replayed nonce is refused.
+func TestInPlace(t *testing.T) {
+	backends := map[string][2]any{"x/crypto": {sealFunc(xSeal), openFunc(xOpen)}}
+	if s, o, ok := loadSodium(); ok {
+		backends["libsodium"] = [2]any{s, o}
+	}
+	for name, b := range backends {
+		t.Run(name, func(t *testing.T) {
+			s0, o0 := sealMessage, openMessage
+			sealMessage, openMessage = b[0].(sealFunc), b[1].(openFunc)
+			defer func() { sealMessage, openMessage = s0, o0 }()
+			var key [32]byte
+			rand.Read(key[:])
+			a := &Session{shared: key, sendPfx: prefixMsgC, recvPfx: prefixMsgS, nonce: 1}
+			ref := &Session{shared: key, sendPfx: prefixMsgC, recvPfx: prefixMsgS, nonce: 1}
+			rx := &Session{shared: key, sendPfx: prefixMsgS, recvPfx: prefixMsgC, nonce: 1}
+			for _, n := range []int{0, 1, 255, 256, 4096, 1 << 20} {
+				plain := make([]byte, 1+n)
+				rand.Read(plain[1:])
+				plain[0] = FlagMore
+				want := ref.Seal(nil, plain)
+				buf := append(make([]byte, PlainOffset), plain...)
+				got := a.SealInPlace(buf)
+				if !bytes.Equal(got, want) {
+					t.Fatalf("n=%d: SealInPlace differs from Seal", n)
+				}
+				res, err := rx.OpenInPlace(got)
+				if err != nil || !bytes.Equal(res, plain) || &res[0] != &got[PlainOffset] {
+					t.Fatalf("n=%d: OpenInPlace: err %v, equal %v", n, err, bytes.Equal(res, plain))
+				}
+				if _, err := rx.OpenInPlace(append([]byte(nil), want...)); err == nil {
+					t.Fatalf("n=%d: a replayed MESSAGE opened", n)
+				}
+			}
+			next := a.SealInPlace(append(make([]byte, PlainOffset), 0, 'x'))
+			next[len(next)-1] ^= 1
+			if _, err := rx.OpenInPlace(next); err == nil {
+				t.Fatal("a MESSAGE with a flipped bit opened in place")
+			}
+			if _, err := rx.OpenInPlace(make([]byte, MessageOverhead-1)); err == nil {
+				t.Fatal("a MESSAGE shorter than its overhead opened")
+			}
+		})
+	}
+}

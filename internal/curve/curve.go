@@ -213,6 +213,33 @@ func (s *Session) Seal(out, plain []byte) []byte {
 	return out
 }
 
+// PlainOffset is where a MESSAGE body's plaintext (flags byte, then
+// data) lies once opened in place, and where SealInPlace takes it from:
+// after the name, the nonce and the MAC.
+const PlainOffset = MessageOverhead - 1
+
+// SealInPlace seals the body of a MESSAGE command in b, whose bytes from
+// PlainOffset on are the plaintext (flags byte, then the frame's data):
+// the name, nonce and MAC are written before it and the plaintext is
+// encrypted where it lies. It returns b.
+func (s *Session) SealInPlace(b []byte) []byte {
+	copy(b, cmdMessage)
+	binary.BigEndian.PutUint64(b[8:16], s.nonce)
+	sealMessage(b[16:16], b[PlainOffset:], shortNonce(s.sendPfx, s.nonce), &s.shared)
+	s.nonce++
+	return b
+}
+
+// OpenInPlace is Open decrypting where the ciphertext lies: on success
+// the plaintext (flags byte, then data) is body[PlainOffset:], returned;
+// on error body's content is unspecified.
+func (s *Session) OpenInPlace(body []byte) ([]byte, error) {
+	if len(body) < MessageOverhead {
+		return nil, fmt.Errorf("%w: MESSAGE of %d bytes", ErrMalformed, len(body))
+	}
+	return s.Open(body[PlainOffset:PlainOffset], body)
+}
+
 // Open checks a MESSAGE command body and appends its plaintext (flags
 // byte, then data) to out. A nonce that is not greater than the last one
 // accepted is ErrNonce; nothing is appended on error.

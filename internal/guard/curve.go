@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -130,8 +131,8 @@ func readRawGreeting(r io.Reader) ([]byte, error) {
 
 // readCurveFrame reads one frame from r and returns its flags and body. The
 // announced size is checked against limit before anything is allocated;
-// buf is reused for the body when large enough.
-func readCurveFrame(r io.Reader, limit int, buf []byte) (byte, []byte, error) {
+// the body's buffer comes from get (getBuf), or is a new one if get is nil.
+func readCurveFrame(r io.Reader, limit int, get func(int) []byte) (byte, []byte, error) {
 	var hdr [9]byte
 	if _, err := io.ReadFull(r, hdr[:2]); err != nil {
 		return 0, nil, err
@@ -150,11 +151,14 @@ func readCurveFrame(r io.Reader, limit int, buf []byte) (byte, []byte, error) {
 	if size > uint64(limit) {
 		return 0, nil, curveFailf(ErrFrameTooLarge, "CURVE frame of %d bytes, limit %d", size, limit)
 	}
-	if uint64(cap(buf)) < size {
+	var buf []byte
+	if get != nil {
+		buf = get(int(size))[:size]
+	} else {
 		buf = make([]byte, size)
 	}
-	buf = buf[:size]
 	if _, err := io.ReadFull(r, buf); err != nil {
+		putBuf(buf)
 		return 0, nil, err
 	}
 	return flags, buf, nil
@@ -209,23 +213,43 @@ func (s *settings) curveServerState() *curve.Server {
 	return s.curveSrv
 }
 
-// bufPool holds the buffers of CURVE frames in flight (boxes and
-// plaintexts), so idle connections hold none.
-var bufPool sync.Pool
+// bufPools hold the buffers of CURVE frames in flight (sealed frames
+// being written, boxes being opened), so idle connections hold none. A
+// buffer of capacity 2^k (4 KiB to 16 MiB) goes to pool k: a frame of a
+// given size reuses a buffer that fits it, whatever sizes came before.
+const (
+	minBufShift = 12
+	maxBufShift = 24
+)
 
-func getBuf(n int) []byte {
-	if p, ok := bufPool.Get().(*[]byte); ok && cap(*p) >= n {
-		return (*p)[:0]
-	}
-	return make([]byte, 0, max(n, 4<<10))
+var bufPools [maxBufShift + 1]sync.Pool
+
+// bufClass is the pool of buffers of at least n bytes.
+func bufClass(n int) int {
+	k := bits.Len(uint(max(n, 1) - 1))
+	return max(k, minBufShift)
 }
 
+// getBuf returns an empty buffer of capacity n or more.
+func getBuf(n int) []byte {
+	k := bufClass(n)
+	if k > maxBufShift {
+		return make([]byte, 0, n)
+	}
+	if p, ok := bufPools[k].Get().(*[]byte); ok {
+		return (*p)[:0]
+	}
+	return make([]byte, 0, 1<<k)
+}
+
+// putBuf gives back a buffer from getBuf (others are dropped).
 func putBuf(b []byte) {
-	if cap(b) == 0 || cap(b) > 16<<20 {
+	c := cap(b)
+	if c < 1<<minBufShift || c > 1<<maxBufShift || c&(c-1) != 0 {
 		return
 	}
 	b = b[:0]
-	bufPool.Put(&b)
+	bufPools[bits.Len(uint(c))-1].Put(&b)
 }
 
 // curveConn is the CURVE state of one connection.
@@ -241,13 +265,12 @@ type curveConn struct {
 	body   int  // body bytes of the current frame still to come
 	flags  byte // curve flags of the current frame
 	inBody bool
-	plain  []byte // flags byte + body of the current frame
-	out    []byte // sealed MESSAGE frames not yet written
+	plain  int    // where the current frame's MESSAGE body starts in out
+	out    []byte // sealed MESSAGE frames not yet written, then the frame being filled
 
 	// read side (under rmu)
 	br    *bufio.Reader
-	box   []byte // the MESSAGE being opened
-	clear []byte // frames for zmq4 (buffer; rdata points into it)
+	clear []byte // the opened frame for zmq4 (buffer; rdata points into it)
 }
 
 // serverHandshake runs the server half of the CURVE handshake on an
@@ -423,27 +446,35 @@ func (c *conn) curveWrite(p []byte) error {
 			}
 			cv.body = int(size)
 			cv.inBody = true
-			cv.plain = append(getBuf(1+cv.body), cv.flags)
+			// The frame's MESSAGE is built where it will be sent: its
+			// header, then room for name, nonce and MAC, then the
+			// plaintext, sealed in place once complete.
+			sealed := curve.SealedSize(cv.body)
+			if cv.out == nil {
+				cv.out = getBuf(9 + sealed)
+			} else if cap(cv.out)-len(cv.out) < 9+sealed {
+				grown := append(getBuf(len(cv.out)+9+sealed), cv.out...)
+				putBuf(cv.out)
+				cv.out = grown
+			}
+			// libzmq sends MESSAGE as a data frame (its encoder resets
+			// the flags); it accepts either.
+			cv.out = appendHeader(cv.out, 0, sealed)
+			cv.plain = len(cv.out)
+			cv.out = cv.out[:cv.plain+curve.PlainOffset]
+			cv.out = append(cv.out, cv.flags)
 		}
 		// (An empty frame is sealed as soon as its header is complete:
 		// zmq4 writes no body bytes for it.)
 		k := min(cv.body, len(p))
-		cv.plain = append(cv.plain, p[:k]...)
+		cv.out = append(cv.out, p[:k]...)
 		cv.body -= k
 		p = p[k:]
 		if cv.body > 0 {
 			continue
 		}
 		cv.inBody = false
-		if cv.out == nil {
-			cv.out = getBuf(9 + curve.SealedSize(len(cv.plain)-1))
-		}
-		// libzmq sends MESSAGE as a data frame (its encoder resets the
-		// flags); it accepts either.
-		cv.out = appendHeader(cv.out, 0, curve.SealedSize(len(cv.plain)-1))
-		cv.out = cv.sess.Load().Seal(cv.out, cv.plain)
-		putBuf(cv.plain)
-		cv.plain = nil
+		cv.sess.Load().SealInPlace(cv.out[cv.plain:])
 		if cv.flags&curve.FlagMore == 0 || len(cv.out) >= coalesceBuf {
 			err := c.flush(net.Buffers{cv.out})
 			putBuf(cv.out)
@@ -561,11 +592,8 @@ func (c *conn) curveOpenNext() error {
 		c.raw.SetReadDeadline(time.Now().Add(c.set.idle))
 	}
 	limit := int(c.set.maxFrame) + curve.MessageOverhead
-	cv.box = getBuf(0)
-	flags, body, err := readCurveFrame(cv.br, limit, cv.box)
+	flags, body, err := readCurveFrame(cv.br, limit, getBuf)
 	if err != nil {
-		putBuf(cv.box)
-		cv.box = nil
 		switch {
 		case errors.Is(err, ErrFrameTooLarge):
 			c.set.add(cFrameTooLarge, 1)
@@ -581,20 +609,18 @@ func (c *conn) curveOpenNext() error {
 	}
 	if flags&flagMore != 0 {
 		putBuf(body)
-		cv.box = nil
 		c.set.add(cCurveErrors, 1)
 		return c.fail("read", curveFailf(ErrCurve, "MESSAGE frame with the MORE flag"))
 	}
-	// Room for the longest frame header before the flags byte.
-	out := getBuf(9 + len(body))[:9]
-	out, err = sess.Open(out, body)
-	putBuf(body)
-	cv.box = nil
-	if err != nil {
-		putBuf(out)
+	// Opened in place: the plaintext is body[PlainOffset:], and the
+	// frame header for zmq4 (at most 9 bytes) goes just before its data,
+	// over the name, nonce and MAC.
+	if _, err := sess.OpenInPlace(body); err != nil {
+		putBuf(body)
 		c.set.add(cCurveErrors, 1)
 		return c.fail("read", curveFail(ErrCurve, err))
 	}
+	out := body[curve.PlainOffset-9:]
 	cf := out[9]
 	data := out[10:]
 	var zf byte
@@ -612,7 +638,7 @@ func (c *conn) curveOpenNext() error {
 	appendHeader(hdr[:0], zf, len(data))
 	frame := out[10-hl:]
 	if err := c.scan.scan(frame); err != nil {
-		putBuf(out)
+		putBuf(body)
 		switch err {
 		case ErrFrameTooLarge:
 			c.set.add(cFrameTooLarge, 1)
@@ -623,7 +649,7 @@ func (c *conn) curveOpenNext() error {
 		}
 		return c.fail("read", err)
 	}
-	cv.clear = out
+	cv.clear = body
 	c.rdata = frame
 	return nil
 }

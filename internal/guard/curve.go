@@ -214,42 +214,51 @@ func (s *settings) curveServerState() *curve.Server {
 }
 
 // bufPools hold the buffers of CURVE frames in flight (sealed frames
-// being written, boxes being opened), so idle connections hold none. A
-// buffer of capacity 2^k (4 KiB to 16 MiB) goes to pool k: a frame of a
-// given size reuses a buffer that fits it, whatever sizes came before.
+// being written, boxes being opened), so idle connections hold none. Each
+// pool holds buffers of one capacity, in steps of a quarter of a power of
+// two from 4 KiB to 16 MiB (a 1 MiB chunk's frame, 1 MiB and 42 bytes,
+// takes a 1.25 MiB buffer): a frame reuses a buffer that fits it,
+// whatever sizes came before, and wastes at most a quarter of it.
 const (
-	minBufShift = 12
-	maxBufShift = 24
+	minBuf = 4 << 10
+	maxBuf = 16 << 20
 )
 
-var bufPools [maxBufShift + 1]sync.Pool
+var bufPools [4*(bits.UintSize-12) + 1]sync.Pool
 
-// bufClass is the pool of buffers of at least n bytes.
-func bufClass(n int) int {
-	k := bits.Len(uint(max(n, 1) - 1))
-	return max(k, minBufShift)
+// bufClass returns the pool index and buffer capacity for n bytes.
+func bufClass(n int) (int, int) {
+	if n <= minBuf {
+		return 0, minBuf
+	}
+	k := bits.Len(uint(n-1)) - 1 // 2^k < n <= 2^(k+1)
+	step := 1 << k / 4
+	sub := (n - 1<<k + step - 1) / step // 1..4
+	return 4*(k-12) + sub, 1<<k + sub*step
 }
 
 // getBuf returns an empty buffer of capacity n or more.
 func getBuf(n int) []byte {
-	k := bufClass(n)
-	if k > maxBufShift {
+	if n > maxBuf {
 		return make([]byte, 0, n)
 	}
-	if p, ok := bufPools[k].Get().(*[]byte); ok {
+	i, size := bufClass(n)
+	if p, ok := bufPools[i].Get().(*[]byte); ok {
 		return (*p)[:0]
 	}
-	return make([]byte, 0, 1<<k)
+	return make([]byte, 0, size)
 }
 
 // putBuf gives back a buffer from getBuf (others are dropped).
 func putBuf(b []byte) {
 	c := cap(b)
-	if c < 1<<minBufShift || c > 1<<maxBufShift || c&(c-1) != 0 {
+	if c < minBuf || c > maxBuf {
 		return
 	}
-	b = b[:0]
-	bufPools[bits.Len(uint(c))-1].Put(&b)
+	if i, size := bufClass(c); size == c {
+		b = b[:0]
+		bufPools[i].Put(&b)
+	}
 }
 
 // curveConn is the CURVE state of one connection.

@@ -266,3 +266,28 @@ func (r *recorder) relay(ln net.Listener, target string) {
 		go func() { io.Copy(io.MultiWriter(a, r), b); a.Close() }()
 	}
 }
+
+// TestBufClasses: getBuf gives a buffer of at least the size asked, at
+// most a quarter (or 4 KiB) larger; putBuf keeps exactly those buffers.
+func TestBufClasses(t *testing.T) {
+	prev := 0
+	for _, n := range []int{0, 1, 4096, 4097, 5120, 5121, 65536, 1<<20 + 42, 1<<20 + 1<<18, 1<<20 + 1<<18 + 1, 16 << 20} {
+		i, size := bufClass(n)
+		if size < n || (n > minBuf && size > n+n/4) || (n <= minBuf && size != minBuf) {
+			t.Errorf("bufClass(%d) = %d, %d", n, i, size)
+		}
+		if i < prev || i >= len(bufPools) {
+			t.Errorf("bufClass(%d) index %d (previous %d, pools %d)", n, i, prev, len(bufPools))
+		}
+		prev = i
+		if b := getBuf(n); cap(b) < n || len(b) != 0 {
+			t.Errorf("getBuf(%d): len %d cap %d", n, len(b), cap(b))
+		}
+		if j, s2 := bufClass(size); j != i || s2 != size {
+			t.Errorf("bufClass(%d) (a class size) = %d, %d; want %d, %d", size, j, s2, i, size)
+		}
+	}
+	if _, size := bufClass(1<<20 + 42); size != 1<<20+1<<18 {
+		t.Errorf("a 1 MiB chunk's frame takes a %d-byte buffer, want 1.25 MiB", size)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/zsend/zsend/internal/zcert"
+	"github.com/zsend/zsend/sender"
 )
 
 // lockedBuffer collects a subprocess's stderr for later inspection.
@@ -194,6 +195,39 @@ func TestBinariesCurve(t *testing.T) {
 
 // TestCurveCertsPyzmq: certificates written by pyzmq's zmq.auth are read
 // by zcert, and ours by pyzmq.
+// TestCurveBackendsMix: a zsend sealing with x/crypto (ZSND_NO_LIBSODIUM)
+// and a zrecv with libsodium (when it loads), then the reverse, move a
+// file of several chunks byte for byte; zsend says which one it uses.
+func TestCurveBackendsMix(t *testing.T) {
+	keys := t.TempDir()
+	allow := filepath.Join(keys, "allow")
+	os.Mkdir(allow, 0o755)
+	srv, node := filepath.Join(keys, "server"), filepath.Join(allow, "node1")
+	for _, c := range [][]string{{"zsend", "--keygen", srv}, {"zrecv", "--keygen", node}} {
+		if code, _, stderr := run(t, c[0], c[1:]...); code != 0 {
+			t.Fatalf("%v: exit %d: %s", c, code, stderr)
+		}
+	}
+	os.Rename(node+"_secret", filepath.Join(keys, "node1_secret"))
+	p := writeRandom(t, t.TempDir(), "big.bin", 5<<20+123)
+	for _, c := range []struct{ server, client, want string }{
+		{"1", "", "x/crypto"},
+		{"", "1", sender.CurveBackend()},
+	} {
+		t.Setenv("ZSND_NO_LIBSODIUM", c.server)
+		ep, log := zsendCurveProc(t, "--curve-secret", srv+"_secret", "--allow", allow, p)
+		t.Setenv("ZSND_NO_LIBSODIUM", c.client)
+		out := t.TempDir()
+		if code, _, stderr := run(t, "zrecv", "-q", "-o", out, "--server-key", srv, "--curve-secret", filepath.Join(keys, "node1_secret"), ep, "big.bin"); code != 0 {
+			t.Fatalf("server ZSND_NO_LIBSODIUM=%q, client %q: exit %d: %s", c.server, c.client, code, stderr)
+		}
+		sameFile(t, p, filepath.Join(out, "big.bin"))
+		if !strings.Contains(log.String(), "boxes by "+c.want) {
+			t.Errorf("zsend with ZSND_NO_LIBSODIUM=%q does not say it uses %s: %s", c.server, c.want, log.String())
+		}
+	}
+}
+
 func TestCurveCertsPyzmq(t *testing.T) {
 	pyNeedZMQ(t)
 	dir := t.TempDir()

@@ -306,7 +306,7 @@ Exit codes:
 	case !*quiet:
 		fmt.Fprintf(stderr, "zsend: serving %d path(s) on %s\n", fs.NArg(), srv.Endpoint())
 		if curve != nil {
-			fmt.Fprintf(stderr, "zsend: CURVE on, server key %s (fingerprint %s)\n", zcert.Key(curve.PublicKey), zcert.Fingerprint(curve.PublicKey))
+			fmt.Fprintf(stderr, "zsend: CURVE on, server key %s (fingerprint %s), boxes by %s\n", zcert.Key(curve.PublicKey), zcert.Fingerprint(curve.PublicKey), sender.CurveBackend())
 		}
 	}
 	mu.Lock()

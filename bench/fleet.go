@@ -981,7 +981,7 @@ func (s *Suite) buildFleets() {
 					"\"rate bound\" is what the rate limit alone allows for the big version: star N x size / rate, tree (relays + the most leaves "+
 					"of one relay) x size / rate, i.e. no time for verification, writing, fsync or the switch, and no CPU contention: all the "+
 					"processes share this machine's cores. "+
-					"The issue asks for 200 nodes: `RELAY_N=200 ONLY=relay scripts/bench.sh`.",
+					"The issue asks for 200 nodes: `RELAY_N=200 ONLY=relay scripts/bench.sh`; on 2 cores, `RELAY_RATE=20M` keeps the rate limit the bottleneck at that N.",
 					c.RelayN, c.RelayRate, c.RelayN, r, int(math.Round(float64(c.RelayN-r)/float64(r))), c.RelayN,
 					payloadDesc)}
 			payloads := s.cfg.RelayPayloads

@@ -46,6 +46,7 @@ func accessOnce(ctx context.Context, cfg *Config, i int, key [32]byte, dialBy ti
 	defer c.abort()
 	const req = 1
 	c.send(&protocol.Access{Request: req, Key: key})
+	c.await(1)
 	var trees []string
 	for {
 		msg, err := c.next(ctx, nil)

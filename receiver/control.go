@@ -29,6 +29,22 @@ type ctl struct {
 	version  uint8
 	tick     *time.Ticker
 	welcomed bool // WELCOME received: heartbeats may be sent
+
+	// waiting is the number of requests (HELLO included) the caller
+	// awaits an answer to; while it is not zero, a server that sends
+	// nothing but heartbeats for StallTimeout since the last answer (or
+	// since waiting became non-zero) fails the session, as for data.
+	waiting    int
+	lastAnswer time.Time
+}
+
+// await sets the number of requests awaiting an answer; the stall clock
+// starts when it becomes non-zero.
+func (c *ctl) await(n int) {
+	if c.waiting == 0 && n > 0 {
+		c.lastAnswer = time.Now()
+	}
+	c.waiting = n
 }
 
 // errRetry marks session failures worth another attempt (no connection,
@@ -92,6 +108,7 @@ func dialCtl(ctx context.Context, cfg *Config, i int, dialBy time.Time) (*ctl, e
 	c.tick = time.NewTicker(cfg.Heartbeat / 2)
 	c.send(&protocol.Hello{MinVersion: protocol.MinVersion, MaxVersion: protocol.MaxVersion,
 		MaxChunk: cfg.MaxChunk, HeartbeatMS: uint32(cfg.Heartbeat / time.Millisecond), PeerID: cfg.PeerID})
+	c.await(1)
 	for {
 		m, err := c.next(ctx, nil)
 		if err != nil {
@@ -108,6 +125,7 @@ func dialCtl(ctx context.Context, cfg *Config, i int, dialBy time.Time) (*ctl, e
 			return nil, fmt.Errorf("%w: server chose version %d", ErrProtocol, w.Version)
 		}
 		c.version, c.welcomed = w.Version, true
+		c.await(0)
 		if c.version < protocol.Version2 {
 			c.close()
 			return nil, ErrNoTrees
@@ -155,6 +173,9 @@ func (c *ctl) nextOrWake(ctx context.Context, wake <-chan struct{}, idle func(ti
 			if silent := now.Sub(time.Unix(0, c.lastRecv.Load())); silent > c.cfg.PeerTimeout {
 				return nil, retryErr("server silent for %v", silent.Round(time.Millisecond))
 			}
+			if c.waiting > 0 && now.Sub(c.lastAnswer) > c.cfg.StallTimeout {
+				return nil, retryErr("no answer from the server for %v (only heartbeats)", now.Sub(c.lastAnswer).Round(time.Millisecond))
+			}
 			if c.welcomed {
 				// Not before WELCOME: a PING then would be at version 1
 				// in what becomes a version 2 session (the server drops
@@ -199,6 +220,7 @@ func (c *ctl) nextOrWake(ctx context.Context, wake <-chan struct{}, idle func(ti
 					return nil, re
 				}
 			}
+			c.lastAnswer = time.Now()
 			return msg, nil
 		}
 	}
@@ -282,6 +304,7 @@ func statusOnce(ctx context.Context, cfg *Config, i int, tree string, dialBy tim
 	defer c.abort()
 	const req = 1
 	c.send(&protocol.Status{Request: req, Flags: flags, Tree: tree})
+	c.await(1)
 	for {
 		msg, err := c.next(ctx, nil)
 		if err != nil {
@@ -338,6 +361,7 @@ func Report(ctx context.Context, cfg Config, reports ...protocol.Report) error {
 	}
 	var first error
 	for acked := 0; acked < len(reports); {
+		c.await(len(reports) - acked)
 		msg, err := c.next(ctx, nil)
 		if err != nil {
 			return err
@@ -446,9 +470,11 @@ func control(ctx context.Context, cfg *Config, i int, cc ControlConfig) error {
 	}
 	defer c.abort()
 	subs := map[uint32]string{}
+	listed := map[uint32]bool{} // subscriptions whose first END has not come
 	for i, t := range cc.Trees {
 		req := uint32(i + 1)
 		subs[req] = t
+		listed[req] = true
 		c.send(&protocol.List{Request: req, Flags: protocol.ListSubscribe, Tree: t})
 	}
 	emit := func(e ControlEvent) {
@@ -528,6 +554,10 @@ func control(ctx context.Context, cfg *Config, i int, cc ControlConfig) error {
 		if pending.Swap(false) {
 			send(false)
 		}
+		// Subscriptions not yet listed and reports not yet acknowledged
+		// must be answered (a stall otherwise); announcements may take
+		// any time.
+		c.await(len(listed) + len(unacked))
 		msg, err := c.nextOrWake(ctx, wake, func(now time.Time) error {
 			if cur := f.index(); cur != i {
 				c.close()
@@ -568,10 +598,12 @@ func control(ctx context.Context, cfg *Config, i int, cc ControlConfig) error {
 			emit(ControlEvent{Kind: ControlSwitch, Tree: TreeInfo{Name: m.Tree, Seq: m.Seq, Version: m.Version}})
 		case *protocol.End:
 			delete(unacked, m.Request) // a LIST's END or a REPORT's acknowledgement
+			delete(listed, m.Request)
 			flush()
 		case *protocol.Error:
 			re := &RemoteError{Code: m.Code, Message: m.Message}
 			if t, ok := subs[m.Request]; ok {
+				delete(listed, m.Request)
 				emit(ControlEvent{Kind: ControlRefused, Tree: TreeInfo{Name: t}, Err: fmt.Errorf("subscribing to %s: %w", t, re)})
 			} else if t, ok := unacked[m.Request]; ok {
 				delete(unacked, m.Request)

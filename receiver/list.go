@@ -91,9 +91,7 @@ func List(ctx context.Context, cfg Config, tree string) ([]TreeInfo, error) {
 		var wait time.Duration
 		if round {
 			wait = min(backoff, left)
-			if backoff < 2*time.Second {
-				backoff *= 2
-			}
+			backoff = min(2*backoff, 2*time.Second)
 		}
 		if cfg.Progress != nil {
 			cfg.Progress(Event{Kind: EventReconnect, Time: time.Now(), Endpoint: failedAt, Attempt: attempt, RetryIn: wait, Err: err,
@@ -154,6 +152,9 @@ func listOnce(ctx context.Context, cfg *Config, rot *rotation, tree string) (_ [
 	const req = 1
 	welcomed := false
 	var trees []TreeInfo
+	// HELLO, then LIST, await an answer: a server that sends only
+	// heartbeats for StallTimeout since the last answer fails the session.
+	lastAnswer := time.Now()
 	tick := time.NewTicker(cfg.Heartbeat / 2)
 	defer tick.Stop()
 	for {
@@ -163,6 +164,9 @@ func listOnce(ctx context.Context, cfg *Config, rot *rotation, tree string) (_ [
 		case now := <-tick.C:
 			if silent := now.Sub(time.Unix(0, lastRecv.Load())); silent > cfg.PeerTimeout {
 				return nil, fmt.Errorf("server silent for %v", silent.Round(time.Millisecond)), true
+			}
+			if waited := now.Sub(lastAnswer); waited > cfg.StallTimeout {
+				return nil, fmt.Errorf("no answer from the server for %v (only heartbeats)", waited.Round(time.Millisecond)), true
 			}
 			if welcomed {
 				send(&protocol.Ping{Token: uint64(now.UnixNano())})
@@ -178,6 +182,9 @@ func listOnce(ctx context.Context, cfg *Config, rot *rotation, tree string) (_ [
 			if err != nil {
 				send(&protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()})
 				return nil, fmt.Errorf("%w: %v", ErrProtocol, err), false
+			}
+			if c := msg.Command(); c != protocol.CmdPing && c != protocol.CmdPong {
+				lastAnswer = time.Now()
 			}
 			switch m := msg.(type) {
 			case *protocol.Welcome:

@@ -238,6 +238,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if cfg.Failover, err = receiver.NewFailover(cfg.Endpoint); err != nil {
 		return usageErr(err)
 	}
+	if *deadline > 0 {
+		// --deadline bounds the whole command: the probe, every step of a
+		// tree sync, or the fetch (which also applies it itself).
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, *deadline, fmt.Errorf("%w: the deadline of %v passed", receiver.ErrTooSlow, *deadline))
+		defer cancel()
+	}
 	if fs.NArg() == 2 {
 		if code, done, err := tryTree(ctx, cfg, fs.Arg(1), tf, *quiet, js, stderr, func(e receiver.Event) {
 			if e.Kind == receiver.EventReconnect {

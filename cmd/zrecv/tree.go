@@ -96,6 +96,7 @@ func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags
 	}
 	if _, err := receiver.List(ctx, lc, tree); err != nil {
 		if statErr == nil && (errors.Is(err, receiver.ErrUnreachable) || ctx.Err() != nil) {
+			err = deadlineCause(ctx, err)
 			return cli.TreeExitCode(err), true, err
 		}
 		return 0, false, nil // a file, or let the file fetch report it
@@ -116,12 +117,25 @@ func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags
 		LockWait: tf.lockWait, Events: rep.Event}
 	start := time.Now()
 	res, err := mirror.Sync(ctx, mc)
+	err = deadlineCause(ctx, err)
 	if ctx.Err() == nil && !errors.Is(err, receiver.ErrUnreachable) {
 		cli.ReportSync(ctx, cfg, tf.node, res, err, time.Since(start), stderr)
 	}
 	code := cli.TreeExitCode(err)
 	rep.Done(res, err, code)
 	return code, true, nil
+}
+
+// deadlineCause replaces the error of an operation that --deadline cut
+// short by the deadline's own error (receiver.ErrTooSlow: exit 7).
+func deadlineCause(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil {
+		return err
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, receiver.ErrTooSlow) && !errors.Is(err, receiver.ErrTooSlow) {
+		return fmt.Errorf("%w (%v)", cause, err)
+	}
+	return err
 }
 
 func rollback(args []string, out string, quiet bool, stdout, stderr io.Writer) int {

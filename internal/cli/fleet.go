@@ -69,18 +69,37 @@ func Status(ctx context.Context, cfg receiver.Config, opt StatusOptions, stdout,
 	if opt.Timeout > 0 {
 		cfg.Timeout = opt.Timeout
 	}
+	// --timeout bounds the whole command: the poll of a plain --status,
+	// every poll of --wait.
 	var deadline time.Time
-	if opt.Wait && opt.Timeout > 0 {
+	if opt.Timeout > 0 {
 		deadline = time.Now().Add(opt.Timeout)
 	}
 	lastSummary := ""
 	for {
-		st, err := receiver.Status(ctx, cfg, "")
+		// With --wait, every poll (its reconnecting included) is bounded
+		// by what is left of --timeout, not by a fresh --timeout.
+		pctx, cancel := ctx, context.CancelFunc(func() {})
+		if !deadline.IsZero() {
+			cfg.Timeout = max(time.Until(deadline), time.Millisecond)
+			pctx, cancel = context.WithDeadline(ctx, deadline)
+		}
+		st, err := receiver.Status(pctx, cfg, "")
+		cancel()
 		if err != nil {
-			fmt.Fprintln(stderr, "zsend: --status:", err)
 			if ctx.Err() != nil {
+				fmt.Fprintln(stderr, "zsend: --status:", err)
 				return ExitInterrupted
 			}
+			if pctx.Err() != nil && opt.Wait {
+				fmt.Fprintf(stderr, "zsend: --wait: not converged within %v (the last poll: %v)\n", opt.Timeout, err)
+				return ExitWaitTimeout
+			}
+			if pctx.Err() != nil {
+				fmt.Fprintf(stderr, "zsend: --status: no answer within --timeout %v (%v)\n", opt.Timeout, err)
+				return ExitUnreachable
+			}
+			fmt.Fprintln(stderr, "zsend: --status:", err)
 			return TreeExitCode(err)
 		}
 		now := time.Now()

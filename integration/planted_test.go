@@ -469,3 +469,66 @@ func TestManyDirectoriesNoDescriptorLeak(t *testing.T) {
 		t.Errorf("%d descriptors open before the fetch, %d after", before, after)
 	}
 }
+
+// The state file of an interrupted fetch is resumed from only while it is
+// ours alone: replaced by a hard link (its content kept, so it would
+// parse), or given to another user, it is not trusted: nothing of the
+// partial file is reused, and the file still arrives whole.
+func TestPlantedStateFileOfInterruptedFetch(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		plant func(t *testing.T, fx *plantFixture, state string) (check func())
+	}{
+		{"hardlink", func(t *testing.T, fx *plantFixture, state string) func() {
+			other := filepath.Join(fx.outside, "state-copy")
+			b, err := os.ReadFile(state)
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(state)
+			if err := os.WriteFile(other, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Link(other, state); err != nil {
+				t.Fatal(err)
+			}
+			return func() {
+				if after, err := os.ReadFile(other); err != nil || !bytes.Equal(after, b) {
+					t.Errorf("the file the planted state file is linked to was written (%v)", err)
+				}
+			}
+		}},
+		{"foreign-owner", func(t *testing.T, fx *plantFixture, state string) func() {
+			if os.Geteuid() != 0 {
+				t.Skip("needs root to give the state file to another user")
+			}
+			if err := os.Chown(state, 12345, 12345); err != nil {
+				t.Fatal(err)
+			}
+			return nil
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			fx := newPlantFixture(t)
+			src, ep, _ := serveRandom(t, "f.bin", plantSize, sender.Config{})
+			dest := filepath.Join(fx.out, "f.bin")
+			_, state := receiver.PartialPaths(dest)
+			interrupted(t, ep, fx.out, "f.bin")
+			if _, err := os.Lstat(state); err != nil {
+				t.Fatalf("the interrupted fetch left no state file: %v", err)
+			}
+			check := c.plant(t, fx, state)
+			res, err := fetchBounded(t, 20*time.Second, nil, receiver.Config{Endpoint: ep, OutputDir: fx.out}, "f.bin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res[0].Reused != 0 {
+				t.Errorf("reused %d bytes on the word of a planted state file", res[0].Reused)
+			}
+			sameFile(t, src, dest)
+			if check != nil {
+				check()
+			}
+		})
+	}
+}

@@ -243,7 +243,9 @@ func (t *task) resumePoint() (uint64, protocol.Tag) {
 	if safefs.CheckPrivateInfo(t.partPath, fi.Sys().(*unix.Stat_t)) != nil {
 		return 0, tag
 	}
-	b, err := d.ReadFileBounded(t.stateName, maxStateSize)
+	// The state file too must be ours alone (README: a state file that is
+	// a hard link or belongs to another user is never resumed from).
+	b, err := d.ReadPrivateFileBounded(t.stateName, maxStateSize)
 	if err != nil {
 		return 0, tag
 	}

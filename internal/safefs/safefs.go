@@ -627,6 +627,17 @@ func (d *Dir) Lstat(rel string) (fs.FileInfo, error) {
 // (ErrSymlink, ErrNotRegular), a larger file with ErrTooLarge; it never
 // blocks and never allocates more than max+1 bytes.
 func (d *Dir) ReadFileBounded(rel string, max int64) ([]byte, error) {
+	return d.readBounded(rel, max, false)
+}
+
+// ReadPrivateFileBounded is ReadFileBounded of a file that must also pass
+// CheckPrivate: one link, owned by the effective user, writable by nobody
+// else (ErrLinked, ErrNotOwned otherwise).
+func (d *Dir) ReadPrivateFileBounded(rel string, max int64) ([]byte, error) {
+	return d.readBounded(rel, max, true)
+}
+
+func (d *Dir) readBounded(rel string, max int64, private bool) ([]byte, error) {
 	if max < 0 {
 		max = 0
 	}
@@ -641,6 +652,11 @@ func (d *Dir) ReadFileBounded(rel string, max int64) ([]byte, error) {
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return nil, &os.PathError{Op: "read", Path: f.Name(), Err: fmt.Errorf("%w (%s)", ErrNotRegular, kind(st.Mode))}
+	}
+	if private {
+		if err := CheckPrivateInfo(f.Name(), &st); err != nil {
+			return nil, err
+		}
 	}
 	if st.Size > max {
 		return nil, &os.PathError{Op: "read", Path: f.Name(), Err: fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, st.Size, max)}

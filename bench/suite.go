@@ -393,13 +393,13 @@ func (s *Suite) build() {
 			Desc: fmt.Sprintf("Both contenders go through the same kind of delay proxy (internal/faultproxy in its own process, fresh per run). "+
 				"The proxy reads eagerly on loopback and holds up to %s per direction, so plain TCP through it is bounded only by that queue "+
 				"(%s per %v one-way: %.0f MB/s), not by the kernel's TCP windows. A windowed protocol gets at most window / RTT: zrecv's default "+
-				"maximum credit window of 32 MiB over a %v RTT is %.0f MB/s. On a real link of that RTT, TCP itself would be bounded by its receive "+
+				"maximum credit window of 64 MiB over a %v RTT is %.0f MB/s. On a real link of that RTT, TCP itself would be bounded by its receive "+
 				"window, at most tcp_rmem max (%s here, of which the kernel advertises roughly half to all): %.0f-%.0f MB/s.",
 				FormatSize(int64(c.ProxyQueue)), FormatSize(int64(c.ProxyQueue)), c.Delay, float64(c.ProxyQueue)/c.Delay.Seconds()/1e6,
-				2*c.Delay, float64(32<<20)/(2*c.Delay.Seconds())/1e6,
+				2*c.Delay, float64(64<<20)/(2*c.Delay.Seconds())/1e6,
 				FormatSize(rmemMax()), float64(rmemMax())/2/(2*c.Delay.Seconds())/1e6, float64(rmemMax())/(2*c.Delay.Seconds())/1e6)}
 		sc.Contenders = []Contender{
-			{Name: "zsend -> proxy -> zrecv", Note: "default settings (credit window 8 MiB, auto-tuned up to 32 MiB)",
+			{Name: "zsend -> proxy -> zrecv", Note: "default settings (credit window 8 MiB, auto-tuned up to 64 MiB)",
 				run: func(ctx context.Context) (Run, error) { return s.zsendLatency(ctx, "lat.bin") }},
 			{Name: "plain TCP via proxy, write + fsync", Note: "the Go TCP copy through the same proxy",
 				run: func(ctx context.Context) (Run, error) { return s.tcpOne(ctx, "lat.bin", true, true) }},

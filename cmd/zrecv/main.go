@@ -86,7 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("zrecv", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		out       = fs.StringP("output", "o", ".", "directory to write into (must exist)")
+		out       = fs.StringP("output", "o", ".", "directory to write into (must exist for files; a tree sync creates it)")
 		timeout   = fs.DurationP("timeout", "t", 30*time.Second, "give up when the server stays lost this long (counted from the last data verified)")
 		minRate   = fs.String("min-rate", "1K", "give up (exit 7) below this many bytes/s verified over --rate-window; 0: no minimum")
 		rateWin   = fs.Duration("rate-window", time.Minute, "span --min-rate is averaged over (at least twice --timeout)")

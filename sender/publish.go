@@ -44,21 +44,25 @@ const DefaultKeepVersions = 16
 // $STATE_DIRECTORY (systemd), else /var/lib/zsend for root, else
 // $XDG_STATE_HOME/zsend, else ~/.local/state/zsend.
 func DefaultStateDir() string {
-	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
+	return defaultStateDir(os.Geteuid(), os.Getenv, os.UserHomeDir)
+}
+
+func defaultStateDir(euid int, getenv func(string) string, home func() (string, error)) string {
+	if d := getenv("STATE_DIRECTORY"); d != "" {
 		// systemd may list several, separated by colons: use the first.
 		return strings.Split(d, ":")[0]
 	}
-	if os.Geteuid() == 0 {
+	if euid == 0 {
 		return "/var/lib/zsend"
 	}
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+	if d := getenv("XDG_STATE_HOME"); d != "" {
 		return filepath.Join(d, "zsend")
 	}
-	home, err := os.UserHomeDir()
+	h, err := home()
 	if err != nil {
 		return filepath.Join(os.TempDir(), "zsend-state")
 	}
-	return filepath.Join(home, ".local", "state", "zsend")
+	return filepath.Join(h, ".local", "state", "zsend")
 }
 
 // TreeInfo describes the latest version of a served tree.

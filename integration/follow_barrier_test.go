@@ -5,12 +5,15 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/zsend/zsend/internal/fleet"
 	"github.com/zsend/zsend/mirror"
+	"github.com/zsend/zsend/sender"
 )
 
 func switchTimes(f *follower, seq uint64) []time.Time {
@@ -89,6 +92,19 @@ func TestBarrierTimeoutOneNeverStages(t *testing.T) {
 	writeFile(t, filepath.Join(src, "app.conf"), "v1")
 	cfg := fastFleet(src)
 	cfg.Barrier, cfg.BarrierTimeout = true, 2*time.Second
+	var barrierMu sync.Mutex
+	var barrierLog []string
+	prev := cfg.Events
+	cfg.Events = func(e sender.Event) {
+		if e.Kind == "barrier" {
+			barrierMu.Lock()
+			barrierLog = append(barrierLog, e.Message)
+			barrierMu.Unlock()
+		}
+		if prev != nil {
+			prev(e)
+		}
+	}
 	ep, srv := publishingServer(t, cfg)
 	var fs []*follower
 	for i := 0; i < 4; i++ {
@@ -119,6 +135,13 @@ func TestBarrierTimeoutOneNeverStages(t *testing.T) {
 	}
 	if got := readStable(t, fs[2].out, "app", "app.conf"); got != "v1" {
 		t.Errorf("the node that never staged shows %q", got)
+	}
+	// The server logs the nodes left behind by name (README).
+	barrierMu.Lock()
+	logged := strings.Join(barrierLog, "\n")
+	barrierMu.Unlock()
+	if !strings.Contains(logged, "timed out") || !strings.Contains(logged, "n2") || !strings.Contains(logged, "n3") {
+		t.Errorf("the barrier's timeout event does not name n2 and n3: %q", logged)
 	}
 	// The late one switches alone once it has staged.
 	waitUntil(t, 20*time.Second, "3 nodes on v2", func() (bool, string) {

@@ -315,7 +315,9 @@ func TestMetricsCLI(t *testing.T) {
 	m := scrape(t, murl)
 	for _, want := range []string{`zsend_versions_published_total{tree="app"} 1`, `zsend_tree_latest_seq{tree="app"} 1`,
 		`zsend_fleet_node_lag_versions{node="web1",tree="app"} 0`, `zsend_fleet_hook_failures{tree="app"} 1`, "zsend_sessions ",
-		"zsend_files_sent_total", "process_resident_memory_bytes"} {
+		"zsend_files_sent_total", "process_resident_memory_bytes",
+		`zsend_fleet_node_lag_seconds{node="web1",tree="app"}`, `zsend_fleet_node_sync_seconds{node="web1",tree="app"}`,
+		"zsend_sessions_opened_total ", "zsend_bytes_sent_total ", "zsend_reports_total"} {
 		if !strings.Contains(m, want) {
 			t.Errorf("zsend metrics lack %q", want)
 		}
@@ -323,7 +325,7 @@ func TestMetricsCLI(t *testing.T) {
 	fm := scrape(t, "http://"+faddr+"/metrics")
 	for _, want := range []string{`zrecv_syncs_total{result="switched",tree="app"} 1`, `zrecv_tree_seq{tree="app"} 1`,
 		`zrecv_hook_failures_total{hook="exec",tree="app"} 1`, "zrecv_connected 1", `zrecv_files_fetched_total{tree="app"} 1`,
-		"zrecv_sync_duration_seconds_count"} {
+		"zrecv_sync_duration_seconds_count", `zrecv_bytes_fetched_total{tree="app"}`, "zrecv_disconnects_total"} {
 		if !strings.Contains(fm, want) {
 			t.Errorf("zrecv metrics lack %q:\n%s", want, fm)
 		}

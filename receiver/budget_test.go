@@ -222,3 +222,37 @@ func TestFileDoneCountsTowardRate(t *testing.T) {
 		t.Fatalf("done %v, counted %d toward the rate, progress %v", tk.done, c.rate.total, s.progress)
 	}
 }
+
+// LIST (zrecv --list, a tree sync's first step) reconnects as Fetch does:
+// 0.1 s doubling, never more than 2 s.
+func TestListReconnectDelays(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := "tcp://" + l.Addr().String()
+	l.Close()
+	var delays []time.Duration
+	_, err = List(context.Background(), Config{Endpoint: ep, OutputDir: t.TempDir(), Timeout: 7 * time.Second,
+		Progress: func(e Event) {
+			if e.Kind == EventReconnect {
+				delays = append(delays, e.RetryIn)
+			}
+		}}, "")
+	if !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("error %v, want ErrUnreachable", err)
+	}
+	want := []time.Duration{100, 200, 400, 800, 1600, 2000}
+	if len(delays) < len(want) {
+		t.Fatalf("delays %v", delays)
+	}
+	for i, d := range delays {
+		w := 2000 * time.Millisecond
+		if i < len(want) {
+			w = want[i] * time.Millisecond
+		}
+		if d != w && !(i == len(delays)-1 && d < w) { // the last one may be cut by the timeout
+			t.Errorf("delay %d: %v, want %v (all: %v)", i, d, w, delays)
+		}
+	}
+}

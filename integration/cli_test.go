@@ -164,6 +164,8 @@ func TestBinariesExitCodes(t *testing.T) {
 		{"port 0", []string{"-o", out, "tcp://127.0.0.1:0", "f"}, 2, "port 0"},
 		{"no socket path", []string{"-o", out, "ipc://", "f"}, 2, "missing socket path"},
 		{"missing output dir", []string{"-o", filepath.Join(out, "nope"), ep, "f"}, 2, "output directory"},
+		{"missing output dir, server unreachable", []string{"-t", "5s", "-o", filepath.Join(out, "nope"), "tcp://127.0.0.1:1", "f"}, 4,
+			"does not exist (a tree sync creates it), and tcp://127.0.0.1:1 did not answer within 2s"},
 		{"unreachable", []string{"-q", "-t", "1s", "-o", out, "tcp://127.0.0.1:1", "f"}, 4, "unreachable"},
 	}
 	for _, tc := range cases {

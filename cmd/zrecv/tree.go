@@ -99,6 +99,12 @@ func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags
 			err = deadlineCause(ctx, err)
 			return cli.TreeExitCode(err), true, err
 		}
+		if errors.Is(statErr, os.ErrNotExist) && errors.Is(err, receiver.ErrUnreachable) {
+			// Say both: the directory is missing (fine for a tree, which
+			// creates it) and the server did not answer the short probe.
+			return cli.ExitUnreachable, true, fmt.Errorf("the output directory %s does not exist (a tree sync creates it), and %s did not answer within %v to say whether %q is a tree: %w",
+				cli.Printable(cfg.OutputDir), cli.Printable(cfg.Endpoint), lc.Timeout, tree, err)
+		}
 		return 0, false, nil // a file, or let the file fetch report it
 	}
 	if tf.keep < 1 {

@@ -165,7 +165,10 @@ func TestFollowPushesNewVersions(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		out := t.TempDir()
 		fs = append(fs, startFollower(t, mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Out: out,
-			Node: fmt.Sprintf("node%d", i), Exec: `echo "$ZSND_PHASE $ZSND_TREE $ZSND_SEQ $ZSND_VERSION $ZSND_PREV_SEQ $ZSND_PATH" >> hook.log`}))
+			Node: fmt.Sprintf("node%d", i), Exec: `echo "$ZSND_PHASE $ZSND_TREE $ZSND_SEQ $ZSND_VERSION $ZSND_PREV_SEQ $ZSND_PATH" >> hook.log`,
+			// The check runs in the staged version's directory, ZSND_PATH,
+			// which holds the new content (else no node would switch).
+			Check: `[ "$ZSND_PHASE" = check ] && [ "$(pwd -P)" = "$(cd "$ZSND_PATH" && pwd -P)" ] && [ -f app.conf ] && case "$ZSND_PATH" in */.zsnd/app/*) ;; *) exit 9 ;; esac`}))
 	}
 	waitUntil(t, 20*time.Second, "3 nodes on v1", converged(srv, "app", 1, 3))
 	for v := 2; v <= 4; v++ {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/zsend/zsend/receiver"
+	"github.com/zsend/zsend/sender"
 )
 
 // findListing is `find DIR/ -printf '%P %y %m %s %T@ %l'` with a BLAKE3
@@ -163,6 +164,14 @@ func TestTreeFidelityWithRsync(t *testing.T) {
 	}
 	if ev := lastEvent(t, stdout, "sync"); ev["unchanged"] != true || ev["files_fetched"].(float64) != 0 || ev["bytes_fetched"].(float64) != 0 {
 		t.Errorf("no-change sync: %v", ev)
+	}
+	// The first sync fetched the manifest (its bytes counted); the second
+	// had it and fetched nothing.
+	if mb, _ := sync["manifest_bytes"].(float64); mb <= 0 {
+		t.Errorf("first sync: manifest_bytes %v", sync["manifest_bytes"])
+	}
+	if ev := lastEvent(t, stdout, "sync"); ev["manifest_bytes"] != float64(0) {
+		t.Errorf("no-change sync: manifest_bytes %v", ev["manifest_bytes"])
 	}
 }
 
@@ -417,4 +426,37 @@ func TestTreeSourceEditedDuringFetch(t *testing.T) {
 		t.Fatalf("second run: %d %s", code, stderr)
 	}
 	sameListing(t, "latest", snapshots[1], findListing(t, filepath.Join(out, "app")))
+}
+
+// --keep 1: each sync's JSON names the version directory it pruned (the
+// one switched away from), and only the current one stays.
+func TestTreeJSONPruned(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	ep, srv := publishingServer(t, sender.Config{Paths: []string{src}})
+	out := t.TempDir()
+	var dirs []string
+	for v := 1; v <= 3; v++ {
+		if v > 1 {
+			writeFile(t, filepath.Join(src, "app.conf"), fmt.Sprintf("v%d", v))
+			publishNow(t, srv)
+		}
+		code, stdout, stderr := zrecv(t, "--json", "--keep", "1", "-o", out, ep, "app")
+		if code != 0 {
+			t.Fatalf("sync %d: exit %d: %s", v, code, stderr)
+		}
+		ev := lastEvent(t, stdout, "sync")
+		dirs = append(dirs, ev["dir"].(string))
+		pruned, _ := ev["pruned"].([]any)
+		switch {
+		case v == 1 && len(pruned) != 0:
+			t.Errorf("first sync pruned %v", pruned)
+		case v > 1 && (len(pruned) != 1 || !strings.HasSuffix(dirs[v-2], "/"+pruned[0].(string))):
+			t.Errorf("sync %d pruned %v, want the previous version %s", v, pruned, dirs[v-2])
+		}
+	}
+	vs, _ := os.ReadDir(filepath.Join(out, ".zsnd", "app", "v"))
+	if len(vs) != 1 || !strings.HasSuffix(dirs[2], vs[0].Name()) {
+		t.Errorf("kept versions %v, want only %s", vs, dirs[2])
+	}
 }

@@ -192,9 +192,17 @@ func readNames(d *os.File) ([]string, error) {
 // hashAt returns the BLAKE3-256 and stat of the regular file rel beneath
 // root, opened without following any symbolic link.
 func hashAt(root *os.File, rel string) ([32]byte, unix.Stat_t, error) {
+	return hashAtFd(int(root.Fd()), rel)
+}
+
+// errNotRegular: hashAt found something else than a regular file.
+var errNotRegular = errors.New("not a regular file")
+
+// hashAtFd is hashAt beneath a directory descriptor.
+func hashAtFd(dir int, rel string) ([32]byte, unix.Stat_t, error) {
 	var sum [32]byte
 	var st unix.Stat_t
-	fd, err := openBeneath(int(root.Fd()), rel, unix.O_RDONLY, 0)
+	fd, err := openBeneath(dir, rel, unix.O_RDONLY, 0)
 	if err != nil {
 		return sum, st, err
 	}
@@ -204,7 +212,7 @@ func hashAt(root *os.File, rel string) ([32]byte, unix.Stat_t, error) {
 		return sum, st, err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return sum, st, fmt.Errorf("%s: not a regular file", rel)
+		return sum, st, fmt.Errorf("%s: %w", rel, errNotRegular)
 	}
 	h := blake3.New()
 	if _, err := io.Copy(h, f); err != nil {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
@@ -621,142 +622,78 @@ func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed 
 // mode or times, since); its hash is then the version's. Every other file
 // is hashed. It returns the stats of the files (indexed like man's
 // entries) for the stat cache.
+//
+// Each entry read is compared with the version's entry of that path as it
+// is found (see treeCheck): when every entry of the version was found
+// equal and nothing else is on disk, the tree on disk is the version,
+// entry for entry, so its manifest and id are the version's.
 func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID, placed []placedRec) ([]statRec, error) {
 	want := localized(man)
 	recs := make([]statRec, len(man.Entries))
-	known := func(p string, st *unix.Stat_t) ([32]byte, bool) {
-		i := indexOf(want, p)
-		if i < 0 {
-			return [32]byte{}, false
-		}
-		pl := &placed[i]
-		if pl.ino != 0 && pl.dev == st.Dev && pl.ino == st.Ino && pl.size == uint64(st.Size) && pl.ctime == statCtime(st) {
-			return want.Entries[i].Hash, true
-		}
-		return [32]byte{}, false
+	c := &treeCheck{root: root, want: want, hash: true, firstDiff: true, maxExtra: len(man.Entries),
+		trust: func(i int, st *unix.Stat_t) bool {
+			pl := &placed[i]
+			return pl.ino != 0 && pl.dev == st.Dev && pl.ino == st.Ino && pl.size == uint64(st.Size) && pl.ctime == statCtime(st)
+		},
+		record: func(i int, st *unix.Stat_t, _ bool) { recs[i] = recOf(st) },
 	}
-	record := func(p string, st *unix.Stat_t) {
-		if i := indexOf(want, p); i >= 0 {
-			recs[i] = recOf(st)
-		}
-	}
-	// Each entry read is compared with the version's entry of that path as
-	// it comes (no copy of the whole tree is kept): when every entry read
-	// equals one of the version's and all of them were read, the tree on
-	// disk is the version, entry for entry, so its manifest and id are the
-	// version's.
-	seen := make([]bool, len(want.Entries))
-	n := 0
-	var diff string
-	visit := func(e *manifest.Entry) error {
-		i := indexOf(want, e.Path)
-		switch {
-		case i < 0:
-			diff = fmt.Sprintf("%q is on disk but not in the version", e.Path)
-		case seen[i]:
-			diff = fmt.Sprintf("%q read twice", e.Path)
-		case want.Entries[i] != *e:
-			diff = firstDiff(&manifest.Manifest{Entries: want.Entries[i : i+1]}, &manifest.Manifest{Entries: []manifest.Entry{*e}})
-		default:
-			seen[i] = true
-			n++
-			return nil
-		}
-		return errMismatchFound
-	}
-	err := walkTree(root, true, len(man.Entries), known, record, visit)
-	if errors.Is(err, errMismatchFound) {
-		return nil, fmt.Errorf("%w %s: %s", ErrMismatch, id.Short(), diff)
-	}
+	err := c.run()
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading the staged tree back: %w", ErrMismatch, err)
 	}
-	if n != len(want.Entries) {
-		for i := range seen {
-			if !seen[i] {
-				return nil, fmt.Errorf("%w %s: %q is missing on disk", ErrMismatch, id.Short(), want.Entries[i].Path)
-			}
-		}
+	if c.diff != "" {
+		return nil, fmt.Errorf("%w %s: %s", ErrMismatch, id.Short(), c.diff)
 	}
 	return recs, nil
 }
-
-var errMismatchFound = errors.New("differs from the version")
 
 // check compares a kept version with its manifest: by type, mode, mtime,
 // size and target, and with hashes too if hash. Without hash, a file
 // whose inode no longer matches its stat cache record (stats, when there
 // is one) is hashed anyway: an in-place edit that kept size and mtime
-// still changed its ctime. It returns the paths that differ.
+// still changed its ctime. It returns the paths that differ (an extra
+// directory is one path: what is below it is not read).
 //
 // Files hashed because their records were missing or stale (and found
 // unchanged) get fresh records: the cache of version directory name is
 // rewritten when nothing differs.
 func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool, stats []statRec, name string, id manifest.ID) (drift []string, err error) {
 	want := localized(man)
-	var known func(string, *unix.Stat_t) ([32]byte, bool)
-	var record func(string, *unix.Stat_t)
+	c := &treeCheck{root: root, want: want, hash: hash, maxExtra: len(man.Entries)}
 	var recs []statRec
 	var fence int64
-	hashed := 0
+	var hashed atomic.Int64
 	if !hash && stats != nil {
-		hash = true
+		c.hash = true
 		recs = make([]statRec, len(man.Entries))
-		known = func(p string, st *unix.Stat_t) ([32]byte, bool) {
-			if i := indexOf(want, p); i >= 0 && stats[i].matches(st) {
-				return want.Entries[i].Hash, true
-			}
-			if hashed++; hashed == 1 {
-				fence = s.l.fsNow() // before the first file hashed is looked at
-			}
-			return [32]byte{}, false
-		}
-		record = func(p string, st *unix.Stat_t) {
-			i := indexOf(want, p)
+		c.trust = func(i int, st *unix.Stat_t) bool { return stats[i].matches(st) }
+		// The fence is taken before the first file is read: a file
+		// hashed is recorded only if its ctime is older (statcache.go).
+		c.beforeRead = func() { fence = s.l.fsNow() }
+		c.record = func(i int, st *unix.Stat_t, read bool) {
 			switch {
-			case i < 0:
-			case stats[i].matches(st):
+			case !read:
 				recs[i] = stats[i]
 			case fence != 0 && statCtime(st) < fence:
+				hashed.Add(1)
 				recs[i] = recOf(st)
+			default:
+				hashed.Add(1)
 			}
 		}
 	}
-	got, err0 := scanTree(root, hash, len(man.Entries), known, record)
-	defer func() {
-		if hashed > 0 && fence != 0 && err == nil && len(drift) == 0 {
-			// Every record was seen to match (or was made from the file
-			// hashed just now, equal to the version's).
-			s.saveStats(name, id, man, recs)
-		}
-	}()
-	if err0 != nil {
-		if errors.Is(err0, errTooMany) {
-			return []string{"(entries added)"}, nil
-		}
-		return nil, fmt.Errorf("checking %s: %w", root.Name(), err0)
+	err = c.run()
+	if errors.Is(err, errTooMany) {
+		return []string{"(entries added)"}, nil
 	}
-	i, j := 0, 0
-	we, ge := want.Entries, got.Entries
-	for i < len(we) || j < len(ge) {
-		switch {
-		case j >= len(ge) || (i < len(we) && we[i].Path < ge[j].Path):
-			drift = append(drift, we[i].Path)
-			i++
-		case i >= len(we) || ge[j].Path < we[i].Path:
-			drift = append(drift, ge[j].Path)
-			j++
-		default:
-			a, b := we[i], ge[j]
-			if !hash {
-				b.Hash = a.Hash
-			}
-			if a != b {
-				drift = append(drift, a.Path)
-			}
-			i++
-			j++
-		}
+	if err != nil {
+		return nil, fmt.Errorf("checking %s: %w", root.Name(), err)
+	}
+	drift = c.diffPaths()
+	if hashed.Load() > 0 && fence != 0 && len(drift) == 0 {
+		// Every record was seen to match (or was made from the file
+		// hashed just now, equal to the version's).
+		s.saveStats(name, id, man, recs)
 	}
 	return drift, nil
 }

@@ -240,7 +240,7 @@ func (w *checkWorker) dir(i int) error {
 	switch {
 	case err == nil:
 		defer unix.Close(fd)
-	case i != 0 && ( errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV)):
+	case i != 0 && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV)):
 		// Gone, not a directory, or beneath something that is not one
 		// (a symbolic link): missing, and so is all below it.
 		c.differs(func() string { return fmt.Sprintf("%q is missing on disk or not a directory", e.Path) })
@@ -383,7 +383,9 @@ func (w *checkWorker) child(fd, j int, name string, typ uint8) error {
 			return nil
 		}
 		if sum != e.Hash {
-			c.differs(func() string { return fmt.Sprintf("%q: content differs from the version (same size %d)", e.Path, e.Size) })
+			c.differs(func() string {
+				return fmt.Sprintf("%q: content differs from the version (same size %d)", e.Path, e.Size)
+			})
 			return nil
 		}
 		c.state[j] = stEqual

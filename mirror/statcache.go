@@ -76,14 +76,19 @@ func (l *layout) loadStats(name string, id manifest.ID, n int) []statRec {
 		return nil
 	}
 	recs := make([]statRec, n)
-	var q [40]byte
-	for i := range recs {
-		if _, err := io.ReadFull(r, q[:]); err != nil {
+	buf := make([]byte, 40*1024) // records, hashed a block at a time
+	for i := 0; i < n; {
+		k := min(n-i, len(buf)/40)
+		q := buf[:k*40]
+		if _, err := io.ReadFull(r, q); err != nil {
 			return nil
 		}
-		h.Write(q[:])
-		recs[i] = statRec{dev: binary.LittleEndian.Uint64(q[:]), ino: binary.LittleEndian.Uint64(q[8:]), size: binary.LittleEndian.Uint64(q[16:]),
-			mtime: int64(binary.LittleEndian.Uint64(q[24:])), ctime: int64(binary.LittleEndian.Uint64(q[32:]))}
+		h.Write(q)
+		for ; len(q) > 0; q = q[40:] {
+			recs[i] = statRec{dev: binary.LittleEndian.Uint64(q[:]), ino: binary.LittleEndian.Uint64(q[8:]), size: binary.LittleEndian.Uint64(q[16:]),
+				mtime: int64(binary.LittleEndian.Uint64(q[24:])), ctime: int64(binary.LittleEndian.Uint64(q[32:]))}
+			i++
+		}
 	}
 	var sum [32]byte
 	if _, err := io.ReadFull(r, sum[:]); err != nil || !bytes.Equal(h.Sum(nil), sum[:]) {

@@ -157,8 +157,24 @@ func (s *syncer) once(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rc := s.receiverConfig(l.paths.t)
-	trees, err := receiver.List(ctx, rc, cfg.Tree)
+	// The server is asked while the current version's manifest is read
+	// (the answer is awaited before anything else is done).
+	type listed struct {
+		trees []receiver.TreeInfo
+		err   error
+	}
+	lch := make(chan listed, 1)
+	go func() {
+		trees, err := receiver.List(ctx, s.receiverConfig(l.paths.t), cfg.Tree)
+		lch <- listed{trees, err}
+	}()
+	var curMan *manifest.Manifest
+	var curID manifest.ID
+	if cur.kind == curManaged {
+		curMan, curID, _ = l.manifestFor(cur.id12, cfg.Limits)
+	}
+	lr := <-lch
+	trees, err := lr.trees, lr.err
 	if err != nil {
 		if errors.Is(err, receiver.ErrNotFound) {
 			return fmt.Errorf("%w: %s: %v", ErrNotTree, cfg.Tree, err)
@@ -177,11 +193,6 @@ func (s *syncer) once(ctx context.Context) error {
 	}
 	name := versionName(info.Seq, id)
 
-	var curMan *manifest.Manifest
-	var curID manifest.ID
-	if cur.kind == curManaged {
-		curMan, curID, _ = l.manifestFor(cur.id12, cfg.Limits)
-	}
 	var man *manifest.Manifest
 	if curMan != nil && curID == id {
 		// The stable path already shows this version: check it.

@@ -265,35 +265,6 @@ func (l *layout) toTrash(dir *os.File, name string) error {
 	return nil
 }
 
-// noteInodes adds the regular files below dir/name to l.unlinked (when
-// it is not nil), before they are removed.
-func (l *layout) noteInodes(dir int, name string) {
-	if l.unlinked == nil {
-		return
-	}
-	st, err := lstatAt(dir, name)
-	if err != nil {
-		return
-	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		if st.Nlink > 1 {
-			l.unlinked[[2]uint64{st.Dev, st.Ino}] = true
-		}
-	case unix.S_IFDIR:
-		fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return
-		}
-		d := os.NewFile(uintptr(fd), name)
-		defer d.Close()
-		names, _ := d.Readdirnames(-1)
-		for _, n := range names {
-			l.noteInodes(fd, n)
-		}
-	}
-}
-
 // pruneStats removes the caches of versions no longer kept.
 func (l *layout) pruneStats() {
 	s, err := l.statDir()

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -263,56 +262,37 @@ func (w *checkWorker) dir(i int) error {
 		prefix = 0
 	}
 	es := c.want.Entries
-	for !c.stop.Load() {
-		n, err := unix.Getdents(fd, w.buf)
-		if err != nil {
-			return &os.PathError{Op: "getdents", Path: join(c.root.Name(), e.Path), Err: err}
+	var failed error // from the comparison, not the reading
+	err = direntsOf(fd, w.buf, func(name string, typ uint8) error {
+		k, found := slices.BinarySearchFunc(kids, name, func(j int32, name string) int {
+			return strings.Compare(es[j].Path[prefix:], name)
+		})
+		if !found {
+			failed = w.extraName(e.Path, name)
+		} else {
+			failed = w.child(fd, int(kids[k]), name, typ)
 		}
-		if n <= 0 {
-			return nil
+		if failed != nil {
+			return failed
 		}
-		b := w.buf[:n]
-		for len(b) > 0 {
-			// struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name (NUL-terminated).
-			if len(b) < 19 {
-				return fmt.Errorf("reading %s: short directory entry", join(c.root.Name(), e.Path))
-			}
-			reclen := int(*(*uint16)(unsafe.Pointer(&b[16])))
-			if reclen < 19 || reclen > len(b) {
-				return fmt.Errorf("reading %s: bad directory entry length %d", join(c.root.Name(), e.Path), reclen)
-			}
-			typ := b[18]
-			raw := b[19:reclen]
-			b = b[reclen:]
-			nl := 0
-			for nl < len(raw) && raw[nl] != 0 {
-				nl++
-			}
-			if nl == 0 || raw[0] == '.' && (nl == 1 || nl == 2 && raw[1] == '.') {
-				continue
-			}
-			// A view of the name in w.buf, used only before the next
-			// Getdents; paths kept are copies.
-			name := unsafe.String(&raw[0], nl)
-			k, found := slices.BinarySearchFunc(kids, name, func(j int32, name string) int {
-				return strings.Compare(es[j].Path[prefix:], name)
-			})
-			if !found {
-				if err := w.extraName(e.Path, name); err != nil {
-					return err
-				}
-				continue
-			}
-			if err := w.child(fd, int(kids[k]), name, typ); err != nil {
-				return err
-			}
-			if c.stop.Load() {
-				return nil
-			}
+		if c.stop.Load() {
+			return errStopped
 		}
+		return nil
+	})
+	switch {
+	case failed != nil:
+		return failed
+	case err == errStopped:
+		return nil
+	case err != nil:
+		return &os.PathError{Op: "getdents", Path: join(c.root.Name(), e.Path), Err: err}
 	}
 	return nil
 }
+
+// errStopped ends a directory's reading when the check stops.
+var errStopped = errors.New("stopped")
 
 // extraName notes a name on disk the version does not have.
 func (w *checkWorker) extraName(dir, name string) error {

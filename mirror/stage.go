@@ -133,7 +133,10 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	if cur.kind == curManaged && curMan != nil {
 		if croot, err := openDir(l.v, cur.name); err == nil {
 			defer croot.Close()
-			stats := l.loadStats(cur.name, curMan.ID(), len(curMan.Entries))
+			stats := s.curStats // read with curMan by once
+			if s.curStatsOf != cur.name {
+				stats = l.loadStats(cur.name, curMan.ID(), len(curMan.Entries))
+			}
 			sources = append(sources, newSource(croot, curMan, true, stats))
 		}
 	}

@@ -53,35 +53,48 @@ func (l *layout) statDir() (*os.File, error) { return mkdirPlain(l.t, "s", 0o700
 // loadStats reads the cache of version directory name, made for the
 // version id with n entries; nil when missing or not matching.
 func (l *layout) loadStats(name string, id manifest.ID, n int) []statRec {
+	sid, recs, ok := l.readStats(name)
+	if !ok || sid != id || len(recs) != n {
+		return nil
+	}
+	return recs
+}
+
+// readStats reads the cache of version directory name: the version id it
+// was made for and its records. ok is false when it is missing, torn or
+// not a cache.
+func (l *layout) readStats(name string) (id manifest.ID, recs []statRec, ok bool) {
 	fd, err := unix.Openat(int(l.t.Fd()), "s/"+name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil
+		return id, nil, false
 	}
 	f := os.NewFile(uintptr(fd), name)
 	defer f.Close()
 	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Size != int64(len(statMagic)+32+8+n*40+32) {
-		return nil
+	const headLen = len(statMagic) + 32 + 8
+	if unix.Fstat(fd, &st) != nil || st.Size < int64(headLen+32) || (st.Size-int64(headLen+32))%40 != 0 {
+		return id, nil, false
 	}
+	n := int((st.Size - int64(headLen+32)) / 40)
 	// Read in pieces (a cache of 100,000 files is 4 MB), hashing as read.
 	r := bufio.NewReaderSize(f, 64<<10)
 	h := blake3.New()
-	head := make([]byte, len(statMagic)+32+8)
+	head := make([]byte, headLen)
 	if _, err := io.ReadFull(r, head); err != nil {
-		return nil
+		return id, nil, false
 	}
 	h.Write(head)
-	if string(head[:len(statMagic)]) != statMagic || !bytes.Equal(head[len(statMagic):len(statMagic)+32], id[:]) ||
-		binary.LittleEndian.Uint64(head[len(statMagic)+32:]) != uint64(n) {
-		return nil
+	if string(head[:len(statMagic)]) != statMagic || binary.LittleEndian.Uint64(head[len(statMagic)+32:]) != uint64(n) {
+		return id, nil, false
 	}
-	recs := make([]statRec, n)
+	copy(id[:], head[len(statMagic):])
+	recs = make([]statRec, n)
 	buf := make([]byte, 40*1024) // records, hashed a block at a time
 	for i := 0; i < n; {
 		k := min(n-i, len(buf)/40)
 		q := buf[:k*40]
 		if _, err := io.ReadFull(r, q); err != nil {
-			return nil
+			return id, nil, false
 		}
 		h.Write(q)
 		for ; len(q) > 0; q = q[40:] {
@@ -92,9 +105,9 @@ func (l *layout) loadStats(name string, id manifest.ID, n int) []statRec {
 	}
 	var sum [32]byte
 	if _, err := io.ReadFull(r, sum[:]); err != nil || !bytes.Equal(h.Sum(nil), sum[:]) {
-		return nil
+		return id, nil, false
 	}
-	return recs
+	return id, recs, true
 }
 
 // statWriter is a cache being made: its file is created first, and its

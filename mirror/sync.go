@@ -81,6 +81,11 @@ type syncer struct {
 	filesTotal int
 	bytesTotal int64
 	inFlight   map[string]int64
+
+	// curStats is the stat cache of the current version (directory
+	// curStatsOf), read by once while it reads the version's manifest.
+	curStats   []statRec
+	curStatsOf string
 }
 
 func (s *syncer) emit(e Event) {
@@ -168,10 +173,23 @@ func (s *syncer) once(ctx context.Context) error {
 		trees, err := receiver.List(ctx, s.receiverConfig(l.paths.t), cfg.Tree)
 		lch <- listed{trees, err}
 	}()
+	// And its stat cache too.
 	var curMan *manifest.Manifest
 	var curID manifest.ID
+	s.curStats, s.curStatsOf = nil, ""
 	if cur.kind == curManaged {
+		var statsID manifest.ID
+		var stats []statRec
+		read := make(chan struct{})
+		go func() {
+			defer close(read)
+			statsID, stats, _ = l.readStats(cur.name)
+		}()
 		curMan, curID, _ = l.manifestFor(cur.id12, cfg.Limits)
+		<-read
+		if curMan != nil && stats != nil && statsID == curID && len(stats) == len(curMan.Entries) {
+			s.curStats, s.curStatsOf = stats, cur.name
+		}
 	}
 	lr := <-lch
 	trees, err := lr.trees, lr.err
@@ -203,7 +221,7 @@ func (s *syncer) once(ctx context.Context) error {
 			s.emit(Event{Kind: EventNote, Message: fmt.Sprintf("the current version's directory is unusable (%v); fetching it again", err)})
 			return s.rebuild(ctx, info, id, name, cur)
 		}
-		drift, err := s.check(root, curMan, cfg.Verify, l.loadStats(cur.name, curID, len(curMan.Entries)), cur.name, curID)
+		drift, err := s.check(root, curMan, cfg.Verify, s.curStats, cur.name, curID)
 		root.Close()
 		if err != nil {
 			return err

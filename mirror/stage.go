@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/zeebo/blake3"
@@ -27,15 +28,15 @@ type source struct {
 	root   *os.File
 	man    *manifest.Manifest
 	dirs   *dirCache
-	byHash []int32   // indexes of its files, sorted by hash
-	state  []int8    // by entry: 1 verified, -1 drifted
-	stats  []statRec // its stat cache (nil if none)
-	drift  bool      // report mismatches as drift
+	byHash []int32        // indexes of its files, sorted by hash
+	state  []atomic.Int32 // by entry: 1 verified, -1 drifted (shared by placeFiles' workers)
+	stats  []statRec      // its stat cache (nil if none)
+	drift  bool           // report mismatches as drift
 }
 
 func newSource(root *os.File, m *manifest.Manifest, drift bool, stats []statRec) *source {
 	src := &source{root: root, man: m, dirs: &dirCache{root: root},
-		state: make([]int8, len(m.Entries)), stats: stats, drift: drift}
+		state: make([]atomic.Int32, len(m.Entries)), stats: stats, drift: drift}
 	for i := range m.Entries {
 		if m.Entries[i].Type == manifest.TypeFile {
 			src.byHash = append(src.byHash, int32(i))
@@ -101,7 +102,7 @@ func (c *dirCache) close() {
 // stat cache, written by build once the old versions are pruned), those
 // not older than a fence taken before verify left out.
 func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.ID, cur current, curMan *manifest.Manifest, name string) (recs []statRec, err error) {
-	cfg, l, res := s.cfg, s.l, s.res
+	cfg, l := s.cfg, s.l
 	stageDir, err := mkdirPlain(l.t, "stage", 0o700)
 	if err != nil {
 		return nil, err
@@ -146,65 +147,11 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 			sources = append(sources, newSource(troot, man, true, l.loadStats(name, id, len(man.Entries))))
 		}
 	}
-	defer func() {
-		for _, src := range sources {
-			src.dirs.close()
-		}
-	}()
 	placed := make([]placedRec, len(man.Entries))
-	dst := &dirCache{root: root}
-	defer dst.close()
-	var fetch []*manifest.Entry
-	for i := range man.Entries {
-		e := &man.Entries[i]
-		if e.Type != manifest.TypeFile {
-			continue
-		}
-		if leftover[i] {
-			sum, st, err := hashAt(root, e.Path)
-			// A staged file with other names (a hard link an interrupted
-			// run made from a kept version) is kept only if finish will not
-			// chmod or touch it: that would change the kept version's file.
-			shared := st.Nlink > 1 && (uint32(st.Mode)&0o7777 != localMode(e.Mode) || statMtime(&st) != e.MtimeNs)
-			if err == nil && sum == e.Hash && uint64(st.Size) == e.Size && !shared {
-				if err := removePartials(dst, e.Path, partials[i]); err != nil {
-					return nil, err
-				}
-				res.FilesStaged++
-				res.FilesReused++
-				res.BytesReused += int64(e.Size)
-				s.addDone(1, int64(e.Size))
-				continue
-			}
-			parent, base := split(e.Path)
-			d, err := dst.get(parent)
-			if err != nil {
-				return nil, err
-			}
-			if err := removeAllAt(int(d.Fd()), base); err != nil {
-				return nil, err
-			}
-		}
-		ok, err := s.reuse(sources, dst, e, &placed[i])
-		if err != nil {
-			return nil, err
-		}
-		if ok || leftover[i] {
-			// Not fetched: an interrupted fetch's partial file of it would
-			// stay in the version.
-			if err := removePartials(dst, e.Path, partials[i]); err != nil {
-				return nil, err
-			}
-		}
-		if ok {
-			res.FilesReused++
-			res.BytesReused += int64(e.Size)
-			s.addDone(1, int64(e.Size))
-			continue
-		}
-		fetch = append(fetch, e)
+	fetch, err := s.placeFiles(root, man, sources, leftover, partials, placed)
+	if err != nil {
+		return nil, err
 	}
-	dst.close()
 
 	// 3. Fetch what is left, into stage/T/... (VGET names are T/path).
 	if len(fetch) > 0 {
@@ -258,6 +205,144 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 		return nil, err
 	}
 	return recs, nil
+}
+
+// placeFiles puts each file of man in the staging tree root: a file an
+// interrupted run staged (leftover) if it still has the version's
+// content, else a local copy from the sources (reuse). It returns the
+// files left to fetch, in manifest order. The files are shared out among
+// checkWorkers goroutines, in runs of consecutive entries (mostly of one
+// directory); each has its own directory descriptors.
+func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*source, leftover map[int]bool, partials map[int][]string, placed []placedRec) ([]*manifest.Entry, error) {
+	const run = 64
+	var next atomic.Int64
+	var stop atomic.Bool
+	var mu sync.Mutex // guards what follows
+	var firstErr error
+	var fetch []int
+	var files, staged int
+	var bytes int64
+	work := func() {
+		dst := &dirCache{root: root}
+		defer dst.close()
+		srcs := make([]*source, len(sources))
+		for k, src := range sources {
+			c := *src
+			c.dirs = &dirCache{root: src.root}
+			defer c.dirs.close()
+			srcs[k] = &c
+		}
+		var myFetch []int
+		var myFiles, myStaged int
+		var myBytes int64
+		for !stop.Load() {
+			lo := int(next.Add(run) - run)
+			if lo >= len(man.Entries) {
+				break
+			}
+			for i := lo; i < min(lo+run, len(man.Entries)); i++ {
+				e := &man.Entries[i]
+				if e.Type != manifest.TypeFile {
+					continue
+				}
+				how, err := s.placeFile(root, dst, srcs, e, leftover[i], partials[i], &placed[i])
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					stop.Store(true)
+					break
+				}
+				switch how {
+				case placedStaged:
+					myStaged++
+					fallthrough
+				case placedReused:
+					myFiles++
+					myBytes += int64(e.Size)
+					s.addDone(1, int64(e.Size))
+				default:
+					myFetch = append(myFetch, i)
+				}
+			}
+		}
+		mu.Lock()
+		fetch = append(fetch, myFetch...)
+		files, staged, bytes = files+myFiles, staged+myStaged, bytes+myBytes
+		mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	for range min(checkWorkers, (len(man.Entries)+run-1)/run) - 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work()
+		}()
+	}
+	work()
+	wg.Wait()
+	res := s.res
+	res.FilesReused += files
+	res.FilesStaged += staged
+	res.BytesReused += bytes
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	slices.Sort(fetch)
+	out := make([]*manifest.Entry, len(fetch))
+	for k, i := range fetch {
+		out[k] = &man.Entries[i]
+	}
+	return out, nil
+}
+
+// How placeFile placed a file.
+const (
+	placedNot    = iota // to fetch
+	placedStaged        // already staged by an interrupted run, checked
+	placedReused        // copied or linked from a source
+)
+
+// placeFile places file e (see placeFiles).
+func (s *syncer) placeFile(root *os.File, dst *dirCache, sources []*source, e *manifest.Entry, leftover bool, partials []string, pl *placedRec) (int, error) {
+	if leftover {
+		sum, st, err := hashAt(root, e.Path)
+		// A staged file with other names (a hard link an interrupted
+		// run made from a kept version) is kept only if finish will not
+		// chmod or touch it: that would change the kept version's file.
+		shared := st.Nlink > 1 && (uint32(st.Mode)&0o7777 != localMode(e.Mode) || statMtime(&st) != e.MtimeNs)
+		if err == nil && sum == e.Hash && uint64(st.Size) == e.Size && !shared {
+			if err := removePartials(dst, e.Path, partials); err != nil {
+				return placedNot, err
+			}
+			return placedStaged, nil
+		}
+		parent, base := split(e.Path)
+		d, err := dst.get(parent)
+		if err != nil {
+			return placedNot, err
+		}
+		if err := removeAllAt(int(d.Fd()), base); err != nil {
+			return placedNot, err
+		}
+	}
+	ok, err := s.reuse(sources, dst, e, pl)
+	if err != nil {
+		return placedNot, err
+	}
+	if ok || leftover {
+		// Not fetched: an interrupted fetch's partial file of it would
+		// stay in the version.
+		if err := removePartials(dst, e.Path, partials); err != nil {
+			return placedNot, err
+		}
+	}
+	if ok {
+		return placedReused, nil
+	}
+	return placedNot, nil
 }
 
 // reconcile makes the staging tree's directories and symlinks those of
@@ -403,7 +488,7 @@ func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry, pl *
 		// of equal content, such as empty ones, would otherwise all be
 		// links to one inode, each link changing its ctime).
 		same := indexOf(src.man, e.Path)
-		if same >= 0 && (src.man.Entries[same].Type != manifest.TypeFile || src.man.Entries[same].Hash != e.Hash || src.state[same] < 0) {
+		if same >= 0 && (src.man.Entries[same].Type != manifest.TypeFile || src.man.Entries[same].Hash != e.Hash || src.state[same].Load() < 0) {
 			same = -1
 		}
 		if same >= 0 {
@@ -413,7 +498,7 @@ func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry, pl *
 			}
 		}
 		for _, i := range src.withHash(&e.Hash) {
-			if src.state[i] < 0 || int(i) == same {
+			if src.state[i].Load() < 0 || int(i) == same {
 				continue
 			}
 			ok, err := s.placeFrom(src, int(i), dst, e, pl)
@@ -430,7 +515,7 @@ func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry, pl *
 
 // drifted marks a source's file as no longer matching its version.
 func (s *syncer) drifted(src *source, i int) {
-	src.state[i] = -1
+	src.state[i].Store(-1)
 	if src.drift {
 		s.drift(src.man.Entries[i].Path)
 	}
@@ -460,7 +545,7 @@ func (s *syncer) placeFrom(src *source, i int, dst *dirCache, e *manifest.Entry,
 	// file hashed earlier in this sync is not trusted this way).
 	trusted := src.stats != nil && src.stats[i].matches(&st)
 	if trusted {
-		src.state[i] = 1
+		src.state[i].Store(1)
 	}
 	parent, base := split(e.Path)
 	d, err := dst.get(parent)
@@ -496,13 +581,13 @@ func (s *syncer) placeFrom(src *source, i int, dst *dirCache, e *manifest.Entry,
 		s.drifted(src, i)
 		return false, nil
 	}
-	if src.state[i] == 0 {
+	if src.state[i].Load() == 0 {
 		sum, err := hashReader(io.NewSectionReader(f, 0, fst.Size))
 		if err != nil || sum != e.Hash {
 			s.drifted(src, i)
 			return false, nil
 		}
-		src.state[i] = 1
+		src.state[i].Store(1)
 	}
 	if !trusted && uint32(fst.Mode)&0o7777 == localMode(e.Mode) && statMtime(&fst) == e.MtimeNs {
 		err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), int(d.Fd()), base, unix.AT_SYMLINK_FOLLOW)

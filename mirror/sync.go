@@ -76,6 +76,7 @@ type syncer struct {
 	res *Result
 
 	mu         sync.Mutex // guards the progress counters (receiver events)
+	driftMu    sync.Mutex // guards res.Drift (and orders drift events)
 	filesDone  int
 	bytesDone  int64
 	filesTotal int
@@ -329,6 +330,8 @@ func (s *syncer) count(m *manifest.Manifest) {
 }
 
 func (s *syncer) drift(path string) {
+	s.driftMu.Lock() // placeFiles' workers
+	defer s.driftMu.Unlock()
 	for _, p := range s.res.Drift {
 		if p == path {
 			return

@@ -229,3 +229,33 @@ func removeAllParallel(dir int, name string, unlinked map[[2]uint64]bool) error 
 	}
 	return nil
 }
+
+// forRuns calls, from checkWorkers goroutines, each one's do for runs of
+// consecutive indexes (of one directory, mostly, in manifest order) that
+// together cover [0, n) once; newWorker makes a goroutine's do and the
+// done it calls at its end.
+func forRuns(n int, newWorker func() (do func(lo, hi int), done func())) {
+	const run = 64
+	var next atomic.Int64
+	work := func() {
+		do, done := newWorker()
+		defer done()
+		for {
+			lo := int(next.Add(run) - run)
+			if lo >= n {
+				return
+			}
+			do(lo, min(lo+run, n))
+		}
+	}
+	var wg sync.WaitGroup
+	for range min(checkWorkers, (n+run-1)/run) - 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work()
+		}()
+	}
+	work()
+	wg.Wait()
+}

@@ -228,34 +228,37 @@ func (s *syncer) saveStats(name string, id manifest.ID, man *manifest.Manifest, 
 		return
 	}
 	defer w.abort()
-	dirs := &dirCache{root: root}
-	defer dirs.close()
 	recs := vrecs // updated in place
-	for i := range man.Entries {
-		v := &vrecs[i]
-		if v.ino == 0 || man.Entries[i].Type != manifest.TypeFile {
-			*v = statRec{}
-			continue
-		}
-		parent, base := split(man.Entries[i].Path)
-		d, err := dirs.get(parent)
-		if err != nil {
-			*v = statRec{}
-			continue
-		}
-		st, err := lstatAt(int(d.Fd()), base)
-		if err != nil {
-			*v = statRec{}
-			continue
-		}
-		r := recOf(&st)
-		if r.dev != v.dev || r.ino != v.ino || r.size != v.size || r.mtime != v.mtime ||
-			r.ctime != v.ctime && !l.unlinked[[2]uint64{r.dev, r.ino}] {
-			*v = statRec{}
-			continue
-		}
-		*v = r
-	}
+	forRuns(len(man.Entries), func() (func(lo, hi int), func()) {
+		dirs := &dirCache{root: root}
+		return func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				v := &vrecs[i]
+				if v.ino == 0 || man.Entries[i].Type != manifest.TypeFile {
+					*v = statRec{}
+					continue
+				}
+				parent, base := split(man.Entries[i].Path)
+				d, err := dirs.get(parent)
+				if err != nil {
+					*v = statRec{}
+					continue
+				}
+				st, err := lstatAt(int(d.Fd()), base)
+				if err != nil {
+					*v = statRec{}
+					continue
+				}
+				r := recOf(&st)
+				if r.dev != v.dev || r.ino != v.ino || r.size != v.size || r.mtime != v.mtime ||
+					r.ctime != v.ctime && !l.unlinked[[2]uint64{r.dev, r.ino}] {
+					*v = statRec{}
+					continue
+				}
+				*v = r
+			}
+		}, dirs.close
+	})
 	if err := w.commit(name, id, recs); err != nil {
 		s.emit(Event{Kind: EventNote, Message: err.Error()})
 	}

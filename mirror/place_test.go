@@ -19,8 +19,8 @@ import (
 func TestPlaceFilesInParallel(t *testing.T) {
 	for _, n := range workerCounts {
 		t.Run(fmt.Sprint(n, " workers"), func(t *testing.T) {
-			defer func(old int) { checkWorkers = old }(checkWorkers)
-			checkWorkers = n
+			defer func(old int) { fsWorkers = old }(fsWorkers)
+			fsWorkers = n
 			s := startServer(t)
 			src := filepath.Join(t.TempDir(), "app")
 			for d := range 20 {

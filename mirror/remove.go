@@ -141,7 +141,7 @@ func openToRemove(dir int, name string) (int, error) {
 
 // removeAllParallel is removeAllAt for a directory whose directories two
 // levels down (trash/<version>/<top-level entry>) are removed by
-// checkWorkers goroutines at once. With unlinked set, it notes inodes as
+// fsWorkers goroutines at once. With unlinked set, it notes inodes as
 // remover does.
 func removeAllParallel(dir int, name string, unlinked map[[2]uint64]bool) error {
 	var mu sync.Mutex
@@ -192,7 +192,7 @@ func removeAllParallel(dir int, name string, unlinked map[[2]uint64]bool) error 
 	var failed atomic.Bool
 	var firstErr error
 	var wg sync.WaitGroup
-	for range min(checkWorkers, len(jobs)) {
+	for range min(fsWorkers, len(jobs)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -230,7 +230,7 @@ func removeAllParallel(dir int, name string, unlinked map[[2]uint64]bool) error 
 	return nil
 }
 
-// forRuns calls, from checkWorkers goroutines, each one's do for runs of
+// forRuns calls, from fsWorkers goroutines, each one's do for runs of
 // consecutive indexes (of one directory, mostly, in manifest order) that
 // together cover [0, n) once; newWorker makes a goroutine's do and the
 // done it calls at its end.
@@ -249,7 +249,7 @@ func forRuns(n int, newWorker func() (do func(lo, hi int), done func())) {
 		}
 	}
 	var wg sync.WaitGroup
-	for range min(checkWorkers, (n+run-1)/run) - 1 {
+	for range min(fsWorkers, (n+run-1)/run) - 1 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

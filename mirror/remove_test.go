@@ -15,8 +15,8 @@ import (
 func TestRemoveAllParallel(t *testing.T) {
 	for _, n := range workerCounts {
 		t.Run(fmt.Sprint(n, " workers"), func(t *testing.T) {
-			defer func(old int) { checkWorkers = old }(checkWorkers)
-			checkWorkers = n
+			defer func(old int) { fsWorkers = old }(fsWorkers)
+			fsWorkers = n
 			base := t.TempDir()
 			outside := filepath.Join(base, "outside")
 			write(t, filepath.Join(outside, "keep"), "keep", 0o644)

@@ -211,7 +211,7 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 // interrupted run staged (leftover) if it still has the version's
 // content, else a local copy from the sources (reuse). It returns the
 // files left to fetch, in manifest order. The files are shared out among
-// checkWorkers goroutines, in runs of consecutive entries (mostly of one
+// fsWorkers goroutines, in runs of consecutive entries (mostly of one
 // directory); each has its own directory descriptors.
 func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*source, leftover map[int]bool, partials map[int][]string, placed []placedRec) ([]*manifest.Entry, error) {
 	const run = 64
@@ -274,7 +274,7 @@ func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*so
 		mu.Unlock()
 	}
 	var wg sync.WaitGroup
-	for range min(checkWorkers, (len(man.Entries)+run-1)/run) - 1 {
+	for range min(fsWorkers, (len(man.Entries)+run-1)/run) - 1 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -17,18 +17,21 @@ import (
 // The check of a tree on disk against a version's manifest, used by check
 // (is the current version still intact?) and verify (is the staged tree
 // the version?). It never builds a manifest of what is on disk: every
-// directory of the version is read once (in parallel, by checkWorkers
-// goroutines: the work is mostly system calls), each name found is looked
-// up among the children the manifest gives that directory, and each entry
-// is compared with its manifest entry as it is found. Names the manifest
+// directory of the version is read once (in parallel, by fsWorkers
+// goroutines), each name found is looked up among the children the
+// manifest gives that directory, and each entry is compared with its
+// manifest entry as it is found. Names the manifest
 // does not have are extra entries; manifest entries not found equal are
 // missing or changed. Nothing is followed: a directory is opened beneath
 // the root with openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS (so a
 // directory replaced by a symbolic link is not entered), everything else
 // is examined with fstatat AT_SYMLINK_NOFOLLOW and readlinkat.
 
-// checkWorkers is how many directories are read at once.
-var checkWorkers = 2
+// fsWorkers is how many goroutines share the file system work of a sync
+// that can be shared (the check of a tree, placing a new version's files,
+// pruning, the stat cache). The work is mostly system calls: more than
+// the cores gains little, and two already halve it on a small machine.
+var fsWorkers = 2
 
 // childIndex lists, for each directory entry of a manifest, the indexes of
 // its children in manifest order (which is their names' bytewise order).
@@ -154,7 +157,7 @@ func (c *treeCheck) run() error {
 			c.mu.Unlock()
 		}
 	}
-	workers := min(checkWorkers, len(dirs))
+	workers := min(fsWorkers, len(dirs))
 	var wg sync.WaitGroup
 	for range workers - 1 {
 		wg.Add(1)

@@ -113,8 +113,8 @@ func oracle(t *testing.T, dir string, man *manifest.Manifest, hash bool) []strin
 // checkWith runs syncer.check on dir with n workers.
 func checkWith(t *testing.T, n int, dir string, man *manifest.Manifest, hash bool, stats []statRec) []string {
 	t.Helper()
-	defer func(old int) { checkWorkers = old }(checkWorkers)
-	checkWorkers = n
+	defer func(old int) { fsWorkers = old }(fsWorkers)
+	fsWorkers = n
 	out := t.TempDir()
 	l, err := openLayout(out, "app", 0)
 	if err != nil {
@@ -345,18 +345,18 @@ func TestCheckRecordsAndVerifyDiff(t *testing.T) {
 	}
 	defer root.Close()
 	for _, n := range workerCounts {
-		checkWorkers, n = n, checkWorkers
+		fsWorkers, n = n, fsWorkers
 		s := &syncer{cfg: &Config{Tree: "app"}, res: &Result{}}
 		recs, err := s.verify(root, man, man.ID(), make([]placedRec, len(man.Entries)))
 		if err != nil {
-			t.Fatalf("%d workers: verify: %v", checkWorkers, err)
+			t.Fatalf("%d workers: verify: %v", fsWorkers, err)
 		}
 		for i := range man.Entries {
 			if man.Entries[i].Type == manifest.TypeFile && recs[i] != stats[i] {
-				t.Errorf("%d workers: record of %q: %+v, want %+v", checkWorkers, man.Entries[i].Path, recs[i], stats[i])
+				t.Errorf("%d workers: record of %q: %+v, want %+v", fsWorkers, man.Entries[i].Path, recs[i], stats[i])
 			}
 		}
-		checkWorkers = n
+		fsWorkers = n
 	}
 	os.Chmod(filepath.Join(dir, "d05/f1"), 0o600)
 	s := &syncer{cfg: &Config{Tree: "app"}, res: &Result{}}

@@ -410,7 +410,7 @@ func (l *layout) emptyTrash() error {
 	if _, err := lstatAt(int(l.t.Fd()), "trash"); errors.Is(err, unix.ENOENT) {
 		return nil
 	}
-	return removeAllParallel(int(l.t.Fd()), "trash", l.unlinked)
+	return removeAllNoting(int(l.t.Fd()), "trash", l.unlinked)
 }
 
 // Rollback switches OUT/tree to the kept version with the highest sequence

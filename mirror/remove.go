@@ -3,7 +3,6 @@ package mirror
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -139,95 +138,11 @@ func openToRemove(dir int, name string) (int, error) {
 	return fd, nil
 }
 
-// removeAllParallel is removeAllAt for a directory whose directories two
-// levels down (trash/<version>/<top-level entry>) are removed by
-// fsWorkers goroutines at once. With unlinked set, it notes inodes as
-// remover does.
-func removeAllParallel(dir int, name string, unlinked map[[2]uint64]bool) error {
-	var mu sync.Mutex
-	top := &remover{mu: &mu, unlinked: unlinked}
-	fd, err := openToRemove(dir, name)
-	if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
-		return top.removeAll(dir, name, 0)
-	}
-	if err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return nil
-		}
-		return fmt.Errorf("removing %s: %w", name, err)
-	}
-	defer unix.Close(fd)
-	type job struct {
-		dir  int
-		name string
-	}
-	var jobs []job
-	var subs []string // directories of level 1, emptied by the jobs
-	var subFds []int
-	defer func() {
-		for _, f := range subFds {
-			if f >= 0 {
-				unix.Close(f)
-			}
-		}
-	}()
-	err = direntsOf(fd, top.buf(0), func(n string, typ uint8) error {
-		if typ != unix.DT_DIR {
-			return top.removeAll(fd, n, 1)
-		}
-		sfd, err := openToRemove(fd, n)
-		if err != nil {
-			return top.removeAll(fd, n, 1) // let it report
-		}
-		subs, subFds = append(subs, strings.Clone(n)), append(subFds, sfd)
-		return direntsOf(sfd, top.buf(1), func(m string, _ uint8) error {
-			jobs = append(jobs, job{sfd, strings.Clone(m)})
-			return nil
-		})
-	})
-	if err != nil {
-		return fmt.Errorf("removing %s: %w", name, err)
-	}
-	var next atomic.Int64
-	var failed atomic.Bool
-	var firstErr error
-	var wg sync.WaitGroup
-	for range min(fsWorkers, len(jobs)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := &remover{mu: &mu, unlinked: unlinked}
-			for !failed.Load() {
-				k := next.Add(1) - 1
-				if k >= int64(len(jobs)) {
-					return
-				}
-				if err := r.removeAll(jobs[k].dir, jobs[k].name, 0); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					failed.Store(true)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
-	}
-	for i, s := range subs {
-		unix.Close(subFds[i])
-		subFds[i] = -1 // closed
-		if err := unix.Unlinkat(fd, s, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("removing %s: %w", s, err)
-		}
-	}
-	if err := unix.Unlinkat(dir, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("removing %s: %w", name, err)
-	}
-	return nil
+// removeAllNoting is removeAllAt noting in unlinked (when not nil) the
+// inodes of the regular files it unlinks a name of that have another
+// (see remover).
+func removeAllNoting(dir int, name string, unlinked map[[2]uint64]bool) error {
+	return (&remover{mu: new(sync.Mutex), unlinked: unlinked}).removeAll(dir, name, 0)
 }
 
 // forRuns calls, from fsWorkers goroutines, each one's do for runs of

@@ -52,11 +52,10 @@ func direntsOf(fd int, buf []byte, fn func(name string, typ uint8) error) error 
 }
 
 // remover removes trees, never following a symbolic link. With unlinked
-// set, it first notes there (under mu) the inode of each regular file
-// that has another name (statcache.go: a version sharing it by a hard
-// link sees its ctime change).
+// set, it first notes there the inode of each regular file that has
+// another name (statcache.go: a version sharing it by a hard link sees
+// its ctime change).
 type remover struct {
-	mu       *sync.Mutex
 	unlinked map[[2]uint64]bool
 	bufs     [][]byte // getdents buffers, one per depth
 }
@@ -80,9 +79,7 @@ func (r *remover) removeAll(dir int, name string, depth int) error {
 			switch st.Mode & unix.S_IFMT {
 			case unix.S_IFREG:
 				if st.Nlink > 1 {
-					r.mu.Lock()
 					r.unlinked[[2]uint64{st.Dev, st.Ino}] = true
-					r.mu.Unlock()
 				}
 			case unix.S_IFDIR:
 				isDir = true
@@ -142,7 +139,7 @@ func openToRemove(dir int, name string) (int, error) {
 // inodes of the regular files it unlinks a name of that have another
 // (see remover).
 func removeAllNoting(dir int, name string, unlinked map[[2]uint64]bool) error {
-	return (&remover{mu: new(sync.Mutex), unlinked: unlinked}).removeAll(dir, name, 0)
+	return (&remover{unlinked: unlinked}).removeAll(dir, name, 0)
 }
 
 // forRuns calls, from fsWorkers goroutines, each one's do for runs of

@@ -107,6 +107,12 @@ func Decode(b []byte, lim Limits) (*Manifest, error) {
 		return nil, fmt.Errorf("%w: %d entries claimed in %d octets", ErrInvalid, count, len(b))
 	}
 	m := &Manifest{Entries: make([]Entry, count)}
+	// Every path is a substring of one string (one allocation, not one
+	// per entry). The builder is grown to their total length first, so it
+	// never moves what the substrings already point to (were the sum
+	// wrong, it would move a copy and leave them valid anyway).
+	var paths strings.Builder
+	paths.Grow(pathBytes(b[headerLen:], count))
 	p := b[headerLen:]
 	for i := range m.Entries {
 		if len(p) < entryFixedLen-2 {
@@ -119,10 +125,13 @@ func Decode(b []byte, lim Limits) (*Manifest, error) {
 		e.Size = binary.BigEndian.Uint64(p[13:21])
 		copy(e.Hash[:], p[21:21+HashLen])
 		p = p[21+HashLen:]
-		var ok bool
-		if e.Path, p, ok = takeString(p); !ok {
+		n, ok := stringLen(p)
+		if !ok {
 			return nil, &EntryError{Index: i, Why: "truncated path"}
 		}
+		at := paths.Len()
+		paths.Write(p[2 : 2+n])
+		e.Path, p = paths.String()[at:], p[2+n:]
 		if e.Target, p, ok = takeString(p); !ok {
 			return nil, &EntryError{Index: i, Path: e.Path, Why: "truncated symlink target"}
 		}
@@ -134,6 +143,38 @@ func Decode(b []byte, lim Limits) (*Manifest, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// stringLen reads a string's length and checks the string is there.
+func stringLen(p []byte) (int, bool) {
+	if len(p) < 2 {
+		return 0, false
+	}
+	n := int(binary.BigEndian.Uint16(p))
+	return n, len(p) >= 2+n
+}
+
+// pathBytes is the total length of the paths of the count entries p
+// starts with (as far as p holds them; Decode reports what is missing).
+func pathBytes(p []byte, count uint64) int {
+	total := 0
+	for ; count > 0; count-- {
+		if len(p) < 21+HashLen {
+			break
+		}
+		p = p[21+HashLen:]
+		n, ok := stringLen(p)
+		if !ok {
+			break
+		}
+		total += n
+		p = p[2+n:]
+		if n, ok = stringLen(p); !ok {
+			break
+		}
+		p = p[2+n:]
+	}
+	return total
 }
 
 func takeString(p []byte) (string, []byte, bool) {
@@ -158,9 +199,6 @@ func (m *Manifest) Validate() error {
 	if r := &m.Entries[0]; r.Path != "" || r.Type != TypeDir {
 		return &EntryError{Index: 0, Path: r.Path, Why: "the first entry must be the root directory (empty path)"}
 	}
-	// dirs holds the directories seen, for the parent check; it grows with
-	// the entries already decoded, never beyond them.
-	dirs := map[string]struct{}{"": {}}
 	var zero [HashLen]byte
 	for i := range m.Entries {
 		e := &m.Entries[i]
@@ -197,18 +235,36 @@ func (m *Manifest) Validate() error {
 		if prev := m.Entries[i-1].Path; e.Path <= prev {
 			return bad("out of order or duplicate (paths must be strictly increasing)")
 		}
-		parent := ""
-		if j := strings.LastIndexByte(e.Path, '/'); j >= 0 {
-			parent = e.Path[:j]
-		}
-		if _, ok := dirs[parent]; !ok {
+		if !m.parentListed(i) {
 			return bad("its parent is not a directory listed before it")
-		}
-		if e.Type == TypeDir {
-			dirs[e.Path] = struct{}{}
 		}
 	}
 	return nil
+}
+
+// parentListed tells whether entry i's parent directory is an earlier
+// entry of type directory, for Validate, which has checked entries 0..i-1
+// (so they are sorted) and that entry i comes after them. Usually the
+// entry before is the parent, or a sibling (whose parent was checked).
+func (m *Manifest) parentListed(i int) bool {
+	parent := dir(m.Entries[i].Path)
+	prev := m.Entries[i-1].Path
+	if prev == parent {
+		return m.Entries[i-1].Type == TypeDir
+	}
+	if i > 1 && dir(prev) == parent {
+		return true
+	}
+	j := sort.Search(i, func(j int) bool { return m.Entries[j].Path >= parent })
+	return j < i && m.Entries[j].Path == parent && m.Entries[j].Type == TypeDir
+}
+
+// dir is the parent of a path ("" for a top-level name).
+func dir(p string) string {
+	if j := strings.LastIndexByte(p, '/'); j >= 0 {
+		return p[:j]
+	}
+	return ""
 }
 
 // Sort orders entries by path, for builders; Validate still decides.

@@ -176,3 +176,35 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// A parent is found wherever it is among the earlier entries: just
+// before, before a sibling, or before names that sort between it and its
+// children ("a", "a-b", "a/c"); it must be a directory.
+func TestParentAnywhereBefore(t *testing.T) {
+	dir := Entry{Type: TypeDir, Mode: 0o755}
+	file := Entry{Type: TypeFile, Mode: 0o644}
+	at := func(e Entry, p string) Entry { e.Path = p; return e }
+	ok := &Manifest{Entries: []Entry{at(dir, ""), at(dir, "a"), at(file, "a-b"), at(dir, "a.d"), at(file, "a.d/x"),
+		at(file, "a/c"), at(dir, "a/d"), at(file, "a/d/e"), at(file, "a/f"), at(file, "b")}}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("valid manifest: %v", err)
+	}
+	got, err := Decode(ok.Encode(), DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range ok.Entries {
+		if got.Entries[i] != ok.Entries[i] {
+			t.Errorf("entry %d decoded as %+v", i, got.Entries[i])
+		}
+	}
+	for _, bad := range []*Manifest{
+		{Entries: []Entry{at(dir, ""), at(file, "a"), at(file, "a-b"), at(file, "a/c")}},
+		{Entries: []Entry{at(dir, ""), at(dir, "a"), at(file, "a-b"), at(file, "a/c"), at(file, "b/c")}},
+		{Entries: []Entry{at(dir, ""), at(dir, "a"), at(file, "a/c"), at(file, "a/c/d")}},
+	} {
+		if err := bad.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%v: Validate %v, want ErrInvalid", bad.Entries, err)
+		}
+	}
+}

@@ -134,53 +134,6 @@ func mkdirAt(dir *os.File, name string) (*os.File, error) {
 	return d, nil
 }
 
-// removeAllAt removes name in dir and, for a directory, everything below
-// it, never following a symbolic link. Missing is not an error.
-func removeAllAt(dir int, name string) error {
-	err := unix.Unlinkat(dir, name, 0)
-	if err == nil || errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("removing %s: %w", name, err)
-	}
-	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		if errors.Is(err, unix.EACCES) {
-			// A directory of mode 0 or so: allow ourselves in, then retry.
-			var st unix.Stat_t
-			if unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				unix.Fchmodat(dir, name, 0o700, 0)
-				fd, err = unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("removing %s: %w", name, err)
-		}
-	}
-	d := os.NewFile(uintptr(fd), name)
-	defer d.Close()
-	unix.Fchmod(fd, 0o700)
-	for {
-		names, err := d.Readdirnames(256)
-		for _, n := range names {
-			if err := removeAllAt(fd, n); err != nil {
-				return err
-			}
-		}
-		if err == io.EOF || len(names) == 0 {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", name, err)
-		}
-	}
-	if err := unix.Unlinkat(dir, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("removing %s: %w", name, err)
-	}
-	return nil
-}
-
 // readNames lists a directory.
 func readNames(d *os.File) ([]string, error) {
 	if _, err := d.Seek(0, io.SeekStart); err != nil {
@@ -192,9 +145,17 @@ func readNames(d *os.File) ([]string, error) {
 // hashAt returns the BLAKE3-256 and stat of the regular file rel beneath
 // root, opened without following any symbolic link.
 func hashAt(root *os.File, rel string) ([32]byte, unix.Stat_t, error) {
+	return hashAtFd(int(root.Fd()), rel)
+}
+
+// errNotRegular: hashAt found something else than a regular file.
+var errNotRegular = errors.New("not a regular file")
+
+// hashAtFd is hashAt beneath a directory descriptor.
+func hashAtFd(dir int, rel string) ([32]byte, unix.Stat_t, error) {
 	var sum [32]byte
 	var st unix.Stat_t
-	fd, err := openBeneath(int(root.Fd()), rel, unix.O_RDONLY, 0)
+	fd, err := openBeneath(dir, rel, unix.O_RDONLY, 0)
 	if err != nil {
 		return sum, st, err
 	}
@@ -204,7 +165,7 @@ func hashAt(root *os.File, rel string) ([32]byte, unix.Stat_t, error) {
 		return sum, st, err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return sum, st, fmt.Errorf("%s: not a regular file", rel)
+		return sum, st, fmt.Errorf("%s: %w", rel, errNotRegular)
 	}
 	h := blake3.New()
 	if _, err := io.Copy(h, f); err != nil {

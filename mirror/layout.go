@@ -243,7 +243,7 @@ func (l *layout) loadManifest(id manifest.ID, lim manifest.Limits) (*manifest.Ma
 	}
 	f := os.NewFile(uintptr(fd), id.String())
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, int64(lim.MaxBytes)+1))
+	b, err := readSmallFile(f, int64(lim.MaxBytes))
 	if err != nil || manifest.IDOf(b) != id {
 		unix.Unlinkat(int(l.m.Fd()), id.String(), 0)
 		return nil, nil, false
@@ -410,8 +410,7 @@ func (l *layout) emptyTrash() error {
 	if _, err := lstatAt(int(l.t.Fd()), "trash"); errors.Is(err, unix.ENOENT) {
 		return nil
 	}
-	l.noteInodes(int(l.t.Fd()), "trash")
-	return removeAllAt(int(l.t.Fd()), "trash")
+	return removeAllNoting(int(l.t.Fd()), "trash", l.unlinked)
 }
 
 // Rollback switches OUT/tree to the kept version with the highest sequence
@@ -450,4 +449,30 @@ func Rollback(out, tree string) (string, error) {
 		return "", err
 	}
 	return filepath.Join(l.v.Name(), prev), nil
+}
+
+// readSmallFile reads f whole, up to max+1 bytes (more is for the caller
+// to refuse), in one buffer of the size fstat gives (plus what a file
+// growing meanwhile adds).
+func readSmallFile(f *os.File, max int64) ([]byte, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, err
+	}
+	n := min(st.Size, max) + 1 // +1: to see the end (or a file beyond max)
+	b := make([]byte, 0, n)
+	for int64(len(b)) <= max {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		k, err := f.Read(b[len(b):min(int64(cap(b)), max+1)])
+		b = b[:len(b)+k]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
 }

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
@@ -26,15 +28,15 @@ type source struct {
 	root   *os.File
 	man    *manifest.Manifest
 	dirs   *dirCache
-	byHash []int32   // indexes of its files, sorted by hash
-	state  []int8    // by entry: 1 verified, -1 drifted
-	stats  []statRec // its stat cache (nil if none)
-	drift  bool      // report mismatches as drift
+	byHash []int32        // indexes of its files, sorted by hash
+	state  []atomic.Int32 // by entry: 1 verified, -1 drifted (shared by placeFiles' workers)
+	stats  []statRec      // its stat cache (nil if none)
+	drift  bool           // report mismatches as drift
 }
 
 func newSource(root *os.File, m *manifest.Manifest, drift bool, stats []statRec) *source {
 	src := &source{root: root, man: m, dirs: &dirCache{root: root},
-		state: make([]int8, len(m.Entries)), stats: stats, drift: drift}
+		state: make([]atomic.Int32, len(m.Entries)), stats: stats, drift: drift}
 	for i := range m.Entries {
 		if m.Entries[i].Type == manifest.TypeFile {
 			src.byHash = append(src.byHash, int32(i))
@@ -100,7 +102,7 @@ func (c *dirCache) close() {
 // stat cache, written by build once the old versions are pruned), those
 // not older than a fence taken before verify left out.
 func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.ID, cur current, curMan *manifest.Manifest, name string) (recs []statRec, err error) {
-	cfg, l, res := s.cfg, s.l, s.res
+	cfg, l := s.cfg, s.l
 	stageDir, err := mkdirPlain(l.t, "stage", 0o700)
 	if err != nil {
 		return nil, err
@@ -132,7 +134,10 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	if cur.kind == curManaged && curMan != nil {
 		if croot, err := openDir(l.v, cur.name); err == nil {
 			defer croot.Close()
-			stats := l.loadStats(cur.name, curMan.ID(), len(curMan.Entries))
+			stats := s.curStats // read with curMan by once
+			if s.curStatsOf != cur.name {
+				stats = l.loadStats(cur.name, curMan.ID(), len(curMan.Entries))
+			}
 			sources = append(sources, newSource(croot, curMan, true, stats))
 		}
 	}
@@ -142,65 +147,11 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 			sources = append(sources, newSource(troot, man, true, l.loadStats(name, id, len(man.Entries))))
 		}
 	}
-	defer func() {
-		for _, src := range sources {
-			src.dirs.close()
-		}
-	}()
 	placed := make([]placedRec, len(man.Entries))
-	dst := &dirCache{root: root}
-	defer dst.close()
-	var fetch []*manifest.Entry
-	for i := range man.Entries {
-		e := &man.Entries[i]
-		if e.Type != manifest.TypeFile {
-			continue
-		}
-		if leftover[i] {
-			sum, st, err := hashAt(root, e.Path)
-			// A staged file with other names (a hard link an interrupted
-			// run made from a kept version) is kept only if finish will not
-			// chmod or touch it: that would change the kept version's file.
-			shared := st.Nlink > 1 && (uint32(st.Mode)&0o7777 != localMode(e.Mode) || statMtime(&st) != e.MtimeNs)
-			if err == nil && sum == e.Hash && uint64(st.Size) == e.Size && !shared {
-				if err := removePartials(dst, e.Path, partials[i]); err != nil {
-					return nil, err
-				}
-				res.FilesStaged++
-				res.FilesReused++
-				res.BytesReused += int64(e.Size)
-				s.addDone(1, int64(e.Size))
-				continue
-			}
-			parent, base := split(e.Path)
-			d, err := dst.get(parent)
-			if err != nil {
-				return nil, err
-			}
-			if err := removeAllAt(int(d.Fd()), base); err != nil {
-				return nil, err
-			}
-		}
-		ok, err := s.reuse(sources, dst, e, &placed[i])
-		if err != nil {
-			return nil, err
-		}
-		if ok || leftover[i] {
-			// Not fetched: an interrupted fetch's partial file of it would
-			// stay in the version.
-			if err := removePartials(dst, e.Path, partials[i]); err != nil {
-				return nil, err
-			}
-		}
-		if ok {
-			res.FilesReused++
-			res.BytesReused += int64(e.Size)
-			s.addDone(1, int64(e.Size))
-			continue
-		}
-		fetch = append(fetch, e)
+	fetch, err := s.placeFiles(root, man, sources, leftover, partials, placed)
+	if err != nil {
+		return nil, err
 	}
-	dst.close()
 
 	// 3. Fetch what is left, into stage/T/... (VGET names are T/path).
 	if len(fetch) > 0 {
@@ -254,6 +205,144 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 		return nil, err
 	}
 	return recs, nil
+}
+
+// placeFiles puts each file of man in the staging tree root: a file an
+// interrupted run staged (leftover) if it still has the version's
+// content, else a local copy from the sources (reuse). It returns the
+// files left to fetch, in manifest order. The files are shared out among
+// fsWorkers goroutines, in runs of consecutive entries (mostly of one
+// directory); each has its own directory descriptors.
+func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*source, leftover map[int]bool, partials map[int][]string, placed []placedRec) ([]*manifest.Entry, error) {
+	const run = 64
+	var next atomic.Int64
+	var stop atomic.Bool
+	var mu sync.Mutex // guards what follows
+	var firstErr error
+	var fetch []int
+	var files, staged int
+	var bytes int64
+	work := func() {
+		dst := &dirCache{root: root}
+		defer dst.close()
+		srcs := make([]*source, len(sources))
+		for k, src := range sources {
+			c := *src
+			c.dirs = &dirCache{root: src.root}
+			defer c.dirs.close()
+			srcs[k] = &c
+		}
+		var myFetch []int
+		var myFiles, myStaged int
+		var myBytes int64
+		for !stop.Load() {
+			lo := int(next.Add(run) - run)
+			if lo >= len(man.Entries) {
+				break
+			}
+			for i := lo; i < min(lo+run, len(man.Entries)); i++ {
+				e := &man.Entries[i]
+				if e.Type != manifest.TypeFile {
+					continue
+				}
+				how, err := s.placeFile(root, dst, srcs, e, leftover[i], partials[i], &placed[i])
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					stop.Store(true)
+					break
+				}
+				switch how {
+				case placedStaged:
+					myStaged++
+					fallthrough
+				case placedReused:
+					myFiles++
+					myBytes += int64(e.Size)
+					s.addDone(1, int64(e.Size))
+				default:
+					myFetch = append(myFetch, i)
+				}
+			}
+		}
+		mu.Lock()
+		fetch = append(fetch, myFetch...)
+		files, staged, bytes = files+myFiles, staged+myStaged, bytes+myBytes
+		mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	for range min(fsWorkers, (len(man.Entries)+run-1)/run) - 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work()
+		}()
+	}
+	work()
+	wg.Wait()
+	res := s.res
+	res.FilesReused += files
+	res.FilesStaged += staged
+	res.BytesReused += bytes
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	slices.Sort(fetch)
+	out := make([]*manifest.Entry, len(fetch))
+	for k, i := range fetch {
+		out[k] = &man.Entries[i]
+	}
+	return out, nil
+}
+
+// How placeFile placed a file.
+const (
+	placedNot    = iota // to fetch
+	placedStaged        // already staged by an interrupted run, checked
+	placedReused        // copied or linked from a source
+)
+
+// placeFile places file e (see placeFiles).
+func (s *syncer) placeFile(root *os.File, dst *dirCache, sources []*source, e *manifest.Entry, leftover bool, partials []string, pl *placedRec) (int, error) {
+	if leftover {
+		sum, st, err := hashAt(root, e.Path)
+		// A staged file with other names (a hard link an interrupted
+		// run made from a kept version) is kept only if finish will not
+		// chmod or touch it: that would change the kept version's file.
+		shared := st.Nlink > 1 && (uint32(st.Mode)&0o7777 != localMode(e.Mode) || statMtime(&st) != e.MtimeNs)
+		if err == nil && sum == e.Hash && uint64(st.Size) == e.Size && !shared {
+			if err := removePartials(dst, e.Path, partials); err != nil {
+				return placedNot, err
+			}
+			return placedStaged, nil
+		}
+		parent, base := split(e.Path)
+		d, err := dst.get(parent)
+		if err != nil {
+			return placedNot, err
+		}
+		if err := removeAllAt(int(d.Fd()), base); err != nil {
+			return placedNot, err
+		}
+	}
+	ok, err := s.reuse(sources, dst, e, pl)
+	if err != nil {
+		return placedNot, err
+	}
+	if ok || leftover {
+		// Not fetched: an interrupted fetch's partial file of it would
+		// stay in the version.
+		if err := removePartials(dst, e.Path, partials); err != nil {
+			return placedNot, err
+		}
+	}
+	if ok {
+		return placedReused, nil
+	}
+	return placedNot, nil
 }
 
 // reconcile makes the staging tree's directories and symlinks those of
@@ -399,7 +488,7 @@ func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry, pl *
 		// of equal content, such as empty ones, would otherwise all be
 		// links to one inode, each link changing its ctime).
 		same := indexOf(src.man, e.Path)
-		if same >= 0 && (src.man.Entries[same].Type != manifest.TypeFile || src.man.Entries[same].Hash != e.Hash || src.state[same] < 0) {
+		if same >= 0 && (src.man.Entries[same].Type != manifest.TypeFile || src.man.Entries[same].Hash != e.Hash || src.state[same].Load() < 0) {
 			same = -1
 		}
 		if same >= 0 {
@@ -409,7 +498,7 @@ func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry, pl *
 			}
 		}
 		for _, i := range src.withHash(&e.Hash) {
-			if src.state[i] < 0 || int(i) == same {
+			if src.state[i].Load() < 0 || int(i) == same {
 				continue
 			}
 			ok, err := s.placeFrom(src, int(i), dst, e, pl)
@@ -426,7 +515,7 @@ func (s *syncer) reuse(sources []*source, dst *dirCache, e *manifest.Entry, pl *
 
 // drifted marks a source's file as no longer matching its version.
 func (s *syncer) drifted(src *source, i int) {
-	src.state[i] = -1
+	src.state[i].Store(-1)
 	if src.drift {
 		s.drift(src.man.Entries[i].Path)
 	}
@@ -456,7 +545,7 @@ func (s *syncer) placeFrom(src *source, i int, dst *dirCache, e *manifest.Entry,
 	// file hashed earlier in this sync is not trusted this way).
 	trusted := src.stats != nil && src.stats[i].matches(&st)
 	if trusted {
-		src.state[i] = 1
+		src.state[i].Store(1)
 	}
 	parent, base := split(e.Path)
 	d, err := dst.get(parent)
@@ -492,13 +581,13 @@ func (s *syncer) placeFrom(src *source, i int, dst *dirCache, e *manifest.Entry,
 		s.drifted(src, i)
 		return false, nil
 	}
-	if src.state[i] == 0 {
+	if src.state[i].Load() == 0 {
 		sum, err := hashReader(io.NewSectionReader(f, 0, fst.Size))
 		if err != nil || sum != e.Hash {
 			s.drifted(src, i)
 			return false, nil
 		}
-		src.state[i] = 1
+		src.state[i].Store(1)
 	}
 	if !trusted && uint32(fst.Mode)&0o7777 == localMode(e.Mode) && statMtime(&fst) == e.MtimeNs {
 		err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), int(d.Fd()), base, unix.AT_SYMLINK_FOLLOW)
@@ -621,285 +710,84 @@ func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed 
 // mode or times, since); its hash is then the version's. Every other file
 // is hashed. It returns the stats of the files (indexed like man's
 // entries) for the stat cache.
+//
+// Each entry read is compared with the version's entry of that path as it
+// is found (see treeCheck): when every entry of the version was found
+// equal and nothing else is on disk, the tree on disk is the version,
+// entry for entry, so its manifest and id are the version's.
 func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID, placed []placedRec) ([]statRec, error) {
 	want := localized(man)
 	recs := make([]statRec, len(man.Entries))
-	known := func(p string, st *unix.Stat_t) ([32]byte, bool) {
-		i := indexOf(want, p)
-		if i < 0 {
-			return [32]byte{}, false
-		}
-		pl := &placed[i]
-		if pl.ino != 0 && pl.dev == st.Dev && pl.ino == st.Ino && pl.size == uint64(st.Size) && pl.ctime == statCtime(st) {
-			return want.Entries[i].Hash, true
-		}
-		return [32]byte{}, false
+	c := &treeCheck{root: root, want: want, hash: true, firstDiff: true, maxExtra: len(man.Entries),
+		trust: func(i int, st *unix.Stat_t) bool {
+			pl := &placed[i]
+			return pl.ino != 0 && pl.dev == st.Dev && pl.ino == st.Ino && pl.size == uint64(st.Size) && pl.ctime == statCtime(st)
+		},
+		record: func(i int, st *unix.Stat_t, _ bool) { recs[i] = recOf(st) },
 	}
-	record := func(p string, st *unix.Stat_t) {
-		if i := indexOf(want, p); i >= 0 {
-			recs[i] = recOf(st)
-		}
-	}
-	// Each entry read is compared with the version's entry of that path as
-	// it comes (no copy of the whole tree is kept): when every entry read
-	// equals one of the version's and all of them were read, the tree on
-	// disk is the version, entry for entry, so its manifest and id are the
-	// version's.
-	seen := make([]bool, len(want.Entries))
-	n := 0
-	var diff string
-	visit := func(e *manifest.Entry) error {
-		i := indexOf(want, e.Path)
-		switch {
-		case i < 0:
-			diff = fmt.Sprintf("%q is on disk but not in the version", e.Path)
-		case seen[i]:
-			diff = fmt.Sprintf("%q read twice", e.Path)
-		case want.Entries[i] != *e:
-			diff = firstDiff(&manifest.Manifest{Entries: want.Entries[i : i+1]}, &manifest.Manifest{Entries: []manifest.Entry{*e}})
-		default:
-			seen[i] = true
-			n++
-			return nil
-		}
-		return errMismatchFound
-	}
-	err := walkTree(root, true, len(man.Entries), known, record, visit)
-	if errors.Is(err, errMismatchFound) {
-		return nil, fmt.Errorf("%w %s: %s", ErrMismatch, id.Short(), diff)
-	}
+	err := c.run()
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading the staged tree back: %w", ErrMismatch, err)
 	}
-	if n != len(want.Entries) {
-		for i := range seen {
-			if !seen[i] {
-				return nil, fmt.Errorf("%w %s: %q is missing on disk", ErrMismatch, id.Short(), want.Entries[i].Path)
-			}
-		}
+	if c.diff != "" {
+		return nil, fmt.Errorf("%w %s: %s", ErrMismatch, id.Short(), c.diff)
 	}
 	return recs, nil
 }
-
-var errMismatchFound = errors.New("differs from the version")
 
 // check compares a kept version with its manifest: by type, mode, mtime,
 // size and target, and with hashes too if hash. Without hash, a file
 // whose inode no longer matches its stat cache record (stats, when there
 // is one) is hashed anyway: an in-place edit that kept size and mtime
-// still changed its ctime. It returns the paths that differ.
+// still changed its ctime. It returns the paths that differ (an extra
+// directory is one path: what is below it is not read).
 //
 // Files hashed because their records were missing or stale (and found
 // unchanged) get fresh records: the cache of version directory name is
 // rewritten when nothing differs.
 func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool, stats []statRec, name string, id manifest.ID) (drift []string, err error) {
 	want := localized(man)
-	var known func(string, *unix.Stat_t) ([32]byte, bool)
-	var record func(string, *unix.Stat_t)
+	c := &treeCheck{root: root, want: want, hash: hash, maxExtra: len(man.Entries)}
 	var recs []statRec
 	var fence int64
-	hashed := 0
+	var hashed atomic.Int64
 	if !hash && stats != nil {
-		hash = true
+		c.hash = true
 		recs = make([]statRec, len(man.Entries))
-		known = func(p string, st *unix.Stat_t) ([32]byte, bool) {
-			if i := indexOf(want, p); i >= 0 && stats[i].matches(st) {
-				return want.Entries[i].Hash, true
-			}
-			if hashed++; hashed == 1 {
-				fence = s.l.fsNow() // before the first file hashed is looked at
-			}
-			return [32]byte{}, false
-		}
-		record = func(p string, st *unix.Stat_t) {
-			i := indexOf(want, p)
+		c.trust = func(i int, st *unix.Stat_t) bool { return stats[i].matches(st) }
+		// The fence is taken before the first file is read: a file
+		// hashed is recorded only if its ctime is older (statcache.go).
+		c.beforeRead = func() { fence = s.l.fsNow() }
+		c.record = func(i int, st *unix.Stat_t, read bool) {
 			switch {
-			case i < 0:
-			case stats[i].matches(st):
+			case !read:
 				recs[i] = stats[i]
 			case fence != 0 && statCtime(st) < fence:
+				hashed.Add(1)
 				recs[i] = recOf(st)
+			default:
+				hashed.Add(1)
 			}
 		}
 	}
-	got, err0 := scanTree(root, hash, len(man.Entries), known, record)
-	defer func() {
-		if hashed > 0 && fence != 0 && err == nil && len(drift) == 0 {
-			// Every record was seen to match (or was made from the file
-			// hashed just now, equal to the version's).
-			s.saveStats(name, id, man, recs)
-		}
-	}()
-	if err0 != nil {
-		if errors.Is(err0, errTooMany) {
-			return []string{"(entries added)"}, nil
-		}
-		return nil, fmt.Errorf("checking %s: %w", root.Name(), err0)
+	err = c.run()
+	if errors.Is(err, errTooMany) {
+		return []string{"(entries added)"}, nil
 	}
-	i, j := 0, 0
-	we, ge := want.Entries, got.Entries
-	for i < len(we) || j < len(ge) {
-		switch {
-		case j >= len(ge) || (i < len(we) && we[i].Path < ge[j].Path):
-			drift = append(drift, we[i].Path)
-			i++
-		case i >= len(we) || ge[j].Path < we[i].Path:
-			drift = append(drift, ge[j].Path)
-			j++
-		default:
-			a, b := we[i], ge[j]
-			if !hash {
-				b.Hash = a.Hash
-			}
-			if a != b {
-				drift = append(drift, a.Path)
-			}
-			i++
-			j++
-		}
+	if err != nil {
+		return nil, fmt.Errorf("checking %s: %w", root.Name(), err)
+	}
+	drift = c.diffPaths()
+	if hashed.Load() > 0 && fence != 0 && len(drift) == 0 {
+		// Every record was seen to match (or was made from the file
+		// hashed just now, equal to the version's).
+		s.saveStats(name, id, man, recs)
 	}
 	return drift, nil
 }
 
-// firstDiff describes the first entry where two manifests differ.
-func firstDiff(want, got *manifest.Manifest) string {
-	we, ge := want.Entries, got.Entries
-	for i := 0; i < len(we) || i < len(ge); i++ {
-		switch {
-		case i >= len(ge):
-			return fmt.Sprintf("%q is missing on disk", we[i].Path)
-		case i >= len(we):
-			return fmt.Sprintf("%q is on disk but not in the version", ge[i].Path)
-		case we[i].Path != ge[i].Path:
-			return fmt.Sprintf("%q on disk where the version has %q", ge[i].Path, we[i].Path)
-		case we[i] != ge[i]:
-			a, b := we[i], ge[i]
-			return fmt.Sprintf("%q: version has %v mode %#o mtime %d size %d target %q, disk has %v mode %#o mtime %d size %d target %q (hash equal: %v)",
-				a.Path, a.Type, a.Mode, a.MtimeNs, a.Size, a.Target, b.Type, b.Mode, b.MtimeNs, b.Size, b.Target, a.Hash == b.Hash)
-		}
-	}
-	return ""
-}
-
+// errTooMany: more entries on disk than in the version.
 var errTooMany = errors.New("more entries on disk than in the version")
-
-// scanTree reads a tree from disk into a manifest (sorted), without
-// following any symbolic link. Hashes are computed only if hash, except
-// for files known (when known is not nil) returns a hash for. record, when
-// not nil, gets each file's stat (as it was hashed). It stops with
-// errTooMany past limit+1 entries.
-func scanTree(root *os.File, hash bool, limit int, known func(string, *unix.Stat_t) ([32]byte, bool), record func(string, *unix.Stat_t)) (*manifest.Manifest, error) {
-	var entries []manifest.Entry
-	err := walkTree(root, hash, limit, known, record, func(e *manifest.Entry) error {
-		entries = append(entries, *e)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	m := &manifest.Manifest{Entries: entries}
-	m.Sort()
-	return m, nil
-}
-
-// walkTree is scanTree giving each entry to visit (in walk order) instead
-// of keeping them.
-func walkTree(root *os.File, hash bool, limit int, known func(string, *unix.Stat_t) ([32]byte, bool), record func(string, *unix.Stat_t), visit func(*manifest.Entry) error) error {
-	count := 0
-	queue := []string{""}
-	buf := make([]byte, manifest.MaxTargetLen+1)
-	for len(queue) > 0 {
-		rel := queue[0]
-		queue = queue[1:]
-		d := root
-		if rel != "" {
-			var err error
-			if d, err = openDir(root, rel); err != nil {
-				return err
-			}
-		}
-		err := func() error {
-			var st unix.Stat_t
-			if err := unix.Fstat(int(d.Fd()), &st); err != nil {
-				return err
-			}
-			count++
-			if err := visit(&manifest.Entry{Path: rel, Type: manifest.TypeDir, Mode: uint32(st.Mode) & 0o7777, MtimeNs: statMtime(&st)}); err != nil {
-				return err
-			}
-			names, err := readNames(d)
-			if err != nil {
-				return err
-			}
-			slices.Sort(names)
-			for _, n := range names {
-				if count > limit {
-					return errTooMany
-				}
-				p := n
-				if rel != "" {
-					p = rel + "/" + n
-				}
-				st, err := lstatAt(int(d.Fd()), n)
-				if err != nil {
-					return &os.PathError{Op: "lstat", Path: join(root.Name(), p), Err: err}
-				}
-				e := manifest.Entry{Path: p, Mode: uint32(st.Mode) & 0o7777, MtimeNs: statMtime(&st)}
-				switch st.Mode & unix.S_IFMT {
-				case unix.S_IFDIR:
-					queue = append(queue, p)
-					continue // its entry is added when it is read
-				case unix.S_IFREG:
-					e.Type, e.Size = manifest.TypeFile, uint64(st.Size)
-					if !hash {
-						break
-					}
-					if known != nil {
-						if sum, ok := known(p, &st); ok {
-							e.Hash = sum
-							if record != nil {
-								record(p, &st)
-							}
-							break
-						}
-					}
-					sum, st2, err := hashAt(d, n)
-					if err != nil {
-						return fmt.Errorf("hashing %s: %w", p, err)
-					}
-					if st2.Dev != st.Dev || st2.Ino != st.Ino || st2.Size != st.Size || statMtime(&st2) != e.MtimeNs {
-						return fmt.Errorf("%s changed while being checked", p)
-					}
-					e.Hash = sum
-					if record != nil {
-						record(p, &st2)
-					}
-				case unix.S_IFLNK:
-					e.Type, e.Mode = manifest.TypeSymlink, 0o777
-					k, err := unix.Readlinkat(int(d.Fd()), n, buf)
-					if err != nil {
-						return &os.PathError{Op: "readlink", Path: join(root.Name(), p), Err: err}
-					}
-					e.Target = string(buf[:k])
-				default:
-					return fmt.Errorf("%s: special file (device, socket or FIFO) in the tree", p)
-				}
-				count++
-				if err := visit(&e); err != nil {
-					return err
-				}
-			}
-			return nil
-		}()
-		if d != root {
-			d.Close()
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 // removeStaleIncoming is for tests and tools: the state directory of a tree.
 func stateDir(out, tree string) string { return filepath.Join(out, ".zsnd", tree) }

@@ -53,43 +53,61 @@ func (l *layout) statDir() (*os.File, error) { return mkdirPlain(l.t, "s", 0o700
 // loadStats reads the cache of version directory name, made for the
 // version id with n entries; nil when missing or not matching.
 func (l *layout) loadStats(name string, id manifest.ID, n int) []statRec {
+	sid, recs, ok := l.readStats(name)
+	if !ok || sid != id || len(recs) != n {
+		return nil
+	}
+	return recs
+}
+
+// readStats reads the cache of version directory name: the version id it
+// was made for and its records. ok is false when it is missing, torn or
+// not a cache.
+func (l *layout) readStats(name string) (id manifest.ID, recs []statRec, ok bool) {
 	fd, err := unix.Openat(int(l.t.Fd()), "s/"+name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil
+		return id, nil, false
 	}
 	f := os.NewFile(uintptr(fd), name)
 	defer f.Close()
 	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Size != int64(len(statMagic)+32+8+n*40+32) {
-		return nil
+	const headLen = len(statMagic) + 32 + 8
+	if unix.Fstat(fd, &st) != nil || st.Size < int64(headLen+32) || (st.Size-int64(headLen+32))%40 != 0 {
+		return id, nil, false
 	}
+	n := int((st.Size - int64(headLen+32)) / 40)
 	// Read in pieces (a cache of 100,000 files is 4 MB), hashing as read.
 	r := bufio.NewReaderSize(f, 64<<10)
 	h := blake3.New()
-	head := make([]byte, len(statMagic)+32+8)
+	head := make([]byte, headLen)
 	if _, err := io.ReadFull(r, head); err != nil {
-		return nil
+		return id, nil, false
 	}
 	h.Write(head)
-	if string(head[:len(statMagic)]) != statMagic || !bytes.Equal(head[len(statMagic):len(statMagic)+32], id[:]) ||
-		binary.LittleEndian.Uint64(head[len(statMagic)+32:]) != uint64(n) {
-		return nil
+	if string(head[:len(statMagic)]) != statMagic || binary.LittleEndian.Uint64(head[len(statMagic)+32:]) != uint64(n) {
+		return id, nil, false
 	}
-	recs := make([]statRec, n)
-	var q [40]byte
-	for i := range recs {
-		if _, err := io.ReadFull(r, q[:]); err != nil {
-			return nil
+	copy(id[:], head[len(statMagic):])
+	recs = make([]statRec, n)
+	buf := make([]byte, 40*1024) // records, hashed a block at a time
+	for i := 0; i < n; {
+		k := min(n-i, len(buf)/40)
+		q := buf[:k*40]
+		if _, err := io.ReadFull(r, q); err != nil {
+			return id, nil, false
 		}
-		h.Write(q[:])
-		recs[i] = statRec{dev: binary.LittleEndian.Uint64(q[:]), ino: binary.LittleEndian.Uint64(q[8:]), size: binary.LittleEndian.Uint64(q[16:]),
-			mtime: int64(binary.LittleEndian.Uint64(q[24:])), ctime: int64(binary.LittleEndian.Uint64(q[32:]))}
+		h.Write(q)
+		for ; len(q) > 0; q = q[40:] {
+			recs[i] = statRec{dev: binary.LittleEndian.Uint64(q[:]), ino: binary.LittleEndian.Uint64(q[8:]), size: binary.LittleEndian.Uint64(q[16:]),
+				mtime: int64(binary.LittleEndian.Uint64(q[24:])), ctime: int64(binary.LittleEndian.Uint64(q[32:]))}
+			i++
+		}
 	}
 	var sum [32]byte
 	if _, err := io.ReadFull(r, sum[:]); err != nil || !bytes.Equal(h.Sum(nil), sum[:]) {
-		return nil
+		return id, nil, false
 	}
-	return recs
+	return id, recs, true
 }
 
 // statWriter is a cache being made: its file is created first, and its
@@ -210,34 +228,37 @@ func (s *syncer) saveStats(name string, id manifest.ID, man *manifest.Manifest, 
 		return
 	}
 	defer w.abort()
-	dirs := &dirCache{root: root}
-	defer dirs.close()
 	recs := vrecs // updated in place
-	for i := range man.Entries {
-		v := &vrecs[i]
-		if v.ino == 0 || man.Entries[i].Type != manifest.TypeFile {
-			*v = statRec{}
-			continue
-		}
-		parent, base := split(man.Entries[i].Path)
-		d, err := dirs.get(parent)
-		if err != nil {
-			*v = statRec{}
-			continue
-		}
-		st, err := lstatAt(int(d.Fd()), base)
-		if err != nil {
-			*v = statRec{}
-			continue
-		}
-		r := recOf(&st)
-		if r.dev != v.dev || r.ino != v.ino || r.size != v.size || r.mtime != v.mtime ||
-			r.ctime != v.ctime && !l.unlinked[[2]uint64{r.dev, r.ino}] {
-			*v = statRec{}
-			continue
-		}
-		*v = r
-	}
+	forRuns(len(man.Entries), func() (func(lo, hi int), func()) {
+		dirs := &dirCache{root: root}
+		return func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				v := &vrecs[i]
+				if v.ino == 0 || man.Entries[i].Type != manifest.TypeFile {
+					*v = statRec{}
+					continue
+				}
+				parent, base := split(man.Entries[i].Path)
+				d, err := dirs.get(parent)
+				if err != nil {
+					*v = statRec{}
+					continue
+				}
+				st, err := lstatAt(int(d.Fd()), base)
+				if err != nil {
+					*v = statRec{}
+					continue
+				}
+				r := recOf(&st)
+				if r.dev != v.dev || r.ino != v.ino || r.size != v.size || r.mtime != v.mtime ||
+					r.ctime != v.ctime && !l.unlinked[[2]uint64{r.dev, r.ino}] {
+					*v = statRec{}
+					continue
+				}
+				*v = r
+			}
+		}, dirs.close
+	})
 	if err := w.commit(name, id, recs); err != nil {
 		s.emit(Event{Kind: EventNote, Message: err.Error()})
 	}
@@ -258,35 +279,6 @@ func (l *layout) toTrash(dir *os.File, name string) error {
 		return fmt.Errorf("moving the replaced copy to trash: %w", err)
 	}
 	return nil
-}
-
-// noteInodes adds the regular files below dir/name to l.unlinked (when
-// it is not nil), before they are removed.
-func (l *layout) noteInodes(dir int, name string) {
-	if l.unlinked == nil {
-		return
-	}
-	st, err := lstatAt(dir, name)
-	if err != nil {
-		return
-	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		if st.Nlink > 1 {
-			l.unlinked[[2]uint64{st.Dev, st.Ino}] = true
-		}
-	case unix.S_IFDIR:
-		fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return
-		}
-		d := os.NewFile(uintptr(fd), name)
-		defer d.Close()
-		names, _ := d.Readdirnames(-1)
-		for _, n := range names {
-			l.noteInodes(fd, n)
-		}
-	}
 }
 
 // pruneStats removes the caches of versions no longer kept.

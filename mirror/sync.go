@@ -76,11 +76,17 @@ type syncer struct {
 	res *Result
 
 	mu         sync.Mutex // guards the progress counters (receiver events)
+	driftMu    sync.Mutex // guards res.Drift (and orders drift events)
 	filesDone  int
 	bytesDone  int64
 	filesTotal int
 	bytesTotal int64
 	inFlight   map[string]int64
+
+	// curStats is the stat cache of the current version (directory
+	// curStatsOf), read by once while it reads the version's manifest.
+	curStats   []statRec
+	curStatsOf string
 }
 
 func (s *syncer) emit(e Event) {
@@ -157,8 +163,37 @@ func (s *syncer) once(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rc := s.receiverConfig(l.paths.t)
-	trees, err := receiver.List(ctx, rc, cfg.Tree)
+	// The server is asked while the current version's manifest is read
+	// (the answer is awaited before anything else is done).
+	type listed struct {
+		trees []receiver.TreeInfo
+		err   error
+	}
+	lch := make(chan listed, 1)
+	go func() {
+		trees, err := receiver.List(ctx, s.receiverConfig(l.paths.t), cfg.Tree)
+		lch <- listed{trees, err}
+	}()
+	// And its stat cache too.
+	var curMan *manifest.Manifest
+	var curID manifest.ID
+	s.curStats, s.curStatsOf = nil, ""
+	if cur.kind == curManaged {
+		var statsID manifest.ID
+		var stats []statRec
+		read := make(chan struct{})
+		go func() {
+			defer close(read)
+			statsID, stats, _ = l.readStats(cur.name)
+		}()
+		curMan, curID, _ = l.manifestFor(cur.id12, cfg.Limits)
+		<-read
+		if curMan != nil && stats != nil && statsID == curID && len(stats) == len(curMan.Entries) {
+			s.curStats, s.curStatsOf = stats, cur.name
+		}
+	}
+	lr := <-lch
+	trees, err := lr.trees, lr.err
 	if err != nil {
 		if errors.Is(err, receiver.ErrNotFound) {
 			return fmt.Errorf("%w: %s: %v", ErrNotTree, cfg.Tree, err)
@@ -177,11 +212,6 @@ func (s *syncer) once(ctx context.Context) error {
 	}
 	name := versionName(info.Seq, id)
 
-	var curMan *manifest.Manifest
-	var curID manifest.ID
-	if cur.kind == curManaged {
-		curMan, curID, _ = l.manifestFor(cur.id12, cfg.Limits)
-	}
 	var man *manifest.Manifest
 	if curMan != nil && curID == id {
 		// The stable path already shows this version: check it.
@@ -192,7 +222,7 @@ func (s *syncer) once(ctx context.Context) error {
 			s.emit(Event{Kind: EventNote, Message: fmt.Sprintf("the current version's directory is unusable (%v); fetching it again", err)})
 			return s.rebuild(ctx, info, id, name, cur)
 		}
-		drift, err := s.check(root, curMan, cfg.Verify, l.loadStats(cur.name, curID, len(curMan.Entries)), cur.name, curID)
+		drift, err := s.check(root, curMan, cfg.Verify, s.curStats, cur.name, curID)
 		root.Close()
 		if err != nil {
 			return err
@@ -300,6 +330,8 @@ func (s *syncer) count(m *manifest.Manifest) {
 }
 
 func (s *syncer) drift(path string) {
+	s.driftMu.Lock() // placeFiles' workers
+	defer s.driftMu.Unlock()
 	for _, p := range s.res.Drift {
 		if p == path {
 			return

@@ -460,3 +460,29 @@ func TestTreeJSONPruned(t *testing.T) {
 		t.Errorf("kept versions %v, want only %s", vs, dirs[2])
 	}
 }
+
+// A node that mirrors a tree skips the probe LIST; if the server then
+// serves a file of that name instead (the tree gone), zrecv still
+// fetches it as a file, as it would after a probe.
+func TestTreeNameBecomesFile(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "a", "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	ep, _ := publishingServer(t, sender.Config{Paths: []string{src}})
+	out := t.TempDir()
+	if code, _, stderr := zrecv(t, "-q", "-o", out, ep, "app"); code != 0 {
+		t.Fatalf("tree sync: exit %d: %s", code, stderr)
+	}
+	fileSrc := filepath.Join(base, "b", "app")
+	writeFile(t, fileSrc, "a plain file now")
+	ep2, _ := serve(t, sender.Config{Paths: []string{fileSrc}})
+	out2 := filepath.Join(out, "sub")
+	os.MkdirAll(filepath.Join(out2, ".zsnd", "app"), 0o755) // as if app had been mirrored here
+	code, _, stderr := zrecv(t, "-q", "-o", out2, ep2, "app")
+	if code != 0 {
+		t.Fatalf("file fetch after the tree: exit %d: %s", code, stderr)
+	}
+	if b, err := os.ReadFile(filepath.Join(out2, "app")); err != nil || string(b) != "a plain file now" {
+		t.Fatalf("got %q, %v", b, err)
+	}
+}

@@ -94,7 +94,19 @@ func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags
 		lc.Timeout = min(lc.Timeout, 2*time.Second)
 		lc.Progress = nil // a short probe: its failure is reported as the missing directory
 	}
-	if _, err := receiver.List(ctx, lc, tree); err != nil {
+	// A node that already mirrors the tree (OUT/.zsnd/TREE) skips the
+	// probe: the sync's own LIST answers the same question; if the name
+	// is no longer a tree there, it is fetched as a file, as after a
+	// probe.
+	mirrored := false
+	if statErr == nil {
+		if fi, err := os.Lstat(filepath.Join(cfg.OutputDir, ".zsnd", tree)); err == nil && fi.IsDir() {
+			mirrored = true
+		}
+	}
+	if mirrored {
+		// no probe
+	} else if _, err := receiver.List(ctx, lc, tree); err != nil {
 		if statErr == nil && (errors.Is(err, receiver.ErrUnreachable) || ctx.Err() != nil) {
 			err = deadlineCause(ctx, err)
 			return cli.TreeExitCode(err), true, err
@@ -123,6 +135,9 @@ func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags
 		LockWait: tf.lockWait, Events: rep.Event}
 	start := time.Now()
 	res, err := mirror.Sync(ctx, mc)
+	if mirrored && (errors.Is(err, mirror.ErrNotTree) || errors.Is(err, receiver.ErrNoTrees)) {
+		return 0, false, nil // not a tree (any more): a file, or let the file fetch report it
+	}
 	err = deadlineCause(ctx, err)
 	if ctx.Err() == nil && !errors.Is(err, receiver.ErrUnreachable) {
 		cli.ReportSync(ctx, cfg, tf.node, res, err, time.Since(start), stderr)

@@ -254,7 +254,9 @@ func ValidName(name string) error {
 	case name[0] == '/':
 		return bad("absolute path")
 	}
-	for _, comp := range strings.Split(name, "/") {
+	for rest := name; ; {
+		comp, after, more := strings.Cut(rest, "/")
+		rest = after
 		switch {
 		case comp == "":
 			return bad("empty path component")
@@ -263,11 +265,13 @@ func ValidName(name string) error {
 		case len(comp) > MaxComponentLen:
 			return bad(fmt.Sprintf("component longer than %d octets", MaxComponentLen))
 		}
-		for _, r := range comp {
-			if r < 0x20 || r == 0x7f {
+		for i := 0; i < len(comp); i++ { // UTF-8 checked above: control characters are single octets
+			if c := comp[i]; c < 0x20 || c == 0x7f {
 				return bad("contains a control character")
 			}
 		}
+		if !more {
+			return nil
+		}
 	}
-	return nil
 }

@@ -26,6 +26,7 @@ type rawOptions struct {
 	reply      func(m protocol.Message) []protocol.Message
 	helloDelay time.Duration
 	seen       func(m protocol.Message, version uint8)
+	version    uint8 // WELCOME's version; 0: 2
 }
 
 func rawServerWith(t *testing.T, o rawOptions) string {
@@ -57,7 +58,11 @@ func rawServerWith(t *testing.T, o rawOptions) string {
 			switch m := m.(type) {
 			case *protocol.Hello:
 				time.Sleep(o.helloDelay)
-				out = []protocol.Message{&protocol.Welcome{Version: 2, ChunkSize: 1 << 20, HeartbeatMS: 200, MaxRequests: 16, PeerID: "liar"}}
+				v := o.version
+				if v == 0 {
+					v = 2
+				}
+				out = []protocol.Message{&protocol.Welcome{Version: v, ChunkSize: 1 << 20, HeartbeatMS: 200, MaxRequests: 16, PeerID: "liar"}}
 			case *protocol.Ping:
 				out = []protocol.Message{&protocol.Pong{Token: m.Token}}
 			default:
@@ -65,8 +70,12 @@ func rawServerWith(t *testing.T, o rawOptions) string {
 					out = o.reply(m)
 				}
 			}
-			for _, o := range out {
-				frames := append([][]byte{id}, protocol.Encode(2, o)...)
+			for _, m := range out {
+				v := o.version
+				if v == 0 {
+					v = 2
+				}
+				frames := append([][]byte{id}, protocol.Encode(v, m)...)
 				sock.Send(zmq4.NewMsgFrom(frames...))
 			}
 		}

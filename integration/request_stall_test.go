@@ -159,3 +159,13 @@ func TestStatusWaitBoundedWhenServerDies(t *testing.T) {
 		t.Fatalf("exit %d after %v (want 7 or 4 within the 4 s --timeout): %s", code, took, out)
 	}
 }
+
+// TestStatusOfVersion1Server: zsend --status against a server that speaks
+// ZSND/1 only (no trees, no fleet) exits 3, as documented.
+func TestStatusOfVersion1Server(t *testing.T) {
+	ep := rawServerWith(t, rawOptions{version: 1})
+	code, stderr, took := runBounded(t, 60*time.Second, "zsend", "--status", ep, "--timeout", "5s")
+	if code != 3 || took > 10*time.Second {
+		t.Fatalf("exit %d after %v (want 3): %s", code, took, stderr)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -85,17 +86,18 @@ func Status(ctx context.Context, cfg receiver.Config, opt StatusOptions, stdout,
 			pctx, cancel = context.WithDeadline(ctx, deadline)
 		}
 		st, err := receiver.Status(pctx, cfg, "")
+		expired := errors.Is(pctx.Err(), context.DeadlineExceeded) // before cancel, which would set Canceled
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				fmt.Fprintln(stderr, "zsend: --status:", err)
 				return ExitInterrupted
 			}
-			if pctx.Err() != nil && opt.Wait {
+			if expired && opt.Wait {
 				fmt.Fprintf(stderr, "zsend: --wait: not converged within %v (the last poll: %v)\n", opt.Timeout, err)
 				return ExitWaitTimeout
 			}
-			if pctx.Err() != nil {
+			if expired {
 				fmt.Fprintf(stderr, "zsend: --status: no answer within --timeout %v (%v)\n", opt.Timeout, err)
 				return ExitUnreachable
 			}

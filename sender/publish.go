@@ -189,7 +189,15 @@ func openPublisher(dir string, keep int, roots map[string]root, events func(Even
 		lf.Close()
 		return nil, err
 	}
-	p := &publisher{dir: abs, st: st, keep: keep, lock: lf, events: events, trees: map[string]*pubTree{}, dirty: true}
+	// A store that holds nothing yet (a new state directory) needs no
+	// collection after the first publish; any other may hold blobs that
+	// no kept version references (a crash, versions dropped on load).
+	empty, err := st.Empty()
+	if err != nil {
+		lf.Close()
+		return nil, err
+	}
+	p := &publisher{dir: abs, st: st, keep: keep, lock: lf, events: events, trees: map[string]*pubTree{}, dirty: !empty}
 	for name, r := range roots {
 		if !r.isDir {
 			continue

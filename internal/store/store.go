@@ -407,6 +407,25 @@ func (s *Store) GC(keep func(Hash) bool) (int, error) {
 	return removed, nil
 }
 
+// Empty reports whether the store holds no blob (then nothing needs
+// collecting until something is removed from what is kept).
+func (s *Store) Empty() (bool, error) {
+	subs, err := readNames(s.dir)
+	if err != nil {
+		return false, fmt.Errorf("store: %w", err)
+	}
+	for _, sub := range subs {
+		if len(sub) != 2 {
+			continue
+		}
+		names, err := readNames(filepath.Join(s.dir, sub))
+		if err != nil || len(names) != 0 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 func readNames(dir string) ([]string, error) {
 	f, err := os.Open(dir)
 	if err != nil {

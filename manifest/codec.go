@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 
@@ -64,25 +65,70 @@ func (m *Manifest) EncodedLen() int {
 // Validate first on a manifest built by hand.
 func (m *Manifest) Encode() []byte {
 	b := make([]byte, 0, m.EncodedLen())
-	b = append(b, Magic...)
-	b = binary.BigEndian.AppendUint64(b, uint64(len(m.Entries)))
+	b = m.appendHeader(b)
 	for i := range m.Entries {
-		e := &m.Entries[i]
-		b = append(b, byte(e.Type))
-		b = binary.BigEndian.AppendUint32(b, e.Mode)
-		b = binary.BigEndian.AppendUint64(b, uint64(e.MtimeNs))
-		b = binary.BigEndian.AppendUint64(b, e.Size)
-		b = append(b, e.Hash[:]...)
-		b = binary.BigEndian.AppendUint16(b, uint16(len(e.Path)))
-		b = append(b, e.Path...)
-		b = binary.BigEndian.AppendUint16(b, uint16(len(e.Target)))
-		b = append(b, e.Target...)
+		b = appendEntry(b, &m.Entries[i])
 	}
 	return b
 }
 
-// ID is the version id: the BLAKE3-256 of the canonical encoding.
-func (m *Manifest) ID() ID { return IDOf(m.Encode()) }
+// writeChunk is how much WriteTo encodes before each write.
+const writeChunk = 64 << 10
+
+// WriteTo writes the canonical encoding to w, the same octets as Encode,
+// a bounded chunk at a time: a large tree's encoding is never held whole
+// in memory. It does not validate.
+func (m *Manifest) WriteTo(w io.Writer) (int64, error) {
+	b := make([]byte, 0, writeChunk+1024) // grows for an entry with very long names
+	b = m.appendHeader(b)
+	var n int64
+	for i := range m.Entries {
+		b = appendEntry(b, &m.Entries[i])
+		if len(b) >= writeChunk || i == len(m.Entries)-1 {
+			k, err := w.Write(b)
+			n += int64(k)
+			if err != nil {
+				return n, err
+			}
+			b = b[:0]
+		}
+	}
+	if len(b) > 0 { // no entries: the header alone
+		k, err := w.Write(b)
+		n += int64(k)
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (m *Manifest) appendHeader(b []byte) []byte {
+	b = append(b, Magic...)
+	return binary.BigEndian.AppendUint64(b, uint64(len(m.Entries)))
+}
+
+func appendEntry(b []byte, e *Entry) []byte {
+	b = append(b, byte(e.Type))
+	b = binary.BigEndian.AppendUint32(b, e.Mode)
+	b = binary.BigEndian.AppendUint64(b, uint64(e.MtimeNs))
+	b = binary.BigEndian.AppendUint64(b, e.Size)
+	b = append(b, e.Hash[:]...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(e.Path)))
+	b = append(b, e.Path...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(e.Target)))
+	return append(b, e.Target...)
+}
+
+// ID is the version id: the BLAKE3-256 of the canonical encoding, hashed
+// as it is encoded (WriteTo), without holding the encoding.
+func (m *Manifest) ID() ID {
+	h := blake3.New()
+	m.WriteTo(h) // a hash's Write never fails
+	var id ID
+	h.Sum(id[:0])
+	return id
+}
 
 // IDOf is the version id of an encoded manifest.
 func IDOf(encoded []byte) ID { return ID(blake3.Sum256(encoded)) }

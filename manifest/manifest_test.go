@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -206,5 +207,62 @@ func TestParentAnywhereBefore(t *testing.T) {
 		if err := bad.Validate(); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%v: Validate %v, want ErrInvalid", bad.Entries, err)
 		}
+	}
+}
+
+// TestWriteToEqualsEncode: the streamed encoding (which publishing writes
+// and hashes) is octet for octet Encode's, so the version id is the same,
+// for a manifest with every entry type, one of many entries (several
+// chunks, entries straddling a chunk's end), and one with a long name.
+func TestWriteToEqualsEncode(t *testing.T) {
+	big := &Manifest{Entries: []Entry{{Path: "", Type: TypeDir, Mode: 0o755}}}
+	for i := 0; i < 5000; i++ {
+		e := Entry{Path: fmt.Sprintf("f%05d", i), Type: TypeFile, Mode: 0o644, MtimeNs: int64(i), Size: uint64(i)}
+		e.Hash[0], e.Hash[31] = byte(i), byte(i>>8)
+		if i%7 == 0 {
+			e = Entry{Path: e.Path, Type: TypeSymlink, Mode: 0o777, Target: strings.Repeat("t", i%300+1)}
+		}
+		big.Entries = append(big.Entries, e)
+	}
+	long := sample()
+	long.Entries = append(long.Entries, Entry{Path: "conf/ü/" + strings.Repeat("n", 200), Type: TypeSymlink, Mode: 0o777, Target: strings.Repeat("x", MaxTargetLen)})
+	for name, m := range map[string]*Manifest{"sample": sample(), "big": big, "long": long, "root only": {Entries: sample().Entries[:1]}} {
+		if err := m.Validate(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		want := m.Encode()
+		var buf bytes.Buffer
+		n, err := m.WriteTo(&buf)
+		if err != nil || n != int64(len(want)) || !bytes.Equal(buf.Bytes(), want) {
+			t.Fatalf("%s: WriteTo wrote %d octets (%v), differing from Encode's %d", name, n, err, len(want))
+		}
+		if m.ID() != IDOf(want) {
+			t.Fatalf("%s: ID %s, IDOf(Encode) %s", name, m.ID(), IDOf(want))
+		}
+	}
+	if big.EncodedLen() <= 2*writeChunk {
+		t.Fatalf("the big manifest (%d octets) does not span several chunks", big.EncodedLen())
+	}
+}
+
+type failWriter struct{ left int }
+
+func (w *failWriter) Write(p []byte) (int, error) {
+	if len(p) > w.left {
+		n := w.left
+		w.left = 0
+		return n, errors.New("disk full")
+	}
+	w.left -= len(p)
+	return len(p), nil
+}
+
+// TestWriteToError: a failing writer's error comes back, with the octets
+// it took.
+func TestWriteToError(t *testing.T) {
+	m := sample()
+	n, err := m.WriteTo(&failWriter{left: 10})
+	if err == nil || n != 10 {
+		t.Fatalf("WriteTo into a failing writer: %d, %v", n, err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
 	"github.com/zsend/zsend/internal/store"
@@ -191,7 +193,15 @@ func openPublisher(dir string, keep int, roots map[string]root, events func(Even
 		lf.Close()
 		return nil, err
 	}
-	p := &publisher{dir: abs, st: st, keep: keep, lock: lf, events: events, trees: map[string]*pubTree{}, dirty: true}
+	// A store that holds nothing yet (a new state directory) needs no
+	// collection after the first publish; any other may hold blobs that
+	// no kept version references (a crash, versions dropped on load).
+	empty, err := st.Empty()
+	if err != nil {
+		lf.Close()
+		return nil, err
+	}
+	p := &publisher{dir: abs, st: st, keep: keep, lock: lf, events: events, trees: map[string]*pubTree{}, dirty: !empty}
 	for name, r := range roots {
 		if !r.isDir {
 			continue
@@ -265,12 +275,6 @@ func (p *publisher) load(t *pubTree) error {
 		}
 		vs = vs[len(vs)-p.keep:]
 	}
-	for _, v := range vs {
-		// Decoded again on demand: the first scan after a start only
-		// compares ids, and holding the old manifest beside the new one
-		// would double the peak memory of a large tree.
-		v.m = nil
-	}
 	t.vers.Store(&vs)
 	return nil
 }
@@ -292,13 +296,17 @@ func (p *publisher) loadVersion(t *pubTree, file string, seq uint64, id manifest
 			return nil, fmt.Errorf("stored copy of %q is missing", e.Path)
 		}
 	}
+	// The decoded manifest is not kept (decoded again on demand): the
+	// first scan after a start only compares ids, and holding every kept
+	// version's manifest at once, or the old one beside the new scan's,
+	// would multiply the peak memory of a large tree.
 	fi, err := os.Stat(file)
 	if err != nil {
 		return nil, err
 	}
 	files, bytes := m.Files()
 	return &version{seq: seq, id: id, file: file, size: int64(len(b)), published: fi.ModTime(),
-		entries: uint64(len(m.Entries)), files: uint64(files), bytes: bytes, m: m}, nil
+		entries: uint64(len(m.Entries)), files: uint64(files), bytes: bytes}, nil
 }
 
 func manifestName(seq uint64, id manifest.ID) string {
@@ -371,8 +379,9 @@ func (p *publisher) publish(ctx context.Context, t *pubTree) error {
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}
 	t.cache, t.dirs = s.cache, s.dirs
-	enc := m.Encode()
-	id := manifest.IDOf(enc)
+	// The encoding is hashed, and written below, as it is produced: a
+	// large tree's encoded manifest is never held in memory beside it.
+	id := m.ID()
 	if l := t.latest(); l != nil && l.id == id {
 		// Nothing new. Keep one decoded copy: the latest version's, which
 		// the stat cache (aligned with identical entries) then shares.
@@ -386,7 +395,8 @@ func (p *publisher) publish(ctx context.Context, t *pubTree) error {
 	}
 	seq := t.seq + 1
 	file := filepath.Join(t.dir, manifestName(seq, id))
-	if err := writeFileSync(file, enc); err != nil {
+	size, err := writeManifest(file, m, id)
+	if err != nil {
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}
 	if err := writeFileSync(filepath.Join(t.dir, "seq"), []byte(strconv.FormatUint(seq, 10)+"\n")); err != nil {
@@ -398,7 +408,7 @@ func (p *publisher) publish(ctx context.Context, t *pubTree) error {
 		return fmt.Errorf("publishing %s: %w", t.name, err)
 	}
 	files, bytes := m.Files()
-	v := &version{seq: seq, id: id, file: file, size: int64(len(enc)), published: time.Now(),
+	v := &version{seq: seq, id: id, file: file, size: size, published: time.Now(),
 		entries: uint64(len(m.Entries)), files: uint64(files), bytes: bytes, m: m}
 	old := t.versions()
 	vs := make([]*version, 0, len(old)+1)
@@ -442,7 +452,16 @@ func (p *publisher) gcLocked() error {
 	if !p.dirty {
 		return nil
 	}
-	keep := map[store.Hash]struct{}{}
+	// The set is sized once, for the largest version: kept versions
+	// share most of their files, and a set that grows by doubling holds
+	// its old tables beside the new ones (a tree of 10^5 files).
+	most := 0
+	for _, name := range p.names {
+		for _, v := range p.trees[name].versions() {
+			most = max(most, int(v.files))
+		}
+	}
+	keep := make(map[store.Hash]struct{}, most)
 	for _, name := range p.names {
 		for _, v := range p.trees[name].versions() {
 			m, err := v.manifestForGC()
@@ -456,7 +475,7 @@ func (p *publisher) gcLocked() error {
 			}
 		}
 	}
-	if _, err := p.st.GC(keep); err != nil {
+	if _, err := p.st.GC(func(h store.Hash) bool { _, ok := keep[h]; return ok }); err != nil {
 		return err
 	}
 	p.dirty = false
@@ -526,6 +545,41 @@ func writeFileSync(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// writeManifest writes m's encoding to path as writeFileSync does,
+// streaming it, and checks that what it wrote hashes to id.
+func writeManifest(path string, m *manifest.Manifest, id manifest.ID) (int64, error) {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	fail := func(err error) (int64, error) {
+		f.Close()
+		os.Remove(tmp)
+		return 0, err
+	}
+	h := blake3.New()
+	n, err := m.WriteTo(io.MultiWriter(f, h))
+	if err != nil {
+		return fail(fmt.Errorf("writing the manifest: %w", err))
+	}
+	if manifest.ID(h.Sum(nil)) != id {
+		return fail(errors.New("the manifest written does not hash to its version id"))
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return 0, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return 0, err
+	}
+	return n, nil
 }
 
 func readDirNames(dir string) ([]string, error) {

@@ -484,3 +484,87 @@ func TestSkippedReportedOnce(t *testing.T) {
 		t.Fatalf("a new FIFO: %d skipped events in all", n)
 	}
 }
+
+// A blob left in the store before a start (a crash, a version dropped
+// meanwhile) is collected after the first publish; a new, empty store
+// skips that collection, and the new version's blobs are all kept.
+func TestStrayBlobCollectedAfterStart(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "tree")
+	mustWrite(t, filepath.Join(root, "kept"), "kept content", 0o644)
+	st, err := store.Open(filepath.Join(dir, "state", "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, filepath.Join(dir, "stray"), "stray content", 0o644)
+	f, err := os.Open(filepath.Join(dir, "stray"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := store.FStat(f)
+	stray, _, err := st.Put(f, before, make([]byte, 4096))
+	f.Close()
+	if err != nil || !st.Has(stray) {
+		t.Fatalf("stray blob: %v", err)
+	}
+	p := newTestPublisher(t, filepath.Join(dir, "state"), 2, []string{root}, &eventLog{})
+	if err := p.publishAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st.Has(stray) || !st.Has(store.Hash(blake3.Sum256([]byte("kept content")))) {
+		t.Fatalf("after the first publish: stray kept %v, tree's blob kept %v", st.Has(stray), st.Has(store.Hash(blake3.Sum256([]byte("kept content")))))
+	}
+	p.close()
+
+	fresh := newTestPublisher(t, filepath.Join(dir, "fresh"), 2, []string{root}, &eventLog{})
+	if fresh.dirty {
+		t.Fatal("a new state directory's store is marked as needing collection")
+	}
+	if err := fresh.publishAll(context.Background()); err != nil || !fresh.st.Has(store.Hash(blake3.Sum256([]byte("kept content")))) {
+		t.Fatalf("publish into a new state directory: %v", err)
+	}
+}
+
+// A tree of more entries than a scan keeps in one chunk is assembled
+// whole, sorted, with each file's hash and the stat cache aligned.
+func TestScanManyEntries(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "tree")
+	const n = entryChunk + 100 // two chunks, with the directories
+	for i := 0; i < n; i++ {
+		mustWrite(t, filepath.Join(root, fmt.Sprintf("d%02d", i%50), fmt.Sprintf("f%05d", i)), fmt.Sprint(i), 0o644)
+	}
+	st, err := store.Open(filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	scanClock = func() time.Time { return time.Now().Add(time.Hour) } // old enough for the cache to trust
+	defer func() { scanClock = time.Now }()
+	b := st.Begin()
+	s, m, err := scanTree(context.Background(), root, b, nil, false, func(string, string) {})
+	if err == nil {
+		err = b.Commit()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Entries) != 1+50+n || len(s.cache.ext) != len(m.Entries) || s.stored != n {
+		t.Fatalf("%d entries, %d extras, %d stored", len(m.Entries), len(s.cache.ext), s.stored)
+	}
+	for i := 0; i < n; i++ {
+		e, ok := m.Lookup(fmt.Sprintf("d%02d/f%05d", i%50, i))
+		if !ok || e.Hash != blake3.Sum256([]byte(fmt.Sprint(i))) || !st.Has(store.Hash(e.Hash)) {
+			t.Fatalf("file %d: %+v %v", i, e, ok)
+		}
+	}
+	for i, e := range m.Entries {
+		var fs syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(root, e.Path), &fs); err != nil {
+			t.Fatal(err)
+		}
+		x := s.cache.ext[i]
+		if e.Type == manifest.TypeFile && (!x.trusted() || x.ino != fs.Ino || x.ctimeNs != fs.Ctim.Nano()) {
+			t.Fatalf("entry %d (%s): stat cache record %+v not aligned", i, e.Path, x)
+		}
+	}
+}

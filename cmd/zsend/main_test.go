@@ -1,6 +1,7 @@
 package main
 
 import (
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -30,5 +31,20 @@ func TestLogLine(t *testing.T) {
 		if strings.ContainsRune(got, 0x1b) {
 			t.Errorf("raw ESC in %q", got)
 		}
+	}
+}
+
+// zsend collects garbage at a GC percent of 50 (README: its heap is mostly
+// the published manifests), unless the user set GOGC.
+func TestGCPercent(t *testing.T) {
+	orig := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(orig)
+	setGCPercent("200") // the user's GOGC: left to the runtime, which read it
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Fatalf("with GOGC set, the GC percent became %d", got)
+	}
+	setGCPercent("")
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Fatalf("without GOGC, the GC percent is %d, want %d", got, gcPercent)
 	}
 }

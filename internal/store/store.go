@@ -46,7 +46,7 @@ func Open(dir string) (*Store, error) {
 	tmp := filepath.Join(dir, "tmp")
 	names, _ := readNames(tmp)
 	for _, n := range names {
-		os.Remove(filepath.Join(tmp, n))
+		os.RemoveAll(filepath.Join(tmp, n)) // a file, or a batch's directory
 	}
 	return &Store{dir: dir}, nil
 }
@@ -58,11 +58,6 @@ func (s *Store) Dir() string { return s.dir }
 func (s *Store) Path(h Hash) string {
 	x := hex.EncodeToString(h[:])
 	return filepath.Join(s.dir, x[:2], x)
-}
-
-// pendingPath is where a batch keeps the blob of h until Commit.
-func (s *Store) pendingPath(h Hash) string {
-	return filepath.Join(s.dir, "tmp", hex.EncodeToString(h[:]))
 }
 
 // Has reports whether the blob of h is in the store.
@@ -121,21 +116,40 @@ func (s *Store) Put(src *os.File, before Stat, buf []byte) (Hash, int64, error) 
 // temporary names; Commit syncs them, renames them into place and syncs the
 // renames. Until Commit returns, none of them is in the store, so a crash
 // never leaves a blob whose name does not match durable content.
+//
+// The pending blobs are the batch's own directory (tmp/batch-<random>/<64
+// hex>), not a set in memory: a first publish of a tree of 10^5 files
+// would otherwise hold 10^5 hashes in a map until Commit.
 type Batch struct {
 	s       *Store
-	pending map[Hash]struct{} // blobs waiting in tmp/<hex> (no path kept per blob: trees have 10^5 files)
-	dirs    map[string]bool   // subdirectories known to exist
+	dir     string          // tmp/batch-<random>, made at the first Put
+	made    bool            // dir exists
+	pending int             // blobs waiting in dir
+	dirs    map[string]bool // store subdirectories known to exist
 }
 
 // Begin starts a batch. A batch is not safe for concurrent use.
 func (s *Store) Begin() *Batch {
-	return &Batch{s: s, pending: map[Hash]struct{}{}, dirs: map[string]bool{}}
+	var r [8]byte
+	rand.Read(r[:])
+	return &Batch{s: s, dir: filepath.Join(s.dir, "tmp", "batch-"+hex.EncodeToString(r[:])), dirs: map[string]bool{}}
+}
+
+// pendingPath is where the batch keeps the blob of h until Commit.
+func (b *Batch) pendingPath(h Hash) string {
+	return filepath.Join(b.dir, hex.EncodeToString(h[:]))
 }
 
 // Has reports whether h is in the store or pending in the batch.
 func (b *Batch) Has(h Hash) bool {
-	_, ok := b.pending[h]
-	return ok || b.s.Has(h)
+	if b.s.Has(h) {
+		return true
+	}
+	if b.pending == 0 {
+		return false
+	}
+	var st unix.Stat_t
+	return unix.Lstat(b.pendingPath(h), &st) == nil
 }
 
 // Put copies src into a temporary file of the batch, hashing it. before
@@ -143,7 +157,13 @@ func (b *Batch) Has(h Hash) bool {
 // copy (or its length differs), Put returns ErrChanged and keeps nothing.
 // Content already stored (or pending) is not kept twice. buf is scratch.
 func (b *Batch) Put(src *os.File, before Stat, buf []byte) (Hash, int64, error) {
-	tmp, err := b.s.tempFile()
+	if !b.made {
+		if err := os.Mkdir(b.dir, 0o700); err != nil {
+			return Hash{}, 0, fmt.Errorf("store: %w", err)
+		}
+		b.made = true
+	}
+	tmp, err := b.s.tempFile(b.dir)
 	if err != nil {
 		return Hash{}, 0, err
 	}
@@ -166,57 +186,121 @@ func (b *Batch) Put(src *os.File, before Stat, buf []byte) (Hash, int64, error) 
 	if after != before || n != before.Size {
 		return Hash{}, 0, ErrChanged
 	}
-	if b.Has(h) {
-		return h, n, nil // same content kept already: the copy is dropped
+	if b.s.Has(h) {
+		return h, n, nil // same content stored already: the copy is dropped
 	}
 	if err := tmp.Chmod(0o400); err != nil {
 		return Hash{}, 0, fmt.Errorf("store: %w", err)
 	}
-	if err := os.Rename(tmpName, b.s.pendingPath(h)); err != nil {
+	// Pending already (the same content earlier in the batch): the copy
+	// is dropped too. The name is taken without replacing, which tells.
+	switch err := renameNoReplace(tmpName, b.pendingPath(h)); {
+	case errors.Is(err, unix.EEXIST):
+		return h, n, nil
+	case err != nil:
 		return Hash{}, 0, fmt.Errorf("store: %w", err)
 	}
 	keep = true
-	b.pending[h] = struct{}{}
+	b.pending++
 	return h, n, nil
 }
 
+// renameNoReplace renames from to to unless to exists (EEXIST). Where the
+// file system cannot rename without replacing, it checks first (a batch
+// is not used concurrently, so nothing else adds names to its directory).
+func renameNoReplace(from, to string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
+	if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) {
+		return err
+	}
+	var st unix.Stat_t
+	if unix.Lstat(to, &st) == nil {
+		return unix.EEXIST
+	}
+	return os.Rename(from, to)
+}
+
 // Len is the number of blobs the batch will add.
-func (b *Batch) Len() int { return len(b.pending) }
+func (b *Batch) Len() int { return b.pending }
 
 // Commit makes the batch's blobs durable and puts them in place: a sync of
 // the store's file system (the data), the renames, and another sync (the
 // directory entries). On error, what was not renamed is removed.
 func (b *Batch) Commit() error {
-	if len(b.pending) == 0 {
+	if b.pending == 0 {
+		b.Abort() // the directory, if a Put made it
 		return nil
 	}
 	defer b.Abort() // whatever was not renamed
 	if err := b.s.syncFS(); err != nil {
 		return err
 	}
-	for h := range b.pending {
-		final := b.s.Path(h)
-		dir := filepath.Dir(final)
-		if !b.dirs[dir] {
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				return fmt.Errorf("store: %w", err)
-			}
-			b.dirs[dir] = true
+	// The pending blobs are listed a slice at a time, each renamed out as
+	// it is read; a pass that renames nothing more ends it (entries
+	// renamed out while the directory is read do not hide the others, but
+	// the extra pass does not rely on that).
+	for {
+		moved, err := b.commitPass()
+		if err != nil {
+			return err
 		}
-		if err := os.Rename(b.s.pendingPath(h), final); err != nil {
-			return fmt.Errorf("store: %w", err)
+		if moved == 0 {
+			break
 		}
-		delete(b.pending, h)
+	}
+	if b.pending != 0 {
+		return fmt.Errorf("store: %d pending blobs went missing before the commit", b.pending)
 	}
 	return b.s.syncFS()
 }
 
+func (b *Batch) commitPass() (int, error) {
+	f, err := os.Open(b.dir)
+	if err != nil {
+		return 0, fmt.Errorf("store: %w", err)
+	}
+	defer f.Close()
+	moved := 0
+	for {
+		names, err := f.Readdirnames(1024)
+		for _, n := range names {
+			var h Hash
+			if len(n) != 2*len(h) {
+				continue // a copy in progress (none once Put returned)
+			}
+			if _, err := hex.Decode(h[:], []byte(n)); err != nil {
+				continue
+			}
+			final := b.s.Path(h)
+			dir := filepath.Dir(final)
+			if !b.dirs[dir] {
+				if err := os.MkdirAll(dir, 0o700); err != nil {
+					return moved, fmt.Errorf("store: %w", err)
+				}
+				b.dirs[dir] = true
+			}
+			if err := os.Rename(filepath.Join(b.dir, n), final); err != nil {
+				return moved, fmt.Errorf("store: %w", err)
+			}
+			b.pending--
+			moved++
+		}
+		if err == io.EOF {
+			return moved, nil
+		}
+		if err != nil {
+			return moved, fmt.Errorf("store: %w", err)
+		}
+	}
+}
+
 // Abort removes the batch's temporary files.
 func (b *Batch) Abort() {
-	for h := range b.pending {
-		os.Remove(b.s.pendingPath(h))
-		delete(b.pending, h)
+	if b.made {
+		os.RemoveAll(b.dir)
+		b.made = false
 	}
+	b.pending = 0
 }
 
 // syncFS flushes the store's file system (syncfs(2)).
@@ -268,10 +352,11 @@ func (s *Store) fill(tmp, src *os.File, before Stat, buf []byte) (Hash, int64, e
 	return Hash(hs.Sum(nil)), off, nil
 }
 
-func (s *Store) tempFile() (*os.File, error) {
+// tempFile creates a new temporary file in dir (tmp/ or a batch's).
+func (s *Store) tempFile(dir string) (*os.File, error) {
 	var r [8]byte
 	rand.Read(r[:])
-	name := filepath.Join(s.dir, "tmp", hex.EncodeToString(r[:]))
+	name := filepath.Join(dir, hex.EncodeToString(r[:]))
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -287,10 +372,10 @@ func (s *Store) Remove(h Hash) error {
 	return nil
 }
 
-// GC removes every blob not in keep, and reports how many it removed.
-// A caller must not Put concurrently with GC: a blob stored meanwhile and
-// not yet in keep would be removed.
-func (s *Store) GC(keep map[Hash]struct{}) (int, error) {
+// GC removes every blob for which keep is false, and reports how many it
+// removed. A caller must not Put concurrently with GC: a blob stored
+// meanwhile and not yet kept would be removed.
+func (s *Store) GC(keep func(Hash) bool) (int, error) {
 	subs, err := readNames(s.dir)
 	if err != nil {
 		return 0, fmt.Errorf("store: %w", err)
@@ -311,7 +396,7 @@ func (s *Store) GC(keep map[Hash]struct{}) (int, error) {
 			} else {
 				copy(h[:], b)
 			}
-			if _, ok := keep[h]; ok {
+			if keep(h) {
 				continue
 			}
 			if os.Remove(filepath.Join(s.dir, sub, n)) == nil {
@@ -320,6 +405,25 @@ func (s *Store) GC(keep map[Hash]struct{}) (int, error) {
 		}
 	}
 	return removed, nil
+}
+
+// Empty reports whether the store holds no blob (then nothing needs
+// collecting until something is removed from what is kept).
+func (s *Store) Empty() (bool, error) {
+	subs, err := readNames(s.dir)
+	if err != nil {
+		return false, fmt.Errorf("store: %w", err)
+	}
+	for _, sub := range subs {
+		if len(sub) != 2 {
+			continue
+		}
+		names, err := readNames(filepath.Join(s.dir, sub))
+		if err != nil || len(names) != 0 {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func readNames(dir string) ([]string, error) {

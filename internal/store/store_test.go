@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -89,7 +90,7 @@ func TestPutBatchGC(t *testing.T) {
 	if err != nil || !s.Has(h5) {
 		t.Fatal(err)
 	}
-	removed, err := s.GC(map[Hash]struct{}{h5: {}})
+	removed, err := s.GC(func(h Hash) bool { return h == h5 })
 	if err != nil || removed != 1 || s.Has(h) || !s.Has(h5) {
 		t.Fatalf("GC removed %d: %v", removed, err)
 	}
@@ -100,5 +101,64 @@ func TestPutBatchGC(t *testing.T) {
 	}
 	if tmp, _ := readNames(filepath.Join(dir, "store", "tmp")); len(tmp) != 0 {
 		t.Fatalf("leftovers after Open: %v", tmp)
+	}
+}
+
+// TestBatchManyBlobs: a batch of more blobs than Commit lists at once puts
+// every one in place, each holding its content, and leaves no temporary
+// file; a crash's leftover batch directory goes at the next Open.
+func TestBatchManyBlobs(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	b := s.Begin()
+	var hs []Hash
+	const n = 2500
+	for i := 0; i < n; i++ {
+		src := filepath.Join(dir, "src")
+		os.WriteFile(src, []byte(fmt.Sprintf("content %d", i%(n-100))), 0o644) // the last 100 repeat earlier ones
+		f, st := openSrc(t, src)
+		h, _, err := b.Put(f, st, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !b.Has(h) || s.Has(h) {
+			t.Fatalf("blob %d: pending %v, stored %v before Commit", i, b.Has(h), s.Has(h))
+		}
+		hs = append(hs, h)
+	}
+	if b.Len() != n-100 {
+		t.Fatalf("%d pending, want %d (duplicates kept once)", b.Len(), n-100)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range hs {
+		got, err := os.ReadFile(s.Path(h))
+		if err != nil || string(got) != fmt.Sprintf("content %d", i%(n-100)) {
+			t.Fatalf("blob %d: %q, %v", i, got, err)
+		}
+	}
+	if tmp, _ := readNames(filepath.Join(dir, "store", "tmp")); len(tmp) != 0 {
+		t.Fatalf("temporary files left: %v", tmp)
+	}
+	// A crash between Put and Commit: the batch's directory stays behind,
+	// and none of it is in the store.
+	b = s.Begin()
+	src := filepath.Join(dir, "src")
+	os.WriteFile(src, []byte("never committed"), 0o644)
+	f, st := openSrc(t, src)
+	h, _, err := b.Put(f, st, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(filepath.Join(dir, "store")); err != nil {
+		t.Fatal(err)
+	}
+	if tmp, _ := readNames(filepath.Join(dir, "store", "tmp")); len(tmp) != 0 || s.Has(h) {
+		t.Fatalf("leftovers after Open: %v (stored: %v)", tmp, s.Has(h))
 	}
 }

@@ -471,7 +471,7 @@ func (s *Suite) buildTrees() {
 				"zsend has published the tree before the timed run (its scan and store copy are not timed; rsync's daemon does no such work). " +
 				"Before every run the harness syncs and waits 6 s: this machine's ext4 has no journal, and such a file system skips, for every " +
 				"new inode, the inodes freed in the last 5 s (300 s while not written back), so a run right after the previous run's output was " +
-				"deleted paid for that deletion (up to 3x the time, for every contender).", Settle: 6 * time.Second}
+				"deleted paid for that deletion (a manual floor run took 3.9 s right after a deletion, 1.3-1.6 s after a sync and 6 s; in this harness the runs still vary by up to 2x, for every contender).", Settle: 6 * time.Second}
 		first.Contenders = []Contender{
 			{Name: "zsend -> zrecv, first sync", run: func(ctx context.Context) (Run, error) { return s.zsendTree(ctx, "first", nil) }},
 			{Name: "rsync -a", run: func(ctx context.Context) (Run, error) { return s.rsyncTree(ctx, "first", false, nil) }},

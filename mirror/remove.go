@@ -3,8 +3,6 @@ package mirror
 import (
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -140,34 +138,4 @@ func openToRemove(dir int, name string) (int, error) {
 // (see remover).
 func removeAllNoting(dir int, name string, unlinked map[[2]uint64]bool) error {
 	return (&remover{unlinked: unlinked}).removeAll(dir, name, 0)
-}
-
-// forRuns calls, from fsWorkers goroutines, each one's do for runs of
-// consecutive indexes (of one directory, mostly, in manifest order) that
-// together cover [0, n) once; newWorker makes a goroutine's do and the
-// done it calls at its end.
-func forRuns(n int, newWorker func() (do func(lo, hi int), done func())) {
-	const run = 64
-	var next atomic.Int64
-	work := func() {
-		do, done := newWorker()
-		defer done()
-		for {
-			lo := int(next.Add(run) - run)
-			if lo >= n {
-				return
-			}
-			do(lo, min(lo+run, n))
-		}
-	}
-	var wg sync.WaitGroup
-	for range min(fsWorkers, (n+run-1)/run) - 1 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			work()
-		}()
-	}
-	work()
-	wg.Wait()
 }

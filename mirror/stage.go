@@ -214,33 +214,28 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 // fsWorkers goroutines, in runs of consecutive entries (mostly of one
 // directory); each has its own directory descriptors.
 func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*source, leftover map[int]bool, partials map[int][]string, placed []placedRec) ([]*manifest.Entry, error) {
-	const run = 64
-	var next atomic.Int64
 	var stop atomic.Bool
 	var mu sync.Mutex // guards what follows
 	var firstErr error
 	var fetch []int
 	var files, staged int
 	var bytes int64
-	work := func() {
+	forRuns(len(man.Entries), placeRun, func() (func(lo, hi int), func()) {
 		dst := &dirCache{root: root}
-		defer dst.close()
 		srcs := make([]*source, len(sources))
 		for k, src := range sources {
 			c := *src
 			c.dirs = &dirCache{root: src.root}
-			defer c.dirs.close()
 			srcs[k] = &c
 		}
 		var myFetch []int
 		var myFiles, myStaged int
 		var myBytes int64
-		for !stop.Load() {
-			lo := int(next.Add(run) - run)
-			if lo >= len(man.Entries) {
-				break
+		do := func(lo, hi int) {
+			if stop.Load() {
+				return
 			}
-			for i := lo; i < min(lo+run, len(man.Entries)); i++ {
+			for i := lo; i < hi; i++ {
 				e := &man.Entries[i]
 				if e.Type != manifest.TypeFile {
 					continue
@@ -253,7 +248,7 @@ func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*so
 					}
 					mu.Unlock()
 					stop.Store(true)
-					break
+					return
 				}
 				switch how {
 				case placedStaged:
@@ -268,21 +263,18 @@ func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*so
 				}
 			}
 		}
-		mu.Lock()
-		fetch = append(fetch, myFetch...)
-		files, staged, bytes = files+myFiles, staged+myStaged, bytes+myBytes
-		mu.Unlock()
-	}
-	var wg sync.WaitGroup
-	for range min(fsWorkers, (len(man.Entries)+run-1)/run) - 1 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			work()
-		}()
-	}
-	work()
-	wg.Wait()
+		done := func() {
+			for _, c := range srcs {
+				c.dirs.close()
+			}
+			dst.close()
+			mu.Lock()
+			fetch = append(fetch, myFetch...)
+			files, staged, bytes = files+myFiles, staged+myStaged, bytes+myBytes
+			mu.Unlock()
+		}
+		return do, done
+	})
 	res := s.res
 	res.FilesReused += files
 	res.FilesStaged += staged

@@ -229,7 +229,7 @@ func (s *syncer) saveStats(name string, id manifest.ID, man *manifest.Manifest, 
 	}
 	defer w.abort()
 	recs := vrecs // updated in place
-	forRuns(len(man.Entries), func() (func(lo, hi int), func()) {
+	forRuns(len(man.Entries), placeRun, func() (func(lo, hi int), func()) {
 		dirs := &dirCache{root: root}
 		return func(lo, hi int) {
 			for i := lo; i < hi; i++ {

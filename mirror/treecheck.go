@@ -33,6 +33,39 @@ import (
 // the cores gains little, and two already halve it on a small machine.
 var fsWorkers = 2
 
+// forRuns calls, from fsWorkers goroutines (the caller's among them), each
+// one's do for runs of run consecutive indexes that together cover [0, n)
+// once; newWorker makes a goroutine's do and the done it calls at its
+// end. A caller that stops early makes its do return at once.
+func forRuns(n, run int, newWorker func() (do func(lo, hi int), done func())) {
+	var next atomic.Int64
+	work := func() {
+		do, done := newWorker()
+		defer done()
+		for {
+			lo := int(next.Add(int64(run)) - int64(run))
+			if lo >= n {
+				return
+			}
+			do(lo, min(lo+run, n))
+		}
+	}
+	var wg sync.WaitGroup
+	for range min(fsWorkers, (n+run-1)/run) - 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work()
+		}()
+	}
+	work()
+	wg.Wait()
+}
+
+// placeRun is the run of forRuns over a manifest's entries: mostly
+// entries of one directory, in manifest order.
+const placeRun = 64
+
 // childIndex lists, for each directory entry of a manifest, the indexes of
 // its children in manifest order (which is their names' bytewise order).
 type childIndex struct {
@@ -139,35 +172,24 @@ func (c *treeCheck) run() error {
 			dirs = append(dirs, int32(i))
 		}
 	}
-	var next atomic.Int64
-	work := func() {
+	forRuns(len(dirs), 1, func() (func(lo, hi int), func()) {
 		w := &checkWorker{c: c, buf: make([]byte, 32<<10), link: make([]byte, manifest.MaxTargetLen+1)}
-		for !c.stop.Load() {
-			k := next.Add(1) - 1
-			if k >= int64(len(dirs)) {
-				break
-			}
-			if err := w.dir(int(dirs[k])); err != nil {
-				c.fail(err)
+		do := func(lo, hi int) {
+			for k := lo; k < hi && !c.stop.Load(); k++ {
+				if err := w.dir(int(dirs[k])); err != nil {
+					c.fail(err)
+				}
 			}
 		}
-		if len(w.extra) > 0 {
-			c.mu.Lock()
-			c.extra = append(c.extra, w.extra...)
-			c.mu.Unlock()
+		done := func() {
+			if len(w.extra) > 0 {
+				c.mu.Lock()
+				c.extra = append(c.extra, w.extra...)
+				c.mu.Unlock()
+			}
 		}
-	}
-	workers := min(fsWorkers, len(dirs))
-	var wg sync.WaitGroup
-	for range workers - 1 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			work()
-		}()
-	}
-	work()
-	wg.Wait()
+		return do, done
+	})
 	if errors.Is(c.err, errDiffers) {
 		return nil
 	}

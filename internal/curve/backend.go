@@ -74,16 +74,3 @@ func init() {
 // Backend names the implementation that seals and opens MESSAGE boxes:
 // "libsodium" or "x/crypto".
 func Backend() string { return backendName }
-
-// grow returns b extended by n bytes (reallocated when its capacity is
-// short), and the n new bytes.
-func grow(b []byte, n int) ([]byte, []byte) {
-	l := len(b)
-	if cap(b)-l < n {
-		nb := make([]byte, l, l+n)
-		copy(nb, b)
-		b = nb
-	}
-	b = b[:l+n]
-	return b, b[l:]
-}

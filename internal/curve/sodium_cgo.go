@@ -45,10 +45,12 @@ static int zs_open(unsigned char *m, const unsigned char *c, size_t clen,
 */
 import "C"
 
-import "unsafe"
+import (
+	"slices"
+	"unsafe"
 
-// boxOverhead is the MAC's size.
-const boxOverhead = 16
+	"golang.org/x/crypto/nacl/box"
+)
 
 // loadSodium loads libsodium; ok is false when it is not there.
 func loadSodium() (sealFunc, openFunc, bool) {
@@ -70,7 +72,8 @@ func ptr(b []byte) *C.uchar {
 }
 
 func sodiumSeal(out, plain []byte, nonce *[24]byte, key *[32]byte) []byte {
-	ret, dst := grow(out, len(plain)+boxOverhead)
+	ret := slices.Grow(out, len(plain)+box.Overhead)[:len(out)+len(plain)+box.Overhead]
+	dst := ret[len(out):]
 	if C.zs_seal(ptr(dst), ptr(plain), C.size_t(len(plain)),
 		(*C.uchar)(unsafe.Pointer(&nonce[0])), (*C.uchar)(unsafe.Pointer(&key[0]))) != 0 {
 		panic("curve: libsodium refused to seal")
@@ -79,10 +82,11 @@ func sodiumSeal(out, plain []byte, nonce *[24]byte, key *[32]byte) []byte {
 }
 
 func sodiumOpen(out, sealed []byte, nonce *[24]byte, key *[32]byte) ([]byte, bool) {
-	if len(sealed) < boxOverhead {
+	if len(sealed) < box.Overhead {
 		return out, false
 	}
-	ret, dst := grow(out, len(sealed)-boxOverhead)
+	ret := slices.Grow(out, len(sealed)-box.Overhead)[:len(out)+len(sealed)-box.Overhead]
+	dst := ret[len(out):]
 	if C.zs_open(ptr(dst), ptr(sealed), C.size_t(len(sealed)),
 		(*C.uchar)(unsafe.Pointer(&nonce[0])), (*C.uchar)(unsafe.Pointer(&key[0]))) != 0 {
 		clear(dst)

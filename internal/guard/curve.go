@@ -268,14 +268,14 @@ type curveConn struct {
 	sess     atomic.Pointer[curve.Session]
 
 	// write side (under wmu)
-	cmd    []byte  // zmq4's READY command being collected
-	hdr    [9]byte // header of zmq4's current frame
-	hn     int
-	body   int  // body bytes of the current frame still to come
-	flags  byte // curve flags of the current frame
-	inBody bool
-	plain  int    // where the current frame's MESSAGE body starts in out
-	out    []byte // sealed MESSAGE frames not yet written, then the frame being filled
+	cmd      []byte  // zmq4's READY command being collected
+	hdr      [9]byte // header of zmq4's current frame
+	hn       int
+	body     int  // body bytes of the current frame still to come
+	flags    byte // curve flags of the current frame
+	inBody   bool
+	msgStart int    // where the current frame's MESSAGE body starts in out
+	out      []byte // sealed MESSAGE frames not yet written, then the frame being filled
 
 	// read side (under rmu)
 	br    *bufio.Reader
@@ -469,8 +469,8 @@ func (c *conn) curveWrite(p []byte) error {
 			// libzmq sends MESSAGE as a data frame (its encoder resets
 			// the flags); it accepts either.
 			cv.out = appendHeader(cv.out, 0, sealed)
-			cv.plain = len(cv.out)
-			cv.out = cv.out[:cv.plain+curve.PlainOffset]
+			cv.msgStart = len(cv.out)
+			cv.out = cv.out[:cv.msgStart+curve.PlainOffset]
 			cv.out = append(cv.out, cv.flags)
 		}
 		// (An empty frame is sealed as soon as its header is complete:
@@ -483,7 +483,7 @@ func (c *conn) curveWrite(p []byte) error {
 			continue
 		}
 		cv.inBody = false
-		cv.sess.Load().SealInPlace(cv.out[cv.plain:])
+		cv.sess.Load().SealInPlace(cv.out[cv.msgStart:])
 		if cv.flags&curve.FlagMore == 0 || len(cv.out) >= coalesceBuf {
 			err := c.flush(net.Buffers{cv.out})
 			putBuf(cv.out)

@@ -100,13 +100,14 @@ func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags
 	// probe.
 	mirrored := false
 	if statErr == nil {
-		if fi, err := os.Lstat(filepath.Join(cfg.OutputDir, ".zsnd", tree)); err == nil && fi.IsDir() {
-			mirrored = true
-		}
+		fi, err := os.Lstat(filepath.Join(cfg.OutputDir, ".zsnd", tree))
+		mirrored = err == nil && fi.IsDir()
 	}
-	if mirrored {
-		// no probe
-	} else if _, err := receiver.List(ctx, lc, tree); err != nil {
+	var err error
+	if !mirrored {
+		_, err = receiver.List(ctx, lc, tree)
+	}
+	if err != nil {
 		if statErr == nil && (errors.Is(err, receiver.ErrUnreachable) || ctx.Err() != nil) {
 			err = deadlineCause(ctx, err)
 			return cli.TreeExitCode(err), true, err

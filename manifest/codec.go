@@ -84,7 +84,7 @@ func (m *Manifest) WriteTo(w io.Writer) (int64, error) {
 	var n int64
 	for i := range m.Entries {
 		b = appendEntry(b, &m.Entries[i])
-		if len(b) >= writeChunk || i == len(m.Entries)-1 {
+		if len(b) >= writeChunk {
 			k, err := w.Write(b)
 			n += int64(k)
 			if err != nil {
@@ -93,12 +93,10 @@ func (m *Manifest) WriteTo(w io.Writer) (int64, error) {
 			b = b[:0]
 		}
 	}
-	if len(b) > 0 { // no entries: the header alone
+	if len(b) > 0 {
 		k, err := w.Write(b)
 		n += int64(k)
-		if err != nil {
-			return n, err
-		}
+		return n, err
 	}
 	return n, nil
 }
@@ -224,11 +222,8 @@ func pathBytes(p []byte, count uint64) int {
 }
 
 func takeString(p []byte) (string, []byte, bool) {
-	if len(p) < 2 {
-		return "", p, false
-	}
-	n := int(binary.BigEndian.Uint16(p))
-	if len(p) < 2+n {
+	n, ok := stringLen(p)
+	if !ok {
 		return "", p, false
 	}
 	return string(p[2 : 2+n]), p[2+n:], true

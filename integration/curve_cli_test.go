@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,18 +76,37 @@ func zsendCurveProc(t *testing.T, args ...string) (string, *lockedBuffer) {
 	return "", nil
 }
 
+// run runs one of the binaries (bounded: runFor, 5 minutes); it returns
+// the exit code, stdout and stderr.
 func run(t *testing.T, bin string, args ...string) (int, string, string) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, bin), args...)
+	code, stdout, stderr, _ := runFor(t, 5*time.Minute, bin, args...)
+	return code, stdout, stderr
+}
+
+// runFor runs one of the binaries, killed after limit; it returns the exit
+// code (-1 if it had to be killed), stdout, stderr and how long it ran.
+func runFor(t *testing.T, limit time.Duration, bin string, args ...string) (int, string, string, time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, bin), args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
 	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode(), out.String(), errb.String()
-	} else if err != nil {
+	took := time.Since(start)
+	if ctx.Err() != nil {
+		return -1, out.String(), errb.String(), took
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), out.String(), errb.String(), took
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
-	return 0, out.String(), errb.String()
+	return 0, out.String(), errb.String(), took
 }
 
 func TestBinariesCurve(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,31 +16,6 @@ import (
 	"github.com/zsend/zsend/protocol"
 	"github.com/zsend/zsend/receiver"
 )
-
-// runBounded runs a binary, killed after limit; it returns the exit code
-// (-1 if it had to be killed), stderr and how long it ran.
-func runBounded(t *testing.T, limit time.Duration, bin string, args ...string) (int, string, time.Duration) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, bin), args...)
-	var errb bytes.Buffer
-	cmd.Stderr = &errb
-	start := time.Now()
-	err := cmd.Run()
-	took := time.Since(start)
-	if ctx.Err() != nil {
-		return -1, errb.String(), took
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), errb.String(), took
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return 0, errb.String(), took
-}
 
 // TestUnansweredRequestsAreBounded: a server that completes the handshake
 // and answers every PING, but never answers LIST, STATUS, REPORT or
@@ -85,7 +59,7 @@ func TestUnansweredRequestsAreBounded(t *testing.T) {
 		// A plain --status: --timeout bounds it too (exit 4).
 		{"zsend --status", "zsend", []string{"--status", ep, "--timeout", "3s"}, []int{4}, 12 * time.Second},
 	} {
-		code, stderr, took := runBounded(t, 60*time.Second, c.bin, c.args...)
+		code, _, stderr, took := runFor(t, 60*time.Second, c.bin, c.args...)
 		ok := false
 		for _, want := range c.codes {
 			ok = ok || code == want
@@ -110,7 +84,7 @@ func TestDeadlineBoundsTreeSync(t *testing.T) {
 	}
 	ep, _ := zsendCurveProc(t, "--state-dir", t.TempDir(), "--rate-limit", "32K", src)
 	out := t.TempDir()
-	code, stderr, took := runBounded(t, 60*time.Second, "zrecv", "-q", "--deadline", "4s", "-o", out, ep, "conf")
+	code, _, stderr, took := runFor(t, 60*time.Second, "zrecv", "-q", "--deadline", "4s", "-o", out, ep, "conf")
 	if code != 7 || took > 10*time.Second {
 		t.Fatalf("exit %d after %v (want 7 at about 4 s): %s", code, took, stderr)
 	}
@@ -154,7 +128,7 @@ func TestStatusWaitBoundedWhenServerDies(t *testing.T) {
 	}
 	// No node follows the tree: --wait cannot converge.
 	time.AfterFunc(1500*time.Millisecond, func() { srv.Process.Kill() })
-	code, out, took := runBounded(t, 60*time.Second, "zsend", "--status", ep, "--wait", "--timeout", "4s")
+	code, _, out, took := runFor(t, 60*time.Second, "zsend", "--status", ep, "--wait", "--timeout", "4s")
 	if (code != 7 && code != 4) || took > 5500*time.Millisecond {
 		t.Fatalf("exit %d after %v (want 7 or 4 within the 4 s --timeout): %s", code, took, out)
 	}
@@ -164,7 +138,7 @@ func TestStatusWaitBoundedWhenServerDies(t *testing.T) {
 // ZSND/1 only (no trees, no fleet) exits 3, as documented.
 func TestStatusOfVersion1Server(t *testing.T) {
 	ep := rawServerWith(t, rawOptions{version: 1})
-	code, stderr, took := runBounded(t, 60*time.Second, "zsend", "--status", ep, "--timeout", "5s")
+	code, _, stderr, took := runFor(t, 60*time.Second, "zsend", "--status", ep, "--timeout", "5s")
 	if code != 3 || took > 10*time.Second {
 		t.Fatalf("exit %d after %v (want 3): %s", code, took, stderr)
 	}

@@ -90,6 +90,14 @@ func (d *dealer) recvWithin(bound time.Duration) (protocol.Message, error) {
 		return decode(m)
 	case err := <-d.errs:
 		d.errs <- err // every later call sees it too
+		// The reader queues every message before it reports the failure
+		// that follows them, but this select may see both at once and
+		// pick the failure: a message queued by now still comes first.
+		select {
+		case m := <-d.in:
+			return decode(m)
+		default:
+		}
 		return nil, fmt.Errorf("recv: %w", err)
 	case <-time.After(bound):
 		return nil, fmt.Errorf("no message within %v", bound)

@@ -355,26 +355,38 @@ func (l *layout) prune(keep int, name string) ([]string, error) {
 	var removed []string
 	var errs []error
 	kept := map[string]bool{name: true}
+	pruned := max(0, len(others)-(keep-1))
 	for i, v := range others {
-		if i >= len(others)-(keep-1) {
+		if i >= pruned {
 			kept[v] = true
 			continue
 		}
 		// Out of v/ first, in one rename: killed while deleting, a pruned
 		// version must not stay behind half removed, where a rollback
-		// could pick it.
-		if err := l.trash(v); err != nil {
+		// could pick it. The newest one pruned becomes the spare, which
+		// the next sync recycles (spare.go); the others are deleted.
+		var err error
+		if i == pruned-1 {
+			err = l.toSpare(v)
+		} else {
+			err = l.trash(v)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("pruning %s: %w", v, err))
 			continue
 		}
 		removed = append(removed, v)
 	}
 	errs = append(errs, l.emptyTrash())
-	l.pruneStats()
+	if sp := l.spareName(); sp != "" {
+		kept[sp] = true // its manifest and stat cache stay while it does
+	}
+	l.pruneStats(kept)
 	if len(removed) > 0 {
 		errs = append(errs, fsyncDir(l.v))
 	}
-	// Manifests: keep those whose 12-hex prefix names a kept version.
+	// Manifests: keep those whose 12-hex prefix names a kept version (or
+	// the spare).
 	if names, err := readNames(l.m); err == nil {
 		for _, n := range names {
 			used := false

@@ -11,12 +11,15 @@
 //	OUT/.zsnd/T/stage/T/    the version being built (left in place if interrupted)
 //	OUT/.zsnd/T/incoming/   the manifest being fetched
 //	OUT/.zsnd/T/trash/      pruned versions being deleted (moved out of v/ in one rename first)
+//	OUT/.zsnd/T/spare/NAME/ the newest pruned version, which the next sync recycles (spare.go)
 //
 // # Guarantees
 //
 // A process that resolves OUT/T once sees exactly one complete version:
-// versions are never modified once switched to (but see hard links below),
-// and the switch is a rename of a new symbolic link over OUT/T. Killed at
+// versions are never modified while in v/ (but see hard links below), and
+// the switch is a rename of a new symbolic link over OUT/T. Only the spare,
+// out of v/ since it was pruned, is changed (recycled) to build a later
+// version. Killed at
 // any moment, a sync leaves OUT/T on the old version or on the complete
 // new one; running it again reuses what the interrupted run staged, after
 // re-hashing it.
@@ -154,8 +157,10 @@ type Result struct {
 	BytesFetched          int64 // file bytes received over the network
 	FilesReused           int   // files taken from local versions or the staging area
 	BytesReused           int64
-	FilesStaged           int   // of FilesReused: verified files an interrupted run left in the staging area
-	ManifestBytes         int64 // manifest bytes received (0 when cached)
+	FilesStaged           int    // of FilesReused: verified files an interrupted run left in the staging area
+	FilesRecycled         int    // of FilesReused: files already in place in the recycled spare
+	Recycled              string // the pruned version directory the staging tree started from ("" if none)
+	ManifestBytes         int64  // manifest bytes received (0 when cached)
 	Drift                 []string
 	Pruned                []string // version directories removed
 }

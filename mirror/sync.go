@@ -87,6 +87,9 @@ type syncer struct {
 	// curStatsOf), read by once while it reads the version's manifest.
 	curStats   []statRec
 	curStatsOf string
+	// rec is the spare this attempt's staging tree started from (nil if
+	// none).
+	rec *recycled
 }
 
 func (s *syncer) emit(e Event) {

@@ -59,7 +59,10 @@ func TestRecycleSpareEveryChange(t *testing.T) {
 	changes := []func(){
 		func() {},
 		func() { write(t, filepath.Join(src, "d0/f00"), "changed", 0o644) },
-		func() { os.Remove(filepath.Join(src, "d1/f01")); write(t, filepath.Join(src, "new/added"), "added", 0o600) },
+		func() {
+			os.Remove(filepath.Join(src, "d1/f01"))
+			write(t, filepath.Join(src, "new/added"), "added", 0o600)
+		},
 		func() { // file -> directory, directory -> file
 			os.Remove(filepath.Join(src, "a.conf"))
 			write(t, filepath.Join(src, "a.conf/inner"), "inner", 0o644)

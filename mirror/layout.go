@@ -235,25 +235,30 @@ func (l *layout) versions() ([]string, error) {
 }
 
 // loadManifest reads m/<id hex> and checks it against its name. ok is
-// false when it is missing or does not match (it is then removed).
-func (l *layout) loadManifest(id manifest.ID, lim manifest.Limits) (*manifest.Manifest, []byte, bool) {
+// false when it is missing or does not match (it is then removed). A
+// manifest this process decoded lately comes from memory (mancache.go).
+func (l *layout) loadManifest(id manifest.ID, lim manifest.Limits) (*manifest.Manifest, bool) {
+	if man := decoded.get(id, lim); man != nil {
+		return man, true
+	}
 	fd, err := unix.Openat(int(l.m.Fd()), id.String(), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, false
+		return nil, false
 	}
 	f := os.NewFile(uintptr(fd), id.String())
 	defer f.Close()
 	b, err := readSmallFile(f, int64(lim.MaxBytes))
 	if err != nil || manifest.IDOf(b) != id {
 		unix.Unlinkat(int(l.m.Fd()), id.String(), 0)
-		return nil, nil, false
+		return nil, false
 	}
 	man, err := manifest.Decode(b, lim)
 	if err != nil {
 		unix.Unlinkat(int(l.m.Fd()), id.String(), 0)
-		return nil, nil, false
+		return nil, false
 	}
-	return man, b, true
+	decoded.put(id, man, len(b))
+	return man, true
 }
 
 // manifestFor finds the kept manifest of a version directory by its
@@ -276,7 +281,7 @@ func (l *layout) manifestFor(id12 string, lim manifest.Limits) (*manifest.Manife
 		} else {
 			copy(id[:], b)
 		}
-		if man, _, ok := l.loadManifest(id, lim); ok {
+		if man, ok := l.loadManifest(id, lim); ok {
 			return man, id, true
 		}
 	}

@@ -7,7 +7,7 @@
 //	OUT/T                   symlink -> .zsnd/T/v/<seq 20 digits>-<id 12 hex> (the stable path)
 //	OUT/.zsnd/T/lock        flock: one sync or rollback at a time per tree
 //	OUT/.zsnd/T/v/NAME/     complete, verified versions (Config.Keep, default 2)
-//	OUT/.zsnd/T/m/<id hex>  their manifests (checked by hash on every read)
+//	OUT/.zsnd/T/m/<id hex>  their manifests (checked by hash whenever read from disk)
 //	OUT/.zsnd/T/stage/T/    the version being built (left in place if interrupted)
 //	OUT/.zsnd/T/incoming/   the manifest being fetched
 //	OUT/.zsnd/T/trash/      pruned versions being deleted (moved out of v/ in one rename first)

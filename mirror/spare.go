@@ -124,6 +124,17 @@ func (l *layout) takeSpare(stageDir *os.File, tree string, lim manifest.Limits) 
 // version, whose files are mostly the same inodes), still matches st, so
 // the inode is unchanged since that version's file was hashed.
 func vouched(rec *recycled, sources []*source, path string, st *unix.Stat_t) ([32]byte, bool) {
+	return vouchedAt(rec, -1, sources, path, st)
+}
+
+// vouchedAt is vouched when the recycled version's entry of path is known
+// to be its entry j (-1: look it up).
+func vouchedAt(rec *recycled, j int32, sources []*source, path string, st *unix.Stat_t) ([32]byte, bool) {
+	if rec != nil && j >= 0 && rec.stats != nil && int(j) < len(rec.man.Entries) {
+		if e := &rec.man.Entries[j]; e.Path == path && e.Type == manifest.TypeFile && rec.stats[j].matches(st) {
+			return e.Hash, true
+		}
+	}
 	try := func(m *manifest.Manifest, stats []statRec) ([32]byte, bool) {
 		if m == nil || stats == nil {
 			return [32]byte{}, false
@@ -168,11 +179,12 @@ func (s *syncer) applyDiff(root *os.File, man *manifest.Manifest, sources []*sou
 		i := indexOf(m, p)
 		return i >= 0 && m.Entries[i].Type == manifest.TypeDir
 	}
+	inMan, inRm := manifest.Match(man, rm), manifest.Match(rm, man)
 	// 1. What the spare has and man has not (or not of that type), where
 	// its parent directory stays (else it went with its parent).
 	for k := 1; k < len(rm.Entries); k++ {
 		r := &rm.Entries[k]
-		if i := indexOf(man, r.Path); i >= 0 && man.Entries[i].Type == r.Type {
+		if i := inMan[k]; i >= 0 && man.Entries[i].Type == r.Type {
 			continue
 		}
 		parent, base := split(r.Path)
@@ -194,7 +206,7 @@ func (s *syncer) applyDiff(root *os.File, man *manifest.Manifest, sources []*sou
 	buf := make([]byte, manifest.MaxTargetLen+1)
 	for i := 1; i < len(man.Entries); i++ {
 		e := &man.Entries[i]
-		j := indexOf(rm, e.Path)
+		j := inRm[i]
 		var r *manifest.Entry
 		if j >= 0 && rm.Entries[j].Type == e.Type {
 			r = &rm.Entries[j]
@@ -234,7 +246,7 @@ func (s *syncer) applyDiff(root *os.File, man *manifest.Manifest, sources []*sou
 			}
 		case manifest.TypeFile:
 			if r != nil && r.Hash == e.Hash && r.Size == e.Size && localMode(r.Mode) == localMode(e.Mode) && r.MtimeNs == e.MtimeNs {
-				placed[i].assumed = true
+				placed[i].assumed, placed[i].spareIdx = true, j
 				files++
 				bytes += int64(e.Size)
 				continue

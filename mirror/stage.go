@@ -28,33 +28,40 @@ type source struct {
 	root   *os.File
 	man    *manifest.Manifest
 	dirs   *dirCache
-	byHash []int32        // indexes of its files, sorted by hash
+	hashed *sync.Once     // makes byHash at the first withHash
+	byHash *[]int32       // indexes of its files, sorted by hash
 	state  []atomic.Int32 // by entry: 1 verified, -1 drifted (shared by placeFiles' workers)
 	stats  []statRec      // its stat cache (nil if none)
 	drift  bool           // report mismatches as drift
 }
 
 func newSource(root *os.File, m *manifest.Manifest, drift bool, stats []statRec) *source {
-	src := &source{root: root, man: m, dirs: &dirCache{root: root},
+	return &source{root: root, man: m, dirs: &dirCache{root: root}, hashed: &sync.Once{}, byHash: new([]int32),
 		state: make([]atomic.Int32, len(m.Entries)), stats: stats, drift: drift}
-	for i := range m.Entries {
-		if m.Entries[i].Type == manifest.TypeFile {
-			src.byHash = append(src.byHash, int32(i))
-		}
-	}
-	slices.SortFunc(src.byHash, func(a, b int32) int { return bytes.Compare(m.Entries[a].Hash[:], m.Entries[b].Hash[:]) })
-	return src
 }
 
 // withHash returns the indexes of the source's files with content h.
+// The index by hash is made at the first call (shared by the copies
+// placeFiles' workers make of the source).
 func (src *source) withHash(h *[32]byte) []int32 {
 	es := src.man.Entries
-	lo, _ := slices.BinarySearchFunc(src.byHash, h, func(i int32, h *[32]byte) int { return bytes.Compare(es[i].Hash[:], h[:]) })
+	src.hashed.Do(func() {
+		var by []int32
+		for i := range es {
+			if es[i].Type == manifest.TypeFile {
+				by = append(by, int32(i))
+			}
+		}
+		slices.SortFunc(by, func(a, b int32) int { return bytes.Compare(es[a].Hash[:], es[b].Hash[:]) })
+		*src.byHash = by
+	})
+	by := *src.byHash
+	lo, _ := slices.BinarySearchFunc(by, h, func(i int32, h *[32]byte) int { return bytes.Compare(es[i].Hash[:], h[:]) })
 	hi := lo
-	for hi < len(src.byHash) && es[src.byHash[hi]].Hash == *h {
+	for hi < len(by) && es[by[hi]].Hash == *h {
 		hi++
 	}
-	return src.byHash[lo:hi]
+	return by[lo:hi]
 }
 
 // placedRec is a file this sync linked into the staged tree from a
@@ -65,7 +72,8 @@ type placedRec struct {
 	// assumed: left in place in the recycled spare by applyDiff, whose
 	// manifest had it as it is in the version (verify trusts it only
 	// when a stat cache record vouches for it).
-	assumed bool
+	assumed  bool
+	spareIdx int32 // with assumed: its index in the recycled version's manifest
 }
 
 // dirCache keeps the last directory opened beneath a root.
@@ -818,7 +826,7 @@ func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID, p
 		trust: func(i int, st *unix.Stat_t) bool {
 			pl := &placed[i]
 			if pl.assumed {
-				h, ok := vouched(s.rec, sources, man.Entries[i].Path, st)
+				h, ok := vouchedAt(s.rec, pl.spareIdx, sources, man.Entries[i].Path, st)
 				return ok && h == man.Entries[i].Hash
 			}
 			return pl.ino != 0 && pl.dev == st.Dev && pl.ino == st.Ino && pl.size == uint64(st.Size) && pl.ctime == statCtime(st)

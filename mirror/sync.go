@@ -355,7 +355,7 @@ func tagOf(id manifest.ID) protocol.Tag {
 // the limits and validated, and kept in m/.
 func (s *syncer) fetchManifest(ctx context.Context, info receiver.TreeInfo, id manifest.ID) (*manifest.Manifest, error) {
 	cfg, l := s.cfg, s.l
-	if man, _, ok := l.loadManifest(id, cfg.Limits); ok {
+	if man, ok := l.loadManifest(id, cfg.Limits); ok {
 		return man, checkReserved(man)
 	}
 	inc, err := mkdirPlain(l.t, "incoming", 0o700)
@@ -401,6 +401,7 @@ func (s *syncer) fetchManifest(ctx context.Context, info receiver.TreeInfo, id m
 	if err := l.saveManifest(id, b); err != nil {
 		return nil, err
 	}
+	decoded.put(id, man, len(b))
 	return man, nil
 }
 

@@ -34,6 +34,8 @@ type layout struct {
 	// unlinked, when not nil, collects the inodes (device, number) of the
 	// hard-linked files emptyTrash removes a name of (statcache.go).
 	unlinked map[[2]uint64]bool
+	// switchedAt is when switchTo last renamed the stable path.
+	switchedAt time.Time
 }
 
 func (l *layout) close() {
@@ -318,7 +320,8 @@ func (l *layout) saveManifest(id manifest.ID, b []byte) error {
 // switchTo points the stable path at v/name atomically: a new symlink
 // renamed over OUT/T, or, when OUT/T is a plain directory (the first
 // sync), exchanged with it (renameat2 RENAME_EXCHANGE), the old directory
-// being kept as the preexisting version. OUT is synced.
+// being kept as the preexisting version. OUT is synced. l.switchedAt is
+// set to the time of the rename (when readers see the new version).
 func (l *layout) switchTo(name string, cur current) error {
 	tfd, ofd := int(l.t.Fd()), int(l.out.Fd())
 	if err := removeAllAt(tfd, "link.tmp"); err != nil {
@@ -332,6 +335,7 @@ func (l *layout) switchTo(name string, cur current) error {
 			removeAllAt(tfd, "link.tmp")
 			return fmt.Errorf("switching %s (exchanging the plain directory with the stable link): %w", filepath.Join(l.paths.out, l.tree), err)
 		}
+		l.switchedAt = time.Now()
 		if err := fsyncDir(l.out); err != nil {
 			return err
 		}
@@ -341,6 +345,7 @@ func (l *layout) switchTo(name string, cur current) error {
 		removeAllAt(tfd, "link.tmp")
 		return fmt.Errorf("switching %s: %w", filepath.Join(l.paths.out, l.tree), err)
 	}
+	l.switchedAt = time.Now()
 	return fsyncDir(l.out)
 }
 
@@ -382,9 +387,10 @@ func (l *layout) prune(keep int, name string) ([]string, error) {
 		}
 		removed = append(removed, v)
 	}
-	errs = append(errs, l.emptyTrash())
-	if sp := l.spareName(); sp != "" {
-		kept[sp] = true // its manifest and stat cache stay while it does
+	errs = append(errs, l.emptyTrash(), removeAllAt(int(l.t.Fd()), "spare.tmp")) // a copy warmSpares left unfinished
+	for _, sp := range l.spares() {
+		base, _ := spareBase(sp)
+		kept[base] = true // its manifest and stat cache stay while it does
 	}
 	l.pruneStats(kept)
 	if len(removed) > 0 {

@@ -98,6 +98,10 @@ type Config struct {
 	// is and is returned by Sync; the staged version's directory is
 	// removed (a later sync of it reuses the current version's files).
 	BeforeSwitch func(ctx context.Context, st Staged) error
+	// WarmSpares makes hard-linked copies of a new version as spares
+	// while too few versions are kept for prune to make one (spare.go):
+	// a follower's first versions then cost what later ones do.
+	WarmSpares bool
 }
 
 // Staged describes a staged version for Config.BeforeSwitch.

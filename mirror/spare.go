@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -35,23 +38,13 @@ type recycled struct {
 	stats []statRec // its stat cache (nil if none)
 }
 
-// spareName is the version directory in spare/, or "".
+// spareName is the spare to recycle next (the newest), or "".
 func (l *layout) spareName() string {
-	d, err := openDir(l.t, "spare")
-	if err != nil {
+	sp := l.spares()
+	if len(sp) == 0 {
 		return ""
 	}
-	defer d.Close()
-	names, err := readNames(d)
-	if err != nil {
-		return ""
-	}
-	for _, n := range names {
-		if _, id12, ok := parseVersionName(n); ok && id12 != "" {
-			return n
-		}
-	}
-	return ""
+	return sp[len(sp)-1]
 }
 
 // toSpare moves v/name to spare/ (in one rename), sending what spare/
@@ -100,7 +93,8 @@ func (l *layout) takeSpare(stageDir *os.File, tree string, lim manifest.Limits) 
 		l.dropSpare()
 		return nil
 	}
-	_, id12, _ := parseVersionName(name)
+	base, _ := spareBase(name)
+	_, id12, _ := parseVersionName(base)
 	man, id, ok := l.manifestFor(id12, lim)
 	if !ok {
 		l.dropSpare()
@@ -115,7 +109,7 @@ func (l *layout) takeSpare(stageDir *os.File, tree string, lim manifest.Limits) 
 		l.dropSpare()
 		return nil
 	}
-	return &recycled{name: name, man: man, stats: l.loadStats(name, id, len(man.Entries))}
+	return &recycled{name: name, man: man, stats: l.loadStats(base, id, len(man.Entries))}
 }
 
 // vouched returns the content hash of the regular file st found at path
@@ -293,4 +287,214 @@ func (s *syncer) changeDir(dst *dirCache, rel string) (*os.File, error) {
 		}
 	}
 	return d, nil
+}
+
+// spareBase is the version name of a spare's directory name: NAME, or
+// NAME.K for the K-th copy of one version (warmSpares).
+func spareBase(n string) (string, bool) {
+	base, k, dotted := strings.Cut(n, ".")
+	if dotted {
+		if _, err := strconv.ParseUint(k, 10, 8); err != nil {
+			return "", false
+		}
+	}
+	if _, id12, ok := parseVersionName(base); !ok || id12 == "" {
+		return "", false
+	}
+	return base, true
+}
+
+// spares lists spare/ (directory names, each valid for spareBase).
+func (l *layout) spares() []string {
+	d, err := openDir(l.t, "spare")
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	names, err := readNames(d)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, n := range names {
+		if _, ok := spareBase(n); ok {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// warmSpares makes sure the next syncs find a spare before prune starts
+// making them: while v/ holds fewer than keep versions, none is pruned, so
+// a node that just made its first sync would build its next versions
+// file by file. It adds hard-linked copies of version name (its files are
+// the same inodes, so its stat cache serves them too) to spare/, as many
+// as the syncs before the first prune need, and rewrites the version's
+// stat cache: each link set its files' ctime. A record is carried over only
+// for a file that still matched it just before the link and is the same
+// inode (device, size, mtime) after, with a ctime older than a fence taken
+// after the links (statcache.go).
+//
+// Follow mode calls it (Config.WarmSpares); a one-off sync does not pay
+// for copies it may never use.
+func (s *syncer) warmSpares(name string, id manifest.ID, man *manifest.Manifest) error {
+	l := s.l
+	vs, err := l.versions()
+	if err != nil {
+		return err
+	}
+	need := s.cfg.Keep - len(vs) + 1 - len(l.spares())
+	if need <= 0 {
+		return nil
+	}
+	recs := l.loadStats(name, id, len(man.Entries))
+	if recs == nil {
+		return nil // nothing would vouch for the copies' files
+	}
+	cur, err := openDir(l.v, name)
+	if err != nil {
+		return err
+	}
+	defer cur.Close()
+	sp, err := mkdirPlain(l.t, "spare", 0o700)
+	if err != nil {
+		return err
+	}
+	defer sp.Close()
+	pre := make([]statRec, len(man.Entries)) // the record each file matched before its links
+	for k := 0; k < need; k++ {
+		n := name
+		if k > 0 || slices.Contains(l.spares(), name) {
+			n = fmt.Sprintf("%s.%d", name, k+1)
+		}
+		if err := s.cloneVersion(cur, man, recs, pre, n); err != nil {
+			return err
+		}
+		if err := unix.Renameat(int(l.t.Fd()), "spare.tmp", int(sp.Fd()), n); err != nil {
+			return fmt.Errorf("keeping a copy of %s as a spare: %w", name, err)
+		}
+	}
+	// The version's stat cache again, for the ctimes the links set.
+	w, err := l.newStatWriter(name)
+	if err != nil {
+		return nil
+	}
+	defer w.abort()
+	out := make([]statRec, len(man.Entries))
+	dirs := &dirCache{root: cur}
+	defer dirs.close()
+	for i := range man.Entries {
+		if pre[i].ino == 0 {
+			continue
+		}
+		parent, base := split(man.Entries[i].Path)
+		d, err := dirs.get(parent)
+		if err != nil {
+			continue
+		}
+		st, err := lstatAt(int(d.Fd()), base)
+		if err != nil {
+			continue
+		}
+		r := recOf(&st)
+		if r.dev == pre[i].dev && r.ino == pre[i].ino && r.size == pre[i].size && r.mtime == pre[i].mtime && r.ctime < w.fence {
+			out[i] = r
+		}
+	}
+	if err := w.commit(name, id, out); err != nil {
+		s.emit(Event{Kind: EventNote, Message: err.Error()})
+	}
+	return nil
+}
+
+// cloneVersion makes OUT/.zsnd/T/spare.tmp a copy of version cur (manifest
+// man): its directories and symlinks, and a hard link to each file. pre[i]
+// is set to a file's record when it matched it just before the link (and
+// left as it is otherwise: a file seen changed is not vouched for).
+func (s *syncer) cloneVersion(cur *os.File, man *manifest.Manifest, recs, pre []statRec, name string) error {
+	l := s.l
+	tfd := int(l.t.Fd())
+	if err := removeAllAt(tfd, "spare.tmp"); err != nil {
+		return err
+	}
+	if err := unix.Mkdirat(tfd, "spare.tmp", 0o700); err != nil {
+		return &os.PathError{Op: "mkdir", Path: join(l.t.Name(), "spare.tmp"), Err: err}
+	}
+	root, err := openDir(l.t, "spare.tmp")
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	src, dst := &dirCache{root: cur}, &dirCache{root: root}
+	defer src.close()
+	defer dst.close()
+	fail := func(err error) error {
+		removeAllAt(tfd, "spare.tmp")
+		return fmt.Errorf("copying %s as a spare: %w", name, err)
+	}
+	for i := 1; i < len(man.Entries); i++ {
+		e := &man.Entries[i]
+		parent, base := split(e.Path)
+		d, err := dst.get(parent)
+		if err != nil {
+			return fail(err)
+		}
+		switch e.Type {
+		case manifest.TypeDir:
+			err = unix.Mkdirat(int(d.Fd()), base, 0o700)
+		case manifest.TypeSymlink:
+			err = unix.Symlinkat(e.Target, int(d.Fd()), base)
+		case manifest.TypeFile:
+			sd, serr := src.get(parent)
+			if serr != nil {
+				return fail(serr)
+			}
+			st, serr := lstatAt(int(sd.Fd()), base)
+			if serr != nil {
+				return fail(serr)
+			}
+			if pre[i].ino == 0 && recs[i].matches(&st) {
+				pre[i] = recs[i]
+			} else if pre[i].ino != 0 && (st.Ino != pre[i].ino || st.Dev != pre[i].dev) {
+				pre[i] = statRec{} // replaced between two copies
+			}
+			err = unix.Linkat(int(sd.Fd()), base, int(d.Fd()), base, 0)
+		}
+		if err != nil {
+			return fail(&os.PathError{Op: "copy", Path: e.Path, Err: err})
+		}
+	}
+	// Modes and mtimes as the version's, children before their parents.
+	for i := len(man.Entries) - 1; i >= 0; i-- {
+		e := &man.Entries[i]
+		if e.Type == manifest.TypeFile {
+			continue // the version's own inodes
+		}
+		var fd int
+		base := "spare.tmp"
+		if e.Path == "" {
+			fd = tfd
+		} else {
+			parent, b := split(e.Path)
+			d, err := dst.get(parent)
+			if err != nil {
+				return fail(err)
+			}
+			fd, base = int(d.Fd()), b
+		}
+		if e.Type == manifest.TypeDir {
+			if e.Path != "" && dst.d != nil && strings.HasPrefix(dst.path+"/", e.Path+"/") {
+				dst.close()
+			}
+			if err := unix.Fchmodat(fd, base, localMode(e.Mode), 0); err != nil {
+				return fail(err)
+			}
+		}
+		ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(e.MtimeNs)}
+		if err := unix.UtimesNanoAt(fd, base, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fail(err)
+		}
+	}
+	return nil
 }

@@ -265,3 +265,73 @@ func TestOpenVersionUnchangedUntilRecycled(t *testing.T) {
 		t.Errorf("an open kept version changed:\n%q\n%q", before, got)
 	}
 }
+
+// With WarmSpares (follow mode), the first sync leaves copies of the
+// version as spares, so the next versions are recycled too; what is left
+// in place is vouched for by the stat cache, not read again.
+func TestWarmSpares(t *testing.T) {
+	s := startServer(t)
+	src := filepath.Join(t.TempDir(), "app")
+	smallTree(t, src)
+	for i := 0; i < 20; i++ {
+		write(t, filepath.Join(src, fmt.Sprintf("d%d/f%02d", i%4, i)), strings.Repeat(fmt.Sprint(i), 1000+i), 0o644)
+	}
+	out := t.TempDir()
+	cfg := testConfig(s, out, "app")
+	cfg.WarmSpares = true
+	var notes []string
+	cfg.Events = func(e Event) {
+		if e.Kind == EventNote {
+			notes = append(notes, e.Message)
+		}
+	}
+	publish(t, s, "app", src, 1)
+	first := syncOK(t, cfg)
+	sp, err := os.ReadDir(filepath.Join(out, ".zsnd/app/spare"))
+	if err != nil || len(sp) != 2 {
+		t.Fatalf("spares after the first sync: %v, %v", sp, err)
+	}
+	for _, e := range sp {
+		sameTree(t, first.Dir, filepath.Join(out, ".zsnd/app/spare", e.Name()))
+	}
+	for v := 2; v <= 5; v++ {
+		write(t, filepath.Join(src, "d1/f01"), fmt.Sprint("version ", v), 0o644)
+		publish(t, s, "app", src, uint64(v))
+		res := syncOK(t, cfg)
+		sameTree(t, src, filepath.Join(out, "app"))
+		if res.Recycled == "" || res.FilesFetched != 1 {
+			t.Errorf("version %d: recycled %q, fetched %d", v, res.Recycled, res.FilesFetched)
+		}
+		if n := len(spareList(t, out)); n > 2 {
+			t.Errorf("version %d: %d spares", v, n)
+		}
+	}
+	if len(notes) != 0 {
+		t.Errorf("notes (a fallback or a failed copy): %q", notes)
+	}
+	// The copies' stat cache records vouch for the files: in-place edits
+	// of a shared inode are still found (drift), never trusted.
+	p := filepath.Join(out, "app", "d2/f02")
+	fi, _ := os.Stat(p)
+	if err := os.WriteFile(p, []byte(strings.Repeat("Z", int(fi.Size()))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chtimes(p, fi.ModTime(), fi.ModTime())
+	write(t, filepath.Join(src, "d1/f01"), "version 6", 0o644)
+	publish(t, s, "app", src, 6)
+	res := syncOK(t, cfg)
+	sameTree(t, src, filepath.Join(out, "app"))
+	if !slices.Contains(res.Drift, "d2/f02") {
+		t.Errorf("in-place edit not reported as drift: %+v", res)
+	}
+}
+
+func spareList(t *testing.T, out string) []string {
+	t.Helper()
+	es, _ := os.ReadDir(filepath.Join(out, ".zsnd/app/spare"))
+	var n []string
+	for _, e := range es {
+		n = append(n, e.Name())
+	}
+	return n
+}

@@ -96,7 +96,10 @@ func (s *syncer) emit(e Event) {
 	if s.cfg.Events == nil {
 		return
 	}
-	e.Tree, e.Time = s.cfg.Tree, time.Now()
+	e.Tree = s.cfg.Tree
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
 	if e.Version == (manifest.ID{}) {
 		e.Version, e.Seq = s.res.Version, s.res.Seq
 	}
@@ -303,12 +306,17 @@ func (s *syncer) build(ctx context.Context, man *manifest.Manifest, id manifest.
 		if cur.kind == curManaged && cur.name != "" {
 			res.Previous = filepath.Join(l.v.Name(), cur.name)
 		}
-		s.emit(Event{Kind: EventSwitch, Message: res.Dir})
+		s.emit(Event{Kind: EventSwitch, Message: res.Dir, Time: l.switchedAt}) // the rename, not the fsync after it
 	}
 	l.unlinked = map[[2]uint64]bool{}
 	res.Pruned, err = l.prune(cfg.Keep, name)
 	s.saveStats(name, id, man, recs)
 	l.unlinked = nil
+	if err == nil && cfg.WarmSpares {
+		if werr := s.warmSpares(name, id, man); werr != nil {
+			s.emit(Event{Kind: EventNote, Message: werr.Error()}) // only later syncs are slower for it
+		}
+	}
 	return err
 }
 

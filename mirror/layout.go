@@ -238,10 +238,15 @@ func (l *layout) versions() ([]string, error) {
 
 // loadManifest reads m/<id hex> and checks it against its name. ok is
 // false when it is missing or does not match (it is then removed). A
-// manifest this process decoded lately comes from memory (mancache.go).
+// manifest this process decoded lately comes from memory (mancache.go)
+// when m/ holds a file of its size.
 func (l *layout) loadManifest(id manifest.ID, lim manifest.Limits) (*manifest.Manifest, bool) {
-	if man := decoded.get(id, lim); man != nil {
-		return man, true
+	if man, size := decoded.get(id, lim); man != nil {
+		// Only if this layout keeps it too (the cache is the process's:
+		// another tree or output directory may have put it there).
+		if st, err := lstatAt(int(l.m.Fd()), id.String()); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size == int64(size) {
+			return man, true
+		}
 	}
 	fd, err := unix.Openat(int(l.m.Fd()), id.String(), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {

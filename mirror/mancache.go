@@ -29,15 +29,16 @@ type cachedManifest struct {
 	size int // its encoding's length
 }
 
-// get returns the manifest of id if cached and within lim.
-func (c *manifestCache) get(id manifest.ID, lim manifest.Limits) *manifest.Manifest {
+// get returns the manifest of id and its encoding's size if cached and
+// within lim.
+func (c *manifestCache) get(id manifest.ID, lim manifest.Limits) (*manifest.Manifest, int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[id]
 	if !ok || uint64(len(e.man.Entries)) > lim.MaxEntries || uint64(e.size) > lim.MaxBytes {
-		return nil
+		return nil, 0
 	}
-	return e.man
+	return e.man, e.size
 }
 
 // put keeps man (whose encoding of size bytes gave id), dropping the

@@ -58,7 +58,8 @@ func (src *source) withHash(h *[32]byte) []int32 {
 }
 
 // placedRec is a file this sync linked into the staged tree from a
-// verified source: the inode and its ctime just after the link.
+// verified source, or fetched (see fetch): the inode and its ctime just
+// after the link.
 type placedRec struct {
 	dev, ino, size uint64
 	ctime          int64
@@ -155,7 +156,7 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 
 	// 3. Fetch what is left, into stage/T/... (VGET names are T/path).
 	if len(fetch) > 0 {
-		if err := s.fetch(ctx, stageDir.Name(), id, fetch); err != nil {
+		if err := s.fetch(ctx, stageDir.Name(), id, fetch, man, placed); err != nil {
 			return nil, err
 		}
 	}
@@ -610,8 +611,19 @@ func (s *syncer) placeFrom(src *source, i int, dst *dirCache, e *manifest.Entry,
 	return true, nil
 }
 
-// fetch VGETs the entries into stageDir/T/... .
-func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, entries []*manifest.Entry) error {
+// fetch VGETs the entries into stageDir/T/... . A file the receiver
+// wrote as an unnamed file and linked in (receiver.Result.Inode), with
+// the entry's size, mode and mtime, is noted in placed (indexed like
+// man's entries), as a hard-linked one is: finish leaves it alone and
+// verify does not read it again while it is still that inode with that
+// ctime. Its content was verified as written: every chunk by its BLAKE3,
+// the whole file against the entry's hash.
+func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, entries []*manifest.Entry, man *manifest.Manifest, placed []placedRec) error {
+	defer func() {
+		if testAfterFetch != nil {
+			testAfterFetch(filepath.Join(stageDir, s.cfg.Tree))
+		}
+	}()
 	tag := tagOf(id)
 	reqs := make([]receiver.Request, len(entries))
 	for i, e := range entries {
@@ -629,15 +641,19 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 	}()
 	// In batches: the receiver keeps a task per request, and a tree of
 	// 100,000 files must not hold 100,000 of them at once.
-	for len(reqs) > 0 {
+	rc := s.receiverConfig(stageDir)
+	rc.RecordInodes = true
+	for done := 0; len(reqs) > 0; {
 		n := min(len(reqs), fetchBatch)
-		results, err := receiver.FetchRequests(ctx, s.receiverConfig(stageDir), reqs[:n])
-		for _, r := range results {
+		results, err := receiver.FetchRequests(ctx, rc, reqs[:n])
+		for k, r := range results {
 			if r.Err == nil {
 				s.res.FilesFetched++
+				notePlaced(man, entries[done+k], &r.Inode, placed)
 			}
 			s.res.BytesFetched += r.Wire
 		}
+		done += n
 		if err != nil {
 			return fmt.Errorf("fetching %d files of %s %s: %w", len(entries), s.cfg.Tree, id.Short(), err)
 		}
@@ -645,6 +661,23 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 	}
 	return nil
 }
+
+// notePlaced notes a fetched file in placed when the receiver recorded
+// its inode and that inode has e's size, mode and mtime (anything else is
+// set by finish, which changes the ctime, and read again by verify).
+func notePlaced(man *manifest.Manifest, e *manifest.Entry, in *receiver.Inode, placed []placedRec) {
+	if in.Ino == 0 || in.Mode&unix.S_IFMT != unix.S_IFREG || uint64(in.Size) != e.Size ||
+		in.Mode&0o7777 != localMode(e.Mode) || in.MtimeNS != e.MtimeNs {
+		return
+	}
+	if i := indexOf(man, e.Path); i >= 0 {
+		placed[i] = placedRec{dev: in.Dev, ino: in.Ino, size: uint64(in.Size), ctime: in.CtimeNS}
+	}
+}
+
+// testAfterFetch, when set (tests), is called with the staged tree's path
+// once fetch is over.
+var testAfterFetch func(stagedTree string)
 
 // fetchBatch is the most files fetched in one receiver call.
 const fetchBatch = 4096
@@ -657,7 +690,7 @@ func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed 
 	for i := len(man.Entries) - 1; i >= 0; i-- {
 		e := &man.Entries[i]
 		if placed[i].ino != 0 {
-			continue // linked from a file with e's mode and mtime (verify checks they still are)
+			continue // linked or fetched with e's mode and mtime (verify checks they still are)
 		}
 		var d *os.File
 		var base string
@@ -697,10 +730,10 @@ func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed 
 // verify reads the staged tree back (types, modes, mtimes, sizes, targets,
 // file hashes) and checks that it gives the version id. A file is not
 // read again when it is still the very inode this sync hard-linked from a
-// source file trusted by its stat cache (placed: same device, inode, size,
-// and ctime as just after the link, so nothing wrote to it, changed its
-// mode or times, since); its hash is then the version's. Every other file
-// is hashed. It returns the stats of the files (indexed like man's
+// source file trusted by its stat cache, or fetched as an unnamed file
+// and linked in (placed: same device, inode, size, and ctime as just
+// after the link, so nothing wrote to it, changed its mode or times,
+// since); its hash is then the version's. Every other file is hashed. It returns the stats of the files (indexed like man's
 // entries) for the stat cache.
 //
 // Each entry read is compared with the version's entry of that path as it

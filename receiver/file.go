@@ -163,7 +163,8 @@ type task struct {
 	// partAbsent: the last look found no partial file on disk, so a small
 	// file may be written unnamed (anon) without leaving an old one behind.
 	partAbsent bool
-	anon       bool // f was opened with O_TMPFILE: it has no name until commit links it
+	anon       bool  // f was opened with O_TMPFILE: it has no name until commit links it
+	inode      Inode // set by commit (Config.RecordInodes): see Result.Inode
 
 	wire, reused int64
 	b            taskBudget // retry and restart budgets, byte accounting (budget.go)

@@ -156,7 +156,7 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 
 	// 3. Fetch what is left, into stage/T/... (VGET names are T/path).
 	if len(fetch) > 0 {
-		if err := s.fetch(ctx, stageDir.Name(), id, fetch, man, placed); err != nil {
+		if err := s.fetch(ctx, stageDir.Name(), id, fetch, man, placed, partials); err != nil {
 			return nil, err
 		}
 	}
@@ -617,19 +617,23 @@ func (s *syncer) placeFrom(src *source, i int, dst *dirCache, e *manifest.Entry,
 // man's entries), as a hard-linked one is: finish leaves it alone and
 // verify does not read it again while it is still that inode with that
 // ctime. Its content was verified as written: every chunk by its BLAKE3,
-// the whole file against the entry's hash.
-func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, entries []*manifest.Entry, man *manifest.Manifest, placed []placedRec) error {
+// the whole file against the entry's hash. A file with no partial file
+// found by reconcile (partials) is requested Fresh: the receiver does not
+// look for one.
+func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, entries []*manifest.Entry, man *manifest.Manifest, placed []placedRec, partials map[int][]string) error {
 	defer func() {
 		if testAfterFetch != nil {
-			testAfterFetch(filepath.Join(stageDir, s.cfg.Tree))
+			testAfterFetch(filepath.Join(stageDir, s.cfg.Tree), man, placed)
 		}
 	}()
 	tag := tagOf(id)
 	reqs := make([]receiver.Request, len(entries))
+	index := make([]int, len(entries)) // in man
 	for i, e := range entries {
 		h := protocol.Hash(e.Hash)
+		index[i] = indexOf(man, e.Path)
 		reqs[i] = receiver.Request{Kind: receiver.KindVGet, Name: s.cfg.Tree + "/" + e.Path, Version: tag,
-			Expect: &h, Size: e.Size, CheckSize: true}
+			Expect: &h, Size: e.Size, CheckSize: true, Fresh: len(partials[index[i]]) == 0}
 	}
 	s.mu.Lock()
 	s.inFlight = map[string]int64{}
@@ -649,7 +653,7 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 		for k, r := range results {
 			if r.Err == nil {
 				s.res.FilesFetched++
-				notePlaced(man, entries[done+k], &r.Inode, placed)
+				notePlaced(entries[done+k], &r.Inode, &placed[index[done+k]])
 			}
 			s.res.BytesFetched += r.Wire
 		}
@@ -665,19 +669,17 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 // notePlaced notes a fetched file in placed when the receiver recorded
 // its inode and that inode has e's size, mode and mtime (anything else is
 // set by finish, which changes the ctime, and read again by verify).
-func notePlaced(man *manifest.Manifest, e *manifest.Entry, in *receiver.Inode, placed []placedRec) {
+func notePlaced(e *manifest.Entry, in *receiver.Inode, pl *placedRec) {
 	if in.Ino == 0 || in.Mode&unix.S_IFMT != unix.S_IFREG || uint64(in.Size) != e.Size ||
 		in.Mode&0o7777 != localMode(e.Mode) || in.MtimeNS != e.MtimeNs {
 		return
 	}
-	if i := indexOf(man, e.Path); i >= 0 {
-		placed[i] = placedRec{dev: in.Dev, ino: in.Ino, size: uint64(in.Size), ctime: in.CtimeNS}
-	}
+	*pl = placedRec{dev: in.Dev, ino: in.Ino, size: uint64(in.Size), ctime: in.CtimeNS}
 }
 
-// testAfterFetch, when set (tests), is called with the staged tree's path
-// once fetch is over.
-var testAfterFetch func(stagedTree string)
+// testAfterFetch, when set (tests), is called once fetch is over with the
+// staged tree's path and what fetch noted.
+var testAfterFetch func(stagedTree string, man *manifest.Manifest, placed []placedRec)
 
 // fetchBatch is the most files fetched in one receiver call.
 const fetchBatch = 4096

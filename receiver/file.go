@@ -163,6 +163,7 @@ type task struct {
 	// partAbsent: the last look found no partial file on disk, so a small
 	// file may be written unnamed (anon) without leaving an old one behind.
 	partAbsent bool
+	fresh      bool  // Request.Fresh, until the first look
 	anon       bool  // f was opened with O_TMPFILE: it has no name until commit links it
 	inode      Inode // set by commit (Config.RecordInodes): see Result.Inode
 
@@ -229,6 +230,11 @@ func (t *task) releaseDir() {
 // written), and its state file a regular file of at most maxStateSize.
 func (t *task) resumePoint() (uint64, protocol.Tag) {
 	var tag protocol.Tag
+	if t.fresh {
+		t.fresh = false
+		t.partAbsent = true // the caller says so (Request.Fresh)
+		return 0, tag
+	}
 	t.partAbsent = false
 	d, err := t.openDir(false)
 	if err != nil {

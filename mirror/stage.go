@@ -636,11 +636,11 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 			Expect: &h, Size: e.Size, CheckSize: true, Fresh: len(partials[index[i]]) == 0}
 	}
 	s.mu.Lock()
-	s.inFlight = map[string]int64{}
+	s.inFlight, s.inFlightN = map[string]int64{}, 0
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		s.inFlight = nil
+		s.inFlight, s.inFlightN = nil, 0
 		s.mu.Unlock()
 	}()
 	// In batches: the receiver keeps a task per request, and a tree of

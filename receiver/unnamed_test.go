@@ -3,6 +3,7 @@ package receiver
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/zsend/zsend/internal/safefs"
@@ -63,5 +64,44 @@ func TestLinkInto(t *testing.T) {
 	}
 	if len(names) != 2 || names[0] != "d" || names[1] != "x" {
 		t.Fatalf("directory holds %v, want [d x]", names)
+	}
+}
+
+// The output directory's directories are shared by the tasks holding them
+// and closed only when no task holds them and more than maxCachedDirs are
+// open: a held directory stays usable however many others are opened.
+func TestOutDirShared(t *testing.T) {
+	o, err := openOutDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.close()
+	held, err := o.dir("held/here", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxCachedDirs + 50 {
+		rel := filepath.Join("d", strconv.Itoa(i))
+		d, err := o.dir(rel, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d2, err := o.dir(rel, false); err != nil || d2 != d {
+			t.Fatalf("%s opened twice (%v)", rel, err)
+		}
+		o.release(rel)
+		o.release(rel)
+	}
+	if n := len(o.dirs); n != maxCachedDirs {
+		t.Errorf("%d directories open, want %d", n, maxCachedDirs)
+	}
+	f, err := held.CreateExclusive("x", 0o600)
+	if err != nil {
+		t.Fatalf("a held directory was closed: %v", err)
+	}
+	f.Close()
+	o.release("held/here")
+	if n := len(o.dirs); n != maxCachedDirs {
+		t.Errorf("%d directories open after the last release, want %d", n, maxCachedDirs)
 	}
 }

@@ -43,3 +43,22 @@ func Diff(old, new *Manifest) Delta {
 	}
 	return d
 }
+
+// Match returns, for each entry of b, the index of the entry of a with the
+// same path, or -1. It walks both sorted entry lists once.
+func Match(a, b *Manifest) []int32 {
+	out := make([]int32, len(b.Entries))
+	i := 0
+	for j := range b.Entries {
+		p := b.Entries[j].Path
+		for i < len(a.Entries) && a.Entries[i].Path < p {
+			i++
+		}
+		if i < len(a.Entries) && a.Entries[i].Path == p {
+			out[j] = int32(i)
+		} else {
+			out[j] = -1
+		}
+	}
+	return out
+}

@@ -484,7 +484,7 @@ func (f *followed) syncOnce(ctx context.Context) error {
 	f.report(protocol.StateSyncing, f.shownSeq, f.shownID, nil)
 	f.fl.emit(FollowEvent{Kind: "syncing", Tree: f.name, Seq: f.shownSeq, Version: f.shownID})
 	var switchedAt time.Time
-	mc := Config{Receiver: cfg.Receiver, Out: cfg.Out, Tree: f.name, Keep: cfg.Keep, LockWait: cfg.LockWait,
+	mc := Config{Receiver: cfg.Receiver, Out: cfg.Out, Tree: f.name, Keep: cfg.Keep, LockWait: cfg.LockWait, WarmSpares: true,
 		BeforeSwitch: f.beforeSwitch, Events: func(e Event) {
 			if e.Kind == EventSwitch {
 				switchedAt = e.Time // the rename over the stable path (before pruning)

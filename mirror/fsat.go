@@ -142,6 +142,23 @@ func readNames(d *os.File) ([]string, error) {
 	return d.Readdirnames(-1)
 }
 
+// readTypes lists a directory with the type of each entry as getdents
+// gives it (DT_UNKNOWN where the file system does not say).
+func readTypes(d *os.File) ([]string, map[string]uint8, error) {
+	if _, err := d.Seek(0, io.SeekStart); err != nil {
+		return nil, nil, err
+	}
+	var names []string
+	types := map[string]uint8{}
+	err := direntsOf(int(d.Fd()), make([]byte, 8<<10), func(n string, typ uint8) error {
+		n = strings.Clone(n)
+		names = append(names, n)
+		types[n] = typ
+		return nil
+	})
+	return names, types, err
+}
+
 // hashAt returns the BLAKE3-256 and stat of the regular file rel beneath
 // root, opened without following any symbolic link.
 func hashAt(root *os.File, rel string) ([32]byte, unix.Stat_t, error) {

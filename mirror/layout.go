@@ -34,6 +34,8 @@ type layout struct {
 	// unlinked, when not nil, collects the inodes (device, number) of the
 	// hard-linked files emptyTrash removes a name of (statcache.go).
 	unlinked map[[2]uint64]bool
+	// switchedAt is when switchTo last renamed the stable path.
+	switchedAt time.Time
 }
 
 func (l *layout) close() {
@@ -235,25 +237,30 @@ func (l *layout) versions() ([]string, error) {
 }
 
 // loadManifest reads m/<id hex> and checks it against its name. ok is
-// false when it is missing or does not match (it is then removed).
-func (l *layout) loadManifest(id manifest.ID, lim manifest.Limits) (*manifest.Manifest, []byte, bool) {
+// false when it is missing or does not match (it is then removed). A
+// manifest this process decoded lately comes from memory (mancache.go).
+func (l *layout) loadManifest(id manifest.ID, lim manifest.Limits) (*manifest.Manifest, bool) {
+	if man := decoded.get(id, lim); man != nil {
+		return man, true
+	}
 	fd, err := unix.Openat(int(l.m.Fd()), id.String(), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, false
+		return nil, false
 	}
 	f := os.NewFile(uintptr(fd), id.String())
 	defer f.Close()
 	b, err := readSmallFile(f, int64(lim.MaxBytes))
 	if err != nil || manifest.IDOf(b) != id {
 		unix.Unlinkat(int(l.m.Fd()), id.String(), 0)
-		return nil, nil, false
+		return nil, false
 	}
 	man, err := manifest.Decode(b, lim)
 	if err != nil {
 		unix.Unlinkat(int(l.m.Fd()), id.String(), 0)
-		return nil, nil, false
+		return nil, false
 	}
-	return man, b, true
+	decoded.put(id, man, len(b))
+	return man, true
 }
 
 // manifestFor finds the kept manifest of a version directory by its
@@ -276,7 +283,7 @@ func (l *layout) manifestFor(id12 string, lim manifest.Limits) (*manifest.Manife
 		} else {
 			copy(id[:], b)
 		}
-		if man, _, ok := l.loadManifest(id, lim); ok {
+		if man, ok := l.loadManifest(id, lim); ok {
 			return man, id, true
 		}
 	}
@@ -313,7 +320,8 @@ func (l *layout) saveManifest(id manifest.ID, b []byte) error {
 // switchTo points the stable path at v/name atomically: a new symlink
 // renamed over OUT/T, or, when OUT/T is a plain directory (the first
 // sync), exchanged with it (renameat2 RENAME_EXCHANGE), the old directory
-// being kept as the preexisting version. OUT is synced.
+// being kept as the preexisting version. OUT is synced. l.switchedAt is
+// set to the time of the rename (when readers see the new version).
 func (l *layout) switchTo(name string, cur current) error {
 	tfd, ofd := int(l.t.Fd()), int(l.out.Fd())
 	if err := removeAllAt(tfd, "link.tmp"); err != nil {
@@ -327,6 +335,7 @@ func (l *layout) switchTo(name string, cur current) error {
 			removeAllAt(tfd, "link.tmp")
 			return fmt.Errorf("switching %s (exchanging the plain directory with the stable link): %w", filepath.Join(l.paths.out, l.tree), err)
 		}
+		l.switchedAt = time.Now()
 		if err := fsyncDir(l.out); err != nil {
 			return err
 		}
@@ -336,6 +345,7 @@ func (l *layout) switchTo(name string, cur current) error {
 		removeAllAt(tfd, "link.tmp")
 		return fmt.Errorf("switching %s: %w", filepath.Join(l.paths.out, l.tree), err)
 	}
+	l.switchedAt = time.Now()
 	return fsyncDir(l.out)
 }
 
@@ -355,26 +365,39 @@ func (l *layout) prune(keep int, name string) ([]string, error) {
 	var removed []string
 	var errs []error
 	kept := map[string]bool{name: true}
+	pruned := max(0, len(others)-(keep-1))
 	for i, v := range others {
-		if i >= len(others)-(keep-1) {
+		if i >= pruned {
 			kept[v] = true
 			continue
 		}
 		// Out of v/ first, in one rename: killed while deleting, a pruned
 		// version must not stay behind half removed, where a rollback
-		// could pick it.
-		if err := l.trash(v); err != nil {
+		// could pick it. The newest one pruned becomes the spare, which
+		// the next sync recycles (spare.go); the others are deleted.
+		var err error
+		if i == pruned-1 {
+			err = l.toSpare(v)
+		} else {
+			err = l.trash(v)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("pruning %s: %w", v, err))
 			continue
 		}
 		removed = append(removed, v)
 	}
-	errs = append(errs, l.emptyTrash())
-	l.pruneStats()
+	errs = append(errs, l.emptyTrash(), removeAllAt(int(l.t.Fd()), "spare.tmp")) // a copy warmSpares left unfinished
+	for _, sp := range l.spares() {
+		base, _ := spareBase(sp)
+		kept[base] = true // its manifest and stat cache stay while it does
+	}
+	l.pruneStats(kept)
 	if len(removed) > 0 {
 		errs = append(errs, fsyncDir(l.v))
 	}
-	// Manifests: keep those whose 12-hex prefix names a kept version.
+	// Manifests: keep those whose 12-hex prefix names a kept version (or
+	// the spare).
 	if names, err := readNames(l.m); err == nil {
 		for _, n := range names {
 			used := false

@@ -7,16 +7,19 @@
 //	OUT/T                   symlink -> .zsnd/T/v/<seq 20 digits>-<id 12 hex> (the stable path)
 //	OUT/.zsnd/T/lock        flock: one sync or rollback at a time per tree
 //	OUT/.zsnd/T/v/NAME/     complete, verified versions (Config.Keep, default 2)
-//	OUT/.zsnd/T/m/<id hex>  their manifests (checked by hash on every read)
+//	OUT/.zsnd/T/m/<id hex>  their manifests (checked by hash whenever read from disk)
 //	OUT/.zsnd/T/stage/T/    the version being built (left in place if interrupted)
 //	OUT/.zsnd/T/incoming/   the manifest being fetched
 //	OUT/.zsnd/T/trash/      pruned versions being deleted (moved out of v/ in one rename first)
+//	OUT/.zsnd/T/spare/NAME/ the newest pruned version, which the next sync recycles (spare.go)
 //
 // # Guarantees
 //
 // A process that resolves OUT/T once sees exactly one complete version:
-// versions are never modified once switched to (but see hard links below),
-// and the switch is a rename of a new symbolic link over OUT/T. Killed at
+// versions are never modified while in v/ (but see hard links below), and
+// the switch is a rename of a new symbolic link over OUT/T. Only the spare,
+// out of v/ since it was pruned, is changed (recycled) to build a later
+// version. Killed at
 // any moment, a sync leaves OUT/T on the old version or on the complete
 // new one; running it again reuses what the interrupted run staged, after
 // re-hashing it.
@@ -95,6 +98,10 @@ type Config struct {
 	// is and is returned by Sync; the staged version's directory is
 	// removed (a later sync of it reuses the current version's files).
 	BeforeSwitch func(ctx context.Context, st Staged) error
+	// WarmSpares makes hard-linked copies of a new version as spares
+	// while too few versions are kept for prune to make one (spare.go):
+	// a follower's first versions then cost what later ones do.
+	WarmSpares bool
 }
 
 // Staged describes a staged version for Config.BeforeSwitch.
@@ -154,8 +161,10 @@ type Result struct {
 	BytesFetched          int64 // file bytes received over the network
 	FilesReused           int   // files taken from local versions or the staging area
 	BytesReused           int64
-	FilesStaged           int   // of FilesReused: verified files an interrupted run left in the staging area
-	ManifestBytes         int64 // manifest bytes received (0 when cached)
+	FilesStaged           int    // of FilesReused: verified files an interrupted run left in the staging area
+	FilesRecycled         int    // of FilesReused: files already in place in the recycled spare
+	Recycled              string // the pruned version directory the staging tree started from ("" if none)
+	ManifestBytes         int64  // manifest bytes received (0 when cached)
 	Drift                 []string
 	Pruned                []string // version directories removed
 }

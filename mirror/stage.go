@@ -28,33 +28,40 @@ type source struct {
 	root   *os.File
 	man    *manifest.Manifest
 	dirs   *dirCache
-	byHash []int32        // indexes of its files, sorted by hash
+	hashed *sync.Once     // makes byHash at the first withHash
+	byHash *[]int32       // indexes of its files, sorted by hash
 	state  []atomic.Int32 // by entry: 1 verified, -1 drifted (shared by placeFiles' workers)
 	stats  []statRec      // its stat cache (nil if none)
 	drift  bool           // report mismatches as drift
 }
 
 func newSource(root *os.File, m *manifest.Manifest, drift bool, stats []statRec) *source {
-	src := &source{root: root, man: m, dirs: &dirCache{root: root},
+	return &source{root: root, man: m, dirs: &dirCache{root: root}, hashed: &sync.Once{}, byHash: new([]int32),
 		state: make([]atomic.Int32, len(m.Entries)), stats: stats, drift: drift}
-	for i := range m.Entries {
-		if m.Entries[i].Type == manifest.TypeFile {
-			src.byHash = append(src.byHash, int32(i))
-		}
-	}
-	slices.SortFunc(src.byHash, func(a, b int32) int { return bytes.Compare(m.Entries[a].Hash[:], m.Entries[b].Hash[:]) })
-	return src
 }
 
 // withHash returns the indexes of the source's files with content h.
+// The index by hash is made at the first call (shared by the copies
+// placeFiles' workers make of the source).
 func (src *source) withHash(h *[32]byte) []int32 {
 	es := src.man.Entries
-	lo, _ := slices.BinarySearchFunc(src.byHash, h, func(i int32, h *[32]byte) int { return bytes.Compare(es[i].Hash[:], h[:]) })
+	src.hashed.Do(func() {
+		var by []int32
+		for i := range es {
+			if es[i].Type == manifest.TypeFile {
+				by = append(by, int32(i))
+			}
+		}
+		slices.SortFunc(by, func(a, b int32) int { return bytes.Compare(es[a].Hash[:], es[b].Hash[:]) })
+		*src.byHash = by
+	})
+	by := *src.byHash
+	lo, _ := slices.BinarySearchFunc(by, h, func(i int32, h *[32]byte) int { return bytes.Compare(es[i].Hash[:], h[:]) })
 	hi := lo
-	for hi < len(src.byHash) && es[src.byHash[hi]].Hash == *h {
+	for hi < len(by) && es[by[hi]].Hash == *h {
 		hi++
 	}
-	return src.byHash[lo:hi]
+	return by[lo:hi]
 }
 
 // placedRec is a file this sync linked into the staged tree from a
@@ -63,6 +70,11 @@ func (src *source) withHash(h *[32]byte) []int32 {
 type placedRec struct {
 	dev, ino, size uint64
 	ctime          int64
+	// assumed: left in place in the recycled spare by applyDiff, whose
+	// manifest had it as it is in the version (verify trusts it only
+	// when a stat cache record vouches for it).
+	assumed  bool
+	spareIdx int32 // with assumed: its index in the recycled version's manifest
 }
 
 // dirCache keeps the last directory opened beneath a root.
@@ -118,19 +130,20 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 			}
 		}
 	}
+	// No staging tree left by an interrupted run: start from the spare.
+	s.rec = nil
+	if _, err := lstatAt(int(stageDir.Fd()), cfg.Tree); errors.Is(err, unix.ENOENT) {
+		if s.rec = l.takeSpare(stageDir, cfg.Tree, cfg.Limits); s.rec != nil {
+			s.res.Recycled = s.rec.name
+		}
+	}
 	root, err := mkdirAt(stageDir, cfg.Tree)
 	if err != nil {
 		return nil, err
 	}
 	defer root.Close()
 
-	// 1. Directories, symlinks; note staged files left by an earlier run.
-	leftover, partials, err := s.reconcile(root, man)
-	if err != nil {
-		return nil, fmt.Errorf("staging %s: %w", id.Short(), err)
-	}
-
-	// 2. Files: staged already, reused, or to fetch.
+	// The local trees files may be reused from.
 	var sources []*source
 	if cur.kind == curManaged && curMan != nil {
 		if croot, err := openDir(l.v, cur.name); err == nil {
@@ -148,38 +161,70 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 			sources = append(sources, newSource(troot, man, true, l.loadStats(name, id, len(man.Entries))))
 		}
 	}
-	placed := make([]placedRec, len(man.Entries))
-	fetch, err := s.placeFiles(root, man, sources, leftover, partials, placed)
-	if err != nil {
-		return nil, err
-	}
 
-	// 3. Fetch what is left, into stage/T/... (VGET names are T/path).
-	if len(fetch) > 0 {
-		if err := s.fetch(ctx, stageDir.Name(), id, fetch, man, placed, partials); err != nil {
+	// A staging tree fresh from the spare is first changed by the
+	// difference of the manifests alone (applyDiff); if what is on disk
+	// then is not the version, it is reconciled entry by entry.
+	fast := s.rec != nil
+	counted := *s.res
+	var placed []placedRec
+	for {
+		placed = make([]placedRec, len(man.Entries))
+		var fetch []*manifest.Entry
+		var partials map[int][]string // nil: not known (fetch then lets the receiver look)
+		if fast {
+			if fetch, err = s.applyDiff(root, man, sources, placed); err != nil {
+				s.emit(Event{Kind: EventNote, Message: fmt.Sprintf("recycling %s: %v; reconciling it entry by entry", s.rec.name, err)})
+				fast = false
+				s.recount(&counted)
+				continue
+			}
+		} else {
+			// 1. Directories, symlinks; note staged files left by an earlier run.
+			var leftover map[int]bool
+			leftover, partials, err = s.reconcile(root, man)
+			if err != nil {
+				return nil, fmt.Errorf("staging %s: %w", id.Short(), err)
+			}
+			// 2. Files: staged already, reused, or to fetch.
+			if fetch, err = s.placeFiles(root, man, sources, leftover, partials, placed); err != nil {
+				return nil, err
+			}
+		}
+
+		// 3. Fetch what is left, into stage/T/... (VGET names are T/path).
+		if len(fetch) > 0 {
+			if err := s.fetch(ctx, stageDir.Name(), id, fetch, man, placed, partials); err != nil {
+				return nil, err
+			}
+		}
+
+		// 4. Modes and mtimes, children before their parents; then sync.
+		if err := s.finish(stageDir, root, man, placed); err != nil {
+			return nil, fmt.Errorf("setting modes and times in %s: %w", root.Name(), err)
+		}
+		if err := unix.Syncfs(int(root.Fd())); err != nil {
+			return nil, fmt.Errorf("syncing %s: %w", root.Name(), err)
+		}
+
+		// 5. Check what is on disk against the version.
+		fence := l.fsNow()
+		recs, err = s.verify(root, man, id, placed, sources)
+		if fast && errors.Is(err, ErrMismatch) {
+			s.emit(Event{Kind: EventNote, Message: fmt.Sprintf("recycling %s: %v; reconciling it entry by entry", s.rec.name, err)})
+			fast = false
+			s.recount(&counted)
+			continue
+		}
+		if err != nil {
 			return nil, err
 		}
-	}
-
-	// 4. Modes and mtimes, children before their parents; then sync.
-	if err := s.finish(stageDir, root, man, placed); err != nil {
-		return nil, fmt.Errorf("setting modes and times in %s: %w", root.Name(), err)
-	}
-	if err := unix.Syncfs(int(root.Fd())); err != nil {
-		return nil, fmt.Errorf("syncing %s: %w", root.Name(), err)
-	}
-
-	// 5. Check what is on disk against the version.
-	fence := l.fsNow()
-	recs, err = s.verify(root, man, id, placed)
-	if err != nil {
-		return nil, err
-	}
-	placed = nil
-	for i := range recs {
-		if recs[i].ctime >= fence {
-			recs[i] = statRec{} // racy: hashed again next time
+		for i := range recs {
+			if recs[i].ctime >= fence {
+				recs[i] = statRec{} // racy: hashed again next time
+			}
 		}
+		break
 	}
 
 	// 6. Move it among the versions (exchanged with a copy of the same
@@ -219,7 +264,7 @@ func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*so
 	var mu sync.Mutex // guards what follows
 	var firstErr error
 	var fetch []int
-	var files, staged int
+	var files, staged, recycled int
 	var bytes int64
 	forRuns(len(man.Entries), placeRun, func() (func(lo, hi int), func()) {
 		dst := &dirCache{root: root}
@@ -230,7 +275,7 @@ func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*so
 			srcs[k] = &c
 		}
 		var myFetch []int
-		var myFiles, myStaged int
+		var myFiles, myStaged, myRecycled int
 		var myBytes int64
 		do := func(lo, hi int) {
 			if stop.Load() {
@@ -255,6 +300,11 @@ func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*so
 				case placedStaged:
 					myStaged++
 					fallthrough
+				case placedRecycled:
+					if how == placedRecycled {
+						myRecycled++
+					}
+					fallthrough
 				case placedReused:
 					myFiles++
 					myBytes += int64(e.Size)
@@ -271,7 +321,7 @@ func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*so
 			dst.close()
 			mu.Lock()
 			fetch = append(fetch, myFetch...)
-			files, staged, bytes = files+myFiles, staged+myStaged, bytes+myBytes
+			files, staged, recycled, bytes = files+myFiles, staged+myStaged, recycled+myRecycled, bytes+myBytes
 			mu.Unlock()
 		}
 		return do, done
@@ -279,6 +329,7 @@ func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*so
 	res := s.res
 	res.FilesReused += files
 	res.FilesStaged += staged
+	res.FilesRecycled += recycled
 	res.BytesReused += bytes
 	if firstErr != nil {
 		return nil, firstErr
@@ -293,14 +344,19 @@ func (s *syncer) placeFiles(root *os.File, man *manifest.Manifest, sources []*so
 
 // How placeFile placed a file.
 const (
-	placedNot    = iota // to fetch
-	placedStaged        // already staged by an interrupted run, checked
-	placedReused        // copied or linked from a source
+	placedNot      = iota // to fetch
+	placedStaged          // already staged by an interrupted run, checked
+	placedRecycled        // already in the staging tree recycled from the spare
+	placedReused          // copied or linked from a source
 )
 
 // placeFile places file e (see placeFiles).
 func (s *syncer) placeFile(root *os.File, dst *dirCache, sources []*source, e *manifest.Entry, leftover bool, partials []string, pl *placedRec) (int, error) {
 	if leftover {
+		how, known, err := s.leftoverVouched(dst, sources, e, partials, pl)
+		if err != nil || known {
+			return how, err
+		}
 		sum, st, err := hashAt(root, e.Path)
 		// A staged file with other names (a hard link an interrupted
 		// run made from a kept version) is kept only if finish will not
@@ -336,6 +392,58 @@ func (s *syncer) placeFile(root *os.File, dst *dirCache, sources []*source, e *m
 		return placedReused, nil
 	}
 	return placedNot, nil
+}
+
+// recount puts the counters of files reused back to what they were
+// before the first staging pass (c), for a second pass. Those of files
+// fetched stay: what crossed the network did (the second pass finds
+// those files staged).
+func (s *syncer) recount(c *Result) {
+	r := s.res
+	r.FilesReused, r.BytesReused, r.FilesRecycled, r.FilesStaged = c.FilesReused, c.BytesReused, c.FilesRecycled, c.FilesStaged
+	s.mu.Lock()
+	s.filesDone, s.bytesDone = 0, 0
+	s.mu.Unlock()
+}
+
+// leftoverVouched handles a file already in the staging tree that a stat
+// cache record vouches for (vouched): known (without reading it) to hold
+// e's content, with e's mode and mtime, it is kept, and noted in pl so
+// that finish leaves it alone and verify trusts it while it stays that
+// inode with that ctime; known to hold other content, it is removed. known
+// is false when nothing vouches for it, or its content is e's but not its
+// mode or mtime: the caller then hashes it.
+func (s *syncer) leftoverVouched(dst *dirCache, sources []*source, e *manifest.Entry, partials []string, pl *placedRec) (how int, known bool, err error) {
+	parent, base := split(e.Path)
+	d, err := dst.get(parent)
+	if err != nil {
+		return placedNot, true, err
+	}
+	st, err := lstatAt(int(d.Fd()), base)
+	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return placedNot, false, nil
+	}
+	h, ok := vouched(s.rec, sources, e.Path, &st)
+	switch {
+	case !ok:
+		return placedNot, false, nil
+	case h != e.Hash:
+		if err := removeAllAt(int(d.Fd()), base); err != nil {
+			return placedNot, true, err
+		}
+		ok, err := s.reuse(sources, dst, e, pl)
+		if err != nil || !ok {
+			return placedNot, true, err
+		}
+		return placedReused, true, removePartials(dst, e.Path, partials)
+	case uint64(st.Size) != e.Size || uint32(st.Mode)&0o7777 != localMode(e.Mode) || statMtime(&st) != e.MtimeNs:
+		return placedNot, false, nil
+	}
+	*pl = placedRec{dev: st.Dev, ino: st.Ino, size: uint64(st.Size), ctime: statCtime(&st)}
+	if s.rec != nil {
+		return placedRecycled, true, removePartials(dst, e.Path, partials)
+	}
+	return placedStaged, true, removePartials(dst, e.Path, partials)
 }
 
 // reconcile makes the staging tree's directories and symlinks those of
@@ -398,7 +506,7 @@ func (s *syncer) reconcileDir(d *os.File, man *manifest.Manifest, kids []int, le
 		_, base := split(man.Entries[i].Path)
 		want[base] = i
 	}
-	names, err := readNames(d)
+	names, types, err := readTypes(d)
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", d.Name(), err)
 	}
@@ -439,14 +547,20 @@ func (s *syncer) reconcileDir(d *os.File, man *manifest.Manifest, kids []int, le
 				return &os.PathError{Op: "symlink", Path: join(d.Name(), base), Err: err}
 			}
 		case manifest.TypeFile:
-			if len(names) == 0 {
-				continue // an empty (new) directory: nothing to look up
+			typ, ok := types[base]
+			if !ok {
+				continue // not there
 			}
-			st, err := lstatAt(fd, base)
-			if err != nil {
-				continue
+			if typ == unix.DT_UNKNOWN {
+				st, err := lstatAt(fd, base)
+				if err != nil {
+					continue
+				}
+				if st.Mode&unix.S_IFMT == unix.S_IFREG {
+					typ = unix.DT_REG
+				}
 			}
-			if st.Mode&unix.S_IFMT == unix.S_IFREG {
+			if typ == unix.DT_REG {
 				leftover[i] = true
 				continue
 			}
@@ -618,8 +732,8 @@ func (s *syncer) placeFrom(src *source, i int, dst *dirCache, e *manifest.Entry,
 // verify does not read it again while it is still that inode with that
 // ctime. Its content was verified as written: every chunk by its BLAKE3,
 // the whole file against the entry's hash. A file with no partial file
-// found by reconcile (partials) is requested Fresh: the receiver does not
-// look for one.
+// found by reconcile (partials; nil when reconcile did not run) is
+// requested Fresh: the receiver does not look for one.
 func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, entries []*manifest.Entry, man *manifest.Manifest, placed []placedRec, partials map[int][]string) error {
 	defer func() {
 		if testAfterFetch != nil {
@@ -633,7 +747,7 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 		h := protocol.Hash(e.Hash)
 		index[i] = indexOf(man, e.Path)
 		reqs[i] = receiver.Request{Kind: receiver.KindVGet, Name: s.cfg.Tree + "/" + e.Path, Version: tag,
-			Expect: &h, Size: e.Size, CheckSize: true, Fresh: len(partials[index[i]]) == 0}
+			Expect: &h, Size: e.Size, CheckSize: true, Fresh: partials != nil && len(partials[index[i]]) == 0}
 	}
 	s.mu.Lock()
 	s.inFlight, s.inFlightN = map[string]int64{}, 0
@@ -691,8 +805,8 @@ func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed 
 	defer dirs.close()
 	for i := len(man.Entries) - 1; i >= 0; i-- {
 		e := &man.Entries[i]
-		if placed[i].ino != 0 {
-			continue // linked or fetched with e's mode and mtime (verify checks they still are)
+		if placed[i].ino != 0 || placed[i].assumed {
+			continue // linked or fetched with e's mode and mtime, or in place in the recycled spare (verify checks they still are)
 		}
 		var d *os.File
 		var base string
@@ -735,19 +849,25 @@ func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed 
 // source file trusted by its stat cache, or fetched as an unnamed file
 // and linked in (placed: same device, inode, size, and ctime as just
 // after the link, so nothing wrote to it, changed its mode or times,
-// since); its hash is then the version's. Every other file is hashed. It returns the stats of the files (indexed like man's
-// entries) for the stat cache.
+// since), or left in place in the recycled spare and vouched for by a
+// stat cache record (assumed); its hash is then the version's. Every
+// other file is hashed. It returns the stats of the files (indexed like
+// man's entries) for the stat cache.
 //
 // Each entry read is compared with the version's entry of that path as it
 // is found (see treeCheck): when every entry of the version was found
 // equal and nothing else is on disk, the tree on disk is the version,
 // entry for entry, so its manifest and id are the version's.
-func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID, placed []placedRec) ([]statRec, error) {
+func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID, placed []placedRec, sources []*source) ([]statRec, error) {
 	want := localized(man)
 	recs := make([]statRec, len(man.Entries))
 	c := &treeCheck{root: root, want: want, hash: true, firstDiff: true, maxExtra: len(man.Entries),
 		trust: func(i int, st *unix.Stat_t) bool {
 			pl := &placed[i]
+			if pl.assumed {
+				h, ok := vouchedAt(s.rec, pl.spareIdx, sources, man.Entries[i].Path, st)
+				return ok && h == man.Entries[i].Hash
+			}
 			return pl.ino != 0 && pl.dev == st.Dev && pl.ino == st.Ino && pl.size == uint64(st.Size) && pl.ctime == statCtime(st)
 		},
 		record: func(i int, st *unix.Stat_t, _ bool) { recs[i] = recOf(st) },

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -215,20 +214,36 @@ func (w *statWriter) commit(name string, id manifest.ID, recs []statRec) error {
 // the ctime is too or the inode is one whose other name this run unlinked
 // (l.unlinked). What this trusts: no write to such an inode that also put
 // its mtime back happened between verify and this look (a window of this
-// run's switch and prune).
+// run's switch and prune). When nothing was unlinked, the records are
+// written as verify made them, with no second look: a file changed since
+// has another ctime, so its record does not match and it is hashed.
 func (s *syncer) saveStats(name string, id manifest.ID, man *manifest.Manifest, vrecs []statRec) {
 	l := s.l
-	root, err := openDir(l.v, name)
-	if err != nil {
-		return
-	}
-	defer root.Close()
 	w, err := l.newStatWriter(name)
 	if err != nil {
 		return
 	}
 	defer w.abort()
 	recs := vrecs // updated in place
+	if len(l.unlinked) == 0 {
+		// No other name of any inode was unlinked since verify: the
+		// records stand as verify made them. A file changed since has
+		// another ctime, so its record will not match (it is hashed).
+		for i := range recs {
+			if man.Entries[i].Type != manifest.TypeFile {
+				recs[i] = statRec{}
+			}
+		}
+		if err := w.commit(name, id, recs); err != nil {
+			s.emit(Event{Kind: EventNote, Message: err.Error()})
+		}
+		return
+	}
+	root, err := openDir(l.v, name)
+	if err != nil {
+		return
+	}
+	defer root.Close()
 	forRuns(len(man.Entries), placeRun, func() (func(lo, hi int), func()) {
 		dirs := &dirCache{root: root}
 		return func(lo, hi int) {
@@ -281,8 +296,9 @@ func (l *layout) toTrash(dir *os.File, name string) error {
 	return nil
 }
 
-// pruneStats removes the caches of versions no longer kept.
-func (l *layout) pruneStats() {
+// pruneStats removes the caches of versions no longer kept (kept names
+// the kept versions and the spare).
+func (l *layout) pruneStats(kept map[string]bool) {
 	s, err := l.statDir()
 	if err != nil {
 		return
@@ -293,7 +309,7 @@ func (l *layout) pruneStats() {
 		return
 	}
 	for _, n := range names {
-		if _, err := lstatAt(int(l.v.Fd()), n); errors.Is(err, unix.ENOENT) {
+		if !kept[n] {
 			unix.Unlinkat(int(s.Fd()), n, 0)
 		}
 	}

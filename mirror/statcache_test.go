@@ -203,7 +203,7 @@ func TestVerifyEntryByEntry(t *testing.T) {
 	s := &syncer{cfg: &Config{Tree: "app"}, res: &Result{}}
 	id := man.ID()
 	none := make([]placedRec, len(man.Entries))
-	if _, err := s.verify(root, man, id, none); err != nil {
+	if _, err := s.verify(root, man, id, none, nil); err != nil {
 		t.Fatalf("identical tree: %v", err)
 	}
 	p := filepath.Join(dir, "a.conf")
@@ -218,18 +218,18 @@ func TestVerifyEntryByEntry(t *testing.T) {
 	f.WriteAt([]byte("ALPHA"), 0)
 	f.Close()
 	os.Chtimes(p, fi.ModTime(), fi.ModTime())
-	if _, err := s.verify(root, man, id, placed); !errors.Is(err, ErrMismatch) {
+	if _, err := s.verify(root, man, id, placed, nil); !errors.Is(err, ErrMismatch) {
 		t.Errorf("in-place edit of a placed file: %v", err)
 	}
 	os.WriteFile(p, []byte("alpha\n"), 0o644)
 	os.Chtimes(p, fi.ModTime(), fi.ModTime())
-	if _, err := s.verify(root, man, id, none); err != nil {
+	if _, err := s.verify(root, man, id, none, nil); err != nil {
 		t.Fatalf("restored: %v", err)
 	}
 	os.WriteFile(filepath.Join(dir, "extra"), nil, 0o644)
 	rootMt := time.Unix(0, man.Entries[0].MtimeNs)
 	os.Chtimes(dir, rootMt, rootMt)
-	if _, err := s.verify(root, man, id, none); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "extra") {
+	if _, err := s.verify(root, man, id, none, nil); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "extra") {
 		t.Errorf("extra file: %v", err)
 	}
 	os.Remove(filepath.Join(dir, "extra"))
@@ -238,7 +238,7 @@ func TestVerifyEntryByEntry(t *testing.T) {
 		mt := time.Unix(0, man.Entries[indexOf(man, d)].MtimeNs)
 		os.Chtimes(filepath.Join(dir, d), mt, mt)
 	}
-	if _, err := s.verify(root, man, id, none); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "missing") {
+	if _, err := s.verify(root, man, id, none, nil); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "missing") {
 		t.Errorf("missing file: %v", err)
 	}
 }

@@ -88,13 +88,19 @@ type syncer struct {
 	// curStatsOf), read by once while it reads the version's manifest.
 	curStats   []statRec
 	curStatsOf string
+	// rec is the spare this attempt's staging tree started from (nil if
+	// none).
+	rec *recycled
 }
 
 func (s *syncer) emit(e Event) {
 	if s.cfg.Events == nil {
 		return
 	}
-	e.Tree, e.Time = s.cfg.Tree, time.Now()
+	e.Tree = s.cfg.Tree
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
 	if e.Version == (manifest.ID{}) {
 		e.Version, e.Seq = s.res.Version, s.res.Seq
 	}
@@ -300,12 +306,17 @@ func (s *syncer) build(ctx context.Context, man *manifest.Manifest, id manifest.
 		if cur.kind == curManaged && cur.name != "" {
 			res.Previous = filepath.Join(l.v.Name(), cur.name)
 		}
-		s.emit(Event{Kind: EventSwitch, Message: res.Dir})
+		s.emit(Event{Kind: EventSwitch, Message: res.Dir, Time: l.switchedAt}) // the rename, not the fsync after it
 	}
 	l.unlinked = map[[2]uint64]bool{}
 	res.Pruned, err = l.prune(cfg.Keep, name)
 	s.saveStats(name, id, man, recs)
 	l.unlinked = nil
+	if err == nil && cfg.WarmSpares {
+		if werr := s.warmSpares(name, id, man); werr != nil {
+			s.emit(Event{Kind: EventNote, Message: werr.Error()}) // only later syncs are slower for it
+		}
+	}
 	return err
 }
 
@@ -352,7 +363,7 @@ func tagOf(id manifest.ID) protocol.Tag {
 // the limits and validated, and kept in m/.
 func (s *syncer) fetchManifest(ctx context.Context, info receiver.TreeInfo, id manifest.ID) (*manifest.Manifest, error) {
 	cfg, l := s.cfg, s.l
-	if man, _, ok := l.loadManifest(id, cfg.Limits); ok {
+	if man, ok := l.loadManifest(id, cfg.Limits); ok {
 		return man, checkReserved(man)
 	}
 	inc, err := mkdirPlain(l.t, "incoming", 0o700)
@@ -398,6 +409,7 @@ func (s *syncer) fetchManifest(ctx context.Context, info receiver.TreeInfo, id m
 	if err := l.saveManifest(id, b); err != nil {
 		return nil, err
 	}
+	decoded.put(id, man, len(b))
 	return man, nil
 }
 

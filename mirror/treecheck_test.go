@@ -347,7 +347,7 @@ func TestCheckRecordsAndVerifyDiff(t *testing.T) {
 	for _, n := range workerCounts {
 		fsWorkers, n = n, fsWorkers
 		s := &syncer{cfg: &Config{Tree: "app"}, res: &Result{}}
-		recs, err := s.verify(root, man, man.ID(), make([]placedRec, len(man.Entries)))
+		recs, err := s.verify(root, man, man.ID(), make([]placedRec, len(man.Entries)), nil)
 		if err != nil {
 			t.Fatalf("%d workers: verify: %v", fsWorkers, err)
 		}
@@ -360,7 +360,7 @@ func TestCheckRecordsAndVerifyDiff(t *testing.T) {
 	}
 	os.Chmod(filepath.Join(dir, "d05/f1"), 0o600)
 	s := &syncer{cfg: &Config{Tree: "app"}, res: &Result{}}
-	_, err = s.verify(root, man, man.ID(), make([]placedRec, len(man.Entries)))
+	_, err = s.verify(root, man, man.ID(), make([]placedRec, len(man.Entries)), nil)
 	if !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "d05/f1") {
 		t.Errorf("verify of a changed mode: %v", err)
 	}

@@ -58,6 +58,8 @@ type TreeJSON struct {
 	FilesReused   *int     `json:"files_reused,omitempty"`
 	BytesReused   *int64   `json:"bytes_reused,omitempty"`
 	FilesStaged   *int     `json:"files_staged,omitempty"`
+	FilesRecycled *int     `json:"files_recycled,omitempty"`
+	Recycled      string   `json:"recycled,omitempty"`
 	ManifestBytes *int64   `json:"manifest_bytes,omitempty"`
 	Drift         []string `json:"drift,omitempty"`
 	Pruned        []string `json:"pruned,omitempty"`
@@ -152,8 +154,8 @@ func (r *TreeReporter) Done(res mirror.Result, err error, code int) {
 	if r.js != nil {
 		j := TreeJSON{Event: "sync", Time: now(), Tree: res.Tree, Seq: &res.Seq, Dir: res.Dir, Unchanged: &res.Unchanged, Repaired: &res.Repaired,
 			Files: &res.Files, Bytes: &res.Bytes, FilesFetched: &res.FilesFetched, BytesFetched: &res.BytesFetched,
-			FilesReused: &res.FilesReused, BytesReused: &res.BytesReused, FilesStaged: &res.FilesStaged, ManifestBytes: &res.ManifestBytes,
-			Drift: res.Drift, Pruned: res.Pruned, ExitCode: &code, Seconds: secs}
+			FilesReused: &res.FilesReused, BytesReused: &res.BytesReused, FilesStaged: &res.FilesStaged, FilesRecycled: &res.FilesRecycled, Recycled: res.Recycled,
+			ManifestBytes: &res.ManifestBytes, Drift: res.Drift, Pruned: res.Pruned, ExitCode: &code, Seconds: secs}
 		if res.Version != [32]byte{} {
 			j.Version = res.Version.String()
 		}

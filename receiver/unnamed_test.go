@@ -1,12 +1,15 @@
 package receiver
 
 import (
+	"encoding/hex"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 
 	"github.com/zsend/zsend/internal/safefs"
+	"github.com/zsend/zsend/protocol"
 )
 
 // A small file is written unnamed and linked into place at commit: as a
@@ -103,5 +106,36 @@ func TestOutDirShared(t *testing.T) {
 	o.release("held/here")
 	if n := len(o.dirs); n != maxCachedDirs {
 		t.Errorf("%d directories open after the last release, want %d", n, maxCachedDirs)
+	}
+}
+
+// A Fresh request's first GET does not look for a partial file (the
+// caller knows there is none); any later one (after a lost session) does,
+// and resumes from what it finds.
+func TestFreshLooksOnlyAfterTheFirstRequest(t *testing.T) {
+	dir := t.TempDir()
+	o, err := openOutDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.close()
+	tk, err := newTask(o, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk.fresh = true
+	tag := protocol.Tag{1, 2, 3}
+	st, _ := json.Marshal(partialState{Name: "x", Tag: hex.EncodeToString(tag[:]), Size: 1000, Mode: 0o644})
+	if err := os.WriteFile(filepath.Join(dir, tk.partName), make([]byte, 100), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, tk.stateName), st, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if off, _ := tk.resumePoint(); off != 0 || !tk.partAbsent {
+		t.Fatalf("first look of a Fresh task: offset %d, partAbsent %v; want 0, true", off, tk.partAbsent)
+	}
+	if off, got := tk.resumePoint(); off != 100 || got != tag || tk.partAbsent {
+		t.Fatalf("second look: offset %d tag %x partAbsent %v; want 100 %x false", off, got, tk.partAbsent, tag)
 	}
 }

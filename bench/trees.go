@@ -257,7 +257,9 @@ func (s *Suite) changeOne(round int) error {
 
 // zsendTree measures zrecv mirroring the tree: mode "first" (empty
 // destination), "change" (one file changed since the last sync, published
-// with SIGHUP before the timed run) or "none" (nothing changed).
+// with SIGHUP before the timed run; the destination has synced three
+// versions), "change-second" (the same, as the second version synced) or
+// "none" (nothing changed).
 func (s *Suite) zsendTree(ctx context.Context, mode string, round *int) (Run, error) {
 	out, err := s.outDir("zrecv")
 	if err != nil {
@@ -278,8 +280,26 @@ func (s *Suite) zsendTree(ctx context.Context, mode string, round *int) (Run, er
 			return Run{}, fmt.Errorf("initial sync: %w", err)
 		}
 	}
-	var bytes int64
 	if mode == "change" {
+		// Steady state: two more versions synced (untimed), so the
+		// destination has pruned one and recycles it, as a node that
+		// has followed the tree for a while does. "change-second" times
+		// the second version instead (nothing pruned yet).
+		for k := 0; k < 2; k++ {
+			*round++
+			if err := s.changeOne(*round); err != nil {
+				return Run{}, err
+			}
+			if err := srv.republish(); err != nil {
+				return Run{}, err
+			}
+			if _, err := s.zrecvTree(srv.ep, out, to); err != nil {
+				return Run{}, fmt.Errorf("untimed sync %d: %w", k+2, err)
+			}
+		}
+	}
+	var bytes int64
+	if mode == "change" || mode == "change-second" {
 		*round++
 		if err := s.changeOne(*round); err != nil {
 			return Run{}, err
@@ -482,9 +502,13 @@ func (s *Suite) buildTrees() {
 		change := &Scenario{Key: "tree-change", Sources: []string{"tree"}, Rounds: c.TreeRounds, Bytes: s.treeBytes,
 			Title: "Tree, one changed file and no change: " + treeDesc,
 			Desc: "The destination already holds the previous version (synced before the timed run, untimed); one 4 KiB file changes at the source " +
-				"(zsend republishes on SIGHUP before the timed run); then one sync is timed. \"no change\" times a sync when nothing changed."}
+				"(zsend republishes on SIGHUP before the timed run); then one sync is timed. \"one change\" is a destination that has synced three versions " +
+				"before (untimed), as a node following the tree for a while: it has pruned one, which the timed sync recycles (README, Recycling); " +
+				"\"one change, second version\" is a destination that has synced only the first version (no pruned version to recycle: every file is linked). " +
+				"\"no change\" times a sync when nothing changed."}
 		change.Contenders = []Contender{
 			{Name: "zsend -> zrecv, one change", run: func(ctx context.Context) (Run, error) { return s.zsendTree(ctx, "change", &zr) }},
+			{Name: "zsend -> zrecv, one change, second version", run: func(ctx context.Context) (Run, error) { return s.zsendTree(ctx, "change-second", &zr) }},
 			{Name: "rsync -a, one change", run: func(ctx context.Context) (Run, error) { return s.rsyncTree(ctx, "change", false, &rr) }},
 			{Name: "zsend -> zrecv, no change", run: func(ctx context.Context) (Run, error) { return s.zsendTree(ctx, "none", nil) }},
 			{Name: "rsync -a, no change", run: func(ctx context.Context) (Run, error) { return s.rsyncTree(ctx, "none", false, nil) }},

@@ -162,33 +162,56 @@ func readTypes(d *os.File) ([]string, map[string]uint8, error) {
 // hashAt returns the BLAKE3-256 and stat of the regular file rel beneath
 // root, opened without following any symbolic link.
 func hashAt(root *os.File, rel string) ([32]byte, unix.Stat_t, error) {
-	return hashAtFd(int(root.Fd()), rel)
+	return hashAtFd(int(root.Fd()), rel, nil)
 }
 
 // errNotRegular: hashAt found something else than a regular file.
 var errNotRegular = errors.New("not a regular file")
 
-// hashAtFd is hashAt beneath a directory descriptor.
-func hashAtFd(dir int, rel string) ([32]byte, unix.Stat_t, error) {
+// fileHasher is the buffer and hasher one goroutine reuses to hash files
+// one after another (a fresh 32 KiB buffer per file of a large tree was
+// most of a check's allocation).
+type fileHasher struct {
+	buf []byte
+	h   *blake3.Hasher
+}
+
+func newFileHasher() *fileHasher { return &fileHasher{buf: make([]byte, 32<<10), h: blake3.New()} }
+
+// hashAtFd is hashAt beneath a directory descriptor, with fh's buffer and
+// hasher (nil: new ones).
+func hashAtFd(dir int, rel string, fh *fileHasher) ([32]byte, unix.Stat_t, error) {
 	var sum [32]byte
 	var st unix.Stat_t
 	fd, err := openBeneath(dir, rel, unix.O_RDONLY, 0)
 	if err != nil {
 		return sum, st, err
 	}
-	f := os.NewFile(uintptr(fd), rel)
-	defer f.Close()
+	defer unix.Close(fd)
 	if err := unix.Fstat(fd, &st); err != nil {
-		return sum, st, err
+		return sum, st, &os.PathError{Op: "fstat", Path: rel, Err: err}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return sum, st, fmt.Errorf("%s: %w", rel, errNotRegular)
 	}
-	h := blake3.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return sum, st, err
+	if fh == nil {
+		fh = newFileHasher()
 	}
-	copy(sum[:], h.Sum(nil))
+	fh.h.Reset()
+	for {
+		n, err := unix.Read(fd, fh.buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return sum, st, &os.PathError{Op: "read", Path: rel, Err: err}
+		}
+		if n == 0 {
+			break
+		}
+		fh.h.Write(fh.buf[:n])
+	}
+	fh.h.Sum(sum[:0]) // appends into sum's own array
 	return sum, st, nil
 }
 

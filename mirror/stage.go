@@ -65,7 +65,8 @@ func (src *source) withHash(h *[32]byte) []int32 {
 }
 
 // placedRec is a file this sync linked into the staged tree from a
-// verified source: the inode and its ctime just after the link.
+// verified source, or fetched (see fetch): the inode and its ctime just
+// after the link.
 type placedRec struct {
 	dev, ino, size uint64
 	ctime          int64
@@ -170,6 +171,7 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 	for {
 		placed = make([]placedRec, len(man.Entries))
 		var fetch []*manifest.Entry
+		var partials map[int][]string // nil: not known (fetch then lets the receiver look)
 		if fast {
 			if fetch, err = s.applyDiff(root, man, sources, placed); err != nil {
 				s.emit(Event{Kind: EventNote, Message: fmt.Sprintf("recycling %s: %v; reconciling it entry by entry", s.rec.name, err)})
@@ -179,7 +181,8 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 			}
 		} else {
 			// 1. Directories, symlinks; note staged files left by an earlier run.
-			leftover, partials, err := s.reconcile(root, man)
+			var leftover map[int]bool
+			leftover, partials, err = s.reconcile(root, man)
 			if err != nil {
 				return nil, fmt.Errorf("staging %s: %w", id.Short(), err)
 			}
@@ -191,7 +194,7 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 
 		// 3. Fetch what is left, into stage/T/... (VGET names are T/path).
 		if len(fetch) > 0 {
-			if err := s.fetch(ctx, stageDir.Name(), id, fetch); err != nil {
+			if err := s.fetch(ctx, stageDir.Name(), id, fetch, man, placed, partials); err != nil {
 				return nil, err
 			}
 		}
@@ -722,34 +725,53 @@ func (s *syncer) placeFrom(src *source, i int, dst *dirCache, e *manifest.Entry,
 	return true, nil
 }
 
-// fetch VGETs the entries into stageDir/T/... .
-func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, entries []*manifest.Entry) error {
+// fetch VGETs the entries into stageDir/T/... . A file the receiver
+// wrote as an unnamed file and linked in (receiver.Result.Inode), with
+// the entry's size, mode and mtime, is noted in placed (indexed like
+// man's entries), as a hard-linked one is: finish leaves it alone and
+// verify does not read it again while it is still that inode with that
+// ctime. Its content was verified as written: every chunk by its BLAKE3,
+// the whole file against the entry's hash. A file with no partial file
+// found by reconcile (partials; nil when reconcile did not run) is
+// requested Fresh: the receiver does not look for one.
+func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, entries []*manifest.Entry, man *manifest.Manifest, placed []placedRec, partials map[int][]string) error {
+	defer func() {
+		if testAfterFetch != nil {
+			testAfterFetch(filepath.Join(stageDir, s.cfg.Tree), man, placed)
+		}
+	}()
 	tag := tagOf(id)
 	reqs := make([]receiver.Request, len(entries))
+	index := make([]int, len(entries)) // in man
 	for i, e := range entries {
 		h := protocol.Hash(e.Hash)
+		index[i] = indexOf(man, e.Path)
 		reqs[i] = receiver.Request{Kind: receiver.KindVGet, Name: s.cfg.Tree + "/" + e.Path, Version: tag,
-			Expect: &h, Size: e.Size, CheckSize: true}
+			Expect: &h, Size: e.Size, CheckSize: true, Fresh: partials != nil && len(partials[index[i]]) == 0}
 	}
 	s.mu.Lock()
-	s.inFlight = map[string]int64{}
+	s.inFlight, s.inFlightN = map[string]int64{}, 0
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		s.inFlight = nil
+		s.inFlight, s.inFlightN = nil, 0
 		s.mu.Unlock()
 	}()
 	// In batches: the receiver keeps a task per request, and a tree of
 	// 100,000 files must not hold 100,000 of them at once.
-	for len(reqs) > 0 {
+	rc := s.receiverConfig(stageDir)
+	rc.RecordInodes = true
+	for done := 0; len(reqs) > 0; {
 		n := min(len(reqs), fetchBatch)
-		results, err := receiver.FetchRequests(ctx, s.receiverConfig(stageDir), reqs[:n])
-		for _, r := range results {
+		results, err := receiver.FetchRequests(ctx, rc, reqs[:n])
+		for k, r := range results {
 			if r.Err == nil {
 				s.res.FilesFetched++
+				notePlaced(entries[done+k], &r.Inode, &placed[index[done+k]])
 			}
 			s.res.BytesFetched += r.Wire
 		}
+		done += n
 		if err != nil {
 			return fmt.Errorf("fetching %d files of %s %s: %w", len(entries), s.cfg.Tree, id.Short(), err)
 		}
@@ -757,6 +779,21 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 	}
 	return nil
 }
+
+// notePlaced notes a fetched file in placed when the receiver recorded
+// its inode and that inode has e's size, mode and mtime (anything else is
+// set by finish, which changes the ctime, and read again by verify).
+func notePlaced(e *manifest.Entry, in *receiver.Inode, pl *placedRec) {
+	if in.Ino == 0 || in.Mode&unix.S_IFMT != unix.S_IFREG || uint64(in.Size) != e.Size ||
+		in.Mode&0o7777 != localMode(e.Mode) || in.MtimeNS != e.MtimeNs {
+		return
+	}
+	*pl = placedRec{dev: in.Dev, ino: in.Ino, size: uint64(in.Size), ctime: in.CtimeNS}
+}
+
+// testAfterFetch, when set (tests), is called once fetch is over with the
+// staged tree's path and what fetch noted.
+var testAfterFetch func(stagedTree string, man *manifest.Manifest, placed []placedRec)
 
 // fetchBatch is the most files fetched in one receiver call.
 const fetchBatch = 4096
@@ -769,7 +806,7 @@ func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed 
 	for i := len(man.Entries) - 1; i >= 0; i-- {
 		e := &man.Entries[i]
 		if placed[i].ino != 0 || placed[i].assumed {
-			continue // linked from a file with e's mode and mtime, or in place in the recycled spare (verify checks they still are)
+			continue // linked or fetched with e's mode and mtime, or in place in the recycled spare (verify checks they still are)
 		}
 		var d *os.File
 		var base string
@@ -809,11 +846,13 @@ func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed 
 // verify reads the staged tree back (types, modes, mtimes, sizes, targets,
 // file hashes) and checks that it gives the version id. A file is not
 // read again when it is still the very inode this sync hard-linked from a
-// source file trusted by its stat cache (placed: same device, inode, size,
-// and ctime as just after the link, so nothing wrote to it, changed its
-// mode or times, since); its hash is then the version's. Every other file
-// is hashed. It returns the stats of the files (indexed like man's
-// entries) for the stat cache.
+// source file trusted by its stat cache, or fetched as an unnamed file
+// and linked in (placed: same device, inode, size, and ctime as just
+// after the link, so nothing wrote to it, changed its mode or times,
+// since), or left in place in the recycled spare and vouched for by a
+// stat cache record (assumed); its hash is then the version's. Every
+// other file is hashed. It returns the stats of the files (indexed like
+// man's entries) for the stat cache.
 //
 // Each entry read is compared with the version's entry of that path as it
 // is found (see treeCheck): when every entry of the version was found

@@ -81,7 +81,8 @@ type syncer struct {
 	bytesDone  int64
 	filesTotal int
 	bytesTotal int64
-	inFlight   map[string]int64
+	inFlight   map[string]int64 // bytes done of files being fetched, by name
+	inFlightN  int64            // their sum
 
 	// curStats is the stat cache of the current version (directory
 	// curStatsOf), read by once while it reads the version's manifest.
@@ -120,10 +121,12 @@ func (s *syncer) recvEvent(e receiver.Event) {
 	switch e.Kind {
 	case receiver.EventProgress, receiver.EventStart:
 		if s.inFlight != nil {
+			s.inFlightN += e.Done - s.inFlight[e.Name]
 			s.inFlight[e.Name] = e.Done
 		}
 	case receiver.EventDone:
 		if s.inFlight != nil {
+			s.inFlightN -= s.inFlight[e.Name]
 			delete(s.inFlight, e.Name)
 			s.filesDone++
 			s.bytesDone += e.Size
@@ -148,10 +151,7 @@ func (s *syncer) recvEvent(e receiver.Event) {
 }
 
 func (s *syncer) progressLocked() Event {
-	done := s.bytesDone
-	for _, n := range s.inFlight {
-		done += n
-	}
+	done := s.bytesDone + s.inFlightN
 	return Event{Kind: EventProgress, FilesDone: s.filesDone, FilesTotal: s.filesTotal, BytesDone: done, BytesTotal: s.bytesTotal}
 }
 

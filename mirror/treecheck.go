@@ -249,6 +249,7 @@ type checkWorker struct {
 	c     *treeCheck
 	buf   []byte // getdents
 	link  []byte // readlinkat
+	fh    *fileHasher
 	extra []string
 }
 
@@ -375,7 +376,10 @@ func (w *checkWorker) child(fd, j int, name string, typ uint8) error {
 		if c.beforeRead != nil {
 			c.readOnce.Do(c.beforeRead)
 		}
-		sum, st2, err := hashAtFd(fd, name)
+		if w.fh == nil {
+			w.fh = newFileHasher()
+		}
+		sum, st2, err := hashAtFd(fd, name, w.fh)
 		if err != nil {
 			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, errNotRegular) {
 				c.differs(func() string { return fmt.Sprintf("%q changed while being checked", e.Path) })

@@ -207,7 +207,7 @@ func (s *conn) drainTask(t *task) {
 func (s *conn) commit() {
 	batch := s.commitQ
 	s.commitQ = nil
-	s.submit(op{kind: opCommit, batch: batch, deferSync: s.c.cfg.DeferSync})
+	s.submit(op{kind: opCommit, batch: batch, deferSync: s.c.cfg.DeferSync, record: s.c.cfg.RecordInodes})
 }
 
 // apply handles one writer result. It never blocks.
@@ -251,7 +251,7 @@ func (s *conn) apply(r result) {
 			s.c.progressed(max(fileProgress-t.size, 0), time.Now())
 			t.done, t.open, t.verified = true, false, false
 			wire, reused, refetched := t.counts()
-			t.result = Result{Name: t.name, Path: t.dest, Size: t.size, Hash: t.sum, Wire: wire, Reused: reused, Refetched: refetched}
+			t.result = Result{Name: t.name, Path: t.dest, Size: t.size, Hash: t.sum, Wire: wire, Reused: reused, Refetched: refetched, Inode: t.inode}
 			s.c.emit(Event{Kind: EventDone, Name: t.name, Path: t.dest, Size: t.size, Done: t.size, Wire: wire, Reused: reused,
 				Refetched: refetched, Hash: t.sum})
 		}

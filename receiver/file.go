@@ -35,12 +35,20 @@ const maxStateSize = 4096
 // creates, renames or removes in it is reached through descriptors of
 // directories beneath it (internal/safefs): no symlink is ever followed, so
 // files planted by someone who can write there cannot redirect zrecv
-// elsewhere. The directories files go to are opened once each and kept
-// for the fetch, up to maxCachedDirs of them.
+// elsewhere. The directories files go to are opened once each and shared
+// by the tasks using them; up to maxCachedDirs of those no task uses stay
+// open for later tasks (a tree's files come directory by directory, so a
+// directory is opened about once however many there are).
 type outDir struct {
 	root *safefs.Dir
 	mu   sync.Mutex
-	dirs map[string]*safefs.Dir // by path relative to root, "" excluded
+	dirs map[string]*sharedDir // by path relative to root, "" excluded
+}
+
+// sharedDir is an open directory and how many tasks hold it.
+type sharedDir struct {
+	d     *safefs.Dir
+	users int
 }
 
 const maxCachedDirs = 256
@@ -50,30 +58,31 @@ func openOutDir(path string) (*outDir, error) {
 	if err != nil {
 		return nil, fmt.Errorf("output directory: %w", err)
 	}
-	return &outDir{root: root, dirs: map[string]*safefs.Dir{}}, nil
+	return &outDir{root: root, dirs: map[string]*sharedDir{}}, nil
 }
 
 func (o *outDir) close() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for _, d := range o.dirs {
-		d.Close()
+	for _, sd := range o.dirs {
+		sd.d.Close()
 	}
 	clear(o.dirs)
 	o.root.Close()
 }
 
 // dir returns the directory rel (slash-separated, "" for the output
-// directory itself), creating it and its parents when create. When owned
-// the caller must close it; otherwise it is shared and stays open.
-func (o *outDir) dir(rel string, create bool) (d *safefs.Dir, owned bool, err error) {
+// directory itself), creating it and its parents when create. The caller
+// gives it back with release.
+func (o *outDir) dir(rel string, create bool) (d *safefs.Dir, err error) {
 	if rel == "" {
-		return o.root, false, nil
+		return o.root, nil
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if d := o.dirs[rel]; d != nil {
-		return d, false, nil
+	if sd := o.dirs[rel]; sd != nil {
+		sd.users++
+		return sd.d, nil
 	}
 	if create {
 		d, err = o.root.MkdirAllOpen(rel, 0o755)
@@ -81,13 +90,29 @@ func (o *outDir) dir(rel string, create bool) (d *safefs.Dir, owned bool, err er
 		d, err = o.root.Sub(rel)
 	}
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	if len(o.dirs) < maxCachedDirs {
-		o.dirs[rel] = d
-		return d, false, nil
+	o.dirs[rel] = &sharedDir{d: d, users: 1}
+	return d, nil
+}
+
+// release gives back directory rel from dir. The last user closes it when
+// more than maxCachedDirs are open.
+func (o *outDir) release(rel string) {
+	if rel == "" {
+		return
 	}
-	return d, true, nil
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	sd := o.dirs[rel]
+	if sd == nil {
+		return
+	}
+	sd.users--
+	if sd.users <= 0 && len(o.dirs) > maxCachedDirs {
+		sd.d.Close()
+		delete(o.dirs, rel)
+	}
 }
 
 // hiddenNames returns the names of the partial file and of its state file
@@ -123,8 +148,7 @@ type task struct {
 	out                       *outDir
 	relDir                    string
 	base, partName, stateName string
-	dir                       *safefs.Dir // relDir, while opened; see openDir
-	ownDir                    bool        // dir must be closed by the task
+	dir                       *safefs.Dir // relDir, while held (from out); see openDir
 
 	rq   *Request // set by FetchRequests; nil for a plain Fetch
 	req  uint32   // current request id; 0 when none is outstanding
@@ -163,7 +187,9 @@ type task struct {
 	// partAbsent: the last look found no partial file on disk, so a small
 	// file may be written unnamed (anon) without leaving an old one behind.
 	partAbsent bool
-	anon       bool // f was opened with O_TMPFILE: it has no name until commit links it
+	fresh      bool  // Request.Fresh, until the first look
+	anon       bool  // f was opened with O_TMPFILE: it has no name until commit links it
+	inode      Inode // set by commit (Config.RecordInodes): see Result.Inode
 
 	wire, reused int64
 	b            taskBudget // retry and restart budgets, byte accounting (budget.go)
@@ -204,20 +230,20 @@ func (t *task) openDir(create bool) (*safefs.Dir, error) {
 	if t.dir != nil {
 		return t.dir, nil
 	}
-	d, owned, err := t.out.dir(t.relDir, create)
+	d, err := t.out.dir(t.relDir, create)
 	if err != nil {
 		return nil, err
 	}
-	t.dir, t.ownDir = d, owned
+	t.dir = d
 	return d, nil
 }
 
 // releaseDir lets go of the destination's directory.
 func (t *task) releaseDir() {
-	if t.ownDir && t.dir != nil {
-		t.dir.Close()
+	if t.dir != nil {
+		t.out.release(t.relDir)
 	}
-	t.dir, t.ownDir = nil, false
+	t.dir = nil
 }
 
 // resumePoint reads an earlier attempt's partial state: the verified
@@ -228,6 +254,11 @@ func (t *task) releaseDir() {
 // written), and its state file a regular file of at most maxStateSize.
 func (t *task) resumePoint() (uint64, protocol.Tag) {
 	var tag protocol.Tag
+	if t.fresh {
+		t.fresh = false
+		t.partAbsent = true // the caller says so (Request.Fresh)
+		return 0, tag
+	}
 	t.partAbsent = false
 	d, err := t.openDir(false)
 	if err != nil {

@@ -121,6 +121,9 @@ type Config struct {
 	// that sync the file system themselves before relying on the files
 	// (the mirror syncs its staging area once before switching to it).
 	DeferSync bool
+	// RecordInodes fills Result.Inode (one fstat per file so written), for
+	// callers that check files later and would rather not read them back.
+	RecordInodes bool
 	// NoResume discards partial files instead of resuming them.
 	NoResume bool
 	// Retries is how many times one chunk that failed its BLAKE3 check is
@@ -359,6 +362,25 @@ type Result struct {
 	Reused    int64
 	Refetched int64
 	Err       error // nil only if the file was verified and is in place
+	// Inode (Config.RecordInodes) is the inode the file was put in place
+	// as, as fstat saw it through the descriptor its data was written to,
+	// just after it got its name; zero (Ino 0) when not recorded. It is
+	// recorded only for a file written as an unnamed file (O_TMPFILE) from
+	// its first byte: no other name could reach that inode before it held
+	// the verified content, so while the name still gives this inode with
+	// this ctime, the content is that verified hash (see README, "Stat
+	// cache"). A file with a partial file (resumable, or where the file
+	// system lacks O_TMPFILE) is not recorded.
+	Inode Inode
+}
+
+// Inode is what Result.Inode records of an inode.
+type Inode struct {
+	Dev, Ino uint64
+	Mode     uint32 // st_mode: type and permission bits
+	Size     int64
+	MtimeNS  int64
+	CtimeNS  int64
 }
 
 // String describes the result in one line: the hash and path of a

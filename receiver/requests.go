@@ -52,6 +52,11 @@ type Request struct {
 	// written (it bounds what a lying server can make us store).
 	Size      uint64
 	CheckSize bool
+	// Fresh: the caller knows that no partial file of an earlier attempt
+	// is at this name's hidden names (it made the directory, or read it),
+	// so the first request does not look for one. Later ones (after a
+	// lost session) do.
+	Fresh bool
 }
 
 // FetchRequests is Fetch for requests of any kind. It returns one Result
@@ -86,6 +91,7 @@ func FetchRequests(ctx context.Context, cfg Config, reqs []Request) ([]Result, e
 			t.close(true)
 		}
 		t.rq = &r
+		t.fresh = r.Fresh
 		byName[r.Name] = t
 		order[i] = t
 		c.tasks = append(c.tasks, t)

@@ -42,6 +42,9 @@ type op struct {
 	// deferSync (opCommit): the caller makes the files durable itself
 	// (Config.DeferSync); no fsync or syncfs here.
 	deferSync bool
+	// record (opCommit): note in task.inode the inode of each file linked
+	// from an unnamed file (Config.RecordInodes).
+	record bool
 }
 
 type result struct {
@@ -88,7 +91,7 @@ func (w *writer) do(o op) result {
 		sum, err := t.verifyEnd(o.size, o.hash)
 		return result{kind: opEnd, t: t, sum: sum, err: err}
 	case opCommit:
-		return result{kind: opCommit, batch: o.batch, errs: commit(o.batch, o.deferSync)}
+		return result{kind: opCommit, batch: o.batch, errs: commit(o.batch, o.deferSync, o.record)}
 	}
 	panic(fmt.Sprintf("writer: unknown op %d", o.kind))
 }
@@ -161,6 +164,16 @@ func (t *task) verifyEnd(size int64, want protocol.Hash) (protocol.Hash, error) 
 	return sum, nil
 }
 
+// fstatInode returns f's inode as fstat sees it; zero if fstat fails.
+func fstatInode(f *os.File) Inode {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return Inode{}
+	}
+	return Inode{Dev: st.Dev, Ino: st.Ino, Mode: st.Mode, Size: st.Size,
+		MtimeNS: st.Mtim.Sec*1e9 + st.Mtim.Nsec, CtimeNS: st.Ctim.Sec*1e9 + st.Ctim.Nsec}
+}
+
 // futimens sets the access and modification times of f to ns since the
 // epoch through its descriptor (no path lookup), as futimens(3) does:
 // utimensat(fd, NULL, times, 0). x/sys/unix offers only the path form.
@@ -177,7 +190,11 @@ func futimens(f *os.File, ns int64) error {
 // each over its destination and syncs the directories. A few files are
 // fsynced one by one; a larger batch takes one syncfs, which costs one
 // journal commit instead of one per file.
-func commit(batch []*task, deferSync bool) []error {
+//
+// With record, a file linked from an unnamed file it wrote from its first
+// byte gets its inode noted in task.inode: fstat through the descriptor
+// the data went to, after the link (which sets the ctime), before close.
+func commit(batch []*task, deferSync, record bool) []error {
 	errs := make([]error, len(batch))
 	if deferSync {
 		// Nothing to sync: the caller syncs the file system before it
@@ -205,6 +222,9 @@ func commit(batch []*task, deferSync bool) []error {
 		var lerr error
 		if t.anon && errs[i] == nil {
 			lerr = linkInto(t.f, d, t.base, t.partName) // before close: the file has no other name
+			if lerr == nil && record && t.reused == 0 {
+				t.inode = fstatInode(t.f)
+			}
 		}
 		if err := t.f.Close(); err != nil && errs[i] == nil {
 			errs[i] = fmt.Errorf("closing %s: %w", t.partPath, err)

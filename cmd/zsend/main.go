@@ -260,10 +260,11 @@ Exit codes:
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		if e.Kind == "published" {
+		// jsonOn first: no map per event (one per file sent) without JSON.
+		if jsonOn && e.Kind == "published" {
 			emit(map[string]any{"event": e.Kind, "tree": e.Name, "seq": e.Seq, "version": e.Version,
 				"entries": e.Entries, "files": e.Files, "bytes": e.Size, "stored": e.Stored})
-		} else if e.Kind != "progress" {
+		} else if jsonOn && e.Kind != "progress" {
 			emit(map[string]any{"event": e.Kind, "peer": e.Peer, "session": e.Session, "key": e.Key, "name": e.Name, "size": e.Size,
 				"offset": e.Offset, "blake3": hashString(e), "message": e.Message})
 		}

@@ -404,7 +404,19 @@ func TestReadFileBoundedGrowing(t *testing.T) {
 	fx.untouched(t)
 }
 
+// TestTmpfileLink runs with linkat(AT_EMPTY_PATH) where it works (root)
+// and through /proc as without the capability.
 func TestTmpfileLink(t *testing.T) {
+	defer emptyPathLink.Store(0)
+	for _, how := range []int32{0, -1} {
+		t.Run(map[int32]string{0: "AT_EMPTY_PATH if allowed", -1: "through /proc"}[how], func(t *testing.T) {
+			emptyPathLink.Store(how)
+			testTmpfileLink(t)
+		})
+	}
+}
+
+func testTmpfileLink(t *testing.T) {
 	modes(t, func(t *testing.T) {
 		fx := newFixture(t)
 		sub, err := fx.d.MkdirAllOpen("s", 0o755)

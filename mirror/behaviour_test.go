@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/zsend/zsend/receiver"
 )
 
 func TestDeltaDriftRollback(t *testing.T) {
@@ -224,8 +226,9 @@ func TestStalePartialOfReusedFile(t *testing.T) {
 	publish(t, s, "app", src, 2)
 	stage := filepath.Join(out, ".zsnd/app/stage/app/deep/x/y")
 	os.MkdirAll(stage, 0o700)
-	write(t, filepath.Join(stage, ".z.bin.zrecv-part"), "half", 0o600)
-	write(t, filepath.Join(stage, ".z.bin.zrecv-state"), "{}", 0o600)
+	part, state := receiver.PartialPaths(filepath.Join(stage, "z.bin"))
+	write(t, part, "half", 0o600)
+	write(t, state, "{}", 0o600)
 	syncOK(t, cfg)
 	sameTree(t, src, filepath.Join(out, "app"))
 }
@@ -290,4 +293,45 @@ func TestHardLinksAndVerify(t *testing.T) {
 		t.Errorf("--verify: drift %v, %+v", drift, res)
 	}
 	sameTree(t, src, filepath.Join(out, "app"))
+}
+
+// A large file whose fetch was interrupted is resumed from its partial
+// file by the next sync (reconcile keeps .zrecv-HASH.part and .state
+// beside a file still to fetch), not fetched again from the start.
+func TestInterruptedFetchResumed(t *testing.T) {
+	s := startServer(t)
+	src := filepath.Join(t.TempDir(), "app")
+	smallTree(t, src)
+	big := make([]byte, 8<<20)
+	for i := range big {
+		big[i] = byte(i*7 + i>>11)
+	}
+	if err := os.WriteFile(filepath.Join(src, "big.bin"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, s, "app", src, 1)
+	out := t.TempDir()
+	cfg := testConfig(s, out, "app")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg.Events = func(e Event) {
+		if e.Kind == EventProgress && e.BytesDone > 3<<20 {
+			cancel()
+		}
+	}
+	if _, err := Sync(ctx, cfg); err == nil {
+		t.Fatal("the interrupted sync succeeded")
+	}
+	part, _ := receiver.PartialPaths(filepath.Join(out, ".zsnd/app/stage/app/big.bin"))
+	fi, err := os.Stat(part)
+	if err != nil || fi.Size() == 0 {
+		t.Fatalf("no partial file left: %v", err)
+	}
+	cfg.Events = nil
+	before := s.DataBytes.Load()
+	res := syncOK(t, cfg)
+	sameTree(t, src, filepath.Join(out, "app"))
+	if sent := s.DataBytes.Load() - before - res.ManifestBytes; sent > int64(len(big))-(1<<20) {
+		t.Errorf("resumed sync received %d bytes of data; the partial file held %d of the %d", sent, fi.Size(), len(big))
+	}
 }

@@ -71,7 +71,7 @@ func TestLyingServer(t *testing.T) {
 			return rawVersion(2, []manifest.Entry{fileEntry("a")})
 		}, ErrBadManifest},
 		{"reserved partial name", func() *treetest.Version {
-			return rawVersion(2, []manifest.Entry{dirEntry(""), fileEntry(".a.zrecv-part"), fileEntry("a")})
+			return rawVersion(2, []manifest.Entry{dirEntry(""), fileEntry(".zrecv-0123.part"), fileEntry("a")})
 		}, ErrBadManifest},
 		{"1e7 entries announced", func() *treetest.Version {
 			v := rawVersion(2, []manifest.Entry{dirEntry(""), fileEntry("a")})

@@ -510,12 +510,23 @@ func (s *syncer) reconcileDir(d *os.File, man *manifest.Manifest, kids []int, le
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", d.Name(), err)
 	}
+	var hidden map[string]int // the partial and state file names of the directory's files
 	for _, n := range names {
 		if _, ok := want[n]; ok {
 			continue
 		}
-		if b, ok := partialOf(n); ok {
-			if i, ok := want[b]; ok && man.Entries[i].Type == manifest.TypeFile {
+		if reservedName(n) {
+			if hidden == nil {
+				hidden = map[string]int{}
+				for _, i := range kids {
+					if man.Entries[i].Type == manifest.TypeFile {
+						_, base := split(man.Entries[i].Path)
+						part, state := receiver.PartialPaths(base)
+						hidden[part], hidden[state] = i, i
+					}
+				}
+			}
+			if i, ok := hidden[n]; ok {
 				partials[i] = append(partials[i], n)
 				continue // an interrupted fetch's partial file: resumed if the file is fetched
 			}
@@ -572,18 +583,10 @@ func (s *syncer) reconcileDir(d *os.File, man *manifest.Manifest, kids []int, le
 	return nil
 }
 
-// partialOf recognises the receiver's ".NAME.zrecv-part" and
-// ".NAME.zrecv-state" and returns NAME.
-func partialOf(n string) (string, bool) {
-	if !strings.HasPrefix(n, ".") {
-		return "", false
-	}
-	for _, suf := range []string{".zrecv-part", ".zrecv-state"} {
-		if b, ok := strings.CutSuffix(n[1:], suf); ok && b != "" {
-			return b, true
-		}
-	}
-	return "", false
+// reservedName tells the names of the receiver's partial and state files
+// (".zrecv-HASH.part", ".zrecv-HASH.state", receiver.PartialPaths).
+func reservedName(n string) bool {
+	return strings.HasPrefix(n, ".zrecv-") && (strings.HasSuffix(n, ".part") || strings.HasSuffix(n, ".state"))
 }
 
 // reuse places a local copy of e's content at its staged path: from the

@@ -413,13 +413,13 @@ func (s *syncer) fetchManifest(ctx context.Context, info receiver.TreeInfo, id m
 	return man, nil
 }
 
-// checkReserved refuses names the receiver uses for partial files beside
-// a file being fetched (".NAME.zrecv-part", ".NAME.zrecv-state").
+// checkReserved refuses names the receiver uses for the partial file of
+// a file being fetched and its state (".zrecv-HASH.part",
+// ".zrecv-HASH.state" beside it).
 func checkReserved(m *manifest.Manifest) error {
 	for i := range m.Entries {
-		_, base := split(m.Entries[i].Path)
-		if strings.HasPrefix(base, ".") && (strings.HasSuffix(base, ".zrecv-part") || strings.HasSuffix(base, ".zrecv-state")) {
-			return fmt.Errorf("%w: entry %q: names .*.zrecv-part and .*.zrecv-state are reserved for zrecv's partial files", ErrBadManifest, m.Entries[i].Path)
+		if _, base := split(m.Entries[i].Path); reservedName(base) {
+			return fmt.Errorf("%w: entry %q: names .zrecv-*.part and .zrecv-*.state are reserved for zrecv's partial files", ErrBadManifest, m.Entries[i].Path)
 		}
 	}
 	return nil

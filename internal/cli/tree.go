@@ -84,8 +84,9 @@ func (r *TreeReporter) Event(e mirror.Event) {
 		case mirror.EventProgress:
 			if e.Time.Sub(r.lastJSON) < 500*time.Millisecond {
 				emit = false
+			} else {
+				r.lastJSON = e.Time // the last one printed: one line per 500 ms however often events come
 			}
-			r.lastJSON = e.Time
 			j.Files, j.Bytes, j.FilesDone, j.BytesDone = &e.FilesTotal, &e.BytesTotal, &e.FilesDone, &e.BytesDone
 		}
 		if emit {

@@ -489,9 +489,10 @@ func (s *Suite) buildTrees() {
 			Desc: "zrecv mirrors the published tree into an empty directory (every file verified, fsynced, staged, version id recomputed, " +
 				"atomic symlink switch); rsync -a from a daemon on 127.0.0.1 (with and without --fsync). Time is the receiving process's wall time. " +
 				"zsend has published the tree before the timed run (its scan and store copy are not timed; rsync's daemon does no such work). " +
-				"Before every run the harness syncs and waits 6 s: this machine's ext4 has no journal, and such a file system skips, for every " +
-				"new inode, the inodes freed in the last 5 s (300 s while not written back), so a run right after the previous run's output was " +
-				"deleted paid for that deletion (a manual floor run took 3.9 s right after a deletion, 1.3-1.6 s after a sync and 6 s; in this harness the runs still vary by up to 2x, for every contender).", Settle: 6 * time.Second}
+				"Every run writes into a new directory and the outputs are deleted only when the scenario ends, and before every run the harness syncs and waits 6 s: " +
+				"this machine's ext4 has no journal, and such a file system skips, for every new inode, the inodes of its group freed in the last 60 s " +
+				"(300 s while not written back), so a run right after a deletion of many files pays for it (runs made that way varied by up to 2x, for every contender).",
+			Settle: 6 * time.Second, KeepOutputs: true}
 		first.Contenders = []Contender{
 			{Name: "zsend -> zrecv, first sync", run: func(ctx context.Context) (Run, error) { return s.zsendTree(ctx, "first", nil) }},
 			{Name: "rsync -a", run: func(ctx context.Context) (Run, error) { return s.rsyncTree(ctx, "first", false, nil) }},
@@ -499,7 +500,7 @@ func (s *Suite) buildTrees() {
 			{Name: "local floor: copy the tree", Note: "zbench mktree: no network, no hashing; a file per file, one syncfs, rename, symlink switch",
 				run: func(ctx context.Context) (Run, error) { return s.treeFloor(ctx) }},
 		}
-		change := &Scenario{Key: "tree-change", Sources: []string{"tree"}, Rounds: c.TreeRounds, Bytes: s.treeBytes,
+		change := &Scenario{Key: "tree-change", Sources: []string{"tree"}, Rounds: c.TreeRounds, Bytes: s.treeBytes, KeepOutputs: true,
 			Title: "Tree, one changed file and no change: " + treeDesc,
 			Desc: "The destination already holds the previous version (synced before the timed run, untimed); one 4 KiB file changes at the source " +
 				"(zsend republishes on SIGHUP before the timed run); then one sync is timed. \"one change\" is a destination that has synced three versions " +

@@ -1,7 +1,6 @@
 package mirror
 
 import (
-	"bytes"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -293,33 +292,6 @@ func (l *layout) manifestFor(id12 string, lim manifest.Limits) (*manifest.Manife
 		}
 	}
 	return nil, manifest.ID{}, false
-}
-
-// saveManifest stores the verified manifest bytes as m/<id hex>: written
-// under a temporary name, synced, renamed.
-func (l *layout) saveManifest(id manifest.ID, b []byte) error {
-	tmp := id.String() + ".tmp"
-	mfd := int(l.m.Fd())
-	fd, err := unix.Openat(mfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return &os.PathError{Op: "create", Path: join(l.m.Name(), tmp), Err: err}
-	}
-	f := os.NewFile(uintptr(fd), tmp)
-	_, err = io.Copy(f, bytes.NewReader(b))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = unix.Renameat(mfd, tmp, mfd, id.String())
-	}
-	if err != nil {
-		unix.Unlinkat(mfd, tmp, 0)
-		return fmt.Errorf("saving manifest %s: %w", id.Short(), err)
-	}
-	return fsyncDir(l.m)
 }
 
 // switchTo points the stable path at v/name atomically: a new symlink

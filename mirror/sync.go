@@ -395,19 +395,28 @@ func (s *syncer) fetchManifest(ctx context.Context, info receiver.TreeInfo, id m
 	if err != nil {
 		return nil, fmt.Errorf("reading the manifest: %w", err)
 	}
-	unix.Unlinkat(int(inc.Fd()), cfg.Tree, 0)
 	if got := manifest.IDOf(b); got != id {
+		unix.Unlinkat(int(inc.Fd()), cfg.Tree, 0)
 		return nil, fmt.Errorf("%w: manifest of %d bytes has id %s, the server announced %s", ErrBadManifest, len(b), got.Short(), id.Short())
 	}
 	man, err := manifest.Decode(b, cfg.Limits)
+	if err == nil {
+		err = checkReserved(man)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadManifest, err)
-	}
-	if err := checkReserved(man); err != nil {
+		unix.Unlinkat(int(inc.Fd()), cfg.Tree, 0)
+		if !errors.Is(err, ErrBadManifest) {
+			err = fmt.Errorf("%w: %w", ErrBadManifest, err)
+		}
 		return nil, err
 	}
-	if err := l.saveManifest(id, b); err != nil {
-		return nil, err
+	// Kept as m/<id>: the file just read, renamed (no copy). Not synced
+	// here: stage syncs the file system before anything is switched to,
+	// and a torn m/<id> after a crash fails its id check and is fetched
+	// again.
+	if err := unix.Renameat(int(inc.Fd()), cfg.Tree, int(l.m.Fd()), id.String()); err != nil {
+		unix.Unlinkat(int(inc.Fd()), cfg.Tree, 0)
+		return nil, fmt.Errorf("keeping manifest %s: %w", id.Short(), err)
 	}
 	decoded.put(id, man, len(b))
 	return man, nil

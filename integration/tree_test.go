@@ -430,9 +430,13 @@ func TestTreeSourceEditedDuringFetch(t *testing.T) {
 
 // --keep 1: each sync's JSON names the version directory it pruned (the
 // one switched away from), and only the current one stays.
+//
+// The version pruned is kept as the spare, which the next sync recycles:
+// its JSON names it (recycled) and counts the files it left in place.
 func TestTreeJSONPruned(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "app")
 	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	writeFile(t, filepath.Join(src, "static.conf"), "never changes")
 	ep, srv := publishingServer(t, sender.Config{Paths: []string{src}})
 	out := t.TempDir()
 	var dirs []string
@@ -453,6 +457,13 @@ func TestTreeJSONPruned(t *testing.T) {
 			t.Errorf("first sync pruned %v", pruned)
 		case v > 1 && (len(pruned) != 1 || !strings.HasSuffix(dirs[v-2], "/"+pruned[0].(string))):
 			t.Errorf("sync %d pruned %v, want the previous version %s", v, pruned, dirs[v-2])
+		}
+		recycled, _ := ev["recycled"].(string)
+		switch {
+		case v < 3 && recycled != "":
+			t.Errorf("sync %d recycled %q with no spare", v, recycled)
+		case v == 3 && (recycled != filepath.Base(dirs[0]) || ev["files_recycled"] != float64(1)):
+			t.Errorf("sync 3 recycled %q (%v files), want %s (1 file)", recycled, ev["files_recycled"], filepath.Base(dirs[0]))
 		}
 	}
 	vs, _ := os.ReadDir(filepath.Join(out, ".zsnd", "app", "v"))

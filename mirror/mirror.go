@@ -102,6 +102,11 @@ type Config struct {
 	// while too few versions are kept for prune to make one (spare.go):
 	// a follower's first versions then cost what later ones do.
 	WarmSpares bool
+	// Listed, if set, is the tree's latest version as the server just
+	// announced it (follow mode): the first attempt takes it instead of
+	// asking with LIST. A retry (the version gone, another endpoint)
+	// lists.
+	Listed *receiver.TreeInfo
 }
 
 // Staged describes a staged version for Config.BeforeSwitch.

@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/zsend/zsend/internal/treetest"
+	"github.com/zsend/zsend/protocol"
+	"github.com/zsend/zsend/receiver"
 )
 
 // spareOf is the spare's directory (OUT/.zsnd/T/spare/NAME), or "".
@@ -334,4 +336,37 @@ func spareList(t *testing.T, out string) []string {
 		n = append(n, e.Name())
 	}
 	return n
+}
+
+// Config.Listed (follow mode: the version the server just announced) is
+// taken instead of a LIST; a version gone meanwhile makes the retry list.
+func TestListedHintSkipsList(t *testing.T) {
+	s := startServer(t)
+	src := filepath.Join(t.TempDir(), "app")
+	smallTree(t, src)
+	v1 := publish(t, s, "app", src, 1)
+	out := t.TempDir()
+	cfg := testConfig(s, out, "app")
+	info := func(v *treetest.Version) *receiver.TreeInfo {
+		return &receiver.TreeInfo{Name: "app", Seq: v.Seq, Version: protocol.Hash(v.ID), Entries: v.Entries, Bytes: v.Bytes, ManifestSize: uint64(len(v.Manifest))}
+	}
+	cfg.Listed = info(v1)
+	before := s.Lists.Load()
+	syncOK(t, cfg)
+	sameTree(t, src, filepath.Join(out, "app"))
+	if n := s.Lists.Load() - before; n != 0 {
+		t.Errorf("%d LISTs with the version announced", n)
+	}
+	// Announced v2, but v3 replaced it before the fetch: 410, then LIST.
+	write(t, filepath.Join(src, "a.conf"), "v2", 0o644)
+	v2 := publish(t, s, "app", src, 2)
+	write(t, filepath.Join(src, "a.conf"), "v3", 0o644)
+	publish(t, s, "app", src, 3)
+	s.DropAllBut("app") // v2 gone from the server
+	cfg.Listed = info(v2)
+	res := syncOK(t, cfg)
+	sameTree(t, src, filepath.Join(out, "app"))
+	if res.Seq != 3 || s.Lists.Load()-before != 1 {
+		t.Errorf("after a gone version: seq %d, %d LISTs", res.Seq, s.Lists.Load()-before)
+	}
 }

@@ -38,7 +38,10 @@ func Sync(ctx context.Context, cfg Config) (Result, error) {
 		return res, err
 	}
 	defer l.close()
-	s := &syncer{cfg: &cfg, l: l, res: &res}
+	s := &syncer{cfg: &cfg, l: l, res: &res, listed: cfg.Listed}
+	if s.listed != nil && s.listed.Name != cfg.Tree {
+		s.listed = nil
+	}
 	fo := cfg.Receiver.Failover
 	moved := 0
 	for attempt := 1; ; attempt++ {
@@ -91,6 +94,8 @@ type syncer struct {
 	// rec is the spare this attempt's staging tree started from (nil if
 	// none).
 	rec *recycled
+	// listed is Config.Listed until the first attempt takes it.
+	listed *receiver.TreeInfo
 }
 
 func (s *syncer) emit(e Event) {
@@ -176,10 +181,16 @@ func (s *syncer) once(ctx context.Context) error {
 		err   error
 	}
 	lch := make(chan listed, 1)
-	go func() {
-		trees, err := receiver.List(ctx, s.receiverConfig(l.paths.t), cfg.Tree)
-		lch <- listed{trees, err}
-	}()
+	if hint := s.listed; hint != nil {
+		// Follow mode: the server announced this version just now.
+		s.listed = nil // a retry (410 gone, another endpoint) asks again
+		lch <- listed{[]receiver.TreeInfo{*hint}, nil}
+	} else {
+		go func() {
+			trees, err := receiver.List(ctx, s.receiverConfig(l.paths.t), cfg.Tree)
+			lch <- listed{trees, err}
+		}()
+	}
 	// And its stat cache too.
 	var curMan *manifest.Manifest
 	var curID manifest.ID

@@ -382,26 +382,7 @@ func (s *syncer) warmSpares(name string, id manifest.ID, man *manifest.Manifest)
 	}
 	defer w.abort()
 	out := make([]statRec, len(man.Entries))
-	dirs := &dirCache{root: cur}
-	defer dirs.close()
-	for i := range man.Entries {
-		if pre[i].ino == 0 {
-			continue
-		}
-		parent, base := split(man.Entries[i].Path)
-		d, err := dirs.get(parent)
-		if err != nil {
-			continue
-		}
-		st, err := lstatAt(int(d.Fd()), base)
-		if err != nil {
-			continue
-		}
-		r := recOf(&st)
-		if r.dev == pre[i].dev && r.ino == pre[i].ino && r.size == pre[i].size && r.mtime == pre[i].mtime && r.ctime < w.fence {
-			out[i] = r
-		}
-	}
+	restat(cur, man, pre, out, func(_, now *statRec) bool { return now.ctime < w.fence })
 	if err := w.commit(name, id, out); err != nil {
 		s.emit(Event{Kind: EventNote, Message: err.Error()})
 	}

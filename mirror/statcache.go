@@ -244,39 +244,45 @@ func (s *syncer) saveStats(name string, id manifest.ID, man *manifest.Manifest, 
 		return
 	}
 	defer root.Close()
+	restat(root, man, recs, recs, func(was, now *statRec) bool {
+		return now.ctime == was.ctime || l.unlinked[[2]uint64{now.dev, now.ino}]
+	})
+	if err := w.commit(name, id, recs); err != nil {
+		s.emit(Event{Kind: EventNote, Message: err.Error()})
+	}
+}
+
+// restat looks again (forRuns) at each file of the version tree root
+// whose record in prev names an inode, and sets out[i] to its record now
+// when it is still that inode (device, number, size and mtime) and
+// trusted(prev[i], now) accepts its ctime; every other out[i] is zeroed.
+// out may be prev.
+func restat(root *os.File, man *manifest.Manifest, prev, out []statRec, trusted func(was, now *statRec) bool) {
 	forRuns(len(man.Entries), placeRun, func() (func(lo, hi int), func()) {
 		dirs := &dirCache{root: root}
 		return func(lo, hi int) {
 			for i := lo; i < hi; i++ {
-				v := &vrecs[i]
-				if v.ino == 0 || man.Entries[i].Type != manifest.TypeFile {
-					*v = statRec{}
+				p := prev[i]
+				out[i] = statRec{}
+				if p.ino == 0 || man.Entries[i].Type != manifest.TypeFile {
 					continue
 				}
 				parent, base := split(man.Entries[i].Path)
 				d, err := dirs.get(parent)
 				if err != nil {
-					*v = statRec{}
 					continue
 				}
 				st, err := lstatAt(int(d.Fd()), base)
 				if err != nil {
-					*v = statRec{}
 					continue
 				}
 				r := recOf(&st)
-				if r.dev != v.dev || r.ino != v.ino || r.size != v.size || r.mtime != v.mtime ||
-					r.ctime != v.ctime && !l.unlinked[[2]uint64{r.dev, r.ino}] {
-					*v = statRec{}
-					continue
+				if r.dev == p.dev && r.ino == p.ino && r.size == p.size && r.mtime == p.mtime && trusted(&p, &r) {
+					out[i] = r
 				}
-				*v = r
 			}
 		}, dirs.close
 	})
-	if err := w.commit(name, id, recs); err != nil {
-		s.emit(Event{Kind: EventNote, Message: err.Error()})
-	}
 }
 
 // toTrash moves dir/name into trash/ (to be deleted by prune).

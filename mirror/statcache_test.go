@@ -242,3 +242,53 @@ func TestVerifyEntryByEntry(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+// restat keeps a file's record only while it is the same inode with the
+// same size and mtime, and its new ctime is accepted; the rest are zeroed.
+func TestRestat(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"same", "chmodded", "replaced", "grown", "gone"} {
+		write(t, filepath.Join(dir, "d", n), "content of "+n, 0o644)
+	}
+	man, prev := scanned(t, dir)
+	idx := func(p string) int {
+		i := indexOf(man, p)
+		if i < 0 {
+			t.Fatalf("%s not scanned", p)
+		}
+		return i
+	}
+	time.Sleep(20 * time.Millisecond) // a later ctime tick
+	os.Chmod(filepath.Join(dir, "d/chmodded"), 0o600)
+	write(t, filepath.Join(dir, "d/replaced.tmp"), "content of replaced", 0o644)
+	os.Rename(filepath.Join(dir, "d/replaced.tmp"), filepath.Join(dir, "d/replaced"))
+	f, _ := os.OpenFile(filepath.Join(dir, "d/grown"), os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("more")
+	f.Close()
+	os.Remove(filepath.Join(dir, "d/gone"))
+	root, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	for _, ctimeMayChange := range []bool{false, true} {
+		out := make([]statRec, len(prev))
+		restat(root, man, prev, out, func(was, now *statRec) bool { return ctimeMayChange || now.ctime == was.ctime })
+		if out[idx("d/same")] != prev[idx("d/same")] {
+			t.Errorf("unchanged file: %+v, was %+v", out[idx("d/same")], prev[idx("d/same")])
+		}
+		if got := out[idx("d/chmodded")].ino != 0; got != ctimeMayChange {
+			t.Errorf("chmodded file kept = %v with ctime accepted = %v", got, ctimeMayChange)
+		}
+		for _, p := range []string{"d/replaced", "d/grown", "d/gone", "d"} {
+			if out[idx(p)] != (statRec{}) {
+				t.Errorf("%s: record kept: %+v", p, out[idx(p)])
+			}
+		}
+	}
+	// In place (out is prev): the comparison is with the old record.
+	restat(root, man, prev, prev, func(was, now *statRec) bool { return now.ctime == was.ctime })
+	if prev[idx("d/same")].ino == 0 || prev[idx("d/chmodded")].ino != 0 {
+		t.Errorf("in place: %+v, %+v", prev[idx("d/same")], prev[idx("d/chmodded")])
+	}
+}

@@ -446,36 +446,15 @@ func (s *syncer) cloneVersion(cur *os.File, man *manifest.Manifest, recs, pre []
 			return fail(&os.PathError{Op: "copy", Path: e.Path, Err: err})
 		}
 	}
-	// Modes and mtimes as the version's, children before their parents.
-	for i := len(man.Entries) - 1; i >= 0; i-- {
-		e := &man.Entries[i]
-		if e.Type == manifest.TypeFile {
-			continue // the version's own inodes
-		}
-		var fd int
-		base := "spare.tmp"
-		if e.Path == "" {
-			fd = tfd
-		} else {
-			parent, b := split(e.Path)
-			d, err := dst.get(parent)
-			if err != nil {
-				return fail(err)
-			}
-			fd, base = int(d.Fd()), b
-		}
-		if e.Type == manifest.TypeDir {
-			if e.Path != "" && dst.d != nil && strings.HasPrefix(dst.path+"/", e.Path+"/") {
-				dst.close()
-			}
-			if err := unix.Fchmodat(fd, base, localMode(e.Mode), 0); err != nil {
-				return fail(err)
-			}
-		}
-		ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(e.MtimeNs)}
-		if err := unix.UtimesNanoAt(fd, base, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return fail(err)
-		}
+	// Modes and mtimes as the version's; its files are the version's own
+	// inodes, never changed.
+	dst.close()
+	placed := make([]placedRec, len(man.Entries))
+	for i := range man.Entries {
+		placed[i].assumed = man.Entries[i].Type == manifest.TypeFile
+	}
+	if err := finish(l.t, "spare.tmp", root, man, placed); err != nil {
+		return fail(err)
 	}
 	return nil
 }

@@ -200,7 +200,7 @@ func (s *syncer) stage(ctx context.Context, man *manifest.Manifest, id manifest.
 		}
 
 		// 4. Modes and mtimes, children before their parents; then sync.
-		if err := s.finish(stageDir, root, man, placed); err != nil {
+		if err := finish(stageDir, s.cfg.Tree, root, man, placed); err != nil {
 			return nil, fmt.Errorf("setting modes and times in %s: %w", root.Name(), err)
 		}
 		if err := unix.Syncfs(int(root.Fd())); err != nil {
@@ -802,8 +802,9 @@ var testAfterFetch func(stagedTree string, man *manifest.Manifest, placed []plac
 const fetchBatch = 4096
 
 // finish sets every entry's mode and mtime, in reverse path order, so each
-// directory is done after everything below it.
-func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed []placedRec) error {
+// directory is done after everything below it; root is the tree's root
+// directory, named rootName in parent.
+func finish(parent *os.File, rootName string, root *os.File, man *manifest.Manifest, placed []placedRec) error {
 	dirs := &dirCache{root: root}
 	defer dirs.close()
 	for i := len(man.Entries) - 1; i >= 0; i-- {
@@ -814,7 +815,7 @@ func (s *syncer) finish(stageDir, root *os.File, man *manifest.Manifest, placed 
 		var d *os.File
 		var base string
 		if e.Path == "" {
-			d, base = stageDir, s.cfg.Tree
+			d, base = parent, rootName
 		} else {
 			parent, b := split(e.Path)
 			var err error

@@ -353,18 +353,27 @@ const (
 // placeFile places file e (see placeFiles).
 func (s *syncer) placeFile(root *os.File, dst *dirCache, sources []*source, e *manifest.Entry, leftover bool, partials []string, pl *placedRec) (int, error) {
 	if leftover {
-		how, known, err := s.leftoverVouched(dst, sources, e, partials, pl)
-		if err != nil || known {
-			return how, err
+		// A stat cache record may tell its content without reading it;
+		// else it is hashed.
+		v, err := s.vouchLeftover(dst, sources, e, pl)
+		if err != nil {
+			return placedNot, err
 		}
-		sum, st, err := hashAt(root, e.Path)
-		// A staged file with other names (a hard link an interrupted
-		// run made from a kept version) is kept only if finish will not
-		// chmod or touch it: that would change the kept version's file.
-		shared := st.Nlink > 1 && (uint32(st.Mode)&0o7777 != localMode(e.Mode) || statMtime(&st) != e.MtimeNs)
-		if err == nil && sum == e.Hash && uint64(st.Size) == e.Size && !shared {
+		keep := v == leftSame
+		if v == leftUnknown {
+			sum, st, err := hashAt(root, e.Path)
+			// A staged file with other names (a hard link an interrupted
+			// run made from a kept version) is kept only if finish will not
+			// chmod or touch it: that would change the kept version's file.
+			shared := st.Nlink > 1 && (uint32(st.Mode)&0o7777 != localMode(e.Mode) || statMtime(&st) != e.MtimeNs)
+			keep = err == nil && sum == e.Hash && uint64(st.Size) == e.Size && !shared
+		}
+		if keep {
 			if err := removePartials(dst, e.Path, partials); err != nil {
 				return placedNot, err
+			}
+			if v == leftSame && s.rec != nil {
+				return placedRecycled, nil
 			}
 			return placedStaged, nil
 		}
@@ -406,44 +415,37 @@ func (s *syncer) recount(c *Result) {
 	s.mu.Unlock()
 }
 
-// leftoverVouched handles a file already in the staging tree that a stat
-// cache record vouches for (vouched): known (without reading it) to hold
-// e's content, with e's mode and mtime, it is kept, and noted in pl so
-// that finish leaves it alone and verify trusts it while it stays that
-// inode with that ctime; known to hold other content, it is removed. known
-// is false when nothing vouches for it, or its content is e's but not its
-// mode or mtime: the caller then hashes it.
-func (s *syncer) leftoverVouched(dst *dirCache, sources []*source, e *manifest.Entry, partials []string, pl *placedRec) (how int, known bool, err error) {
+// What a stat cache record tells of a file already in the staging tree.
+const (
+	leftUnknown = iota // nothing vouches for it, or its content is e's but not its mode or mtime: hash it
+	leftSame           // e's content, size, mode and mtime: noted in pl (finish leaves it, verify trusts it while it stays that inode with that ctime)
+	leftOther          // other content: remove it
+)
+
+// vouchLeftover looks at file e already in the staging tree: when a stat
+// cache record vouches for it (vouched), its content is known without
+// reading it.
+func (s *syncer) vouchLeftover(dst *dirCache, sources []*source, e *manifest.Entry, pl *placedRec) (int, error) {
 	parent, base := split(e.Path)
 	d, err := dst.get(parent)
 	if err != nil {
-		return placedNot, true, err
+		return leftUnknown, err
 	}
 	st, err := lstatAt(int(d.Fd()), base)
 	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return placedNot, false, nil
+		return leftUnknown, nil
 	}
 	h, ok := vouched(s.rec, sources, e.Path, &st)
 	switch {
 	case !ok:
-		return placedNot, false, nil
+		return leftUnknown, nil
 	case h != e.Hash:
-		if err := removeAllAt(int(d.Fd()), base); err != nil {
-			return placedNot, true, err
-		}
-		ok, err := s.reuse(sources, dst, e, pl)
-		if err != nil || !ok {
-			return placedNot, true, err
-		}
-		return placedReused, true, removePartials(dst, e.Path, partials)
+		return leftOther, nil
 	case uint64(st.Size) != e.Size || uint32(st.Mode)&0o7777 != localMode(e.Mode) || statMtime(&st) != e.MtimeNs:
-		return placedNot, false, nil
+		return leftUnknown, nil
 	}
 	*pl = placedRec{dev: st.Dev, ino: st.Ino, size: uint64(st.Size), ctime: statCtime(&st)}
-	if s.rec != nil {
-		return placedRecycled, true, removePartials(dst, e.Path, partials)
-	}
-	return placedStaged, true, removePartials(dst, e.Path, partials)
+	return leftSame, nil
 }
 
 // reconcile makes the staging tree's directories and symlinks those of

@@ -36,6 +36,14 @@ func spareOf(t *testing.T, out, tree string) string {
 	return filepath.Join(out, ".zsnd", tree, "spare", es[0].Name())
 }
 
+// numberedFiles writes files d<i%dirs>/f<i> of at least min bytes each.
+func numberedFiles(t *testing.T, dir string, n, dirs, min int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		write(t, filepath.Join(dir, fmt.Sprintf("d%d/f%02d", i%dirs, i)), strings.Repeat(fmt.Sprint(i), min+i), 0o644)
+	}
+}
+
 func inode(t *testing.T, p string) uint64 {
 	t.Helper()
 	var st unix.Stat_t
@@ -52,9 +60,7 @@ func TestRecycleSpareEveryChange(t *testing.T) {
 	s := startServer(t)
 	src := filepath.Join(t.TempDir(), "app")
 	smallTree(t, src)
-	for i := 0; i < 30; i++ {
-		write(t, filepath.Join(src, fmt.Sprintf("d%d/f%02d", i%3, i)), strings.Repeat(fmt.Sprint(i), 100+i), 0o644)
-	}
+	numberedFiles(t, src, 30, 3, 100)
 	out := t.TempDir()
 	cfg := testConfig(s, out, "app")
 	later := time.Unix(1700000000, 5)
@@ -138,9 +144,7 @@ func TestRecycleSpareEveryChange(t *testing.T) {
 func recycleSetup(t *testing.T) (*syncSetup, string) {
 	t.Helper()
 	st := &syncSetup{s: startServer(t), src: filepath.Join(t.TempDir(), "app"), out: t.TempDir()}
-	for i := 0; i < 20; i++ {
-		write(t, filepath.Join(st.src, fmt.Sprintf("d%d/f%02d", i%4, i)), strings.Repeat(fmt.Sprint(i), 1000+i), 0o644)
-	}
+	numberedFiles(t, st.src, 20, 4, 1000)
 	st.cfg = testConfig(st.s, st.out, "app")
 	var mu sync.Mutex
 	st.cfg.Events = func(e Event) {
@@ -275,9 +279,7 @@ func TestWarmSpares(t *testing.T) {
 	s := startServer(t)
 	src := filepath.Join(t.TempDir(), "app")
 	smallTree(t, src)
-	for i := 0; i < 20; i++ {
-		write(t, filepath.Join(src, fmt.Sprintf("d%d/f%02d", i%4, i)), strings.Repeat(fmt.Sprint(i), 1000+i), 0o644)
-	}
+	numberedFiles(t, src, 20, 4, 1000)
 	out := t.TempDir()
 	cfg := testConfig(s, out, "app")
 	cfg.WarmSpares = true

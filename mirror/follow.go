@@ -494,7 +494,7 @@ func (f *followed) syncOnce(ctx context.Context) error {
 				f.fl.emit(FollowEvent{Kind: "note", Tree: f.name, Message: e.Message})
 			}
 		}}
-	if info, _, known := f.wanted(); known && info.Name == f.name && info.Seq != 0 {
+	if info, _, known := f.wanted(); known && info.Seq != 0 {
 		mc.Listed = &info
 	}
 	start := time.Now()

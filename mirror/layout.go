@@ -33,8 +33,6 @@ type layout struct {
 	// unlinked, when not nil, collects the inodes (device, number) of the
 	// hard-linked files emptyTrash removes a name of (statcache.go).
 	unlinked map[[2]uint64]bool
-	// switchedAt is when switchTo last renamed the stable path.
-	switchedAt time.Time
 }
 
 func (l *layout) close() {
@@ -297,33 +295,33 @@ func (l *layout) manifestFor(id12 string, lim manifest.Limits) (*manifest.Manife
 // switchTo points the stable path at v/name atomically: a new symlink
 // renamed over OUT/T, or, when OUT/T is a plain directory (the first
 // sync), exchanged with it (renameat2 RENAME_EXCHANGE), the old directory
-// being kept as the preexisting version. OUT is synced. l.switchedAt is
-// set to the time of the rename (when readers see the new version).
-func (l *layout) switchTo(name string, cur current) error {
+// being kept as the preexisting version. OUT is synced. It returns the
+// time of the rename (when readers see the new version).
+func (l *layout) switchTo(name string, cur current) (time.Time, error) {
 	tfd, ofd := int(l.t.Fd()), int(l.out.Fd())
 	if err := removeAllAt(tfd, "link.tmp"); err != nil {
-		return err
+		return time.Time{}, err
 	}
 	if err := unix.Symlinkat(l.linkPrefix()+name, tfd, "link.tmp"); err != nil {
-		return fmt.Errorf("creating the new stable link: %w", err)
+		return time.Time{}, fmt.Errorf("creating the new stable link: %w", err)
 	}
 	if cur.kind == curPlain {
 		if err := unix.Renameat2(tfd, "link.tmp", ofd, l.tree, unix.RENAME_EXCHANGE); err != nil {
 			removeAllAt(tfd, "link.tmp")
-			return fmt.Errorf("switching %s (exchanging the plain directory with the stable link): %w", filepath.Join(l.paths.out, l.tree), err)
+			return time.Time{}, fmt.Errorf("switching %s (exchanging the plain directory with the stable link): %w", filepath.Join(l.paths.out, l.tree), err)
 		}
-		l.switchedAt = time.Now()
+		at := time.Now()
 		if err := fsyncDir(l.out); err != nil {
-			return err
+			return time.Time{}, err
 		}
-		return l.keepPreexisting()
+		return at, l.keepPreexisting()
 	}
 	if err := unix.Renameat(tfd, "link.tmp", ofd, l.tree); err != nil {
 		removeAllAt(tfd, "link.tmp")
-		return fmt.Errorf("switching %s: %w", filepath.Join(l.paths.out, l.tree), err)
+		return time.Time{}, fmt.Errorf("switching %s: %w", filepath.Join(l.paths.out, l.tree), err)
 	}
-	l.switchedAt = time.Now()
-	return fsyncDir(l.out)
+	at := time.Now()
+	return at, fsyncDir(l.out)
 }
 
 // prune removes kept versions beyond keep (never the current one, name)
@@ -445,7 +443,7 @@ func Rollback(out, tree string) (string, error) {
 	if prev == "" {
 		return "", fmt.Errorf("%w: %s shows %s, the oldest one kept", ErrNoPrevious, filepath.Join(out, tree), cur.name)
 	}
-	if err := l.switchTo(prev, cur); err != nil {
+	if _, err := l.switchTo(prev, cur); err != nil {
 		return "", err
 	}
 	return filepath.Join(l.v.Name(), prev), nil

@@ -311,13 +311,14 @@ func (s *syncer) build(ctx context.Context, man *manifest.Manifest, id manifest.
 				return err
 			}
 		}
-		if err := l.switchTo(name, cur); err != nil {
+		switchedAt, err := l.switchTo(name, cur)
+		if err != nil {
 			return err
 		}
 		if cur.kind == curManaged && cur.name != "" {
 			res.Previous = filepath.Join(l.v.Name(), cur.name)
 		}
-		s.emit(Event{Kind: EventSwitch, Message: res.Dir, Time: l.switchedAt}) // the rename, not the fsync after it
+		s.emit(Event{Kind: EventSwitch, Message: res.Dir, Time: switchedAt}) // the rename, not the fsync after it
 	}
 	l.unlinked = map[[2]uint64]bool{}
 	res.Pruned, err = l.prune(cfg.Keep, name)

@@ -344,7 +344,8 @@ func (s *syncer) warmSpares(name string, id manifest.ID, man *manifest.Manifest)
 	if err != nil {
 		return err
 	}
-	need := s.cfg.Keep - len(vs) + 1 - len(l.spares())
+	have := l.spares()
+	need := s.cfg.Keep - len(vs) + 1 - len(have)
 	if need <= 0 {
 		return nil
 	}
@@ -364,10 +365,11 @@ func (s *syncer) warmSpares(name string, id manifest.ID, man *manifest.Manifest)
 	defer sp.Close()
 	pre := make([]statRec, len(man.Entries)) // the record each file matched before its links
 	for k := 0; k < need; k++ {
-		n := name
-		if k > 0 || slices.Contains(l.spares(), name) {
-			n = fmt.Sprintf("%s.%d", name, k+1)
+		n := name // the first name not taken: NAME, NAME.1, NAME.2...
+		for j := 1; slices.Contains(have, n); j++ {
+			n = fmt.Sprintf("%s.%d", name, j)
 		}
+		have = append(have, n)
 		if err := s.cloneVersion(cur, man, recs, pre, n); err != nil {
 			return err
 		}

@@ -64,8 +64,13 @@ func Encode(v uint8, m Message) [][]byte {
 	}
 	hdr := m.appendHeader(make([]byte, 0, 64))
 	frames := [][]byte{CommandFrame(v, m.Command()), hdr}
-	if c, ok := m.(*Chunk); ok {
-		frames = append(frames, c.Data)
+	switch d := m.(type) {
+	case *Chunk:
+		frames = append(frames, d.Data)
+	case *Pack:
+		if d.DataLen() > 0 {
+			frames = append(frames, d.Data)
+		}
 	}
 	return frames
 }
@@ -101,11 +106,16 @@ func Decode(frames [][]byte) (Message, uint8, error) {
 	} else if v < MinVersion || v > MaxVersion {
 		return nil, v, &DecodeError{Command: c, Version: v, Err: ErrVersion, Detail: fmt.Sprintf("version %d, this side speaks %d..%d", v, MinVersion, MaxVersion)}
 	}
+	// CHUNK has 3 frames; PACK 3 when it carries data, else 2 (checked
+	// once its header is read); every other command 2.
 	want := 2
-	if c == CmdChunk {
+	switch {
+	case c == CmdChunk:
+		want = 3
+	case c == CmdPack && len(frames) == 3:
 		want = 3
 	}
-	if len(frames) != want {
+	if len(frames) != want || len(frames) < 2 {
 		return nil, v, &DecodeError{Command: c, Version: v, Err: ErrMalformed, Detail: fmt.Sprintf("%d frames, want %d", len(frames), want)}
 	}
 	if len(frames[1]) > MaxHeaderLen {
@@ -116,11 +126,27 @@ func Decode(frames [][]byte) (Message, uint8, error) {
 	if d.err == "" && len(d.b) != 0 {
 		d.fail("%d trailing octets in header frame", len(d.b))
 	}
-	if ch, ok := m.(*Chunk); ok && d.err == "" {
-		if uint32(len(frames[2])) != d.chunkLen || len(frames[2]) != int(d.chunkLen) {
-			d.fail("header says %d data octets, data frame has %d", d.chunkLen, len(frames[2]))
+	if d.err == "" {
+		switch dm := m.(type) {
+		case *Chunk:
+			if uint32(len(frames[2])) != d.chunkLen || len(frames[2]) != int(d.chunkLen) {
+				d.fail("header says %d data octets, data frame has %d", d.chunkLen, len(frames[2]))
+			}
+			dm.Data = frames[2]
+		case *Pack:
+			switch {
+			case d.chunkLen == 0 && len(frames) == 3:
+				d.fail("PACK of empty files has a data frame")
+			case d.chunkLen > 0 && (len(frames) != 3 || len(frames[2]) != int(d.chunkLen)):
+				got := 0
+				if len(frames) == 3 {
+					got = len(frames[2])
+				}
+				d.fail("header says %d data octets, data frame has %d", d.chunkLen, got)
+			case d.chunkLen > 0:
+				dm.Data = frames[2]
+			}
 		}
-		ch.Data = frames[2]
 	}
 	if d.err != "" {
 		return nil, v, &DecodeError{Command: c, Version: v, Err: ErrMalformed, Detail: d.err}

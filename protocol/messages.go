@@ -73,6 +73,44 @@ type Tree struct {
 	Name         string // the tree's name
 }
 
+// BGet requests whole regular files of a version of a tree by their index
+// in the version's manifest (C->S, version 3). Every file it names must
+// be at most the session's chunk size. The reply is one or more PACKs
+// carrying the files in the order asked, or an ERROR that ends it.
+type BGet struct {
+	Request uint32   // client-chosen id, nonzero
+	Tag     Tag      // the version's tag, never zero
+	Tree    string   // the tree's name
+	Index   []uint32 // manifest entry indexes: 1 to MaxBatch of them
+}
+
+// Pack carries whole files answering a BGET (S->C, version 3): Files
+// describe them in order, Data (the third frame, absent when every size
+// is 0) is their contents one after another. Encode does not copy Data
+// and Decode does not copy it.
+type Pack struct {
+	Request uint32
+	Files   []PackFile // 1 to MaxPackFiles of them
+	Data    []byte
+}
+
+// PackFile is one file of a PACK.
+type PackFile struct {
+	Index   uint32 // the file's index in the manifest, as the BGET named it
+	Size    uint32 // its length in Data
+	Mode    uint32 // permission bits (07777)
+	MtimeNS int64  // modification time, nanoseconds since the Unix epoch
+}
+
+// DataLen is the sum of the files' sizes.
+func (m *Pack) DataLen() uint64 {
+	var n uint64
+	for _, f := range m.Files {
+		n += uint64(f.Size)
+	}
+	return n
+}
+
 // Credit grants flow-control credit (C->S). Limit is the absolute number of
 // chunk data bytes the server may have sent on this session in total.
 type Credit struct {
@@ -139,6 +177,8 @@ func (*Get) Command() Command     { return CmdGet }
 func (*List) Command() Command    { return CmdList }
 func (*MGet) Command() Command    { return CmdMGet }
 func (*VGet) Command() Command    { return CmdVGet }
+func (*BGet) Command() Command    { return CmdBGet }
+func (*Pack) Command() Command    { return CmdPack }
 func (*Tree) Command() Command    { return CmdTree }
 func (*Credit) Command() Command  { return CmdCredit }
 func (*Cancel) Command() Command  { return CmdCancel }
@@ -228,6 +268,86 @@ func (m *VGet) decodeHeader(d *decoder) {
 	if m.Tag == (Tag{}) {
 		d.fail("VGET needs a version tag")
 	}
+}
+
+func (m *BGet) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = append(b, m.Tag[:]...)
+	b = appendString(b, m.Tree)
+	b = be16(b, uint16(len(m.Index)))
+	for _, i := range m.Index {
+		b = be32(b, i)
+	}
+	return b
+}
+
+func (m *BGet) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	d.bytes(m.Tag[:])
+	m.Tree = d.text(MaxNameLen)
+	n := int(d.u16())
+	switch {
+	case m.Request == NoRequest:
+		d.fail("request id 0 is reserved")
+	case m.Tag == (Tag{}):
+		d.fail("BGET needs a version tag")
+	case n < 1 || n > MaxBatch:
+		d.fail("BGET of %d files, want 1 to %d", n, MaxBatch)
+	case len(d.b) != 4*n:
+		d.fail("BGET says %d indexes in %d octets", n, len(d.b))
+	}
+	if d.err != "" {
+		return
+	}
+	m.Index = make([]uint32, n)
+	for i := range m.Index {
+		m.Index[i] = d.u32()
+	}
+}
+
+func (m *Pack) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = be16(b, uint16(len(m.Files)))
+	for _, f := range m.Files {
+		b = be32(b, f.Index)
+		b = be32(b, f.Size)
+		b = be32(b, f.Mode)
+		b = be64(b, uint64(f.MtimeNS))
+	}
+	return b
+}
+
+// packFileLen is the length of one PackFile in the header.
+const packFileLen = 20
+
+func (m *Pack) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	n := int(d.u16())
+	switch {
+	case m.Request == NoRequest:
+		d.fail("request id 0 is reserved")
+	case n < 1 || n > MaxPackFiles:
+		d.fail("PACK of %d files, want 1 to %d", n, MaxPackFiles)
+	case len(d.b) != packFileLen*n:
+		d.fail("PACK says %d files in %d octets", n, len(d.b))
+	}
+	if d.err != "" {
+		return
+	}
+	m.Files = make([]PackFile, n)
+	var total uint64
+	for i := range m.Files {
+		f := &m.Files[i]
+		f.Index, f.Size, f.Mode, f.MtimeNS = d.u32(), d.u32(), d.u32(), int64(d.u64())
+		if f.Mode&^0o7777 != 0 {
+			d.fail("mode %#o has bits beyond 07777", f.Mode)
+		}
+		total += uint64(f.Size)
+	}
+	if total > MaxChunkSize {
+		d.fail("PACK of %d data octets exceeds %d", total, MaxChunkSize)
+	}
+	d.chunkLen = uint32(total)
 }
 
 func (m *Tree) appendHeader(b []byte) []byte {
@@ -395,6 +515,10 @@ func newMessage(c Command) Message {
 		return new(Forward)
 	case CmdAccess:
 		return new(Access)
+	case CmdBGet:
+		return new(BGet)
+	case CmdPack:
+		return new(Pack)
 	}
 	return nil
 }

@@ -23,8 +23,9 @@ const Signature = "ZSND"
 const (
 	Version1   uint8 = 1
 	Version2   uint8 = 2 // adds trees and versions (LIST, MGET, VGET, TREE, code 410), the fleet (REPORT, STATUS, SWITCH, FLEET) and relays (FORWARD)
+	Version3   uint8 = 3 // adds BGET and PACK: many small files of a version in few messages
 	MinVersion       = Version1
-	MaxVersion       = Version2
+	MaxVersion       = Version3
 )
 
 // Limits that every decoder enforces before allocating or slicing.
@@ -45,6 +46,8 @@ const (
 	MaxFrames       = 3            // the most frames any message has
 	DefaultChunk    = 1 << 20      // the chunk size a sender proposes by default
 	NoRequest       = uint32(0)    // request id meaning "the whole session"
+	MaxBatch        = 1000         // most files one BGET asks for
+	MaxPackFiles    = 256          // most files one PACK carries
 )
 
 // Command identifies a message type; it is octet 5 of the command frame.
@@ -64,6 +67,7 @@ const (
 	CmdStatus  Command = 0x09 // C->S (v2) request the fleet table
 	CmdForward Command = 0x0A // C->S (v2) a relay passes up a row of its fleet table
 	CmdAccess  Command = 0x0B // C->S (v2) a relay asks which trees a client key may fetch
+	CmdBGet    Command = 0x0C // C->S (v3) request small files of a tree version by manifest index
 	CmdWelcome Command = 0x10 // S->C accept a session
 	CmdFile    Command = 0x11 // S->C metadata of a requested file
 	CmdChunk   Command = 0x12 // S->C one chunk of file data
@@ -71,6 +75,7 @@ const (
 	CmdTree    Command = 0x14 // S->C (v2) one tree's latest version, answering LIST
 	CmdSwitch  Command = 0x15 // S->C (v2) switch a staged version now (barrier)
 	CmdFleet   Command = 0x16 // S->C (v2) one row of the fleet table, answering STATUS
+	CmdPack    Command = 0x17 // S->C (v3) whole small files answering a BGET
 	CmdPing    Command = 0x20 // both: heartbeat request
 	CmdPong    Command = 0x21 // both: heartbeat reply
 	CmdBye     Command = 0x22 // both: the session is ending
@@ -83,7 +88,7 @@ var commandNames = map[Command]string{
 	CmdPing: "PING", CmdPong: "PONG", CmdBye: "BYE", CmdError: "ERROR",
 	CmdList: "LIST", CmdMGet: "MGET", CmdVGet: "VGET", CmdTree: "TREE",
 	CmdReport: "REPORT", CmdStatus: "STATUS", CmdSwitch: "SWITCH", CmdFleet: "FLEET",
-	CmdForward: "FORWARD", CmdAccess: "ACCESS",
+	CmdForward: "FORWARD", CmdAccess: "ACCESS", CmdBGet: "BGET", CmdPack: "PACK",
 }
 
 // Since is the first protocol version that has command c: a frame marked
@@ -92,6 +97,8 @@ func (c Command) Since() uint8 {
 	switch c {
 	case CmdList, CmdMGet, CmdVGet, CmdTree, CmdReport, CmdStatus, CmdSwitch, CmdFleet, CmdForward, CmdAccess:
 		return Version2
+	case CmdBGet, CmdPack:
+		return Version3
 	}
 	return Version1
 }

@@ -75,6 +75,12 @@ var samples = []struct {
 		HasParent: true, Parent: "relay1"}, 0},
 	{"fleet_direct", &Fleet{Request: 14, State: StateSwitched, Seq: 43, AgeMS: 1200, Version: hashOf(0xC1), Node: "relay1", Tree: "etc",
 		HasParent: true}, 0},
+	// Version 3: small files in few messages.
+	{"bget", &BGet{Request: 16, Tag: tagOf(0xC0), Tree: "etc", Index: []uint32{2, 3, 7}}, 0},
+	{"pack", &Pack{Request: 16, Files: []PackFile{{Index: 2, Size: 5, Mode: 0644, MtimeNS: 1700000000123456789},
+		{Index: 3, Size: 0, Mode: 0600, MtimeNS: 1700000000000000000}, {Index: 7, Size: 3, Mode: 0755, MtimeNS: 1700000001000000000}},
+		Data: []byte("helloabc")}, 0},
+	{"pack_empty", &Pack{Request: 17, Files: []PackFile{{Index: 9, Size: 0, Mode: 0644, MtimeNS: 1700000000000000000}}}, 0},
 }
 
 func TestRoundTripEveryCommand(t *testing.T) {
@@ -165,7 +171,8 @@ func TestPinnedConstants(t *testing.T) {
 		CmdWelcome: 0x10, CmdFile: 0x11, CmdChunk: 0x12, CmdEnd: 0x13,
 		CmdPing: 0x20, CmdPong: 0x21, CmdBye: 0x22, CmdError: 0x23,
 		CmdList: 0x05, CmdMGet: 0x06, CmdVGet: 0x07, CmdTree: 0x14,
-		CmdReport: 0x08, CmdStatus: 0x09, CmdSwitch: 0x15, CmdFleet: 0x16, CmdForward: 0x0a}
+		CmdReport: 0x08, CmdStatus: 0x09, CmdSwitch: 0x15, CmdFleet: 0x16, CmdForward: 0x0a,
+		CmdBGet: 0x0c, CmdPack: 0x17}
 	for c, b := range pins {
 		if byte(c) != b {
 			t.Errorf("%v = 0x%02x, want 0x%02x", c, byte(c), b)
@@ -177,7 +184,10 @@ func TestPinnedConstants(t *testing.T) {
 	if got := hex.EncodeToString(CommandFrame(2, CmdMGet)); got != "5a534e440206" {
 		t.Errorf("MGET command frame %s", got)
 	}
-	if CodeGone != 410 || MaxVersion != 2 || MinVersion != 1 || ListSubscribe != 1 || TreeBarrier != 1 ||
+	if MaxVersion != 3 || MaxBatch != 1000 || MaxPackFiles != 256 {
+		t.Error("version 3 constants changed: update PROTOCOL.md")
+	}
+	if CodeGone != 410 || MinVersion != 1 || ListSubscribe != 1 || TreeBarrier != 1 ||
 		StateSyncing != 1 || StateStaged != 2 || StateSwitched != 3 || StateFailed != 4 || StateLost != 5 ||
 		MaxNodeLen != 255 || MaxHookNameLen != 16 || MaxHookOutput != 4096 || StatusParents != 1 {
 		t.Error("version 2 constants changed: update PROTOCOL.md")
@@ -189,8 +199,12 @@ func TestPinnedConstants(t *testing.T) {
 
 func cmdFrame(c Command) []byte { return CommandFrame(Version1, c) }
 
+func v3(c Command) []byte { return CommandFrame(Version3, c) }
+
 func TestMalformedInputsFailCleanly(t *testing.T) {
 	getHdr := Encode(1, &Get{Request: 1, Name: "a"})[1]
+	bgetHdr := Encode(3, &BGet{Request: 1, Tag: tagOf(1), Tree: "etc", Index: []uint32{4, 5}})[1]
+	packHdr := Encode(3, &Pack{Request: 1, Files: []PackFile{{Index: 4, Size: 2, Mode: 0644}}, Data: []byte("ab")})[1]
 	chunk := Encode(1, &Chunk{Request: 1, Data: []byte("abcd")})
 	listHdr := Encode(2, &List{Request: 1, Tree: "etc"})[1]
 	vgetHdr := Encode(2, &VGet{Request: 1, Tag: tagOf(1), Name: "etc/a"})[1]
@@ -209,7 +223,7 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 		{"short command frame", [][]byte{[]byte("ZSND\x01"), getHdr}, ErrMalformed},
 		{"version 0", [][]byte{CommandFrame(0, CmdGet), getHdr}, ErrVersion},
 		{"version 9", [][]byte{CommandFrame(9, CmdGet), getHdr}, ErrVersion},
-		{"version 3", [][]byte{CommandFrame(3, CmdGet), getHdr}, ErrVersion},
+		{"version 4", [][]byte{CommandFrame(4, CmdGet), getHdr}, ErrVersion},
 		{"hello at version 2", [][]byte{CommandFrame(2, CmdHello), Encode(1, &Hello{})[1]}, ErrMalformed},
 		{"unknown command", [][]byte{CommandFrame(1, 0x7f), {}}, ErrUnknownCommand},
 		{"missing header", [][]byte{cmdFrame(CmdGet)}, ErrMalformed},
@@ -250,7 +264,26 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 		{"fleet long parent", [][]byte{v2(CmdFleet), Encode(2, &Fleet{Request: 1, State: 1, Node: "n", Tree: "etc", HasParent: true, Parent: strings.Repeat("p", MaxNodeLen+1)})[1]}, ErrMalformed},
 		{"fleet parent truncated", [][]byte{v2(CmdFleet), append(Encode(2, &Fleet{Request: 1, State: 1, Node: "n", Tree: "etc"})[1], 0)}, ErrMalformed},
 		{"fleet parent trailing", [][]byte{v2(CmdFleet), append(Encode(2, &Fleet{Request: 1, State: 1, Node: "n", Tree: "etc", HasParent: true, Parent: "r"})[1], 0)}, ErrMalformed},
-		{"unassigned 0x17 at version 2", [][]byte{CommandFrame(2, 0x17), {}}, ErrUnknownCommand},
+		{"unassigned 0x18 at version 2", [][]byte{CommandFrame(2, 0x18), {}}, ErrUnknownCommand},
+		{"pack at version 2", [][]byte{CommandFrame(2, CmdPack), packHdr, []byte("ab")}, ErrUnknownCommand},
+		{"bget at version 2", [][]byte{CommandFrame(2, CmdBGet), bgetHdr}, ErrUnknownCommand},
+		{"bget request 0", [][]byte{v3(CmdBGet), Encode(3, &BGet{Tag: tagOf(1), Tree: "etc", Index: []uint32{1}})[1]}, ErrMalformed},
+		{"bget zero tag", [][]byte{v3(CmdBGet), Encode(3, &BGet{Request: 1, Tree: "etc", Index: []uint32{1}})[1]}, ErrMalformed},
+		{"bget no index", [][]byte{v3(CmdBGet), Encode(3, &BGet{Request: 1, Tag: tagOf(1), Tree: "etc"})[1]}, ErrMalformed},
+		{"bget too many", [][]byte{v3(CmdBGet), Encode(3, &BGet{Request: 1, Tag: tagOf(1), Tree: "etc", Index: make([]uint32, MaxBatch+1)})[1]}, ErrMalformed},
+		{"bget truncated", [][]byte{v3(CmdBGet), bgetHdr[:len(bgetHdr)-1]}, ErrMalformed},
+		{"bget trailing", [][]byte{v3(CmdBGet), append(append([]byte{}, bgetHdr...), 0)}, ErrMalformed},
+		{"bget data frame", [][]byte{v3(CmdBGet), bgetHdr, {1}}, ErrMalformed},
+		{"pack request 0", [][]byte{v3(CmdPack), Encode(3, &Pack{Files: []PackFile{{Size: 1}}})[1], {1}}, ErrMalformed},
+		{"pack no files", [][]byte{v3(CmdPack), Encode(3, &Pack{Request: 1})[1]}, ErrMalformed},
+		{"pack too many", [][]byte{v3(CmdPack), Encode(3, &Pack{Request: 1, Files: make([]PackFile, MaxPackFiles+1)})[1]}, ErrMalformed},
+		{"pack mode type bits", [][]byte{v3(CmdPack), Encode(3, &Pack{Request: 1, Files: []PackFile{{Size: 1, Mode: 0100644}}})[1], {1}}, ErrMalformed},
+		{"pack short data", [][]byte{v3(CmdPack), packHdr, []byte("a")}, ErrMalformed},
+		{"pack long data", [][]byte{v3(CmdPack), packHdr, []byte("abc")}, ErrMalformed},
+		{"pack no data frame", [][]byte{v3(CmdPack), packHdr}, ErrMalformed},
+		{"pack empty with data frame", [][]byte{v3(CmdPack), Encode(3, &Pack{Request: 1, Files: []PackFile{{}}})[1], {}}, ErrMalformed},
+		{"pack beyond a frame", [][]byte{v3(CmdPack), Encode(3, &Pack{Request: 1, Files: []PackFile{{Size: MaxChunkSize}, {Size: 1}}})[1], make([]byte, MaxChunkSize+1)}, ErrMalformed},
+		{"pack truncated", [][]byte{v3(CmdPack), packHdr[:len(packHdr)-1], []byte("ab")}, ErrMalformed},
 		{"report request 0", [][]byte{v2(CmdReport), Encode(2, &Report{State: 1, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
 		{"report state 0", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
 		{"report state lost", [][]byte{v2(CmdReport), Encode(2, &Report{Request: 1, State: StateLost, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
@@ -305,10 +338,22 @@ func TestVersionGating(t *testing.T) {
 		if c == CmdHello {
 			continue
 		}
+		if c.Since() == Version3 {
+			// A version 3 command is an unknown command at version 2.
+			_, _, err := Decode(Encode(Version2, s.msg))
+			var de *DecodeError
+			if !errors.As(err, &de) || de.Code() != CodeUnknownCommand {
+				t.Errorf("%s at version 2: %v, want 501 unknown command", s.name, err)
+			}
+			continue
+		}
 		frames := Encode(Version2, s.msg)
 		got, v, err := Decode(frames)
 		if err != nil || v != Version2 || !reflect.DeepEqual(got, s.msg) {
 			t.Errorf("%s at version 2: %#v, %d, %v", s.name, got, v, err)
+		}
+		if got, _, err := Decode(Encode(Version3, s.msg)); err != nil || !reflect.DeepEqual(got, s.msg) {
+			t.Errorf("%s at version 3: %#v, %v", s.name, got, err)
 		}
 		if c.Since() == Version1 {
 			if !bytes.Equal(frames[1], Encode(Version1, s.msg)[1]) {

@@ -416,24 +416,33 @@ func TestStringTruncatedOnEncode(t *testing.T) {
 	}
 }
 
-// The relay examples of PROTOCOL.md section 15.7 are the golden files.
-func TestProtocolDocRelayExamples(t *testing.T) {
+// The examples of PROTOCOL.md sections 15.7 (relays) and 16.5 (BGET and
+// PACK) are the golden files.
+func TestProtocolDocExamples(t *testing.T) {
 	doc, err := os.ReadFile(filepath.Join("..", "PROTOCOL.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, sec, ok := strings.Cut(string(doc), "### 15.7 Examples")
-	if !ok {
-		t.Fatal("PROTOCOL.md lost section 15.7")
-	}
-	flat := strings.Join(strings.Fields(sec), "")
-	for _, name := range []string{"forward", "status_parents", "fleet_parent", "fleet_direct"} {
-		g, err := os.ReadFile(filepath.Join("testdata", "golden", name+".hex"))
-		if err != nil {
-			t.Fatal(err)
+	for sec, names := range map[string][]string{
+		"15.7": {"forward", "status_parents", "fleet_parent", "fleet_direct"},
+		"16.5": {"bget", "pack", "pack_empty"},
+	} {
+		_, text, ok := strings.Cut(string(doc), "### "+sec+" Examples")
+		if !ok {
+			t.Fatalf("PROTOCOL.md lost section %s", sec)
 		}
-		if want := strings.Join(strings.Fields(string(g)), ""); !strings.Contains(flat, want) {
-			t.Errorf("PROTOCOL.md 15.7 lacks the golden %s: %s", name, want)
+		if end := strings.Index(text, "\n## "); end >= 0 {
+			text = text[:end]
+		}
+		flat := strings.Join(strings.Fields(text), "")
+		for _, name := range names {
+			g, err := os.ReadFile(filepath.Join("testdata", "golden", name+".hex"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := strings.Join(strings.Fields(string(g)), ""); !strings.Contains(flat, want) {
+				t.Errorf("PROTOCOL.md %s lacks the golden %s: %s", sec, name, want)
+			}
 		}
 	}
 }

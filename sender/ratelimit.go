@@ -48,10 +48,11 @@ func (r *rateState) arm() {
 }
 
 // waiting reports whether sess still waits for the budget to send a chunk
-// it holds: a session that ended, or whose transfer ended, gives up its
-// turn.
+// it holds, or a PACK it has planned: a session that ended, or whose
+// transfer or BGET ended, gives up its turn.
 func waiting(sess *session) bool {
-	return sess != nil && !sess.dead && sess.cur != nil && sess.cur.pending != nil
+	return sess != nil && !sess.dead &&
+		((sess.cur != nil && sess.cur.pending != nil) || (sess.batch != nil && sess.batch.rateHeld))
 }
 
 // take reports whether sess may send n octets of chunk data now, and

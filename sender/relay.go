@@ -156,22 +156,22 @@ func openRelayFile(dir, rel string) (*os.File, fileKey, error) {
 // root's manifest; it is not served.
 var errRelayDrift = errors.New("this relay's copy does not match the root's manifest (changed on disk); not served")
 
-// openRelayVersionFile resolves a VGET of a relayed version: e's file in
-// the version's directory, checked against the manifest before serving
-// (source.verifyFirst).
-func (s *Server) openRelayVersionFile(g *protocol.Get, t *pubTree, v *version, e *manifest.Entry) (source, error) {
-	_, rel, _ := strings.Cut(g.Name, "/")
-	f, key, err := openRelayFile(v.dir, rel)
+// openRelayVersionFile opens e, a regular file of a relayed version, in
+// the version's directory, to be checked against the manifest before it
+// is served (source.verifyFirst).
+func (s *Server) openRelayVersionFile(t *pubTree, v *version, tag protocol.Tag, e *manifest.Entry) (source, error) {
+	f, key, err := openRelayFile(v.dir, e.Path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return source{}, gone(t, g.Tag) // pruned by the follower since
+			return source{}, gone(t, tag) // pruned by the follower since
 		}
-		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("opening this relay's copy of %q: %v", g.Name, err)}
+		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("opening this relay's copy of %q: %v", t.name+"/"+e.Path, err)}
 	}
 	if uint64(key.size) != e.Size {
 		f.Close()
-		s.event(Event{Kind: "error", Name: g.Name, Message: errRelayDrift.Error()})
-		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("%q: %v", g.Name, errRelayDrift)}
+		name := t.name + "/" + e.Path
+		s.event(Event{Kind: "error", Name: name, Message: errRelayDrift.Error()})
+		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("%q: %v", name, errRelayDrift)}
 	}
 	// The key keeps the ctime: any change to the file since its hash was
 	// last checked (even one that restores size and mtime) makes the
@@ -179,5 +179,5 @@ func (s *Server) openRelayVersionFile(g *protocol.Get, t *pubTree, v *version, e
 	// resumes (the follower hard-linking the file into a newer version
 	// does that too, rarely, and changes no byte).
 	want := protocol.Hash(e.Hash)
-	return source{f: f, key: key, mode: e.Mode, mtimeNS: e.MtimeNs, tag: g.Tag, want: &want, verifyFirst: true}, nil
+	return source{f: f, key: key, mode: e.Mode, mtimeNS: e.MtimeNs, tag: tag, want: &want, verifyFirst: true}, nil
 }

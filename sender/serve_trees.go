@@ -218,34 +218,53 @@ func (s *Server) openVersionFile(g *protocol.Get) (source, error) {
 	if !ok {
 		return source{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q names no file of a tree (TREE/PATH)", g.Name)}
 	}
-	t, err := s.tree(name)
+	t, v, m, err := s.versionOf(name, g.Tag)
 	if err != nil {
 		return source{}, err
-	}
-	v := t.byTag(g.Tag)
-	if v == nil {
-		return source{}, gone(t, g.Tag)
-	}
-	m, err := v.manifest()
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return source{}, gone(t, g.Tag)
-		}
-		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("reading the manifest of %s version %d: %v", t.name, v.seq, err)}
 	}
 	e, ok := m.Lookup(rel)
 	if !ok || e.Type != manifest.TypeFile {
 		return source{}, &lookupError{protocol.CodeNotFound, fmt.Sprintf("%q is not a regular file of version %d of %s", g.Name, v.seq, t.name)}
 	}
+	return s.openEntry(t, v, g.Tag, e)
+}
+
+// versionOf finds the kept version of a tree that tag names, and its
+// manifest: 404 for a tree not served, 410 for a version not kept (or
+// dropped since).
+func (s *Server) versionOf(tree string, tag protocol.Tag) (*pubTree, *version, *manifest.Manifest, error) {
+	t, err := s.tree(tree)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	v := t.byTag(tag)
+	if v == nil {
+		return nil, nil, nil, gone(t, tag)
+	}
+	m, err := v.manifest()
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil, nil, gone(t, tag)
+		}
+		return nil, nil, nil, &lookupError{protocol.CodeInternal, fmt.Sprintf("reading the manifest of %s version %d: %v", t.name, v.seq, err)}
+	}
+	return t, v, m, nil
+}
+
+// openEntry opens the copy this server serves of e, a regular file of
+// version v (tag) of tree t: the store's, immutable, or a relay's, to be
+// checked before it is sent (source.verifyFirst). VGET and BGET serve
+// through it.
+func (s *Server) openEntry(t *pubTree, v *version, tag protocol.Tag, e *manifest.Entry) (source, error) {
 	if v.dir != "" {
-		return s.openRelayVersionFile(g, t, v, e)
+		return s.openRelayVersionFile(t, v, tag, e)
 	}
 	f, err := s.pub.st.OpenBlob(store.Hash(e.Hash))
 	if err != nil {
-		if errors.Is(err, syscall.ENOENT) && t.byTag(g.Tag) == nil {
-			return source{}, gone(t, g.Tag) // collected since the lookup
+		if errors.Is(err, syscall.ENOENT) && t.byTag(tag) == nil {
+			return source{}, gone(t, tag) // collected since the lookup
 		}
-		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("opening the stored copy of %q: %v", g.Name, err)}
+		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("opening the stored copy of %q: %v", t.name+"/"+e.Path, err)}
 	}
 	key, err := statKey(f)
 	if err == nil && uint64(key.size) != e.Size {
@@ -253,9 +272,9 @@ func (s *Server) openVersionFile(g *protocol.Get) (source, error) {
 	}
 	if err != nil {
 		f.Close()
-		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("%q: %v", g.Name, err)}
+		return source{}, &lookupError{protocol.CodeInternal, fmt.Sprintf("%q: %v", t.name+"/"+e.Path, err)}
 	}
 	key.ctimeNS = immutableCtime
 	want := protocol.Hash(e.Hash)
-	return source{f: f, key: key, mode: e.Mode, mtimeNS: e.MtimeNs, tag: g.Tag, want: &want}, nil
+	return source{f: f, key: key, mode: e.Mode, mtimeNS: e.MtimeNs, tag: tag, want: &want}, nil
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/zeebo/blake3"
+
 	"github.com/zsend/zsend/credit"
 	"github.com/zsend/zsend/protocol"
 )
@@ -27,6 +29,7 @@ type session struct {
 	queue     []request
 	queued    map[uint32]struct{} // request ids in queue
 	cur       *transfer
+	batch     *batch // the BGET being served (then cur is nil)
 	opened    time.Time
 	lastRecv  time.Time
 	lastSend  time.Time
@@ -52,6 +55,9 @@ type session struct {
 	// children, PROTOCOL.md section 15): SWITCH for them goes to this
 	// session; the session's messages do not keep them alive.
 	forwards map[string]bool
+	// hexID and keyFP are how events name the session and its key
+	// (made by the first event).
+	hexID, keyFP string
 	// pongWindow and pongs limit the PINGs answered per second.
 	pongWindow time.Time
 	pongs      int
@@ -81,11 +87,16 @@ func (sess *session) fail(code protocol.Code, why string) {
 func (sess *session) handle(m protocol.Message) {
 	switch m := m.(type) {
 	case *protocol.Get:
-		sess.enqueue(protocol.CmdGet, m)
+		sess.enqueue(request{cmd: protocol.CmdGet, g: *m})
 	case *protocol.MGet:
-		sess.enqueue(protocol.CmdMGet, (*protocol.Get)(m))
+		sess.enqueue(request{cmd: protocol.CmdMGet, g: protocol.Get(*m)})
 	case *protocol.VGet:
-		sess.enqueue(protocol.CmdVGet, (*protocol.Get)(m))
+		sess.enqueue(request{cmd: protocol.CmdVGet, g: protocol.Get(*m)})
+	case *protocol.BGet:
+		// Only in a version 3 session: the decoder refuses BGET in a
+		// frame marked 1 or 2, and a frame at another version than the
+		// session's is refused before it gets here.
+		sess.enqueue(request{cmd: protocol.CmdBGet, g: protocol.Get{Request: m.Request, Tag: m.Tag, Name: m.Tree}, index: m.Index})
 	case *protocol.List:
 		sess.list(m)
 	case *protocol.Report:
@@ -104,6 +115,10 @@ func (sess *session) handle(m protocol.Message) {
 		sess.unsubscribe(m.Request)
 		if sess.cur != nil && sess.cur.req == m.Request {
 			sess.finishTransfer()
+			return
+		}
+		if sess.batch != nil && sess.batch.req == m.Request {
+			sess.batch = nil // no further PACK
 			return
 		}
 		if _, ok := sess.queued[m.Request]; !ok {
@@ -134,24 +149,27 @@ func (sess *session) handle(m protocol.Message) {
 	}
 }
 
-// request is a queued GET, MGET or VGET (the three share a layout).
+// request is a queued GET, MGET, VGET or BGET. The first three share a
+// layout; a BGET's tree is g.Name, its tag g.Tag, and index its files.
 type request struct {
-	cmd protocol.Command
-	g   protocol.Get
+	cmd   protocol.Command
+	g     protocol.Get
+	index []uint32 // BGET only
 }
 
-// enqueue queues a GET, MGET or VGET. Request ids are unique among a
-// session's outstanding requests (queued or being sent), so CANCEL and
+// enqueue queues a GET, MGET, VGET or BGET. Request ids are unique among
+// a session's outstanding requests (queued or being sent), so CANCEL and
 // every reply name exactly one request; a request reusing one is a
 // protocol violation. The request being sent counts: a session holds at
 // most MaxRequests requests, as WELCOME announced.
-func (sess *session) enqueue(cmd protocol.Command, g *protocol.Get) {
+func (sess *session) enqueue(r request) {
+	cmd, g := r.cmd, &r.g
 	if sess.outstanding(g.Request) {
 		sess.fail(protocol.CodeBadRequest, fmt.Sprintf("%v reuses request id %d, which is still outstanding", cmd, g.Request))
 		return
 	}
 	held := len(sess.queue)
-	if sess.cur != nil {
+	if sess.cur != nil || sess.batch != nil {
 		held++
 	}
 	if held >= sess.srv.cfg.MaxRequests {
@@ -159,7 +177,7 @@ func (sess *session) enqueue(cmd protocol.Command, g *protocol.Get) {
 			Message: fmt.Sprintf("more than %d requests outstanding", sess.srv.cfg.MaxRequests)})
 		return
 	}
-	sess.queue = append(sess.queue, request{cmd: cmd, g: *g})
+	sess.queue = append(sess.queue, r)
 	if sess.queued == nil {
 		sess.queued = make(map[uint32]struct{})
 	}
@@ -170,12 +188,15 @@ func (sess *session) enqueue(cmd protocol.Command, g *protocol.Get) {
 // being sent.
 func (sess *session) outstanding(req uint32) bool {
 	_, queued := sess.queued[req]
-	return queued || (sess.cur != nil && sess.cur.req == req)
+	return queued || (sess.cur != nil && sess.cur.req == req) || (sess.batch != nil && sess.batch.req == req)
 }
 
 // pump advances the session by at most one message and reports whether it
 // sent one.
 func (sess *session) pump() bool {
+	if sess.batch != nil {
+		return sess.pumpBatch()
+	}
 	if sess.cur == nil {
 		if len(sess.queue) == 0 {
 			return false
@@ -192,6 +213,9 @@ func (sess *session) pump() bool {
 		sess.queue = sess.queue[1:]
 		delete(sess.queued, r.g.Request)
 		sess.start(&r)
+		if sess.batch != nil && !sess.dead {
+			sess.pumpBatch() // resolving a BGET sent nothing: its first PACK goes now
+		}
 		return true
 	}
 	t := sess.cur
@@ -216,7 +240,7 @@ func (sess *session) pump() bool {
 		return true
 	case c.end && t.want != nil && c.sum != *t.want:
 		t.pending = nil
-		msg := "the stored copy does not match the published hash"
+		msg := errStoreMismatch.Error()
 		sess.send(&protocol.Error{Request: t.req, Code: protocol.CodeInternal, Message: msg})
 		sess.event(Event{Kind: "error", Name: t.name, Message: msg})
 		sess.finishTransfer()
@@ -266,9 +290,14 @@ type source struct {
 	verifyFirst bool
 }
 
-// start resolves a request and sends FILE (then the transfer runs), or ERROR.
+// start resolves a request and sends FILE (then the transfer runs), or
+// ERROR; a BGET becomes sess.batch (or gets its ERROR).
 func (sess *session) start(r *request) {
 	g := &r.g
+	if r.cmd == protocol.CmdBGet {
+		sess.startBatch(r)
+		return
+	}
 	if cv := sess.srv.cfg.Curve; cv != nil && cv.Access != nil {
 		// The access list names what a key may fetch: a file by its name,
 		// a tree's manifest (every name in it) only with the whole tree
@@ -343,30 +372,15 @@ const inlineMax = 64 << 10
 // covers the whole file.
 func (sess *session) sendWhole(g *protocol.Get, src *source) {
 	srv := sess.srv
-	f, key := src.f, src.key
+	key := src.key
 	srv.stats.openFiles.Add(1)
 	defer srv.stats.openFiles.Add(-1)
-	defer f.Close()
-	fs := srv.cache.acquire(key)
-	defer srv.cache.release(fs)
+	defer src.f.Close()
 	buf := srv.getBuf()
 	defer srv.putBuf(buf)
 
 	data := (*buf)[:key.size]
-	err := readChunk(f, key, data, 0)
-	var h, sum protocol.Hash
-	if err == nil {
-		if key.size > 0 {
-			h = fs.chunkHash(0, data)
-		}
-		sum, err = fs.wholeHash(f, *buf, nil) // known by now, unless empty
-	}
-	if err == nil && src.want != nil && sum != *src.want {
-		err = errors.New("the stored copy does not match the published hash")
-		if src.verifyFirst {
-			err = errRelayDrift
-		}
-	}
+	sum, err := srv.readWhole(src, data)
 	if err != nil {
 		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: err.Error()})
 		sess.event(Event{Kind: "error", Name: g.Name, Message: err.Error()})
@@ -379,7 +393,8 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 		sess.gate.Take(uint64(key.size))
 		// ready allowed it before the read; time only added to the budget.
 		srv.rate.take(sess, key.size, time.Now())
-		sess.send(&protocol.Chunk{Request: g.Request, Hash: h, Data: data})
+		// The file is this one chunk: its hash is the file's.
+		sess.send(&protocol.Chunk{Request: g.Request, Hash: sum, Data: data})
 	}
 	if sess.dead {
 		return
@@ -389,12 +404,53 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 	sess.event(Event{Kind: "file-sent", Name: g.Name, Size: key.size, Hash: sum})
 }
 
-// event reports e with the session's peer and identity filled in.
-func (sess *session) event(e Event) {
-	e.Peer, e.Session = sess.peer, fmt.Sprintf("%x", sess.id)
-	if sess.hasKey {
-		e.Key = KeyFingerprint(sess.key)
+// errStoreMismatch: a stored copy's bytes are not those its version
+// published (the store was written to behind zsend's back).
+var errStoreMismatch = errors.New("the stored copy does not match the published hash")
+
+// readWhole reads the whole of src's file into data, whose length is the
+// file's size (at most one buffer), and returns its BLAKE3-256, which
+// must be src.want when there is one (errStoreMismatch, or errRelayDrift
+// for a relay's copy, otherwise). The hash is taken through the
+// file-state cache, so a file many sessions fetch is hashed once per
+// version of it. It leaves src.f open. sendWhole (VGET, GET) and BGET
+// read through it.
+func (srv *Server) readWhole(src *source, data []byte) (protocol.Hash, error) {
+	if err := readChunk(src.f, src.key, data, 0); err != nil {
+		return protocol.Hash{}, err
 	}
+	sum := emptyFileHash
+	if len(data) > 0 {
+		fs := srv.cache.acquire(src.key)
+		sum = fs.chunkHash(0, data) // the file is this one chunk
+		srv.cache.release(fs)
+	}
+	if src.want != nil && sum != *src.want {
+		if src.verifyFirst {
+			return sum, errRelayDrift
+		}
+		return sum, errStoreMismatch
+	}
+	return sum, nil
+}
+
+// emptyFileHash is the BLAKE3-256 of no bytes.
+var emptyFileHash = protocol.Hash(blake3.Sum256(nil))
+
+// event reports e with the session's peer and identity filled in.
+// The session's identity in hex and its key's fingerprint are made once,
+// not per event: a BGET reports a "file-sent" per file.
+func (sess *session) event(e Event) {
+	if sess.srv.cfg.Events == nil {
+		return
+	}
+	if sess.hexID == "" {
+		sess.hexID = fmt.Sprintf("%x", sess.id)
+		if sess.hasKey {
+			sess.keyFP = KeyFingerprint(sess.key)
+		}
+	}
+	e.Peer, e.Session, e.Key = sess.peer, sess.hexID, sess.keyFP
 	sess.srv.event(e)
 }
 
@@ -416,6 +472,7 @@ func (sess *session) abortTransfer() {
 	if sess.cur != nil {
 		sess.finishTransfer()
 	}
+	sess.batch = nil
 	sess.queue = nil
 	sess.queued = nil
 }

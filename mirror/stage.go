@@ -752,7 +752,8 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 		h := protocol.Hash(e.Hash)
 		index[i] = indexOf(man, e.Path)
 		reqs[i] = receiver.Request{Kind: receiver.KindVGet, Name: s.cfg.Tree + "/" + e.Path, Version: tag,
-			Expect: &h, Size: e.Size, CheckSize: true, Fresh: partials != nil && len(partials[index[i]]) == 0}
+			Expect: &h, Size: e.Size, CheckSize: true, Fresh: partials != nil && len(partials[index[i]]) == 0,
+			Batch: true, Index: uint32(index[i])}
 	}
 	s.mu.Lock()
 	s.inFlight, s.inFlightN = map[string]int64{}, 0

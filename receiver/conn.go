@@ -37,6 +37,10 @@ type conn struct {
 	// came and whose END or ERROR has not.
 	queue   []uint32
 	serving uint32
+	// BGETs in progress by request id, and tasks to ask for again with
+	// their own VGET (batch.go).
+	batches map[uint32]*batch
+	retryQ  []*task
 
 	w        *writer
 	inflight int       // writer operations not yet answered
@@ -322,9 +326,20 @@ func (s *conn) welcome(msg protocol.Message, rtt time.Duration) *sessionError {
 // asking again (retryFile) is asked directly. Scanning from the start each
 // time cost O(files) per END, O(files^2) per fetch.
 func (s *conn) issueGets() {
+	for s.outReqs < s.maxReq && len(s.retryQ) > 0 {
+		t := s.retryQ[0]
+		s.retryQ = s.retryQ[1:]
+		if !t.done && t.req == 0 && !t.ended && t.inBatch == nil {
+			s.get(t, 0, protocol.Tag{}, true)
+		}
+	}
 	tasks := s.c.tasks
 	for s.outReqs < s.maxReq && s.getFrom < len(tasks) {
 		t := tasks[s.getFrom]
+		if s.batchable(t) {
+			s.bget()
+			continue
+		}
 		s.getFrom++
 		if t.done || t.req != 0 || t.ended {
 			continue
@@ -362,6 +377,8 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 	switch m := msg.(type) {
 	case *protocol.Chunk:
 		return s.chunkIn(m)
+	case *protocol.Pack:
+		return s.packIn(m)
 	case *protocol.File:
 		t, live := s.live(m.Request)
 		if t == nil {
@@ -453,6 +470,10 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 			}
 			return &sessionError{err: re, retry: true}
 		}
+		if b := s.batches[m.Request]; b != nil {
+			s.batchError(b)
+			return nil
+		}
 		t, live := s.live(m.Request)
 		if t == nil || !live {
 			return nil
@@ -485,7 +506,7 @@ func (s *conn) handle(msg protocol.Message) *sessionError {
 // asked in this session that is not finished, failed or cancelled.
 func (s *conn) head() uint32 {
 	for len(s.queue) > 0 {
-		if _, live := s.live(s.queue[0]); live {
+		if _, live := s.live(s.queue[0]); live || s.batches[s.queue[0]] != nil {
 			return s.queue[0]
 		}
 		s.queue = s.queue[1:]

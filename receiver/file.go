@@ -150,10 +150,14 @@ type task struct {
 	base, partName, stateName string
 	dir                       *safefs.Dir // relDir, while held (from out); see openDir
 
-	rq   *Request // set by FetchRequests; nil for a plain Fetch
-	req  uint32   // current request id; 0 when none is outstanding
-	done bool
-	err  error
+	rq  *Request // set by FetchRequests; nil for a plain Fetch
+	req uint32   // current request id; 0 when none is outstanding
+	// inBatch: the BGET t waits in (its req is 0 meanwhile); noBatch: t
+	// is asked for with its own VGET from now on (batch.go).
+	inBatch *batch
+	noBatch bool
+	done    bool
+	err     error
 
 	// Set by FILE.
 	open     bool

@@ -57,6 +57,13 @@ type Request struct {
 	// so the first request does not look for one. Later ones (after a
 	// lost session) do.
 	Fresh bool
+	// Batch, for a KindVGet with Expect and CheckSize set: in a version 3
+	// session a file of at most one chunk is asked for with BGET, many at
+	// once, by Index, its entry's index in the version's manifest
+	// (PROTOCOL.md section 16). Requests of one tree and version that
+	// follow each other share a BGET.
+	Batch bool
+	Index uint32
 }
 
 // FetchRequests is Fetch for requests of any kind. It returns one Result

@@ -331,7 +331,7 @@ type sessionOutcome struct {
 // so a server that asked to be retried late (BYE 503) still gets one.
 func (c *client) session(ctx context.Context) (sessionOutcome, *sessionError) {
 	for _, t := range c.tasks {
-		t.req = 0
+		t.req, t.inBatch = 0, nil
 	}
 	clear(c.byReq)
 	sockCtx, cancel := context.WithCancel(guard.WithConfig(context.WithoutCancel(ctx), c.cfg.guardConfig(c.rot.idx)))

@@ -40,6 +40,9 @@ type Version struct {
 	Entries  uint64      // what TREE announces
 	Bytes    uint64
 	Files    map[string]*File // by path in the tree
+	// Paths holds the manifest's paths by entry index, for BGET; a
+	// version without them answers BGET with 400.
+	Paths []string
 	// AnnounceSize, if nonzero, is the manifest size TREE announces
 	// instead of len(Manifest).
 	AnnounceSize uint64
@@ -51,6 +54,7 @@ func NewVersion(seq uint64, m *manifest.Manifest, contents map[[32]byte][]byte) 
 	b := m.Encode()
 	v := &Version{Seq: seq, Manifest: b, ID: manifest.IDOf(b), Entries: uint64(len(m.Entries)), Files: map[string]*File{}}
 	for _, e := range m.Entries {
+		v.Paths = append(v.Paths, e.Path)
 		if e.Type == manifest.TypeFile {
 			v.Files[e.Path] = &File{Content: contents[e.Hash], Mode: e.Mode, MtimeNs: e.MtimeNs, Hash: e.Hash}
 			v.Bytes += e.Size
@@ -109,11 +113,12 @@ func Scan(dir string) (*manifest.Manifest, map[[32]byte][]byte, error) {
 // Server is the fake publisher.
 type Server struct {
 	Endpoint string
-	// V1Only makes it speak version 1 only (no trees).
-	V1Only atomic.Bool
+	// V1Only makes it speak version 1 only (no trees); V2Only version 2
+	// at most (no BGET).
+	V1Only, V2Only atomic.Bool
 
-	VGets, MGets, Lists atomic.Int64
-	DataBytes           atomic.Int64 // chunk bytes sent
+	VGets, MGets, Lists, BGets atomic.Int64
+	DataBytes                  atomic.Int64 // chunk bytes sent
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -126,7 +131,14 @@ type Server struct {
 	// Hook, if set, sees every VGET before it is served (tests kill or
 	// republish from it). It runs with the server's lock released.
 	Hook func(name string)
+	// packHook: see SetPackHook.
+	packHook atomic.Pointer[func(p *protocol.Pack)]
 }
+
+// SetPackHook makes f see, and perhaps change, every PACK before it is
+// queued (tests count PACKs or make them lie). f runs with the server's
+// lock held. It may be set while the server runs.
+func (s *Server) SetPackHook(f func(p *protocol.Pack)) { s.packHook.Store(&f) }
 
 type session struct {
 	s       *Server
@@ -206,6 +218,9 @@ func (s *Server) loop() {
 			if m.MaxVersion >= 2 && !s.V1Only.Load() {
 				ss.version = 2
 			}
+			if m.MaxVersion >= 3 && ss.version == 2 && !s.V2Only.Load() {
+				ss.version = 3
+			}
 			s.sessions[id] = ss
 			ss.send(&protocol.Welcome{Version: ss.version, ChunkSize: uint32(ss.chunk), HeartbeatMS: 500, MaxRequests: 64, PeerID: "treetest"})
 		case *protocol.Credit:
@@ -226,6 +241,11 @@ func (s *Server) loop() {
 			if ss != nil {
 				s.VGets.Add(1)
 				hookName = m.Name
+			}
+		case *protocol.BGet:
+			if ss != nil {
+				s.BGets.Add(1)
+				ss.bget(m)
 			}
 		case *protocol.Cancel:
 			if ss != nil {
@@ -347,6 +367,48 @@ func (ss *session) vget(m *protocol.VGet) {
 	ss.serve(m.Request, m.Name, m.Offset, m.Tag, f.Mode, f.MtimeNs, f.Content, protocol.Hash(f.Hash))
 }
 
+// bget queues PACKs of the files asked for, each at most a chunk of data
+// and protocol.MaxPackFiles files.
+func (ss *session) bget(m *protocol.BGet) {
+	if _, ok := ss.s.trees[m.Tree]; !ok {
+		ss.fail(m.Request, protocol.CodeNotFound, "no such tree")
+		return
+	}
+	v := ss.find(m.Tree, m.Tag)
+	if v == nil {
+		ss.fail(m.Request, protocol.CodeGone, "version gone")
+		return
+	}
+	var files []*File
+	for _, i := range m.Index {
+		var f *File
+		if int(i) < len(v.Paths) {
+			f = v.Files[v.Paths[i]]
+		}
+		if f == nil || len(f.Content) > ss.chunk {
+			ss.fail(m.Request, protocol.CodeBadRequest, fmt.Sprintf("index %d is not a small file of the version", i))
+			return
+		}
+		files = append(files, f)
+	}
+	p := &protocol.Pack{Request: m.Request}
+	flush := func() {
+		if h := ss.s.packHook.Load(); h != nil {
+			(*h)(p)
+		}
+		ss.queue = append(ss.queue, queued{m.Request, p})
+		p = &protocol.Pack{Request: m.Request}
+	}
+	for k, f := range files {
+		if len(p.Files) == protocol.MaxPackFiles || len(p.Data)+len(f.Content) > ss.chunk {
+			flush()
+		}
+		p.Files = append(p.Files, protocol.PackFile{Index: m.Index[k], Size: uint32(len(f.Content)), Mode: f.Mode & 0o7777, MtimeNS: f.MtimeNs})
+		p.Data = append(p.Data, f.Content...)
+	}
+	flush()
+}
+
 func (ss *session) serve(req uint32, name string, offset uint64, tag protocol.Tag, mode uint32, mtime int64, content []byte, sum protocol.Hash) {
 	if offset > uint64(len(content)) {
 		offset = 0
@@ -365,12 +427,19 @@ func (ss *session) serve(req uint32, name string, offset uint64, tag protocol.Ta
 func (ss *session) pump() {
 	for len(ss.queue) > 0 {
 		q := ss.queue[0]
-		if c, ok := q.msg.(*protocol.Chunk); ok {
-			if ss.sent+uint64(len(c.Data)) > ss.credit {
+		var n int
+		switch d := q.msg.(type) {
+		case *protocol.Chunk:
+			n = len(d.Data)
+		case *protocol.Pack:
+			n = len(d.Data)
+		}
+		if n > 0 {
+			if ss.sent+uint64(n) > ss.credit {
 				return
 			}
-			ss.sent += uint64(len(c.Data))
-			ss.s.DataBytes.Add(int64(len(c.Data)))
+			ss.sent += uint64(n)
+			ss.s.DataBytes.Add(int64(n))
 		}
 		ss.queue = ss.queue[1:]
 		ss.send(q.msg)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
@@ -753,7 +754,7 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 		index[i] = indexOf(man, e.Path)
 		reqs[i] = receiver.Request{Kind: receiver.KindVGet, Name: s.cfg.Tree + "/" + e.Path, Version: tag,
 			Expect: &h, Size: e.Size, CheckSize: true, Fresh: partials != nil && len(partials[index[i]]) == 0,
-			Batch: true, Index: uint32(index[i])}
+			Batch: true, Index: uint32(index[i]), Private: true}
 	}
 	s.mu.Lock()
 	s.inFlight, s.inFlightN = map[string]int64{}, 0
@@ -763,6 +764,16 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 		s.inFlight, s.inFlightN = nil, 0
 		s.mu.Unlock()
 	}()
+	// The data of a large fetch goes to disk while the rest arrives, not
+	// all at the syncfs before the check.
+	var total uint64
+	for _, e := range entries {
+		total += e.Size
+	}
+	if total >= writeBehindMin {
+		stop := writeBehind(stageDir)
+		defer stop()
+	}
 	// In batches: the receiver keeps a task per request, and a tree of
 	// 100,000 files must not hold 100,000 of them at once.
 	rc := s.receiverConfig(stageDir)
@@ -784,6 +795,54 @@ func (s *syncer) fetch(ctx context.Context, stageDir string, id manifest.ID, ent
 		reqs = reqs[n:]
 	}
 	return nil
+}
+
+// writeBehindPause is the pause between two syncs of writeBehind, and
+// writeBehindMin the least a fetch brings for writeBehind to run (a
+// smaller one is over before the first sync would start).
+const (
+	writeBehindPause = 50 * time.Millisecond
+	writeBehindMin   = 8 << 20
+)
+
+// writeBehind syncs the file system of dir over and over, with a short
+// pause between, until the returned stop is called (which waits for the
+// sync in progress). During a fetch that makes the disk write what was
+// received while the rest arrives: the syncfs that makes the staged tree
+// durable before its check then waits only for the last part (on this
+// machine's tree benchmark, 0.03-0.06 s instead of 0.2-0.4 s).
+//
+// An error these syncs meet is not lost: Linux reports a write-back
+// error to each open descriptor of the file system once, and the syncfs
+// before the check goes through the staging tree's own descriptor,
+// opened before the fetch began, so it reports it and the version is
+// not switched to.
+func writeBehind(dir string) (stop func()) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		defer d.Close()
+		t := time.NewTimer(writeBehindPause)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			unix.Syncfs(int(d.Fd()))
+			t.Reset(writeBehindPause)
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+	}
 }
 
 // notePlaced notes a fetched file in placed when the receiver recorded

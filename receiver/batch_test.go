@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -213,6 +214,77 @@ func TestBatchLyingPack(t *testing.T) {
 			ents, _ := os.ReadDir(filepath.Join(dir, "app"))
 			for _, e := range ents {
 				t.Errorf("%s written", e.Name())
+			}
+		})
+	}
+}
+
+// Private requests (a directory only the caller reads: the mirror's
+// staging tree) are written under their own names at once, over BGET and
+// over VGET alike. Nothing unverified stays under a name: a file that
+// fails its check is removed, and the rest of the fetch goes on. A name
+// already taken (here a planted symlink) is not written through: the file
+// is then made unnamed and linked over it, as without Private.
+func TestPrivateWritesInPlace(t *testing.T) {
+	for _, v2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v2only=%v", v2), func(t *testing.T) {
+			v, m, reqs := batchTree(t)
+			s, err := treetest.Start()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			s.V2Only.Store(v2)
+			s.Publish("app", v)
+			reqs = slices.Clone(reqs)
+			for i := range reqs {
+				reqs[i].Private = true
+			}
+			wrong := protocol.Hash{1} // f007 can never match
+			reqs[7].Expect = &wrong
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			dir := t.TempDir()
+			victim := filepath.Join(t.TempDir(), "victim")
+			if err := os.WriteFile(victim, []byte("keep"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Join(dir, "app"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(victim, filepath.Join(dir, "app", "f003")); err != nil {
+				t.Fatal(err)
+			}
+			cfg := receiver.Config{Endpoint: s.Endpoint, OutputDir: dir, Timeout: 10 * time.Second, PeerTimeout: 2 * time.Second, Retries: 1}
+			res, err := receiver.FetchRequests(ctx, cfg, reqs)
+			if !errors.Is(err, receiver.ErrVerify) {
+				t.Fatalf("fetch: %v, want ErrVerify for f007", err)
+			}
+			if b, _ := os.ReadFile(victim); string(b) != "keep" {
+				t.Errorf("written through the planted symlink: victim holds %q", b)
+			}
+			if _, err := os.Lstat(filepath.Join(dir, "app", "f007")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("f007, which failed its check, is there: %v", err)
+			}
+			ents, _ := os.ReadDir(filepath.Join(dir, "app"))
+			if len(ents) != len(reqs)-1 {
+				t.Errorf("%d entries in the directory, want %d", len(ents), len(reqs)-1)
+			}
+			for i, e := range m.Entries {
+				if e.Type != manifest.TypeFile || e.Path == "f007" {
+					continue
+				}
+				p := filepath.Join(dir, "app", e.Path)
+				b, err := os.ReadFile(p)
+				fi, _ := os.Lstat(p)
+				if err != nil || blake3.Sum256(b) != e.Hash || !fi.Mode().IsRegular() || uint32(fi.Mode().Perm()) != e.Mode || fi.ModTime().UnixNano() != e.MtimeNs {
+					t.Fatalf("%s (entry %d): %v, mode %v", e.Path, i, err, fi.Mode())
+				}
+			}
+			for i, r := range res {
+				if (r.Err != nil) != (i == 7) {
+					t.Errorf("%s: %v", reqs[i].Name, r.Err)
+				}
 			}
 		})
 	}

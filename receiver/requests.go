@@ -64,6 +64,17 @@ type Request struct {
 	// follow each other share a BGET.
 	Batch bool
 	Index uint32
+	// Private: the destination directory is the caller's own and no
+	// reader looks into it (the mirror's staging tree). A file of at most
+	// one chunk is then created under its name at once (O_CREAT|O_EXCL,
+	// never over anything there) and written in place, instead of
+	// unnamed and linked in at commit: one directory update instead of an
+	// orphan-list insert, a link and an orphan-list removal. A file that
+	// fails is removed; one cut off by a crash stays, partly written,
+	// under its name, so the caller must not trust a file it finds there
+	// by its name alone (the mirror hashes such a leftover, or knows it
+	// by the inode Result.Inode recorded).
+	Private bool
 }
 
 // FetchRequests is Fetch for requests of any kind. It returns one Result

@@ -220,21 +220,28 @@ func commit(batch []*task, deferSync, record bool) []error {
 			errs[i] = derr
 		}
 		var lerr error
+		named := t.named
+		t.named = false // committed or failed, closed below either way
 		if t.anon && errs[i] == nil {
 			lerr = linkInto(t.f, d, t.base, t.partName) // before close: the file has no other name
 			if lerr == nil && record && t.reused == 0 {
 				t.inode = fstatInode(t.f)
 			}
+		} else if named && errs[i] == nil && record {
+			t.inode = fstatInode(t.f) // already at its name since its first byte
 		}
 		if err := t.f.Close(); err != nil && errs[i] == nil {
 			errs[i] = fmt.Errorf("closing %s: %w", t.partPath, err)
 		}
 		t.f = nil
 		if errs[i] != nil {
+			if named && d != nil {
+				d.Unlink(t.base) // not durable: it does not stay under its name
+			}
 			continue
 		}
 		err := lerr
-		if !t.anon {
+		if !t.anon && !named {
 			err = d.Rename(t.partName, t.base)
 		}
 		if err != nil {

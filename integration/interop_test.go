@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zeebo/blake3"
+
 	"github.com/zsend/zsend/receiver"
 	"github.com/zsend/zsend/sender"
 )
@@ -362,4 +364,72 @@ func (z *pyZMTPScanner) frameDone() {
 	}
 	z.counts.add(name)
 	z.command = false
+}
+
+// testdata/pytree.py, a version 3 tree client written from PROTOCOL.md
+// (sections 13 and 16) on libzmq, mirrors the regular files of a published
+// tree: LIST, MGET, then BGET for the small files and VGET for the large
+// one, checking every PACK against the manifest as section 16.4 says; it
+// also checks the two refusals of section 16 (a BGET of a directory gets
+// ERROR 400 and the session goes on; BGET at version 2 gets ERROR 501).
+// Every file it wrote has the source's bytes and mode.
+func TestPythonV3TreeClient(t *testing.T) {
+	pyNeedZMQ(t)
+	src := t.TempDir()
+	root := filepath.Join(src, "conf")
+	var files []string
+	for d := range 7 {
+		dir := filepath.Join(root, fmt.Sprintf("d%d", d), "sub")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 200 {
+			files = append(files, writeRandom(t, dir, fmt.Sprintf("f%03d", i), int64((i*37+d*11)%3000)))
+		}
+	}
+	files = append(files, writeRandom(t, root, "big.bin", 2<<20+5)) // more than the chunk: VGET
+	if err := os.Chmod(files[3], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ep, _ := publishingServer(t, sender.Config{Paths: []string{root}})
+	out := t.TempDir()
+	script, err := filepath.Abs(filepath.Join("testdata", "pytree.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, pySystemPython, script, ep, "conf", out)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("pytree: %v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+	}
+	t.Logf("pytree: %s", bytes.TrimSpace(stdout.Bytes()))
+	var n, packs, bgets, vgets int
+	if _, err := fmt.Sscanf(stdout.String(), "files %d packs %d bgets %d vgets %d", &n, &packs, &bgets, &vgets); err != nil {
+		t.Fatalf("pytree printed %q: %v", stdout.String(), err)
+	}
+	// 1,400 small files: two BGETs (1,000 at most each), at least six
+	// PACKs (256 files at most each), far fewer than the files.
+	if n != len(files) || bgets != 2 || vgets != 1 || packs < 6 || packs > 100 {
+		t.Errorf("pytree: %d files, %d PACKs, %d BGETs, %d VGETs; want %d files, 2 BGETs, 1 VGET, 6-100 PACKs",
+			n, packs, bgets, vgets, len(files))
+	}
+	for _, f := range files {
+		rel, _ := filepath.Rel(root, f)
+		want, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(out, rel))
+		if err != nil || blake3.Sum256(got) != blake3.Sum256(want) {
+			t.Fatalf("%s: differs from the source (%v)", rel, err)
+		}
+		fi, _ := os.Stat(f)
+		gi, _ := os.Stat(filepath.Join(out, rel))
+		if fi.Mode().Perm() != gi.Mode().Perm() {
+			t.Errorf("%s: mode %v, source %v", rel, gi.Mode().Perm(), fi.Mode().Perm())
+		}
+	}
 }

@@ -78,6 +78,20 @@ func checkBatchFiles(t *testing.T, dir string, m *manifest.Manifest) {
 	}
 }
 
+// startBatchServer serves v as tree "app" from a treetest server that
+// speaks version 3, or version 2 only with v2; closed when t ends.
+func startBatchServer(t *testing.T, v *treetest.Version, v2 bool) *treetest.Server {
+	t.Helper()
+	s, err := treetest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	s.V2Only.Store(v2)
+	s.Publish("app", v)
+	return s
+}
+
 func batchFetch(t *testing.T, s *treetest.Server, reqs []receiver.Request) (string, []receiver.Result, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -95,13 +109,7 @@ func TestBatchFetch(t *testing.T) {
 	v, m, reqs := batchTree(t)
 	for _, v2 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("v2only=%v", v2), func(t *testing.T) {
-			s, err := treetest.Start()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			s.V2Only.Store(v2)
-			s.Publish("app", v)
+			s := startBatchServer(t, v, v2)
 			packs := atomic.Int64{}
 			s.SetPackHook(func(p *protocol.Pack) { packs.Add(1) })
 			dir, res, err := batchFetch(t, s, reqs)
@@ -229,13 +237,7 @@ func TestPrivateWritesInPlace(t *testing.T) {
 	for _, v2 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("v2only=%v", v2), func(t *testing.T) {
 			v, m, reqs := batchTree(t)
-			s, err := treetest.Start()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			s.V2Only.Store(v2)
-			s.Publish("app", v)
+			s := startBatchServer(t, v, v2)
 			reqs = slices.Clone(reqs)
 			for i := range reqs {
 				reqs[i].Private = true

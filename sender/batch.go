@@ -64,13 +64,13 @@ func (sess *session) startBatch(r *request) {
 			sess.refuseKey(g.Request, g.Name)
 			return
 		}
-		sess.refuseBatch(g, err)
+		sess.refuse(g, err)
 		return
 	}
 	b := &batch{req: g.Request, tree: t, v: v, tag: g.Tag, m: m, index: r.index}
 	for i, idx := range b.index {
 		if uint64(idx) >= uint64(len(m.Entries)) {
-			sess.refuseBatch(g, &lookupError{protocol.CodeBadRequest, fmt.Sprintf("index %d (file %d of the BGET) is beyond the %d entries of version %d of %s",
+			sess.refuse(g, &lookupError{protocol.CodeBadRequest, fmt.Sprintf("index %d (file %d of the BGET) is beyond the %d entries of version %d of %s",
 				idx, i+1, len(m.Entries), v.seq, t.name)})
 			return
 		}
@@ -80,11 +80,11 @@ func (sess *session) startBatch(r *request) {
 		}
 		switch e := b.entry(i); {
 		case e.Type != manifest.TypeFile:
-			sess.refuseBatch(g, &lookupError{protocol.CodeBadRequest, fmt.Sprintf("index %d (%q) is not a regular file of version %d of %s",
+			sess.refuse(g, &lookupError{protocol.CodeBadRequest, fmt.Sprintf("index %d (%q) is not a regular file of version %d of %s",
 				idx, b.name(i), v.seq, t.name)})
 			return
 		case e.Size > uint64(sess.chunkSize):
-			sess.refuseBatch(g, &lookupError{protocol.CodeBadRequest, fmt.Sprintf("index %d (%q) is %d bytes, more than the chunk size %d: ask for it with VGET",
+			sess.refuse(g, &lookupError{protocol.CodeBadRequest, fmt.Sprintf("index %d (%q) is %d bytes, more than the chunk size %d: ask for it with VGET",
 				idx, b.name(i), e.Size, sess.chunkSize)})
 			return
 		}
@@ -93,9 +93,10 @@ func (sess *session) startBatch(r *request) {
 	sess.batch = b
 }
 
-// refuseBatch answers a BGET that will send nothing with ERROR (the code
-// of err when it is a lookupError, else 500) and a "refused" event.
-func (sess *session) refuseBatch(g *protocol.Get, err error) {
+// refuse answers a request that will send nothing (a GET, MGET, VGET or
+// BGET it could not resolve) with ERROR (the code of err when it is a
+// lookupError, else 500) and a "refused" event.
+func (sess *session) refuse(g *protocol.Get, err error) {
 	code := protocol.CodeInternal
 	var le *lookupError
 	if errors.As(err, &le) {

@@ -325,13 +325,7 @@ func (sess *session) start(r *request) {
 		src, err = sess.srv.openVersionFile(g)
 	}
 	if err != nil {
-		code := protocol.CodeInternal
-		var le *lookupError
-		if errors.As(err, &le) {
-			code = le.code
-		}
-		sess.send(&protocol.Error{Request: g.Request, Code: code, Message: err.Error()})
-		sess.event(Event{Kind: "refused", Name: g.Name, Message: fmt.Sprintf("%d %v: %v", code, code, err)})
+		sess.refuse(g, err)
 		return
 	}
 	key := src.key

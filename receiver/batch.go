@@ -70,17 +70,11 @@ func (s *conn) bget() {
 	if len(b.tasks) == 0 {
 		return
 	}
-	s.c.nextReq++
-	if s.c.nextReq == protocol.NoRequest {
-		s.c.nextReq++
-	}
-	b.req = s.c.nextReq
+	b.req = s.newRequest()
 	if s.batches == nil {
 		s.batches = map[uint32]*batch{}
 	}
 	s.batches[b.req] = b
-	s.queue = append(s.queue, b.req)
-	s.outReqs++
 	s.send(&protocol.BGet{Request: b.req, Tag: first.Version, Tree: tree, Index: idx})
 }
 

@@ -361,15 +361,22 @@ func (s *conn) get(t *task, offset uint64, tag protocol.Tag, fromPartial bool) {
 	}
 	offset, tag = t.versioned(offset, tag)
 	t.asked, t.askedTag = offset, tag
+	t.req = s.newRequest()
+	s.c.byReq[t.req] = t
+	s.send(t.request(t.req, offset, tag))
+}
+
+// newRequest takes the next request id (never NoRequest) and counts it
+// outstanding, last in the order the server answers: the caller records
+// what it asks for under it and sends it. VGETs and BGETs share it.
+func (s *conn) newRequest() uint32 {
 	s.c.nextReq++
 	if s.c.nextReq == protocol.NoRequest {
 		s.c.nextReq++
 	}
-	t.req = s.c.nextReq
-	s.c.byReq[t.req] = t
-	s.queue = append(s.queue, t.req)
+	s.queue = append(s.queue, s.c.nextReq)
 	s.outReqs++
-	s.send(t.request(t.req, offset, tag))
+	return s.c.nextReq
 }
 
 // handle applies one message in an open session.

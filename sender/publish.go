@@ -165,6 +165,8 @@ type publisher struct {
 	trees map[string]*pubTree
 	names []string // sorted
 	dirty bool     // the store may hold blobs no kept version references
+	// scans counts the scans done incrementally and in full (tests).
+	scans struct{ incremental, full int }
 }
 
 func openPublisher(dir string, keep int, roots map[string]root, events func(Event)) (*publisher, error) {
@@ -343,7 +345,7 @@ func (p *publisher) publishAll(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := p.publish(ctx, p.trees[name]); err != nil && first == nil {
+		if err := p.publish(ctx, p.trees[name], nil); err != nil && first == nil {
 			first = err
 		}
 	}
@@ -351,8 +353,10 @@ func (p *publisher) publishAll(ctx context.Context) error {
 }
 
 // publish scans one tree; a manifest whose id differs from the latest
-// version's becomes the next version.
-func (p *publisher) publish(ctx context.Context, t *pubTree) error {
+// version's becomes the next version. With dirty (the directories
+// --watch saw change), only those are read again when the last scan
+// allows it (scandirty.go); with nil, the whole tree.
+func (p *publisher) publish(ctx context.Context, t *pubTree, dirty []string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	// Each skipped entry is reported once, not at every rescan.
@@ -364,7 +368,27 @@ func (p *publisher) publish(ctx context.Context, t *pubTree) error {
 		}
 	}
 	batch := p.st.Begin()
-	s, m, err := scanTree(ctx, t.root, batch, t.cache, t.latest() != nil, skipped)
+	var s *scanner
+	var m *manifest.Manifest
+	err := errNeedFull
+	if dirty != nil && t.latest() != nil && t.cache != nil && t.cache.m == t.latest().m {
+		var still func(string) bool
+		if s, m, still, err = scanDirty(ctx, t.root, batch, t.cache, dirty, skipped); err == nil {
+			p.scans.incremental++
+			for path, why := range t.skipped {
+				if _, now := skippedNow[path]; !now && still(path) {
+					skippedNow[path] = why
+				}
+			}
+		}
+	}
+	if errors.Is(err, errNeedFull) {
+		clear(skippedNow)
+		batch.Abort()
+		batch = p.st.Begin()
+		s, m, err = scanTree(ctx, t.root, batch, t.cache, t.latest() != nil, skipped)
+		p.scans.full++
+	}
 	t.skipped = skippedNow
 	if err == nil {
 		err = batch.Commit() // the new contents are durable before any manifest names them

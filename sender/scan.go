@@ -53,6 +53,11 @@ type fileExtra struct {
 
 func (x fileExtra) trusted() bool { return x.ctimeNs != 0 }
 
+// dirExtra is what the stat cache keeps of a directory: its device and
+// inode, which tell an incremental scan whether it is still the same
+// directory (never trusted as a file's record: its ctime is 0).
+func dirExtra(st *unix.Stat_t) fileExtra { return fileExtra{dev: uint64(st.Dev), ino: st.Ino} }
+
 // lookup returns the hash of path if its stat k is the one cached.
 func (c *statCache) lookup(path string, k statKeyOf) (store.Hash, bool) {
 	if c == nil {
@@ -112,6 +117,12 @@ type scanner struct {
 	// hashFirst: hash a file the stat cache does not vouch for before
 	// copying it, as its content is probably stored already.
 	hashFirst bool
+	// trustStore: a file the stat cache vouches for is taken as stored
+	// without looking (incremental scans: scandirty.go).
+	trustStore bool
+	// descend, when set, tells walk whether to walk a directory found
+	// (with its fstat); a directory not walked still gets its entry.
+	descend func(path string, st *unix.Stat_t) bool
 }
 
 // scanTree scans the directory root. old is the previous stat cache (may
@@ -131,7 +142,7 @@ func scanTree(ctx context.Context, root string, st *store.Batch, old *statCache,
 		unix.Close(fd)
 		return nil, nil, fmt.Errorf("scanning %s: %w", root, err)
 	}
-	s.add(manifest.Entry{Path: "", Type: manifest.TypeDir, Mode: rst.Mode & 0o7777, MtimeNs: rst.Mtim.Nano()}, fileExtra{})
+	s.add(manifest.Entry{Path: "", Type: manifest.TypeDir, Mode: rst.Mode & 0o7777, MtimeNs: rst.Mtim.Nano()}, dirExtra(&rst))
 	s.dirs = append(s.dirs, "")
 	if err := s.walk(fd, ""); err != nil {
 		return nil, nil, fmt.Errorf("scanning %s: %w", root, err)
@@ -256,8 +267,12 @@ func (s *scanner) walk(fd int, rel string) error {
 				unix.Close(sub)
 				return fmt.Errorf("%w: directory %q replaced during the scan", errUnstable, path)
 			}
-			s.add(manifest.Entry{Path: path, Type: manifest.TypeDir, Mode: st2.Mode & 0o7777, MtimeNs: st2.Mtim.Nano()}, fileExtra{})
+			s.add(manifest.Entry{Path: path, Type: manifest.TypeDir, Mode: st2.Mode & 0o7777, MtimeNs: st2.Mtim.Nano()}, dirExtra(&st2))
 			s.dirs = append(s.dirs, path)
+			if s.descend != nil && !s.descend(path, &st2) {
+				unix.Close(sub)
+				continue
+			}
 			if err := s.walk(sub, path); err != nil {
 				return err
 			}
@@ -294,7 +309,7 @@ func (s *scanner) walk(fd int, rel string) error {
 // store (retrying a few times if it changes meanwhile).
 func (s *scanner) file(dirfd int, name, path string, lst *unix.Stat_t) (manifest.Entry, fileExtra, bool, error) {
 	k := statKeyOf{dev: uint64(lst.Dev), ino: lst.Ino, size: lst.Size, mtimeNs: lst.Mtim.Nano(), ctimeN: lst.Ctim.Nano()}
-	if h, ok := s.old.lookup(path, k); ok && s.st.Has(h) {
+	if h, ok := s.old.lookup(path, k); ok && (s.trustStore || s.st.Has(h)) {
 		return manifest.Entry{Path: path, Type: manifest.TypeFile, Mode: lst.Mode & 0o7777, MtimeNs: k.mtimeNs, Size: uint64(k.size), Hash: h}, s.extra(k), true, nil
 	}
 	for attempt := 0; ; attempt++ {

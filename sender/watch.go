@@ -24,7 +24,7 @@ type watcher struct {
 	fw   *fsnotify.Watcher
 	done sync.WaitGroup
 
-	watched map[string]string // absolute directory -> tree name (watch goroutine)
+	watched map[string][2]string // absolute directory -> tree name, its path in the tree (watch goroutine)
 }
 
 func (s *Server) startWatch(ctx context.Context) (*watcher, error) {
@@ -32,7 +32,7 @@ func (s *Server) startWatch(ctx context.Context) (*watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--watch: %w", err)
 	}
-	w := &watcher{srv: s, fw: fw, watched: map[string]string{}}
+	w := &watcher{srv: s, fw: fw, watched: map[string][2]string{}}
 	w.done.Add(1)
 	go w.run(ctx, w.sync())
 	return w, nil
@@ -42,11 +42,11 @@ func (w *watcher) wait() { w.done.Wait() }
 
 // treeOf maps a path reported by fsnotify to the tree it belongs to.
 func (w *watcher) treeOf(path string) string {
-	if name, ok := w.watched[filepath.Dir(path)]; ok {
-		return name
+	if nr, ok := w.watched[filepath.Dir(path)]; ok {
+		return nr[0]
 	}
-	if name, ok := w.watched[path]; ok {
-		return name
+	if nr, ok := w.watched[path]; ok {
+		return nr[0]
 	}
 	for _, name := range w.srv.pub.names {
 		root := w.srv.pub.trees[name].root
@@ -58,18 +58,18 @@ func (w *watcher) treeOf(path string) string {
 }
 
 // sync makes the watched set the directories of every tree's last scan.
-// It returns the trees that got a new watch: a change made in such a
-// directory after the scan that found it and before the watch was added
-// raised no event, so those trees must be scanned once more.
-func (w *watcher) sync() map[string]bool {
+// It returns, per tree, the directories that got a new watch: a change
+// made in such a directory after the scan that found it and before the
+// watch was added raised no event, so they must be read once more.
+func (w *watcher) sync() map[string][]string {
 	p := w.srv.pub
-	want := map[string]string{}
+	want := map[string][2]string{} // absolute directory -> tree name, path in the tree
 	p.mu.Lock()
 	for _, name := range p.names {
 		t := p.trees[name]
-		want[t.root] = name // even before a first successful scan
+		want[t.root] = [2]string{name, ""} // even before a first successful scan
 		for _, d := range t.dirs {
-			want[filepath.Join(t.root, filepath.FromSlash(d))] = name
+			want[filepath.Join(t.root, filepath.FromSlash(d))] = [2]string{name, d}
 		}
 	}
 	p.mu.Unlock()
@@ -81,8 +81,8 @@ func (w *watcher) sync() map[string]bool {
 	}
 	failed := 0
 	var firstErr error
-	added := map[string]bool{}
-	for d, name := range want {
+	added := map[string][]string{}
+	for d, nr := range want {
 		if _, ok := w.watched[d]; ok {
 			continue
 		}
@@ -93,8 +93,8 @@ func (w *watcher) sync() map[string]bool {
 			}
 			continue
 		}
-		w.watched[d] = name
-		added[name] = true
+		w.watched[d] = nr
+		added[nr[0]] = append(added[nr[0]], nr[1])
 	}
 	if failed > 0 {
 		w.srv.event(Event{Kind: "error", Message: fmt.Sprintf("--watch cannot watch %d directories (%v); the periodic rescan still publishes their changes", failed, firstErr)})
@@ -102,29 +102,95 @@ func (w *watcher) sync() map[string]bool {
 	return added
 }
 
-// run watches until ctx is done. dirty holds the trees to scan once the
-// debounce allows (those whose watches were just added).
-func (w *watcher) run(ctx context.Context, dirty map[string]bool) {
+// changes is what a tree's events since its last scan ask for: a full
+// scan, or reading the directories dirs again (scandirty.go).
+type changes struct {
+	full bool
+	dirs map[string]bool
+}
+
+func (c *changes) list() []string {
+	if c.full {
+		return nil
+	}
+	out := make([]string, 0, len(c.dirs))
+	for d := range c.dirs {
+		out = append(out, d)
+	}
+	return out
+}
+
+// maxDirtyDirs: past this many changed directories a tree is scanned in
+// full (reading them one by one would gain nothing).
+const maxDirtyDirs = 4096
+
+// mark notes that directory dir (its path in tree name) changed, or with
+// full that the tree needs a full scan.
+func mark(dirty map[string]*changes, name, dir string, full bool) {
+	c := dirty[name]
+	if c == nil {
+		c = &changes{dirs: map[string]bool{}}
+		dirty[name] = c
+	}
+	if full || c.full || len(c.dirs) >= maxDirtyDirs {
+		c.full = true
+		return
+	}
+	c.dirs[dir] = true
+}
+
+// note records an event about path (absolute, as fsnotify gives it).
+func (w *watcher) note(dirty map[string]*changes, path string, op fsnotify.Op) {
+	if nr, ok := w.watched[path]; ok {
+		// About a watched directory itself: a removal or a rename
+		// moves what is below it, which only a full scan follows.
+		mark(dirty, nr[0], nr[1], op.Has(fsnotify.Remove) || op.Has(fsnotify.Rename))
+		return
+	}
+	if nr, ok := w.watched[filepath.Dir(path)]; ok {
+		mark(dirty, nr[0], nr[1], false)
+		return
+	}
+	if name := w.treeOf(path); name != "" {
+		mark(dirty, name, "", true)
+	}
+}
+
+// run watches until ctx is done. added holds, per tree, the directories
+// to read again once the debounce allows (those whose watches were just
+// added): at start, every tree is scanned in full once more.
+func (w *watcher) run(ctx context.Context, added map[string][]string) {
 	defer w.done.Done()
 	defer w.fw.Close()
 	cfg := &w.srv.cfg
 	rescan := time.NewTicker(cfg.RescanEvery)
 	defer rescan.Stop()
 	quiet := time.NewTimer(cfg.Debounce)
+	dirty := map[string]*changes{}
+	for name := range added {
+		dirty[name] = &changes{full: true}
+	}
 	if len(dirty) == 0 {
 		quiet.Stop()
 	}
-	publish := func(names []string) {
-		for _, name := range names {
+	publish := func(todo map[string]*changes) {
+		for _, name := range w.srv.pub.names {
+			c := todo[name]
+			if c == nil {
+				continue
+			}
 			if ctx.Err() != nil {
 				return
 			}
-			w.srv.pub.publish(ctx, w.srv.pub.trees[name]) // errors are reported as events
+			w.srv.pub.publish(ctx, w.srv.pub.trees[name], c.list()) // errors are reported as events
 		}
 		// Directories found by these scans are watched from now on;
-		// what changed in them before that is caught by one more scan.
-		for name := range w.sync() {
-			dirty[name] = true
+		// what changed in them before that is caught by reading them
+		// once more.
+		for name, dirs := range w.sync() {
+			for _, d := range dirs {
+				mark(dirty, name, d, false)
+			}
 			quiet.Reset(cfg.Debounce)
 		}
 	}
@@ -136,8 +202,8 @@ func (w *watcher) run(ctx context.Context, dirty map[string]bool) {
 			if !ok {
 				return
 			}
-			if name := w.treeOf(ev.Name); name != "" {
-				dirty[name] = true
+			w.note(dirty, ev.Name, ev.Op)
+			if len(dirty) > 0 {
 				quiet.Reset(cfg.Debounce)
 			}
 		case err, ok := <-w.fw.Errors:
@@ -147,20 +213,19 @@ func (w *watcher) run(ctx context.Context, dirty map[string]bool) {
 			// An overflow loses events: rescan everything once quiet.
 			w.srv.event(Event{Kind: "error", Message: fmt.Sprintf("--watch: %v; rescanning", err)})
 			for _, name := range w.srv.pub.names {
-				dirty[name] = true
+				dirty[name] = &changes{full: true}
 			}
 			quiet.Reset(cfg.Debounce)
 		case <-quiet.C:
-			var names []string
-			for _, name := range w.srv.pub.names {
-				if dirty[name] {
-					names = append(names, name)
-				}
-			}
-			clear(dirty)
-			publish(names)
+			todo := dirty
+			dirty = map[string]*changes{}
+			publish(todo)
 		case <-rescan.C:
-			publish(w.srv.pub.names)
+			todo := map[string]*changes{}
+			for _, name := range w.srv.pub.names {
+				todo[name] = &changes{full: true}
+			}
+			publish(todo)
 		}
 	}
 }

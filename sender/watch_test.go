@@ -1,0 +1,107 @@
+package sender
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/zsend/zsend/internal/store"
+	"github.com/zsend/zsend/manifest"
+)
+
+// TestWatchIncrementalScans: with --watch, each change is published from
+// the directories its events name (no periodic rescan within the test),
+// and every version equals what a full scan of the tree gives.
+func TestWatchIncrementalScans(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "conf")
+	w := func(rel, body string) {
+		t.Helper()
+		p := filepath.Join(root, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"a/b/c/f", "a/g", "x/y", "top"} {
+		w(f, f)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := Listen(ctx, Config{Endpoint: "tcp://127.0.0.1:0", Paths: []string{root}, StateDir: filepath.Join(dir, "state"),
+		Watch: true, Debounce: 20 * time.Millisecond, RescanEvery: time.Hour})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("server did not stop within 10 s")
+		}
+	}()
+	st, err := store.Open(filepath.Join(dir, "scratch"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fullID := func() manifest.ID {
+		t.Helper()
+		b := st.Begin()
+		defer b.Abort()
+		_, m, err := scanTree(context.Background(), root, b, nil, false, func(string, string) {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.ID()
+	}
+	settle := func(what string) {
+		t.Helper()
+		want := fullID()
+		deadline := time.Now().Add(15 * time.Second)
+		for srv.Trees()[0].ID != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the latest version is not what a full scan gives after 15 s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	settle("start")
+	srv.pub.mu.Lock()
+	before := srv.pub.scans
+	srv.pub.mu.Unlock()
+
+	steps := []struct {
+		what string
+		do   func()
+	}{
+		{"a file rewritten deep down", func() { w("a/b/c/f", "changed") }},
+		{"a new directory with files", func() { w("a/new/sub/h", "h"); w("a/new/i", "i") }},
+		{"a file in the new directory", func() { w("a/new/sub/later", "later") }},
+		{"a directory's mode", func() { os.Chmod(filepath.Join(root, "a/new"), 0o700) }},
+		{"a symlink", func() { os.Symlink("../top", filepath.Join(root, "x/link")) }},
+		{"a file removed", func() { os.Remove(filepath.Join(root, "a/g")) }},
+		{"a directory moved", func() { os.Rename(filepath.Join(root, "a/new"), filepath.Join(root, "x/moved")) }},
+		{"a file in the moved directory", func() { w("x/moved/sub/after", "after") }},
+		{"a directory removed", func() { os.RemoveAll(filepath.Join(root, "a/b")) }},
+		{"a file at the root", func() { w("root2", "r") }},
+	}
+	for _, s := range steps {
+		s.do()
+		settle(s.what)
+	}
+	srv.pub.mu.Lock()
+	got := srv.pub.scans
+	srv.pub.mu.Unlock()
+	inc := got.incremental - before.incremental
+	t.Logf("scans during the changes: %d incremental, %d full", inc, got.full-before.full)
+	if inc < 6 {
+		t.Fatalf("only %d incremental scans for %d changes", inc, len(steps))
+	}
+}

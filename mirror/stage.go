@@ -938,6 +938,21 @@ func (s *syncer) verify(root *os.File, man *manifest.Manifest, id manifest.ID, p
 		},
 		record: func(i int, st *unix.Stat_t, _ bool) { recs[i] = recOf(st) },
 	}
+	if rec := s.rec; rec != nil && rec.stats != nil {
+		// A directory of the recycled spare untouched since its
+		// version's verify holds the names it had then.
+		var once sync.Once
+		var old childIndex
+		c.dirTrust = func(i int, st *unix.Stat_t) bool {
+			e := &man.Entries[i]
+			j := indexOf(rec.man, e.Path)
+			if j < 0 || rec.man.Entries[j].Type != manifest.TypeDir || !rec.stats[j].matches(st) {
+				return false
+			}
+			once.Do(func() { old = newChildIndex(rec.man) })
+			return sameNames(man, c.kids.of(i), rec.man, old.of(j))
+		}
+	}
 	err := c.run()
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading the staged tree back: %w", ErrMismatch, err)
@@ -963,23 +978,25 @@ func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool, stats [
 	c := &treeCheck{root: root, want: want, hash: hash, maxExtra: len(man.Entries)}
 	var recs []statRec
 	var fence int64
-	var hashed atomic.Int64
+	var fresh atomic.Int64 // records made by this check
 	if !hash && stats != nil {
 		c.hash = true
 		recs = make([]statRec, len(man.Entries))
 		c.trust = func(i int, st *unix.Stat_t) bool { return stats[i].matches(st) }
-		// The fence is taken before the first file is read: a file
-		// hashed is recorded only if its ctime is older (statcache.go).
-		c.beforeRead = func() { fence = s.l.fsNow() }
+		c.dirTrust = c.trust // a directory unchanged since it was recorded holds the same names
+		// The fence is taken before anything is examined: a file hashed,
+		// or a directory read, is recorded only if its ctime is older
+		// (statcache.go).
+		fence = s.l.fsNow()
 		c.record = func(i int, st *unix.Stat_t, read bool) {
 			switch {
-			case !read:
+			case stats[i].matches(st):
 				recs[i] = stats[i]
 			case fence != 0 && statCtime(st) < fence:
-				hashed.Add(1)
+				fresh.Add(1)
 				recs[i] = recOf(st)
-			default:
-				hashed.Add(1)
+			case read:
+				fresh.Add(1) // hashed, too recent to record: the old record is stale anyway
 			}
 		}
 	}
@@ -991,12 +1008,28 @@ func (s *syncer) check(root *os.File, man *manifest.Manifest, hash bool, stats [
 		return nil, fmt.Errorf("checking %s: %w", root.Name(), err)
 	}
 	drift = c.diffPaths()
-	if hashed.Load() > 0 && fence != 0 && len(drift) == 0 {
+	if fresh.Load() > 0 && fence != 0 && len(drift) == 0 {
 		// Every record was seen to match (or was made from the file
 		// hashed just now, equal to the version's).
 		s.saveStats(name, id, man, recs)
 	}
 	return drift, nil
+}
+
+// sameNames reports whether the children a (of a directory of m) and b
+// (of one of n) have the same names.
+func sameNames(m *manifest.Manifest, a []int32, n *manifest.Manifest, b []int32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		_, x := split(m.Entries[a[k]].Path)
+		_, y := split(n.Entries[b[k]].Path)
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // errTooMany: more entries on disk than in the version.

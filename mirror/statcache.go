@@ -26,6 +26,13 @@ import (
 // they are hashed next time. The file carries its version id and a
 // BLAKE3 of its content: a torn or foreign cache is ignored, never
 // trusted.
+//
+// It records each directory too, when a check found it holding nothing
+// but the version's names: creating, removing or renaming an entry in a
+// directory sets its ctime, so while its five values are equal its names
+// are those it had, and a later check looks at its children by name
+// instead of reading it (treeCheck.dirTrust). What each child is, is
+// still examined one by one.
 
 // statRec is what the cache keeps of one file. ino == 0: nothing known.
 type statRec struct {
@@ -230,7 +237,7 @@ func (s *syncer) saveStats(name string, id manifest.ID, man *manifest.Manifest, 
 		// records stand as verify made them. A file changed since has
 		// another ctime, so its record will not match (it is hashed).
 		for i := range recs {
-			if man.Entries[i].Type != manifest.TypeFile {
+			if t := man.Entries[i].Type; t != manifest.TypeFile && t != manifest.TypeDir {
 				recs[i] = statRec{}
 			}
 		}
@@ -252,8 +259,8 @@ func (s *syncer) saveStats(name string, id manifest.ID, man *manifest.Manifest, 
 	}
 }
 
-// restat looks again (forRuns) at each file of the version tree root
-// whose record in prev names an inode, and sets out[i] to its record now
+// restat looks again (forRuns) at each file and directory (but the root)
+// of the version tree root whose record in prev names an inode, and sets out[i] to its record now
 // when it is still that inode (device, number, size and mtime) and
 // trusted(prev[i], now) accepts its ctime; every other out[i] is zeroed.
 // out may be prev.
@@ -264,7 +271,7 @@ func restat(root *os.File, man *manifest.Manifest, prev, out []statRec, trusted 
 			for i := lo; i < hi; i++ {
 				p := prev[i]
 				out[i] = statRec{}
-				if p.ino == 0 || man.Entries[i].Type != manifest.TypeFile {
+				if t := man.Entries[i].Type; p.ino == 0 || i == 0 || t != manifest.TypeFile && t != manifest.TypeDir {
 					continue
 				}
 				parent, base := split(man.Entries[i].Path)

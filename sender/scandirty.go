@@ -39,8 +39,10 @@ var errNeedFull = errors.New("a full scan is needed")
 
 // scanDirty scans the directories dirty (paths relative to root, "" for
 // root itself) again and takes everything else from old, the stat cache
-// of the last scan of root. See scanTree for st and skipped; keepSkipped
-// reports whether an entry the last scan skipped still is.
+// of the last scan of root. See scanTree for st and skipped. The function
+// it returns tells whether a path of the last scan was taken from it as
+// it was (an entry that scan skipped and this one did not look at is
+// still skipped).
 func scanDirty(ctx context.Context, root string, st *store.Batch, old *statCache, dirty []string, skipped func(path, why string)) (*scanner, *manifest.Manifest, func(path string) bool, error) {
 	if old == nil || len(old.m.Entries) == 0 {
 		return nil, nil, nil, errNeedFull

@@ -198,7 +198,6 @@ func TestScanDirtyRandomChanges(t *testing.T) {
 		}
 	}
 	h.last = h.full().cache
-	parent := func(rel string) string { return parentOf(rel) }
 	existingDirs := func() []string {
 		var out []string
 		for _, d := range dirs {
@@ -260,7 +259,6 @@ func TestScanDirtyRandomChanges(t *testing.T) {
 				h.must(os.Symlink(fmt.Sprint("t", round), h.p(name)))
 				dirty[d] = true
 			}
-			_ = parent
 		}
 		var list []string
 		for d := range dirty {

@@ -371,6 +371,10 @@ func TestBGetRefusals(t *testing.T) {
 		c.send(t, &protocol.BGet{Request: 11, Tag: tc.tag, Tree: tc.tree, Index: tc.index})
 		c.expectError(t, 11, tc.code, tc.what) // nothing sent before it
 	}
+	// The event may be recorded just after the ERROR is on its way.
+	for deadline := time.Now().Add(5 * time.Second); len(ev.kinds("refused")) < 7 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if n := len(ev.kinds("refused")); n != 7 {
 		t.Errorf("%d refused events, want 7", n)
 	}

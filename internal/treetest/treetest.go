@@ -335,14 +335,23 @@ func (ss *session) find(tree string, tag protocol.Tag) *Version {
 	return nil
 }
 
-func (ss *session) mget(m *protocol.MGet) {
-	if _, ok := ss.s.trees[m.Name]; !ok {
-		ss.fail(m.Request, protocol.CodeNotFound, "no such tree")
-		return
+// lookup finds the version of tree with tag, or answers request with
+// ERROR 404 (no such tree) or 410 (version gone) and returns nil.
+func (ss *session) lookup(request uint32, tree string, tag protocol.Tag) *Version {
+	if _, ok := ss.s.trees[tree]; !ok {
+		ss.fail(request, protocol.CodeNotFound, "no such tree")
+		return nil
 	}
-	v := ss.find(m.Name, m.Tag)
+	v := ss.find(tree, tag)
 	if v == nil {
-		ss.fail(m.Request, protocol.CodeGone, "version gone")
+		ss.fail(request, protocol.CodeGone, "version gone")
+	}
+	return v
+}
+
+func (ss *session) mget(m *protocol.MGet) {
+	v := ss.lookup(m.Request, m.Name, m.Tag)
+	if v == nil {
 		return
 	}
 	ss.serve(m.Request, m.Name, m.Offset, protocol.Tag(v.ID[:16]), 0, time.Now().UnixNano(), v.Manifest, protocol.Hash(v.ID))
@@ -350,13 +359,8 @@ func (ss *session) mget(m *protocol.MGet) {
 
 func (ss *session) vget(m *protocol.VGet) {
 	tree, path, _ := strings.Cut(m.Name, "/")
-	if _, ok := ss.s.trees[tree]; !ok {
-		ss.fail(m.Request, protocol.CodeNotFound, "no such tree")
-		return
-	}
-	v := ss.find(tree, m.Tag)
+	v := ss.lookup(m.Request, tree, m.Tag)
 	if v == nil {
-		ss.fail(m.Request, protocol.CodeGone, "version gone")
 		return
 	}
 	f := v.Files[path]
@@ -370,13 +374,8 @@ func (ss *session) vget(m *protocol.VGet) {
 // bget queues PACKs of the files asked for, each at most a chunk of data
 // and protocol.MaxPackFiles files.
 func (ss *session) bget(m *protocol.BGet) {
-	if _, ok := ss.s.trees[m.Tree]; !ok {
-		ss.fail(m.Request, protocol.CodeNotFound, "no such tree")
-		return
-	}
-	v := ss.find(m.Tree, m.Tag)
+	v := ss.lookup(m.Request, m.Tree, m.Tag)
 	if v == nil {
-		ss.fail(m.Request, protocol.CodeGone, "version gone")
 		return
 	}
 	var files []*File

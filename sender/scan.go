@@ -147,14 +147,24 @@ func scanTree(ctx context.Context, root string, st *store.Batch, old *statCache,
 	if err := s.walk(fd, ""); err != nil {
 		return nil, nil, fmt.Errorf("scanning %s: %w", root, err)
 	}
+	m, err := s.manifest()
+	if err != nil {
+		return nil, nil, fmt.Errorf("scanning %s: %w", root, err)
+	}
+	return s, m, nil
+}
+
+// manifest assembles the entries found into the scan's manifest, sorted
+// and validated, and makes the stat cache (s.cache) aligned with it.
+func (s *scanner) manifest() (*manifest.Manifest, error) {
 	entries, extras := s.assemble()
 	sort.Sort(byPath{entries, extras})
 	m := &manifest.Manifest{Entries: entries}
 	if err := m.Validate(); err != nil {
-		return nil, nil, fmt.Errorf("scanning %s: %w", root, err)
+		return nil, err
 	}
 	s.cache = &statCache{m: m, ext: extras}
-	return s, m, nil
+	return m, nil
 }
 
 // entryChunk is how many entries the scan keeps per chunk.

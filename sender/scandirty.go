@@ -152,17 +152,14 @@ func scanDirty(ctx context.Context, root string, st *store.Batch, old *statCache
 			s.add(es[i], old.ext[i])
 		}
 	}
-	entries, extras := s.assemble()
-	sort.Sort(byPath{entries, extras})
-	m := &manifest.Manifest{Entries: entries}
-	if err := m.Validate(); err != nil {
+	m, err := s.manifest()
+	if err != nil {
 		return nil, nil, nil, fmt.Errorf("scanning %s: %w", root, err)
 	}
-	s.cache = &statCache{m: m, ext: extras}
 	s.dirs = s.dirs[:0]
-	for i := range entries {
-		if entries[i].Type == manifest.TypeDir {
-			s.dirs = append(s.dirs, entries[i].Path)
+	for i := range m.Entries {
+		if m.Entries[i].Type == manifest.TypeDir {
+			s.dirs = append(s.dirs, m.Entries[i].Path)
 		}
 	}
 	return s, m, keep, nil

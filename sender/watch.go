@@ -40,14 +40,9 @@ func (s *Server) startWatch(ctx context.Context) (*watcher, error) {
 
 func (w *watcher) wait() { w.done.Wait() }
 
-// treeOf maps a path reported by fsnotify to the tree it belongs to.
+// treeOf maps a path reported by fsnotify that is not a watched
+// directory, nor in one, to the tree whose root holds it.
 func (w *watcher) treeOf(path string) string {
-	if nr, ok := w.watched[filepath.Dir(path)]; ok {
-		return nr[0]
-	}
-	if nr, ok := w.watched[path]; ok {
-		return nr[0]
-	}
 	for _, name := range w.srv.pub.names {
 		root := w.srv.pub.trees[name].root
 		if path == root || strings.HasPrefix(path, root+string(filepath.Separator)) {

@@ -260,9 +260,10 @@ func (s *syncer) saveStats(name string, id manifest.ID, man *manifest.Manifest, 
 }
 
 // restat looks again (forRuns) at each file and directory (but the root)
-// of the version tree root whose record in prev names an inode, and sets out[i] to its record now
-// when it is still that inode (device, number, size and mtime) and
-// trusted(prev[i], now) accepts its ctime; every other out[i] is zeroed.
+// of the version tree root whose record in prev names an inode, and sets
+// out[i] to its record now when it is still that inode (device, number,
+// size and mtime) and trusted(prev[i], now) accepts its ctime; every
+// other out[i] is zeroed.
 // out may be prev.
 func restat(root *os.File, man *manifest.Manifest, prev, out []statRec, trusted func(was, now *statRec) bool) {
 	forRuns(len(man.Entries), placeRun, func() (func(lo, hi int), func()) {

@@ -86,6 +86,9 @@ type logRec struct {
 	Endpoint string    `json:"endpoint"`
 	URL      string    `json:"url"`
 	Err      string    `json:"err"`
+	// SwitchedAt is a follower's "switched" record's time of the rename
+	// (the record is logged after pruning and hooks).
+	SwitchedAt time.Time `json:"switched_at"`
 }
 
 func parseRec(line string) (logRec, bool) {
@@ -130,7 +133,11 @@ func (n *fnode) scan() {
 				n.switched = map[uint64]time.Time{}
 			}
 			if _, seen := n.switched[r.Seq]; !seen && r.Event == "switched" {
-				n.switched[r.Seq] = r.Time
+				at := r.SwitchedAt
+				if at.IsZero() {
+					at = r.Time // a zrecv from before switched_at
+				}
+				n.switched[r.Seq] = at
 			}
 			n.onSeq = max(n.onSeq, r.Seq)
 		case r.Event == "connected":

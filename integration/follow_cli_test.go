@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -383,6 +384,18 @@ func TestLogFormatJSONCLI(t *testing.T) {
 		}
 		if k, ok := rec["event"].(string); ok {
 			kinds = append(kinds, k)
+		}
+		if rec["event"] == "switched" {
+			// switched_at: the rename, which the stable path's own
+			// change time records, before the record itself.
+			at, err1 := time.Parse(time.RFC3339Nano, fmt.Sprint(rec["switched_at"]))
+			logged, err2 := time.Parse(time.RFC3339Nano, fmt.Sprint(rec["time"]))
+			var st syscall.Stat_t
+			err3 := syscall.Lstat(filepath.Join(out, "app"), &st)
+			ctime := time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
+			if err := errors.Join(err1, err2, err3); err != nil || at.After(logged) || at.Sub(ctime).Abs() > time.Second {
+				t.Errorf("switched record: switched_at %v, logged %v, stable path changed %v (%v)", at, logged, ctime, err)
+			}
 		}
 	}
 	if !strings.Contains(strings.Join(kinds, " "), "switched") {

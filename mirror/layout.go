@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
 	"github.com/zsend/zsend/manifest"
@@ -119,6 +120,9 @@ func mkdirPlain(dir *os.File, name string, mode uint32) (*os.File, error) {
 // symlink not yet renamed (removed), or the old plain directory that
 // RENAME_EXCHANGE swapped out of OUT/T (kept as the preexisting version).
 func (l *layout) recoverLinkTmp() error {
+	if err := l.removeNewLink(); err != nil {
+		return err
+	}
 	st, err := lstatAt(int(l.t.Fd()), "link.tmp")
 	if errors.Is(err, unix.ENOENT) {
 		return nil
@@ -163,6 +167,43 @@ const (
 
 // linkPrefix is the stable symlink's target before the version name.
 func (l *layout) linkPrefix() string { return ".zsnd/" + l.tree + "/v/" }
+
+// newLink is the name, in OUT itself, of the symlink a switch renames
+// over OUT/T: OUT/.zsnd.T.new (for a name too long for that,
+// OUT/.zsnd.<16 hex of the name's BLAKE3>.new). A rename within one
+// directory takes no lock of the whole file system; one between
+// directories takes the kernel's rename mutex, which the node's other
+// renames between directories (pruning, spares, other trees' syncs, other
+// processes) hold too: with 50 followers on one file system, a switch
+// from OUT/.zsnd/T/ waited up to 150 ms for it (BENCHMARKS.md).
+func (l *layout) newLink() string {
+	if n := ".zsnd." + l.tree + ".new"; len(n) <= 255 {
+		return n
+	}
+	h := blake3.Sum256([]byte(l.tree))
+	return ".zsnd." + hex.EncodeToString(h[:8]) + ".new"
+}
+
+// removeNewLink removes a symlink left at OUT/newLink by a switch that was
+// interrupted before its rename. Anything else there is not ours: it is
+// left alone, and the switch fails clearly.
+func (l *layout) removeNewLink() error {
+	n := l.newLink()
+	st, err := lstatAt(int(l.out.Fd()), n)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil
+	case err != nil:
+		return fmt.Errorf("lstat %s: %w", filepath.Join(l.paths.out, n), err)
+	case st.Mode&unix.S_IFMT != unix.S_IFLNK:
+		return fmt.Errorf("%w: %s is in the way of the switch (zrecv makes a symlink there for an instant): remove it",
+			ErrLayout, filepath.Join(l.paths.out, n))
+	}
+	if err := unix.Unlinkat(int(l.out.Fd()), n, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("removing %s: %w", filepath.Join(l.paths.out, n), err)
+	}
+	return nil
+}
 
 // current reads OUT/T.
 func (l *layout) current() (current, error) {
@@ -299,13 +340,13 @@ func (l *layout) manifestFor(id12 string, lim manifest.Limits) (*manifest.Manife
 // time of the rename (when readers see the new version).
 func (l *layout) switchTo(name string, cur current) (time.Time, error) {
 	tfd, ofd := int(l.t.Fd()), int(l.out.Fd())
-	if err := removeAllAt(tfd, "link.tmp"); err != nil {
-		return time.Time{}, err
-	}
-	if err := unix.Symlinkat(l.linkPrefix()+name, tfd, "link.tmp"); err != nil {
-		return time.Time{}, fmt.Errorf("creating the new stable link: %w", err)
-	}
 	if cur.kind == curPlain {
+		if err := removeAllAt(tfd, "link.tmp"); err != nil {
+			return time.Time{}, err
+		}
+		if err := unix.Symlinkat(l.linkPrefix()+name, tfd, "link.tmp"); err != nil {
+			return time.Time{}, fmt.Errorf("creating the new stable link: %w", err)
+		}
 		if err := unix.Renameat2(tfd, "link.tmp", ofd, l.tree, unix.RENAME_EXCHANGE); err != nil {
 			removeAllAt(tfd, "link.tmp")
 			return time.Time{}, fmt.Errorf("switching %s (exchanging the plain directory with the stable link): %w", filepath.Join(l.paths.out, l.tree), err)
@@ -316,8 +357,17 @@ func (l *layout) switchTo(name string, cur current) (time.Time, error) {
 		}
 		return at, l.keepPreexisting()
 	}
-	if err := unix.Renameat(tfd, "link.tmp", ofd, l.tree); err != nil {
-		removeAllAt(tfd, "link.tmp")
+	// Over a symlink (or nothing): the new symlink is made beside OUT/T
+	// and renamed within OUT (newLink says why).
+	if err := l.removeNewLink(); err != nil {
+		return time.Time{}, err
+	}
+	nl := l.newLink()
+	if err := unix.Symlinkat(l.linkPrefix()+name, ofd, nl); err != nil {
+		return time.Time{}, fmt.Errorf("creating the new stable link: %w", err)
+	}
+	if err := unix.Renameat(ofd, nl, ofd, l.tree); err != nil {
+		unix.Unlinkat(ofd, nl, 0)
 		return time.Time{}, fmt.Errorf("switching %s: %w", filepath.Join(l.paths.out, l.tree), err)
 	}
 	at := time.Now()

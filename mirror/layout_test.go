@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -106,5 +107,84 @@ func TestPruneThroughTrash(t *testing.T) {
 	syncOK(t, cfg)
 	if _, err := os.Stat(filepath.Join(out, ".zsnd/app/trash")); !os.IsNotExist(err) {
 		t.Errorf("leftover trash not emptied: %v", err)
+	}
+}
+
+// The new symlink of a switch is made beside the stable path, in OUT
+// (renamed within one directory: no file-system-wide rename lock), and
+// never stays there: a leftover from a kill before the rename is
+// removed; anything else at that name is not zrecv's, so the switch
+// refuses with a clear error and leaves it, and the stable path, alone.
+func TestNewLinkBesideStablePath(t *testing.T) {
+	s := startServer(t)
+	src := filepath.Join(t.TempDir(), "app")
+	smallTree(t, src)
+	publish(t, s, "app", src, 1)
+	out := t.TempDir()
+	cfg := testConfig(s, out, "app")
+	syncOK(t, cfg)
+	onlyOurs := func() {
+		t.Helper()
+		names, err := os.ReadDir(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(names) != 2 || names[0].Name() != ".zsnd" || names[1].Name() != "app" {
+			var got []string
+			for _, n := range names {
+				got = append(got, n.Name())
+			}
+			t.Errorf("OUT holds %q, want only .zsnd and app", got)
+		}
+	}
+	onlyOurs()
+
+	// Killed between the symlink and the rename: removed by the next run.
+	nl := filepath.Join(out, ".zsnd.app.new")
+	if err := os.Symlink(".zsnd/app/v/elsewhere", nl); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(src, "a.conf"), "v2\n", 0o644)
+	publish(t, s, "app", src, 2)
+	res := syncOK(t, cfg)
+	sameTree(t, src, filepath.Join(out, "app"))
+	onlyOurs()
+
+	// Something else at the name: refused, untouched.
+	write(t, filepath.Join(nl, "mine"), "not zrecv's\n", 0o644)
+	write(t, filepath.Join(src, "a.conf"), "v3\n", 0o644)
+	publish(t, s, "app", src, 3)
+	_, err := Sync(t.Context(), cfg)
+	if !errors.Is(err, ErrLayout) || !strings.Contains(err.Error(), nl) {
+		t.Fatalf("sync with a directory at %s: %v, want ErrLayout naming it", nl, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(nl, "mine")); err != nil || string(b) != "not zrecv's\n" {
+		t.Errorf("the directory in the way was touched: %q, %v", b, err)
+	}
+	if got, err := filepath.EvalSymlinks(filepath.Join(out, "app")); err != nil || got != res.Dir {
+		t.Errorf("stable path: %q, %v; want still %q", got, err, res.Dir)
+	}
+	os.RemoveAll(nl)
+	syncOK(t, cfg)
+	sameTree(t, src, filepath.Join(out, "app"))
+	onlyOurs()
+}
+
+// A tree name too long for ".zsnd.NAME.new" gets a fixed-length name.
+func TestNewLinkNameFits(t *testing.T) {
+	long := strings.Repeat("n", 255)
+	for _, tree := range []string{"app", strings.Repeat("n", 245), long} {
+		l := &layout{tree: tree}
+		n := l.newLink()
+		if len(n) > 255 || !strings.HasPrefix(n, ".zsnd.") || !strings.HasSuffix(n, ".new") {
+			t.Errorf("tree of %d octets: %q", len(tree), n)
+		}
+		if len(tree) <= 245 && n != ".zsnd."+tree+".new" {
+			t.Errorf("tree %q: %q", tree, n)
+		}
+	}
+	a, b := (&layout{tree: long}).newLink(), (&layout{tree: long[1:] + "m"}).newLink()
+	if a == b {
+		t.Errorf("two long names share %q", a)
 	}
 }

@@ -5,6 +5,7 @@
 // section 5):
 //
 //	OUT/T                   symlink -> .zsnd/T/v/<seq 20 digits>-<id 12 hex> (the stable path)
+//	OUT/.zsnd.T.new         the new symlink, for the instant before it is renamed over OUT/T
 //	OUT/.zsnd/T/lock        flock: one sync or rollback at a time per tree
 //	OUT/.zsnd/T/v/NAME/     complete, verified versions (Config.Keep, default 2)
 //	OUT/.zsnd/T/m/<id hex>  their manifests (checked by hash whenever read from disk)
@@ -24,7 +25,8 @@
 // new one; running it again reuses what the interrupted run staged, after
 // re-hashing it.
 //
-// Every write is beneath OUT/.zsnd/T (and OUT/T itself, the switch), done
+// Every write is beneath OUT/.zsnd/T (and OUT/T itself and OUT/.zsnd.T.new,
+// the switch), done
 // with *at() calls relative to a directory descriptor that resolve no
 // symbolic link. A manifest is validated before anything is staged; a
 // staged version is re-read from disk (every type, mode, mtime, size,

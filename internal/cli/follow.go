@@ -61,6 +61,11 @@ func Follow(ctx context.Context, cfg mirror.FollowConfig, metricsAddr string, lo
 		if e.Seq != 0 {
 			attrs = append(attrs, "seq", e.Seq, "version", e.Version.Short())
 		}
+		if e.Kind == "switched" && !e.Time.IsZero() {
+			// The rename itself: the record is logged later, once the
+			// sync has pruned and the hooks have run.
+			attrs = append(attrs, "switched_at", e.Time)
+		}
 		if e.Hook != nil {
 			attrs = append(attrs, "hook_exit", e.Hook.Exit, "hook_ms", e.Hook.Duration.Milliseconds())
 			if e.Hook.Err != nil {

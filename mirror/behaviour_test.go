@@ -173,13 +173,7 @@ func TestLockedTree(t *testing.T) {
 // After a rollback, a sync returns to the latest version from its kept
 // copy, fetching nothing; a version directory removed by hand is rebuilt.
 func TestSyncAfterRollbackAndRemovedVersion(t *testing.T) {
-	s := startServer(t)
-	src := filepath.Join(t.TempDir(), "app")
-	smallTree(t, src)
-	publish(t, s, "app", src, 1)
-	out := t.TempDir()
-	cfg := testConfig(s, out, "app")
-	syncOK(t, cfg)
+	s, src, out, cfg, _ := syncedApp(t)
 	write(t, filepath.Join(src, "a.conf"), "v2\n", 0o644)
 	publish(t, s, "app", src, 2)
 	latest := syncOK(t, cfg)
@@ -215,13 +209,7 @@ func removeAllPath(p string) error {
 // A partial file left by an interrupted fetch of a file that the next run
 // reuses instead is removed, not left in the version.
 func TestStalePartialOfReusedFile(t *testing.T) {
-	s := startServer(t)
-	src := filepath.Join(t.TempDir(), "app")
-	smallTree(t, src)
-	publish(t, s, "app", src, 1)
-	out := t.TempDir()
-	cfg := testConfig(s, out, "app")
-	syncOK(t, cfg)
+	s, src, out, cfg, _ := syncedApp(t)
 	write(t, filepath.Join(src, "new.txt"), "new", 0o644)
 	publish(t, s, "app", src, 2)
 	stage := filepath.Join(out, ".zsnd/app/stage/app/deep/x/y")
@@ -237,13 +225,7 @@ func TestStalePartialOfReusedFile(t *testing.T) {
 // keeps size and mtime is found by the quick check through the stat cache
 // (its inode or ctime changed), and, without a stat cache, by Verify.
 func TestHardLinksAndVerify(t *testing.T) {
-	s := startServer(t)
-	src := filepath.Join(t.TempDir(), "app")
-	smallTree(t, src)
-	publish(t, s, "app", src, 1)
-	out := t.TempDir()
-	cfg := testConfig(s, out, "app")
-	first := syncOK(t, cfg)
+	s, src, out, cfg, first := syncedApp(t)
 	write(t, filepath.Join(src, "new.txt"), "new", 0o644)
 	publish(t, s, "app", src, 2)
 	second := syncOK(t, cfg)

@@ -116,13 +116,7 @@ func TestPruneThroughTrash(t *testing.T) {
 // removed; anything else at that name is not zrecv's, so the switch
 // refuses with a clear error and leaves it, and the stable path, alone.
 func TestNewLinkBesideStablePath(t *testing.T) {
-	s := startServer(t)
-	src := filepath.Join(t.TempDir(), "app")
-	smallTree(t, src)
-	publish(t, s, "app", src, 1)
-	out := t.TempDir()
-	cfg := testConfig(s, out, "app")
-	syncOK(t, cfg)
+	s, src, out, cfg, _ := syncedApp(t)
 	onlyOurs := func() {
 		t.Helper()
 		names, err := os.ReadDir(out)

@@ -40,6 +40,19 @@ func publish(t *testing.T, s *treetest.Server, tree, dir string, seq uint64) *tr
 	return v
 }
 
+// syncedApp serves smallTree as tree "app", version 1, and syncs it into
+// a new OUT: where most behaviour tests start.
+func syncedApp(t *testing.T) (s *treetest.Server, src, out string, cfg Config, first Result) {
+	t.Helper()
+	s = startServer(t)
+	src = filepath.Join(t.TempDir(), "app")
+	smallTree(t, src)
+	publish(t, s, "app", src, 1)
+	out = t.TempDir()
+	cfg = testConfig(s, out, "app")
+	return s, src, out, cfg, syncOK(t, cfg)
+}
+
 func testConfig(s *treetest.Server, out, tree string) Config {
 	return Config{Out: out, Tree: tree, Receiver: receiver.Config{Endpoint: s.Endpoint, Timeout: 3 * time.Second,
 		PeerTimeout: 2 * time.Second, Heartbeat: 200 * time.Millisecond, MaxChunk: 64 << 10}}

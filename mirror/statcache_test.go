@@ -15,13 +15,7 @@ import (
 // a size and mtime comparison; the stat cache sees its ctime change, and
 // the quick check hashes that file, finds the drift and repairs it.
 func TestStatCacheSeesInPlaceEdit(t *testing.T) {
-	s := startServer(t)
-	src := filepath.Join(t.TempDir(), "app")
-	smallTree(t, src)
-	publish(t, s, "app", src, 1)
-	out := t.TempDir()
-	cfg := testConfig(s, out, "app")
-	syncOK(t, cfg)
+	_, src, out, cfg, _ := syncedApp(t)
 	time.Sleep(20 * time.Millisecond) // past the cache's fence
 
 	p := filepath.Join(out, "app/a.conf")
@@ -57,13 +51,7 @@ func TestStatCacheSeesInPlaceEdit(t *testing.T) {
 // reading them; a file edited in place (ctime changed) is not trusted: it
 // is hashed, found changed, and fetched.
 func TestStatCacheReuseSkipsEditedFile(t *testing.T) {
-	s := startServer(t)
-	src := filepath.Join(t.TempDir(), "app")
-	smallTree(t, src)
-	publish(t, s, "app", src, 1)
-	out := t.TempDir()
-	cfg := testConfig(s, out, "app")
-	first := syncOK(t, cfg)
+	s, src, out, cfg, first := syncedApp(t)
 	time.Sleep(20 * time.Millisecond)
 
 	// Edit the big file of version 1 in place, keeping size and mtime.
@@ -157,13 +145,7 @@ func TestStatCacheRejectsDamaged(t *testing.T) {
 // chmod-ed in place when the new version changes only its mode: the kept
 // version's file keeps its mode.
 func TestStagedHardLinkNotChmodded(t *testing.T) {
-	s := startServer(t)
-	src := filepath.Join(t.TempDir(), "app")
-	smallTree(t, src)
-	publish(t, s, "app", src, 1)
-	out := t.TempDir()
-	cfg := testConfig(s, out, "app")
-	first := syncOK(t, cfg)
+	s, src, out, cfg, first := syncedApp(t)
 	stage := filepath.Join(out, ".zsnd/app/stage/app")
 	if err := os.MkdirAll(stage, 0o700); err != nil {
 		t.Fatal(err)

@@ -185,8 +185,9 @@ func (l *layout) newLink() string {
 }
 
 // removeNewLink removes a symlink left at OUT/newLink by a switch that was
-// interrupted before its rename. Anything else there is not ours: it is
-// left alone, and the switch fails clearly.
+// interrupted before its rename (the layout is opened under the tree's
+// lock, so no other switch is making one). Anything else there is not
+// ours: it is left alone, and a switch fails clearly (switchTo).
 func (l *layout) removeNewLink() error {
 	n := l.newLink()
 	st, err := lstatAt(int(l.out.Fd()), n)
@@ -196,8 +197,7 @@ func (l *layout) removeNewLink() error {
 	case err != nil:
 		return fmt.Errorf("lstat %s: %w", filepath.Join(l.paths.out, n), err)
 	case st.Mode&unix.S_IFMT != unix.S_IFLNK:
-		return fmt.Errorf("%w: %s is in the way of the switch (zrecv makes a symlink there for an instant): remove it",
-			ErrLayout, filepath.Join(l.paths.out, n))
+		return nil
 	}
 	if err := unix.Unlinkat(int(l.out.Fd()), n, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("removing %s: %w", filepath.Join(l.paths.out, n), err)
@@ -358,12 +358,14 @@ func (l *layout) switchTo(name string, cur current) (time.Time, error) {
 		return at, l.keepPreexisting()
 	}
 	// Over a symlink (or nothing): the new symlink is made beside OUT/T
-	// and renamed within OUT (newLink says why).
-	if err := l.removeNewLink(); err != nil {
-		return time.Time{}, err
-	}
+	// and renamed within OUT (newLink says why). A leftover of ours was
+	// removed when the layout was opened (recoverLinkTmp): what is there
+	// now is not zrecv's.
 	nl := l.newLink()
-	if err := unix.Symlinkat(l.linkPrefix()+name, ofd, nl); err != nil {
+	if err := unix.Symlinkat(l.linkPrefix()+name, ofd, nl); errors.Is(err, unix.EEXIST) {
+		return time.Time{}, fmt.Errorf("%w: %s is in the way of the switch (zrecv makes a symlink there for an instant): remove it",
+			ErrLayout, filepath.Join(l.paths.out, nl))
+	} else if err != nil {
 		return time.Time{}, fmt.Errorf("creating the new stable link: %w", err)
 	}
 	if err := unix.Renameat(ofd, nl, ofd, l.tree); err != nil {

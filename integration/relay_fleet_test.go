@@ -487,7 +487,7 @@ func TestRelaySwitchPassesDecisionDown(t *testing.T) {
 	// Past the barrier timeout and the grace: nothing, the parent decides.
 	expectQuiet(t, child, 2*time.Second, "a relay deciding a barrier itself")
 
-	srv.Switch("app", manifest.ID(id2))
+	srv.Switch("app", manifest.ID(id2), time.Time{})
 	for _, c := range []struct {
 		p   *v2
 		req uint32
@@ -497,7 +497,7 @@ func TestRelaySwitchPassesDecisionDown(t *testing.T) {
 			t.Fatalf("SWITCH passed down (request %d): %+v", c.req, sw)
 		}
 	}
-	srv.Switch("app", manifest.ID(id2)) // the parent's SWITCH again (one per node it stands for)
+	srv.Switch("app", manifest.ID(id2), time.Time{}) // the parent's SWITCH again (one per node it stands for)
 	expectQuiet(t, child, 300*time.Millisecond, "a child told twice")
 
 	late := helloV2(t, ep)
@@ -658,7 +658,7 @@ func TestRelayFollowerForwardsAndPassesSwitch(t *testing.T) {
 			r.Parent = parent
 			return []protocol.Forward{r}
 		},
-		OnSwitch: func(tree string, id manifest.ID) {
+		OnSwitch: func(tree string, id manifest.ID, _ time.Time) {
 			mu.Lock()
 			switches = append(switches, tree+"@"+id.String())
 			mu.Unlock()

@@ -29,7 +29,8 @@ import (
 // v2 is a raw client in a session at version 2.
 type v2 struct {
 	*zpeer
-	chunk uint32
+	chunk   uint32
+	version uint8 // the session's version; 0 is 2
 }
 
 func helloV2(t *testing.T, ep string) *v2 {
@@ -47,7 +48,11 @@ func helloV2(t *testing.T, ep string) *v2 {
 
 func (c *v2) sendV2(t *testing.T, m protocol.Message) {
 	t.Helper()
-	c.sendFrames(t, protocol.Encode(protocol.Version2, m)...)
+	v := c.version
+	if v == 0 {
+		v = protocol.Version2
+	}
+	c.sendFrames(t, protocol.Encode(v, m)...)
 }
 
 func (c *v2) next(t *testing.T) protocol.Message {

@@ -73,10 +73,12 @@ type FollowConfig struct {
 	// changed (sender.Config.OnReport), so that they go up at once.
 	ForwardNotify <-chan struct{}
 	// OnSwitch, if set, is called when the control session receives a
-	// SWITCH (the parent's barrier decision), for each followed tree,
-	// from the control session's goroutine; it must not block. A relay
-	// passes it on to its children (sender.Server.Switch).
-	OnSwitch func(tree string, id manifest.ID)
+	// SWITCH or SWITCHAT (the parent's barrier decision), for each
+	// followed tree, from the control session's goroutine; it must not
+	// block. at is when to switch, by this node's clock (PROTOCOL.md
+	// section 17). A relay passes it on to its children
+	// (sender.Server.Switch).
+	OnSwitch func(tree string, id manifest.ID, at time.Time)
 
 	// OnVersion, if set, is called with each version of a tree that is
 	// complete and verified on disk: when it is staged and checked (before
@@ -173,7 +175,7 @@ func Follow(ctx context.Context, cfg FollowConfig) error {
 	}
 	fl := &follower{cfg: &cfg, trees: map[string]*followed{}, notify: make(chan struct{}, 1)}
 	for _, t := range cfg.Trees {
-		fl.trees[t] = &followed{fl: fl, name: t, poke: make(chan struct{}, 1), switchCh: make(chan manifest.ID, 1)}
+		fl.trees[t] = &followed{fl: fl, name: t, poke: make(chan struct{}, 1), switchCh: make(chan switchOrder, 1)}
 	}
 	var wg sync.WaitGroup
 	for _, f := range fl.trees {
@@ -307,14 +309,14 @@ func (fl *follower) controlEvent(e receiver.ControlEvent) {
 		}
 	case receiver.ControlSwitch:
 		if f := fl.trees[e.Tree.Name]; f != nil && fl.cfg.OnSwitch != nil {
-			fl.cfg.OnSwitch(e.Tree.Name, manifest.ID(e.Tree.Version))
+			fl.cfg.OnSwitch(e.Tree.Name, manifest.ID(e.Tree.Version), e.At)
 		}
 		if f := fl.trees[e.Tree.Name]; f != nil {
 			select {
 			case <-f.switchCh:
 			default:
 			}
-			f.switchCh <- manifest.ID(e.Tree.Version)
+			f.switchCh <- switchOrder{id: manifest.ID(e.Tree.Version), at: e.At}
 		}
 	case receiver.ControlRefused:
 		fl.emit(FollowEvent{Kind: "note", Tree: e.Tree.Name, Err: e.Err, Message: e.Err.Error()})
@@ -379,7 +381,8 @@ type followed struct {
 	fl       *follower
 	name     string
 	poke     chan struct{}
-	switchCh chan manifest.ID
+	switchCh chan switchOrder
+	timed    bool // worker: the switch under way waited for a barrier's SWITCH
 
 	mu      sync.Mutex
 	latest  receiver.TreeInfo // the newest version announced
@@ -480,12 +483,12 @@ func (f *followed) onDisk(id manifest.ID) bool {
 // syncOnce syncs to the latest version, runs the hooks and reports.
 func (f *followed) syncOnce(ctx context.Context) error {
 	cfg := f.fl.cfg
-	f.lastHook = protocol.HookResult{}
+	f.lastHook, f.timed = protocol.HookResult{}, false
 	f.report(protocol.StateSyncing, f.shownSeq, f.shownID, nil)
 	f.fl.emit(FollowEvent{Kind: "syncing", Tree: f.name, Seq: f.shownSeq, Version: f.shownID})
 	var switchedAt time.Time
 	mc := Config{Receiver: cfg.Receiver, Out: cfg.Out, Tree: f.name, Keep: cfg.Keep, LockWait: cfg.LockWait, WarmSpares: true,
-		BeforeSwitch: f.beforeSwitch, Events: func(e Event) {
+		BeforeSwitch: f.beforeSwitch, AfterSwitch: f.afterSwitch, Events: func(e Event) {
 			if e.Kind == EventSwitch {
 				switchedAt = e.Time // the rename over the stable path (before pruning)
 			}
@@ -589,8 +592,49 @@ func (f *followed) poked() {
 	}
 }
 
+// switchOrder is a SWITCH or SWITCHAT: the version to switch to, and
+// when (receiver.ControlEvent.At).
+type switchOrder struct {
+	id manifest.ID
+	at time.Time
+}
+
+// waitUntil waits until at (by the monotonic clock: at comes from
+// time.Now plus a wait bounded by SWITCHAT's in-ms), or ctx's end.
+func waitUntil(ctx context.Context, at time.Time) error {
+	d := time.Until(at)
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// settleAfterTimedSwitch is how long a follower waits after a barrier's
+// switch before it prunes old versions and reports: followers of one
+// machine (a test fleet, or several trees) are woken at one instant, and
+// the first ones' pruning would otherwise hold the last ones' switch back
+// (50 on 2 cores: from about 25 ms to over 50, BENCHMARKS.md).
+const settleAfterTimedSwitch = 200 * time.Millisecond
+
+// afterSwitch is mirror.Config.AfterSwitch: after a barrier's switch, it
+// waits settleAfterTimedSwitch.
+func (f *followed) afterSwitch(ctx context.Context) {
+	if !f.timed {
+		return
+	}
+	f.timed = false
+	waitUntil(ctx, time.Now().Add(settleAfterTimedSwitch))
+}
+
 // beforeSwitch runs --check and, with the server's barrier, waits for
-// SWITCH.
+// SWITCH (or SWITCHAT, then for its instant).
 func (f *followed) beforeSwitch(ctx context.Context, st Staged) error {
 	cfg := f.fl.cfg
 	f.lastHook = protocol.HookResult{}
@@ -623,9 +667,10 @@ func (f *followed) beforeSwitch(ctx context.Context, st Staged) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case id := <-f.switchCh:
-			if id == st.Version {
-				return nil
+		case o := <-f.switchCh:
+			if o.id == st.Version {
+				f.timed = true
+				return waitUntil(ctx, o.at)
 			}
 		case <-f.poke:
 			info, barrier, _ := f.wanted()

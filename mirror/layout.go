@@ -34,6 +34,9 @@ type layout struct {
 	// unlinked, when not nil, collects the inodes (device, number) of the
 	// hard-linked files emptyTrash removes a name of (statcache.go).
 	unlinked map[[2]uint64]bool
+	// linked is the version the symlink at OUT/newLink points to, made
+	// ahead of a switch by linkAhead; "" when there is none of ours.
+	linked string
 }
 
 func (l *layout) close() {
@@ -358,23 +361,54 @@ func (l *layout) switchTo(name string, cur current) (time.Time, error) {
 		return at, l.keepPreexisting()
 	}
 	// Over a symlink (or nothing): the new symlink is made beside OUT/T
-	// and renamed within OUT (newLink says why). A leftover of ours was
-	// removed when the layout was opened (recoverLinkTmp): what is there
-	// now is not zrecv's.
-	nl := l.newLink()
-	if err := unix.Symlinkat(l.linkPrefix()+name, ofd, nl); errors.Is(err, unix.EEXIST) {
-		return time.Time{}, fmt.Errorf("%w: %s is in the way of the switch (zrecv makes a symlink there for an instant): remove it",
-			ErrLayout, filepath.Join(l.paths.out, nl))
-	} else if err != nil {
-		return time.Time{}, fmt.Errorf("creating the new stable link: %w", err)
+	// (unless linkAhead made it) and renamed within OUT (newLink says
+	// why).
+	if l.linked != name {
+		if err := l.linkAhead(name); err != nil {
+			return time.Time{}, err
+		}
 	}
+	nl := l.newLink()
+	l.linked = ""
 	if err := unix.Renameat(ofd, nl, ofd, l.tree); err != nil {
 		unix.Unlinkat(ofd, nl, 0)
 		return time.Time{}, fmt.Errorf("switching %s: %w", filepath.Join(l.paths.out, l.tree), err)
 	}
-	at := time.Now()
-	return at, fsyncDir(l.out)
+	return time.Now(), nil // the caller fsyncs OUT (syncSwitch)
 }
+
+// linkAhead makes the symlink a switch to version name renames over
+// OUT/T, at OUT/newLink, so that the switch itself is one rename (a
+// barrier's switch at a set instant: section 17 of PROTOCOL.md). A
+// leftover of ours was removed when the layout was opened
+// (recoverLinkTmp), and one linkAhead made is replaced: anything else
+// there is not zrecv's, and is an error.
+func (l *layout) linkAhead(name string) error {
+	ofd, nl := int(l.out.Fd()), l.newLink()
+	if l.linked != "" {
+		l.unlinkAhead()
+	}
+	if err := unix.Symlinkat(l.linkPrefix()+name, ofd, nl); errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("%w: %s is in the way of the switch (zrecv makes a symlink there while it switches): remove it",
+			ErrLayout, filepath.Join(l.paths.out, nl))
+	} else if err != nil {
+		return fmt.Errorf("creating the new stable link: %w", err)
+	}
+	l.linked = name
+	return nil
+}
+
+// unlinkAhead removes the symlink linkAhead made, if any.
+func (l *layout) unlinkAhead() {
+	if l.linked != "" {
+		unix.Unlinkat(int(l.out.Fd()), l.newLink(), 0)
+		l.linked = ""
+	}
+}
+
+// syncSwitch makes a switch durable: it fsyncs OUT, whose entry T the
+// switch renamed over.
+func (l *layout) syncSwitch() error { return fsyncDir(l.out) }
 
 // prune removes kept versions beyond keep (never the current one, name)
 // and manifests no kept version uses.
@@ -496,6 +530,9 @@ func Rollback(out, tree string) (string, error) {
 		return "", fmt.Errorf("%w: %s shows %s, the oldest one kept", ErrNoPrevious, filepath.Join(out, tree), cur.name)
 	}
 	if _, err := l.switchTo(prev, cur); err != nil {
+		return "", err
+	}
+	if err := l.syncSwitch(); err != nil {
 		return "", err
 	}
 	return filepath.Join(l.v.Name(), prev), nil

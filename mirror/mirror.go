@@ -100,6 +100,12 @@ type Config struct {
 	// is and is returned by Sync; the staged version's directory is
 	// removed (a later sync of it reuses the current version's files).
 	BeforeSwitch func(ctx context.Context, st Staged) error
+	// AfterSwitch, if set, is called right after the switch (the rename
+	// over the stable path and the fsync of its directory), before older
+	// versions are pruned. Follow mode pauses there after a barrier's
+	// timed switch, so that followers sharing a machine all switch before
+	// any of them spends CPU on pruning.
+	AfterSwitch func(ctx context.Context)
 	// WarmSpares makes hard-linked copies of a new version as spares
 	// while too few versions are kept for prune to make one (spare.go):
 	// a follower's first versions then cost what later ones do.

@@ -302,9 +302,17 @@ func (s *syncer) build(ctx context.Context, man *manifest.Manifest, id manifest.
 				st.PrevSeq, _, _ = parseVersionName(cur.name)
 				st.PrevDir = filepath.Join(l.v.Name(), cur.name)
 			}
+			if cur.kind != curPlain {
+				// The switch is then one rename, however long the hook
+				// or the barrier takes.
+				if err := l.linkAhead(name); err != nil {
+					return err
+				}
+			}
 			if err := cfg.BeforeSwitch(ctx, st); err != nil {
 				// Not switched to: drop it, so it never takes the place
 				// of a version worth keeping for rollback.
+				l.unlinkAhead()
 				if rerr := removeAllAt(int(l.v.Fd()), name); rerr == nil {
 					fsyncDir(l.v)
 				}
@@ -319,6 +327,12 @@ func (s *syncer) build(ctx context.Context, man *manifest.Manifest, id manifest.
 			res.Previous = filepath.Join(l.v.Name(), cur.name)
 		}
 		s.emit(Event{Kind: EventSwitch, Message: res.Dir, Time: switchedAt}) // the rename, not the fsync after it
+		if cfg.AfterSwitch != nil {
+			cfg.AfterSwitch(ctx)
+		}
+		if err := l.syncSwitch(); err != nil {
+			return err
+		}
 	}
 	l.unlinked = map[[2]uint64]bool{}
 	res.Pruned, err = l.prune(cfg.Keep, name)

@@ -1,5 +1,7 @@
 package protocol
 
+import "time"
+
 // Follow mode and the fleet table (version 2, PROTOCOL.md section 14).
 
 // TreeBarrier is TREE's flag bit 0: the server coordinates switches
@@ -112,12 +114,51 @@ type Switch struct {
 	Tree    string
 }
 
-func (*Report) Command() Command  { return CmdReport }
-func (*Status) Command() Command  { return CmdStatus }
-func (*Fleet) Command() Command   { return CmdFleet }
-func (*Switch) Command() Command  { return CmdSwitch }
-func (*Forward) Command() Command { return CmdForward }
-func (*Access) Command() Command  { return CmdAccess }
+// SwitchAt tells a follower to switch a staged version at a set time
+// (S->C, version 4, PROTOCOL.md section 17): the barrier's decision,
+// timed so that every node switches at one instant. AtNS is that instant
+// on the server's clock (nanoseconds since 1970-01-01T00:00:00Z); InMS is
+// how long until it, measured by the server when it sent the message. A
+// node waits SwitchWait(now, m) from when it read the message.
+type SwitchAt struct {
+	Request uint32
+	Seq     uint64
+	AtNS    int64
+	InMS    uint32
+	Version Hash
+	Tree    string
+}
+
+// MaxSwitchInMS bounds SwitchAt.InMS: no node waits longer than this for
+// a switch it was told about.
+const MaxSwitchInMS = 10000
+
+// SwitchWait is how long a node that reads m when its clock says nowNS
+// waits before it switches: until m's instant by its own clock, but never
+// longer than m.InMS and never less than 0. A node whose clock agrees
+// with the server's switches at the instant; one whose clock is behind
+// waits InMS from reading the message (at most what the server meant);
+// one whose clock is ahead switches early, at once at worst. A wrong
+// clock can make a node switch early, never hold it back.
+func SwitchWait(nowNS int64, m *SwitchAt) time.Duration {
+	in := time.Duration(m.InMS) * time.Millisecond
+	switch left := m.AtNS - nowNS; {
+	case m.AtNS <= nowNS:
+		return 0
+	case left < 0 || left > int64(in): // left < 0: the difference overflowed
+		return in
+	default:
+		return time.Duration(left)
+	}
+}
+
+func (*Report) Command() Command   { return CmdReport }
+func (*Status) Command() Command   { return CmdStatus }
+func (*Fleet) Command() Command    { return CmdFleet }
+func (*Switch) Command() Command   { return CmdSwitch }
+func (*SwitchAt) Command() Command { return CmdSwitchAt }
+func (*Forward) Command() Command  { return CmdForward }
+func (*Access) Command() Command   { return CmdAccess }
 
 // Access asks which trees a client key may fetch (C->S, version 2,
 // PROTOCOL.md section 15.8): a relay asks its parent about a child's
@@ -281,5 +322,31 @@ func (m *Switch) decodeHeader(d *decoder) {
 	m.Tree = d.text(MaxComponentLen)
 	if m.Tree == "" {
 		d.fail("empty tree name")
+	}
+}
+
+func (m *SwitchAt) appendHeader(b []byte) []byte {
+	b = be32(b, m.Request)
+	b = be64(b, m.Seq)
+	b = be64(b, uint64(m.AtNS))
+	b = be32(b, m.InMS)
+	b = append(b, m.Version[:]...)
+	return appendString(b, m.Tree)
+}
+
+func (m *SwitchAt) decodeHeader(d *decoder) {
+	m.Request = d.u32()
+	m.Seq = d.u64()
+	m.AtNS = int64(d.u64())
+	m.InMS = d.u32()
+	d.bytes(m.Version[:])
+	m.Tree = d.text(MaxComponentLen)
+	switch {
+	case m.Request == NoRequest:
+		d.fail("request id 0 is reserved")
+	case m.Tree == "":
+		d.fail("empty tree name")
+	case m.InMS > MaxSwitchInMS:
+		d.fail("in-ms %d over %d", m.InMS, MaxSwitchInMS)
 	}
 }

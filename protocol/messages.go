@@ -511,6 +511,8 @@ func newMessage(c Command) Message {
 		return new(Fleet)
 	case CmdSwitch:
 		return new(Switch)
+	case CmdSwitchAt:
+		return new(SwitchAt)
 	case CmdForward:
 		return new(Forward)
 	case CmdAccess:

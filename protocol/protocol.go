@@ -24,8 +24,9 @@ const (
 	Version1   uint8 = 1
 	Version2   uint8 = 2 // adds trees and versions (LIST, MGET, VGET, TREE, code 410), the fleet (REPORT, STATUS, SWITCH, FLEET) and relays (FORWARD)
 	Version3   uint8 = 3 // adds BGET and PACK: many small files of a version in few messages
+	Version4   uint8 = 4 // adds SWITCHAT: the barrier's switch at a set time
 	MinVersion       = Version1
-	MaxVersion       = Version3
+	MaxVersion       = Version4
 )
 
 // Limits that every decoder enforces before allocating or slicing.
@@ -56,30 +57,31 @@ type Command uint8
 // Commands. Client-to-server commands are below 0x10, server-to-client
 // commands from 0x10, and commands either side may send from 0x20.
 const (
-	CmdHello   Command = 0x01 // C->S open a session, offer versions
-	CmdGet     Command = 0x02 // C->S request one file
-	CmdCredit  Command = 0x03 // C->S grant credit (absolute byte offset)
-	CmdCancel  Command = 0x04 // C->S abandon a request
-	CmdList    Command = 0x05 // C->S (v2) list served trees and their latest versions
-	CmdMGet    Command = 0x06 // C->S (v2) request a tree version's manifest
-	CmdVGet    Command = 0x07 // C->S (v2) request one file of a tree version
-	CmdReport  Command = 0x08 // C->S (v2) a node's state of one tree, for the fleet table
-	CmdStatus  Command = 0x09 // C->S (v2) request the fleet table
-	CmdForward Command = 0x0A // C->S (v2) a relay passes up a row of its fleet table
-	CmdAccess  Command = 0x0B // C->S (v2) a relay asks which trees a client key may fetch
-	CmdBGet    Command = 0x0C // C->S (v3) request small files of a tree version by manifest index
-	CmdWelcome Command = 0x10 // S->C accept a session
-	CmdFile    Command = 0x11 // S->C metadata of a requested file
-	CmdChunk   Command = 0x12 // S->C one chunk of file data
-	CmdEnd     Command = 0x13 // S->C end of a file, whole-file hash
-	CmdTree    Command = 0x14 // S->C (v2) one tree's latest version, answering LIST
-	CmdSwitch  Command = 0x15 // S->C (v2) switch a staged version now (barrier)
-	CmdFleet   Command = 0x16 // S->C (v2) one row of the fleet table, answering STATUS
-	CmdPack    Command = 0x17 // S->C (v3) whole small files answering a BGET
-	CmdPing    Command = 0x20 // both: heartbeat request
-	CmdPong    Command = 0x21 // both: heartbeat reply
-	CmdBye     Command = 0x22 // both: the session is ending
-	CmdError   Command = 0x23 // both: a request or the session failed
+	CmdHello    Command = 0x01 // C->S open a session, offer versions
+	CmdGet      Command = 0x02 // C->S request one file
+	CmdCredit   Command = 0x03 // C->S grant credit (absolute byte offset)
+	CmdCancel   Command = 0x04 // C->S abandon a request
+	CmdList     Command = 0x05 // C->S (v2) list served trees and their latest versions
+	CmdMGet     Command = 0x06 // C->S (v2) request a tree version's manifest
+	CmdVGet     Command = 0x07 // C->S (v2) request one file of a tree version
+	CmdReport   Command = 0x08 // C->S (v2) a node's state of one tree, for the fleet table
+	CmdStatus   Command = 0x09 // C->S (v2) request the fleet table
+	CmdForward  Command = 0x0A // C->S (v2) a relay passes up a row of its fleet table
+	CmdAccess   Command = 0x0B // C->S (v2) a relay asks which trees a client key may fetch
+	CmdBGet     Command = 0x0C // C->S (v3) request small files of a tree version by manifest index
+	CmdWelcome  Command = 0x10 // S->C accept a session
+	CmdFile     Command = 0x11 // S->C metadata of a requested file
+	CmdChunk    Command = 0x12 // S->C one chunk of file data
+	CmdEnd      Command = 0x13 // S->C end of a file, whole-file hash
+	CmdTree     Command = 0x14 // S->C (v2) one tree's latest version, answering LIST
+	CmdSwitch   Command = 0x15 // S->C (v2) switch a staged version now (barrier)
+	CmdFleet    Command = 0x16 // S->C (v2) one row of the fleet table, answering STATUS
+	CmdPack     Command = 0x17 // S->C (v3) whole small files answering a BGET
+	CmdSwitchAt Command = 0x18 // S->C (v4) switch a staged version at a set time (barrier)
+	CmdPing     Command = 0x20 // both: heartbeat request
+	CmdPong     Command = 0x21 // both: heartbeat reply
+	CmdBye      Command = 0x22 // both: the session is ending
+	CmdError    Command = 0x23 // both: a request or the session failed
 )
 
 var commandNames = map[Command]string{
@@ -88,7 +90,7 @@ var commandNames = map[Command]string{
 	CmdPing: "PING", CmdPong: "PONG", CmdBye: "BYE", CmdError: "ERROR",
 	CmdList: "LIST", CmdMGet: "MGET", CmdVGet: "VGET", CmdTree: "TREE",
 	CmdReport: "REPORT", CmdStatus: "STATUS", CmdSwitch: "SWITCH", CmdFleet: "FLEET",
-	CmdForward: "FORWARD", CmdAccess: "ACCESS", CmdBGet: "BGET", CmdPack: "PACK",
+	CmdForward: "FORWARD", CmdAccess: "ACCESS", CmdBGet: "BGET", CmdPack: "PACK", CmdSwitchAt: "SWITCHAT",
 }
 
 // Since is the first protocol version that has command c: a frame marked
@@ -99,6 +101,8 @@ func (c Command) Since() uint8 {
 		return Version2
 	case CmdBGet, CmdPack:
 		return Version3
+	case CmdSwitchAt:
+		return Version4
 	}
 	return Version1
 }

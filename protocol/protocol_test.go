@@ -5,11 +5,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"flag"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/golden from the encoder")
@@ -81,6 +83,8 @@ var samples = []struct {
 		{Index: 3, Size: 0, Mode: 0600, MtimeNS: 1700000000000000000}, {Index: 7, Size: 3, Mode: 0755, MtimeNS: 1700000001000000000}},
 		Data: []byte("helloabc")}, 0},
 	{"pack_empty", &Pack{Request: 17, Files: []PackFile{{Index: 9, Size: 0, Mode: 0644, MtimeNS: 1700000000000000000}}}, 0},
+	// Version 4: the barrier's switch at a set time.
+	{"switchat", &SwitchAt{Request: 3, Seq: 43, AtNS: 1700000000250000000, InMS: 250, Version: hashOf(0xC1), Tree: "etc"}, 0},
 }
 
 func TestRoundTripEveryCommand(t *testing.T) {
@@ -172,7 +176,7 @@ func TestPinnedConstants(t *testing.T) {
 		CmdPing: 0x20, CmdPong: 0x21, CmdBye: 0x22, CmdError: 0x23,
 		CmdList: 0x05, CmdMGet: 0x06, CmdVGet: 0x07, CmdTree: 0x14,
 		CmdReport: 0x08, CmdStatus: 0x09, CmdSwitch: 0x15, CmdFleet: 0x16, CmdForward: 0x0a,
-		CmdBGet: 0x0c, CmdPack: 0x17}
+		CmdBGet: 0x0c, CmdPack: 0x17, CmdSwitchAt: 0x18}
 	for c, b := range pins {
 		if byte(c) != b {
 			t.Errorf("%v = 0x%02x, want 0x%02x", c, byte(c), b)
@@ -184,8 +188,11 @@ func TestPinnedConstants(t *testing.T) {
 	if got := hex.EncodeToString(CommandFrame(2, CmdMGet)); got != "5a534e440206" {
 		t.Errorf("MGET command frame %s", got)
 	}
-	if MaxVersion != 3 || MaxBatch != 1000 || MaxPackFiles != 256 {
+	if MaxBatch != 1000 || MaxPackFiles != 256 {
 		t.Error("version 3 constants changed: update PROTOCOL.md")
+	}
+	if MaxVersion != 4 || MaxSwitchInMS != 10000 {
+		t.Error("version 4 constants changed: update PROTOCOL.md")
 	}
 	if CodeGone != 410 || MinVersion != 1 || ListSubscribe != 1 || TreeBarrier != 1 ||
 		StateSyncing != 1 || StateStaged != 2 || StateSwitched != 3 || StateFailed != 4 || StateLost != 5 ||
@@ -223,7 +230,7 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 		{"short command frame", [][]byte{[]byte("ZSND\x01"), getHdr}, ErrMalformed},
 		{"version 0", [][]byte{CommandFrame(0, CmdGet), getHdr}, ErrVersion},
 		{"version 9", [][]byte{CommandFrame(9, CmdGet), getHdr}, ErrVersion},
-		{"version 4", [][]byte{CommandFrame(4, CmdGet), getHdr}, ErrVersion},
+		{"version 5", [][]byte{CommandFrame(5, CmdGet), getHdr}, ErrVersion},
 		{"hello at version 2", [][]byte{CommandFrame(2, CmdHello), Encode(1, &Hello{})[1]}, ErrMalformed},
 		{"unknown command", [][]byte{CommandFrame(1, 0x7f), {}}, ErrUnknownCommand},
 		{"missing header", [][]byte{cmdFrame(CmdGet)}, ErrMalformed},
@@ -299,6 +306,11 @@ func TestMalformedInputsFailCleanly(t *testing.T) {
 		{"fleet state 0", [][]byte{v2(CmdFleet), Encode(2, &Fleet{Request: 1, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
 		{"fleet state 6", [][]byte{v2(CmdFleet), Encode(2, &Fleet{Request: 1, State: 6, Node: "n", Tree: "etc"})[1]}, ErrMalformed},
 		{"switch empty tree", [][]byte{v2(CmdSwitch), Encode(2, &Switch{Request: 1})[1]}, ErrMalformed},
+		{"switchat at version 3", [][]byte{CommandFrame(3, CmdSwitchAt), Encode(4, &SwitchAt{Request: 1, Tree: "etc"})[1]}, ErrUnknownCommand},
+		{"switchat empty tree", [][]byte{CommandFrame(4, CmdSwitchAt), Encode(4, &SwitchAt{Request: 1})[1]}, ErrMalformed},
+		{"switchat request 0", [][]byte{CommandFrame(4, CmdSwitchAt), Encode(4, &SwitchAt{Tree: "etc"})[1]}, ErrMalformed},
+		{"switchat in-ms over bound", [][]byte{CommandFrame(4, CmdSwitchAt), Encode(4, &SwitchAt{Request: 1, InMS: MaxSwitchInMS + 1, Tree: "etc"})[1]}, ErrMalformed},
+		{"switchat trailing", [][]byte{CommandFrame(4, CmdSwitchAt), append(Encode(4, &SwitchAt{Request: 1, Tree: "etc"})[1], 0)}, ErrMalformed},
 		{"list request 0", [][]byte{v2(CmdList), Encode(2, &List{Tree: "etc"})[1]}, ErrMalformed},
 		{"list reserved flag", [][]byte{v2(CmdList), Encode(2, &List{Request: 1, Flags: 2})[1]}, ErrMalformed},
 		{"list truncated", [][]byte{v2(CmdList), listHdr[:4]}, ErrMalformed},
@@ -338,12 +350,18 @@ func TestVersionGating(t *testing.T) {
 		if c == CmdHello {
 			continue
 		}
-		if c.Since() == Version3 {
-			// A version 3 command is an unknown command at version 2.
-			_, _, err := Decode(Encode(Version2, s.msg))
+		if since := c.Since(); since >= Version3 {
+			// A version 3 command is an unknown command at version 2, a
+			// version 4 one at version 3; both keep their layout above.
+			_, _, err := Decode(Encode(since-1, s.msg))
 			var de *DecodeError
 			if !errors.As(err, &de) || de.Code() != CodeUnknownCommand {
-				t.Errorf("%s at version 2: %v, want 501 unknown command", s.name, err)
+				t.Errorf("%s at version %d: %v, want 501 unknown command", s.name, since-1, err)
+			}
+			for v := since; v <= MaxVersion; v++ {
+				if got, _, err := Decode(Encode(v, s.msg)); err != nil || !reflect.DeepEqual(got, s.msg) {
+					t.Errorf("%s at version %d: %#v, %v", s.name, v, got, err)
+				}
 			}
 			continue
 		}
@@ -352,8 +370,10 @@ func TestVersionGating(t *testing.T) {
 		if err != nil || v != Version2 || !reflect.DeepEqual(got, s.msg) {
 			t.Errorf("%s at version 2: %#v, %d, %v", s.name, got, v, err)
 		}
-		if got, _, err := Decode(Encode(Version3, s.msg)); err != nil || !reflect.DeepEqual(got, s.msg) {
-			t.Errorf("%s at version 3: %#v, %v", s.name, got, err)
+		for v := Version3; v <= MaxVersion; v++ {
+			if got, _, err := Decode(Encode(v, s.msg)); err != nil || !reflect.DeepEqual(got, s.msg) {
+				t.Errorf("%s at version %d: %#v, %v", s.name, v, got, err)
+			}
 		}
 		if c.Since() == Version1 {
 			if !bytes.Equal(frames[1], Encode(Version1, s.msg)[1]) {
@@ -426,6 +446,7 @@ func TestProtocolDocExamples(t *testing.T) {
 	for sec, names := range map[string][]string{
 		"15.7": {"forward", "status_parents", "fleet_parent", "fleet_direct"},
 		"16.5": {"bget", "pack", "pack_empty"},
+		"17.3": {"switchat"},
 	} {
 		_, text, ok := strings.Cut(string(doc), "### "+sec+" Examples")
 		if !ok {
@@ -444,5 +465,39 @@ func TestProtocolDocExamples(t *testing.T) {
 				t.Errorf("PROTOCOL.md %s lacks the golden %s: %s", sec, name, want)
 			}
 		}
+	}
+}
+
+// SwitchWait: a node whose clock agrees with the server's waits until the
+// instant; a wrong clock can make it switch early, never wait longer than
+// in-ms.
+func TestSwitchWait(t *testing.T) {
+	const at = int64(1_700_000_000_250_000_000)
+	m := &SwitchAt{Request: 1, AtNS: at, InMS: 250, Tree: "etc"}
+	ms := time.Millisecond
+	for _, c := range []struct {
+		name string
+		now  int64
+		want time.Duration
+	}{
+		{"read at once, clocks agree", at - int64(250*ms), 250 * ms},
+		{"read 100 ms late, clocks agree", at - int64(150*ms), 150 * ms},
+		{"read after the instant", at + int64(ms), 0},
+		{"read at the instant", at, 0},
+		{"node clock 1 s behind", at - int64(1250*ms), 250 * ms},
+		{"node clock 1 s ahead", at + int64(750*ms), 0},
+		{"node clock at the far past", math.MinInt64, 250 * ms},
+		{"node clock at the far future", math.MaxInt64, 0},
+	} {
+		if got := SwitchWait(c.now, m); got != c.want {
+			t.Errorf("%s: wait %v, want %v", c.name, got, c.want)
+		}
+	}
+	far := &SwitchAt{Request: 1, AtNS: math.MaxInt64, InMS: MaxSwitchInMS, Tree: "etc"}
+	if got := SwitchWait(math.MinInt64, far); got != MaxSwitchInMS*ms {
+		t.Errorf("overflowing difference: wait %v", got)
+	}
+	if got := SwitchWait(at, &SwitchAt{Request: 1, AtNS: at + int64(time.Hour), Tree: "etc"}); got != 0 {
+		t.Errorf("in-ms 0: wait %v, want 0", got)
 	}
 }

@@ -389,7 +389,7 @@ type ControlEventKind string
 const (
 	ControlConnected ControlEventKind = "connected" // WELCOME received, subscriptions sent
 	ControlTree      ControlEventKind = "tree"      // a TREE: Tree, Barrier
-	ControlSwitch    ControlEventKind = "switch"    // a SWITCH: Tree.Name, Tree.Seq, Tree.Version
+	ControlSwitch    ControlEventKind = "switch"    // a SWITCH or SWITCHAT: Tree.Name, Tree.Seq, Tree.Version, At
 	ControlRefused   ControlEventKind = "refused"   // a LIST or REPORT refused: Err
 )
 
@@ -399,7 +399,11 @@ type ControlEvent struct {
 	Endpoint string // connected: the server of this session
 	Tree     TreeInfo
 	Barrier  bool
-	Err      error
+	// At (switch) is when to switch, by this node's clock: the instant a
+	// SWITCHAT names, bounded by its in-ms (protocol.SwitchWait); the
+	// time the message was read for a SWITCH.
+	At  time.Time
+	Err error
 }
 
 // ControlConfig configures Control.
@@ -595,7 +599,14 @@ func control(ctx context.Context, cfg *Config, i int, cc ControlConfig) error {
 			if _, ok := subs[m.Request]; !ok {
 				return fmt.Errorf("%w: SWITCH for request %d", ErrProtocol, m.Request)
 			}
-			emit(ControlEvent{Kind: ControlSwitch, Tree: TreeInfo{Name: m.Tree, Seq: m.Seq, Version: m.Version}})
+			emit(ControlEvent{Kind: ControlSwitch, Tree: TreeInfo{Name: m.Tree, Seq: m.Seq, Version: m.Version}, At: time.Now()})
+		case *protocol.SwitchAt:
+			if _, ok := subs[m.Request]; !ok {
+				return fmt.Errorf("%w: SWITCHAT for request %d", ErrProtocol, m.Request)
+			}
+			now := time.Now()
+			emit(ControlEvent{Kind: ControlSwitch, Tree: TreeInfo{Name: m.Tree, Seq: m.Seq, Version: m.Version},
+				At: now.Add(protocol.SwitchWait(now.UnixNano(), m))})
 		case *protocol.End:
 			delete(unacked, m.Request) // a LIST's END or a REPORT's acknowledgement
 			delete(listed, m.Request)

@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/zsend/zsend/manifest"
 	"github.com/zsend/zsend/mirror"
@@ -115,10 +116,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	fcfg.Forwards, fcfg.ForwardNotify = srv.Forwards, changed
 	onSwitch := fcfg.OnSwitch
-	fcfg.OnSwitch = func(tree string, id manifest.ID) {
-		srv.Switch(tree, id)
+	fcfg.OnSwitch = func(tree string, id manifest.ID, at time.Time) {
+		srv.Switch(tree, id, at) // the children switch at the parent's instant too
 		if onSwitch != nil {
-			onSwitch(tree, id)
+			onSwitch(tree, id, at)
 		}
 	}
 	events := fcfg.Events
@@ -128,7 +129,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// staged on it may switch too, also after a restart of the relay
 		// or under a parent that predates relays (no SWITCH for them).
 		if e.Kind == "switched" || e.Kind == "unchanged" {
-			srv.Switch(e.Tree, e.Version)
+			srv.Switch(e.Tree, e.Version, time.Time{}) // at once
 		}
 		if events != nil {
 			events(e)

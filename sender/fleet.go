@@ -39,6 +39,7 @@ type fleetState struct {
 type switchOrder struct {
 	tree string
 	id   protocol.Hash
+	at   time.Time
 }
 
 // barrier is the coordinated switch of one tree to one version.
@@ -54,6 +55,10 @@ type barrier struct {
 	// its late children itself).
 	told map[string]*session
 	sent map[*session]bool
+	// at is when the nodes switch (PROTOCOL.md section 17): set when the
+	// barrier is decided, Config.SwitchDelay after the decision (a
+	// parent's instant on a relay); zero: at once.
+	at time.Time
 }
 
 // maxNodesPerSession bounds the node names one session may report under
@@ -400,8 +405,9 @@ func (s *Server) checkBarrier(b *barrier, now time.Time) {
 		return
 	}
 	b.decided = true
+	b.at = time.Now().Add(s.cfg.SwitchDelay)
 	s.sendSwitch(b, staged)
-	msg := fmt.Sprintf("barrier of %s v%d: %d nodes staged, switching", b.b.Tree, b.seq, len(staged))
+	msg := fmt.Sprintf("barrier of %s v%d: %d nodes staged, switching at %s", b.b.Tree, b.seq, len(staged), b.at.Format("15:04:05.000"))
 	if d == fleet.SwitchTimed {
 		var missing []string
 		s.fleet.mu.Lock()
@@ -416,11 +422,11 @@ func (s *Server) checkBarrier(b *barrier, now time.Time) {
 			}
 		}
 		s.fleet.mu.Unlock()
-		msg = fmt.Sprintf("barrier of %s v%d timed out: switching %d staged nodes; not staged: %s",
-			b.b.Tree, b.seq, len(staged), strings.Join(missing, ", "))
+		msg = fmt.Sprintf("barrier of %s v%d timed out: switching %d staged nodes at %s; not staged: %s",
+			b.b.Tree, b.seq, len(staged), b.at.Format("15:04:05.000"), strings.Join(missing, ", "))
 	}
 	if s.cfg.Events != nil {
-		s.cfg.Events(Event{Kind: "barrier", Name: b.b.Tree, Seq: b.seq, Version: b.b.Version, Message: msg})
+		s.cfg.Events(Event{Kind: "barrier", Name: b.b.Tree, Seq: b.seq, Version: b.b.Version, Message: msg, At: b.at})
 	}
 }
 
@@ -451,7 +457,10 @@ func (b *barrier) retell(sess *session, node string) {
 
 // sendSwitch sends SWITCH to every subscribed session of the named nodes:
 // the sessions that reported them, and those that forwarded them (a
-// relay's, PROTOCOL.md section 15.6), at most one SWITCH per session.
+// relay's, PROTOCOL.md section 15.6), at most one SWITCH per session. A
+// session at version 4 gets SWITCHAT, naming the barrier's instant
+// (section 17); an older one gets SWITCH, and its node switches when it
+// reads it.
 func (s *Server) sendSwitch(b *barrier, nodes []string) {
 	var want []string
 	for _, n := range nodes {
@@ -481,7 +490,7 @@ func (s *Server) sendSwitch(b *barrier, nodes []string) {
 		for _, sub := range sess.subs {
 			if sub.tree == "" || sub.tree == b.b.Tree {
 				if !b.sent[sess] {
-					sess.send(&protocol.Switch{Request: sub.req, Seq: b.seq, Version: b.id, Tree: b.b.Tree})
+					sess.send(b.switchMessage(sess.version, sub.req))
 					b.sent[sess] = true
 				}
 				for _, n := range hit {
@@ -493,17 +502,38 @@ func (s *Server) sendSwitch(b *barrier, nodes []string) {
 	}
 }
 
+// switchMessage is the SWITCH (below version 4) or SWITCHAT (version 4)
+// for a session at version v whose LIST with SUBSCRIBE was request req.
+// SWITCHAT's in-ms is measured now, as it is sent.
+func (b *barrier) switchMessage(v uint8, req uint32) protocol.Message {
+	if v < protocol.Version4 {
+		return &protocol.Switch{Request: req, Seq: b.seq, Version: b.id, Tree: b.b.Tree}
+	}
+	now := time.Now()
+	at := b.at
+	if at.IsZero() {
+		at = now
+	}
+	// Rounded up, so that a node whose clock agrees waits until the
+	// instant itself, not up to a millisecond short of it.
+	in := min(max(at.Sub(now)+time.Millisecond-1, 0), protocol.MaxSwitchInMS*time.Millisecond)
+	return &protocol.SwitchAt{Request: req, Seq: b.seq, AtNS: at.UnixNano(), InMS: uint32(in / time.Millisecond),
+		Version: b.id, Tree: b.b.Tree}
+}
+
 // Switch passes a parent's barrier decision on (a relay with
 // Config.ExternalBarrier, PROTOCOL.md section 15.6): SWITCH for (tree,
 // id) goes to every node of the tree whose row shows id staged and that
 // has a session (or whose relay has), and the decision is remembered, so
 // that a node that reports id staged later gets its SWITCH at once. Safe
-// from any goroutine; it does not wait for the SWITCHes to be sent.
-func (s *Server) Switch(tree string, id manifest.ID) {
+// from any goroutine; it does not wait for the SWITCHes to be sent. The
+// nodes switch at the instant at (the one the parent's SWITCHAT named, by
+// this node's clock), or at once when at is zero or past.
+func (s *Server) Switch(tree string, id manifest.ID, at time.Time) {
 	f := s.fleet
 	f.mu.Lock()
 	if len(f.switches) < maxSwitchOrders {
-		f.switches = append(f.switches, switchOrder{tree: tree, id: protocol.Hash(id)})
+		f.switches = append(f.switches, switchOrder{tree: tree, id: protocol.Hash(id), at: at})
 	}
 	f.mu.Unlock()
 	select {
@@ -535,6 +565,9 @@ func (s *Server) runSwitches(now time.Time) {
 			b = nb
 		}
 		b.decided = true
+		if b.at.IsZero() || o.at.Before(b.at) {
+			b.at = o.at // the earliest instant the parent named (zero: at once)
+		}
 		var staged []string
 		for _, t := range st {
 			if t.Tree != o.tree {
@@ -547,7 +580,7 @@ func (s *Server) runSwitches(now time.Time) {
 			}
 		}
 		s.sendSwitch(b, staged)
-		s.event(Event{Kind: "barrier", Name: o.tree, Seq: seq, Version: hexID(o.id),
+		s.event(Event{Kind: "barrier", Name: o.tree, Seq: seq, Version: hexID(o.id), At: b.at,
 			Message: fmt.Sprintf("switch of %s v%d passed on from the parent: %d nodes staged", o.tree, seq, len(staged))})
 	}
 }

@@ -125,6 +125,13 @@ type Config struct {
 	Barrier        bool
 	Quorum         int
 	BarrierTimeout time.Duration
+	// SwitchDelay is how long after a barrier is decided its nodes switch
+	// (zsend --switch-delay, PROTOCOL.md section 17): the SWITCHATs name
+	// that instant, so every node at version 4 switches at once whatever
+	// order its message went out in; 0 is DefaultSwitchDelay, negative is
+	// none (the instant is the decision's), at most 10s. Nodes at an older
+	// version get SWITCH at the decision and switch on reading it.
+	SwitchDelay time.Duration
 
 	// AccessFrom, on a relay, answers ACCESS for keys below it by asking
 	// its parent (PROTOCOL.md section 15.8); nil: answered from Curve.
@@ -240,7 +247,9 @@ type Event struct {
 	// "report": a node's report changed its row of the fleet table
 	// (Name is the tree, Seq and Version what the node runs, Message
 	// "node NAME STATE"). "barrier": a barrier was decided (Name, Seq,
-	// Version; Message says how, and which nodes had not staged).
+	// Version; Message says how, and which nodes had not staged; At is
+	// the instant its nodes switch at, PROTOCOL.md section 17).
+	At      time.Time
 	Seq     uint64
 	Version string
 	Entries int64
@@ -330,6 +339,14 @@ func (c *Config) setDefaults() error {
 	if c.BarrierTimeout <= 0 {
 		c.BarrierTimeout = 30 * time.Second
 	}
+	switch {
+	case c.SwitchDelay == 0:
+		c.SwitchDelay = DefaultSwitchDelay
+	case c.SwitchDelay < 0:
+		c.SwitchDelay = 0
+	case c.SwitchDelay > protocol.MaxSwitchInMS*time.Millisecond:
+		return fmt.Errorf("switch delay %v is over %v", c.SwitchDelay, protocol.MaxSwitchInMS*time.Millisecond)
+	}
 	if c.Limits.IdleTimeout == 0 {
 		// Receivers PING every few seconds; a connection silent for longer
 		// than the session timeout holds nothing worth keeping.
@@ -337,6 +354,11 @@ func (c *Config) setDefaults() error {
 	}
 	return nil
 }
+
+// DefaultSwitchDelay is Config.SwitchDelay's default: longer than a
+// server on a busy 2-core machine takes to send SWITCHAT to 50 followers
+// (up to 110 ms measured, BENCHMARKS.md), short beside a version's staging.
+const DefaultSwitchDelay = 250 * time.Millisecond
 
 // Server serves files on one ROUTER socket.
 type Server struct {

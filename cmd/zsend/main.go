@@ -24,6 +24,7 @@ import (
 	"github.com/zsend/zsend/internal/endpoint"
 	"github.com/zsend/zsend/internal/metrics"
 	"github.com/zsend/zsend/internal/zcert"
+	"github.com/zsend/zsend/protocol"
 	"github.com/zsend/zsend/receiver"
 	"github.com/zsend/zsend/sender"
 )
@@ -59,7 +60,9 @@ node runs the latest version of every tree (a deploy gate). With --barrier,
 followers stage each new version and switch together when the server says
 so: once every live follower of the tree has staged it (or --quorum N of
 them), or at --barrier-timeout, when those that have staged switch and the
-others stay on their version (shown behind, and logged).
+others stay on their version (shown behind, and logged). The server names
+the instant to switch at, --switch-delay after its decision, so that every
+node switches at once whatever order its message went out in.
 
 Examples (zrecv --help fetches from each):
   zsend big.iso                                 serve big.iso on tcp://127.0.0.1:5555
@@ -128,6 +131,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		barrier     = fs.Bool("barrier", false, "followers stage each new version and switch together on the server's SWITCH")
 		quorum      = fs.Int("quorum", 0, "with --barrier: switch once this many live followers have staged (default: all)")
 		barrierTO   = fs.Duration("barrier-timeout", 30*time.Second, "with --barrier: switch those that have staged after this long")
+		switchDelay = fs.Duration("switch-delay", sender.DefaultSwitchDelay, "with --barrier: the nodes switch this long after the decision, at one instant (0: at once; at most 10s)")
 		lostAfter   = fs.Duration("lost-after", 30*time.Second, "a node not heard from for this long is shown lost")
 		maxNodes    = fs.Int("max-nodes", 10000, "most nodes in the fleet table (a lost one is evicted to make room)")
 		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100)")
@@ -212,6 +216,9 @@ Exit codes:
 	if *keep < 1 {
 		return fail(cli.ExitUsage, "--keep-versions must be at least 1")
 	}
+	if *switchDelay < 0 || *switchDelay > protocol.MaxSwitchInMS*time.Millisecond {
+		return fail(cli.ExitUsage, "--switch-delay must be between 0 and %v", protocol.MaxSwitchInMS*time.Millisecond)
+	}
 	cs, err := cli.ParseSize(*chunk)
 	if err != nil {
 		return fail(cli.ExitUsage, "--chunk-size: %v", err)
@@ -264,6 +271,9 @@ Exit codes:
 		if jsonOn && e.Kind == "published" {
 			emit(map[string]any{"event": e.Kind, "tree": e.Name, "seq": e.Seq, "version": e.Version,
 				"entries": e.Entries, "files": e.Files, "bytes": e.Size, "stored": e.Stored})
+		} else if jsonOn && e.Kind == "barrier" {
+			emit(map[string]any{"event": e.Kind, "tree": e.Name, "seq": e.Seq, "version": e.Version,
+				"switch_at": e.At.UTC().Format(time.RFC3339Nano), "message": e.Message})
 		} else if jsonOn && e.Kind != "progress" {
 			emit(map[string]any{"event": e.Kind, "peer": e.Peer, "session": e.Session, "key": e.Key, "name": e.Name, "size": e.Size,
 				"offset": e.Offset, "blake3": hashString(e), "message": e.Message})
@@ -288,6 +298,9 @@ Exit codes:
 			if e.Seq != 0 {
 				attrs = append(attrs, "seq", e.Seq)
 			}
+			if e.Kind == "barrier" && !e.At.IsZero() {
+				attrs = append(attrs, "switch_at", e.At)
+			}
 			if e.Kind == "error" {
 				slogger.Error(strings.TrimPrefix(line, "zsend: "), attrs...)
 			} else {
@@ -311,7 +324,7 @@ Exit codes:
 		Heartbeat: *heartbeat, PeerTimeout: *peerTO, Events: events,
 		StateDir: *stateDir, KeepVersions: *keep, Watch: *watch, Curve: curve,
 		Fleet:   sender.FleetConfig{MaxNodes: *maxNodes, LostAfter: *lostAfter},
-		Barrier: *barrier, Quorum: *quorum, BarrierTimeout: *barrierTO,
+		Barrier: *barrier, Quorum: *quorum, BarrierTimeout: *barrierTO, SwitchDelay: switchDelayConfig(*switchDelay),
 		RateLimit: rate,
 	})
 	if err != nil {
@@ -392,4 +405,13 @@ func hashString(e sender.Event) string {
 		return ""
 	}
 	return e.Hash.String()
+}
+
+// switchDelayConfig maps --switch-delay to sender.Config.SwitchDelay, where
+// 0 is the default and a negative value means none.
+func switchDelayConfig(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

@@ -1,0 +1,167 @@
+package integration
+
+import (
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/zsend/zsend/mirror"
+	"github.com/zsend/zsend/protocol"
+	"github.com/zsend/zsend/sender"
+)
+
+// helloV4 opens a raw session at version 4 (PROTOCOL.md section 17).
+func helloV4(t *testing.T, ep, peer string) *v2 {
+	t.Helper()
+	p := dialZ(t, ep, true)
+	p.send(t, &protocol.Hello{MinVersion: 1, MaxVersion: 4, MaxChunk: protocol.MinChunkSize, PeerID: peer})
+	w, ok := p.expect(t, 3*time.Second).(*protocol.Welcome)
+	if !ok || w.Version != 4 {
+		t.Fatalf("WELCOME %+v", w)
+	}
+	c := &v2{zpeer: p, chunk: w.ChunkSize, version: 4}
+	c.sendV2(t, &protocol.Credit{Limit: 1 << 40})
+	return c
+}
+
+// barrierEvents records a server's "barrier" events.
+type barrierEvents struct {
+	mu sync.Mutex
+	ev []sender.Event
+}
+
+func (b *barrierEvents) record(e sender.Event) {
+	if e.Kind == "barrier" {
+		b.mu.Lock()
+		b.ev = append(b.ev, e)
+		b.mu.Unlock()
+	}
+}
+
+func (b *barrierEvents) of(t *testing.T, seq uint64) sender.Event {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, e := range b.ev {
+		if e.Seq == seq {
+			return e
+		}
+	}
+	t.Fatalf("no barrier event for seq %d in %+v", seq, b.ev)
+	return sender.Event{}
+}
+
+// With --barrier, followers at version 4 switch at the instant the
+// server named (--switch-delay after its decision), not when their
+// SWITCHAT arrives: none switches before it, however early its message
+// came.
+func TestBarrierSwitchesAtTheInstant(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	delay := 1500 * time.Millisecond
+	cfg.Barrier, cfg.BarrierTimeout, cfg.SwitchDelay = true, 4*time.Second, delay
+	var be barrierEvents
+	cfg.Events = be.record
+	ep, srv := publishingServer(t, cfg)
+	var fs []*follower
+	for i := 0; i < 3; i++ {
+		fs = append(fs, startFollower(t, mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: fmt.Sprintf("n%d", i)}))
+	}
+	waitUntil(t, 20*time.Second, "3 nodes on v1", converged(srv, "app", 1, 3))
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	waitUntil(t, 30*time.Second, "3 nodes on v2", converged(srv, "app", 2, 3))
+	at := be.of(t, 2).At
+	if at.IsZero() {
+		t.Fatal("the barrier event names no instant")
+	}
+	var first, last time.Time
+	for i, f := range fs {
+		ts := switchTimes(f, 2)
+		if len(ts) != 1 {
+			t.Fatalf("node %d switched %d times to v2", i, len(ts))
+		}
+		st, ok := stagedAt(f, 2)
+		if !ok {
+			t.Fatalf("node %d never reported v2 staged", i)
+		}
+		// in-ms is rounded up: a node whose clock agrees (this one)
+		// switches at the instant or after it, never before.
+		if ts[0].Before(at) {
+			t.Errorf("node %d switched at %v, %v before the instant %v", i, ts[0].Format("15:04:05.000000"), at.Sub(ts[0]), at.Format("15:04:05.000000"))
+		}
+		if !st.Before(at.Add(-delay / 2)) {
+			t.Errorf("node %d staged at %v: the instant %v is not %v after the decision", i, st, at, delay)
+		}
+		if first.IsZero() || ts[0].Before(first) {
+			first = ts[0]
+		}
+		if ts[0].After(last) {
+			last = ts[0]
+		}
+	}
+	t.Logf("3 followers switched %v to %v after the instant", first.Sub(at), last.Sub(at))
+	for i, f := range fs {
+		if got := readStable(t, f.out, "app", "app.conf"); got != "v2" {
+			t.Errorf("node %d shows %q", i, got)
+		}
+	}
+}
+
+// On the wire: a node at version 4 gets SWITCHAT naming the instant, a
+// node at version 2 gets SWITCH, both from one barrier; a node that
+// reports the version staged after the instant gets SWITCHAT with in-ms
+// 0 (switch at once).
+func TestSwitchAtOnTheWire(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.PeerTimeout, cfg.Fleet.LostAfter = 30*time.Second, 30*time.Second
+	delay := 800 * time.Millisecond
+	cfg.Barrier, cfg.BarrierTimeout, cfg.SwitchDelay = true, 400*time.Millisecond, delay
+	var be barrierEvents
+	cfg.Events = be.record
+	ep, srv := publishingServer(t, cfg)
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	id2 := protocol.Hash(srv.Trees()[0].ID)
+
+	n4 := helloV4(t, ep, "raw-v4")
+	subscribe(t, n4, 1, "app")
+	n2 := helloV2(t, ep)
+	subscribe(t, n2, 1, "app")
+	for _, n := range []struct {
+		c    *v2
+		node string
+	}{{n4, "n4"}, {n2, "n2"}} {
+		n.c.sendV2(t, &protocol.Report{Request: 2, State: protocol.StateStaged, Seq: 2, Version: id2, Node: n.node, Tree: "app"})
+		expectEnd(t, n.c, 2, "REPORT staged")
+	}
+	sa, ok := nextNonPing(t, n4, 10*time.Second).(*protocol.SwitchAt)
+	got := time.Now()
+	if !ok || sa.Request != 1 || sa.Seq != 2 || sa.Version != id2 || sa.Tree != "app" {
+		t.Fatalf("version 4 node: want SWITCHAT, got %+v", sa)
+	}
+	if sw, ok := nextNonPing(t, n2, 5*time.Second).(*protocol.Switch); !ok || sw.Request != 1 || sw.Version != id2 {
+		t.Fatalf("version 2 node: want SWITCH, got %+v", sw)
+	}
+	at := be.of(t, 2).At
+	if sa.AtNS != at.UnixNano() {
+		t.Errorf("SWITCHAT at-ns %d, the barrier's instant %d", sa.AtNS, at.UnixNano())
+	}
+	if in := time.Duration(sa.InMS) * time.Millisecond; in > delay || got.Add(in).Before(at) {
+		t.Errorf("in-ms %d: over the delay %v, or short of the instant (read %v before it)", sa.InMS, delay, at.Sub(got))
+	}
+	// Late: staged after the instant, told at once, in-ms 0.
+	time.Sleep(time.Until(at) + 10*time.Millisecond)
+	late := helloV4(t, ep, "raw-v4-late")
+	subscribe(t, late, 3, "app")
+	late.sendV2(t, &protocol.Report{Request: 4, State: protocol.StateStaged, Seq: 2, Version: id2, Node: "late", Tree: "app"})
+	expectEnd(t, late, 4, "late REPORT staged")
+	if sa, ok := nextNonPing(t, late, 5*time.Second).(*protocol.SwitchAt); !ok || sa.Request != 3 || sa.InMS != 0 || sa.AtNS != at.UnixNano() {
+		t.Fatalf("late node: want SWITCHAT in-ms 0 at the instant, got %+v", sa)
+	}
+}

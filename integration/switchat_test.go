@@ -1,14 +1,18 @@
 package integration
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/zsend/zsend/mirror"
 	"github.com/zsend/zsend/protocol"
+	"github.com/zsend/zsend/receiver"
 	"github.com/zsend/zsend/sender"
 )
 
@@ -163,5 +167,107 @@ func TestSwitchAtOnTheWire(t *testing.T) {
 	expectEnd(t, late, 4, "late REPORT staged")
 	if sa, ok := nextNonPing(t, late, 5*time.Second).(*protocol.SwitchAt); !ok || sa.Request != 3 || sa.InMS != 0 || sa.AtNS != at.UnixNano() {
 		t.Fatalf("late node: want SWITCHAT in-ms 0 at the instant, got %+v", sa)
+	}
+}
+
+// A relay's server passes its parent's instant down: Switch(tree, id, at)
+// sends a child at version 4 SWITCHAT naming at (by the relay's clock),
+// with in-ms what is left of it.
+func TestRelayPassesTheInstantDown(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.PeerTimeout, cfg.Fleet.LostAfter = 30*time.Second, 30*time.Second
+	cfg.ExternalBarrier, cfg.BarrierTimeout = true, time.Second
+	ep, srv := publishingServer(t, cfg)
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	id2 := srv.Trees()[0].ID
+
+	child := helloV4(t, ep, "raw-v4-child")
+	subscribe(t, child, 1, "app")
+	child.sendV2(t, &protocol.Report{Request: 2, State: protocol.StateStaged, Seq: 2, Version: protocol.Hash(id2), Node: "c1", Tree: "app"})
+	expectEnd(t, child, 2, "REPORT staged")
+	at := time.Now().Add(700 * time.Millisecond)
+	srv.Switch("app", id2, at)
+	sa, ok := nextNonPing(t, child, 5*time.Second).(*protocol.SwitchAt)
+	if !ok || sa.Request != 1 || sa.Seq != 2 || sa.Version != protocol.Hash(id2) {
+		t.Fatalf("want SWITCHAT passed down, got %+v", sa)
+	}
+	if sa.AtNS != at.UnixNano() || sa.InMS > 700 || sa.InMS == 0 {
+		t.Errorf("SWITCHAT at-ns %d in-ms %d, want at-ns %d and in-ms in (0, 700]", sa.AtNS, sa.InMS, at.UnixNano())
+	}
+}
+
+// A node's wait on SWITCHAT is bounded by in-ms whatever at-ns says: a
+// server (or a node clock) an hour off makes the node switch at once or
+// within in-ms, never an hour later; with clocks that agree it waits
+// until at-ns. What Control reports (ControlEvent.At) is checked against
+// the time the event arrived. A SWITCHAT for a request the node never
+// made ends the session (ErrProtocol).
+func TestSwitchAtWaitBoundedByInMS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hour := int64(time.Hour)
+	for _, c := range []struct {
+		name string
+		skew int64 // at-ns = the server's now + skew
+		inMS uint32
+	}{
+		{"at-ns an hour ahead", hour, 300},
+		{"at-ns an hour behind", -hour, 300},
+		{"clocks agree", int64(400 * time.Millisecond), 1000},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var atNS atomic.Int64
+			ep := rawServerWith(t, rawOptions{version: 4, reply: func(m protocol.Message) []protocol.Message {
+				l, ok := m.(*protocol.List)
+				if !ok {
+					return nil
+				}
+				atNS.Store(time.Now().UnixNano() + c.skew)
+				return []protocol.Message{&protocol.Tree{Request: l.Request, Seq: 1, Name: "app"}, &protocol.End{Request: l.Request, Size: 1},
+					&protocol.SwitchAt{Request: l.Request, Seq: 1, AtNS: atNS.Load(), InMS: c.inMS, Tree: "app"}}
+			}})
+			cctx, stop := context.WithCancel(ctx)
+			defer stop()
+			type got struct{ at, arrived time.Time }
+			ch := make(chan got, 1)
+			go receiver.Control(cctx, receiver.Config{Endpoint: ep, OutputDir: t.TempDir(), Timeout: 5 * time.Second},
+				receiver.ControlConfig{Trees: []string{"app"}, Events: func(e receiver.ControlEvent) {
+					if e.Kind == receiver.ControlSwitch {
+						select {
+						case ch <- got{e.At, time.Now()}:
+						default:
+						}
+					}
+				}})
+			var g got
+			select {
+			case g = <-ch:
+			case <-ctx.Done():
+				t.Fatal("no switch event")
+			}
+			wait := g.at.Sub(g.arrived)
+			switch {
+			case wait > time.Duration(c.inMS)*time.Millisecond:
+				t.Errorf("the node would wait %v, over in-ms %d", wait, c.inMS)
+			case c.skew < 0 && wait > 0:
+				t.Errorf("at-ns passed: the node would still wait %v", wait)
+			case c.skew == int64(400*time.Millisecond) && g.arrived.UnixNano() < atNS.Load() && g.at.UnixNano() != atNS.Load():
+				t.Errorf("clocks agree: the node would switch at %d, at-ns is %d", g.at.UnixNano(), atNS.Load())
+			}
+		})
+	}
+	ep := rawServerWith(t, rawOptions{version: 4, reply: func(m protocol.Message) []protocol.Message {
+		if l, ok := m.(*protocol.List); ok {
+			return []protocol.Message{&protocol.End{Request: l.Request}, &protocol.SwitchAt{Request: 99, Seq: 2, Tree: "app"}}
+		}
+		return nil
+	}})
+	err := receiver.Control(ctx, receiver.Config{Endpoint: ep, OutputDir: t.TempDir(), Timeout: 5 * time.Second},
+		receiver.ControlConfig{Trees: []string{"app"}})
+	if !errors.Is(err, receiver.ErrProtocol) {
+		t.Errorf("SWITCHAT for another request: %v, want ErrProtocol", err)
 	}
 }

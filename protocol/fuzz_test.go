@@ -38,6 +38,7 @@ func FuzzDecode(f *testing.F) {
 		f.Add(joinFrames(Encode(s.msg.Command().Since(), s.msg)))
 		f.Add(joinFrames(Encode(Version2, s.msg)))
 		f.Add(joinFrames(Encode(Version3, s.msg)))
+		f.Add(joinFrames(Encode(Version4, s.msg)))
 	}
 	// Version 2 commands in version 1 frames.
 	f.Add(joinFrames([][]byte{[]byte("ZSND\x01\x05"), {0, 0, 0, 1, 0, 0, 0}}))

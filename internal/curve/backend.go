@@ -2,6 +2,7 @@ package curve
 
 import (
 	"os"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/crypto/nacl/box"
@@ -62,15 +63,25 @@ func overlaps(out, in []byte) bool {
 	return b+uintptr(len(in)) > a && a+uintptr(len(spare)) > b
 }
 
-func init() {
-	if os.Getenv("ZSND_NO_LIBSODIUM") != "" {
-		return
-	}
-	if s, o, ok := loadSodium(); ok {
-		sealMessage, openMessage, backendName = s, o, "libsodium"
-	}
+// loadBackend picks the backend, once, at the first box sealed or opened
+// (or Backend call), not at start: a process that never speaks CURVE (a
+// one-shot sync without keys) does not pay for loading libsodium.
+func loadBackend() {
+	backendOnce.Do(func() {
+		if os.Getenv("ZSND_NO_LIBSODIUM") != "" {
+			return
+		}
+		if s, o, ok := loadSodium(); ok {
+			sealMessage, openMessage, backendName = s, o, "libsodium"
+		}
+	})
 }
+
+var backendOnce sync.Once
 
 // Backend names the implementation that seals and opens MESSAGE boxes:
 // "libsodium" or "x/crypto".
-func Backend() string { return backendName }
+func Backend() string {
+	loadBackend()
+	return backendName
+}

@@ -96,6 +96,7 @@ func TestInPlace(t *testing.T) {
 	}
 	for name, b := range backends {
 		t.Run(name, func(t *testing.T) {
+			loadBackend() // before the swap, which it would undo
 			s0, o0 := sealMessage, openMessage
 			sealMessage, openMessage = b[0].(sealFunc), b[1].(openFunc)
 			defer func() { sealMessage, openMessage = s0, o0 }()

@@ -206,6 +206,7 @@ func SealedSize(n int) int { return MessageOverhead + n }
 // first byte is the flags (FlagMore, FlagCommand) and the rest the
 // frame's data.
 func (s *Session) Seal(out, plain []byte) []byte {
+	loadBackend()
 	out = append(out, cmdMessage...)
 	out = binary.BigEndian.AppendUint64(out, s.nonce)
 	out = sealMessage(out, plain, shortNonce(s.sendPfx, s.nonce), &s.shared)
@@ -223,6 +224,7 @@ const PlainOffset = MessageOverhead - 1
 // the name, nonce and MAC are written before it and the plaintext is
 // encrypted where it lies. It returns b.
 func (s *Session) SealInPlace(b []byte) []byte {
+	loadBackend()
 	copy(b, cmdMessage)
 	binary.BigEndian.PutUint64(b[8:16], s.nonce)
 	sealMessage(b[16:16], b[PlainOffset:], shortNonce(s.sendPfx, s.nonce), &s.shared)
@@ -234,6 +236,7 @@ func (s *Session) SealInPlace(b []byte) []byte {
 // the plaintext (flags byte, then data) is body[PlainOffset:], returned;
 // on error body's content is unspecified.
 func (s *Session) OpenInPlace(body []byte) ([]byte, error) {
+	loadBackend()
 	if len(body) < MessageOverhead {
 		return nil, fmt.Errorf("%w: MESSAGE of %d bytes", ErrMalformed, len(body))
 	}
@@ -244,6 +247,7 @@ func (s *Session) OpenInPlace(body []byte) ([]byte, error) {
 // byte, then data) to out. A nonce that is not greater than the last one
 // accepted is ErrNonce; nothing is appended on error.
 func (s *Session) Open(out, body []byte) ([]byte, error) {
+	loadBackend()
 	if len(body) < MessageOverhead || !hasName(body, cmdMessage) {
 		return out, fmt.Errorf("%w: MESSAGE of %d bytes", ErrMalformed, len(body))
 	}

@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -270,4 +272,51 @@ func TestSwitchAtWaitBoundedByInMS(t *testing.T) {
 	if !errors.Is(err, receiver.ErrProtocol) {
 		t.Errorf("SWITCHAT for another request: %v, want ErrProtocol", err)
 	}
+}
+
+// An outside version 4 follower (testdata/pybarrier.py, written in Python
+// from PROTOCOL.md sections 14 and 17) subscribes, reports staged, gets
+// SWITCHAT naming the barrier's instant, waits as section 17.2 says and
+// reports switched: what it decoded is the server's instant, and its wait
+// ended at or after it (one machine, one clock).
+func TestPythonBarrierFollower(t *testing.T) {
+	pyNeedZMQ(t)
+	src := filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	delay := 600 * time.Millisecond
+	cfg.Barrier, cfg.BarrierTimeout, cfg.SwitchDelay = true, 2*time.Second, delay
+	var be barrierEvents
+	cfg.Events = be.record
+	ep, srv := publishingServer(t, cfg)
+	script, err := filepath.Abs(filepath.Join("testdata", "pybarrier.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, pySystemPython, script, ep, "app", "py1")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("pybarrier: %v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+	}
+	var seq uint64
+	var atNS, waitNS, switchedNS int64
+	var inMS uint32
+	if _, err := fmt.Sscanf(stdout.String(), "switchat seq %d at-ns %d in-ms %d wait-ns %d switched-ns %d", &seq, &atNS, &inMS, &waitNS, &switchedNS); err != nil {
+		t.Fatalf("pybarrier printed %q: %v", stdout.String(), err)
+	}
+	at := be.of(t, seq).At
+	if atNS != at.UnixNano() {
+		t.Errorf("SWITCHAT at-ns %d, the barrier's instant %d", atNS, at.UnixNano())
+	}
+	if time.Duration(inMS)*time.Millisecond > delay {
+		t.Errorf("in-ms %d over --switch-delay %v", inMS, delay)
+	}
+	if switchedNS < atNS {
+		t.Errorf("the outside follower's wait ended %v before the instant", time.Duration(atNS-switchedNS))
+	}
+	waitUntil(t, 10*time.Second, "py1 switched", converged(srv, "app", seq, 1))
+	t.Logf("pybarrier: %s", bytes.TrimSpace(stdout.Bytes()))
 }

@@ -59,19 +59,31 @@ func (b *barrierEvents) of(t *testing.T, seq uint64) sender.Event {
 	return sender.Event{}
 }
 
+// barrierServer publishes a tree "app" (app.conf = "v1") with --barrier,
+// the given barrier timeout and switch delay, recording its barrier
+// events; tune adjusts the config first, when set.
+func barrierServer(t *testing.T, timeout, delay time.Duration, tune func(*sender.Config)) (src, ep string, srv *sender.Server, be *barrierEvents) {
+	t.Helper()
+	src = filepath.Join(t.TempDir(), "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	cfg := fastFleet(src)
+	cfg.Barrier, cfg.BarrierTimeout, cfg.SwitchDelay = true, timeout, delay
+	be = &barrierEvents{}
+	cfg.Events = be.record
+	if tune != nil {
+		tune(&cfg)
+	}
+	ep, srv = publishingServer(t, cfg)
+	return src, ep, srv, be
+}
+
 // With --barrier, followers at version 4 switch at the instant the
 // server named (--switch-delay after its decision), not when their
 // SWITCHAT arrives: none switches before it, however early its message
 // came.
 func TestBarrierSwitchesAtTheInstant(t *testing.T) {
-	src := filepath.Join(t.TempDir(), "app")
-	writeFile(t, filepath.Join(src, "app.conf"), "v1")
-	cfg := fastFleet(src)
 	delay := 1500 * time.Millisecond
-	cfg.Barrier, cfg.BarrierTimeout, cfg.SwitchDelay = true, 4*time.Second, delay
-	var be barrierEvents
-	cfg.Events = be.record
-	ep, srv := publishingServer(t, cfg)
+	src, ep, srv, be := barrierServer(t, 4*time.Second, delay, nil)
 	var fs []*follower
 	for i := 0; i < 3; i++ {
 		fs = append(fs, startFollower(t, mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"}, Node: fmt.Sprintf("n%d", i)}))
@@ -122,15 +134,10 @@ func TestBarrierSwitchesAtTheInstant(t *testing.T) {
 // reports the version staged after the instant gets SWITCHAT with in-ms
 // 0 (switch at once).
 func TestSwitchAtOnTheWire(t *testing.T) {
-	src := filepath.Join(t.TempDir(), "app")
-	writeFile(t, filepath.Join(src, "app.conf"), "v1")
-	cfg := fastFleet(src)
-	cfg.PeerTimeout, cfg.Fleet.LostAfter = 30*time.Second, 30*time.Second
 	delay := 800 * time.Millisecond
-	cfg.Barrier, cfg.BarrierTimeout, cfg.SwitchDelay = true, 400*time.Millisecond, delay
-	var be barrierEvents
-	cfg.Events = be.record
-	ep, srv := publishingServer(t, cfg)
+	src, ep, srv, be := barrierServer(t, 400*time.Millisecond, delay, func(c *sender.Config) {
+		c.PeerTimeout, c.Fleet.LostAfter = 30*time.Second, 30*time.Second
+	})
 	writeFile(t, filepath.Join(src, "app.conf"), "v2")
 	publishNow(t, srv)
 	id2 := protocol.Hash(srv.Trees()[0].ID)
@@ -176,12 +183,10 @@ func TestSwitchAtOnTheWire(t *testing.T) {
 // sends a child at version 4 SWITCHAT naming at (by the relay's clock),
 // with in-ms what is left of it.
 func TestRelayPassesTheInstantDown(t *testing.T) {
-	src := filepath.Join(t.TempDir(), "app")
-	writeFile(t, filepath.Join(src, "app.conf"), "v1")
-	cfg := fastFleet(src)
-	cfg.PeerTimeout, cfg.Fleet.LostAfter = 30*time.Second, 30*time.Second
-	cfg.ExternalBarrier, cfg.BarrierTimeout = true, time.Second
-	ep, srv := publishingServer(t, cfg)
+	src, ep, srv, _ := barrierServer(t, time.Second, 0, func(c *sender.Config) {
+		c.PeerTimeout, c.Fleet.LostAfter = 30*time.Second, 30*time.Second
+		c.Barrier, c.ExternalBarrier = false, true
+	})
 	writeFile(t, filepath.Join(src, "app.conf"), "v2")
 	publishNow(t, srv)
 	id2 := srv.Trees()[0].ID
@@ -281,14 +286,8 @@ func TestSwitchAtWaitBoundedByInMS(t *testing.T) {
 // ended at or after it (one machine, one clock).
 func TestPythonBarrierFollower(t *testing.T) {
 	pyNeedZMQ(t)
-	src := filepath.Join(t.TempDir(), "app")
-	writeFile(t, filepath.Join(src, "app.conf"), "v1")
-	cfg := fastFleet(src)
 	delay := 600 * time.Millisecond
-	cfg.Barrier, cfg.BarrierTimeout, cfg.SwitchDelay = true, 2*time.Second, delay
-	var be barrierEvents
-	cfg.Events = be.record
-	ep, srv := publishingServer(t, cfg)
+	_, ep, srv, be := barrierServer(t, 2*time.Second, delay, nil)
 	script, err := filepath.Abs(filepath.Join("testdata", "pybarrier.py"))
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -15,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/zsend/zsend/protocol"
 )
 
 var binDir string
@@ -209,7 +212,8 @@ func TestBinariesHelpAndVersion(t *testing.T) {
 			t.Errorf("%s --frobnicate: %v, stdout %q, stderr %q", bin, err, outb.String(), errb.String())
 		}
 		v, err := exec.Command(filepath.Join(binDir, bin), "--version").Output()
-		if err != nil || !strings.Contains(string(v), "ZSND/1") {
+		// The versions it speaks, as the negotiation offers them.
+		if err != nil || !strings.Contains(string(v), fmt.Sprintf("ZSND/1, versions %d..%d", protocol.MinVersion, protocol.MaxVersion)) {
 			t.Errorf("%s --version: %q %v", bin, v, err)
 		}
 	}
@@ -220,6 +224,13 @@ func TestBinariesHelpAndVersion(t *testing.T) {
 	cmd = exec.Command(filepath.Join(binDir, "zsend"), "/nonexistent/file")
 	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 2 {
 		t.Errorf("zsend with a missing path: %v", err)
+	}
+	// --switch-delay is bounded as SWITCHAT's in-ms is (0 to 10 s).
+	for _, d := range []string{"-1ms", "10001ms"} {
+		cmd = exec.Command(filepath.Join(binDir, "zsend"), "--barrier", "--switch-delay", d, "/etc/hosts")
+		if out, _ := cmd.CombinedOutput(); cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "--switch-delay") {
+			t.Errorf("zsend --switch-delay %s: exit %d, %q", d, cmd.ProcessState.ExitCode(), out)
+		}
 	}
 	// With --json, a failure to start is an error event with its code.
 	cmd = exec.Command(filepath.Join(binDir, "zsend"), "--json", "-b", "tcp://127.0.0.1", "/etc/hosts")

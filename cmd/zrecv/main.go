@@ -15,6 +15,7 @@ import (
 
 	"github.com/zsend/zsend/internal/cli"
 	"github.com/zsend/zsend/internal/endpoint"
+	"github.com/zsend/zsend/protocol"
 	"github.com/zsend/zsend/receiver"
 )
 
@@ -150,7 +151,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usageErr(parseErr)
 	}
 	if *showVer {
-		fmt.Fprintf(stdout, "zrecv %s (protocol ZSND/1)\n", version)
+		fmt.Fprintf(stdout, "zrecv %s (protocol ZSND/1, versions %d..%d)\n", version, protocol.MinVersion, protocol.MaxVersion)
 		return cli.ExitOK
 	}
 	rl, err := cli.ParseRateLimit(*rateLimit)

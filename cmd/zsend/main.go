@@ -181,7 +181,7 @@ Exit codes:
 		return fail(cli.ExitUsage, "%v (see zsend --help)", parseErr)
 	}
 	if *showVer {
-		fmt.Fprintf(stdout, "zsend %s (protocol ZSND/1..2)\n", version)
+		fmt.Fprintf(stdout, "zsend %s (protocol ZSND/1, versions %d..%d)\n", version, protocol.MinVersion, protocol.MaxVersion)
 		return cli.ExitOK
 	}
 	if *status {

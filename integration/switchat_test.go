@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -91,6 +93,28 @@ func TestBarrierSwitchesAtTheInstant(t *testing.T) {
 	waitUntil(t, 20*time.Second, "3 nodes on v1", converged(srv, "app", 1, 3))
 	writeFile(t, filepath.Join(src, "app.conf"), "v2")
 	publishNow(t, srv)
+	// While they wait for the instant, each has its new symlink made
+	// beside the stable path, naming the staged version (the switch is
+	// then one rename). Looked at only when the instant is far enough.
+	waitUntil(t, 30*time.Second, "the barrier decided", func() (bool, string) {
+		be.mu.Lock()
+		defer be.mu.Unlock()
+		return len(be.ev) > 0 && be.ev[len(be.ev)-1].Seq == 2, "no barrier event for v2"
+	})
+	if at := be.of(t, 2).At; time.Until(at) > delay/2 {
+		id2 := srv.Trees()[0].ID
+		for i, f := range fs {
+			target, err := os.Readlink(filepath.Join(f.out, ".zsnd.app.new"))
+			if err != nil || !strings.Contains(target, id2.String()[:12]) {
+				t.Errorf("node %d waiting for the instant: .zsnd.app.new -> %q, %v; want a link to v2 (%s)", i, target, err, id2.Short())
+			}
+		}
+		if got := readStable(t, fs[0].out, "app", "app.conf"); got != "v1" {
+			t.Errorf("before the instant the stable path shows %q", got)
+		}
+	} else {
+		t.Logf("the instant is %v away: too close to look at the waiting nodes", time.Until(at))
+	}
 	waitUntil(t, 30*time.Second, "3 nodes on v2", converged(srv, "app", 2, 3))
 	at := be.of(t, 2).At
 	if at.IsZero() {

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -92,15 +91,10 @@ func TestBarrierTimeoutOneNeverStages(t *testing.T) {
 	writeFile(t, filepath.Join(src, "app.conf"), "v1")
 	cfg := fastFleet(src)
 	cfg.Barrier, cfg.BarrierTimeout = true, 2*time.Second
-	var barrierMu sync.Mutex
-	var barrierLog []string
+	var be barrierEvents
 	prev := cfg.Events
 	cfg.Events = func(e sender.Event) {
-		if e.Kind == "barrier" {
-			barrierMu.Lock()
-			barrierLog = append(barrierLog, e.Message)
-			barrierMu.Unlock()
-		}
+		be.record(e)
 		if prev != nil {
 			prev(e)
 		}
@@ -137,9 +131,7 @@ func TestBarrierTimeoutOneNeverStages(t *testing.T) {
 		t.Errorf("the node that never staged shows %q", got)
 	}
 	// The server logs the nodes left behind by name (README).
-	barrierMu.Lock()
-	logged := strings.Join(barrierLog, "\n")
-	barrierMu.Unlock()
+	logged := be.messages("\n")
 	if !strings.Contains(logged, "timed out") || !strings.Contains(logged, "n2") || !strings.Contains(logged, "n3") {
 		t.Errorf("the barrier's timeout event does not name n2 and n3: %q", logged)
 	}

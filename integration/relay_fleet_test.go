@@ -394,15 +394,8 @@ func TestRelayBarrierCountsForwardedNodes(t *testing.T) {
 	cfg := fastFleet(src)
 	cfg.PeerTimeout, cfg.Fleet.LostAfter = 30*time.Second, 30*time.Second
 	cfg.Barrier, cfg.BarrierTimeout = true, 8*time.Second // grace: 2s from the start
-	var mu sync.Mutex
-	var barrierEvents []string
-	cfg.Events = func(e sender.Event) {
-		if e.Kind == "barrier" {
-			mu.Lock()
-			barrierEvents = append(barrierEvents, e.Message)
-			mu.Unlock()
-		}
-	}
+	var be barrierEvents
+	cfg.Events = be.record
 	started := time.Now()
 	ep, srv := publishingServer(t, cfg)
 	id1 := protocol.Hash(srv.Trees()[0].ID)
@@ -439,9 +432,7 @@ func TestRelayBarrierCountsForwardedNodes(t *testing.T) {
 		t.Fatalf("SWITCH on the relay's session: %+v", sw)
 	}
 	expectQuiet(t, c, 500*time.Millisecond, "one SWITCH per session")
-	mu.Lock()
-	ev := strings.Join(barrierEvents, "; ")
-	mu.Unlock()
+	ev := be.messages("; ")
 	if !strings.Contains(ev, "2 nodes staged") || strings.Contains(ev, "timed out") {
 		t.Fatalf("barrier events %q: want decided by 2 staged nodes", ev)
 	}

@@ -23,15 +23,7 @@ import (
 // helloV4 opens a raw session at version 4 (PROTOCOL.md section 17).
 func helloV4(t *testing.T, ep, peer string) *v2 {
 	t.Helper()
-	p := dialZ(t, ep, true)
-	p.send(t, &protocol.Hello{MinVersion: 1, MaxVersion: 4, MaxChunk: protocol.MinChunkSize, PeerID: peer})
-	w, ok := p.expect(t, 3*time.Second).(*protocol.Welcome)
-	if !ok || w.Version != 4 {
-		t.Fatalf("WELCOME %+v", w)
-	}
-	c := &v2{zpeer: p, chunk: w.ChunkSize, version: 4}
-	c.sendV2(t, &protocol.Credit{Limit: 1 << 40})
-	return c
+	return helloAt(t, ep, protocol.Version4, peer)
 }
 
 // barrierEvents records a server's "barrier" events.
@@ -46,6 +38,17 @@ func (b *barrierEvents) record(e sender.Event) {
 		b.ev = append(b.ev, e)
 		b.mu.Unlock()
 	}
+}
+
+// messages joins the events' messages with sep.
+func (b *barrierEvents) messages(sep string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var ms []string
+	for _, e := range b.ev {
+		ms = append(ms, e.Message)
+	}
+	return strings.Join(ms, sep)
 }
 
 func (b *barrierEvents) of(t *testing.T, seq uint64) sender.Event {

@@ -35,13 +35,20 @@ type v2 struct {
 
 func helloV2(t *testing.T, ep string) *v2 {
 	t.Helper()
+	return helloAt(t, ep, protocol.Version2, "raw-v2")
+}
+
+// helloAt opens a raw session offering versions 1..version, expects the
+// server to choose version, and grants it ample credit.
+func helloAt(t *testing.T, ep string, version uint8, peer string) *v2 {
+	t.Helper()
 	p := dialZ(t, ep, true)
-	p.send(t, &protocol.Hello{MinVersion: 1, MaxVersion: 2, MaxChunk: protocol.MinChunkSize, PeerID: "raw-v2"})
+	p.send(t, &protocol.Hello{MinVersion: 1, MaxVersion: version, MaxChunk: protocol.MinChunkSize, PeerID: peer})
 	w, ok := p.expect(t, 3*time.Second).(*protocol.Welcome)
-	if !ok || w.Version != 2 {
+	if !ok || w.Version != version {
 		t.Fatalf("WELCOME %+v", w)
 	}
-	c := &v2{zpeer: p, chunk: w.ChunkSize}
+	c := &v2{zpeer: p, chunk: w.ChunkSize, version: version}
 	c.sendV2(t, &protocol.Credit{Limit: 1 << 40})
 	return c
 }

@@ -385,9 +385,7 @@ func (l *layout) switchTo(name string, cur current) (time.Time, error) {
 // there is not zrecv's, and is an error.
 func (l *layout) linkAhead(name string) error {
 	ofd, nl := int(l.out.Fd()), l.newLink()
-	if l.linked != "" {
-		l.unlinkAhead()
-	}
+	l.unlinkAhead()
 	if err := unix.Symlinkat(l.linkPrefix()+name, ofd, nl); errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("%w: %s is in the way of the switch (zrecv makes a symlink there while it switches): remove it",
 			ErrLayout, filepath.Join(l.paths.out, nl))

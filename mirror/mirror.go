@@ -101,8 +101,8 @@ type Config struct {
 	// removed (a later sync of it reuses the current version's files).
 	BeforeSwitch func(ctx context.Context, st Staged) error
 	// AfterSwitch, if set, is called right after the switch (the rename
-	// over the stable path and the fsync of its directory), before older
-	// versions are pruned. Follow mode pauses there after a barrier's
+	// over the stable path), before the fsync of its directory and before
+	// older versions are pruned. Follow mode pauses there after a barrier's
 	// timed switch, so that followers sharing a machine all switch before
 	// any of them spends CPU on pruning.
 	AfterSwitch func(ctx context.Context)

@@ -3,6 +3,7 @@ package sender
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -349,6 +350,73 @@ func TestKeepVersionsAndGC(t *testing.T) {
 	}
 	if n != 2 {
 		t.Fatalf("%d manifests kept: %v", n, names)
+	}
+}
+
+// The store's collection is incremental once it has run in full: after
+// every publish it holds exactly the blobs of the kept versions of every
+// tree (a content that leaves and comes back, a content two trees share),
+// and only the first collection (the state directory's store was not
+// empty at the start) read every kept manifest.
+func TestIncrementalGCKeepsExactlyTheKeptBlobs(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	mustWrite(t, filepath.Join(b, "shared"), "body 0", 0o644)
+	mustWrite(t, filepath.Join(a, "const"), "constant", 0o644)
+	state := filepath.Join(dir, "state")
+	// A stray blob (from a crash) makes the first collection a full one.
+	st, err := store.Open(filepath.Join(state, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, filepath.Join(dir, "stray"), "stray", 0o644)
+	f, _ := os.Open(filepath.Join(dir, "stray"))
+	before, _ := store.FStat(f)
+	stray, _, err := st.Put(f, before, make([]byte, 4096))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newTestPublisher(t, state, 3, []string{a, b}, &eventLog{})
+	ctx := context.Background()
+	bodies := []int{1, 2, 1, 3, 4, 5, 1, 0, 6, 7, 0, 8}
+	for round, n := range bodies {
+		mustWrite(t, filepath.Join(a, "changing"), fmt.Sprintf("body %d", n), 0o644)
+		mustWrite(t, filepath.Join(a, fmt.Sprintf("new%d", round)), fmt.Sprintf("round %d", round), 0o644)
+		os.Remove(filepath.Join(a, fmt.Sprintf("new%d", round-1)))
+		if err := p.publishAll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		want := map[store.Hash]bool{}
+		for _, name := range p.names {
+			for _, v := range p.trees[name].versions() {
+				m, err := v.read()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range m.Entries {
+					if m.Entries[i].Type == manifest.TypeFile {
+						want[store.Hash(m.Entries[i].Hash)] = true
+					}
+				}
+			}
+		}
+		got := map[store.Hash]bool{}
+		if _, err := p.st.GC(func(h store.Hash) bool { got[h] = true; return true }); err != nil {
+			t.Fatal(err)
+		}
+		if !maps.Equal(got, want) {
+			t.Fatalf("round %d: the store holds %d blobs, the kept versions name %d", round, len(got), len(want))
+		}
+		if got[stray] {
+			t.Fatalf("round %d: the stray blob is still stored", round)
+		}
+	}
+	if vs := p.trees["a"].versions(); len(vs) != 3 || vs[2].seq != uint64(len(bodies)) {
+		t.Fatalf("tree a keeps %d versions", len(vs))
+	}
+	if p.fullGCs != 1 || p.refs == nil {
+		t.Fatalf("%d full collections (want 1, then incremental)", p.fullGCs)
 	}
 }
 

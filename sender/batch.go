@@ -154,8 +154,8 @@ func (sess *session) pumpBatch() bool {
 	b.next = end
 	if len(files) > 0 {
 		sess.gate.Take(uint64(len(data)))
+		srv.stats.filesSent.Add(int64(len(files))) // before: a peer that has the PACK sees it counted
 		sess.send(&protocol.Pack{Request: b.req, Files: files, Data: data})
-		srv.stats.filesSent.Add(int64(len(files)))
 		if srv.cfg.Events != nil {
 			for i := first; i < end; i++ {
 				e := b.entry(i)

@@ -294,7 +294,7 @@ func TestBGetSendsPacks(t *testing.T) {
 		t.Errorf("FilesSent grew by %d, want %d", got, len(idx))
 	}
 	c.silent(t, 200*time.Millisecond, "after the last PACK")
-	if n := len(ev.kinds("file-sent")); n != len(idx) {
+	if n := len(ev.await("file-sent", len(idx))); n != len(idx) {
 		t.Errorf("%d file-sent events, want %d", n, len(idx))
 	}
 }
@@ -487,7 +487,7 @@ func TestBGetStoredCopyMismatch(t *testing.T) {
 		}
 		c.silent(t, 200*time.Millisecond, tc.what+": after the ERROR")
 	}
-	if n := len(ev.kinds("error")); n != 2 {
+	if n := len(ev.await("error", 2)); n != 2 {
 		t.Errorf("%d error events, want 2", n)
 	}
 }

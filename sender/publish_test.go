@@ -26,6 +26,19 @@ type eventLog struct {
 
 func (l *eventLog) add(e Event) { l.mu.Lock(); l.ev = append(l.ev, e); l.mu.Unlock() }
 
+// await returns the events of kind once there are at least n of them, or
+// what there is after 10 s (events are emitted after the messages they
+// describe are queued: a peer can see the message first).
+func (l *eventLog) await(kind string, n int) []Event {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if got := l.kinds(kind); len(got) >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func (l *eventLog) kinds(kind string) []Event {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -411,7 +411,7 @@ type Stats struct {
 	OpenFiles int64 // source files open now (at most one per session)
 	Opened    int64 // sessions opened since start
 	Dropped   int64 // sessions closed since start, for any reason
-	FilesSent int64 // files sent completely (END sent)
+	FilesSent int64 // files sent completely (counted as their END or PACK is queued)
 }
 
 // Stats returns current counters; safe from any goroutine.

@@ -247,8 +247,8 @@ func (sess *session) pump() bool {
 		return true
 	case c.end:
 		t.pending = nil
+		sess.srv.stats.filesSent.Add(1) // before: a peer that has the END sees it counted
 		sess.send(&protocol.End{Request: t.req, Size: uint64(t.size), Hash: c.sum})
-		sess.srv.stats.filesSent.Add(1)
 		sess.event(Event{Kind: "file-sent", Name: t.name, Size: t.size, Hash: c.sum})
 		sess.finishTransfer()
 		return true
@@ -393,8 +393,8 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 	if sess.dead {
 		return
 	}
+	srv.stats.filesSent.Add(1) // before: a peer that has the END sees it counted
 	sess.send(&protocol.End{Request: g.Request, Size: uint64(key.size), Hash: sum})
-	srv.stats.filesSent.Add(1)
 	sess.event(Event{Kind: "file-sent", Name: g.Name, Size: key.size, Hash: sum})
 }
 

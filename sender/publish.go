@@ -165,14 +165,15 @@ type publisher struct {
 	trees map[string]*pubTree
 	names []string // sorted
 	dirty bool     // the store may hold blobs no kept version references
-	// refs counts, for each blob, the file entries of kept versions (of
-	// every tree) that name it; nil until the first full collection builds
-	// it. From then on a publish adds the new version's entries and
-	// subtracts a dropped one's, and removes the blobs that reach zero:
-	// one manifest decoded per dropped version instead of every kept one
-	// (a follower fleet's zsend spent a third of its CPU decoding the 16
-	// kept manifests of a 10,000-file tree at every one-file version).
-	refs map[store.Hash]int32
+	// lastIn maps, per tree, each blob its kept versions name to the
+	// sequence number of the latest of them that does; nil until the first
+	// full collection builds it. From then on a publish marks the new
+	// version's files, and when versions are dropped the blobs last named
+	// by one of them, and by no kept version of another tree, are removed:
+	// no manifest is read again (a follower fleet's zsend spent a third
+	// of its CPU decoding the 16 kept manifests of a 10,000-file tree at
+	// every one-file version).
+	lastIn map[string]map[store.Hash]uint64
 	// scans counts the scans done incrementally and in full (tests).
 	scans struct{ incremental, full int }
 	// fullGCs counts the collections that read every kept manifest (tests).
@@ -466,24 +467,21 @@ func (p *publisher) publish(ctx context.Context, t *pubTree, dirty []string) err
 	}
 	p.event(Event{Kind: "published", Name: t.name, Seq: seq, Version: id.String(), Entries: int64(v.entries),
 		Files: int64(files), Size: int64(bytes), Stored: int64(s.stored)})
-	if p.refs != nil {
-		p.countRefs(m, 1)
-	}
-	var freed []store.Hash
 	for _, d := range dropped {
-		if p.refs != nil && !p.dirty {
-			if dm, err := d.manifestForGC(); err != nil {
-				p.refs, p.dirty = nil, true // counted afresh by a full collection
-			} else {
-				freed = append(freed, p.countRefs(dm, -1)...)
-			}
-		}
 		os.Remove(d.file)
 	}
-	if p.refs != nil && !p.dirty {
-		for _, h := range freed {
-			if err := p.st.Remove(h); err != nil {
-				p.dirty = true // collected in full next time
+	if p.lastIn != nil && !p.dirty {
+		last := p.lastIn[t.name]
+		markFiles(last, m, seq)
+		if len(dropped) > 0 {
+			for h, s := range last {
+				if s >= vs[0].seq {
+					continue
+				}
+				delete(last, h)
+				if !p.namedElsewhere(t.name, h) && p.st.Remove(h) != nil {
+					p.dirty = true // collected in full next time
+				}
 			}
 		}
 		return nil
@@ -494,28 +492,6 @@ func (p *publisher) publish(ctx context.Context, t *pubTree, dirty []string) err
 	return p.gcLocked()
 }
 
-// countRefs adds delta to the count of each file entry of m in refs, and
-// returns the blobs whose count reached zero (dropped from refs).
-func (p *publisher) countRefs(m *manifest.Manifest, delta int32) []store.Hash {
-	var zero []store.Hash
-	for i := range m.Entries {
-		if m.Entries[i].Type != manifest.TypeFile {
-			continue
-		}
-		h := store.Hash(m.Entries[i].Hash)
-		n := p.refs[h] + delta
-		if n > 0 {
-			p.refs[h] = n
-			continue
-		}
-		if _, ok := p.refs[h]; ok {
-			delete(p.refs, h)
-			zero = append(zero, h)
-		}
-	}
-	return zero
-}
-
 func describe(v *version) string {
 	if v == nil {
 		return "none"
@@ -523,40 +499,66 @@ func describe(v *version) string {
 	return fmt.Sprintf("%d (%s)", v.seq, v.id.Short())
 }
 
+// markFiles records in last that version seq names each file of m.
+func markFiles(last map[store.Hash]uint64, m *manifest.Manifest, seq uint64) {
+	for i := range m.Entries {
+		if m.Entries[i].Type == manifest.TypeFile {
+			last[store.Hash(m.Entries[i].Hash)] = seq
+		}
+	}
+}
+
+// namedElsewhere tells whether a kept version of a tree other than tree
+// names blob h.
+func (p *publisher) namedElsewhere(tree string, h store.Hash) bool {
+	for name, last := range p.lastIn {
+		if _, ok := last[h]; ok && name != tree {
+			return true
+		}
+	}
+	return false
+}
+
 // gcLocked removes the blobs no kept version of any tree references, when
-// some may exist. The caller holds p.mu.
+// the store may hold some (p.dirty), reading every kept manifest, and
+// builds p.lastIn for the publishes after it.
 func (p *publisher) gcLocked() error {
 	if !p.dirty {
 		return nil
 	}
-	// The set is sized once, for the largest version: kept versions
-	// share most of their files, and a set that grows by doubling holds
-	// its old tables beside the new ones (a tree of 10^5 files).
-	most := 0
+	p.lastIn = nil
+	lastIn := make(map[string]map[store.Hash]uint64, len(p.names))
 	for _, name := range p.names {
-		for _, v := range p.trees[name].versions() {
+		vs := p.trees[name].versions()
+		most := 0
+		for _, v := range vs {
 			most = max(most, int(v.files))
 		}
-	}
-	p.refs = nil
-	refs := make(map[store.Hash]int32, most)
-	for _, name := range p.names {
-		for _, v := range p.trees[name].versions() {
+		// Sized once, for the largest version: kept versions share most
+		// of their files, and a map that grows by doubling holds its old
+		// tables beside the new ones (a tree of 10^5 files).
+		last := make(map[store.Hash]uint64, most)
+		for _, v := range vs { // oldest first: the latest naming a blob wins
 			m, err := v.manifestForGC()
 			if err != nil {
 				return fmt.Errorf("collecting garbage: %w", err) // keep everything
 			}
-			for i := range m.Entries {
-				if m.Entries[i].Type == manifest.TypeFile {
-					refs[store.Hash(m.Entries[i].Hash)]++
-				}
+			markFiles(last, m, v.seq)
+		}
+		lastIn[name] = last
+	}
+	keep := func(h store.Hash) bool {
+		for _, last := range lastIn {
+			if _, ok := last[h]; ok {
+				return true
 			}
 		}
+		return false
 	}
-	if _, err := p.st.GC(func(h store.Hash) bool { return refs[h] > 0 }); err != nil {
+	if _, err := p.st.GC(keep); err != nil {
 		return err
 	}
-	p.refs, p.dirty = refs, false
+	p.lastIn, p.dirty = lastIn, false
 	p.fullGCs++
 	return nil
 }

@@ -19,8 +19,7 @@ import (
 func TestPlaceFilesInParallel(t *testing.T) {
 	for _, n := range workerCounts {
 		t.Run(fmt.Sprint(n, " workers"), func(t *testing.T) {
-			defer func(old int) { fsWorkers = old }(fsWorkers)
-			fsWorkers = n
+			defer useWorkers(n)()
 			s := startServer(t)
 			src := filepath.Join(t.TempDir(), "app")
 			for d := range 20 {

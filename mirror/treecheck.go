@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -31,9 +32,19 @@ import (
 // that can be shared (the check of a tree, placing a new version's files,
 // pruning, the stat cache). The work is mostly system calls: more than
 // the cores gains little, and two already halve it on a small machine.
+// Never more than GOMAXPROCS: zrecv lowers that to 1 while the machine
+// is saturated (package internal/cpuload), where a second worker only
+// adds scheduling to the same CPU time.
 var fsWorkers = 2
 
-// forRuns calls, from fsWorkers goroutines (the caller's among them), each
+// procs is GOMAXPROCS now (a variable for the tests, which run any
+// worker count whatever the machine).
+var procs = func() int { return runtime.GOMAXPROCS(0) }
+
+// workers is how many goroutines forRuns uses now.
+func workers() int { return max(1, min(fsWorkers, procs())) }
+
+// forRuns calls, from workers() goroutines (the caller's among them), each
 // one's do for runs of run consecutive indexes that together cover [0, n)
 // once; newWorker makes a goroutine's do and the done it calls at its
 // end. A caller that stops early makes its do return at once.
@@ -51,7 +62,7 @@ func forRuns(n, run int, newWorker func() (do func(lo, hi int), done func())) {
 		}
 	}
 	var wg sync.WaitGroup
-	for range min(fsWorkers, (n+run-1)/run) - 1 {
+	for range min(workers(), (n+run-1)/run) - 1 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,8 +114,7 @@ func oracle(t *testing.T, dir string, man *manifest.Manifest, hash bool) []strin
 // checkWith runs syncer.check on dir with n workers.
 func checkWith(t *testing.T, n int, dir string, man *manifest.Manifest, hash bool, stats []statRec) []string {
 	t.Helper()
-	defer func(old int) { fsWorkers = old }(fsWorkers)
-	fsWorkers = n
+	defer useWorkers(n)()
 	out := t.TempDir()
 	l, err := openLayout(out, "app", 0)
 	if err != nil {
@@ -135,6 +135,14 @@ func checkWith(t *testing.T, n int, dir string, man *manifest.Manifest, hash boo
 }
 
 var workerCounts = []int{1, 2, 3, 8}
+
+// useWorkers makes forRuns use n goroutines, whatever GOMAXPROCS is, until
+// the function it returns is called.
+func useWorkers(n int) (restore func()) {
+	oldW, oldP := fsWorkers, procs
+	fsWorkers, procs = n, func() int { return n }
+	return func() { fsWorkers, procs = oldW, oldP }
+}
 
 // touchBack puts the mtime of each of the paths (relative to dir, not
 // followed) back to what man says, so only the change made is a change.
@@ -345,7 +353,7 @@ func TestCheckRecordsAndVerifyDiff(t *testing.T) {
 	}
 	defer root.Close()
 	for _, n := range workerCounts {
-		fsWorkers, n = n, fsWorkers
+		restore := useWorkers(n)
 		s := &syncer{cfg: &Config{Tree: "app"}, res: &Result{}}
 		recs, err := s.verify(root, man, man.ID(), make([]placedRec, len(man.Entries)), nil)
 		if err != nil {
@@ -356,7 +364,7 @@ func TestCheckRecordsAndVerifyDiff(t *testing.T) {
 				t.Errorf("%d workers: record of %q: %+v, want %+v", fsWorkers, man.Entries[i].Path, recs[i], stats[i])
 			}
 		}
-		fsWorkers = n
+		restore()
 	}
 	os.Chmod(filepath.Join(dir, "d05/f1"), 0o600)
 	s := &syncer{cfg: &Config{Tree: "app"}, res: &Result{}}
@@ -393,6 +401,24 @@ func TestChildIndex(t *testing.T) {
 		}
 		if !slices.Equal(got, want[e.Path]) {
 			t.Errorf("children of %q: %q, want %q", e.Path, got, want[e.Path])
+		}
+	}
+}
+
+// forRuns never runs more goroutines than GOMAXPROCS allows (zrecv lowers
+// it to 1 on a saturated machine) nor more than fsWorkers.
+func TestForRunsBoundedByGOMAXPROCS(t *testing.T) {
+	defer useWorkers(2)()
+	for _, c := range []struct{ workers, procs, want int }{{2, 1, 1}, {2, 2, 2}, {8, 3, 3}, {1, 4, 1}, {3, 0, 1}} {
+		fsWorkers, procs = c.workers, func() int { return c.procs }
+		var made atomic.Int32
+		var seen atomic.Int64
+		forRuns(1000, 1, func() (func(lo, hi int), func()) {
+			made.Add(1)
+			return func(lo, hi int) { seen.Add(int64(hi - lo)) }, func() {}
+		})
+		if int(made.Load()) != c.want || seen.Load() != 1000 {
+			t.Errorf("fsWorkers %d, GOMAXPROCS %d: %d goroutines covering %d indexes, want %d covering 1000", c.workers, c.procs, made.Load(), seen.Load(), c.want)
 		}
 	}
 }

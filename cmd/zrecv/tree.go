@@ -135,6 +135,7 @@ func tryTree(ctx context.Context, cfg receiver.Config, name string, tf treeFlags
 	mc := mirror.Config{Receiver: cfg, Out: cfg.OutputDir, Tree: tree, Keep: tf.keep, Verify: tf.verify,
 		LockWait: tf.lockWait, Events: rep.Event}
 	start := time.Now()
+	cli.AdjustThreads()
 	res, err := mirror.Sync(ctx, mc)
 	if mirrored && (errors.Is(err, mirror.ErrNotTree) || errors.Is(err, receiver.ErrNoTrees)) {
 		return 0, false, nil // not a tree (any more): a file, or let the file fetch report it

@@ -6,9 +6,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 	"unicode/utf8"
 
+	"github.com/zsend/zsend/internal/cpuload"
 	"github.com/zsend/zsend/internal/metrics"
 	"github.com/zsend/zsend/mirror"
 	"github.com/zsend/zsend/protocol"
@@ -32,6 +34,14 @@ func NewLogger(w io.Writer, format string, quiet bool) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
+// governor is the process's thread governor (package cpuload).
+var governor = sync.OnceValue(cpuload.New)
+
+// AdjustThreads limits this process to one thread while every core of the
+// machine is busy, and lifts the limit otherwise (package cpuload); zrecv
+// calls it as each sync of a tree starts.
+func AdjustThreads() bool { return governor().Adjust() }
+
 // Follow runs zrecv --follow until ctx ends, logging through log, and
 // returns the exit code (0 after SIGINT/SIGTERM).
 func Follow(ctx context.Context, cfg mirror.FollowConfig, metricsAddr string, log *slog.Logger) int {
@@ -53,6 +63,9 @@ func Follow(ctx context.Context, cfg mirror.FollowConfig, metricsAddr string, lo
 		}
 		if prom != nil {
 			prom.Event(e)
+		}
+		if e.Kind == "syncing" {
+			AdjustThreads()
 		}
 		attrs := []any{"event", e.Kind}
 		if e.Tree != "" {

@@ -6,19 +6,17 @@
 // every core is already busy a second thread only time-shares with the
 // first, and the Go scheduler's spinning threads and hand-offs add CPU
 // the host's own work pays for. A follower is a background agent: on a
-// saturated host it should take one core at most. Measured with 50
-// followers sharing 2 cores (BENCHMARKS.md, propagation), one thread under
-// saturation brought the last follower's switch from 3.45 s to 2.52 s
-// (p50) in the same session.
+// saturated host it should take one core at most. Measured: a follower
+// of a 10,000-file tree beside two CPU burners spent 146-176 ms of CPU per
+// one-file version with two threads, 110-127 ms with one (README, "CPU on
+// a busy host").
 //
-// The signal is /proc/loadavg, read as a sync starts: the machine is
-// saturated while its runnable threads (this process's own included) are
-// at least as many as its CPUs, or while its one-minute load average is.
-// The instant count alone misses a burst that is only beginning (50
-// followers woken by one announcement read it before most of them run);
-// the average keeps a host that has been busy counted as busy for a
-// minute or two after. The threads are limited through
-// runtime.GOMAXPROCS; a limit given by the user (the GOMAXPROCS
+// The signal is /proc/loadavg's count of runnable threads, read as a sync
+// starts (this process's own included): at least as many as there are
+// CPUs means no core is idle now. The load averages are not used: they
+// lag by minutes, and a one-shot sync on a machine that was busy a moment
+// ago but is idle now should have both cores. The threads are limited
+// through runtime.GOMAXPROCS; a limit given by the user (the GOMAXPROCS
 // environment variable) is never exceeded.
 package cpuload
 
@@ -31,27 +29,22 @@ import (
 	"sync"
 )
 
-// ParseLoad returns the one-minute load average and the runnable threads
-// from the content of /proc/loadavg: "0.20 0.18 0.12 3/123 4567" gives
-// 0.20 and 3.
-func ParseLoad(b []byte) (load1 float64, running int, err error) {
+// ParseRunning returns the runnable threads from the content of
+// /proc/loadavg: "0.20 0.18 0.12 3/123 4567" gives 3.
+func ParseRunning(b []byte) (int, error) {
 	f := bytes.Fields(b)
 	if len(f) < 4 {
-		return 0, 0, errors.New("loadavg: fewer than 4 fields")
-	}
-	load1, err = strconv.ParseFloat(string(f[0]), 64)
-	if err != nil || !(load1 >= 0) {
-		return 0, 0, errors.New("loadavg: bad load average")
+		return 0, errors.New("loadavg: fewer than 4 fields")
 	}
 	r, _, ok := bytes.Cut(f[3], []byte("/"))
 	if !ok {
-		return 0, 0, errors.New("loadavg: no running/total field")
+		return 0, errors.New("loadavg: no running/total field")
 	}
-	running, err = strconv.Atoi(string(r))
-	if err != nil || running < 0 {
-		return 0, 0, errors.New("loadavg: bad running count")
+	n, err := strconv.Atoi(string(r))
+	if err != nil || n < 0 {
+		return 0, errors.New("loadavg: bad running count")
 	}
-	return load1, running, nil
+	return n, nil
 }
 
 // Governor sets GOMAXPROCS to 1 while the machine is saturated and back
@@ -94,11 +87,11 @@ func (g *Governor) Adjust() bool {
 	if err != nil {
 		return g.limited
 	}
-	load1, running, err := ParseLoad(b)
+	running, err := ParseRunning(b)
 	if err != nil {
 		return g.limited
 	}
-	busy := running >= g.cpus || load1 >= float64(g.cpus)
+	busy := running >= g.cpus
 	switch {
 	case busy && !g.limited:
 		g.set(1)

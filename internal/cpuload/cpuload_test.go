@@ -6,25 +6,21 @@ import (
 	"testing"
 )
 
-func TestParseLoad(t *testing.T) {
-	type want struct {
-		load1   float64
-		running int
+func TestParseRunning(t *testing.T) {
+	good := map[string]int{
+		"0.20 0.18 0.12 3/123 4567\n": 3,
+		"52.01 40.00 9.5 57/803 99":   57,
+		"0.00 0.00 0.00 0/1 1":        0,
 	}
-	good := map[string]want{
-		"0.20 0.18 0.12 3/123 4567\n": {0.20, 3},
-		"52.01 40.00 9.5 57/803 99":   {52.01, 57},
-		"0.00 0.00 0.00 0/1 1":        {0, 0},
-	}
-	for in, w := range good {
-		l, r, err := ParseLoad([]byte(in))
-		if err != nil || l != w.load1 || r != w.running {
-			t.Errorf("ParseLoad(%q) = %v, %d, %v; want %v, %d", in, l, r, err, w.load1, w.running)
+	for in, want := range good {
+		got, err := ParseRunning([]byte(in))
+		if err != nil || got != want {
+			t.Errorf("ParseRunning(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "0.1 0.2 0.3", "0.1 0.2 0.3 7 1", "0.1 0.2 0.3 x/9 1", "0.1 0.2 0.3 -1/9 1", "x 0.2 0.3 1/9 1", "-1 0.2 0.3 1/9 1", "NaN 0 0 1/9 1"} {
-		if l, r, err := ParseLoad([]byte(in)); err == nil {
-			t.Errorf("ParseLoad(%q) = %v, %d, want an error", in, l, r)
+	for _, in := range []string{"", "0.1 0.2 0.3", "0.1 0.2 0.3 7 1", "0.1 0.2 0.3 x/9 1", "0.1 0.2 0.3 -1/9 1"} {
+		if n, err := ParseRunning([]byte(in)); err == nil {
+			t.Errorf("ParseRunning(%q) = %d, want an error", in, n)
 		}
 	}
 }

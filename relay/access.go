@@ -22,8 +22,14 @@ import (
 // background after that, so a change of the root's access list reaches
 // the relays within about a minute. A relay that cannot reach its parent
 // uses the last answer it has, and refuses a key it has none for (fail
-// closed). A parent that predates ACCESS leaves the decision to the
-// relay's own flags.
+// closed). A parent that predates ACCESS (501) leaves the decision to the
+// relay's own flags, but only until a parent answers: every handshake
+// asks again, and while the fallback holds, a request asks again in the
+// background once accessTTL has passed since the 501, so a parent
+// upgraded in place, or the next server of a failover list that speaks
+// ACCESS, takes the decision back. Keys the relay accepted meanwhile are
+// then allowed only what the root answers for them (none asked yet: none,
+// until the background answer lands).
 
 const (
 	accessTTL     = time.Minute
@@ -35,9 +41,11 @@ type rootAccess struct {
 	parent receiver.Config
 	ask    func(ctx context.Context, cfg receiver.Config, key [32]byte) ([]string, error)
 
-	mu          sync.Mutex
-	keys        map[[32]byte]*accessEntry
-	unsupported bool // the parent answered 501: local flags decide
+	mu            sync.Mutex
+	keys          map[[32]byte]*accessEntry
+	unsupported   bool      // the parent answered 501: local flags decide
+	unsupportedAt time.Time // when it last did
+	probing       bool      // a background ask is under way while unsupported
 }
 
 type accessEntry struct {
@@ -56,12 +64,13 @@ func (ra *rootAccess) query(ctx context.Context, key [32]byte) ([]string, error)
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
 	if errors.Is(err, receiver.ErrAccessUnsupported) {
-		ra.unsupported = true
+		ra.unsupported, ra.unsupportedAt = true, time.Now()
 		return nil, err
 	}
 	if err != nil {
 		return nil, err
 	}
+	ra.unsupported = false // a parent that answers decides again
 	if _, ok := ra.keys[key]; !ok && len(ra.keys) >= accessMaxKeys {
 		ra.evictOldest()
 	}
@@ -108,6 +117,17 @@ func (ra *rootAccess) allowed(key [32]byte, name string) bool {
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
 	if ra.unsupported {
+		if time.Since(ra.unsupportedAt) > accessTTL && !ra.probing {
+			ra.probing = true
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), accessWait)
+				defer cancel()
+				ra.query(ctx, key)
+				ra.mu.Lock()
+				ra.probing = false
+				ra.mu.Unlock()
+			}()
+		}
 		return true
 	}
 	e := ra.keys[key]

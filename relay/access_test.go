@@ -112,3 +112,50 @@ func TestRootAccessOldParent(t *testing.T) {
 		t.Fatal("with an old parent and no --serve-acl every tree is allowed")
 	}
 }
+
+// A 501 does not make the fallback permanent: once a parent answers (an
+// upgraded root, the next server of a failover list), the root decides
+// again, for new handshakes at once and for requests of keys accepted
+// meanwhile after a background ask.
+func TestRootAccessOldParentUpgraded(t *testing.T) {
+	a, b := [32]byte{1}, [32]byte{2}
+	p := &fakeParent{trees: map[[32]byte][]string{}, err: receiver.ErrAccessUnsupported}
+	ra := newRootAccess(receiver.Config{})
+	ra.ask = p.ask
+	cv := ra.wrap(&sender.CurveServer{AllowAny: true})
+	if !cv.Authorize(a) || !cv.Authorize(b) || !cv.Access(b, "conf/") {
+		t.Fatal("with an old parent and --serve-allow-any every key is accepted")
+	}
+	p.set(a, []string{"public"}, nil) // the parent now speaks ACCESS
+	if !cv.Authorize(a) {
+		t.Fatal("a key the upgraded root allows a tree was refused")
+	}
+	if cv.Authorize(b) {
+		t.Fatal("after the parent answered, a key the root allows nothing was still accepted (fallback kept)")
+	}
+	if !cv.Access(a, "public/") || cv.Access(a, "conf/") {
+		t.Fatal("the root's answer does not decide requests again")
+	}
+
+	// Fallback again (an old server of the list), then a request after
+	// accessTTL probes the parent in the background.
+	p.set(a, nil, receiver.ErrAccessUnsupported)
+	cv.Authorize(b)
+	if !cv.Access(b, "conf/") {
+		t.Fatal("the fallback must apply while the parent answers 501")
+	}
+	p.set(b, []string{"public"}, nil)
+	ra.mu.Lock()
+	ra.unsupportedAt = time.Now().Add(-2 * accessTTL)
+	ra.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for cv.Access(b, "conf/") {
+		if time.Now().After(deadline) {
+			t.Fatal("requests were still decided by the fallback 5 s after the parent answered again")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !cv.Access(b, "public/") {
+		t.Fatal("the root's answer for b does not apply")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -34,8 +35,15 @@ func NewLogger(w io.Writer, format string, quiet bool) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
-// governor is the process's thread governor (package cpuload).
-var governor = sync.OnceValue(cpuload.New)
+// governor is the process's thread governor (package cpuload). It reads
+// /proc/loadavg, or the file ZSND_LOADAVG names (for tests: a load the
+// machine does not have on demand).
+var governor = sync.OnceValue(func() *cpuload.Governor {
+	if p := os.Getenv("ZSND_LOADAVG"); p != "" {
+		return cpuload.New(p)
+	}
+	return cpuload.New("/proc/loadavg")
+})
 
 // AdjustThreads limits this process to one thread while every core of the
 // machine is busy, and lifts the limit otherwise (package cpuload); zrecv
@@ -64,10 +72,11 @@ func Follow(ctx context.Context, cfg mirror.FollowConfig, metricsAddr string, lo
 		if prom != nil {
 			prom.Event(e)
 		}
+		attrs := []any{"event", e.Kind}
 		if e.Kind == "syncing" {
 			AdjustThreads()
+			attrs = append(attrs, "threads", runtime.GOMAXPROCS(0))
 		}
-		attrs := []any{"event", e.Kind}
 		if e.Tree != "" {
 			attrs = append(attrs, "tree", e.Tree)
 		}

@@ -47,11 +47,46 @@ func ParseRunning(b []byte) (int, error) {
 	return n, nil
 }
 
+// ParseCPUList counts the CPUs of a kernel CPU list such as
+// /sys/devices/system/cpu/online's "0-3,6,8-9" (7).
+func ParseCPUList(b []byte) (int, error) {
+	n := 0
+	for _, part := range bytes.Split(bytes.TrimSpace(b), []byte(",")) {
+		lo, hi, isRange := bytes.Cut(part, []byte("-"))
+		a, err := strconv.Atoi(string(lo))
+		if err != nil || a < 0 {
+			return 0, errors.New("cpu list: bad number")
+		}
+		z := a
+		if isRange {
+			if z, err = strconv.Atoi(string(hi)); err != nil || z < a {
+				return 0, errors.New("cpu list: bad range")
+			}
+		}
+		n += z - a + 1
+	}
+	return n, nil
+}
+
+// hostCPUs is the number of online CPUs of the machine: what
+// /proc/loadavg's count is to be compared with. runtime.NumCPU counts
+// only the CPUs this process may run on (a container pinned to two
+// CPUs of a large host would count itself saturated whenever two
+// threads anywhere on the host are runnable).
+func hostCPUs() int {
+	if b, err := os.ReadFile("/sys/devices/system/cpu/online"); err == nil {
+		if n, err := ParseCPUList(b); err == nil && n > 0 {
+			return n
+		}
+	}
+	return runtime.NumCPU()
+}
+
 // Governor sets GOMAXPROCS to 1 while the machine is saturated and back
 // to the default otherwise. The zero value is not usable: see New.
 type Governor struct {
 	mu      sync.Mutex
-	cpus    int                    // cores of the machine
+	cpus    int                    // online CPUs of the machine
 	max     int                    // GOMAXPROCS when not limited
 	envSet  bool                   // the user set GOMAXPROCS: restore max, not the runtime's default
 	limited bool                   // GOMAXPROCS is 1 because of us
@@ -60,14 +95,15 @@ type Governor struct {
 	reset   func()                 // runtime.SetDefaultGOMAXPROCS
 }
 
-// New returns the governor of this process.
-func New() *Governor {
+// New returns the governor of this process, reading loadavg (normally
+// /proc/loadavg).
+func New(loadavg string) *Governor {
 	_, envSet := os.LookupEnv("GOMAXPROCS")
 	return &Governor{
-		cpus:   runtime.NumCPU(),
+		cpus:   hostCPUs(),
 		max:    runtime.GOMAXPROCS(0),
 		envSet: envSet,
-		read:   func() ([]byte, error) { return os.ReadFile("/proc/loadavg") },
+		read:   func() ([]byte, error) { return os.ReadFile(loadavg) },
 		set:    func(n int) { runtime.GOMAXPROCS(n) },
 		reset:  runtime.SetDefaultGOMAXPROCS,
 	}

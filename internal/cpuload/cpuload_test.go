@@ -2,6 +2,7 @@ package cpuload
 
 import (
 	"errors"
+	"os"
 	"runtime"
 	"testing"
 )
@@ -80,7 +81,7 @@ func TestAdjustNeverRaisesASingleThread(t *testing.T) {
 // The real governor on this machine: whatever the load, GOMAXPROCS ends
 // at 1 when it reports limited and is restored after.
 func TestAdjustRuntime(t *testing.T) {
-	g := New()
+	g := New("/proc/loadavg")
 	if g.max <= 1 {
 		t.Skip("GOMAXPROCS is already 1")
 	}
@@ -101,3 +102,32 @@ func TestAdjustRuntime(t *testing.T) {
 }
 
 func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
+
+func TestParseCPUList(t *testing.T) {
+	for in, want := range map[string]int{"0-1\n": 2, "0": 1, "0-3,6,8-9": 7, "5-5": 1} {
+		if n, err := ParseCPUList([]byte(in)); err != nil || n != want {
+			t.Errorf("ParseCPUList(%q) = %d, %v; want %d", in, n, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "3-1", "0-", "-1", "0,,1"} {
+		if n, err := ParseCPUList([]byte(in)); err == nil {
+			t.Errorf("ParseCPUList(%q) = %d, want an error", in, n)
+		}
+	}
+}
+
+// The whole machine's CPUs, not this process's share: loadavg counts the
+// whole machine's threads.
+func TestHostCPUs(t *testing.T) {
+	b, err := os.ReadFile("/sys/devices/system/cpu/online")
+	if err != nil {
+		t.Skip("no /sys/devices/system/cpu/online")
+	}
+	want, err := ParseCPUList(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hostCPUs(); got != want || got < runtime.NumCPU() {
+		t.Fatalf("hostCPUs() = %d, want %d (NumCPU %d)", got, want, runtime.NumCPU())
+	}
+}

@@ -125,6 +125,22 @@ func TestLoadDir(t *testing.T) {
 			t.Fatal("LoadDir kept a secret key")
 		}
 	}
+
+	// Hidden files and files ending in _secret are ignored, whatever key
+	// they hold (README: "--allow DIR").
+	c, _ := Generate()
+	d, _ := Generate()
+	c.Save(filepath.Join(dir, ".revoked"))
+	os.WriteFile(filepath.Join(dir, "x_secret"), d.Format(false, time.Unix(0, 0)), 0o644)
+	certs, bad, err = LoadDir(dir)
+	if err != nil || len(certs) != 2 || len(bad) != 1 {
+		t.Fatalf("LoadDir with a hidden and a _secret file: %d certs, %v, %v", len(certs), bad, err)
+	}
+	for _, k := range certs {
+		if k.Public == c.Public || k.Public == d.Public {
+			t.Fatal("LoadDir took the key of a hidden or _secret file")
+		}
+	}
 }
 
 func FuzzParse(f *testing.F) {

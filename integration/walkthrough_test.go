@@ -1,0 +1,67 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// README's "Configuration distribution in five minutes" block, run as
+// written by bash with the binaries of this build on PATH. Only what
+// would collide with other tests is changed: /tmp/cfg and /tmp/webN
+// become directories of this test, port 5555 a free one, and each
+// "sleep 1" (the wait for --watch to publish before the gate) is 5 s, so
+// that a loaded machine cannot make the gate pass on the old version.
+// The script runs with set -e: every command must succeed, each
+// --status --wait gate included.
+func TestReadmeFiveMinuteWalkthrough(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(readme), "### Configuration distribution in five minutes")
+	if !ok {
+		t.Fatal("README has no five-minute walkthrough")
+	}
+	_, after, ok = strings.Cut(after, "```bash\n")
+	block, _, ok2 := strings.Cut(after, "\n```")
+	if !ok || !ok2 {
+		t.Fatal("no bash block in the walkthrough")
+	}
+	base := t.TempDir()
+	ep := freeTCPEndpoint(t)
+	port := ep[strings.LastIndex(ep, ":")+1:]
+	script := strings.NewReplacer("/tmp/cfg", filepath.Join(base, "cfg"), "/tmp/web", filepath.Join(base, "web"),
+		"5555", port, "sleep 1", "sleep 5").Replace(block)
+	if !strings.Contains(block, "/tmp/cfg") || !strings.Contains(block, "/tmp/web") || !strings.Contains(block, "5555") || !strings.Contains(block, "sleep 1") {
+		t.Fatalf("the walkthrough changed shape; adapt this test:\n%s", block)
+	}
+	script = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + script + "\n"
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-c", script)
+	cmd.Env = append(os.Environ(), "PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"),
+		"STATE_DIRECTORY="+filepath.Join(base, "state"))
+	cmd.Dir = base
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the walkthrough failed: %v\n%s", err, out)
+	}
+	for _, want := range []string{"3/3 nodes on myapp v1", "3/3 nodes on myapp v2", "3/3 nodes on myapp v3", "exec ok"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the walkthrough's output lacks %q", want)
+		}
+	}
+	for n := 1; n <= 3; n++ {
+		if got := readStable(t, filepath.Join(base, "web"+string(rune('0'+n))), "myapp", "app.conf"); got != "listen 8080\n" {
+			t.Errorf("web%d shows %q, want the rolled-back content", n, got)
+		}
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s", out)
+	}
+}

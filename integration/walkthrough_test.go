@@ -65,3 +65,34 @@ func TestReadmeFiveMinuteWalkthrough(t *testing.T) {
 		t.Logf("output:\n%s", out)
 	}
 }
+
+// A one-shot sync whose report the server refuses (its fleet table is
+// full: --max-nodes 1, the one node not lost) still exits 0 with the tree
+// in place; the refusal is a warning on stderr (README, "Reports").
+func TestOneShotReportRefusedIsAWarningCLI(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	zs := startZsendFleet(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "st"), "--max-nodes", "1", src)
+	sync := func(node string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		out := filepath.Join(base, node)
+		cmd := exec.CommandContext(ctx, filepath.Join(binDir, "zrecv"), "-q", "-o", out, "--node", node, zs.ep, "app")
+		b, err := cmd.CombinedOutput()
+		if got := readStable(t, out, "app", "app.conf"); got != "v1" {
+			t.Errorf("node %s shows %q", node, got)
+		}
+		return string(b), err
+	}
+	if out, err := sync("a"); err != nil || strings.Contains(out, "warning") {
+		t.Fatalf("first node: %v\n%s", err, out)
+	}
+	out, err := sync("b")
+	if err != nil {
+		t.Fatalf("a refused report made the sync fail: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "zrecv: warning: reporting to the server") {
+		t.Fatalf("no warning for the refused report:\n%s", out)
+	}
+}

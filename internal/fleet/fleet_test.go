@@ -214,3 +214,29 @@ func TestBarrierCountsForwardedNodes(t *testing.T) {
 		t.Fatalf("every node staged: %v %v", d, staged)
 	}
 }
+
+// A newcomer to a full table evicts the node lost longest, not another
+// lost one (README, Reports).
+func TestEvictsTheNodeLostLongest(t *testing.T) {
+	tb := New(Config{MaxNodes: 3, LostAfter: time.Second})
+	tb.Publish("a", Latest{Seq: 1, Version: "x"})
+	for i, n := range []string{"n1", "n2", "n3"} {
+		if err := tb.Update(rep(n, "a", "x", 1, Switched), t0.Add(time.Duration(i)*100*time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// n1 reported first but is seen again later: n2 (last seen at
+	// t0+100ms) is the one lost longest, not the oldest entry.
+	tb.Seen("n1", t0.Add(500*time.Millisecond))
+	now := t0.Add(5 * time.Second) // all three lost
+	if err := tb.Update(rep("n4", "a", "x", 1, Switched), now); err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, r := range tb.Status(now)[0].Rows {
+		have[r.Node] = true
+	}
+	if have["n2"] || !have["n1"] || !have["n3"] || !have["n4"] {
+		t.Fatalf("after the eviction: %v, want n1 n3 n4 (n2 lost longest)", have)
+	}
+}

@@ -159,3 +159,23 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// Save never overwrites: with only one file of the pair there, it writes
+// neither and leaves that file as it was (README, --keygen).
+func TestSaveHalfPairExists(t *testing.T) {
+	for _, existing := range []string{"", "_secret"} {
+		path := filepath.Join(t.TempDir(), "key")
+		os.WriteFile(path+existing, []byte("mine"), 0o600)
+		c, _ := Generate()
+		if err := c.Save(path); !errors.Is(err, ErrExists) {
+			t.Fatalf("Save with %q present = %v, want ErrExists", "key"+existing, err)
+		}
+		if b, _ := os.ReadFile(path + existing); string(b) != "mine" {
+			t.Fatalf("key%s was overwritten: %q", existing, b)
+		}
+		other := map[string]string{"": "_secret", "_secret": ""}[existing]
+		if _, err := os.Lstat(path + other); !os.IsNotExist(err) {
+			t.Fatalf("key%s was written although key%s exists (%v)", other, existing, err)
+		}
+	}
+}

@@ -66,6 +66,53 @@ func TestReadmeFiveMinuteWalkthrough(t *testing.T) {
 	}
 }
 
+// README's relay example, run as written (paths and ports changed): the
+// root publishes, the relay follows and serves, the leaf fed by the relay
+// ends with the root's content.
+func TestReadmeRelayExample(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(readme), "### Relays: from one server to hundreds of nodes")
+	_, after, ok2 := strings.Cut(after, "```bash\n")
+	block, _, ok3 := strings.Cut(after, "\n```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("README has no relay example")
+	}
+	for _, s := range []string{"/tmp/cfg", "/tmp/relay1", "/tmp/leaf1", "5555", "6001"} {
+		if !strings.Contains(block, s) {
+			t.Fatalf("the relay example changed shape (no %s); adapt this test:\n%s", s, block)
+		}
+	}
+	base := t.TempDir()
+	root, relay := freeTCPEndpoint(t), freeTCPEndpoint(t)
+	port := func(ep string) string { return ep[strings.LastIndex(ep, ":")+1:] }
+	src := filepath.Join(base, "cfg", "myapp")
+	writeFile(t, filepath.Join(src, "app.conf"), "listen 8080\n")
+	leaf := filepath.Join(base, "leaf1")
+	script := strings.NewReplacer("/tmp/", base+"/", "5555", port(root), "6001", port(relay)).Replace(block)
+	script = "set -e\nmkdir -p " + filepath.Join(base, "relay1") + " " + leaf + "\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + script +
+		"\nfor i in $(seq 300); do [ -f " + leaf + "/myapp/app.conf ] && break; sleep 0.1; done\n" +
+		"for i in $(seq 150); do zsend --status tcp://127.0.0.1:" + port(root) + " | grep -q '2/2 nodes' && break; sleep 0.2; done\n" +
+		"zsend --status tcp://127.0.0.1:" + port(root) + " --wait --timeout 1m\n"
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-c", script)
+	cmd.Env = append(os.Environ(), "PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"),
+		"STATE_DIRECTORY="+filepath.Join(base, "state"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the relay example failed: %v\n%s", err, out)
+	}
+	if got := readStable(t, leaf, "myapp", "app.conf"); got != "listen 8080\n" {
+		t.Fatalf("the leaf shows %q\n%s", got, out)
+	}
+	if !strings.Contains(string(out), "2/2 nodes on myapp v1") {
+		t.Fatalf("the root's status does not count the relay and its leaf:\n%s", out)
+	}
+}
+
 // A one-shot sync whose report the server refuses (its fleet table is
 // full: --max-nodes 1, the one node not lost) still exits 0 with the tree
 // in place; the refusal is a warning on stderr (README, "Reports").

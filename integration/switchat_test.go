@@ -346,3 +346,33 @@ func TestPythonBarrierFollower(t *testing.T) {
 	waitUntil(t, 10*time.Second, "py1 switched", converged(srv, "app", seq, 1))
 	t.Logf("pybarrier: %s", bytes.TrimSpace(stdout.Bytes()))
 }
+
+// A client reporting "staged" for a version the server never published (a
+// higher sequence, any id) opens no barrier: the barrier of the version
+// really published stands, and the followers that stage it switch
+// (PROTOCOL.md 14.4: a barrier per published version).
+func TestBarrierIgnoresStagedOfUnpublishedVersion(t *testing.T) {
+	src, ep, srv, _ := barrierServer(t, 3*time.Second, 0, nil)
+	var fs []*follower
+	for i := 0; i < 2; i++ {
+		// The check hook makes staging last, so that the forged report
+		// lands before the followers stage.
+		fs = append(fs, startFollower(t, mirror.FollowConfig{Receiver: fastRecv(ep), Trees: []string{"app"},
+			Node: fmt.Sprintf("n%d", i), Check: "sleep 0.5"}))
+	}
+	waitUntil(t, 20*time.Second, "2 nodes on v1", converged(srv, "app", 1, 2))
+	writeFile(t, filepath.Join(src, "app.conf"), "v2")
+	publishNow(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	forged := protocol.Report{Request: 1, State: protocol.StateStaged, Seq: 102, Version: protocol.Hash{0xee, 1, 2}, Node: "forger", Tree: "app"}
+	if err := receiver.Report(ctx, fastRecv(ep), forged); err != nil {
+		t.Fatalf("forged report: %v", err)
+	}
+	for i, f := range fs {
+		waitUntil(t, 20*time.Second, fmt.Sprintf("node %d on v2", i), func() (bool, string) {
+			got := readStable(t, f.out, "app", "app.conf")
+			return got == "v2", got
+		})
+	}
+}

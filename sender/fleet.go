@@ -131,6 +131,20 @@ func (s *Server) syncFleetLatest(now time.Time) {
 	}
 }
 
+// isLatest reports whether (seq, id) is the latest version this server
+// publishes of tree.
+func (s *Server) isLatest(tree string, seq uint64, id protocol.Hash) bool {
+	if s.pub == nil {
+		return false
+	}
+	t := s.pub.trees[tree]
+	if t == nil {
+		return false
+	}
+	v := t.latest()
+	return v != nil && v.seq == seq && protocol.Hash(v.id) == id
+}
+
 func (s *Server) newBarrier(tree string, seq uint64, id protocol.Hash, now time.Time) *barrier {
 	return &barrier{b: fleet.Barrier{Tree: tree, Version: hexID(id), Quorum: s.cfg.Quorum, Deadline: now.Add(s.cfg.BarrierTimeout)},
 		seq: seq, id: id, told: map[string]*session{}, sent: map[*session]bool{}}
@@ -374,13 +388,17 @@ func (s *Server) stagedReport(sess *session, tree, node string, id protocol.Hash
 		}
 		return
 	}
-	if b == nil || (b.id != id && seq > b.seq) {
-		// No barrier for it (the server restarted): open one now.
+	if (b == nil || (b.id != id && seq > b.seq)) && s.isLatest(tree, seq, id) {
+		// No barrier for it (the server restarted): open one now. Only
+		// for the version this server publishes as the tree's latest: a
+		// report naming any other (forged, or from a server with other
+		// content on the same endpoint) must not replace the barrier
+		// the followers are staging for.
 		b = s.newBarrier(tree, seq, id, now)
 		f.barriers[tree] = b
 	}
-	if b.id != id {
-		return // an older version; the newer one is on its way to the node
+	if b == nil || b.id != id {
+		return // an older version (the newer one is on its way to the node), or one never published
 	}
 	if b.decided {
 		b.retell(sess, node)

@@ -685,6 +685,18 @@ func zmqCases() []hostileCase {
 			p.silent(t, 300*time.Millisecond, "BYE without a session")
 			p.send(t, &protocol.Error{Code: protocol.CodeBadRequest, Message: "x"})
 			p.silent(t, 300*time.Millisecond, "ERROR without a session")
+			// By the command octet alone, whatever the version or content
+			// (PROTOCOL.md 5.2.1).
+			for _, frames := range map[string][][]byte{
+				"ERROR at version 9":       {protocol.CommandFrame(9, protocol.CmdError), {0, 0, 0, 0}},
+				"ERROR, a 2000-octet text": {protocol.CommandFrame(1, protocol.CmdError), make([]byte, 2000)},
+				"BYE at version 0":         {protocol.CommandFrame(0, protocol.CmdBye), {0, 1}},
+				"BYE with no body":         {protocol.CommandFrame(1, protocol.CmdBye)},
+				"ERROR with three frames":  {protocol.CommandFrame(1, protocol.CmdError), {1}, {2}},
+			} {
+				p.sendFrames(t, frames...)
+			}
+			p.silent(t, 300*time.Millisecond, "malformed BYE or ERROR without a session")
 			if st := h.srv.Stats(); st.Sessions != 0 || st.OpenFiles != 0 {
 				t.Fatalf("state created before HELLO: %+v", st)
 			}

@@ -730,8 +730,14 @@ func (s *Server) handleInbound(in zsock.Inbound) {
 		return
 	}
 	id := string(in.Frames[0])
-	msg, v, err := protocol.Decode(in.Frames[1:])
 	sess := s.sessions[id]
+	if sess == nil && endsSession(in.Frames[1:]) {
+		// BYE or ERROR without a session, decodable or not, is ignored by
+		// its command octet alone (5.2.1): answering could start a loop.
+		s.unwait(id)
+		return
+	}
+	msg, v, err := protocol.Decode(in.Frames[1:])
 	if err == nil && sess != nil && v != sess.version && msg.Command() != protocol.CmdHello {
 		err = &protocol.DecodeError{Command: msg.Command(), Version: v, Err: protocol.ErrVersion,
 			Detail: fmt.Sprintf("version %d in a session at version %d", v, sess.version)}
@@ -789,6 +795,17 @@ func (s *Server) handleInbound(in zsock.Inbound) {
 	sess.lastRecv = time.Now()
 	sess.probedAt = time.Time{} // any message answers a liveness probe
 	sess.handle(msg)
+}
+
+// endsSession reports whether frames are a BYE or an ERROR by their
+// command octet alone (a ZSND command frame's sixth octet), whatever
+// their version or content.
+func endsSession(frames [][]byte) bool {
+	if len(frames) == 0 || len(frames[0]) != protocol.CommandFrameLen || string(frames[0][:4]) != protocol.Signature {
+		return false
+	}
+	c := protocol.Command(frames[0][5])
+	return c == protocol.CmdBye || c == protocol.CmdError
 }
 
 // noSession answers a message other than HELLO, BYE or ERROR from a

@@ -747,3 +747,48 @@ func TestV2ExactlyPublishedWhileEdited(t *testing.T) {
 		t.Fatalf("too little happened: %d files checked, %d versions", checked, last)
 	}
 }
+
+// A session holds at most 64 subscriptions (ERROR 429 beyond); a LIST
+// reusing a subscription's request id replaces it, even at the limit,
+// and a new version is then pushed once per subscription (PROTOCOL.md
+// 13.4).
+func TestV2SubscriptionLimitAndReplace(t *testing.T) {
+	a := filepath.Join(t.TempDir(), "a")
+	os.MkdirAll(a, 0o755)
+	_, srv := publishingServer(t, sender.Config{Paths: []string{a}})
+	c := helloV2(t, srv.Endpoint())
+	for req := uint32(1); req <= 64; req++ {
+		c.sendV2(t, &protocol.List{Request: req, Flags: protocol.ListSubscribe, Tree: "a"})
+		if got := len(c.collectUntilEnd(t, req)); got != 1 {
+			t.Fatalf("subscription %d: %d TREEs", req, got)
+		}
+	}
+	c.sendV2(t, &protocol.List{Request: 5, Flags: protocol.ListSubscribe, Tree: "a"})
+	if got := len(c.collectUntilEnd(t, 5)); got != 1 {
+		t.Fatalf("replacing subscription 5 at the limit: %d TREEs", got)
+	}
+	c.sendV2(t, &protocol.List{Request: 65, Flags: protocol.ListSubscribe, Tree: "a"})
+	if e, ok := c.next(t).(*protocol.Error); !ok || e.Request != 65 || e.Code != protocol.CodeTooMany {
+		t.Fatalf("a 65th subscription: %+v, want ERROR 429", e)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	os.WriteFile(filepath.Join(a, "f"), []byte("changed"), 0o644)
+	if err := srv.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pushed := map[uint32]int{}
+	for range 64 {
+		tr, ok := c.next(t).(*protocol.Tree)
+		if !ok || tr.Name != "a" || tr.Seq != 2 {
+			t.Fatalf("pushed %+v", tr)
+		}
+		pushed[tr.Request]++
+	}
+	for req := uint32(1); req <= 64; req++ {
+		if pushed[req] != 1 {
+			t.Errorf("subscription %d got %d pushes", req, pushed[req])
+		}
+	}
+	c.silent(t, 300*time.Millisecond, "after one push per subscription")
+}

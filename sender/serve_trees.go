@@ -93,7 +93,7 @@ func (sess *session) list(m *protocol.List) {
 	}
 	var sub *subscription
 	if m.Flags&protocol.ListSubscribe != 0 {
-		if len(sess.subs) >= maxSubscriptions {
+		if len(sess.subs) >= maxSubscriptions && !sess.subscribed(m.Request) {
 			sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
 				Message: fmt.Sprintf("more than %d subscriptions in one session", maxSubscriptions)})
 			return
@@ -117,6 +117,17 @@ func (sess *session) list(m *protocol.List) {
 		sess.unsubscribe(m.Request) // a LIST reusing a request id replaces its subscription
 		sess.subs = append(sess.subs, sub)
 	}
+}
+
+// subscribed reports whether request id req names a live subscription
+// (a LIST reusing it replaces it, so it does not count against the limit).
+func (sess *session) subscribed(req uint32) bool {
+	for _, sub := range sess.subs {
+		if sub.req == req {
+			return true
+		}
+	}
+	return false
 }
 
 func (sess *session) sendTree(req uint32, t *pubTree, v *version) {

@@ -501,3 +501,44 @@ func TestSwitchWait(t *testing.T) {
 		t.Errorf("in-ms 0: wait %v, want 0", got)
 	}
 }
+
+// Every message example in PROTOCOL.md (a fenced block of hex starting
+// with the ZSND signature) is, octet for octet, one of the golden files
+// the encoder is checked against: an example cannot drift from the code.
+func TestEveryDocExampleIsGolden(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "PROTOCOL.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := filepath.Glob(filepath.Join("testdata", "golden", "*.hex"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("golden files: %v", err)
+	}
+	golden := map[string]string{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		golden[strings.Join(strings.Fields(string(b)), "")] = filepath.Base(f)
+	}
+	blocks := strings.Split(string(doc), "```")
+	n := 0
+	for i := 1; i < len(blocks); i += 2 {
+		body := blocks[i]
+		if nl := strings.IndexByte(body, '\n'); nl >= 0 && !strings.ContainsAny(body[:nl], " 0123456789") {
+			body = body[nl+1:] // a language tag
+		}
+		flat := strings.Join(strings.Fields(body), "")
+		if !strings.HasPrefix(flat, "5a534e44") || strings.HasPrefix(flat, "5a534e444d414e31") {
+			continue // not a message; the manifest example ("ZSNDMAN1", 13.5) is checked in integration/trees_pub_test.go
+		}
+		n++
+		if _, ok := golden[flat]; !ok {
+			t.Errorf("PROTOCOL.md example %d is no golden file:\n%s", n, strings.TrimSpace(body))
+		}
+	}
+	if n < 20 {
+		t.Fatalf("only %d examples found in PROTOCOL.md", n)
+	}
+}

@@ -666,3 +666,32 @@ func TestScanManyEntries(t *testing.T) {
 		}
 	}
 }
+
+// A tree beyond what receivers accept is not published: the latest
+// version stays, with an error event naming the limit.
+func TestPublishRefusesTreeBeyondReceiverLimits(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "etc")
+	for i := range 3 {
+		mustWrite(t, filepath.Join(root, fmt.Sprint("f", i)), "x", 0o644)
+	}
+	ev := &eventLog{}
+	p := newTestPublisher(t, filepath.Join(dir, "state"), 4, []string{root}, ev)
+	ctx := context.Background()
+	if err := p.publishAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func(old manifest.Limits) { publishLimits = old }(publishLimits)
+	publishLimits.MaxEntries = 4 // the root and three files fit; a fourth file does not
+	mustWrite(t, filepath.Join(root, "f3"), "x", 0o644)
+	err := p.publishAll(ctx)
+	if err == nil || !strings.Contains(err.Error(), "beyond what receivers accept") {
+		t.Fatalf("publishing 5 entries with a limit of 4: %v", err)
+	}
+	if v := p.trees["etc"].latest(); v == nil || v.seq != 1 {
+		t.Fatalf("latest after the refusal: %+v, want seq 1", v)
+	}
+	if got := ev.await("error", 1); len(got) != 1 || !strings.Contains(got[0].Message, "beyond what receivers accept") {
+		t.Fatalf("error events %+v", got)
+	}
+}

@@ -6,11 +6,13 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -791,4 +793,67 @@ func TestV2SubscriptionLimitAndReplace(t *testing.T) {
 		}
 	}
 	c.silent(t, 300*time.Millisecond, "after one push per subscription")
+}
+
+// A relay answers ACCESS by asking its parent, off its serving path; a
+// session may have at most 16 such questions waiting (ERROR 429 beyond),
+// other requests are served meanwhile, and an answer that fails is
+// ERROR 503 for that request only (PROTOCOL.md 15.8).
+func TestAccessQuestionsBounded(t *testing.T) {
+	a := filepath.Join(t.TempDir(), "a")
+	os.MkdirAll(a, 0o755)
+	release := make(chan struct{})
+	var asked atomic.Int32
+	cfg := sender.Config{Paths: []string{a}, AccessFrom: func(ctx context.Context, key [32]byte) ([]string, error) {
+		asked.Add(1)
+		if key[0] == 0xfe {
+			return nil, errors.New("parent unreachable")
+		}
+		select {
+		case <-release:
+			return []string{"a"}, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}}
+	_, srv := publishingServer(t, cfg)
+	c := helloV2(t, srv.Endpoint())
+	for req := uint32(1); req <= 17; req++ {
+		c.sendV2(t, &protocol.Access{Request: req, Key: [32]byte{1}})
+	}
+	if e, ok := c.next(t).(*protocol.Error); !ok || e.Request != 17 || e.Code != protocol.CodeTooMany {
+		t.Fatalf("the 17th waiting ACCESS: %+v, want ERROR 429", e)
+	}
+	c.sendV2(t, &protocol.Ping{Token: 5})
+	if m, ok := c.next(t).(*protocol.Pong); !ok || m.Token != 5 {
+		t.Fatalf("PING while ACCESS waits: %+v", m)
+	}
+	if n := asked.Load(); n != 16 {
+		t.Fatalf("%d questions to the parent, want 16", n)
+	}
+	close(release)
+	answered := map[uint32]bool{}
+	for len(answered) < 16 {
+		switch m := c.next(t).(type) {
+		case *protocol.Tree:
+			if m.Name != "a" {
+				t.Fatalf("TREE %+v", m)
+			}
+		case *protocol.End:
+			if m.Size != 1 {
+				t.Fatalf("END %+v", m)
+			}
+			answered[m.Request] = true
+		default:
+			t.Fatalf("unexpected %T %+v", m, m)
+		}
+	}
+	c.sendV2(t, &protocol.Access{Request: 30, Key: [32]byte{0xfe}})
+	if e, ok := c.next(t).(*protocol.Error); !ok || e.Request != 30 || e.Code != protocol.CodeUnavailable {
+		t.Fatalf("ACCESS the parent cannot answer: %+v, want ERROR 503", e)
+	}
+	c.sendV2(t, &protocol.Access{Request: 31, Key: [32]byte{2}}) // the room is back
+	if got := len(c.collectUntilEnd(t, 31)); got != 1 {
+		t.Fatalf("ACCESS after the others were answered: %d TREEs", got)
+	}
 }

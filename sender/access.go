@@ -2,6 +2,7 @@ package sender
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/zsend/zsend/protocol"
@@ -16,6 +17,11 @@ import (
 // accessTimeout bounds a relay's question to its parent on behalf of a
 // child below it.
 const accessTimeout = 5 * time.Second
+
+// maxAccessPending bounds a session's ACCESS questions waiting for the
+// parent (each holds a goroutine and a session to the parent for up to
+// accessTimeout); beyond, ERROR 429.
+const maxAccessPending = 16
 
 // keyMay reports whether client key k may fetch tree whole by this
 // server's access list (Curve.Access, "TREE/"); without one, every key
@@ -40,6 +46,12 @@ func (sess *session) access(m *protocol.Access) {
 		sess.sendAccess(m.Request, func(tree string) bool { return s.keyMay(m.Key, tree) })
 		return
 	}
+	if sess.accessPending >= maxAccessPending {
+		sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
+			Message: fmt.Sprintf("more than %d ACCESS questions waiting for the parent in one session", maxAccessPending)})
+		return
+	}
+	sess.accessPending++
 	key, req := m.Key, m.Request
 	go func() {
 		ctx, cancel := context.WithTimeout(s.sockCtx, accessTimeout)
@@ -58,6 +70,7 @@ func (sess *session) access(m *protocol.Access) {
 
 // finishAccess sends a relay's answer (serving goroutine).
 func (s *Server) finishAccess(r accessReply) {
+	r.sess.accessPending--
 	if r.sess.dead || s.sessions[r.sess.id] != r.sess {
 		return
 	}

@@ -35,6 +35,9 @@ type session struct {
 	lastSend  time.Time
 	pingSeq   uint64
 	dead      bool
+	// accessPending counts ACCESS questions sent to the parent and not
+	// yet answered (access.go).
+	accessPending int
 
 	// prev is the last transfer halted on this identity, whose producer
 	// may still hold its file; the next transfer waits for it to exit, so

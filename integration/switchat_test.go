@@ -376,3 +376,31 @@ func TestBarrierIgnoresStagedOfUnpublishedVersion(t *testing.T) {
 		})
 	}
 }
+
+// A client that sends a command only servers send (TREE, SWITCH, FLEET,
+// PACK, SWITCHAT) in a version 4 session gets ERROR 400 (request 0) and
+// loses its session (PROTOCOL.md 5.2).
+func TestServerOnlyCommandsFromClientV4(t *testing.T) {
+	a := filepath.Join(t.TempDir(), "a")
+	os.MkdirAll(a, 0o755)
+	_, srv := publishingServer(t, sender.Config{Paths: []string{a}})
+	for _, m := range []protocol.Message{
+		&protocol.Tree{Request: 1, Seq: 1, Entries: 1, Name: "a"},
+		&protocol.Switch{Request: 1, Seq: 1, Tree: "a"},
+		&protocol.Fleet{Request: 1, State: protocol.StateSwitched, Seq: 1, Node: "n", Tree: "a"},
+		&protocol.Pack{Request: 1, Files: []protocol.PackFile{{Index: 1, Size: 1}}, Data: []byte("x")},
+		&protocol.SwitchAt{Request: 1, Seq: 1, AtNS: 1, InMS: 1, Tree: "a"},
+	} {
+		c := helloV4(t, srv.Endpoint(), "raw-v4")
+		c.sendV2(t, m)
+		e, ok := c.next(t).(*protocol.Error)
+		if !ok || e.Request != 0 || e.Code != protocol.CodeBadRequest {
+			t.Fatalf("%v from a client: %+v, want ERROR 400 (request 0)", m.Command(), e)
+		}
+		waitUntil(t, 5*time.Second, "session dropped", func() (bool, string) {
+			st := srv.Stats()
+			return st.Sessions == 0, fmt.Sprintf("%+v", st)
+		})
+		c.close()
+	}
+}

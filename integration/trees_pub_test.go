@@ -74,8 +74,12 @@ func (c *v2) next(t *testing.T) protocol.Message {
 	if err != nil {
 		t.Fatalf("undecodable: %v", err)
 	}
-	if v != protocol.Version2 {
-		t.Fatalf("%v at version %d in a version 2 session", m.Command(), v)
+	want := c.version
+	if want == 0 {
+		want = protocol.Version2
+	}
+	if v != want {
+		t.Fatalf("%v at version %d in a version %d session", m.Command(), v, want)
 	}
 	if _, ok := m.(*protocol.Ping); ok {
 		return c.next(t)

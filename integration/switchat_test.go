@@ -404,3 +404,34 @@ func TestServerOnlyCommandsFromClientV4(t *testing.T) {
 		c.close()
 	}
 }
+
+// Version negotiation (PROTOCOL.md section 4): the server picks the
+// highest version both speak, from any overlapping range; a message
+// framed at another version than the session's is ERROR 505 (request 0),
+// naming the server's range, and the session is dropped.
+func TestVersionRanges(t *testing.T) {
+	a := filepath.Join(t.TempDir(), "a")
+	os.MkdirAll(a, 0o755)
+	_, srv := publishingServer(t, sender.Config{Paths: []string{a}})
+	for _, c := range []struct{ min, max, want uint8 }{{1, 9, protocol.MaxVersion}, {3, 200, protocol.MaxVersion}, {2, 2, 2}, {1, 1, 1}} {
+		p := dialZ(t, srv.Endpoint(), true)
+		p.send(t, &protocol.Hello{MinVersion: c.min, MaxVersion: c.max, MaxChunk: protocol.MinChunkSize, PeerID: "range"})
+		w, ok := p.expect(t, 3*time.Second).(*protocol.Welcome)
+		if !ok || w.Version != c.want {
+			t.Fatalf("HELLO %d..%d: %+v, want WELCOME %d", c.min, c.max, w, c.want)
+		}
+		p.close()
+	}
+	c := helloV4(t, srv.Endpoint(), "mixed")
+	c.sendFrames(t, protocol.Encode(protocol.Version1, &protocol.Get{Request: 3, Name: "a/x"})...)
+	frames := c.recv(5 * time.Second)
+	m, _, err := protocol.Decode(frames)
+	e, ok := m.(*protocol.Error)
+	if err != nil || !ok || e.Request != 0 || e.Code != protocol.CodeVersion || !strings.Contains(e.Message, fmt.Sprintf("1..%d", protocol.MaxVersion)) {
+		t.Fatalf("a version 1 GET in a version 4 session: %+v, %v; want ERROR 505 naming 1..%d", m, err, protocol.MaxVersion)
+	}
+	waitUntil(t, 5*time.Second, "session dropped", func() (bool, string) {
+		st := srv.Stats()
+		return st.Sessions == 0, fmt.Sprintf("%+v", st)
+	})
+}

@@ -146,13 +146,13 @@ func TestFollowServerKilledAndRestartedCLI(t *testing.T) {
 		outs = append(outs, out)
 		fs = append(fs, startFollowerProc(t, zs.ep, out, fmt.Sprintf("web%d", i)))
 	}
-	if code, out, errs := statusWait(t, zs.ep, 30*time.Second); code != 0 || !strings.Contains(out, "3/3 nodes on app v1") {
+	if code, out, errs := statusWait(t, zs.ep, 30*time.Second, "--min-nodes", "3"); code != 0 || !strings.Contains(out, "3/3 nodes on app v1") {
 		t.Fatalf("--status --wait: %d\n%s\n%s", code, out, errs)
 	}
 	writeFile(t, filepath.Join(src, "app.conf"), "v2")
 	zs.cmd.Process.Signal(syscall.SIGHUP)
 	waitTree(t, zs.ep, "app", 1) // the gate is run once the publish is done
-	if code, out, errs := statusWait(t, zs.ep, 30*time.Second); code != 0 || !strings.Contains(out, "3/3 nodes on app v2") {
+	if code, out, errs := statusWait(t, zs.ep, 30*time.Second, "--min-nodes", "3"); code != 0 || !strings.Contains(out, "3/3 nodes on app v2") {
 		t.Fatalf("--status --wait after v2: %d\n%s\n%s", code, out, errs)
 	}
 	zs.cmd.Process.Kill()
@@ -160,7 +160,7 @@ func TestFollowServerKilledAndRestartedCLI(t *testing.T) {
 	writeFile(t, filepath.Join(src, "app.conf"), "v3")
 	time.Sleep(500 * time.Millisecond) // the followers notice and retry
 	zs2 := startZsendFleet(t, "-b", zs.ep, "--state-dir", state, "--lost-after", "5s", src)
-	if code, out, errs := statusWait(t, zs2.ep, 30*time.Second); code != 0 || !strings.Contains(out, "3/3 nodes on app v3") {
+	if code, out, errs := statusWait(t, zs2.ep, 30*time.Second, "--min-nodes", "3"); code != 0 || !strings.Contains(out, "3/3 nodes on app v3") {
 		t.Fatalf("--status --wait after the restart: %d\n%s\n%s", code, out, errs)
 	}
 	for i, out := range outs {
@@ -196,7 +196,7 @@ func TestTwentyFollowersStatusWaitCLI(t *testing.T) {
 		outs = append(outs, out)
 		startFollowerProc(t, zs.ep, out, fmt.Sprintf("web%02d", i))
 	}
-	if code, out, errs := statusWait(t, zs.ep, 60*time.Second); code != 0 || !strings.Contains(out, "20/20 nodes on app v1") {
+	if code, out, errs := statusWait(t, zs.ep, 60*time.Second, "--min-nodes", "20"); code != 0 || !strings.Contains(out, "20/20 nodes on app v1") {
 		t.Fatalf("--wait v1: %d\n%s\n%s", code, out, errs)
 	}
 	writeFile(t, filepath.Join(src, "app.conf"), "v2")
@@ -238,7 +238,7 @@ func TestTwentyFollowersStatusWaitCLI(t *testing.T) {
 	bad := filepath.Join(base, "bad")
 	os.Mkdir(bad, 0o755)
 	startFollowerProc(t, zs.ep, bad, "bad", "--check", `[ "$ZSND_SEQ" -lt 3 ] || { echo refusing; exit 1; }`)
-	if code, out, errs := statusWait(t, zs.ep, 60*time.Second); code != 0 {
+	if code, out, errs := statusWait(t, zs.ep, 60*time.Second, "--min-nodes", "21"); code != 0 {
 		t.Fatalf("--wait with the new node: %d\n%s\n%s", code, out, errs)
 	}
 	writeFile(t, filepath.Join(src, "app.conf"), "v3")

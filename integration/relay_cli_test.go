@@ -95,7 +95,7 @@ func TestRelayCurveCLI(t *testing.T) {
 	}
 	// The operator sees the whole tree at the CURVE root (the leaf through
 	// the relay) with its own key; without CURVE it gets nothing.
-	code, out, errs := statusWait(t, root.ep, 20*time.Second, "--server-key", rootKey, "--curve-secret", operatorKey+"_secret")
+	code, out, errs := statusWait(t, root.ep, 20*time.Second, "--min-nodes", "2", "--server-key", rootKey, "--curve-secret", operatorKey+"_secret")
 	if code != 0 || !strings.Contains(out, "leaf1") || !strings.Contains(out, "relay1") {
 		t.Fatalf("zsend --status with CURVE keys: exit %d\n%s%s", code, out, errs)
 	}

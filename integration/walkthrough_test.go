@@ -143,3 +143,26 @@ func TestOneShotReportRefusedIsAWarningCLI(t *testing.T) {
 		t.Fatalf("no warning for the refused report:\n%s", out)
 	}
 }
+
+// --min-nodes N: the gate also waits for N live nodes on the latest
+// version (a node that has not reported yet is not in the table), and is
+// a usage error without --wait.
+func TestStatusWaitMinNodesCLI(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "app")
+	writeFile(t, filepath.Join(src, "app.conf"), "v1")
+	zs := startZsendFleet(t, "-b", "tcp://127.0.0.1:0", "--state-dir", filepath.Join(base, "st"), src)
+	out := filepath.Join(base, "n1")
+	os.Mkdir(out, 0o755)
+	startFollowerProc(t, zs.ep, out, "n1")
+	if code, o, e := statusWait(t, zs.ep, 30*time.Second, "--min-nodes", "1"); code != 0 || !strings.Contains(o, "1/1 nodes on app v1") {
+		t.Fatalf("--min-nodes 1 with one node: %d\n%s\n%s", code, o, e)
+	}
+	if code, o, e := statusWait(t, zs.ep, time.Second, "--min-nodes", "2"); code != 7 || !strings.Contains(e, "not converged") {
+		t.Fatalf("--min-nodes 2 with one node: %d, want 7 (timeout)\n%s\n%s", code, o, e)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "zsend"), "--status", zs.ep, "--min-nodes", "2")
+	if err := cmd.Run(); err == nil || cmd.ProcessState.ExitCode() != 2 {
+		t.Fatalf("--min-nodes without --wait: %v, want exit 2", err)
+	}
+}

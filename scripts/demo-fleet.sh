@@ -46,7 +46,7 @@ for n in 1 2 3; do
     "$endpoint" myapp 2> "$work/web$n.log" &
   pids+=($!)
 done
-"$zsend" --status "$endpoint" --wait --timeout 30s
+"$zsend" --status "$endpoint" --wait --min-nodes 3 --timeout 30s
 echo
 
 echo "==> changing a file at the source"
@@ -63,8 +63,8 @@ for _ in $(seq 200); do
   [ "$line" = "3/3 nodes on myapp v2" ] && break
   sleep 0.02
 done
-echo "==> deploy gate: zsend --status --wait"
-"$zsend" --status "$endpoint" --wait --timeout 30s
+echo "==> deploy gate: zsend --status --wait --min-nodes 3"
+"$zsend" --status "$endpoint" --wait --min-nodes 3 --timeout 30s
 echo
 
 echo "==> verifying every follower independently (diff -r against the source)"

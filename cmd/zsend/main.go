@@ -47,7 +47,7 @@ symlinks are published as symlinks, never followed.
 
 Usage:
   zsend [flags] PATH...
-  zsend --status ENDPOINT [--json] [--wait [--timeout D]]   the fleet: who runs which version
+  zsend --status ENDPOINT [--json] [--wait [--min-nodes N] [--timeout D]]   the fleet: who runs which version
         [--server-key KEY --curve-secret CERT]             (a CURVE server: its key, the operator's key)
 
 Nodes that follow trees (zrecv --follow) and one-shot tree syncs report to
@@ -56,7 +56,8 @@ relay it reports through (VIA; - if direct), its version, how far behind
 it is, its state, when it was last seen and its hook result, then a
 summary line. Relays (zrecv --follow --serve) forward their children's
 reports, so the root shows the whole tree. --wait polls until every live
-node runs the latest version of every tree (a deploy gate). With --barrier,
+node runs the latest version of every tree (a deploy gate); --min-nodes N
+also waits for N of them per tree (nodes not yet reported are not counted). With --barrier,
 followers stage each new version and switch together when the server says
 so: once every live follower of the tree has staged it (or --quorum N of
 them), or at --barrier-timeout, when those that have staged switch and the
@@ -127,6 +128,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready cha
 		status      = fs.Bool("status", false, "print the fleet table of the zsend at ENDPOINT and exit")
 		serverKey   = fs.String("server-key", "", "with --status: the CURVE server's public key (40-char Z85 or a certificate file); --curve-secret is then the operator's client certificate")
 		wait        = fs.Bool("wait", false, "with --status: wait until every live node runs the latest version of every tree")
+		minNodes    = fs.Int("min-nodes", 0, "with --status --wait: also wait until at least N live nodes run the latest version of every tree")
 		timeout     = fs.Duration("timeout", 0, "with --status: give up after this long (default 30s to connect; --wait: forever)")
 		barrier     = fs.Bool("barrier", false, "followers stage each new version and switch together on the server's SWITCH")
 		quorum      = fs.Int("quorum", 0, "with --barrier: switch once this many live followers have staged (default: all)")
@@ -194,12 +196,15 @@ Exit codes:
 		if *serverKey == "" && *curveSecret != "" {
 			return fail(cli.ExitUsage, "with --status, --curve-secret (the operator's key) needs --server-key")
 		}
+		if *minNodes < 0 || (*minNodes > 0 && !*wait) {
+			return fail(cli.ExitUsage, "--min-nodes N goes with --status --wait, N at least 0")
+		}
 		curve, err := cli.CurveClient(*serverKey, *curveSecret, fs.Arg(0))
 		if err != nil {
 			return fail(cli.ExitUsage, "%v", err)
 		}
 		return cli.Status(ctx, receiver.Config{Endpoint: fs.Arg(0), OutputDir: os.TempDir(), Heartbeat: *heartbeat, Curve: curve},
-			cli.StatusOptions{JSON: *jsonOut, Wait: *wait, Timeout: *timeout}, stdout, stderr)
+			cli.StatusOptions{JSON: *jsonOut, Wait: *wait, Timeout: *timeout, MinNodes: *minNodes}, stdout, stderr)
 	}
 	if *serverKey != "" {
 		return fail(cli.ExitUsage, "--server-key is for --status (the server's own key is in --curve-secret)")

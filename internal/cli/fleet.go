@@ -38,6 +38,11 @@ type StatusOptions struct {
 	Wait    bool
 	Timeout time.Duration // --wait's bound (and the connection's)
 	Every   time.Duration // --wait's polling interval; default 200ms
+	// MinNodes (--min-nodes): with Wait, converged also needs at least
+	// this many live nodes on the latest version of every tree (nodes that
+	// have not reported yet are not in the table: without it, a gate run
+	// while followers start passes on those already there).
+	MinNodes int
 }
 
 // FleetView turns the rows a server sent into each tree's view.
@@ -109,6 +114,13 @@ func Status(ctx context.Context, cfg receiver.Config, opt StatusOptions, stdout,
 		verdict := fleet.GateOf(view)
 		if len(view) == 0 {
 			verdict = fleet.Pending
+		}
+		if verdict == fleet.Converged {
+			for _, v := range view {
+				if v.OnLatest < opt.MinNodes {
+					verdict = fleet.Pending
+				}
+			}
 		}
 		done := !opt.Wait || verdict != fleet.Pending
 		timedOut := !done && !deadline.IsZero() && now.Add(opt.Every).After(deadline)

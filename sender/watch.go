@@ -27,12 +27,18 @@ type watcher struct {
 	watched map[string][2]string // absolute directory -> tree name, its path in the tree (watch goroutine)
 }
 
+// watchStarted, if set, is given each watcher as it starts (tests).
+var watchStarted func(*watcher)
+
 func (s *Server) startWatch(ctx context.Context) (*watcher, error) {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, fmt.Errorf("--watch: %w", err)
 	}
 	w := &watcher{srv: s, fw: fw, watched: map[string][2]string{}}
+	if watchStarted != nil {
+		watchStarted(w)
+	}
 	w.done.Add(1)
 	go w.run(ctx, w.sync())
 	return w, nil

@@ -4,8 +4,11 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/fsnotify/fsnotify"
 
 	"github.com/zsend/zsend/internal/store"
 	"github.com/zsend/zsend/manifest"
@@ -103,5 +106,64 @@ func TestWatchIncrementalScans(t *testing.T) {
 	t.Logf("scans during the changes: %d incremental, %d full", inc, got.full-before.full)
 	if inc < 6 {
 		t.Fatalf("only %d incremental scans for %d changes", inc, len(steps))
+	}
+}
+
+// An error from fsnotify (an event overflow: events were lost) makes the
+// watcher scan every tree in full once quiet, not at the next periodic
+// rescan (README, Published versions).
+func TestWatchOverflowRescansInFull(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "conf")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(root, "f"), []byte("v1"), 0o644)
+	started := make(chan *watcher, 1)
+	watchStarted = func(w *watcher) { started <- w }
+	defer func() { watchStarted = nil }()
+	ev := &eventLog{}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := Listen(ctx, Config{Endpoint: "tcp://127.0.0.1:0", Paths: []string{root}, StateDir: filepath.Join(dir, "state"),
+		Watch: true, Debounce: 20 * time.Millisecond, RescanEvery: time.Hour, Events: ev.add})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("server did not stop within 10 s")
+		}
+	}()
+	var w *watcher
+	select {
+	case w = <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watcher did not start")
+	}
+	fulls := func() int {
+		srv.pub.mu.Lock()
+		defer srv.pub.mu.Unlock()
+		return srv.pub.scans.full
+	}
+	// The start's own full scans first (the initial publish, then the
+	// directories whose watches were just added).
+	time.Sleep(300 * time.Millisecond)
+	before := fulls()
+	w.fw.Errors <- fsnotify.ErrEventOverflow
+	deadline := time.Now().Add(10 * time.Second)
+	for fulls() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("no full scan within 10 s of an event overflow (the periodic rescan is an hour away)")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := ev.await("error", 1); len(got) == 0 || !strings.Contains(got[0].Message, "rescanning") {
+		t.Fatalf("error events %+v, want the overflow reported", got)
 	}
 }

@@ -363,15 +363,15 @@ func (p *publisher) publishAll(ctx context.Context) error {
 	return first
 }
 
-// publish scans one tree; a manifest whose id differs from the latest
-// version's becomes the next version. With dirty (the directories
-// --watch saw change), only those are read again when the last scan
-// allows it (scandirty.go); with nil, the whole tree.
 // publishLimits bound what is published: receivers refuse a manifest
 // beyond their limits (by default manifest.DefaultLimits), and this
 // server, restarted, would not load it again.
 var publishLimits = manifest.DefaultLimits()
 
+// publish scans one tree; a manifest whose id differs from the latest
+// version's becomes the next version. With dirty (the directories
+// --watch saw change), only those are read again when the last scan
+// allows it (scandirty.go); with nil, the whole tree.
 func (p *publisher) publish(ctx context.Context, t *pubTree, dirty []string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -409,9 +409,10 @@ func (p *publisher) publish(ctx context.Context, t *pubTree, dirty []string) err
 	if err == nil {
 		// What every receiver would refuse (and this server could not load
 		// again after a restart) is not published.
-		if lim := publishLimits; uint64(len(m.Entries)) > lim.MaxEntries || uint64(m.EncodedLen()) > lim.MaxBytes {
+		lim, size := publishLimits, m.EncodedLen()
+		if uint64(len(m.Entries)) > lim.MaxEntries || uint64(size) > lim.MaxBytes {
 			err = fmt.Errorf("the tree has %d entries (%d octets of manifest), beyond what receivers accept (%d entries, %d octets)",
-				len(m.Entries), m.EncodedLen(), lim.MaxEntries, lim.MaxBytes)
+				len(m.Entries), size, lim.MaxEntries, lim.MaxBytes)
 		}
 	}
 	if err == nil {

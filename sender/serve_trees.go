@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -93,7 +94,8 @@ func (sess *session) list(m *protocol.List) {
 	}
 	var sub *subscription
 	if m.Flags&protocol.ListSubscribe != 0 {
-		if len(sess.subs) >= maxSubscriptions && !sess.subscribed(m.Request) {
+		// A LIST reusing a subscription's id replaces it: no room needed.
+		if len(sess.subs) >= maxSubscriptions && sess.subscription(m.Request) < 0 {
 			sess.send(&protocol.Error{Request: m.Request, Code: protocol.CodeTooMany,
 				Message: fmt.Sprintf("more than %d subscriptions in one session", maxSubscriptions)})
 			return
@@ -119,15 +121,10 @@ func (sess *session) list(m *protocol.List) {
 	}
 }
 
-// subscribed reports whether request id req names a live subscription
-// (a LIST reusing it replaces it, so it does not count against the limit).
-func (sess *session) subscribed(req uint32) bool {
-	for _, sub := range sess.subs {
-		if sub.req == req {
-			return true
-		}
-	}
-	return false
+// subscription returns the index in sess.subs of the subscription of
+// request id req, or -1.
+func (sess *session) subscription(req uint32) int {
+	return slices.IndexFunc(sess.subs, func(sub *subscription) bool { return sub.req == req })
 }
 
 func (sess *session) sendTree(req uint32, t *pubTree, v *version) {
@@ -150,11 +147,8 @@ type subscription struct {
 }
 
 func (sess *session) unsubscribe(req uint32) {
-	for i, sub := range sess.subs {
-		if sub.req == req {
-			sess.subs = append(sess.subs[:i], sess.subs[i+1:]...)
-			return
-		}
+	if i := sess.subscription(req); i >= 0 {
+		sess.subs = slices.Delete(sess.subs, i, i+1)
 	}
 }
 

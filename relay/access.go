@@ -119,14 +119,7 @@ func (ra *rootAccess) allowed(key [32]byte, name string) bool {
 	if ra.unsupported {
 		if time.Since(ra.unsupportedAt) > accessTTL && !ra.probing {
 			ra.probing = true
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), accessWait)
-				defer cancel()
-				ra.query(ctx, key)
-				ra.mu.Lock()
-				ra.probing = false
-				ra.mu.Unlock()
-			}()
+			ra.askLater(key, func(error) { ra.probing = false })
 		}
 		return true
 	}
@@ -136,17 +129,26 @@ func (ra *rootAccess) allowed(key [32]byte, name string) bool {
 	}
 	if time.Since(e.at) > accessTTL && !e.refreshing {
 		e.refreshing = true
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), accessWait)
-			defer cancel()
-			if _, err := ra.query(ctx, key); err != nil {
-				ra.mu.Lock()
+		ra.askLater(key, func(err error) {
+			if err != nil {
 				e.refreshing = false // keep the last answer; try again later
-				ra.mu.Unlock()
 			}
-		}()
+		})
 	}
 	return e.trees[tree]
+}
+
+// askLater asks the parent about key in the background (a request never
+// waits for it), then calls done with the outcome under ra.mu.
+func (ra *rootAccess) askLater(key [32]byte, done func(err error)) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), accessWait)
+		defer cancel()
+		_, err := ra.query(ctx, key)
+		ra.mu.Lock()
+		defer ra.mu.Unlock()
+		done(err)
+	}()
 }
 
 // wrap returns the relay's CURVE configuration with the root's decision

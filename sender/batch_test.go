@@ -59,9 +59,16 @@ func batchTree(t *testing.T) string {
 func batchServer(t *testing.T, cfg Config) (*Server, *eventLog) {
 	t.Helper()
 	ev := &eventLog{}
-	cfg.Endpoint = "tcp://127.0.0.1:0"
 	cfg.ChunkSize = batchChunk
 	cfg.Events = ev.add
+	return serveForTest(t, cfg), ev
+}
+
+// serveForTest listens on a free loopback port and serves cfg until the
+// test ends.
+func serveForTest(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	cfg.Endpoint = "tcp://127.0.0.1:0"
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := Listen(ctx, cfg)
 	if err != nil {
@@ -78,7 +85,7 @@ func batchServer(t *testing.T, cfg Config) (*Server, *eventLog) {
 			t.Error("Serve did not return within 10s")
 		}
 	})
-	return srv, ev
+	return srv
 }
 
 // latestOf is the latest version of a tree the server serves, and its

@@ -14,6 +14,14 @@ import (
 	"github.com/zsend/zsend/manifest"
 )
 
+// watchServer serves root with --watch (a 20 ms debounce, no periodic
+// rescan within a test) until the test ends.
+func watchServer(t *testing.T, root, state string, events func(Event)) *Server {
+	t.Helper()
+	return serveForTest(t, Config{Paths: []string{root}, StateDir: state,
+		Watch: true, Debounce: 20 * time.Millisecond, RescanEvery: time.Hour, Events: events})
+}
+
 // TestWatchIncrementalScans: with --watch, each change is published from
 // the directories its events name (no periodic rescan within the test),
 // and every version equals what a full scan of the tree gives.
@@ -33,23 +41,7 @@ func TestWatchIncrementalScans(t *testing.T) {
 	for _, f := range []string{"a/b/c/f", "a/g", "x/y", "top"} {
 		w(f, f)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := Listen(ctx, Config{Endpoint: "tcp://127.0.0.1:0", Paths: []string{root}, StateDir: filepath.Join(dir, "state"),
-		Watch: true, Debounce: 20 * time.Millisecond, RescanEvery: time.Hour})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("server did not stop within 10 s")
-		}
-	}()
+	srv := watchServer(t, root, filepath.Join(dir, "state"), nil)
 	st, err := store.Open(filepath.Join(dir, "scratch"))
 	if err != nil {
 		t.Fatal(err)
@@ -128,23 +120,7 @@ func TestWatchOverflowRescansInFull(t *testing.T) {
 	}
 	defer func() { watchStarted = nil }()
 	ev := &eventLog{}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := Listen(ctx, Config{Endpoint: "tcp://127.0.0.1:0", Paths: []string{root}, StateDir: filepath.Join(dir, "state"),
-		Watch: true, Debounce: 20 * time.Millisecond, RescanEvery: time.Hour, Events: ev.add})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("server did not stop within 10 s")
-		}
-	}()
+	srv := watchServer(t, root, filepath.Join(dir, "state"), ev.add)
 	var w *watcher
 	select {
 	case w = <-started:

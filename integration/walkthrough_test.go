@@ -10,6 +10,35 @@ import (
 	"time"
 )
 
+// readmeBlock returns the first ```bash block of README.md after heading.
+func readmeBlock(t *testing.T, heading string) string {
+	t.Helper()
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(readme), heading)
+	_, after, ok2 := strings.Cut(after, "```bash\n")
+	block, _, ok3 := strings.Cut(after, "\n```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatalf("README has no bash block under %q", heading)
+	}
+	return block
+}
+
+// runScript runs script with bash -e in dir, the binaries of this build
+// first on PATH and a state directory of its own for zsend; the
+// processes it left in the background are stopped when it ends.
+func runScript(dir, script string, bound time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-c", "set -e\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n"+script+"\n")
+	cmd.Env = append(os.Environ(), "PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"),
+		"STATE_DIRECTORY="+filepath.Join(dir, "state"))
+	cmd.Dir = dir
+	return cmd.CombinedOutput()
+}
+
 // README's "Configuration distribution in five minutes" block, run as
 // written by bash with the binaries of this build on PATH. Only what
 // would collide with other tests is changed: /tmp/cfg and /tmp/webN
@@ -19,19 +48,7 @@ import (
 // The script runs with set -e: every command must succeed, each
 // --status --wait gate included.
 func TestReadmeFiveMinuteWalkthrough(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, after, ok := strings.Cut(string(readme), "### Configuration distribution in five minutes")
-	if !ok {
-		t.Fatal("README has no five-minute walkthrough")
-	}
-	_, after, ok = strings.Cut(after, "```bash\n")
-	block, _, ok2 := strings.Cut(after, "\n```")
-	if !ok || !ok2 {
-		t.Fatal("no bash block in the walkthrough")
-	}
+	block := readmeBlock(t, "### Configuration distribution in five minutes")
 	base := t.TempDir()
 	ep := freeTCPEndpoint(t)
 	port := ep[strings.LastIndex(ep, ":")+1:]
@@ -40,14 +57,7 @@ func TestReadmeFiveMinuteWalkthrough(t *testing.T) {
 	if !strings.Contains(block, "/tmp/cfg") || !strings.Contains(block, "/tmp/web") || !strings.Contains(block, "5555") || !strings.Contains(block, "sleep 1") {
 		t.Fatalf("the walkthrough changed shape; adapt this test:\n%s", block)
 	}
-	script = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + script + "\n"
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", "-c", script)
-	cmd.Env = append(os.Environ(), "PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"),
-		"STATE_DIRECTORY="+filepath.Join(base, "state"))
-	cmd.Dir = base
-	out, err := cmd.CombinedOutput()
+	out, err := runScript(base, script, 4*time.Minute)
 	if err != nil {
 		t.Fatalf("the walkthrough failed: %v\n%s", err, out)
 	}
@@ -70,16 +80,7 @@ func TestReadmeFiveMinuteWalkthrough(t *testing.T) {
 // root publishes, the relay follows and serves, the leaf fed by the relay
 // ends with the root's content.
 func TestReadmeRelayExample(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, after, ok := strings.Cut(string(readme), "### Relays: from one server to hundreds of nodes")
-	_, after, ok2 := strings.Cut(after, "```bash\n")
-	block, _, ok3 := strings.Cut(after, "\n```")
-	if !ok || !ok2 || !ok3 {
-		t.Fatal("README has no relay example")
-	}
+	block := readmeBlock(t, "### Relays: from one server to hundreds of nodes")
 	for _, s := range []string{"/tmp/cfg", "/tmp/relay1", "/tmp/leaf1", "5555", "6001"} {
 		if !strings.Contains(block, s) {
 			t.Fatalf("the relay example changed shape (no %s); adapt this test:\n%s", s, block)
@@ -92,16 +93,11 @@ func TestReadmeRelayExample(t *testing.T) {
 	writeFile(t, filepath.Join(src, "app.conf"), "listen 8080\n")
 	leaf := filepath.Join(base, "leaf1")
 	script := strings.NewReplacer("/tmp/", base+"/", "5555", port(root), "6001", port(relay)).Replace(block)
-	script = "set -e\nmkdir -p " + filepath.Join(base, "relay1") + " " + leaf + "\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + script +
+	script = "mkdir -p " + filepath.Join(base, "relay1") + " " + leaf + "\n" + script +
 		"\nfor i in $(seq 300); do [ -f " + leaf + "/myapp/app.conf ] && break; sleep 0.1; done\n" +
 		"for i in $(seq 150); do zsend --status tcp://127.0.0.1:" + port(root) + " | grep -q '2/2 nodes' && break; sleep 0.2; done\n" +
-		"zsend --status tcp://127.0.0.1:" + port(root) + " --wait --timeout 1m\n"
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", "-c", script)
-	cmd.Env = append(os.Environ(), "PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"),
-		"STATE_DIRECTORY="+filepath.Join(base, "state"))
-	out, err := cmd.CombinedOutput()
+		"zsend --status tcp://127.0.0.1:" + port(root) + " --wait --timeout 1m"
+	out, err := runScript(base, script, 3*time.Minute)
 	if err != nil {
 		t.Fatalf("the relay example failed: %v\n%s", err, out)
 	}

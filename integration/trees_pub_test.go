@@ -832,6 +832,12 @@ func TestAccessQuestionsBounded(t *testing.T) {
 	if m, ok := c.next(t).(*protocol.Pong); !ok || m.Token != 5 {
 		t.Fatalf("PING while ACCESS waits: %+v", m)
 	}
+	// Each question is asked from its own goroutine: wait until all 16
+	// have reached the parent; the 17th was refused before any was asked.
+	waitUntil(t, 10*time.Second, "16 questions to the parent", func() (bool, string) {
+		n := asked.Load()
+		return n >= 16, fmt.Sprintf("%d questions to the parent", n)
+	})
 	if n := asked.Load(); n != 16 {
 		t.Fatalf("%d questions to the parent, want 16", n)
 	}

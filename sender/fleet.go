@@ -424,7 +424,8 @@ func (s *Server) checkBarrier(b *barrier, now time.Time) {
 	}
 	b.decided = true
 	b.at = time.Now().Add(s.cfg.SwitchDelay)
-	s.sendSwitch(b, staged)
+	// The event goes out before any SWITCH: whoever sees a node told has
+	// the decision's record already.
 	msg := fmt.Sprintf("barrier of %s v%d: %d nodes staged, switching at %s", b.b.Tree, b.seq, len(staged), b.at.Format("15:04:05.000"))
 	if d == fleet.SwitchTimed {
 		var missing []string
@@ -443,9 +444,8 @@ func (s *Server) checkBarrier(b *barrier, now time.Time) {
 		msg = fmt.Sprintf("barrier of %s v%d timed out: switching %d staged nodes at %s; not staged: %s",
 			b.b.Tree, b.seq, len(staged), b.at.Format("15:04:05.000"), strings.Join(missing, ", "))
 	}
-	if s.cfg.Events != nil {
-		s.cfg.Events(Event{Kind: "barrier", Name: b.b.Tree, Seq: b.seq, Version: b.b.Version, Message: msg, At: b.at})
-	}
+	s.event(Event{Kind: "barrier", Name: b.b.Tree, Seq: b.seq, Version: b.b.Version, Message: msg, At: b.at})
+	s.sendSwitch(b, staged)
 }
 
 // barrierGrace is how long after its start the server waits before it
@@ -597,9 +597,9 @@ func (s *Server) runSwitches(now time.Time) {
 				}
 			}
 		}
-		s.sendSwitch(b, staged)
 		s.event(Event{Kind: "barrier", Name: o.tree, Seq: seq, Version: hexID(o.id), At: b.at,
 			Message: fmt.Sprintf("switch of %s v%d passed on from the parent: %d nodes staged", o.tree, seq, len(staged))})
+		s.sendSwitch(b, staged)
 	}
 }
 

@@ -284,8 +284,8 @@ func (sess *session) takeRow(m *protocol.Report, parent string) bool {
 		case errors.Is(err, fleet.ErrNameTaken):
 			code = protocol.CodeRefused
 		}
-		sess.send(&protocol.Error{Request: m.Request, Code: code, Message: what + " refused: " + err.Error()})
 		sess.event(Event{Kind: "refused", Name: m.Tree, Message: fmt.Sprintf("%s of node %q: %v", what, m.Node, err)})
+		sess.send(&protocol.Error{Request: m.Request, Code: code, Message: what + " refused: " + err.Error()})
 		return false
 	}
 	// Periodic reports repeat the state: only a change is an event.

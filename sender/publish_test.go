@@ -27,8 +27,8 @@ type eventLog struct {
 func (l *eventLog) add(e Event) { l.mu.Lock(); l.ev = append(l.ev, e); l.mu.Unlock() }
 
 // await returns the events of kind once there are at least n of them, or
-// what there is after 10 s (events are emitted after the messages they
-// describe are queued: a peer can see the message first).
+// what there is after 10 s (publishing events come from another
+// goroutine than the one a test talks to).
 func (l *eventLog) await(kind string, n int) []Event {
 	deadline := time.Now().Add(10 * time.Second)
 	for {

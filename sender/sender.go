@@ -88,7 +88,10 @@ type Config struct {
 	// from the goroutine that publishes (Listen, Publish, the watcher), so
 	// it must be safe for concurrent use, and must not block. The
 	// "curve-refused" event comes from the goroutine of the refused
-	// connection's handshake.
+	// connection's handshake. An event that describes a message to a peer
+	// (session-open, file-start, file-sent, refused, error, barrier) is
+	// called before that message is sent: whoever has the message can
+	// find its event.
 	Events func(Event)
 	// Curve, when set, makes the server a CURVE server (ZeroMQ RFC 26):
 	// every connection is authenticated and encrypted, and peers without
@@ -897,9 +900,9 @@ func (s *Server) openSession(id string, h *protocol.Hello, chunk uint32, prev *t
 	s.ring = append(s.ring, sess)
 	s.stats.sessions.Add(1)
 	s.stats.opened.Add(1)
+	sess.event(Event{Kind: "session-open"})
 	sess.send(&protocol.Welcome{Version: v, ChunkSize: chunk, HeartbeatMS: uint32(s.cfg.Heartbeat / time.Millisecond),
 		MaxRequests: uint32(s.cfg.MaxRequests), PeerID: s.cfg.Name})
-	sess.event(Event{Kind: "session-open"})
 }
 
 // waitingHello is a HELLO that found the server full, waiting for the

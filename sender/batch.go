@@ -102,8 +102,7 @@ func (sess *session) refuse(g *protocol.Get, err error) {
 	if errors.As(err, &le) {
 		code = le.code
 	}
-	sess.event(Event{Kind: "refused", Name: g.Name, Message: fmt.Sprintf("%d %v: %v", code, code, err)})
-	sess.send(&protocol.Error{Request: g.Request, Code: code, Message: err.Error()})
+	sess.sendNoted(Event{Kind: "refused", Name: g.Name, Message: fmt.Sprintf("%d %v: %v", code, code, err)}, &protocol.Error{Request: g.Request, Code: code, Message: err.Error()})
 }
 
 // pumpBatch sends the next PACK of sess.batch when the credit (and the

@@ -284,8 +284,7 @@ func (sess *session) takeRow(m *protocol.Report, parent string) bool {
 		case errors.Is(err, fleet.ErrNameTaken):
 			code = protocol.CodeRefused
 		}
-		sess.event(Event{Kind: "refused", Name: m.Tree, Message: fmt.Sprintf("%s of node %q: %v", what, m.Node, err)})
-		sess.send(&protocol.Error{Request: m.Request, Code: code, Message: what + " refused: " + err.Error()})
+		sess.sendNoted(Event{Kind: "refused", Name: m.Tree, Message: fmt.Sprintf("%s of node %q: %v", what, m.Node, err)}, &protocol.Error{Request: m.Request, Code: code, Message: what + " refused: " + err.Error()})
 		return false
 	}
 	// Periodic reports repeat the state: only a change is an event.
@@ -424,8 +423,6 @@ func (s *Server) checkBarrier(b *barrier, now time.Time) {
 	}
 	b.decided = true
 	b.at = time.Now().Add(s.cfg.SwitchDelay)
-	// The event goes out before any SWITCH: whoever sees a node told has
-	// the decision's record already.
 	msg := fmt.Sprintf("barrier of %s v%d: %d nodes staged, switching at %s", b.b.Tree, b.seq, len(staged), b.at.Format("15:04:05.000"))
 	if d == fleet.SwitchTimed {
 		var missing []string
@@ -444,6 +441,8 @@ func (s *Server) checkBarrier(b *barrier, now time.Time) {
 		msg = fmt.Sprintf("barrier of %s v%d timed out: switching %d staged nodes at %s; not staged: %s",
 			b.b.Tree, b.seq, len(staged), b.at.Format("15:04:05.000"), strings.Join(missing, ", "))
 	}
+	// The event goes out before any SWITCH: whoever sees a node told has
+	// the decision's record already.
 	s.event(Event{Kind: "barrier", Name: b.b.Tree, Seq: b.seq, Version: b.b.Version, Message: msg, At: b.at})
 	s.sendSwitch(b, staged)
 }

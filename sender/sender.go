@@ -900,8 +900,7 @@ func (s *Server) openSession(id string, h *protocol.Hello, chunk uint32, prev *t
 	s.ring = append(s.ring, sess)
 	s.stats.sessions.Add(1)
 	s.stats.opened.Add(1)
-	sess.event(Event{Kind: "session-open"})
-	sess.send(&protocol.Welcome{Version: v, ChunkSize: chunk, HeartbeatMS: uint32(s.cfg.Heartbeat / time.Millisecond),
+	sess.sendNoted(Event{Kind: "session-open"}, &protocol.Welcome{Version: v, ChunkSize: chunk, HeartbeatMS: uint32(s.cfg.Heartbeat / time.Millisecond),
 		MaxRequests: uint32(s.cfg.MaxRequests), PeerID: s.cfg.Name})
 }
 

@@ -56,8 +56,7 @@ func (sess *session) refuseKey(req uint32, name string) {
 	if sess.hasKey {
 		msg = "not allowed for client key " + KeyFingerprint(sess.key)
 	}
-	sess.event(Event{Kind: "refused", Name: name, Message: fmt.Sprintf("%d %v: %s", protocol.CodeRefused, protocol.CodeRefused, msg)})
-	sess.send(&protocol.Error{Request: req, Code: protocol.CodeRefused, Message: msg})
+	sess.sendNoted(Event{Kind: "refused", Name: name, Message: fmt.Sprintf("%d %v: %s", protocol.CodeRefused, protocol.CodeRefused, msg)}, &protocol.Error{Request: req, Code: protocol.CodeRefused, Message: msg})
 }
 
 // list answers LIST: one TREE per tree, then END with the count.
@@ -84,8 +83,7 @@ func (sess *session) list(m *protocol.List) {
 			err = &lookupError{protocol.CodeNotFound, fmt.Sprintf("tree %q has no published version yet", t.name)}
 		}
 		if err != nil {
-			sess.event(Event{Kind: "refused", Name: m.Tree, Message: err.Error()})
-			sess.send(&protocol.Error{Request: m.Request, Code: err.(*lookupError).code, Message: err.Error()})
+			sess.sendNoted(Event{Kind: "refused", Name: m.Tree, Message: err.Error()}, &protocol.Error{Request: m.Request, Code: err.(*lookupError).code, Message: err.Error()})
 			return
 		}
 		if t.latest() != nil {

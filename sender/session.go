@@ -81,6 +81,13 @@ func (sess *session) send(m protocol.Message) {
 	}
 }
 
+// sendNoted records e, then sends m, the message e describes: whoever has
+// m can find e (the order Config.Events promises).
+func (sess *session) sendNoted(e Event, m protocol.Message) {
+	sess.event(e)
+	sess.send(m)
+}
+
 func (sess *session) fail(code protocol.Code, why string) {
 	sess.send(&protocol.Error{Code: code, Message: why})
 	sess.srv.dropSession(sess, why)
@@ -237,22 +244,19 @@ func (sess *session) pump() bool {
 	switch {
 	case c.err != nil:
 		t.pending = nil
-		sess.event(Event{Kind: "error", Name: t.name, Message: c.err.Error()})
-		sess.send(&protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: c.err.Error()})
+		sess.sendNoted(Event{Kind: "error", Name: t.name, Message: c.err.Error()}, &protocol.Error{Request: t.req, Code: sourceErrorCode(c.err), Message: c.err.Error()})
 		sess.finishTransfer()
 		return true
 	case c.end && t.want != nil && c.sum != *t.want:
 		t.pending = nil
 		msg := errStoreMismatch.Error()
-		sess.event(Event{Kind: "error", Name: t.name, Message: msg})
-		sess.send(&protocol.Error{Request: t.req, Code: protocol.CodeInternal, Message: msg})
+		sess.sendNoted(Event{Kind: "error", Name: t.name, Message: msg}, &protocol.Error{Request: t.req, Code: protocol.CodeInternal, Message: msg})
 		sess.finishTransfer()
 		return true
 	case c.end:
 		t.pending = nil
 		sess.srv.stats.filesSent.Add(1) // before: a peer that has the END sees it counted
-		sess.event(Event{Kind: "file-sent", Name: t.name, Size: t.size, Hash: c.sum})
-		sess.send(&protocol.End{Request: t.req, Size: uint64(t.size), Hash: c.sum})
+		sess.sendNoted(Event{Kind: "file-sent", Name: t.name, Size: t.size, Hash: c.sum}, &protocol.End{Request: t.req, Size: uint64(t.size), Hash: c.sum})
 		sess.finishTransfer()
 		return true
 	}
@@ -350,8 +354,7 @@ func (sess *session) start(r *request) {
 	fs := sess.srv.cache.acquire(key)
 	sess.srv.stats.openFiles.Add(1)
 	sess.cur = t
-	sess.event(Event{Kind: "file-start", Name: g.Name, Size: key.size, Offset: off})
-	sess.send(&protocol.File{Request: g.Request, Size: uint64(key.size), Mode: src.mode,
+	sess.sendNoted(Event{Kind: "file-start", Name: g.Name, Size: key.size, Offset: off}, &protocol.File{Request: g.Request, Size: uint64(key.size), Mode: src.mode,
 		MtimeNS: src.mtimeNS, Offset: uint64(off), Tag: src.tag, Name: g.Name})
 	go produce(sess.srv, t, src.f, key, fs, off)
 	t.permit(&sess.gate)
@@ -379,12 +382,10 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 	data := (*buf)[:key.size]
 	sum, err := srv.readWhole(src, data)
 	if err != nil {
-		sess.event(Event{Kind: "error", Name: g.Name, Message: err.Error()})
-		sess.send(&protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: err.Error()})
+		sess.sendNoted(Event{Kind: "error", Name: g.Name, Message: err.Error()}, &protocol.Error{Request: g.Request, Code: sourceErrorCode(err), Message: err.Error()})
 		return
 	}
-	sess.event(Event{Kind: "file-start", Name: g.Name, Size: key.size})
-	sess.send(&protocol.File{Request: g.Request, Size: uint64(key.size), Mode: src.mode,
+	sess.sendNoted(Event{Kind: "file-start", Name: g.Name, Size: key.size}, &protocol.File{Request: g.Request, Size: uint64(key.size), Mode: src.mode,
 		MtimeNS: src.mtimeNS, Tag: src.tag, Name: g.Name})
 	if key.size > 0 && !sess.dead {
 		sess.gate.Take(uint64(key.size))
@@ -397,8 +398,7 @@ func (sess *session) sendWhole(g *protocol.Get, src *source) {
 		return
 	}
 	srv.stats.filesSent.Add(1) // before: a peer that has the END sees it counted
-	sess.event(Event{Kind: "file-sent", Name: g.Name, Size: key.size, Hash: sum})
-	sess.send(&protocol.End{Request: g.Request, Size: uint64(key.size), Hash: sum})
+	sess.sendNoted(Event{Kind: "file-sent", Name: g.Name, Size: key.size, Hash: sum}, &protocol.End{Request: g.Request, Size: uint64(key.size), Hash: sum})
 }
 
 // errStoreMismatch: a stored copy's bytes are not those its version
